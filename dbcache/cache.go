@@ -1,0 +1,532 @@
+package dbcache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// dbtx is what the cache needs from the database: both *pgxpool.Pool and
+// pgx.Tx satisfy it, which is how WithTx runs the same statements inside a
+// caller's transaction.
+type dbtx interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// shared is the state every view of one cache shares.
+type shared struct {
+	cfg      Config
+	pool     *pgxpool.Pool
+	ownsPool bool
+	closed   atomic.Bool
+	q        *queries
+
+	// testBeforeGetOrSetWrite runs between GetOrSet's read and its write, so
+	// tests can make another writer win the race.
+	testBeforeGetOrSetWrite func()
+}
+
+// Cache is a cache in one PostgreSQL table. It is safe for concurrent use by
+// many goroutines. A Cache value is a view: WithVersion and WithTx return
+// other views of the same cache that differ only in their default version or
+// in running inside a transaction.
+type Cache struct {
+	s       *shared
+	db      dbtx
+	version int
+}
+
+// New returns a cache over a pool the caller owns (Close never closes it).
+// It checks that the cache table exists, and returns ErrNotMigrated if not.
+func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
+	if pool == nil {
+		return nil, errors.New("dbcache: pool is nil")
+	}
+	c := cfg.withDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	s := &shared{cfg: c, pool: pool, q: newQueries(c.Schema)}
+	cache := &Cache{s: s, db: pool, version: c.Version}
+	var ok bool
+	if err := pool.QueryRow(ctx, qTableExists, s.q.table).Scan(&ok); err != nil {
+		return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
+	}
+	if !ok {
+		where := "on the search_path"
+		if c.Schema != "" {
+			where = "in schema " + strconv.Quote(c.Schema)
+		}
+		return nil, fmt.Errorf("%w (no table %s %s)", ErrNotMigrated, TableName, where)
+	}
+	return cache, nil
+}
+
+// Open connects to the database at dsn (a libpq URL or key=value string)
+// with a pool the cache owns and closes on Close, then behaves as New.
+func Open(ctx context.Context, dsn string, cfg *Config) (*Cache, error) {
+	pool, err := pgxpool.New(ctx, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("dbcache: open pool: %w", err)
+	}
+	c, err := New(ctx, pool, cfg)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	c.s.ownsPool = true
+	return c, nil
+}
+
+// Close closes the cache: every later operation, on every view, returns
+// ErrClosed. It closes the pool only if Open created it. Calling it again is
+// a no-op.
+func (c *Cache) Close() error {
+	if c.s.closed.Swap(true) {
+		return nil
+	}
+	if c.s.ownsPool {
+		c.s.pool.Close()
+	}
+	return nil
+}
+
+// WithVersion returns a view of the cache whose operations use version
+// instead of Config.Version: Django's per-call version argument.
+func (c *Cache) WithVersion(version int) *Cache {
+	v := *c
+	v.version = version
+	return &v
+}
+
+// WithTx returns a view of the cache whose operations run in tx, so cache
+// writes commit or roll back with the caller's own writes. Every statement is
+// safe inside a transaction: none relies on catching an error, which would
+// abort it. The view must not be used after tx ends.
+func (c *Cache) WithTx(tx pgx.Tx) *Cache {
+	v := *c
+	v.db = tx
+	return &v
+}
+
+// Version returns the view's default key version.
+func (c *Cache) Version() int { return c.version }
+
+func (c *Cache) checkOpen() error {
+	if c.s.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+func (c *Cache) wrote(n int) {
+	if n > 0 && c.s.cfg.OnWrite != nil {
+		c.s.cfg.OnWrite(n)
+	}
+}
+
+// nonNil keeps an empty value distinct from a missing one: pgx sends a nil
+// slice as NULL, which the NOT NULL column refuses.
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
+// Get returns the value stored under key, or ErrMiss if there is no live
+// entry. An empty stored value is a hit with a non-nil empty slice.
+func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	var v []byte
+	if err := c.db.QueryRow(ctx, c.s.q.get, k).Scan(&v); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil, ErrMiss
+		}
+		return nil, c.wrapErr("get", err)
+	}
+	return nonNil(v), nil
+}
+
+// Set stores value under key, replacing any entry, expiring as timeout says.
+// A timeout of TTL(d <= 0) leaves nothing a Get can see.
+func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeout) error {
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return err
+	}
+	if _, err := c.db.Exec(ctx, c.s.q.set, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+		return c.wrapErr("set", err)
+	}
+	c.wrote(1)
+	return nil
+}
+
+// Add stores value under key only if the key has no live entry, and reports
+// whether it did. An expired entry is taken over. Exactly one of any number
+// of concurrent Adds of a key returns true. With TTL(d <= 0) it returns what
+// Django returns (true when no live entry exists) and stores nothing visible.
+func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeout) (bool, error) {
+	if err := c.checkOpen(); err != nil {
+		return false, err
+	}
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return false, err
+	}
+	var stored bool
+	err = c.db.QueryRow(ctx, c.s.q.add, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)).Scan(&stored)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, c.wrapErr("add", err)
+	}
+	c.wrote(1)
+	return true, nil
+}
+
+// Touch gives a live entry a new expiry and reports whether there was one.
+// An expired entry stays expired (false): Touch never brings a value back.
+// TTL(d <= 0) expires the entry at once and returns true.
+func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (bool, error) {
+	if err := c.checkOpen(); err != nil {
+		return false, err
+	}
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return false, err
+	}
+	tag, err := c.db.Exec(ctx, c.s.q.touch, k, timeout.micros(c.s.cfg.DefaultTimeout))
+	if err != nil {
+		return false, c.wrapErr("touch", err)
+	}
+	return tag.RowsAffected() > 0, nil
+}
+
+// Delete removes key and reports whether a live entry was removed. An expired
+// entry is removed too, but reported as absent (false).
+func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
+	if err := c.checkOpen(); err != nil {
+		return false, err
+	}
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return false, err
+	}
+	var wasLive bool
+	err = c.db.QueryRow(ctx, c.s.q.del, k).Scan(&wasLive)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, c.wrapErr("delete", err)
+	}
+	return wasLive, nil
+}
+
+// HasKey reports whether key has a live entry.
+func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
+	if err := c.checkOpen(); err != nil {
+		return false, err
+	}
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return false, err
+	}
+	var ok bool
+	if err := c.db.QueryRow(ctx, c.s.q.hasKey, k).Scan(&ok); err != nil {
+		return false, c.wrapErr("has_key", err)
+	}
+	return ok, nil
+}
+
+// GetOrSet returns the value stored under key; on a miss it stores value
+// (as Add would) and returns it. Between concurrent callers the first stored
+// value wins and every caller returns it. With TTL(d <= 0) nothing is stored
+// and value is returned, as Django does.
+func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout Timeout) ([]byte, error) {
+	return c.GetOrSetFunc(ctx, key, func(context.Context) ([]byte, error) { return value, nil }, timeout)
+}
+
+// GetOrSetFunc is GetOrSet with a loader: load runs only on a miss, and its
+// result is stored unless another caller stored first, in which case that
+// value is returned instead. An error from load is returned (wrapped) and
+// nothing is stored.
+func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout Timeout) ([]byte, error) {
+	v, err := c.Get(ctx, key)
+	if !errors.Is(err, ErrMiss) {
+		return v, err
+	}
+	value, err := load(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dbcache: get_or_set: loader: %w", err)
+	}
+	if c.s.testBeforeGetOrSetWrite != nil {
+		c.s.testBeforeGetOrSetWrite()
+	}
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	value = nonNil(value)
+	var got []byte
+	if err := c.db.QueryRow(ctx, c.s.q.getOrSet, k, value, timeout.micros(c.s.cfg.DefaultTimeout)).Scan(&got); err != nil {
+		return nil, c.wrapErr("get_or_set", err)
+	}
+	c.wrote(1)
+	return nonNil(got), nil
+}
+
+// Incr adds delta to the integer stored under key and returns the new value.
+// A value is an integer when it is the decimal ASCII form of an int64, as
+// Redis INCR reads it. It returns ErrMiss when the key has no live entry,
+// ErrNotInteger when the value is not an integer, and ErrOverflow when the
+// result would not fit in an int64; in those cases nothing changes. The
+// entry keeps its expiry. Concurrent Incrs never lose an update.
+func (c *Cache) Incr(ctx context.Context, key string, delta int64) (int64, error) {
+	return c.incr(ctx, "incr", key, strconv.FormatInt(delta, 10))
+}
+
+// Decr subtracts delta from the integer stored under key; see Incr.
+func (c *Cache) Decr(ctx context.Context, key string, delta int64) (int64, error) {
+	neg := strconv.FormatInt(-delta, 10)
+	if delta == math.MinInt64 { // -MinInt64 does not fit in an int64
+		neg = "9223372036854775808"
+	}
+	return c.incr(ctx, "decr", key, neg)
+}
+
+func (c *Cache) incr(ctx context.Context, op, key, delta string) (int64, error) {
+	if err := c.checkOpen(); err != nil {
+		return 0, err
+	}
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	// The UPDATE is the whole operation. When it changes nothing, a second
+	// read says why; if the entry changed in between so that the UPDATE
+	// would now succeed, try again.
+	for attempt := 0; ; attempt++ {
+		var v []byte
+		err := c.db.QueryRow(ctx, c.s.q.incr, k, delta).Scan(&v)
+		if err == nil {
+			n, ok := parseInt(v)
+			if !ok {
+				return 0, fmt.Errorf("dbcache: %s: database returned %q", op, v)
+			}
+			return n, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return 0, c.wrapErr(op, err)
+		}
+		err = c.db.QueryRow(ctx, c.s.q.incrCheck, k).Scan(&v)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return 0, ErrMiss
+		}
+		if err != nil {
+			return 0, c.wrapErr(op, err)
+		}
+		cur, ok := parseInt(v)
+		if !ok {
+			return 0, fmt.Errorf("%w: key %q", ErrNotInteger, key)
+		}
+		d, _ := strconv.ParseInt(delta, 10, 64) // fails only for -MinInt64
+		if delta == "9223372036854775808" || (d > 0 && cur > math.MaxInt64-d) || (d < 0 && cur < math.MinInt64-d) {
+			return 0, fmt.Errorf("%w: %d %+d on key %q", ErrOverflow, cur, d, key)
+		}
+		if attempt >= 10 {
+			return 0, fmt.Errorf("dbcache: %s: key %q kept changing", op, key)
+		}
+	}
+}
+
+// parseInt reads b as Redis INCR does: the canonical decimal form of an int64.
+func parseInt(b []byte) (int64, bool) {
+	if len(b) == 0 || len(b) > 20 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(b), 10, 64)
+	if err != nil || strconv.FormatInt(n, 10) != string(b) {
+		return 0, false
+	}
+	return n, true
+}
+
+// IncrVersion moves the entry for key from the view's version to version +
+// delta, value and expiry intact, in one statement, and returns the new
+// version. Whatever the new version held is replaced. It returns ErrMiss if
+// the key has no live entry at the current version.
+func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, error) {
+	if err := c.checkOpen(); err != nil {
+		return 0, err
+	}
+	if (delta > 0 && c.version > math.MaxInt-delta) || (delta < 0 && c.version < math.MinInt-delta) {
+		return 0, fmt.Errorf("%w: version %d %+d", ErrOverflow, c.version, delta)
+	}
+	to := c.version + delta
+	from, err := c.key(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	if delta == 0 {
+		ok, err := c.HasKey(ctx, key)
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			return 0, ErrMiss
+		}
+		return to, nil
+	}
+	dest, err := c.WithVersion(to).key(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	var moved bool
+	err = c.db.QueryRow(ctx, c.s.q.move, from, dest).Scan(&moved)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, ErrMiss
+	}
+	if err != nil {
+		return 0, c.wrapErr("incr_version", err)
+	}
+	return to, nil
+}
+
+// DecrVersion moves the entry to version - delta; see IncrVersion.
+func (c *Cache) DecrVersion(ctx context.Context, key string, delta int) (int, error) {
+	if delta == math.MinInt {
+		return 0, fmt.Errorf("%w: version delta %d", ErrOverflow, delta)
+	}
+	return c.IncrVersion(ctx, key, -delta)
+}
+
+// GetMany returns the live entries among keys, in one query, keyed by the
+// caller's keys. Missing keys are absent from the map.
+func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, error) {
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
+	out := make(map[string][]byte, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	made, back, err := c.keys(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := c.db.Query(ctx, c.s.q.getMany, made)
+	if err != nil {
+		return nil, c.wrapErr("get_many", err)
+	}
+	var k string
+	var v []byte
+	_, err = pgx.ForEachRow(rows, []any{&k, &v}, func() error {
+		for _, orig := range back[k] {
+			out[orig] = nonNil(v) // pgx copies each value out of the read buffer
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, c.wrapErr("get_many", err)
+	}
+	return out, nil
+}
+
+// SetMany stores every entry of items in one statement, all or nothing, and
+// returns the keys it failed to store (Django's set_many contract): none on
+// success, and every key when it returns an error, since the batch is one
+// statement. Concurrent SetManys over overlapping keys never deadlock.
+func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Timeout) ([]string, error) {
+	if err := c.checkOpen(); err != nil {
+		return allKeys(items), err
+	}
+	if len(items) == 0 {
+		return nil, nil
+	}
+	keys := allKeys(items)
+	made, back, err := c.keys(ctx, keys)
+	if err != nil {
+		return keys, err
+	}
+	values := make([][]byte, len(made))
+	for i, mk := range made {
+		// Two caller keys can make one stored key only through a custom
+		// KeyFunc; the last in sorted order wins, deterministically.
+		src := back[mk]
+		values[i] = nonNil(items[src[len(src)-1]])
+	}
+	if _, err := c.db.Exec(ctx, c.s.q.setMany, made, values, timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+		return keys, c.wrapErr("set_many", err)
+	}
+	c.wrote(len(made))
+	return nil, nil
+}
+
+// allKeys returns the keys of items, sorted so batches are deterministic.
+func allKeys(items map[string][]byte) []string {
+	keys := make([]string, 0, len(items))
+	for k := range items {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// DeleteMany removes keys in one statement and returns how many live entries
+// it removed.
+func (c *Cache) DeleteMany(ctx context.Context, keys []string) (int, error) {
+	if err := c.checkOpen(); err != nil {
+		return 0, err
+	}
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	made, _, err := c.keys(ctx, keys)
+	if err != nil {
+		return 0, err
+	}
+	// Sorted, so concurrent batches lock rows in one order.
+	slices.Sort(made)
+	var n int
+	if err := c.db.QueryRow(ctx, c.s.q.deleteMany, made).Scan(&n); err != nil {
+		return 0, c.wrapErr("delete_many", err)
+	}
+	return n, nil
+}
+
+// Clear removes every entry in the table: every prefix, version and cache
+// that shares it, as Django's clear does.
+func (c *Cache) Clear(ctx context.Context) error {
+	if err := c.checkOpen(); err != nil {
+		return err
+	}
+	if _, err := c.db.Exec(ctx, c.s.q.clear); err != nil {
+		return c.wrapErr("clear", err)
+	}
+	return nil
+}

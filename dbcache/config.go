@@ -1,0 +1,131 @@
+package dbcache
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"strconv"
+	"time"
+)
+
+const (
+	// DefaultTimeoutDefault is the default for Config.DefaultTimeout: 300
+	// seconds, as Django's TIMEOUT.
+	DefaultTimeoutDefault = 300 * time.Second
+
+	// VersionDefault is the default for Config.Version, as Django's VERSION.
+	VersionDefault = 1
+
+	// TableName is the cache table the migrations create.
+	TableName = "dbcache_entries"
+
+	// MaxKeyBytes is the longest made key (prefix, version and key together)
+	// the cache stores, in bytes. PostgreSQL's btree index refuses entries of
+	// more than about 2700 bytes; 2048 leaves room for every page layout
+	// without depending on compression. Longer keys get ErrInvalidKey.
+	MaxKeyBytes = 2048
+
+	// MemcachedMaxKeyLength is Django's MEMCACHE_MAX_KEY_LENGTH: keys longer
+	// than this many characters get a portability warning (see KeyCheck).
+	MemcachedMaxKeyLength = 250
+)
+
+// KeyFunc makes the stored key from the caller's key, the cache's key prefix
+// and the version, as Django's KEY_FUNCTION does.
+type KeyFunc func(key, prefix string, version int) string
+
+// DefaultKeyFunc is Django's default_key_func: "prefix:version:key".
+func DefaultKeyFunc(key, prefix string, version int) string {
+	return prefix + ":" + strconv.Itoa(version) + ":" + key
+}
+
+// KeyCheck says what the cache does with a key that memcached could not store
+// (longer than 250 characters, or containing a space or control character).
+// PostgreSQL stores such keys fine; the check is about portability, as in
+// Django.
+type KeyCheck int
+
+const (
+	// KeyCheckWarn logs a warning through the Logger, as Django warns with
+	// CacheKeyWarning, and stores the key. The default.
+	KeyCheckWarn KeyCheck = iota
+	// KeyCheckError returns ErrInvalidKey and writes nothing, as Django's
+	// memcached backends raise InvalidCacheKey.
+	KeyCheckError
+	// KeyCheckOff skips the portability check. Keys PostgreSQL cannot store
+	// are still refused.
+	KeyCheckOff
+)
+
+// Config configures a Cache. The zero value (or a nil *Config) is Django's
+// defaults: 300 s timeout, version 1, no prefix, table in the search_path
+// schema.
+type Config struct {
+	// DefaultTimeout is the timeout for calls that pass DefaultTimeout.
+	// Forever makes entries never expire by default; TTL(0) makes them expire
+	// at once (Django's TIMEOUT=0). Defaults to TTL(DefaultTimeoutDefault).
+	DefaultTimeout Timeout
+
+	// KeyCheck says what to do with keys that memcached could not store.
+	// Defaults to KeyCheckWarn.
+	KeyCheck KeyCheck
+
+	// KeyFunc makes stored keys. Defaults to DefaultKeyFunc.
+	KeyFunc KeyFunc
+
+	// KeyPrefix is passed to KeyFunc, to keep caches sharing a table apart.
+	// Defaults to "".
+	KeyPrefix string
+
+	// Logger receives key warnings. Defaults to slog.Default().
+	Logger *slog.Logger
+
+	// OnWrite, if set, is called after every write that may have added
+	// entries (Set, Add that stored, SetMany, GetOrSet that stored) with the
+	// number of entries written. It runs on the caller's goroutine and must
+	// not block: it exists so a culling worker can be nudged
+	// (culling.Culler.NoteWrites) without this package importing it.
+	OnWrite func(n int)
+
+	// Schema is the schema that holds the cache table. Defaults to "", which
+	// resolves the table through each connection's search_path.
+	Schema string
+
+	// Version is the default key version. Defaults to VersionDefault (1).
+	Version int
+}
+
+var schemaRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
+
+// withDefaults returns a copy of c with every default filled in.
+func (c *Config) withDefaults() Config {
+	var out Config
+	if c != nil {
+		out = *c
+	}
+	if out.DefaultTimeout.IsDefault() {
+		out.DefaultTimeout = TTL(DefaultTimeoutDefault)
+	}
+	if out.KeyFunc == nil {
+		out.KeyFunc = DefaultKeyFunc
+	}
+	if out.Logger == nil {
+		out.Logger = slog.Default()
+	}
+	if out.Version == 0 {
+		out.Version = VersionDefault
+	}
+	return out
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Schema != "" && !schemaRE.MatchString(c.Schema) {
+		errs = append(errs, fmt.Errorf("dbcache: Config.Schema %q is not a valid schema name (letters, digits, _ and $, at most 63)", c.Schema))
+	}
+	if c.KeyCheck < KeyCheckWarn || c.KeyCheck > KeyCheckOff {
+		errs = append(errs, fmt.Errorf("dbcache: Config.KeyCheck %d is not a KeyCheck", c.KeyCheck))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,71 @@
+package dbcache
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// The errors callers branch on. Every error an operation returns either is
+// one of these or wraps the underlying cause with %w, so errors.Is and
+// errors.As (for example to a *pgconn.PgError) both work.
+var (
+	// ErrMiss is returned by Get, Incr, Decr, IncrVersion and DecrVersion
+	// when the key has no live entry: it was never set, was deleted, or has
+	// expired. It is Django's "default" / ValueError("Key not found") case.
+	ErrMiss = errors.New("dbcache: cache miss")
+
+	// ErrNotInteger is returned by Incr and Decr when the stored value is not
+	// the decimal ASCII form of an int64 (as Redis INCR reads it: an optional
+	// "-", no leading zeros, no spaces, no "+"). The value is left unchanged.
+	ErrNotInteger = errors.New("dbcache: value is not an integer")
+
+	// ErrOverflow is returned by Incr, Decr, IncrVersion and DecrVersion when
+	// the result would not fit in an int64 (or an int for versions). The value
+	// is left unchanged.
+	ErrOverflow = errors.New("dbcache: integer overflow")
+
+	// ErrInvalidKey is returned for a key PostgreSQL cannot store (a NUL byte,
+	// invalid UTF-8, longer than MaxKeyBytes), or for a key memcached could
+	// not store when Config.KeyCheck is KeyCheckError. Nothing is written.
+	ErrInvalidKey = errors.New("dbcache: invalid key")
+
+	// ErrClosed is returned by every operation on a closed Cache.
+	ErrClosed = errors.New("dbcache: cache is closed")
+
+	// ErrNotMigrated is returned when the cache table does not exist: run the
+	// migrations first (`dbcache migrate up`, or migrations.New(pool,
+	// nil).Up(ctx) from github.com/dbcache/dbcache/migrations).
+	ErrNotMigrated = errors.New("dbcache: cache table not found: run the migrations first (`dbcache migrate up`, or migrations.New(pool, nil).Up(ctx))")
+)
+
+func invalidKey(key, why string) error {
+	const show = 80
+	if len(key) > show {
+		key = key[:show] + "…"
+	}
+	return fmt.Errorf("%w %q: %s", ErrInvalidKey, key, why)
+}
+
+// wrapErr gives a database error the operation's name and maps the cases that
+// have a sentinel of their own.
+func (c *Cache) wrapErr(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if c.s.closed.Load() {
+		return ErrClosed
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "42P01": // undefined_table
+			return fmt.Errorf("dbcache: %s: %w: %w", op, ErrNotMigrated, err)
+		case "22021", "54000": // invalid byte sequence; index row too large
+			// Validation catches these first; this is the backstop.
+			return fmt.Errorf("dbcache: %s: %w: %w", op, ErrInvalidKey, err)
+		}
+	}
+	return fmt.Errorf("dbcache: %s: %w", op, err)
+}

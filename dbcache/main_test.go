@@ -1,0 +1,108 @@
+package dbcache_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/dbtest"
+)
+
+func TestMain(m *testing.M) { dbtest.Main(m) }
+
+// testBundle is one test's cache, its pool and what it logged.
+type testBundle struct {
+	cache *dbcache.Cache
+	pool  *pgxpool.Pool
+	logs  *logBuffer
+}
+
+// setup gives the test its own schema, migrated, and a cache on it.
+func setup(t *testing.T, cfg *dbcache.Config) *testBundle {
+	t.Helper()
+	pool := dbtest.Pool(t)
+	return setupOn(t, pool, cfg)
+}
+
+// setupOn makes another cache over an existing pool (Django's fixture has
+// several caches sharing one table).
+func setupOn(t *testing.T, pool *pgxpool.Pool, cfg *dbcache.Config) *testBundle {
+	t.Helper()
+	logs := &logBuffer{}
+	c := dbcache.Config{}
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	cache, err := dbcache.New(context.Background(), pool, &c)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cache.Close() })
+	return &testBundle{cache: cache, pool: pool, logs: logs}
+}
+
+// travel moves every expiring entry's expiry d into the past: the same as
+// waiting d, without waiting. The database clock still decides what expired.
+func travel(t *testing.T, pool *pgxpool.Pool, d time.Duration) {
+	t.Helper()
+	dbtest.Exec(t, pool, `UPDATE dbcache_entries SET expires = expires - $1::bigint * interval '1 microsecond' WHERE expires IS NOT NULL`, d.Microseconds())
+}
+
+// logBuffer collects log lines safely across goroutines.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func (l *logBuffer) Reset() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf.Reset()
+}
+
+func (l *logBuffer) Count(s string) int { return strings.Count(l.String(), s) }
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func mustGet(t *testing.T, c *dbcache.Cache, key string) string {
+	t.Helper()
+	v, err := c.Get(ctxT(t), key)
+	require.NoError(t, err, "get %q", key)
+	return string(v)
+}
+
+func requireMiss(t *testing.T, c *dbcache.Cache, key string) {
+	t.Helper()
+	_, err := c.Get(ctxT(t), key)
+	require.ErrorIs(t, err, dbcache.ErrMiss, "get %q", key)
+}
+
+func newPool(t *testing.T, cfg *pgxpool.Config) *pgxpool.Pool {
+	t.Helper()
+	return dbtest.NewPool(t, cfg)
+}
