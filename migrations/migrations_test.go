@@ -186,6 +186,6 @@ func TestUnreachableServerFailsWithinContext(t *testing.T) {
 
 func TestVersionsEmbedded(t *testing.T) {
 	t.Parallel()
-	require.Equal(t, []uint{1}, migrations.Versions())
-	require.EqualValues(t, 1, migrations.Latest())
+	require.Equal(t, []uint{1, 2}, migrations.Versions())
+	require.EqualValues(t, 2, migrations.Latest())
 }

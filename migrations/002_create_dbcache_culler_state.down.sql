@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS dbcache_culler_state;
