@@ -1,0 +1,87 @@
+// Package dbcache is a shared cache in the PostgreSQL an application already
+// runs: Django's cache API (BaseCache) and semantics, minus the known bugs of
+// Django's database backend, with every operation one atomic SQL statement.
+//
+// # Setup
+//
+// Apply the embedded migrations once (they create one table,
+// dbcache_entries, in the connection's schema), then build a Cache over a
+// pgx pool:
+//
+//	m, _ := migrations.New(pool, nil) // github.com/dbcache/dbcache/migrations
+//	if err := m.Up(ctx); err != nil { … }
+//	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "myapp"})
+//
+// New never closes the caller's pool; Open(ctx, dsn, cfg) makes a pool the
+// cache owns. A missing table is ErrNotMigrated. Close makes every later
+// operation return ErrClosed.
+//
+// # Operations
+//
+// Each of Django's methods has a Go counterpart with the same meaning:
+//
+//	add          Cache.Add                 get_or_set  Cache.GetOrSet, Cache.GetOrSetFunc
+//	get          Cache.Get (ErrMiss)       has_key     Cache.HasKey
+//	set          Cache.Set                 incr, decr  Cache.Incr, Cache.Decr
+//	touch        Cache.Touch               incr_version, decr_version
+//	delete       Cache.Delete                          Cache.IncrVersion, Cache.DecrVersion
+//	get_many     Cache.GetMany             clear       Cache.Clear
+//	set_many     Cache.SetMany             close       Cache.Close
+//	delete_many  Cache.DeleteMany          make_key, validate_key
+//	                                                   Cache.MakeKey, Cache.ValidateKey
+//
+// Values are []byte, stored as bytea byte for byte. An empty value is a hit
+// (Django's stored None); a miss is the sentinel ErrMiss, tested with
+// errors.Is. Django's per-call version argument is a view:
+// cache.WithVersion(2).Get(ctx, key).
+//
+// # Timeouts
+//
+// A Timeout is DefaultTimeout (the zero value: Config.DefaultTimeout, 300 s
+// unless configured), Forever (Django's None) or TTL(d). TTL(d) with d <= 0
+// expires at once, as Django's 0 and negative timeouts do: Set stores nothing
+// a Get can see, Add returns true when it would have stored, Touch expires a
+// live entry. The database's clock decides expiry, never the application's,
+// so application servers with skewed clocks agree.
+//
+// # Atomicity
+//
+// Add, Set, Touch, Incr, Decr, IncrVersion and each bulk operation are one
+// statement, correct under any interleaving: of any number of concurrent
+// Adds of a key exactly one returns true (an expired entry is taken over
+// atomically); concurrent Incrs never lose an update; SetMany batches lock
+// rows in key order and never deadlock each other; GetOrSet returns the first
+// stored value to every racing caller. An expired entry is absent for every
+// operation, and Touch never revives one. No statement relies on catching an
+// error, so all of them are safe inside a caller's transaction: see WithTx.
+//
+// Incr and Decr work on values that are the decimal ASCII form of an int64,
+// as Redis INCR reads them. A missing key is ErrMiss; any other value is
+// ErrNotInteger and an int64 overflow is ErrOverflow, and in both cases the
+// value is left unchanged. The entry keeps its expiry.
+//
+// # Keys
+//
+// Keys are made by Config.KeyFunc (Django's "prefix:version:key" by
+// default) and then validated. A key PostgreSQL cannot store (a NUL byte,
+// invalid UTF-8, more than MaxKeyBytes bytes) is ErrInvalidKey and nothing is
+// written. A key memcached could not store (over 250 characters, spaces or
+// control characters) is logged as a warning through log/slog, as Django
+// warns; Config.KeyCheck turns that into an error or off.
+//
+// # Concurrency and async
+//
+// A Cache is safe for concurrent use by any number of goroutines, and every
+// call that touches the database takes a context.Context first, for
+// cancellation and deadlines. That is what Django's a-prefixed async variants
+// (aget, aset, …) exist to give Python; in Go, call the same methods from as
+// many goroutines as you like.
+//
+// # Expired rows and culling
+//
+// Reads never write: an expired row stays in the table, invisible, until it
+// is overwritten or removed. The culling worker (package
+// github.com/dbcache/dbcache/culling) sweeps expired rows and enforces a
+// maximum number of entries; Config.OnWrite lets it be nudged by writes
+// without this package importing it.
+package dbcache
