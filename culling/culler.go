@@ -1,0 +1,405 @@
+package culling
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"regexp"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dbcache/dbcache/migrations"
+)
+
+const (
+	// BatchSizeDefault is the default for Config.BatchSize. A batch of 1000
+	// rows is one DELETE of a few milliseconds (measured 1.5–4 ms on a
+	// 1M-row table), short enough that row locks are never held for long and
+	// vacuum can reclaim what earlier batches removed.
+	BatchSizeDefault = 1000
+
+	// CullAll is the Config.CullFrequency that clears the whole table when it
+	// holds more than MaxEntries: Django's CULL_FREQUENCY = 0. It is not 0
+	// because 0 is Go's zero value, which means "the default".
+	CullAll = -1
+
+	// CullFrequencyDefault is the default for Config.CullFrequency, as in
+	// Django: over the limit, remove a third of the entries.
+	CullFrequencyDefault = 3
+
+	// ExactCountLimitDefault is the default for Config.ExactCountLimit. An
+	// exact count of up to 200,000 rows is a bounded walk measured at about
+	// 10–25 ms; past that a walk would cost about as much as a COUNT(*).
+	ExactCountLimitDefault = 200_000
+
+	// IntervalDefault is the default for Config.Interval.
+	IntervalDefault = 30 * time.Second
+
+	// MaxEntriesDefault is the default for Config.MaxEntries. Django's 300 is
+	// sized for a development machine: a real site's working set does not
+	// fit and nearly every write culls. 100,000 entries of a few kilobytes
+	// are a few hundred megabytes, which a modest database keeps in memory,
+	// and lie well inside ExactCountLimitDefault, so the default
+	// configuration counts exactly.
+	MaxEntriesDefault = 100_000
+
+	// NudgeEveryDefault is the default for Config.NudgeEvery: 1% of
+	// MaxEntriesDefault, so a write burst overshoots the default limit by
+	// about 1% plus what is written while a pass runs.
+	NudgeEveryDefault = 1000
+
+	// PassTimeoutDefault is the default for Config.PassTimeout. Culling a
+	// third of a 1M-row table takes about a second; a minute leaves room for
+	// a slow server without letting a stuck pass hold the lock for long.
+	PassTimeoutDefault = time.Minute
+
+	// StateTable is the table (created by migration 002) where every
+	// completed pass is recorded for LastPass.
+	StateTable = "dbcache_culler_state"
+
+	// lockKeySpace is the first half of the two-int advisory lock key; the
+	// second half is the cache table's OID. The two-int form lives in its
+	// own key space, apart from the single-bigint locks applications and
+	// golang-migrate take, and an OID is unique in its database, so two
+	// cache tables never share a lock. The value spells "dbCC".
+	lockKeySpace = 0x64624343
+
+	// skipRetryDelay is how soon a worker whose pass was skipped (another
+	// culler held the lock) tries again while it has writes that no pass
+	// has counted yet.
+	skipRetryDelay = 500 * time.Millisecond
+
+	// heartbeatEvery is how often a pass checks that the connection holding
+	// its lock is still alive, between batches.
+	heartbeatEvery = time.Second
+)
+
+var (
+	// ErrLockLost is returned when the connection holding the culler lock
+	// failed during a pass. The pass stops so that two cullers never run at
+	// once; what it removed so far stays removed.
+	ErrLockLost = errors.New("culling: lost the culler lock (its connection failed)")
+
+	// ErrNoPass is returned by LastPass when no pass has been recorded yet.
+	ErrNoPass = errors.New("culling: no culling pass recorded yet")
+
+	// ErrTableNotFound is returned when the cache table (or, for LastPass,
+	// the state table) does not exist: apply the migrations first.
+	ErrTableNotFound = errors.New("culling: table not found (apply the migrations first)")
+)
+
+// Config configures a Culler. A nil *Config means all defaults. Fields are
+// read once, by New.
+type Config struct {
+	// BatchSize is the most rows one DELETE removes. Every batch is its own
+	// short transaction. Defaults to BatchSizeDefault.
+	BatchSize int
+
+	// CullFrequency keeps Django's CULL_FREQUENCY meaning: when the table
+	// holds more than MaxEntries, a pass removes 1/CullFrequency of the
+	// entries, or more if that is what it takes to get back to MaxEntries.
+	// CullAll removes every entry (Django's 0). Defaults to
+	// CullFrequencyDefault (3); 0 means the default, not CullAll.
+	CullFrequency int
+
+	// ExactCountLimit is the largest table, in rows, that a pass counts
+	// exactly, with a walk of at most ExactCountLimit+1 rows. A larger table
+	// is counted with PostgreSQL's live-row statistic instead, which costs
+	// nothing but can lag writes by up to about ten seconds (see
+	// docs/culling.md). Set it above MaxEntries plus the expected overshoot.
+	// -1 means never walk. Defaults to ExactCountLimitDefault.
+	ExactCountLimit int
+
+	// Interval is the time between passes of a started Culler; the first
+	// pass runs at Start. Defaults to IntervalDefault.
+	Interval time.Duration
+
+	// Logger receives one line per pass (Info when it removed rows, Debug
+	// otherwise) and errors of started passes. Defaults to slog.Default().
+	Logger *slog.Logger
+
+	// MaxEntries is the most entries the table should hold, expired or not,
+	// as Django's MAX_ENTRIES. Defaults to MaxEntriesDefault.
+	MaxEntries int
+
+	// NudgeEvery makes a started Culler run a pass as soon as NoteWrites has
+	// been told of this many written rows since the last pass began, so a
+	// write burst cannot grow the table far past MaxEntries between ticks.
+	// -1 disables nudges. Defaults to NudgeEveryDefault.
+	NudgeEvery int
+
+	// OnProgress, if set, is called during every pass that holds the lock:
+	// before counting, after every batch and at the end. It runs on the
+	// pass's goroutine and must not block; it exists so a command can draw a
+	// progress bar. Defaults to nil.
+	OnProgress func(Progress)
+
+	// PassTimeout bounds each pass, in RunOnce as in a started Culler. -1
+	// means no limit beyond the caller's context. Defaults to
+	// PassTimeoutDefault.
+	PassTimeout time.Duration
+
+	// Schema is the schema of the cache table. Defaults to "", which
+	// resolves the table through the pool's search_path, as the cache does.
+	Schema string
+}
+
+var schemaRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
+
+// WithDefaults returns a copy of the config with every unset field at its
+// default.
+func (c *Config) WithDefaults() *Config {
+	var out Config
+	if c != nil {
+		out = *c
+	}
+	if out.BatchSize == 0 {
+		out.BatchSize = BatchSizeDefault
+	}
+	if out.CullFrequency == 0 {
+		out.CullFrequency = CullFrequencyDefault
+	}
+	if out.ExactCountLimit == 0 {
+		out.ExactCountLimit = ExactCountLimitDefault
+	}
+	if out.Interval == 0 {
+		out.Interval = IntervalDefault
+	}
+	if out.Logger == nil {
+		out.Logger = slog.Default()
+	}
+	if out.MaxEntries == 0 {
+		out.MaxEntries = MaxEntriesDefault
+	}
+	if out.NudgeEvery == 0 {
+		out.NudgeEvery = NudgeEveryDefault
+	}
+	if out.PassTimeout == 0 {
+		out.PassTimeout = PassTimeoutDefault
+	}
+	return &out
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.BatchSize < 1:
+		return fmt.Errorf("culling: Config.BatchSize must be at least 1, got %d", c.BatchSize)
+	case c.CullFrequency < CullAll:
+		return fmt.Errorf("culling: Config.CullFrequency must be positive or CullAll (-1), got %d", c.CullFrequency)
+	case c.ExactCountLimit < -1:
+		return fmt.Errorf("culling: Config.ExactCountLimit must be positive or -1, got %d", c.ExactCountLimit)
+	case c.Interval < 0:
+		return fmt.Errorf("culling: Config.Interval must be positive, got %s", c.Interval)
+	case c.MaxEntries < 0:
+		return fmt.Errorf("culling: Config.MaxEntries must be positive, got %d", c.MaxEntries)
+	case c.NudgeEvery < -1:
+		return fmt.Errorf("culling: Config.NudgeEvery must be positive or -1, got %d", c.NudgeEvery)
+	case c.PassTimeout < -1:
+		return fmt.Errorf("culling: Config.PassTimeout must be positive or -1, got %s", c.PassTimeout)
+	case c.Schema != "" && !schemaRE.MatchString(c.Schema):
+		return fmt.Errorf("culling: Config.Schema %q is not a valid schema name (letters, digits, _ and $, at most 63)", c.Schema)
+	}
+	return nil
+}
+
+// Culler removes expired entries and keeps the cache table at or under
+// Config.MaxEntries. Run it in the application (Start, Stop, NoteWrites) or
+// as a job (RunOnce). Any number of Cullers, in any number of processes, may
+// share a table: one pass runs at a time and the others skip. A Culler is
+// safe for concurrent use.
+type Culler struct {
+	cfg    *Config
+	pool   *pgxpool.Pool
+	runner string
+
+	// Schema-qualified (or, with no Config.Schema, bare) sanitized names,
+	// built once.
+	state string
+	table string
+
+	// pending counts rows written (NoteWrites) since the last pass began.
+	pending atomic.Int64
+	nudge   chan struct{}
+
+	// noForceFlush is set once pg_stat_force_next_flush turns out to be
+	// unavailable (PostgreSQL 14 or older, or revoked).
+	noForceFlush atomic.Bool
+	// warnedState is set once a failure to record a pass has been logged.
+	warnedState atomic.Bool
+
+	mu  sync.Mutex
+	run *runState
+}
+
+type runState struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// New returns a Culler over pool, which must reach the database and schema
+// the cache uses. The pool is never closed by the Culler. Returns an error
+// naming the field when the config is invalid.
+func New(pool *pgxpool.Pool, cfg *Config) (*Culler, error) {
+	if pool == nil {
+		return nil, errors.New("culling: pool is nil")
+	}
+	c := cfg.WithDefaults()
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	host, _ := os.Hostname()
+	cu := &Culler{
+		cfg:    c,
+		pool:   pool,
+		runner: host + ":" + strconv.Itoa(os.Getpid()),
+		nudge:  make(chan struct{}, 1),
+	}
+	cu.table, cu.state = qualify(c.Schema, migrations.Table), qualify(c.Schema, StateTable)
+	return cu, nil
+}
+
+func qualify(schema, table string) string {
+	if schema == "" {
+		return pgx.Identifier{table}.Sanitize()
+	}
+	return pgx.Identifier{schema, table}.Sanitize()
+}
+
+// Config returns a copy of the Culler's config, with defaults filled in.
+func (c *Culler) Config() Config { return *c.cfg }
+
+// NoteWrites tells the Culler that n rows were written. Wire it to the
+// cache's write hook (dbcache.Config.OnWrite = culler.NoteWrites). It never
+// blocks: it adds n to a counter and, once Config.NudgeEvery rows have been
+// written since the last pass began, wakes a started Culler for a pass.
+// Before Start and after Stop it only counts.
+func (c *Culler) NoteWrites(n int) {
+	if n <= 0 || c.cfg.NudgeEvery < 0 {
+		return
+	}
+	if c.pending.Add(int64(n)) >= int64(c.cfg.NudgeEvery) {
+		select {
+		case c.nudge <- struct{}{}:
+		default: // a nudge is already waiting
+		}
+	}
+}
+
+func (c *Culler) nudgeDue() bool {
+	return c.cfg.NudgeEvery >= 0 && c.pending.Load() >= int64(c.cfg.NudgeEvery)
+}
+
+// Start runs passes in a goroutine until Stop is called or ctx ends, and
+// returns at once. The first pass runs immediately, then one every
+// Config.Interval, and one whenever NoteWrites reaches Config.NudgeEvery.
+// Errors of individual passes are logged, never returned. Starting a started
+// Culler does nothing; a stopped one can be started again.
+func (c *Culler) Start(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.run != nil {
+		select {
+		case <-c.run.done:
+			// A Stop timed out earlier but the loop has ended since.
+		default:
+			return nil
+		}
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	r := &runState{cancel: cancel, done: make(chan struct{})}
+	c.run = r
+	go c.loop(runCtx, r.done)
+	return nil
+}
+
+// Stop cancels the pass in progress, if any, and waits for the worker to
+// end. Batches already committed stay committed. It is safe to call before
+// Start and more than once. Returns ctx.Err() if ctx ends first; the worker
+// still ends on its own soon after.
+func (c *Culler) Stop(ctx context.Context) error {
+	c.mu.Lock()
+	r := c.run
+	c.mu.Unlock()
+	if r == nil {
+		return nil
+	}
+	r.cancel()
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	c.mu.Lock()
+	if c.run == r {
+		c.run = nil
+	}
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *Culler) loop(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	ticker := time.NewTicker(c.cfg.Interval)
+	defer ticker.Stop()
+	for {
+		res, err := c.RunOnce(ctx)
+		if err != nil {
+			c.logError(ctx, err)
+		}
+		// A skipped pass leaves this process's writes uncounted by any
+		// pass; the culler that held the lock may have counted before
+		// they landed. Try again soon rather than a whole Interval later.
+		var retry <-chan time.Time
+		if err == nil && res.Skipped && c.nudgeDue() {
+			retry = time.After(skipRetryDelay)
+		}
+		if !c.wait(ctx, ticker.C, retry) {
+			return
+		}
+	}
+}
+
+// wait blocks until the next pass is due and reports whether it is (false:
+// the worker is stopping).
+func (c *Culler) wait(ctx context.Context, tick, retry <-chan time.Time) bool {
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick:
+			return true
+		case <-retry:
+			return true
+		case <-c.nudge:
+			// A nudge sent before the last pass began counting is stale:
+			// that pass has seen those writes.
+			if c.nudgeDue() {
+				return true
+			}
+		}
+	}
+}
+
+func (c *Culler) logError(ctx context.Context, err error) {
+	switch {
+	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+		// Stopping; nothing went wrong.
+	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
+		c.cfg.Logger.WarnContext(ctx, "culling.Culler: pass timed out; the next pass continues where it stopped",
+			"pass_timeout", c.cfg.PassTimeout, "error", err)
+	case ctx.Err() != nil:
+		// The worker's context ended mid-pass: also a stop.
+	default:
+		c.cfg.Logger.ErrorContext(ctx, "culling.Culler: pass failed", "error", err)
+	}
+}

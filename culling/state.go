@@ -1,0 +1,91 @@
+package culling
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// PassRecord is the last completed pass as recorded in the state table, for
+// a process other than the one that ran it (the CLI's stats command). Times
+// and ages come from the database clock.
+type PassRecord struct {
+	// Count, CountExact, Culled, ExpiredRemoved and Remaining are the last
+	// pass's PassResult fields.
+	Count          int64
+	CountExact     bool
+	Culled         int64
+	ExpiredRemoved int64
+	Remaining      int64
+
+	// Duration is how long the last pass took.
+	Duration time.Duration
+	// FinishedAt is when the last pass ended.
+	FinishedAt time.Time
+	// LastCullAt is when a pass last culled (removed live rows because the
+	// table was over MaxEntries); zero if none ever did.
+	LastCullAt time.Time
+	// Passes counts every recorded pass.
+	Passes int64
+	// Runner names the process that ran the last pass: host:pid.
+	Runner string
+	// SinceLastCull is the time since LastCullAt; zero if none ever culled.
+	SinceLastCull time.Duration
+	// SinceLastPass is the time since FinishedAt.
+	SinceLastPass time.Duration
+	// StartedAt is when the last pass began.
+	StartedAt time.Time
+	// TotalCulled and TotalExpiredRemoved sum every recorded pass.
+	TotalCulled         int64
+	TotalExpiredRemoved int64
+}
+
+// LastPass reads the last completed pass over the cache table in schema
+// ("" for the pool's search_path). Returns ErrNoPass when no pass has been
+// recorded and ErrTableNotFound when the state table (migration 002) is
+// missing.
+func LastPass(ctx context.Context, pool *pgxpool.Pool, schema string) (*PassRecord, error) {
+	if pool == nil {
+		return nil, errors.New("culling: pool is nil")
+	}
+	if schema != "" && !schemaRE.MatchString(schema) {
+		return nil, fmt.Errorf("culling: schema %q is not a valid schema name", schema)
+	}
+	state := qualify(schema, StateTable)
+	var (
+		r          PassRecord
+		dur, since float64
+		lastCull   *time.Time
+		sinceCull  *float64
+	)
+	err := pool.QueryRow(ctx, fmt.Sprintf(sqlLastPass, state)).Scan(
+		&r.StartedAt, &r.FinishedAt, &dur, &since,
+		&r.ExpiredRemoved, &r.Culled, &r.Count, &r.CountExact, &r.Remaining,
+		&lastCull, &sinceCull,
+		&r.Passes, &r.TotalExpiredRemoved, &r.TotalCulled, &r.Runner)
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, ErrNoPass
+	case errors.As(err, &pgErr) && pgErr.Code == "42P01": // undefined_table
+		return nil, fmt.Errorf("%w: %s", ErrTableNotFound, state)
+	case err != nil:
+		return nil, fmt.Errorf("culling: read the last pass: %w", err)
+	}
+	r.Duration = seconds(dur)
+	r.SinceLastPass = seconds(since)
+	if lastCull != nil {
+		r.LastCullAt = *lastCull
+	}
+	if sinceCull != nil {
+		r.SinceLastCull = seconds(*sinceCull)
+	}
+	return &r, nil
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
