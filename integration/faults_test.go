@@ -422,11 +422,14 @@ func TestFaultStatementTimeout(t *testing.T) {
 	release := b.lockKey(t, "k")
 
 	for name, op := range map[string]func(ctx context.Context) error{
-		"set":      func(ctx context.Context) error { return b.cache.Set(ctx, "k", []byte("2"), dbcache.Forever) },
-		"incr":     func(ctx context.Context) error { _, err := b.cache.Incr(ctx, "k", 1); return err },
-		"delete":   func(ctx context.Context) error { _, err := b.cache.Delete(ctx, "k"); return err },
-		"touch":    func(ctx context.Context) error { _, err := b.cache.Touch(ctx, "k", dbcache.TTL(time.Hour)); return err },
-		"set_many": func(ctx context.Context) error { _, err := b.cache.SetMany(ctx, map[string][]byte{"a": nil, "k": nil}, dbcache.Forever); return err },
+		"set":    func(ctx context.Context) error { return b.cache.Set(ctx, "k", []byte("2"), dbcache.Forever) },
+		"incr":   func(ctx context.Context) error { _, err := b.cache.Incr(ctx, "k", 1); return err },
+		"delete": func(ctx context.Context) error { _, err := b.cache.Delete(ctx, "k"); return err },
+		"touch":  func(ctx context.Context) error { _, err := b.cache.Touch(ctx, "k", dbcache.TTL(time.Hour)); return err },
+		"set_many": func(ctx context.Context) error {
+			_, err := b.cache.SetMany(ctx, map[string][]byte{"a": nil, "k": nil}, dbcache.Forever)
+			return err
+		},
 	} {
 		err := returnsBy(t, opTimeout, func() error {
 			ctx, cancel := context.WithTimeout(ctx, opTimeout)
