@@ -29,7 +29,13 @@ type shared struct {
 	pool     *pgxpool.Pool
 	ownsPool bool
 	closed   atomic.Bool
-	q        *queries
+	// q are the statements run on the pool; qTx those run in a caller's
+	// transaction. They differ only with Config.FastCommit, which must not
+	// change the durability of a transaction the caller commits.
+	q, qTx *queries
+	// gets coalesces concurrent Gets on the pool (Config.CoalesceGets);
+	// nil when off.
+	gets *coalescer
 
 	// testBeforeGetOrSetWrite runs between GetOrSet's read and its write, so
 	// tests can make another writer win the race.
@@ -43,6 +49,7 @@ type shared struct {
 type Cache struct {
 	s       *shared
 	db      dbtx
+	q       *queries // s.q, or s.qTx in a WithTx view
 	version int
 }
 
@@ -56,8 +63,11 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	s := &shared{cfg: c, pool: pool, q: newQueries(c.Schema)}
-	cache := &Cache{s: s, db: pool, version: c.Version}
+	s := &shared{cfg: c, pool: pool, q: newQueries(c.Schema, c.FastCommit), qTx: newQueries(c.Schema, false)}
+	if c.CoalesceGets > 0 {
+		s.gets = newCoalescer(pool, s.q, c.CoalesceGets)
+	}
+	cache := &Cache{s: s, db: pool, q: s.q, version: c.Version}
 	var ok bool
 	if err := pool.QueryRow(ctx, qTableExists, s.q.table).Scan(&ok); err != nil {
 		return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
@@ -116,6 +126,7 @@ func (c *Cache) WithVersion(version int) *Cache {
 func (c *Cache) WithTx(tx pgx.Tx) *Cache {
 	v := *c
 	v.db = tx
+	v.q = c.s.qTx
 	return &v
 }
 
@@ -154,8 +165,15 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	if c.s.gets != nil && c.db == dbtx(c.s.pool) {
+		v, err := c.s.gets.get(ctx, k)
+		if err != nil && !errors.Is(err, ErrMiss) {
+			return nil, c.wrapErr("get", err)
+		}
+		return v, err
+	}
 	var v []byte
-	if err := c.db.QueryRow(ctx, c.s.q.get, k).Scan(&v); err != nil {
+	if err := c.db.QueryRow(ctx, c.q.get, k).Scan(&v); err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, ErrMiss
 		}
@@ -174,7 +192,7 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 	if err != nil {
 		return err
 	}
-	if _, err := c.db.Exec(ctx, c.s.q.set, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+	if _, err := c.db.Exec(ctx, c.q.set, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
 		return c.wrapErr("set", err)
 	}
 	c.wrote(1)
@@ -194,7 +212,7 @@ func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeo
 		return false, err
 	}
 	var stored bool
-	err = c.db.QueryRow(ctx, c.s.q.add, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)).Scan(&stored)
+	err = c.db.QueryRow(ctx, c.q.add, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)).Scan(&stored)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
@@ -216,7 +234,7 @@ func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (bool, e
 	if err != nil {
 		return false, err
 	}
-	tag, err := c.db.Exec(ctx, c.s.q.touch, k, timeout.micros(c.s.cfg.DefaultTimeout))
+	tag, err := c.db.Exec(ctx, c.q.touch, k, timeout.micros(c.s.cfg.DefaultTimeout))
 	if err != nil {
 		return false, c.wrapErr("touch", err)
 	}
@@ -234,7 +252,7 @@ func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
 		return false, err
 	}
 	var wasLive bool
-	err = c.db.QueryRow(ctx, c.s.q.del, k).Scan(&wasLive)
+	err = c.db.QueryRow(ctx, c.q.del, k).Scan(&wasLive)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
@@ -254,7 +272,7 @@ func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 		return false, err
 	}
 	var ok bool
-	if err := c.db.QueryRow(ctx, c.s.q.hasKey, k).Scan(&ok); err != nil {
+	if err := c.db.QueryRow(ctx, c.q.hasKey, k).Scan(&ok); err != nil {
 		return false, c.wrapErr("has_key", err)
 	}
 	return ok, nil
@@ -293,7 +311,7 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.
 	}
 	value = nonNil(value)
 	var got []byte
-	if err := c.db.QueryRow(ctx, c.s.q.getOrSet, k, value, timeout.micros(c.s.cfg.DefaultTimeout)).Scan(&got); err != nil {
+	if err := c.db.QueryRow(ctx, c.q.getOrSet, k, value, timeout.micros(c.s.cfg.DefaultTimeout)).Scan(&got); err != nil {
 		return nil, c.wrapErr("get_or_set", err)
 	}
 	c.wrote(1)
@@ -332,7 +350,7 @@ func (c *Cache) incr(ctx context.Context, op, key, delta string) (int64, error) 
 	// would now succeed, try again.
 	for attempt := 0; ; attempt++ {
 		var v []byte
-		err := c.db.QueryRow(ctx, c.s.q.incr, k, delta).Scan(&v)
+		err := c.db.QueryRow(ctx, c.q.incr, k, delta).Scan(&v)
 		if err == nil {
 			n, ok := parseInt(v)
 			if !ok {
@@ -343,7 +361,7 @@ func (c *Cache) incr(ctx context.Context, op, key, delta string) (int64, error) 
 		if !errors.Is(err, pgx.ErrNoRows) {
 			return 0, c.wrapErr(op, err)
 		}
-		err = c.db.QueryRow(ctx, c.s.q.incrCheck, k).Scan(&v)
+		err = c.db.QueryRow(ctx, c.q.incrCheck, k).Scan(&v)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return 0, ErrMiss
 		}
@@ -407,7 +425,7 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 		return 0, err
 	}
 	var moved bool
-	err = c.db.QueryRow(ctx, c.s.q.move, from, dest).Scan(&moved)
+	err = c.db.QueryRow(ctx, c.q.move, from, dest).Scan(&moved)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, ErrMiss
 	}
@@ -439,7 +457,7 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 	if err != nil {
 		return nil, err
 	}
-	rows, err := c.db.Query(ctx, c.s.q.getMany, made)
+	rows, err := c.db.Query(ctx, c.q.getMany, made)
 	if err != nil {
 		return nil, c.wrapErr("get_many", err)
 	}
@@ -480,7 +498,7 @@ func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Ti
 		src := back[mk]
 		values[i] = nonNil(items[src[len(src)-1]])
 	}
-	if _, err := c.db.Exec(ctx, c.s.q.setMany, made, values, timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+	if _, err := c.db.Exec(ctx, c.q.setMany, made, values, timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
 		return keys, c.wrapErr("set_many", err)
 	}
 	c.wrote(len(made))
@@ -513,7 +531,7 @@ func (c *Cache) DeleteMany(ctx context.Context, keys []string) (int, error) {
 	// Sorted, so concurrent batches lock rows in one order.
 	slices.Sort(made)
 	var n int
-	if err := c.db.QueryRow(ctx, c.s.q.deleteMany, made).Scan(&n); err != nil {
+	if err := c.db.QueryRow(ctx, c.q.deleteMany, made).Scan(&n); err != nil {
 		return 0, c.wrapErr("delete_many", err)
 	}
 	return n, nil
@@ -525,7 +543,7 @@ func (c *Cache) Clear(ctx context.Context) error {
 	if err := c.checkOpen(); err != nil {
 		return err
 	}
-	if _, err := c.db.Exec(ctx, c.s.q.clear); err != nil {
+	if _, err := c.db.Exec(ctx, c.q.clear); err != nil {
 		return c.wrapErr("clear", err)
 	}
 	return nil

@@ -62,10 +62,36 @@ const (
 // defaults: 300 s timeout, version 1, no prefix, table in the search_path
 // schema.
 type Config struct {
+	// CoalesceGets, when positive, is the most Get queries the cache runs on
+	// the pool at once; a Get that arrives while that many are running waits,
+	// and the waiting Gets are answered together by one key = ANY($1) query
+	// as soon as a running one finishes. A lone Get never waits, so latency
+	// at low concurrency is unchanged; under load, throughput rises because
+	// PostgreSQL's per-statement cost is shared by many keys. Set it at or
+	// below the pool's MaxConns (leaving connections for writes). Gets in a
+	// WithTx view are never coalesced. See docs/performance.md for figures.
+	// Defaults to 0: off, every Get is its own query.
+	CoalesceGets int
+
 	// DefaultTimeout is the timeout for calls that pass DefaultTimeout.
 	// Forever makes entries never expire by default; TTL(0) makes them expire
 	// at once (Django's TIMEOUT=0). Defaults to TTL(DefaultTimeoutDefault).
 	DefaultTimeout Timeout
+
+	// FastCommit makes every write statement the cache runs on the pool
+	// commit with synchronous_commit off, set inside the statement itself
+	// (set_config(…, true), which is SET LOCAL), so it costs no round trip,
+	// leaves no session state and works behind PgBouncer's transaction
+	// pooling. A write then returns before its WAL record is flushed to
+	// disk: if the server crashes (power loss, kernel panic, or the
+	// PostgreSQL server process being killed hard), writes acknowledged in
+	// the last wal_writer_delay × 3 (600 ms by default) can be lost; the
+	// database is never corrupted and stays consistent, and a clean restart
+	// loses nothing. For a cache that is usually the right trade. Writes in
+	// a WithTx view are left alone: they commit as the caller's transaction
+	// says. Defaults to false: writes are as durable as the server's
+	// synchronous_commit setting makes them.
+	FastCommit bool
 
 	// KeyCheck says what to do with keys that memcached could not store.
 	// Defaults to KeyCheckWarn.
@@ -123,6 +149,9 @@ func (c *Config) validate() error {
 	var errs []error
 	if c.Schema != "" && !schemaRE.MatchString(c.Schema) {
 		errs = append(errs, fmt.Errorf("dbcache: Config.Schema %q is not a valid schema name (letters, digits, _ and $, at most 63)", c.Schema))
+	}
+	if c.CoalesceGets < 0 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceGets %d is negative (0 turns coalescing off)", c.CoalesceGets))
 	}
 	if c.KeyCheck < KeyCheckWarn || c.KeyCheck > KeyCheckOff {
 		errs = append(errs, fmt.Errorf("dbcache: Config.KeyCheck %d is not a KeyCheck", c.KeyCheck))

@@ -108,7 +108,38 @@ type queries struct {
 	table                                                              string
 }
 
-func newQueries(schema string) *queries {
+// fastCommitSrc is a one-row relation whose only job is to run
+// set_config('synchronous_commit', 'off', true) (SET LOCAL) inside the
+// statement itself. The setting is read when the statement's implicit
+// transaction commits, so that commit returns without waiting for the WAL
+// flush, and it lapses with the transaction: no extra round trip, no session
+// state (so it works behind PgBouncer in transaction pooling), still one
+// statement. A volatile function in a FROM subquery is evaluated, never
+// optimized away; tests check that every write statement sets it.
+const fastCommitSrc = `(SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit`
+
+// fastCommit rewrites a write statement to commit asynchronously, by joining
+// fastCommitSrc into it. Each rewrite is anchored on text the statement is
+// known to contain; newQueries' tests check every write statement changed.
+func fastCommit(sql string) string {
+	r := strings.NewReplacer(
+		// INSERT … VALUES has no FROM; the SELECT form needs explicit casts
+		// because a SELECT list does not take its types from the columns.
+		"VALUES ($1, $2, EXP3)", "SELECT $1::text, $2::bytea, EXP3 FROM "+fastCommitSrc,
+		"FROM unnest(", "FROM "+fastCommitSrc+", unnest(",
+		"DELETE FROM TABLE WHERE", "DELETE FROM TABLE USING "+fastCommitSrc+" WHERE",
+		"UPDATE TABLE SET expires = EXP2 WHERE", "UPDATE TABLE SET expires = EXP2 FROM "+fastCommitSrc+" WHERE",
+		"'UTF8')\nWHERE", "'UTF8') FROM "+fastCommitSrc+"\nWHERE",
+	)
+	if sql == qClear {
+		return qClear + " USING " + fastCommitSrc
+	}
+	return r.Replace(sql)
+}
+
+// newQueries fills in the statements for the table in schema; with fast set,
+// every write statement commits with synchronous_commit off (fastCommit).
+func newQueries(schema string, fast bool) *queries {
 	ident := pgx.Identifier{TableName}
 	if schema != "" {
 		ident = pgx.Identifier{schema, TableName}
@@ -117,21 +148,25 @@ func newQueries(schema string) *queries {
 	r := strings.NewReplacer("TABLE", table,
 		"EXP2", strings.Replace(exp, "%d", "2", 1),
 		"EXP3", strings.Replace(exp, "%d", "3", 1))
+	w := func(sql string) string { return r.Replace(sql) }
+	if fast {
+		w = func(sql string) string { return r.Replace(fastCommit(sql)) }
+	}
 	return &queries{
 		table:      table,
 		get:        r.Replace(qGet),
 		hasKey:     r.Replace(qHasKey),
-		set:        r.Replace(qSet),
-		add:        r.Replace(qAdd),
-		getOrSet:   r.Replace(qGetOrSet),
-		touch:      r.Replace(qTouch),
-		del:        r.Replace(qDelete),
-		incr:       r.Replace(qIncr),
+		set:        w(qSet),
+		add:        w(qAdd),
+		getOrSet:   w(qGetOrSet),
+		touch:      w(qTouch),
+		del:        w(qDelete),
+		incr:       w(qIncr),
 		incrCheck:  r.Replace(qIncrCheck),
-		move:       r.Replace(qMove),
+		move:       w(qMove),
 		getMany:    r.Replace(qGetMany),
-		setMany:    r.Replace(qSetMany),
-		deleteMany: r.Replace(qDeleteMany),
-		clear:      r.Replace(qClear),
+		setMany:    w(qSetMany),
+		deleteMany: w(qDeleteMany),
+		clear:      w(qClear),
 	}
 }

@@ -1,0 +1,21 @@
+package dbcache
+
+// Statements returns the SQL the cache's pool operations run, by operation,
+// so benchmarks can run the very same statements through raw pgx as a
+// baseline, and tests can run them one at a time.
+func Statements(c *Cache) map[string]string {
+	q := c.q
+	return map[string]string{
+		"get": q.get, "has_key": q.hasKey, "set": q.set, "add": q.add, "get_or_set": q.getOrSet,
+		"touch": q.touch, "delete": q.del, "incr": q.incr, "incr_check": q.incrCheck, "move": q.move,
+		"get_many": q.getMany, "set_many": q.setMany, "delete_many": q.deleteMany, "clear": q.clear,
+	}
+}
+
+// CoalescedBatches returns how many queries answered more than one Get.
+func CoalescedBatches(c *Cache) int64 {
+	if c.s.gets == nil {
+		return 0
+	}
+	return c.s.gets.batches.Load()
+}
