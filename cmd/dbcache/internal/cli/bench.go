@@ -1,0 +1,243 @@
+package cli
+
+import (
+	"fmt"
+	"math"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dbcache/dbcache/internal/loadgen"
+	"github.com/dbcache/dbcache/internal/loadgen/dbcacheload"
+)
+
+// benchKeyPrefix starts every key bench writes (before dbcache's own
+// prefix and version), so bench data is easy to tell apart.
+const benchKeyPrefix = "bench:"
+
+// benchJSON is bench's --json output.
+type benchJSON struct {
+	Ops            string          `json:"ops"`
+	Concurrency    int             `json:"concurrency"`
+	ValueSize      int             `json:"value_size"`
+	KeySpace       int             `json:"keyspace"`
+	BatchSize      int             `json:"batch_size"`
+	DurationLimit  float64         `json:"duration_limit_seconds"`
+	RequestsLimit  int64           `json:"requests_limit"`
+	Prefilled      bool            `json:"prefilled"`
+	ElapsedSeconds float64         `json:"elapsed_seconds"`
+	Interrupted    bool            `json:"interrupted"`
+	FirstError     string          `json:"first_error,omitempty"`
+	Results        []benchOpResult `json:"results"`
+	Total          benchOpResult   `json:"total"`
+}
+
+type benchOpResult struct {
+	Op        string             `json:"op"`
+	Requests  int64              `json:"requests"`
+	Errors    int64              `json:"errors"`
+	Misses    int64              `json:"misses"`
+	OpsPerSec float64            `json:"ops_per_sec"`
+	LatencyMs map[string]float64 `json:"latency_ms"`
+}
+
+func toBenchOp(r loadgen.OpResult) benchOpResult {
+	ms := func(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e3 }
+	return benchOpResult{
+		Op: r.Name, Requests: r.Requests, Errors: r.Errors, Misses: r.Misses,
+		OpsPerSec: math.Round(r.OpsPerSec*10) / 10,
+		LatencyMs: map[string]float64{
+			"min": ms(r.Min), "mean": ms(r.Mean), "p50": ms(r.P50), "p99": ms(r.P99), "p999": ms(r.P999), "max": ms(r.Max),
+		},
+	}
+}
+
+func (a *app) benchCommand() *cobra.Command {
+	var (
+		cf       cacheFlags
+		mix      string
+		lc       loadgen.Config
+		prefill  bool
+		ttl      string
+		duration time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Load the cache with a mix of operations and report throughput and latency",
+		Long: `Run a load against the cache on this server, as redis-benchmark does against
+Redis: --concurrency workers each run one operation after another, picked
+from the --ops mix, over --keyspace keys with --value-size byte values, for
+--duration or --requests, and report requests per second and latency
+percentiles (p50, p99, p99.9) per operation.
+
+Operations: get, set, add, delete, touch, has, incr, decr, get_or_set,
+get_many and set_many (the _many ones on --batch-size keys). Weight them
+with ":N", e.g. --ops get:9,set:1. Keys are "bench:N" (under --prefix and
+--version); counters for incr/decr are "bench:N:n". Unless --prefill=false,
+every key is written first so reads hit. Interrupting prints the results
+so far.`,
+		Example: `  dbcache bench
+  dbcache bench --ops get:9,set:1 -c 16 --duration 30s
+  dbcache bench --ops get_many,set_many --batch-size 50 -n 10000 --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			timeout, err := parseTTL(ttl)
+			if err != nil {
+				return err
+			}
+			// -n alone means "until that many requests"; the default time
+			// limit applies only when neither is given.
+			lc.Duration = duration
+			if lc.Requests > 0 && !cmd.Flags().Changed("duration") {
+				lc.Duration = 0
+			}
+			if lc.Duration < 0 || lc.Requests < 0 || lc.Concurrency < 1 || lc.KeySpace < 1 || lc.ValueSize < 0 {
+				return usagef("--duration, --requests and --value-size must not be negative; --concurrency and --keyspace must be at least 1")
+			}
+			if lc.Concurrency > 1000 {
+				return usagef("--concurrency %d is more connections than is sensible (at most 1000)", lc.Concurrency)
+			}
+			if lc.ValueSize == 0 {
+				lc.ValueSize = -1 // loadgen's "empty values"; 0 would mean its default
+			}
+			lc.KeyPrefix = benchKeyPrefix
+			cache, pool, err := a.openCache(ctx, cmd, &cf, int32(lc.Concurrency))
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			ops, err := loadgen.ParseMix(mix, dbcacheload.Ops(cache, timeout))
+			if err != nil {
+				return &usageError{err: err}
+			}
+			lc.Ops = ops
+			full := lc.WithDefaults()
+			if err := full.Validate(); err != nil {
+				return &usageError{err: err}
+			}
+
+			if prefill {
+				t := a.newTicker()
+				err := dbcacheload.Prefill(ctx, cache, &lc, timeout, func(done int) {
+					t.update(int64(full.KeySpace), int64(done), "prefill",
+						fmt.Sprintf("bench: prefilled %s of %s keys", humanCount(int64(done)), humanCount(int64(full.KeySpace))))
+				})
+				t.finish()
+				if err != nil {
+					return err
+				}
+			}
+
+			t := a.newTicker()
+			lc.Progress = func(p loadgen.Progress) {
+				if p.Final {
+					return
+				}
+				rate := float64(p.Done) / max(p.Elapsed.Seconds(), 1e-9)
+				desc := fmt.Sprintf("bench %s ops/s", humanCount(int64(rate)))
+				line := fmt.Sprintf("bench: %s requests, %s ops/s, %s errors", humanCount(p.Done), humanCount(int64(rate)), humanCount(p.Errors))
+				if full.Duration == 0 {
+					t.update(full.Requests, p.Done, desc, line)
+				} else {
+					secs := int64(math.Ceil(full.Duration.Seconds()))
+					t.update(secs, int64(p.Elapsed.Seconds()), desc, line)
+				}
+			}
+			res, runErr := loadgen.Run(ctx, &lc)
+			t.finish()
+			if res == nil {
+				return runErr
+			}
+			if a.g.json {
+				out := benchJSON{
+					Ops: mix, Concurrency: full.Concurrency, ValueSize: full.ValueSize, KeySpace: full.KeySpace,
+					BatchSize: full.BatchSize, DurationLimit: full.Duration.Seconds(), RequestsLimit: full.Requests,
+					Prefilled: prefill, ElapsedSeconds: res.Elapsed.Seconds(), Interrupted: res.Interrupted,
+					FirstError: res.FirstError, Total: toBenchOp(res.Total),
+				}
+				for _, op := range res.Ops {
+					out.Results = append(out.Results, toBenchOp(op))
+				}
+				if err := a.writeJSON(out); err != nil {
+					return err
+				}
+			} else {
+				a.printBench(mix, &full, prefill, res)
+			}
+			return runErr
+		},
+	}
+	f := cmd.Flags()
+	cf.add(f)
+	f.StringVarP(&mix, "ops", "t", "get,set", "operations to run, optionally weighted: get:9,set:1")
+	f.IntVarP(&lc.Concurrency, "concurrency", "c", 8, "workers (and connections), each running one request at a time")
+	f.IntVarP(&lc.ValueSize, "value-size", "d", loadgen.ValueSizeDefault, "value size in bytes")
+	f.IntVarP(&lc.KeySpace, "keyspace", "r", loadgen.KeySpaceDefault, "number of distinct keys")
+	f.Int64VarP(&lc.Requests, "requests", "n", 0, "stop after this many requests (0: no limit)")
+	f.DurationVar(&duration, "duration", loadgen.DurationDefault, "stop after this long (default 10s unless -n is given)")
+	f.IntVar(&lc.BatchSize, "batch-size", loadgen.BatchSizeDefault, "keys per get_many / set_many")
+	f.BoolVar(&prefill, "prefill", true, "write every key before the run so reads hit")
+	f.StringVar(&ttl, "ttl", "default", ttlHelp)
+	f.Uint64Var(&lc.Seed, "seed", 0, "seed for keys, operations and values")
+	return cmd
+}
+
+func (a *app) printBench(mix string, c *loadgen.Config, prefill bool, res *loadgen.Result) {
+	limit := fmt.Sprintf("%s requests", humanCount(c.Requests))
+	if c.Requests == 0 {
+		limit = c.Duration.String()
+	} else if c.Duration > 0 {
+		limit += " or " + c.Duration.String()
+	}
+	filled := ""
+	if prefill {
+		filled = ", prefilled"
+	}
+	a.println("bench: %s; %d workers; %s keys%s; %d-byte values; %s", mix, c.Concurrency,
+		humanCount(int64(c.KeySpace)), filled, c.ValueSize, limit)
+	tw := tabwriter.NewWriter(a.out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	// The table is right-aligned for the numbers; padding the names to one
+	// width keeps the first column left-aligned.
+	width := len("total")
+	for _, op := range res.Ops {
+		width = max(width, len(op.Name))
+	}
+	pad := func(s string) string { return s + strings.Repeat(" ", width-len(s)) }
+	fmt.Fprintf(tw, "%s\trequests\tops/s\tmean\tp50\tp99\tp99.9\tmax\tmisses\terrors\t\n", pad("op"))
+	row := func(r loadgen.OpResult) {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", pad(r.Name), humanCount(r.Requests),
+			humanCount(int64(math.Round(r.OpsPerSec))), latency(r.Mean), latency(r.P50), latency(r.P99),
+			latency(r.P999), latency(r.Max), humanCount(r.Misses), humanCount(r.Errors))
+	}
+	for _, op := range res.Ops {
+		row(op)
+	}
+	if len(res.Ops) > 1 {
+		row(res.Total)
+	}
+	_ = tw.Flush()
+	end := "in"
+	if res.Interrupted {
+		end = "interrupted after"
+	}
+	a.println("%s requests %s %s", humanCount(res.Total.Requests), end, roundDuration(res.Elapsed))
+	if res.FirstError != "" {
+		a.println("first error: %s", errorLine(fmt.Errorf("%s", res.FirstError), a.g.connectTimeout))
+	}
+}
+
+// latency renders a latency in milliseconds with three significant digits.
+func latency(d time.Duration) string {
+	ms := float64(d) / 1e6
+	switch {
+	case ms >= 100:
+		return fmt.Sprintf("%.0fms", ms)
+	case ms >= 10:
+		return fmt.Sprintf("%.1fms", ms)
+	default:
+		return fmt.Sprintf("%.2fms", ms)
+	}
+}

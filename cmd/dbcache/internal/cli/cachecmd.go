@@ -1,0 +1,389 @@
+package cli
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dbcache/dbcache/dbcache"
+)
+
+// parseTTL reads a --ttl value with Django's meanings:
+//
+//   - "default": the cache's default timeout (300 s, dbcache's default);
+//   - "never" (or "none", "forever"): never expires (Django's None);
+//   - "0" or any duration <= 0: expires at once (Django's 0);
+//   - a number of seconds ("300", "1.5") or a Go duration ("5m", "1h30m").
+func parseTTL(s string) (dbcache.Timeout, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", "default":
+		return dbcache.DefaultTimeout, nil
+	case "never", "none", "forever":
+		return dbcache.Forever, nil
+	}
+	if secs, err := strconv.ParseFloat(s, 64); err == nil {
+		if math.IsNaN(secs) || math.IsInf(secs, 0) || math.Abs(secs) > float64(math.MaxInt64/int64(time.Second)) {
+			return dbcache.Timeout{}, usagef("--ttl %q is out of range", s)
+		}
+		return dbcache.TTL(time.Duration(secs * float64(time.Second))), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return dbcache.Timeout{}, usagef(`--ttl %q: want "default", "never", a number of seconds or a duration such as 90s or 5m`, s)
+	}
+	return dbcache.TTL(d), nil
+}
+
+const ttlHelp = `expiry: "default" (300s), "never", seconds ("300", "0" = expire at once) or a duration ("5m")`
+
+// readValue is the value argument, or stdin when there is none. Stdin is
+// read whole and byte for byte, so binary values (NUL bytes, no trailing
+// newline) are stored exactly. A terminal on stdin with no argument is a
+// usage error rather than a silent wait for input.
+func (a *app) readValue(args []string, i int) ([]byte, error) {
+	if len(args) > i {
+		return []byte(args[i]), nil
+	}
+	if a.cfg.StdinIsTerminal {
+		return nil, usagef("no value: give it as an argument or pipe it on stdin")
+	}
+	return io.ReadAll(a.stdin)
+}
+
+type keyJSON struct {
+	Key string `json:"key"`
+}
+
+func (a *app) getCommand() *cobra.Command {
+	var cf cacheFlags
+	cmd := &cobra.Command{
+		Use:   "get KEY",
+		Short: "Print the value stored under KEY",
+		Long: `Print the value stored under KEY, byte for byte, with no newline added
+(one is added on a terminal). A key with no live entry prints nothing on
+stdout, a line on stderr, and exits 3.
+
+With --json: {"key":…,"found":true,"value":…,"encoding":"utf8"|"base64"};
+binary values are base64.`,
+		Example: `  dbcache get greeting
+  dbcache get --prefix myapp --version 2 user:42 > user42.bin
+  if v=$(dbcache get flag 2>/dev/null); then echo "flag=$v"; fi`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			cache, pool, err := a.openCache(ctx, cmd, &cf, 1)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			key := args[0]
+			v, err := cache.Get(ctx, key)
+			type out struct {
+				keyJSON
+				Found bool `json:"found"`
+				*jsonValue
+			}
+			if errors.Is(err, dbcache.ErrMiss) {
+				return a.miss(key, out{keyJSON: keyJSON{key}})
+			}
+			if err != nil {
+				return keyError(err)
+			}
+			if a.g.json {
+				jv := encodeValue(v)
+				return a.writeJSON(out{keyJSON{key}, true, &jv})
+			}
+			if _, err := a.out.Write(v); err != nil {
+				return err
+			}
+			if a.cfg.OutIsTerminal && (len(v) == 0 || v[len(v)-1] != '\n') {
+				_, err = io.WriteString(a.out, "\n")
+			}
+			return err
+		},
+	}
+	cf.add(cmd.Flags())
+	return cmd
+}
+
+// storeCommand is set or add: the same arguments, different semantics.
+func (a *app) storeCommand(add bool) *cobra.Command {
+	var cf cacheFlags
+	var ttl string
+	cmd := &cobra.Command{
+		Use:   "set KEY [VALUE]",
+		Short: "Store VALUE (or stdin) under KEY",
+		Long: `Store VALUE under KEY, replacing any entry. Without VALUE the value is read
+from stdin, byte for byte (binary safe: NUL bytes and trailing newlines are
+kept).
+
+--ttl takes Django's meanings: "default" is the cache's default timeout
+(300s), "never" never expires, 0 (or less) expires at once, otherwise
+seconds or a duration.`,
+		Example: `  dbcache set greeting "hello, world"
+  dbcache set session:42 token --ttl 30m
+  dbcache set config --ttl never < config.json
+  printf 'a\0b' | dbcache set binary`,
+		Args: cobra.RangeArgs(1, 2),
+	}
+	if add {
+		cmd.Use = "add KEY [VALUE]"
+		cmd.Short = "Store VALUE under KEY only if KEY has no live entry"
+		cmd.Long = `Store VALUE (or stdin) under KEY only if KEY has no live entry (an expired
+entry is taken over). Exits 3 when the key exists and nothing was stored.
+--ttl as for set.`
+		cmd.Example = `  dbcache add lock:report "$HOSTNAME" --ttl 10m || echo "someone else holds it"`
+	}
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		ctx := cmd.Context()
+		timeout, err := parseTTL(ttl)
+		if err != nil {
+			return err
+		}
+		value, err := a.readValue(args, 1)
+		if err != nil {
+			return err
+		}
+		cache, pool, err := a.openCache(ctx, cmd, &cf, 1)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		key := args[0]
+		type out struct {
+			keyJSON
+			Stored bool   `json:"stored"`
+			TTL    string `json:"ttl"`
+		}
+		if !add {
+			if err := cache.Set(ctx, key, value, timeout); err != nil {
+				return keyError(err)
+			}
+			if a.g.json {
+				return a.writeJSON(out{keyJSON{key}, true, timeout.String()})
+			}
+			a.println("OK")
+			return nil
+		}
+		stored, err := cache.Add(ctx, key, value, timeout)
+		if err != nil {
+			return keyError(err)
+		}
+		if a.g.json {
+			err = a.writeJSON(out{keyJSON{key}, stored, timeout.String()})
+		} else if stored {
+			a.println("stored")
+		} else {
+			a.println("not stored: key %q has a live entry", key)
+		}
+		if err == nil && !stored {
+			return errMissExit
+		}
+		return err
+	}
+	cf.add(cmd.Flags())
+	cmd.Flags().StringVar(&ttl, "ttl", "default", ttlHelp)
+	return cmd
+}
+
+func (a *app) setCommand() *cobra.Command { return a.storeCommand(false) }
+func (a *app) addCommand() *cobra.Command { return a.storeCommand(true) }
+
+// boolCommand is a key command whose answer is yes or no (touch, delete,
+// has): "no" prints its word and exits 3.
+func (a *app) boolCommand(use, short, long, example, field, yes, no string, withTTL bool,
+	run func(cmd *cobra.Command, cache *dbcache.Cache, key string, timeout dbcache.Timeout) (bool, error),
+) *cobra.Command {
+	var cf cacheFlags
+	var ttl string
+	cmd := &cobra.Command{
+		Use:     use,
+		Short:   short,
+		Long:    long,
+		Example: example,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			timeout, err := parseTTL(ttl)
+			if err != nil {
+				return err
+			}
+			cache, pool, err := a.openCache(ctx, cmd, &cf, 1)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			key := args[0]
+			ok, err := run(cmd, cache, key, timeout)
+			if err != nil {
+				return keyError(err)
+			}
+			if a.g.json {
+				err = a.writeJSON(map[string]any{"key": key, field: ok})
+			} else if ok {
+				a.println("%s", yes)
+			} else {
+				a.println("%s", no)
+			}
+			if err == nil && !ok {
+				return errMissExit
+			}
+			return err
+		},
+	}
+	cf.add(cmd.Flags())
+	if withTTL {
+		cmd.Flags().StringVar(&ttl, "ttl", "default", ttlHelp)
+	}
+	return cmd
+}
+
+func (a *app) touchCommand() *cobra.Command {
+	return a.boolCommand("touch KEY", "Give KEY's live entry a new expiry",
+		`Give KEY's live entry a new expiry (--ttl, as for set). Exits 3 when KEY has
+no live entry: touch never brings an expired value back.`,
+		`  dbcache touch session:42 --ttl 30m`,
+		"touched", "touched", "not found", true,
+		func(cmd *cobra.Command, c *dbcache.Cache, key string, t dbcache.Timeout) (bool, error) {
+			return c.Touch(cmd.Context(), key, t)
+		})
+}
+
+func (a *app) deleteCommand() *cobra.Command {
+	return a.boolCommand("delete KEY", "Remove KEY",
+		`Remove KEY. Exits 3 when KEY had no live entry (an expired entry is removed
+too, but counts as absent).`,
+		`  dbcache delete session:42`,
+		"deleted", "deleted", "not found", false,
+		func(cmd *cobra.Command, c *dbcache.Cache, key string, _ dbcache.Timeout) (bool, error) {
+			return c.Delete(cmd.Context(), key)
+		})
+}
+
+func (a *app) hasCommand() *cobra.Command {
+	return a.boolCommand("has KEY", "Tell whether KEY has a live entry",
+		`Print true and exit 0 when KEY has a live entry; print false and exit 3
+otherwise.`,
+		`  dbcache has feature:beta && echo on`,
+		"exists", "true", "false", false,
+		func(cmd *cobra.Command, c *dbcache.Cache, key string, _ dbcache.Timeout) (bool, error) {
+			return c.HasKey(cmd.Context(), key)
+		})
+}
+
+func (a *app) incrCommand(up bool) *cobra.Command {
+	var cf cacheFlags
+	name, verb := "incr", "Add DELTA (default 1) to"
+	if !up {
+		name, verb = "decr", "Subtract DELTA (default 1) from"
+	}
+	cmd := &cobra.Command{
+		Use:   name + " KEY [DELTA]",
+		Short: verb + " the integer stored under KEY",
+		Long: verb + ` the integer stored under KEY and print the result.
+The value must be a decimal integer (as Redis INCR reads it); the entry keeps
+its expiry. Exits 3 when KEY has no live entry, 1 when the value is not an
+integer or the result would overflow int64. A negative DELTA goes after
+"--" (dbcache ` + name + ` KEY -- -5).`,
+		Example: "  dbcache " + name + " visits\n  dbcache " + name + " visits 10",
+		Args:    cobra.RangeArgs(1, 2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			delta := int64(1)
+			if len(args) == 2 {
+				d, err := strconv.ParseInt(args[1], 10, 64)
+				if err != nil {
+					return usagef("DELTA %q is not an integer", args[1])
+				}
+				delta = d
+			}
+			cache, pool, err := a.openCache(ctx, cmd, &cf, 1)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			key := args[0]
+			var n int64
+			if up {
+				n, err = cache.Incr(ctx, key, delta)
+			} else {
+				n, err = cache.Decr(ctx, key, delta)
+			}
+			type out struct {
+				keyJSON
+				Found bool   `json:"found"`
+				Value *int64 `json:"value,omitempty"`
+			}
+			switch {
+			case errors.Is(err, dbcache.ErrMiss):
+				return a.miss(key, out{keyJSON: keyJSON{key}})
+			case errors.Is(err, dbcache.ErrNotInteger):
+				return fmt.Errorf("%s %q: the value is not an integer", name, key)
+			case errors.Is(err, dbcache.ErrOverflow):
+				return fmt.Errorf("%s %q: the result would overflow a 64-bit integer", name, key)
+			case err != nil:
+				return keyError(err)
+			}
+			if a.g.json {
+				return a.writeJSON(out{keyJSON{key}, true, &n})
+			}
+			a.println("%d", n)
+			return nil
+		},
+	}
+	cf.add(cmd.Flags())
+	return cmd
+}
+
+func (a *app) clearCommand() *cobra.Command {
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "clear",
+		Short: "Remove every entry in the cache table",
+		Long: `Remove every entry in the cache table: every prefix and version, and every
+cache that shares the table, as Django's cache.clear() does. On a terminal
+it asks for confirmation; otherwise it needs --yes (without it: exit 2).`,
+		Example: `  dbcache clear
+  dbcache clear --yes --schema staging_cache`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if !yes {
+				if !a.cfg.StdinIsTerminal {
+					return usagef("clear removes every entry: pass --yes to confirm (there is no terminal to ask on)")
+				}
+				where := "the search_path's " + "dbcache_entries"
+				if a.g.schema != "" {
+					where = a.tableName(dbcache.TableName)
+				}
+				fmt.Fprintf(a.errw, "Remove every entry in %s (every prefix and version)? [y/N] ", where)
+				line, _ := bufio.NewReader(a.stdin).ReadString('\n')
+				if ans := strings.ToLower(strings.TrimSpace(line)); ans != "y" && ans != "yes" {
+					return errors.New("clear: not confirmed; nothing removed")
+				}
+			}
+			cache, pool, err := a.openCache(ctx, cmd, &cacheFlags{}, 1)
+			if err != nil {
+				return err
+			}
+			defer pool.Close()
+			if err := cache.Clear(ctx); err != nil {
+				return err
+			}
+			if a.g.json {
+				return a.writeJSON(map[string]bool{"cleared": true})
+			}
+			a.println("cleared")
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
+	return cmd
+}

@@ -1,0 +1,367 @@
+// Package cli is the dbcache command: the cobra command tree, the connection
+// rules and the output formats, thin over the library packages (dbcache,
+// migrations, culling). cmd/dbcache's main calls Run and exits with the code
+// it returns; tests call Run in-process or build the binary.
+//
+// The package is internal to the command and its API may change.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// Exit codes. Every command ends with one of these, so scripts can tell a
+// miss from a mistake from a failure.
+const (
+	// ExitOK: the command did what it was asked.
+	ExitOK = 0
+	// ExitFailure: the command failed: the database could not be reached,
+	// a statement failed, the schema is not migrated or is dirty, a value is
+	// not an integer, a confirmation was refused.
+	ExitFailure = 1
+	// ExitUsage: the command line is wrong: an unknown command or flag, a
+	// missing or extra argument, an unparsable value, an invalid key, or
+	// clear without --yes when there is no terminal to ask on.
+	ExitUsage = 2
+	// ExitMiss: the command ran but found nothing: get, incr, decr, touch,
+	// delete or has of a key with no live entry, or an add that did not
+	// store because the key exists.
+	ExitMiss = 3
+)
+
+// Defaults of the connection flags.
+const (
+	// ConnectTimeoutDefault bounds connecting (TCP, TLS and authentication),
+	// so an unreachable server fails within it instead of hanging.
+	ConnectTimeoutDefault = 10 * time.Second
+	// StatementTimeoutDefault is the session's statement_timeout.
+	StatementTimeoutDefault = 30 * time.Second
+	// ApplicationName is the application_name the CLI's sessions carry
+	// (unless the connection string sets one), so they are easy to pick out
+	// in pg_stat_activity.
+	ApplicationName = "dbcache-cli"
+	// EnvDatabaseURL is the variable read when --database-url is not given.
+	EnvDatabaseURL = "DATABASE_URL"
+)
+
+// Config is what one run of the command works with. Tests fill it with
+// buffers; main fills it with the process's files.
+type Config struct {
+	// Args are the command-line arguments, without the program name.
+	Args []string
+	// Stdin, Out and Err are the standard streams. Results go to Out;
+	// errors, logs, prompts and progress bars go to Err.
+	Stdin io.Reader
+	Out   io.Writer
+	Err   io.Writer
+	// Getenv reads the environment (DATABASE_URL, DBCACHE_TEST_PG_IMAGE).
+	// Defaults to os.Getenv. The PG* variables are read by pgx itself, from
+	// the process environment.
+	Getenv func(string) string
+	// StdinIsTerminal, OutIsTerminal and ErrIsTerminal say which streams are
+	// terminals: get adds a newline on a terminal, clear asks for
+	// confirmation on one, and progress bars are drawn only on one.
+	StdinIsTerminal bool
+	OutIsTerminal   bool
+	ErrIsTerminal   bool
+}
+
+// Run runs the command line in cfg and returns the exit code. It never
+// panics on bad input and never prints a stack trace: every error is one
+// line on Err starting "dbcache: ". Cancelling ctx (main does on SIGINT and
+// SIGTERM) interrupts the command.
+func Run(ctx context.Context, cfg *Config) int {
+	a := newApp(cfg)
+	root := a.rootCommand()
+	root.SetArgs(cfg.Args)
+	root.SetIn(a.stdin)
+	root.SetOut(a.out)
+	root.SetErr(a.errw)
+	err := root.ExecuteContext(ctx)
+	return a.report(err)
+}
+
+// app is one run's state: the streams, the global flags and the logger.
+type app struct {
+	stdin io.Reader
+	out   io.Writer
+	errw  io.Writer
+	cfg   *Config
+	g     globalFlags
+	log   *slog.Logger
+	// started is set once cobra has parsed and validated the command line
+	// and is about to run a command. An error before that is a usage error.
+	started bool
+	// cmdPath names the command being run, for usage hints.
+	cmdPath string
+}
+
+type globalFlags struct {
+	connectTimeout   time.Duration
+	databaseURL      string
+	debug            bool
+	json             bool
+	schema           string
+	statementTimeout time.Duration
+	verbose          bool
+
+	// Whether the timeouts were given on the command line, so a value in the
+	// connection string wins over the default but not over the flag.
+	connectTimeoutSet, statementTimeoutSet bool
+}
+
+func newApp(cfg *Config) *app {
+	a := &app{cfg: cfg, stdin: cfg.Stdin, out: cfg.Out, errw: cfg.Err}
+	if a.stdin == nil {
+		a.stdin = strings.NewReader("")
+	}
+	if a.out == nil {
+		a.out = io.Discard
+	}
+	if a.errw == nil {
+		a.errw = io.Discard
+	}
+	if cfg.Getenv == nil {
+		cfg.Getenv = os.Getenv
+	}
+	a.log = newLogger(a.errw, slog.LevelWarn)
+	return a
+}
+
+func newLogger(w io.Writer, level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
+		Level: level,
+		// A command's log lines are read by a person at a terminal: the
+		// time adds nothing there.
+		ReplaceAttr: func(groups []string, attr slog.Attr) slog.Attr {
+			if len(groups) == 0 && attr.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return attr
+		},
+	}))
+}
+
+// usageError is a mistake in the command line: exit code ExitUsage.
+type usageError struct{ err error }
+
+func (e *usageError) Error() string { return e.err.Error() }
+func (e *usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error {
+	return &usageError{err: fmt.Errorf(format, args...)}
+}
+
+// exitError ends a command with a given code. A nil err means the command
+// has already said what there was to say (a miss prints its own line).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit code %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
+
+// errMissExit ends a command with ExitMiss, its output already written.
+var errMissExit = &exitError{code: ExitMiss}
+
+// report prints err, if any, as one line and returns the exit code for it.
+func (a *app) report(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil {
+			a.printErr(ee.err)
+		}
+		return ee.code
+	}
+	var ue *usageError
+	if !a.started || errors.As(err, &ue) {
+		a.printErr(err)
+		hint := "dbcache --help"
+		if a.cmdPath != "" {
+			hint = a.cmdPath + " --help"
+		}
+		fmt.Fprintf(a.errw, "Run '%s' for usage.\n", hint)
+		return ExitUsage
+	}
+	a.printErr(err)
+	return ExitFailure
+}
+
+// printErr writes err as one line: "dbcache: " and the message, without the
+// library's own "dbcache: " prefix repeated, newlines folded.
+func (a *app) printErr(err error) {
+	fmt.Fprintf(a.errw, "dbcache: %s\n", errorLine(err, a.g.connectTimeout))
+}
+
+func errorLine(err error, connectTimeout time.Duration) string {
+	msg := err.Error()
+	var ce *pgconn.ConnectError
+	var pe *pgconn.ParseConfigError
+	switch {
+	case errors.As(err, &pe):
+		msg = "invalid database URL: " + pe.Error()
+	case errors.As(err, &ce):
+		// The connect error names the server and the cause; the layers
+		// above it ("check for the cache table: …") add nothing.
+		msg = ce.Error()
+		if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
+			msg += fmt.Sprintf(" (no answer within the connect timeout of %s; see --connect-timeout)", connectTimeout)
+		}
+	case errors.Is(err, context.Canceled):
+		msg = "interrupted"
+	}
+	for {
+		trimmed := strings.TrimPrefix(msg, "dbcache: ")
+		if trimmed == msg {
+			break
+		}
+		msg = trimmed
+	}
+	return strings.Join(strings.Fields(strings.ReplaceAll(msg, "\n", " ")), " ")
+}
+
+const rootLong = `dbcache administers a dbcache cache: a Django-style cache stored in a
+PostgreSQL table (dbcache_entries).
+
+Connection:
+  --database-url, else $DATABASE_URL, else the libpq PG* variables (PGHOST,
+  PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE, …) and libpq's defaults,
+  as pgx reads them. --schema picks a cache in another schema (default: the
+  first schema on the search_path). Sessions set application_name=dbcache-cli
+  and statement_timeout (--statement-timeout, default 30s); connecting gives
+  up after --connect-timeout (default 10s).
+
+Exit codes:
+  0  success
+  1  failure (cannot connect, not migrated, dirty schema, SQL error, …)
+  2  usage error (bad command, flag or argument; invalid key)
+  3  miss (get/incr/decr/touch/delete/has found no live entry; add did not store)
+
+Quick start:
+  dbcache demo                       # a tour on a disposable database
+  dbcache migrate up                 # create the cache table
+  dbcache set greeting hello --ttl 5m
+  dbcache get greeting`
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "dbcache",
+		Short: "Administer a dbcache cache in PostgreSQL",
+		Long:  rootLong,
+		// Errors are printed once, by report, as one line; a runtime error
+		// is not helped by a usage dump.
+		SilenceErrors:     true,
+		SilenceUsage:      true,
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			a.started = true
+			a.cmdPath = cmd.CommandPath()
+			a.g.connectTimeoutSet = cmd.Flags().Changed("connect-timeout")
+			a.g.statementTimeoutSet = cmd.Flags().Changed("statement-timeout")
+			if a.g.verbose && a.g.debug {
+				return usagef("--verbose and --debug are mutually exclusive")
+			}
+			switch {
+			case a.g.debug:
+				a.log = newLogger(a.errw, slog.LevelDebug)
+			case a.g.verbose:
+				a.log = newLogger(a.errw, slog.LevelInfo)
+			}
+			if a.g.connectTimeout <= 0 {
+				return usagef("--connect-timeout must be positive, got %s", a.g.connectTimeout)
+			}
+			if a.g.statementTimeout < 0 {
+				return usagef("--statement-timeout must not be negative (0 disables it), got %s", a.g.statementTimeout)
+			}
+			if a.g.schema != "" && !schemaRE.MatchString(a.g.schema) {
+				return usagef("--schema %q is not a valid schema name (letters, digits, _ and $, at most 63, not starting with a digit)", a.g.schema)
+			}
+			return nil
+		},
+	}
+	// Every flag error is a usage error, and report adds the hint.
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		a.cmdPath = cmd.CommandPath()
+		return &usageError{err: err}
+	})
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.g.databaseURL, "database-url", "", "PostgreSQL URL or key=value string (default $"+EnvDatabaseURL+", else the PG* variables)")
+	pf.StringVar(&a.g.schema, "schema", "", "schema that holds the cache table (default: the search_path's first)")
+	pf.DurationVar(&a.g.connectTimeout, "connect-timeout", ConnectTimeoutDefault, "give up connecting after this long")
+	pf.DurationVar(&a.g.statementTimeout, "statement-timeout", StatementTimeoutDefault, "the session's statement_timeout (0 disables)")
+	pf.BoolVar(&a.g.json, "json", false, "print results as JSON")
+	pf.BoolVarP(&a.g.verbose, "verbose", "v", false, "log progress at info level")
+	pf.BoolVar(&a.g.debug, "debug", false, "log at debug level")
+
+	root.AddGroup(
+		&cobra.Group{ID: "cache", Title: "Cache operations:"},
+		&cobra.Group{ID: "admin", Title: "Administration:"},
+	)
+	for _, c := range []*cobra.Command{
+		a.getCommand(), a.setCommand(), a.addCommand(), a.touchCommand(), a.deleteCommand(),
+		a.incrCommand(true), a.incrCommand(false), a.hasCommand(), a.clearCommand(),
+	} {
+		c.GroupID = "cache"
+		root.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{
+		a.migrateCommand(), a.statsCommand(), a.cullCommand(), a.benchCommand(), a.demoCommand(), a.versionCommand(),
+	} {
+		c.GroupID = "admin"
+		root.AddCommand(c)
+	}
+	// Remember which command failed, for the usage hint of an argument
+	// error (cobra validates arguments before any hook runs).
+	var wrapArgs func(c *cobra.Command)
+	wrapArgs = func(c *cobra.Command) {
+		if c.Args != nil {
+			check := c.Args
+			c.Args = func(cmd *cobra.Command, args []string) error {
+				if err := check(cmd, args); err != nil {
+					a.cmdPath = cmd.CommandPath()
+					return &usageError{err: err}
+				}
+				return nil
+			}
+		}
+		for _, sub := range c.Commands() {
+			wrapArgs(sub)
+		}
+	}
+	wrapArgs(root)
+	return root
+}
+
+// cacheFlags are the key-shaping flags of the cache operations, mapping to
+// dbcache.Config.KeyPrefix and the key version (Cache.WithVersion).
+type cacheFlags struct {
+	prefix     string
+	version    int
+	versionSet bool
+}
+
+func (f *cacheFlags) add(fs *pflag.FlagSet) {
+	fs.StringVar(&f.prefix, "prefix", "", "key prefix (Django's KEY_PREFIX)")
+	fs.IntVar(&f.version, "version", 1, "key version (Django's VERSION / version=)")
+}

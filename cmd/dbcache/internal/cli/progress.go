@@ -1,0 +1,91 @@
+package cli
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+)
+
+// progressDelay is how long an operation runs before it earns a progress
+// display: a pass that ends in milliseconds should not flash a bar.
+const progressDelay = 500 * time.Millisecond
+
+// logEvery is how often a long operation writes a progress line when Err is
+// not a terminal.
+const logEvery = 5 * time.Second
+
+// newBar makes a progress bar on Err. max -1 makes a spinner for work of
+// unknown size. Bars clear themselves when finished, leaving the terminal
+// to the results.
+func (a *app) newBar(max int64, desc string) *progressbar.ProgressBar {
+	return progressbar.NewOptions64(max,
+		progressbar.OptionSetWriter(a.errw),
+		progressbar.OptionSetDescription(desc),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionShowCount(),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+		progressbar.OptionSpinnerType(14),
+	)
+}
+
+// ticker reports progress of something long: a bar on a terminal, a plain
+// line on Err every logEvery otherwise, and nothing for the first
+// progressDelay. It is safe for concurrent use.
+type ticker struct {
+	a     *app
+	start time.Time
+
+	mu      sync.Mutex
+	bar     *progressbar.ProgressBar
+	barMax  int64
+	lastLog time.Time
+}
+
+func (a *app) newTicker() *ticker {
+	now := time.Now()
+	return &ticker{a: a, start: now, lastLog: now}
+}
+
+// update shows done out of max (max -1: unknown) with a description; line is
+// the plain-text form for a log line.
+func (t *ticker) update(max, done int64, desc, line string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	elapsed := time.Since(t.start)
+	if elapsed < progressDelay {
+		return
+	}
+	if !t.a.cfg.ErrIsTerminal {
+		if time.Since(t.lastLog) >= logEvery {
+			t.lastLog = time.Now()
+			fmt.Fprintf(t.a.errw, "%s (%s)\n", line, roundDuration(elapsed))
+		}
+		return
+	}
+	if t.bar != nil && t.barMax != max {
+		_ = t.bar.Finish()
+		t.bar = nil
+	}
+	if t.bar == nil {
+		t.bar, t.barMax = t.a.newBar(max, desc), max
+	}
+	t.bar.Describe(desc)
+	if max >= 0 {
+		_ = t.bar.Set64(min(done, max))
+	} else {
+		_ = t.bar.Add64(1)
+	}
+}
+
+// finish removes the bar, if one is shown.
+func (t *ticker) finish() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.bar != nil {
+		_ = t.bar.Finish()
+		t.bar = nil
+	}
+}
