@@ -261,7 +261,7 @@ func scanKeys(t *testing.T, pool *pgxpool.Pool) []string {
 }
 
 // sharedSchema is a fresh, migrated schema on the shared server.
-func sharedSchema(t *testing.T) *dbtest.Schema {
+func sharedSchema(t testing.TB) *dbtest.Schema {
 	t.Helper()
 	s := dbtest.NewSchema(t)
 	s.Migrate(t)
