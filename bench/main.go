@@ -35,6 +35,7 @@ func main() {
 	flag.DurationVar(&o.Duration, "d", time.Second, "time per system per cell")
 	flag.IntVar(&o.Rounds, "rounds", 2, "interleaved rounds per cell")
 	maxConns := flag.Int("conns", 16, "pgx pool size")
+	flag.IntVar(&o.CoalesceGets, "coalesce", 4, "Config.CoalesceGets of the coalescing cache")
 	pgbouncer := flag.String("pgbouncer", "", "tuning: a PgBouncer (pool_mode=transaction) URL in front of -dsn's database")
 	flag.Parse()
 	o.MaxConns = int32(*maxConns)

@@ -54,6 +54,8 @@ type Options struct {
 	Rounds int
 	// MaxConns is the pgx pool size.
 	MaxConns int32
+	// CoalesceGets is the Config.CoalesceGets of the coalescing cache.
+	CoalesceGets int
 	// Out receives the report (markdown); Log progress lines.
 	Out io.Writer
 	Log io.Writer
@@ -191,7 +193,6 @@ func PoolOn(ctx context.Context, dsn, schema string, maxConns int32, mode pgx.Qu
 		return nil, err
 	}
 	cfg.MaxConns = maxConns
-	cfg.MinConns = maxConns
 	if schema != "" {
 		cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{schema}.Sanitize()
 	}
@@ -298,8 +299,8 @@ func Compare(ctx context.Context, o *Options) error {
 	if rdb != nil {
 		defer rdb.Close()
 	}
-	fmt.Fprintf(o.Out, "Each cell: ops/s, then p50 / p99 latency. %s per system per cell in %d interleaved rounds; pgx pool of %d connections.\n\n",
-		o.Duration, o.Rounds, o.MaxConns)
+	fmt.Fprintf(o.Out, "Each cell: ops/s, then p50 / p99 latency. %s per system per cell in %d interleaved rounds; pgx pool of %d connections; CoalesceGets %d.\n\n",
+		o.Duration, o.Rounds, o.MaxConns, o.CoalesceGets)
 	for _, table := range o.Tables {
 		env, err := NewEnv(ctx, o.DSN, fmt.Sprint(table), o.MaxConns, 0)
 		if err != nil {
@@ -332,7 +333,7 @@ func compareTable(ctx context.Context, o *Options, env *Env, rdb *redis.Client, 
 	if err != nil {
 		return err
 	}
-	coal, err := dbcache.New(ctx, env.Pool, &dbcache.Config{KeyCheck: dbcache.KeyCheckOff, CoalesceGets: int(o.MaxConns)})
+	coal, err := dbcache.New(ctx, env.Pool, &dbcache.Config{KeyCheck: dbcache.KeyCheckOff, CoalesceGets: o.CoalesceGets})
 	if err != nil {
 		return err
 	}
