@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
+	"github.com/testcontainers/testcontainers-go"
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 )
@@ -182,6 +183,7 @@ func (a *app) demo(ctx context.Context, benchDuration time.Duration) (err error)
 		func() error { note("Store and read a value (default expiry: 300s)."); return nil },
 		func() error { return step(ExitOK, "set", "greeting", "Hello from PostgreSQL!") },
 		func() error { return step(ExitOK, "get", "greeting") },
+		func() error { return step(ExitOK, "get", "greeting", "--json") },
 		func() error { note("Entries expire: a one-second session."); return nil },
 		func() error { return step(ExitOK, "set", "session:42", "token-3f9a", "--ttl", "1s") },
 		func() error { return step(ExitOK, "has", "session:42") },
@@ -205,7 +207,6 @@ func (a *app) demo(ctx context.Context, benchDuration time.Duration) (err error)
 			return nil
 		},
 		func() error { return step(ExitOK, "cull", "--max-entries", "500") },
-		func() error { return step(ExitOK, "stats", "--json") },
 	} {
 		if err := s(); err != nil {
 			return err
@@ -236,7 +237,8 @@ func (a *app) startContainer(ctx context.Context, image string) (url string, sto
 		tcpostgres.BasicWaitStrategies(),
 	)
 	if ctr != nil {
-		stop = func(ctx context.Context) error { return ctr.Terminate(ctx) }
+		// The data is disposable: no need to wait out a graceful shutdown.
+		stop = func(ctx context.Context) error { return ctr.Terminate(ctx, testcontainers.StopTimeout(time.Second)) }
 	}
 	if err != nil {
 		return "", stop, fmt.Errorf("demo: no database configured, and no PostgreSQL container could be started (is Docker running? is image %s available?): %w; "+
