@@ -72,12 +72,14 @@ func (t *ticker) update(max, done int64, desc, line string) {
 	if t.bar == nil {
 		t.bar, t.barMax = t.a.newBar(max, desc), max
 	}
-	t.bar.Describe(desc)
+	// Count first: a new bar draws on its first update and then throttles,
+	// so its first frame should show the count, not zero.
 	if max >= 0 {
 		_ = t.bar.Set64(min(done, max))
 	} else {
 		_ = t.bar.Add64(1)
 	}
+	t.bar.Describe(desc)
 }
 
 // finish removes the bar, if one is shown.
