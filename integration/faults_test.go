@@ -32,23 +32,27 @@ const opTimeout = 3 * time.Second
 // again with nobody resetting it; and every write acknowledged before, during
 // or after the outage is there.
 func TestFaultServerStopped(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		name string
-		stop func(*server, *testing.T)
+	cases := []struct {
+		name   string
+		stop   func(*server, *testing.T)
+		server func(*testing.T) *server
 	}{
-		{"FastShutdown", (*server).shutdown},
-		{"Crash", (*server).crash},
-	} {
+		{name: "FastShutdown", stop: (*server).shutdown},
+		{name: "Crash", stop: (*server).crash},
+	}
+	for i := range cases {
+		cases[i].server = startServer(t)
+	}
+	t.Parallel()
+	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			testServerStopped(t, tc.stop)
+			testServerStopped(t, tc.server(t), tc.stop)
 		})
 	}
 }
 
-func testServerStopped(t *testing.T, stop func(*server, *testing.T)) {
-	srv := startServer(t)
+func testServerStopped(t *testing.T, srv *server, stop func(*server, *testing.T)) {
 	cfg := srv.poolConfig(t, srv.db)
 	cfg.MaxConns = 8
 	pool := dbtest.NewPool(t, cfg)

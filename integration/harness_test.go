@@ -60,30 +60,59 @@ type server struct {
 
 var serverSeq atomic.Int64
 
-// startServer starts a dedicated container, removed when the test ends.
-// args go to postgres (for example "-c", "statement_timeout=1s"). Commits are
-// durable (fsync=on, unlike the postgres module's default fsync=off), so a
-// crash test proves what a production server would keep. A container that
-// fails to start fails the test: it never skips.
-func startServer(t *testing.T, args ...string) *server {
+// startServer starts a dedicated container in the background and returns a
+// function that waits for it. Call it before t.Parallel: every test's
+// sequential part runs at once at the start of the run, so the containers of
+// all selected tests start together, while -parallel (GOMAXPROCS by default)
+// bounds only the tests that run at a time. The container is removed when the
+// test ends. args go to postgres (for example "-c", "statement_timeout=1s").
+// Commits are durable (fsync=on, unlike the postgres module's default
+// fsync=off), so a crash test proves what a production server would keep. A
+// container that fails to start fails the test: it never skips.
+func startServer(t *testing.T, args ...string) (await func(*testing.T) *server) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
+	type started struct {
+		ctr *tcpostgres.PostgresContainer
+		err error
+	}
+	ch := make(chan started, 1)
 	db := fmt.Sprintf("dbcache_it_%d_%d", os.Getpid(), serverSeq.Add(1))
 	cmd := append([]string{"postgres", "-c", "fsync=on", "-c", "synchronous_commit=on"}, args...)
-	ctr, err := tcpostgres.Run(ctx, dbtest.Image(),
-		tcpostgres.WithDatabase(db),
-		tcpostgres.WithUsername("postgres"),
-		tcpostgres.WithPassword("postgres"),
-		testcontainers.WithCmd(cmd...),
-		tcpostgres.BasicWaitStrategies(),
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		ctr, err := tcpostgres.Run(ctx, dbtest.Image(),
+			tcpostgres.WithDatabase(db),
+			tcpostgres.WithUsername("postgres"),
+			tcpostgres.WithPassword("postgres"),
+			testcontainers.WithCmd(cmd...),
+			tcpostgres.BasicWaitStrategies(),
+		)
+		ch <- started{ctr, err}
+	}()
+	var (
+		once sync.Once
+		res  started
 	)
-	testcontainers.CleanupContainer(t, ctr)
-	require.NoError(t, err, "start a %s container (set %s to choose the image)", dbtest.Image(), dbtest.EnvImage)
-	s := &server{ctr: ctr, db: db}
-	s.refresh(t)
-	s.waitReady(t)
-	return s
+	wait := func() started {
+		once.Do(func() { res = <-ch })
+		return res
+	}
+	// Registered now, so the container goes even if the test never waits.
+	t.Cleanup(func() {
+		if err := testcontainers.TerminateContainer(wait().ctr); err != nil {
+			t.Errorf("remove container: %v", err)
+		}
+	})
+	return func(t *testing.T) *server {
+		t.Helper()
+		r := wait()
+		require.NoError(t, r.err, "start a %s container (set %s to choose the image)", dbtest.Image(), dbtest.EnvImage)
+		s := &server{ctr: r.ctr, db: db}
+		s.refresh(t)
+		s.waitReady(t)
+		return s
+	}
 }
 
 // refresh asks Docker for the host port again: it changes on every start.

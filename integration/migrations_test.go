@@ -2,6 +2,12 @@ package integration_test
 
 import (
 	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
 	"sync"
 	"testing"
 
@@ -18,8 +24,9 @@ import (
 // serves the group; each subtest gets a database of its own on it.
 
 func TestMigrations(t *testing.T) {
+	awaitServer := startServer(t)
 	t.Parallel()
-	srv := startServer(t)
+	srv := awaitServer(t)
 
 	// freshPool creates a database and opens a pool on it with no
 	// search_path of ours: the server's default ("$user", public).
@@ -133,6 +140,64 @@ func TestMigrations(t *testing.T) {
 		requireVersion(t, m, migrations.Latest())
 	})
 
+	// The CLI's migrate against the server, then the CLI and the library on
+	// one cache: what one writes the other reads.
+	t.Run("CLI", func(t *testing.T) {
+		t.Parallel()
+		bin := buildCLI(t)
+		pool := freshPool(t, "cli")
+		url := srv.url("cli")
+		ctx := ctxT(t)
+		run := func(stdin string, args ...string) (stdout, stderr string, code int) {
+			t.Helper()
+			return runCLI(t, bin, stdin, append(args, "--database-url", url)...)
+		}
+
+		out, errOut, code := run("", "migrate", "version", "--json")
+		require.Zero(t, code, errOut)
+		require.Contains(t, out, `"version":0`)
+
+		_, errOut, code = run("", "migrate", "up")
+		require.Zero(t, code, errOut)
+		m, err := migrations.New(pool, nil)
+		require.NoError(t, err)
+		requireVersion(t, m, migrations.Latest())
+		_, errOut, code = run("", "migrate", "up")
+		require.Zero(t, code, "up to date is success: %s", errOut)
+
+		c, _ := cacheOn(t, pool, nil)
+		require.NoError(t, c.Set(ctx, "from-lib", []byte("a\x00b'\n"), dbcache.Forever))
+		out, errOut, code = run("", "get", "from-lib")
+		require.Zero(t, code, errOut)
+		require.Equal(t, "a\x00b'\n", out, "the CLI reads the library's bytes")
+		_, errOut, code = run("x\x00y\n", "set", "from-cli", "--ttl", "never")
+		require.Zero(t, code, errOut)
+		v, err := c.Get(ctx, "from-cli")
+		require.NoError(t, err)
+		require.Equal(t, "x\x00y\n", string(v), "the library reads the CLI's bytes")
+		_, _, code = run("", "get", "absent")
+		require.Equal(t, 3, code, "a miss exits 3")
+
+		_, errOut, code = run("", "migrate", "down", "--all")
+		require.Zero(t, code, errOut)
+		requireVersion(t, m, 0)
+		_, err = c.Get(ctx, "from-lib")
+		require.ErrorIs(t, err, dbcache.ErrNotMigrated)
+		_, errOut, code = run("", "get", "from-lib")
+		require.Equal(t, 1, code, "not migrated is a failure")
+		require.Contains(t, errOut, "migrate", "and says what to do")
+
+		_, errOut, code = run("", "migrate", "up", "--schema", "cli_schema")
+		require.Zero(t, code, errOut)
+		_, err = dbcache.New(ctx, pool, &dbcache.Config{Schema: "cli_schema"})
+		require.NoError(t, err, "migrated into --schema")
+
+		// A server that is not there: a prompt failure, exit 1.
+		_, errOut, code = runCLI(t, bin, "", "migrate", "up", "--connect-timeout", "2s",
+			"--database-url", "postgres://postgres@"+loopback+":1/none?sslmode=disable")
+		require.Equal(t, 1, code, errOut)
+	})
+
 	t.Run("Schemas", func(t *testing.T) {
 		t.Parallel()
 		pool := freshPool(t, "schemas")
@@ -189,4 +254,37 @@ func userTables(t *testing.T, pool *pgxpool.Pool) []string {
 	}
 	require.NoError(t, rows.Err())
 	return out
+}
+
+// buildCLI builds cmd/dbcache into the test's temporary directory.
+func buildCLI(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "dbcache")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/dbcache/dbcache/cmd/dbcache").CombinedOutput()
+	require.NoError(t, err, "go build cmd/dbcache:\n%s", out)
+	return bin
+}
+
+// runCLI runs the CLI with args and stdin, with no PG* or DATABASE_URL from
+// the environment, and returns its output and exit code.
+func runCLI(t *testing.T, bin, stdin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PG") && !strings.HasPrefix(kv, "DATABASE_URL=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	err := cmd.Run()
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		return o.String(), e.String(), exitErr.ExitCode()
+	}
+	require.NoError(t, err, "run %s %v", bin, args)
+	return o.String(), e.String(), 0
 }
