@@ -85,7 +85,7 @@ func TestStats(t *testing.T) {
 	b.ok(t, "migrate", "down")
 	r := b.run(t, opts{}, "stats")
 	requireCode(t, 1, r)
-	requireErrorLine(t, r, "run the migrations first")
+	requireErrorLine(t, r, "no cache table", "dbcache migrate up")
 }
 
 func parseTime(t *testing.T, v any) time.Time {
@@ -271,7 +271,7 @@ func TestBench(t *testing.T) {
 	c := setup(t, false)
 	r := c.run(t, opts{}, "bench", "-n", "10")
 	requireCode(t, 1, r)
-	requireErrorLine(t, r, "run the migrations first")
+	requireErrorLine(t, r, "no cache table", "dbcache migrate up")
 }
 
 func TestDemo(t *testing.T) {

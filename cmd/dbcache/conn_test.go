@@ -164,5 +164,5 @@ func TestConnectionRules(t *testing.T) {
 	// Without --schema the search_path decides: here it has no cache table.
 	r = run(t, opts{}, "get", "k", "--database-url", b.schema.URL+"&options=-c%20search_path%3Dpg_catalog")
 	requireCode(t, 1, r)
-	requireErrorLine(t, r, "run the migrations first")
+	requireErrorLine(t, r, "no cache table", "dbcache migrate up")
 }

@@ -20,7 +20,7 @@ func TestMigrate(t *testing.T) {
 	// Before migrating, cache commands say what to do.
 	r := b.run(t, opts{}, "get", "k")
 	requireCode(t, 1, r)
-	requireErrorLine(t, r, "run the migrations first", "dbcache migrate up")
+	requireErrorLine(t, r, "no cache table (dbcache_entries) in schema "+b.schema.Name+": run `dbcache migrate up --schema "+b.schema.Name+"` first")
 
 	require.Equal(t, "migrated up from version 0 to 2\n", b.ok(t, "migrate", "up"))
 	require.Equal(t, "already at version 2 (up to date)\n", b.ok(t, "migrate", "up"))

@@ -120,7 +120,7 @@ so far.`,
 			}
 
 			if prefill {
-				t := a.newTicker()
+				t := a.newTicker(true)
 				err := dbcacheload.Prefill(ctx, cache, &lc, timeout, func(done int) {
 					t.update(int64(full.KeySpace), int64(done), "prefill",
 						fmt.Sprintf("bench: prefilled %s of %s keys", humanCount(int64(done)), humanCount(int64(full.KeySpace))))
@@ -131,7 +131,7 @@ so far.`,
 				}
 			}
 
-			t := a.newTicker()
+			t := a.newTicker(full.Duration == 0)
 			lc.Progress = func(p loadgen.Progress) {
 				if p.Final {
 					return

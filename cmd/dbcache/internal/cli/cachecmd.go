@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -226,7 +227,10 @@ func (a *app) boolCommand(use, short, long, example, field, yes, no string, with
 				return keyError(err)
 			}
 			if a.g.json {
-				err = a.writeJSON(map[string]any{"key": key, field: ok})
+				// Built by hand so "key" comes first, as in every other
+				// command's JSON.
+				k, _ := json.Marshal(key)
+				_, err = fmt.Fprintf(a.out, "{\"key\":%s,%q:%t}\n", k, field, ok)
 			} else if ok {
 				a.println("%s", yes)
 			} else {

@@ -19,6 +19,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/dbcache/dbcache/dbcache"
 )
 
 // Exit codes. Every command ends with one of these, so scripts can tell a
@@ -211,6 +213,16 @@ func (a *app) report(err error) int {
 // printErr writes err as one line: "dbcache: " and the message, without the
 // library's own "dbcache: " prefix repeated, newlines folded.
 func (a *app) printErr(err error) {
+	if errors.Is(err, dbcache.ErrNotMigrated) {
+		// The library's message speaks to Go programmers; say it in the
+		// command's terms.
+		where, flag := "on the search_path", ""
+		if a.g.schema != "" {
+			where, flag = "in schema "+a.g.schema, " --schema "+a.g.schema
+		}
+		fmt.Fprintf(a.errw, "dbcache: no cache table (%s) %s: run `dbcache migrate up%s` first\n", dbcache.TableName, where, flag)
+		return
+	}
 	fmt.Fprintf(a.errw, "dbcache: %s\n", errorLine(err, a.g.connectTimeout))
 }
 

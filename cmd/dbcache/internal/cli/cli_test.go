@@ -229,7 +229,7 @@ func TestTicker(t *testing.T) {
 	// Off a terminal: nothing for progressDelay, then a line every logEvery.
 	errOut := &syncBuffer{}
 	a := newApp(&Config{Err: errOut})
-	tk := a.newTicker()
+	tk := a.newTicker(true)
 	tk.update(10, 1, "desc", "line one")
 	require.Empty(t, errOut.String(), "too early")
 	tk.start = tk.start.Add(-time.Minute)
@@ -243,7 +243,7 @@ func TestTicker(t *testing.T) {
 	// On a terminal: a bar, replaced when the size changes, cleared at the end.
 	errOut = &syncBuffer{}
 	a = newApp(&Config{Err: errOut, ErrIsTerminal: true})
-	tk = a.newTicker()
+	tk = a.newTicker(true)
 	tk.start = tk.start.Add(-time.Minute)
 	tk.update(-1, 5, "sweeping", "")
 	tk.update(100, 50, "culling", "")

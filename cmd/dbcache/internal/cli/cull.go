@@ -185,7 +185,7 @@ func (r *cullRun) loop(ctx context.Context, culler *culling.Culler, every time.D
 		passCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		r.mu.Lock()
 		r.cancelPass = cancel
-		r.tick = r.a.newTicker()
+		r.tick = r.a.newTicker(true)
 		r.mu.Unlock()
 		if r.stopping.Load() {
 			cancel()

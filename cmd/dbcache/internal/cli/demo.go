@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -75,6 +77,10 @@ func (a *app) databaseConfigured() bool {
 }
 
 func (a *app) demo(ctx context.Context, benchDuration time.Duration) (err error) {
+	// `dbcache demo | head` closes stdout early; by default the next write
+	// would kill the process with SIGPIPE and leave the container and
+	// schema behind. Ignored, writes fail quietly and cleanup still runs.
+	signal.Ignore(syscall.SIGPIPE)
 	// Cleanup must run even when ctx was cancelled by a signal.
 	cleanupCtx := func() (context.Context, context.CancelFunc) {
 		return context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)

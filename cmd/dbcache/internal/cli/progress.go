@@ -19,16 +19,20 @@ const logEvery = 5 * time.Second
 // newBar makes a progress bar on Err. max -1 makes a spinner for work of
 // unknown size. Bars clear themselves when finished, leaving the terminal
 // to the results.
-func (a *app) newBar(max int64, desc string) *progressbar.ProgressBar {
-	return progressbar.NewOptions64(max,
+func (a *app) newBar(max int64, desc string, showCount bool) *progressbar.ProgressBar {
+	opts := []progressbar.Option{
 		progressbar.OptionSetWriter(a.errw),
 		progressbar.OptionSetDescription(desc),
 		progressbar.OptionSetWidth(30),
-		progressbar.OptionShowCount(),
-		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionThrottle(100 * time.Millisecond),
 		progressbar.OptionClearOnFinish(),
 		progressbar.OptionSpinnerType(14),
-	)
+	}
+	// A spinner's count is its number of updates: meaningless to a reader.
+	if showCount && max >= 0 {
+		opts = append(opts, progressbar.OptionShowCount())
+	}
+	return progressbar.NewOptions64(max, opts...)
 }
 
 // ticker reports progress of something long: a bar on a terminal, a plain
@@ -38,15 +42,19 @@ type ticker struct {
 	a     *app
 	start time.Time
 
+	// showCount shows "done/max" beside the bar: right for items, wrong
+	// for a bar of elapsed seconds.
+	showCount bool
+
 	mu      sync.Mutex
 	bar     *progressbar.ProgressBar
 	barMax  int64
 	lastLog time.Time
 }
 
-func (a *app) newTicker() *ticker {
+func (a *app) newTicker(showCount bool) *ticker {
 	now := time.Now()
-	return &ticker{a: a, start: now, lastLog: now}
+	return &ticker{a: a, start: now, lastLog: now, showCount: showCount}
 }
 
 // update shows done out of max (max -1: unknown) with a description; line is
@@ -70,7 +78,7 @@ func (t *ticker) update(max, done int64, desc, line string) {
 		t.bar = nil
 	}
 	if t.bar == nil {
-		t.bar, t.barMax = t.a.newBar(max, desc), max
+		t.bar, t.barMax = t.a.newBar(max, desc, t.showCount), max
 	}
 	// Count first: a new bar draws on its first update and then throttles,
 	// so its first frame should show the count, not zero.
