@@ -614,4 +614,3 @@ func rssKB() int64 {
 	}
 	return 0
 }
-
