@@ -35,12 +35,22 @@ type benchJSON struct {
 }
 
 type benchOpResult struct {
-	Op        string             `json:"op"`
-	Requests  int64              `json:"requests"`
-	Errors    int64              `json:"errors"`
-	Misses    int64              `json:"misses"`
-	OpsPerSec float64            `json:"ops_per_sec"`
-	LatencyMs map[string]float64 `json:"latency_ms"`
+	Op        string       `json:"op"`
+	Requests  int64        `json:"requests"`
+	Errors    int64        `json:"errors"`
+	Misses    int64        `json:"misses"`
+	OpsPerSec float64      `json:"ops_per_sec"`
+	LatencyMs benchLatency `json:"latency_ms"`
+}
+
+// benchLatency holds latencies in milliseconds, to the microsecond.
+type benchLatency struct {
+	Min  float64 `json:"min"`
+	Mean float64 `json:"mean"`
+	P50  float64 `json:"p50"`
+	P99  float64 `json:"p99"`
+	P999 float64 `json:"p999"`
+	Max  float64 `json:"max"`
 }
 
 func toBenchOp(r loadgen.OpResult) benchOpResult {
@@ -48,8 +58,8 @@ func toBenchOp(r loadgen.OpResult) benchOpResult {
 	return benchOpResult{
 		Op: r.Name, Requests: r.Requests, Errors: r.Errors, Misses: r.Misses,
 		OpsPerSec: math.Round(r.OpsPerSec*10) / 10,
-		LatencyMs: map[string]float64{
-			"min": ms(r.Min), "mean": ms(r.Mean), "p50": ms(r.P50), "p99": ms(r.P99), "p999": ms(r.P999), "max": ms(r.Max),
+		LatencyMs: benchLatency{
+			Min: ms(r.Min), Mean: ms(r.Mean), P50: ms(r.P50), P99: ms(r.P99), P999: ms(r.P999), Max: ms(r.Max),
 		},
 	}
 }
@@ -233,6 +243,8 @@ func (a *app) printBench(mix string, c *loadgen.Config, prefill bool, res *loadg
 func latency(d time.Duration) string {
 	ms := float64(d) / 1e6
 	switch {
+	case ms >= 1000:
+		return fmt.Sprintf("%.2fs", ms/1000)
 	case ms >= 100:
 		return fmt.Sprintf("%.0fms", ms)
 	case ms >= 10:

@@ -363,9 +363,9 @@ it asks for confirmation; otherwise it needs --yes (without it: exit 2).`,
 				if !a.cfg.StdinIsTerminal {
 					return usagef("clear removes every entry: pass --yes to confirm (there is no terminal to ask on)")
 				}
-				where := "the search_path's " + "dbcache_entries"
+				where := dbcache.TableName + " (the search_path's)"
 				if a.g.schema != "" {
-					where = a.tableName(dbcache.TableName)
+					where = a.g.schema + "." + dbcache.TableName
 				}
 				fmt.Fprintf(a.errw, "Remove every entry in %s (every prefix and version)? [y/N] ", where)
 				line, _ := bufio.NewReader(a.stdin).ReadString('\n')

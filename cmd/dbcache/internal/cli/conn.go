@@ -7,7 +7,6 @@ import (
 	"regexp"
 	"strconv"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
@@ -109,14 +108,6 @@ func (a *app) migrator() (*migrations.Migrator, error) {
 		return nil, err
 	}
 	return migrations.NewFromConnConfig(cfg.ConnConfig, &migrations.Config{Schema: a.g.schema, Logger: a.log})
-}
-
-// tableName is the cache table's name as SQL, qualified when --schema is set.
-func (a *app) tableName(table string) string {
-	if a.g.schema == "" {
-		return pgx.Identifier{table}.Sanitize()
-	}
-	return pgx.Identifier{a.g.schema, table}.Sanitize()
 }
 
 // keyError classifies a cache operation's error: an invalid key is the
