@@ -56,6 +56,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"cull", "--cull-frequency", "-2"}, "--cull-frequency must not be negative", "dbcache cull --help"},
 		{[]string{"bench", "--concurrency", "0"}, "--concurrency", "dbcache bench --help"},
 		{[]string{"demo", "--schema", "x"}, "drop --schema", "dbcache demo --help"},
+		{[]string{"demo", "--json"}, "no --json output", "dbcache demo --help"},
 	} {
 		r := run(t, opts{}, append(tc.args, dead...)...)
 		requireCode(t, 2, r)

@@ -123,8 +123,10 @@ type globalFlags struct {
 	connectTimeoutSet, statementTimeoutSet bool
 }
 
-func newApp(cfg *Config) *app {
-	a := &app{cfg: cfg, stdin: cfg.Stdin, out: cfg.Out, errw: cfg.Err}
+func newApp(config *Config) *app {
+	// A copy, so filling in defaults never changes the caller's Config.
+	cfg := *config
+	a := &app{cfg: &cfg, stdin: cfg.Stdin, out: cfg.Out, errw: cfg.Err}
 	if a.stdin == nil {
 		a.stdin = strings.NewReader("")
 	}

@@ -56,6 +56,9 @@ Where it runs:
 			if a.g.schema != "" {
 				return usagef("demo always works in a temporary schema of its own: drop --schema")
 			}
+			if a.g.json {
+				return usagef("demo is a tour for people: it has no --json output")
+			}
 			return a.demo(cmd.Context(), benchDuration)
 		},
 	}
