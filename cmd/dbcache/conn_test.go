@@ -124,7 +124,7 @@ func TestUnreachableServer(t *testing.T) {
 	// connect_timeout in the URL counts too, when the flag is not given.
 	r = run(t, opts{}, "stats", "--database-url", silent+"&connect_timeout=1")
 	requireCode(t, 1, r)
-	requireErrorLine(t, r, "failed to connect", ln.Addr().String())
+	requireErrorLine(t, r, "failed to connect", ln.Addr().String(), "connect timeout of 1s")
 
 	// A malformed URL.
 	r = run(t, opts{}, "get", "k", "--database-url", "postgres://a b@/")

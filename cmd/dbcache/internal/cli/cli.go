@@ -228,6 +228,9 @@ func (a *app) printErr(err error) {
 	fmt.Fprintf(a.errw, "dbcache: %s\n", errorLine(err, a.g.connectTimeout))
 }
 
+// errorLine renders err as one line without the "dbcache: " prefix: a
+// connect error as pgx words it (plus a hint on a timeout), a cancellation as
+// "interrupted", anything else as its message with newlines folded.
 func errorLine(err error, connectTimeout time.Duration) string {
 	msg := err.Error()
 	var ce *pgconn.ConnectError

@@ -41,6 +41,8 @@ func (a *app) poolConfig(maxConns int32) (*pgxpool.Config, error) {
 	if a.g.connectTimeoutSet || cc.ConnectTimeout == 0 {
 		cc.ConnectTimeout = a.g.connectTimeout
 	}
+	// The timeout in force, for the hint on a connect timeout.
+	a.g.connectTimeout = cc.ConnectTimeout
 	if cc.RuntimeParams == nil {
 		cc.RuntimeParams = map[string]string{}
 	}
