@@ -229,6 +229,20 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// eventually retries f until it succeeds, failing after a minute.
+func eventually(t *testing.T, what string, f func() error) {
+	t.Helper()
+	var err error
+	waitFor(t, what, func() bool {
+		if err = f(); err != nil {
+			t.Logf("%s: %v (retrying)", what, err)
+			time.Sleep(50 * time.Millisecond)
+			return false
+		}
+		return true
+	})
+}
+
 // backend is one server process, as pg_stat_activity shows it.
 type backend struct {
 	pid       int32
