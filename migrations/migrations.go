@@ -212,6 +212,14 @@ func (m *Migrator) Force(ctx context.Context, version int) error {
 // Version returns the applied version (0 when none) and whether a failed
 // migration left it dirty.
 func (m *Migrator) Version(ctx context.Context) (version uint, dirty bool, err error) {
+	if m.cfg.Schema != "" {
+		// golang-migrate cannot even start in a schema that does not exist
+		// (current_schema() is NULL); nothing is applied there.
+		exists, err := m.schemaExists(ctx)
+		if err != nil || !exists {
+			return 0, false, err
+		}
+	}
 	err = m.run(ctx, func(mg *migrate.Migrate) error {
 		v, d, err := mg.Version()
 		if errors.Is(err, migrate.ErrNilVersion) {
@@ -285,22 +293,32 @@ func appliedCount(v uint) int {
 	return n
 }
 
+func (m *Migrator) schemaExists(ctx context.Context) (bool, error) {
+	conn, err := pgx.ConnectConfig(ctx, m.sessionConfig(ctx))
+	if err != nil {
+		return false, fmt.Errorf("migrations: connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, m.cfg.Schema).Scan(&exists); err != nil {
+		return false, fmt.Errorf("migrations: look up schema %q: %w", m.cfg.Schema, err)
+	}
+	return exists, nil
+}
+
 func (m *Migrator) createSchema(ctx context.Context) error {
+	// A plain CREATE SCHEMA IF NOT EXISTS can still fail with a unique
+	// violation when two migrators race, so check first and accept a racing
+	// creator's success.
+	exists, err := m.schemaExists(ctx)
+	if err != nil || exists {
+		return err
+	}
 	conn, err := pgx.ConnectConfig(ctx, m.sessionConfig(ctx))
 	if err != nil {
 		return fmt.Errorf("migrations: connect: %w", err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	// A plain CREATE SCHEMA IF NOT EXISTS can still fail with a unique
-	// violation when two migrators race, so check first and accept a racing
-	// creator's success.
-	var exists bool
-	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, m.cfg.Schema).Scan(&exists); err != nil {
-		return fmt.Errorf("migrations: look up schema %q: %w", m.cfg.Schema, err)
-	}
-	if exists {
-		return nil
-	}
 	_, err = conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{m.cfg.Schema}.Sanitize())
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" {

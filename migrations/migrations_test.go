@@ -77,6 +77,10 @@ func TestSchemaConfigCreatesSchema(t *testing.T) {
 	// Registered after the pool, so it runs before the pool closes.
 	t.Cleanup(func() { dbtest.Exec(t, pool, "DROP SCHEMA IF EXISTS "+pgx.Identifier{other}.Sanitize()+" CASCADE") })
 	m := newMigrator(t, s, &migrations.Config{Schema: other})
+	v, dirty, err := m.Version(ctx)
+	require.NoError(t, err, "a schema that does not exist yet is at version 0")
+	require.Zero(t, v)
+	require.False(t, dirty)
 	require.NoError(t, m.Up(ctx))
 	require.True(t, tableExists(t, &dbtest.Schema{Name: other, URL: s.URL}, migrations.Table))
 	require.False(t, tableExists(t, s, migrations.Table), "the search_path schema is left alone")
