@@ -239,16 +239,23 @@ type Culler struct {
 }
 
 type runState struct {
-	cancel context.CancelFunc
-	done   chan struct{}
+	cancel   context.CancelFunc
+	done     chan struct{}
+	stopping bool // guarded by Culler.mu
 }
 
 // New returns a Culler over pool, which must reach the database and schema
-// the cache uses. The pool is never closed by the Culler. Returns an error
-// naming the field when the config is invalid.
+// the cache uses and allow at least two connections (a pass holds two). The
+// pool is never closed by the Culler. Returns an error naming the field when
+// the config is invalid.
 func New(pool *pgxpool.Pool, cfg *Config) (*Culler, error) {
 	if pool == nil {
 		return nil, errors.New("culling: pool is nil")
+	}
+	if n := pool.Config().MaxConns; n < 2 {
+		// A pass holds one connection for the lock and one for its
+		// batches; with one it would wait on itself until PassTimeout.
+		return nil, fmt.Errorf("culling: the pool allows %d connection(s); a pass needs 2", n)
 	}
 	c := cfg.WithDefaults()
 	if err := c.validate(); err != nil {
@@ -310,8 +317,11 @@ func (c *Culler) Start(ctx context.Context) error {
 	if c.run != nil {
 		select {
 		case <-c.run.done:
-			// A Stop timed out earlier but the loop has ended since.
+			// A Stop timed out earlier but the worker has ended since.
 		default:
+			if c.run.stopping {
+				return errors.New("culling: Start while a timed-out Stop is still waiting for the worker; call Stop again first")
+			}
 			return nil
 		}
 	}
@@ -329,6 +339,9 @@ func (c *Culler) Start(ctx context.Context) error {
 func (c *Culler) Stop(ctx context.Context) error {
 	c.mu.Lock()
 	r := c.run
+	if r != nil {
+		r.stopping = true
+	}
 	c.mu.Unlock()
 	if r == nil {
 		return nil

@@ -129,6 +129,10 @@ func TestConfig(t *testing.T) {
 
 	_, err = culling.New(nil, nil)
 	require.ErrorContains(t, err, "pool is nil")
+	pcfg := dbtest.NewSchema(t).PoolConfig(t)
+	pcfg.MaxConns = 1
+	_, err = culling.New(dbtest.NewPool(t, pcfg), nil)
+	require.ErrorContains(t, err, "needs 2")
 
 	for _, tc := range []struct {
 		cfg   culling.Config
@@ -595,8 +599,10 @@ func TestStopTimeout(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	require.ErrorIs(t, c.Stop(ctx), context.Canceled)
+	require.ErrorContains(t, c.Start(context.Background()), "still waiting")
 	close(release)
 	require.NoError(t, c.Stop(context.Background()))
+	require.NoError(t, c.Start(context.Background()), "a stopped culler starts again")
 }
 
 // NoteWrites wakes a started worker once NudgeEvery rows have been written.
@@ -763,4 +769,37 @@ func waitFor[T any](t *testing.T, ch <-chan T) T {
 	}
 	var zero T
 	return zero
+}
+
+// A pass changes no setting that outlives it on the pool's connections:
+// its batches commit asynchronously through a transaction-local setting.
+func TestNoSessionStateLeaks(t *testing.T) {
+	t.Parallel()
+	s := dbtest.NewSchema(t)
+	s.Migrate(t)
+	cfg := s.PoolConfig(t)
+	cfg.MaxConns = 2 // the two connections a pass uses
+	pool := dbtest.NewPool(t, cfg)
+	insert(t, pool, "old", 30, "now() - interval '1 minute'")
+	insert(t, pool, "k", 40, "NULL")
+	c, _ := newCuller(t, pool, &culling.Config{MaxEntries: 30, BatchSize: 7})
+	res := runOnce(t, c)
+	require.EqualValues(t, 30, res.ExpiredRemoved)
+	require.EqualValues(t, 13, res.Culled)
+
+	ctx := context.Background()
+	var conns []*pgxpool.Conn
+	for range 2 {
+		conn, err := pool.Acquire(ctx)
+		require.NoError(t, err)
+		conns = append(conns, conn)
+		var sc, idle string
+		require.NoError(t, conn.QueryRow(ctx, "SELECT current_setting('synchronous_commit'), current_setting('idle_in_transaction_session_timeout')").Scan(&sc, &idle))
+		require.Equal(t, "on", sc)
+		require.Equal(t, "0", idle)
+		require.EqualValues(t, 'I', conn.Conn().PgConn().TxStatus())
+	}
+	for _, conn := range conns {
+		conn.Release()
+	}
 }

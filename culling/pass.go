@@ -243,11 +243,10 @@ func (p *pass) sweep(ctx context.Context, work *pgxpool.Conn, asOf time.Time) er
 		if err := p.heartbeat(ctx); err != nil {
 			return err
 		}
-		tag, err := work.Exec(ctx, q, asOf, batch)
+		n, err := execAsync(ctx, work, q, asOf, batch)
 		if err != nil {
 			return fmt.Errorf("culling: remove expired rows: %w", err)
 		}
-		n := tag.RowsAffected()
 		p.res.ExpiredRemoved += n
 		if n > 0 {
 			p.progress(PhaseSweep)
@@ -268,16 +267,9 @@ func (p *pass) count(ctx context.Context, work *pgxpool.Conn, oid int64) error {
 	c.pending.Store(0)
 	p.progress(PhaseCount)
 
-	if p.res.ExpiredRemoved > 0 && !c.noForceFlush.Load() {
-		// This session's deletes reach the shared statistic only when it
-		// flushes, which it otherwise does at most once a second (and
-		// after 10 s when idle). Ask for the flush now: it happens when
-		// the statement returns, before the estimate is read.
-		if _, err := work.Exec(ctx, "SELECT pg_stat_force_next_flush()"); err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			c.noForceFlush.Store(true) // PostgreSQL 14 or older
+	if p.res.ExpiredRemoved > 0 {
+		if err := p.flushStats(ctx, work); err != nil {
+			return err
 		}
 	}
 	var estimate int64
@@ -303,6 +295,26 @@ func (p *pass) count(ctx context.Context, work *pgxpool.Conn, oid int64) error {
 	return nil
 }
 
+// flushStats makes this session's deletes count in the table's live-row
+// statistic now. A session otherwise flushes its statistics at most once a
+// second, and an idle one only after ten: without this, the next estimate
+// would still include the rows this pass removed, and cull them again.
+// The flush happens when the statement returns, before the next one runs.
+func (p *pass) flushStats(ctx context.Context, work *pgxpool.Conn) error {
+	if p.c.noForceFlush.Load() {
+		return nil
+	}
+	if _, err := work.Exec(ctx, "SELECT pg_stat_force_next_flush()"); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		// PostgreSQL 14 or older, or revoked: the statistic catches up
+		// on its own, within about a second.
+		p.c.noForceFlush.Store(true)
+	}
+	return nil
+}
+
 // cull removes rows in eviction order until the table is back at or under
 // MaxEntries, removing at least 1/CullFrequency of them, as Django does.
 func (p *pass) cull(ctx context.Context, work *pgxpool.Conn) error {
@@ -313,16 +325,20 @@ func (p *pass) cull(ctx context.Context, work *pgxpool.Conn) error {
 	}
 	p.progress(PhaseCull)
 	q := fmt.Sprintf(sqlCull, c.table)
+	defer func() {
+		if p.res.Culled > 0 {
+			_ = p.flushStats(ctx, work) // best effort: the rows are gone either way
+		}
+	}()
 	for p.res.Culled < p.target {
 		if err := p.heartbeat(ctx); err != nil {
 			return err
 		}
 		want := min(int64(c.cfg.BatchSize), p.target-p.res.Culled)
-		tag, err := work.Exec(ctx, q, want)
+		n, err := execAsync(ctx, work, q, want)
 		if err != nil {
 			return fmt.Errorf("culling: cull: %w", err)
 		}
-		n := tag.RowsAffected()
 		p.res.Culled += n
 		p.progress(PhaseCull)
 		if n < want {
@@ -332,6 +348,35 @@ func (p *pass) cull(ctx context.Context, work *pgxpool.Conn) error {
 		}
 	}
 	return nil
+}
+
+// execAsync runs one statement as its own transaction, committed with
+// synchronous_commit off. The commit then returns without waiting for its
+// WAL to reach disk, which measured four to five times faster per batch
+// where a WAL flush costs about 5 ms. It is safe for a cache: a crash can
+// lose only the last fraction of a second of deletions, and the rows that
+// come back are removed by the next pass (or, for the state row, the next
+// pass records itself). The setting and the statement are sent as one
+// pipeline with a single Sync, so they form one implicit transaction:
+// set_config(…, true) ends with it and never outlives the statement on the
+// pooled connection.
+func execAsync(ctx context.Context, work *pgxpool.Conn, q string, args ...any) (int64, error) {
+	b := &pgx.Batch{}
+	b.Queue(sqlAsyncCommit)
+	b.Queue(q, args...)
+	br := work.SendBatch(ctx, b)
+	_, err := br.Exec()
+	var tag pgconn.CommandTag
+	if err == nil {
+		tag, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, err
+	}
+	return tag.RowsAffected(), nil
 }
 
 // cullTarget is how many rows to remove from a table of count rows: none
@@ -351,7 +396,7 @@ func cullTarget(count, maxEntries int64, freq int) int64 {
 // rows are removed whether or not the record is written.
 func (p *pass) record(ctx context.Context, work *pgxpool.Conn) {
 	r := p.res
-	_, err := work.Exec(ctx, fmt.Sprintf(sqlRecord, p.c.state),
+	_, err := execAsync(ctx, work, fmt.Sprintf(sqlRecord, p.c.state),
 		r.StartedAt, r.ExpiredRemoved, r.Culled, r.Count, r.CountExact, r.Remaining, p.c.runner)
 	if err == nil || ctx.Err() != nil {
 		return

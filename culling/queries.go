@@ -41,6 +41,10 @@ DELETE FROM %[1]s
         LIMIT $1
           FOR UPDATE SKIP LOCKED))`
 
+	// sqlAsyncCommit turns synchronous_commit off for the rest of the
+	// current transaction only (see execAsync).
+	sqlAsyncCommit = `SELECT set_config('synchronous_commit', 'off', true)`
+
 	// sqlEstimate is the table's live-row count as PostgreSQL's cumulative
 	// statistics have it (pg_stat_user_tables.n_live_tup): every committed
 	// insert and delete updates it, at no cost to the writer, once the

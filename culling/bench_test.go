@@ -1,0 +1,291 @@
+package culling_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dbcache/dbcache/culling"
+	"github.com/dbcache/dbcache/internal/dbtest"
+	"github.com/dbcache/dbcache/migrations"
+)
+
+const benchRows = 1_000_000
+
+// loadTable fills a fresh schema's cache table with rows entries of 200-byte
+// values: rows-setKeys keys k… expiring one millisecond apart from an hour
+// on, and setKeys keys s… (for setters) expiring in ten hours, after every
+// k… key. It then vacuums and analyzes the table, as autovacuum would have.
+func loadTable(b *testing.B, rows, setKeys int) *pgxpool.Pool {
+	b.Helper()
+	s := dbtest.NewSchema(b)
+	s.Migrate(b)
+	cfg := s.PoolConfig(b)
+	cfg.MaxConns = 12
+	pool := dbtest.NewPool(b, cfg)
+	ctx := context.Background()
+	// One session, whose statistics are flushed before VACUUM: a flush
+	// after it would add the inserts to VACUUM's count a second time.
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Release()
+	exec := func(sql string, args ...any) {
+		if _, err := conn.Exec(ctx, sql, args...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	load := func(prefix string, n int, expires string) {
+		for from := 0; from < n; from += 100_000 {
+			exec(`INSERT INTO `+migrations.Table+` (key, value, expires)
+				SELECT $3 || lpad(g::text, 8, '0'), decode(repeat('ab', 200), 'hex'), `+expires+`
+				  FROM generate_series($1::int + 1, $1::int + $2::int) g`, from, min(100_000, n-from), prefix)
+		}
+	}
+	load("k", rows-setKeys, "now() + interval '1 hour' + g * interval '1 ms'")
+	load("s", setKeys, "now() + interval '10 hours'")
+	exec("SELECT pg_stat_force_next_flush()")
+	exec("VACUUM (ANALYZE) " + migrations.Table)
+	return pool
+}
+
+// timeCount is the median time of a full COUNT(*) over three runs.
+func timeCount(b *testing.B, pool *pgxpool.Pool) time.Duration {
+	b.Helper()
+	var ds []time.Duration
+	for range 3 {
+		t0 := time.Now()
+		var n int64
+		if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM "+migrations.Table).Scan(&n); err != nil {
+			b.Fatal(err)
+		}
+		ds = append(ds, time.Since(t0))
+	}
+	slices.Sort(ds)
+	return ds[1]
+}
+
+// refill inserts n rows that expire after every other row, on one session
+// that then flushes its statistics, as any session does within about a
+// second of its writes (see docs/culling.md).
+func refill(b *testing.B, pool *pgxpool.Pool, prefix string, n int) {
+	b.Helper()
+	ctx := context.Background()
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Release()
+	for from := 0; from < n; from += 100_000 {
+		if _, err := conn.Exec(ctx, `INSERT INTO `+migrations.Table+` (key, value, expires)
+			SELECT $3 || lpad(g::text, 8, '0'), decode(repeat('ab', 200), 'hex'), now() + interval '3 hours' + g * interval '1 ms'
+			  FROM generate_series($1::int + 1, $1::int + $2::int) g`, from, min(100_000, n-from), prefix); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_stat_force_next_flush()"); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// setters runs cache-style upserts of random keys s00000001…s<keySpace>
+// (which loadTable created, so the table does not grow, and which expire
+// last, so passes do not remove them) on workers goroutines until stop is
+// closed, recording each latency under the label
+// that label() returns when the set starts ("" = not recorded).
+type setters struct {
+	mu   sync.Mutex
+	lats map[string][]time.Duration
+	wg   sync.WaitGroup
+	stop chan struct{}
+	errs atomic.Value
+}
+
+func startSetters(pool *pgxpool.Pool, workers, keySpace int, label func() string) *setters {
+	s := &setters{lats: map[string][]time.Duration{}, stop: make(chan struct{})}
+	for w := range workers {
+		s.wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(w), 7))
+			val := make([]byte, 200)
+			for {
+				select {
+				case <-s.stop:
+					return
+				default:
+				}
+				key := fmt.Sprintf("s%08d", 1+r.IntN(keySpace))
+				l := label()
+				t0 := time.Now()
+				_, err := pool.Exec(context.Background(), `INSERT INTO `+migrations.Table+` (key, value, expires)
+					VALUES ($1, $2, now() + interval '10 hours')
+					ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires`, key, val)
+				d := time.Since(t0)
+				if err != nil {
+					s.errs.Store(err)
+					return
+				}
+				if l != "" {
+					s.mu.Lock()
+					s.lats[l] = append(s.lats[l], d)
+					s.mu.Unlock()
+				}
+			}
+		})
+	}
+	return s
+}
+
+func (s *setters) halt(b *testing.B) map[string][]time.Duration {
+	b.Helper()
+	close(s.stop)
+	s.wg.Wait()
+	if err, ok := s.errs.Load().(error); ok {
+		b.Fatal(err)
+	}
+	return s.lats
+}
+
+func p99(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	ds = slices.Clone(ds)
+	slices.Sort(ds)
+	return ds[(len(ds)*99)/100]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BenchmarkPass1M times culling passes over a 1M-row table next to a full
+// COUNT(*) of it, and the p99 latency of concurrent sets (4 goroutines of
+// upserts to 50k keys the passes do not remove) during a pass next to the
+// same sets with no pass.
+//
+//   - noop: the table is under MaxEntries. The pass costs a lock, an index
+//     probe for expired rows and a statistics read.
+//   - over1pct: 1% over MaxEntries with CullFrequency 100, so a pass culls
+//     10,000 rows.
+//   - over1pctDjango: 1% over with Django's CullFrequency 3, so a pass culls
+//     a third of the table, 333,333 rows.
+//
+// The timed loop runs passes alone, each after putting back (untimed) the
+// rows the last one culled. Then one more pass runs under the sets:
+// pass_loaded_ms is its time, set_p99_pass_ms the p99 of the sets started
+// while it ran, and estimate_err the difference between the rows it
+// believed it left and a COUNT(*) after it.
+func BenchmarkPass1M(b *testing.B) {
+	if testing.Short() {
+		b.Skip("loads a 1M-row table; run without -short")
+	}
+	const setKeys = 50_000
+	pool := loadTable(b, benchRows, setKeys)
+	countTime := timeCount(b, pool)
+
+	for _, bc := range []struct {
+		name       string
+		maxEntries int
+		freq       int
+	}{
+		{"noop", 2 * benchRows, 3},
+		{"over1pct", benchRows * 99 / 100, 100},
+		{"over1pctDjango", benchRows * 99 / 100, 3},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			ctx := context.Background()
+			c, err := culling.New(pool, &culling.Config{MaxEntries: bc.maxEntries, CullFrequency: bc.freq,
+				NudgeEvery: -1, PassTimeout: -1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			fillTo := func(iter int) {
+				if over := benchRows - dbtest.Count(b, pool); over > 0 && bc.name != "noop" {
+					refill(b, pool, fmt.Sprintf("r%s%d_", bc.name, iter), over)
+				}
+			}
+			fillTo(0)
+
+			var passTotal time.Duration
+			var culled int64
+			iter := 0
+			for b.Loop() {
+				b.StopTimer()
+				if iter > 0 {
+					fillTo(iter)
+				}
+				iter++
+				b.StartTimer()
+				t0 := time.Now()
+				res, err := c.RunOnce(ctx)
+				passTotal += time.Since(t0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if res.Skipped {
+					b.Fatal("pass skipped")
+				}
+				culled += res.Culled
+			}
+			b.StopTimer()
+			b.ReportMetric(ms(passTotal)/float64(iter), "pass_ms")
+			b.ReportMetric(ms(countTime), "count_ms")
+			b.ReportMetric(float64(culled)/float64(iter), "culled/pass")
+
+			// Sets with no pass, then during one.
+			fillTo(iter + 1)
+			var label atomic.Value
+			label.Store("idle")
+			st := startSetters(pool, 4, setKeys, func() string { return label.Load().(string) })
+			time.Sleep(2 * time.Second) // the idle measuring window, not a wait for an event
+			label.Store("pass")
+			t0 := time.Now()
+			res, err := c.RunOnce(ctx)
+			loaded := time.Since(t0)
+			label.Store("")
+			lats := st.halt(b)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(ms(loaded), "pass_loaded_ms")
+			b.ReportMetric(ms(p99(lats["idle"])), "set_p99_idle_ms")
+			b.ReportMetric(ms(p99(lats["pass"])), "set_p99_pass_ms")
+			b.ReportMetric(float64(len(lats["pass"])), "sets_in_pass")
+			b.ReportMetric(float64(res.Remaining-int64(dbtest.Count(b, pool))), "estimate_err")
+		})
+	}
+}
+
+// BenchmarkPassExactCount times a pass that culls nothing over tables small
+// enough to be counted exactly (ExactCountLimit): the cost of the bounded
+// walk, which the default configuration pays on every pass.
+func BenchmarkPassExactCount(b *testing.B) {
+	if testing.Short() {
+		b.Skip("loads a 200k-row table; run without -short")
+	}
+	for _, rows := range []int{10_000, 100_000, culling.ExactCountLimitDefault} {
+		b.Run(fmt.Sprintf("rows=%d", rows), func(b *testing.B) {
+			pool := loadTable(b, rows, 0)
+			c, err := culling.New(pool, &culling.Config{MaxEntries: 2 * rows})
+			if err != nil {
+				b.Fatal(err)
+			}
+			var res *culling.PassResult
+			for b.Loop() {
+				if res, err = c.RunOnce(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if !res.CountExact || res.Count != int64(rows) {
+				b.Fatalf("count %d exact=%v, want %d exact", res.Count, res.CountExact, rows)
+			}
+			b.ReportMetric(ms(timeCount(b, pool)), "count_ms")
+		})
+	}
+}
