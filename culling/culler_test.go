@@ -803,3 +803,30 @@ func TestNoSessionStateLeaks(t *testing.T) {
 		conn.Release()
 	}
 }
+
+// Start and Stop from many goroutines at once, for the race detector.
+func TestStartStopStress(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c, _ := newCuller(t, b.pool, &culling.Config{Interval: time.Hour})
+	var wg sync.WaitGroup
+	errs := make(chan error, 80)
+	for i := range 8 {
+		wg.Go(func() {
+			for j := range 10 {
+				if (i+j)%2 == 0 {
+					_ = c.Start(context.Background()) // may report a Stop in flight
+				} else {
+					errs <- c.Stop(context.Background())
+				}
+				c.NoteWrites(j)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.NoError(t, c.Stop(context.Background()))
+}
