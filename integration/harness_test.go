@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/testcontainers/testcontainers-go"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
+	"github.com/testcontainers/testcontainers-go/wait"
 
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/dbtest"
@@ -58,7 +59,15 @@ type server struct {
 	port uint16
 }
 
-var serverSeq atomic.Int64
+var (
+	serverSeq atomic.Int64
+	// startSlots bounds the containers starting at once: each runs initdb,
+	// and more at a time only slows them all (and the shared server's start).
+	startSlots = make(chan struct{}, 2)
+)
+
+// startupTimeout bounds a dedicated container's start.
+const startupTimeout = 3 * time.Minute
 
 // startServer starts a dedicated container in the background and returns a
 // function that waits for it. Call it before t.Parallel: every test's
@@ -79,14 +88,22 @@ func startServer(t *testing.T, args ...string) (await func(*testing.T) *server) 
 	db := fmt.Sprintf("dbcache_it_%d_%d", os.Getpid(), serverSeq.Add(1))
 	cmd := append([]string{"postgres", "-c", "fsync=on", "-c", "synchronous_commit=on"}, args...)
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		startSlots <- struct{}{}
+		defer func() { <-startSlots }()
+		ctx, cancel := context.WithTimeout(context.Background(), startupTimeout+30*time.Second)
 		defer cancel()
 		ctr, err := tcpostgres.Run(ctx, dbtest.Image(),
 			tcpostgres.WithDatabase(db),
 			tcpostgres.WithUsername("postgres"),
 			tcpostgres.WithPassword("postgres"),
 			testcontainers.WithCmd(cmd...),
-			tcpostgres.BasicWaitStrategies(),
+			// The postgres module's BasicWaitStrategies, with a longer
+			// deadline than its 60 s: initdb on a busy two-core machine,
+			// several containers at once, can take longer.
+			testcontainers.WithWaitStrategyAndDeadline(startupTimeout,
+				wait.ForLog("database system is ready to accept connections").WithOccurrence(2).WithStartupTimeout(startupTimeout),
+				wait.ForListeningPort("5432/tcp").WithStartupTimeout(startupTimeout),
+			),
 		)
 		ch <- started{ctr, err}
 	}()

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
@@ -60,6 +61,10 @@ func TestSharingAddRace(t *testing.T) {
 	ctx := ctxT(t)
 	const keys, workers = 40, 4
 
+	// Half the keys start with an expired entry, which an Add takes over.
+	for k := 0; k < keys; k += 2 {
+		require.NoError(t, b.caches[k%2].Set(ctx, "add-"+strconv.Itoa(k), []byte("stale"), dbcache.TTL(-time.Second)))
+	}
 	var (
 		mu      sync.Mutex
 		winners = map[string][]string{}
@@ -135,6 +140,10 @@ func TestSharingGetOrSetConvergence(t *testing.T) {
 	ctx := ctxT(t)
 	const keys, workers = 25, 4
 
+	// Some keys start with an expired entry: never returned, taken over.
+	for k := 0; k < keys; k += 3 {
+		require.NoError(t, b.caches[0].Set(ctx, "gos-"+strconv.Itoa(k), []byte("stale"), dbcache.TTL(-time.Second)))
+	}
 	var (
 		mu    sync.Mutex
 		got   = map[string]map[string]bool{} // key -> values returned
@@ -169,6 +178,7 @@ func TestSharingGetOrSetConvergence(t *testing.T) {
 	require.Len(t, got, keys)
 	for key, vals := range got {
 		require.Len(t, vals, 1, "every caller of %s, in both instances, returns the same value: %v", key, vals)
+		require.NotContains(t, vals, "stale", "an expired value is never returned")
 		for v := range vals {
 			for _, c := range b.caches {
 				stored, err := c.Get(ctx, key)
