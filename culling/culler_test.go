@@ -830,3 +830,38 @@ func TestStartStopStress(t *testing.T) {
 	}
 	require.NoError(t, c.Stop(context.Background()))
 }
+
+// While a pass runs, its lock is held by a transaction that is idle, with
+// no transaction ID and no snapshot, so it does not hold back vacuum.
+func TestLockTransactionHoldsNoSnapshot(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	insert(t, b.pool, "old", 20, "now() - interval '1 minute'")
+	inPass, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	c, _ := newCuller(t, b.pool, &culling.Config{BatchSize: 10,
+		OnProgress: func(culling.Progress) { once.Do(func() { close(inPass); <-release }) }})
+	var releaseOnce sync.Once
+	unblock := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(unblock) // a failed assertion must not leave the pass blocked
+	done := make(chan error, 1)
+	go func() { _, err := c.RunOnce(context.Background()); done <- err }()
+	waitFor(t, inPass)
+
+	var state string
+	var xid, xmin *string
+	// The two-int4 advisory key (0x64624343, oid - 2^31) shows in pg_locks
+	// as classid and objid, the latter as the int4's unsigned bit pattern.
+	require.NoError(t, b.pool.QueryRow(context.Background(), `
+		SELECT a.state, a.backend_xid::text, a.backend_xmin::text
+		  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+		 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+		   AND l.classid = 1684161347
+		   AND l.objid = ((to_regclass($1)::oid::int8 + 2147483648) % 4294967296)::text::oid`,
+		migrations.Table).Scan(&state, &xid, &xmin))
+	require.Equal(t, "idle in transaction", state)
+	require.Nil(t, xid)
+	require.Nil(t, xmin)
+	unblock()
+	require.NoError(t, <-done)
+}

@@ -165,23 +165,29 @@ func (p *pass) run(ctx context.Context) error {
 		defer cancel()
 		_ = p.lockTx.Rollback(rctx)
 	}()
+	// A culler that hangs between statements (a stopped process, a stuck
+	// goroutine) must not keep every other culler out forever: the lock
+	// query also sets idle_in_transaction_session_timeout for the lock
+	// transaction, so the server ends the session, and the lock with it,
+	// once it has idled for longer than a pass may last.
+	var idleTimeout *string
 	if c.cfg.PassTimeout > 0 {
-		// A culler that hangs between statements (a stopped process, a
-		// stuck goroutine) must not keep every other culler out forever:
-		// the server ends its session, and with it the lock, once it has
-		// idled in the lock transaction for longer than a pass may last.
-		ms := (c.cfg.PassTimeout + 30*time.Second).Milliseconds()
-		if _, err := p.lockTx.Exec(ctx, `SELECT set_config('idle_in_transaction_session_timeout', $1, true)`,
-			strconv.FormatInt(ms, 10)); err != nil {
-			return fmt.Errorf("culling: set the lock transaction's idle timeout: %w", err)
-		}
+		ms := strconv.FormatInt((c.cfg.PassTimeout + 30*time.Second).Milliseconds(), 10)
+		idleTimeout = &ms
 	}
 	var (
 		oid     *int64
 		locked  *bool
 		started time.Time
 	)
-	if err := p.lockTx.QueryRow(ctx, sqlLock, c.table, lockKeySpace).Scan(&oid, &locked, &started); err != nil {
+	// The simple protocol matters here. With the extended protocol, the
+	// unnamed portal of a SELECT outlives its execution until the next
+	// Bind or the end of the transaction, and keeps its snapshot
+	// registered: the idle lock transaction would then hold back the xmin
+	// horizon for the whole pass, so no row the pass deletes could be
+	// vacuumed, nor its index entries marked dead, until the pass ended.
+	if err := p.lockTx.QueryRow(ctx, sqlLock, pgx.QueryExecModeSimpleProtocol,
+		c.table, lockKeySpace, idleTimeout).Scan(&oid, &locked, &started); err != nil {
 		return fmt.Errorf("culling: take the culler lock: %w", err)
 	}
 	if oid == nil {
@@ -222,7 +228,7 @@ func (p *pass) heartbeat(ctx context.Context) error {
 	if time.Since(p.lastBeat) < heartbeatEvery {
 		return nil
 	}
-	if _, err := p.lockTx.Exec(ctx, "SELECT 1"); err != nil {
+	if _, err := p.lockTx.Exec(ctx, "SELECT 1", pgx.QueryExecModeSimpleProtocol); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

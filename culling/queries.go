@@ -9,11 +9,14 @@ const (
 	// rest of the transaction, keyed on (lockKeySpace, table OID). An OID is
 	// a uint32; subtracting 2^31 maps it one-to-one onto int4. now() is the
 	// transaction's start: the pass's "as of" time for the expiry sweep.
+	// $3, unless NULL, is the transaction's idle_in_transaction_session_timeout.
 	sqlLock = `
 SELECT t.oid::int8,
        pg_try_advisory_xact_lock($2::int4, (t.oid::int8 - 2147483648)::int4),
        now()
-  FROM (SELECT to_regclass($1) AS oid) t`
+  FROM (SELECT to_regclass($1) AS oid,
+               CASE WHEN $3::text IS NOT NULL
+                    THEN set_config('idle_in_transaction_session_timeout', $3::text, true) END) t`
 
 	// sqlSweep removes up to $2 rows that had expired at $1, soonest first.
 	// The rows are found through the expires index and locked with SKIP
