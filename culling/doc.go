@@ -18,8 +18,8 @@
 //
 // A started Culler runs a pass at once, then every Config.Interval, and as
 // soon as Config.NudgeEvery rows have been written since the last pass
-// began, so a burst of writes cannot grow the table far past the limit
-// between ticks.
+// began counting, so a burst of writes cannot grow the table far past the
+// limit between ticks.
 //
 // # As a job
 //

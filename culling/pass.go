@@ -31,7 +31,7 @@ const (
 // Progress is what Config.OnProgress receives during a pass.
 type Progress struct {
 	// Count is the number of rows counted after the sweep (see
-	// PassResult.Count); 0 before PhaseCull.
+	// PassResult.Count); 0 until the pass has counted.
 	Count int64
 	// CountExact reports whether Count is exact rather than estimated.
 	CountExact bool

@@ -15,13 +15,16 @@ import (
 // a process other than the one that ran it (the CLI's stats command). Times
 // and ages come from the database clock.
 type PassRecord struct {
-	// Count, CountExact, Culled, ExpiredRemoved and Remaining are the last
-	// pass's PassResult fields.
-	Count          int64
-	CountExact     bool
-	Culled         int64
+	// Count is the rows the last pass counted after its sweep.
+	Count int64
+	// CountExact reports whether Count was exact rather than estimated.
+	CountExact bool
+	// Culled is the rows the last pass culled.
+	Culled int64
+	// ExpiredRemoved is the expired rows the last pass removed.
 	ExpiredRemoved int64
-	Remaining      int64
+	// Remaining is Count minus Culled.
+	Remaining int64
 
 	// Duration is how long the last pass took.
 	Duration time.Duration
@@ -40,8 +43,9 @@ type PassRecord struct {
 	SinceLastPass time.Duration
 	// StartedAt is when the last pass began.
 	StartedAt time.Time
-	// TotalCulled and TotalExpiredRemoved sum every recorded pass.
-	TotalCulled         int64
+	// TotalCulled sums Culled over every recorded pass.
+	TotalCulled int64
+	// TotalExpiredRemoved sums ExpiredRemoved over every recorded pass.
 	TotalExpiredRemoved int64
 }
 
