@@ -1,7 +1,6 @@
 package culling_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -38,27 +37,9 @@ func setup(t *testing.T) *testBundle {
 	return &testBundle{pool: s.Pool(t), schema: s}
 }
 
-// testLogger writes to t.Log, and remembers records for assertions.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *logSink) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
-func newCuller(t *testing.T, pool *pgxpool.Pool, cfg *culling.Config) (*culling.Culler, *logSink) {
+func newCuller(t *testing.T, pool *pgxpool.Pool, cfg *culling.Config) (*culling.Culler, *dbtest.LogBuffer) {
 	t.Helper()
-	sink := &logSink{}
+	sink := &dbtest.LogBuffer{}
 	if cfg == nil {
 		cfg = &culling.Config{}
 	}
@@ -393,7 +374,7 @@ func TestProgress(t *testing.T) {
 func TestLogging(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	var buf logSink
+	var buf dbtest.LogBuffer
 	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	c, _ := newCuller(t, b.pool, &culling.Config{MaxEntries: 30, Logger: logger})
 

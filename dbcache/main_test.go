@@ -1,11 +1,8 @@
 package dbcache_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,7 +19,7 @@ func TestMain(m *testing.M) { dbtest.Main(m) }
 type testBundle struct {
 	cache *dbcache.Cache
 	pool  *pgxpool.Pool
-	logs  *logBuffer
+	logs  *dbtest.LogBuffer
 }
 
 // setup gives the test its own schema, migrated, and a cache on it.
@@ -36,7 +33,7 @@ func setup(t *testing.T, cfg *dbcache.Config) *testBundle {
 // several caches sharing one table).
 func setupOn(t *testing.T, pool *pgxpool.Pool, cfg *dbcache.Config) *testBundle {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &dbtest.LogBuffer{}
 	c := dbcache.Config{}
 	if cfg != nil {
 		c = *cfg
@@ -56,32 +53,6 @@ func travel(t *testing.T, pool *pgxpool.Pool, d time.Duration) {
 	t.Helper()
 	dbtest.Exec(t, pool, `UPDATE dbcache_entries SET expires = expires - $1::bigint * interval '1 microsecond' WHERE expires IS NOT NULL`, d.Microseconds())
 }
-
-// logBuffer collects log lines safely across goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (l *logBuffer) Reset() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Reset()
-}
-
-func (l *logBuffer) Count(s string) int { return strings.Count(l.String(), s) }
 
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
