@@ -218,7 +218,8 @@ func (s *server) shutdown(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	code, _, err := s.ctr.Exec(ctx, []string{"kill", "-INT", "1"})
+	// The shell's kill: every image has a shell, not every one /bin/kill.
+	code, _, err := s.ctr.Exec(ctx, []string{"sh", "-c", "kill -INT 1"})
 	require.NoError(t, err, "signal the postmaster")
 	require.Zero(t, code, "kill -INT 1 exit code")
 	for {
