@@ -114,12 +114,8 @@ func TestConcurrentAddExactlyOneWins(t *testing.T) {
 	for _, expiredFirst := range []bool{false, true} {
 		t.Run(fmt.Sprintf("expired=%v", expiredFirst), func(t *testing.T) {
 			t.Parallel()
-			s := dbtest.NewSchema(t)
-			s.Migrate(t)
-			cfg := s.PoolConfig(t)
-			cfg.MaxConns = 50
-			pool := newPool(t, cfg)
-			b := setupOn(t, pool, nil)
+			b := setupConns(t, 50)
+			pool := b.pool
 			ctx := ctxT(t)
 			if expiredFirst {
 				require.NoError(t, b.cache.Set(ctx, "lock", []byte("stale"), dbcache.TTL(time.Second)))
@@ -156,11 +152,7 @@ func TestConcurrentAddExactlyOneWins(t *testing.T) {
 // 50 goroutines x 200 incrs of one key: the exact total.
 func TestConcurrentIncrExactTotal(t *testing.T) {
 	t.Parallel()
-	s := dbtest.NewSchema(t)
-	s.Migrate(t)
-	cfg := s.PoolConfig(t)
-	cfg.MaxConns = 20
-	b := setupOn(t, newPool(t, cfg), nil)
+	b := setupConns(t, 20)
 	ctx := ctxT(t)
 	require.NoError(t, b.cache.Set(ctx, "counter", []byte("0"), dbcache.Forever))
 	const workers, each = 50, 200
@@ -185,11 +177,7 @@ func TestConcurrentIncrExactTotal(t *testing.T) {
 // DeleteMany calls over the same keys, never deadlock.
 func TestConcurrentSetManyNoDeadlock(t *testing.T) {
 	t.Parallel()
-	s := dbtest.NewSchema(t)
-	s.Migrate(t)
-	cfg := s.PoolConfig(t)
-	cfg.MaxConns = 16
-	b := setupOn(t, newPool(t, cfg), nil)
+	b := setupConns(t, 16)
 	ctx := ctxT(t)
 	keys := make([]string, 200)
 	for i := range keys {
@@ -230,11 +218,7 @@ func TestConcurrentSetManyNoDeadlock(t *testing.T) {
 // Every racing GetOrSet returns the same, first stored value.
 func TestConcurrentGetOrSetConverges(t *testing.T) {
 	t.Parallel()
-	s := dbtest.NewSchema(t)
-	s.Migrate(t)
-	cfg := s.PoolConfig(t)
-	cfg.MaxConns = 20
-	b := setupOn(t, newPool(t, cfg), nil)
+	b := setupConns(t, 20)
 	ctx := ctxT(t)
 	results := make([]string, 40)
 	var wg sync.WaitGroup

@@ -29,6 +29,17 @@ func setup(t *testing.T, cfg *dbcache.Config) *testBundle {
 	return setupOn(t, pool, cfg)
 }
 
+// setupConns is setup with a pool of maxConns connections, for tests that
+// need many statements in flight at once.
+func setupConns(t *testing.T, maxConns int32) *testBundle {
+	t.Helper()
+	s := dbtest.NewSchema(t)
+	s.Migrate(t)
+	cfg := s.PoolConfig(t)
+	cfg.MaxConns = maxConns
+	return setupOn(t, newPool(t, cfg), nil)
+}
+
 // setupOn makes another cache over an existing pool (Django's fixture has
 // several caches sharing one table).
 func setupOn(t *testing.T, pool *pgxpool.Pool, cfg *dbcache.Config) *testBundle {
