@@ -78,13 +78,13 @@ type instance struct {
 	pool   *pgxpool.Pool
 	cache  *dbcache.Cache
 	culler *culling.Culler
-	logs   *logBuffer
+	logs   *dbtest.LogBuffer
 	passes atomic.Int64 // passes that held the lock and finished
 }
 
 func newInstance(t *testing.T, cfg *pgxpool.Config, app string, ccfg culling.Config) *instance {
 	t.Helper()
-	in := &instance{app: app, logs: &logBuffer{}}
+	in := &instance{app: app, logs: &dbtest.LogBuffer{}}
 	cfg = cfg.Copy()
 	cfg.ConnConfig.RuntimeParams["application_name"] = app
 	in.pool = dbtest.NewPool(t, cfg)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -258,9 +257,9 @@ func (s *server) createDatabase(t *testing.T, name string) {
 
 // cacheOn makes a cache over pool, closed when the test ends. Its logs go to
 // the returned buffer.
-func cacheOn(t *testing.T, pool *pgxpool.Pool, cfg *dbcache.Config) (*dbcache.Cache, *logBuffer) {
+func cacheOn(t *testing.T, pool *pgxpool.Pool, cfg *dbcache.Config) (*dbcache.Cache, *dbtest.LogBuffer) {
 	t.Helper()
-	logs := &logBuffer{}
+	logs := &dbtest.LogBuffer{}
 	c := dbcache.Config{}
 	if cfg != nil {
 		c = *cfg
@@ -314,32 +313,6 @@ func sharedSchema(t testing.TB) *dbtest.Schema {
 	s.Migrate(t)
 	return s
 }
-
-// logBuffer collects log lines safely across goroutines.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
-func (l *logBuffer) Reset() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.buf.Reset()
-}
-
-func (l *logBuffer) Count(s string) int { return strings.Count(l.String(), s) }
 
 // returnsBy runs op and fails the test if it has not returned within d plus a
 // grace for scheduling: the "no hang past the context deadline" check.
