@@ -503,6 +503,38 @@ func TestStopMidPass(t *testing.T) {
 	require.Zero(t, dbtest.Count(t, b.pool))
 }
 
+// A pass whose lock transaction dies mid-pass deletes nothing more: the
+// lock went with the backend and another culler may have started. Each
+// batch checks the lock itself, so this does not wait for a heartbeat.
+func TestLockLostMidPass(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	insert(t, b.pool, "old", 300, "now() - interval '1 minute' - g * interval '1 ms'")
+	app := "culler-lock-lost-" + b.schema.Name
+	cfg := b.schema.PoolConfig(t)
+	cfg.ConnConfig.RuntimeParams["application_name"] = app
+	pool := dbtest.NewPool(t, cfg)
+	left := -1
+	var once sync.Once
+	c, _ := newCuller(t, pool, &culling.Config{BatchSize: 10, OnProgress: func(p culling.Progress) {
+		once.Do(func() {
+			// The lock transaction idles while the batches run on the other
+			// connection: end its backend and wait until it is gone.
+			dbtest.Exec(t, b.pool, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+				WHERE application_name = $1 AND state = 'idle in transaction'`, app)
+			for dbtest.Exec(t, b.pool, `SELECT 1 FROM pg_stat_activity
+				WHERE application_name = $1 AND state = 'idle in transaction'`, app) > 0 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			left = dbtest.Count(t, b.pool)
+		})
+	}})
+	_, err := c.RunOnce(context.Background())
+	require.ErrorIs(t, err, culling.ErrLockLost)
+	require.Equal(t, 290, left, "one batch ran before the lock was lost")
+	require.Equal(t, left, dbtest.Count(t, b.pool), "no batch ran after it")
+}
+
 // A pass that fails on a database error releases the lock too.
 func TestLockReleasedOnError(t *testing.T) {
 	t.Parallel()

@@ -126,6 +126,7 @@ type pass struct {
 	target int64
 
 	lockTx   pgx.Tx
+	lockPID  uint32 // the lock transaction's backend, which batches check
 	lastBeat time.Time
 }
 
@@ -199,6 +200,7 @@ func (p *pass) run(ctx context.Context) error {
 		return nil
 	}
 	p.lastBeat = time.Now()
+	p.lockPID = p.lockTx.Conn().PgConn().PID()
 
 	work, err := c.pool.Acquire(ctx)
 	if err != nil {
@@ -221,11 +223,13 @@ func (p *pass) run(ctx context.Context) error {
 	return nil
 }
 
-// heartbeat checks, at most once every heartbeatEvery, that the lock's
-// connection still holds its transaction; if it does not, another culler
-// may already be running, so the pass stops.
-func (p *pass) heartbeat(ctx context.Context) error {
-	if time.Since(p.lastBeat) < heartbeatEvery {
+// heartbeat checks, at most once every heartbeatEvery (or at once with
+// force), that the lock's connection still holds its transaction; if it does
+// not, another culler may already be running, so the pass stops. Batches
+// themselves delete nothing once the lock is gone (see sqlCull), so between
+// heartbeats a lost lock costs no more than a batch that finds nothing.
+func (p *pass) heartbeat(ctx context.Context, force bool) error {
+	if !force && time.Since(p.lastBeat) < heartbeatEvery {
 		return nil
 	}
 	if _, err := p.lockTx.Exec(ctx, "SELECT 1", pgx.QueryExecModeSimpleProtocol); err != nil {
@@ -246,10 +250,10 @@ func (p *pass) sweep(ctx context.Context, work *pgxpool.Conn, asOf time.Time) er
 	q := fmt.Sprintf(sqlSweep, p.c.table)
 	batch := p.c.cfg.BatchSize
 	for {
-		if err := p.heartbeat(ctx); err != nil {
+		if err := p.heartbeat(ctx, false); err != nil {
 			return err
 		}
-		n, err := execAsync(ctx, work, q, asOf, batch)
+		n, err := execAsync(ctx, work, q, asOf, batch, p.lockPID)
 		if err != nil {
 			return fmt.Errorf("culling: remove expired rows: %w", err)
 		}
@@ -258,7 +262,8 @@ func (p *pass) sweep(ctx context.Context, work *pgxpool.Conn, asOf time.Time) er
 			p.progress(PhaseSweep)
 		}
 		if n < int64(batch) {
-			return nil
+			// Short because the sweep is done, or because the lock is gone.
+			return p.heartbeat(ctx, true)
 		}
 	}
 }
@@ -337,20 +342,20 @@ func (p *pass) cull(ctx context.Context, work *pgxpool.Conn) error {
 		}
 	}()
 	for p.res.Culled < p.target {
-		if err := p.heartbeat(ctx); err != nil {
+		if err := p.heartbeat(ctx, false); err != nil {
 			return err
 		}
 		want := min(int64(c.cfg.BatchSize), p.target-p.res.Culled)
-		n, err := execAsync(ctx, work, q, want)
+		n, err := execAsync(ctx, work, q, want, p.lockPID)
 		if err != nil {
 			return fmt.Errorf("culling: cull: %w", err)
 		}
 		p.res.Culled += n
 		p.progress(PhaseCull)
 		if n < want {
-			// The table ran out of rows that are not locked by writers:
-			// they are for the next pass.
-			return nil
+			// The table ran out of rows that are not locked by writers
+			// (they are for the next pass), or the lock is gone.
+			return p.heartbeat(ctx, true)
 		}
 	}
 	return nil

@@ -30,7 +30,16 @@ DELETE FROM %[1]s
         WHERE expires <= $1
         ORDER BY expires
         LIMIT $2
-          FOR UPDATE SKIP LOCKED))`
+          FOR UPDATE SKIP LOCKED))
+   AND EXISTS (SELECT 1 FROM pg_locks
+                WHERE locktype = 'advisory' AND pid = $3 AND granted)`
+
+	// Both deletes also require, in the same statement, that the lock
+	// transaction's backend ($3 and $2, its pid) still holds its advisory
+	// lock: if that backend died, the lock is gone, another culler may
+	// have started, and the batch deletes nothing. The heartbeat then tells
+	// the pass it lost the lock. (The lock transaction holds no other
+	// advisory lock, so the pid alone identifies it.)
 
 	// sqlCull removes up to $1 rows in eviction order: soonest to expire
 	// first, never-expiring (NULL) last. ORDER BY expires is ascending with
@@ -42,7 +51,9 @@ DELETE FROM %[1]s
        SELECT ctid FROM %[1]s
         ORDER BY expires
         LIMIT $1
-          FOR UPDATE SKIP LOCKED))`
+          FOR UPDATE SKIP LOCKED))
+   AND EXISTS (SELECT 1 FROM pg_locks
+                WHERE locktype = 'advisory' AND pid = $2 AND granted)`
 
 	// sqlAsyncCommit turns synchronous_commit off for the rest of the
 	// current transaction only (see execAsync).
