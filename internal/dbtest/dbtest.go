@@ -27,6 +27,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/testcontainers/testcontainers-go"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
+	"github.com/testcontainers/testcontainers-go/wait"
 
 	"github.com/dbcache/dbcache/migrations"
 )
@@ -40,6 +41,8 @@ const (
 	DefaultImage = "postgres:16-alpine"
 
 	schemaPrefix = "dbct_"
+
+	startupTimeout = 3 * time.Minute
 )
 
 var (
@@ -97,7 +100,7 @@ func URL(tb testing.TB) string {
 
 func server() (string, error) {
 	serverOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), startupTimeout+time.Minute)
 		defer cancel()
 		serverURL = os.Getenv(EnvDatabaseURL)
 		if serverURL == "" {
@@ -123,7 +126,13 @@ func startContainer(ctx context.Context) (string, error) {
 		tcpostgres.WithDatabase("dbcache_test"),
 		tcpostgres.WithUsername("postgres"),
 		tcpostgres.WithPassword("postgres"),
-		tcpostgres.BasicWaitStrategies(),
+		// The module's BasicWaitStrategies (the second "ready" log line,
+		// then the port) with a longer deadline than its 60 s: initdb on a
+		// busy two-core machine can take longer.
+		testcontainers.WithWaitStrategyAndDeadline(startupTimeout,
+			wait.ForLog("database system is ready to accept connections").WithOccurrence(2).WithStartupTimeout(startupTimeout),
+			wait.ForListeningPort("5432/tcp").WithStartupTimeout(startupTimeout),
+		),
 	)
 	if ctr != nil {
 		container = ctr
