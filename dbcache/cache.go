@@ -72,6 +72,20 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	if err := pool.QueryRow(ctx, qTableExists, s.q.table).Scan(&ok); err != nil {
 		return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
 	}
+	if !ok && c.Schema == "" {
+		// search_path silently skips schemas the role may not use, so a
+		// table that is there but out of reach looks missing: say so
+		// rather than send the operator to run migrations for nothing.
+		var hidden string
+		err := pool.QueryRow(ctx, qTableHidden, TableName).Scan(&hidden)
+		if err == nil {
+			return nil, fmt.Errorf("dbcache: table %s is in schema %q on the search_path, but this role lacks USAGE on that schema (GRANT USAGE ON SCHEMA %s TO the role)",
+				TableName, hidden, pgx.Identifier{hidden}.Sanitize())
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
+		}
+	}
 	if !ok {
 		where := "on the search_path"
 		if c.Schema != "" {

@@ -297,6 +297,29 @@ func TestNotMigrated(t *testing.T) {
 	require.True(t, errors.As(err, &pgErr), "the PostgreSQL error is still reachable")
 }
 
+// A role that may use the table but not its schema is told so, not sent to
+// run migrations.
+func TestNoSchemaUsageIsNotNotMigrated(t *testing.T) {
+	t.Parallel()
+	s := dbtest.NewSchema(t)
+	s.Migrate(t)
+	admin := s.Pool(t)
+	role := "dbct_role_" + s.Name[len("dbct_"):]
+	dbtest.Exec(t, admin, "CREATE ROLE "+pgx.Identifier{role}.Sanitize()+" LOGIN")
+	t.Cleanup(func() {
+		dbtest.Exec(t, admin, "DROP OWNED BY "+pgx.Identifier{role}.Sanitize())
+		dbtest.Exec(t, admin, "DROP ROLE "+pgx.Identifier{role}.Sanitize())
+	})
+	dbtest.Exec(t, admin, "GRANT SELECT, INSERT, UPDATE, DELETE ON "+pgx.Identifier{s.Name, "dbcache_entries"}.Sanitize()+" TO "+pgx.Identifier{role}.Sanitize())
+	cfg := s.PoolConfig(t)
+	cfg.ConnConfig.User = role
+	cfg.ConnConfig.Password = ""
+	_, err := dbcache.New(ctxT(t), newPool(t, cfg), nil)
+	require.Error(t, err)
+	require.NotErrorIs(t, err, dbcache.ErrNotMigrated)
+	require.Contains(t, err.Error(), "lacks USAGE")
+}
+
 func TestInvalidConfig(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)

@@ -99,6 +99,13 @@ SELECT count(*) FROM d WHERE ` + live
 	qClear = `DELETE FROM TABLE`
 
 	qTableExists = `SELECT to_regclass($1) IS NOT NULL`
+
+	// qTableHidden finds a cache table in a search_path schema the role
+	// lacks USAGE on (search_path skips those without a word).
+	qTableHidden = `SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relname = $1 AND NOT has_schema_privilege(n.oid, 'USAGE')
+  AND n.nspname IN (SELECT btrim(btrim(p), '"') FROM unnest(string_to_array(current_setting('search_path'), ',')) AS p)
+LIMIT 1`
 )
 
 // queries holds the statements with the table name filled in.
