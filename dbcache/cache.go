@@ -294,8 +294,8 @@ func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 
 // GetOrSet returns the value stored under key; on a miss it stores value
 // (as Add would) and returns it. Between concurrent callers the first stored
-// value wins and every caller returns it. With TTL(d <= 0) nothing is stored
-// and value is returned, as Django does.
+// value wins and every caller returns it. With TTL(d <= 0) value is returned
+// and nothing a read can see is stored, as Django does.
 func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout Timeout) ([]byte, error) {
 	return c.GetOrSetFunc(ctx, key, func(context.Context) ([]byte, error) { return value, nil }, timeout)
 }
