@@ -14,8 +14,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-
-	"github.com/dbcache/dbcache/migrations"
 )
 
 const (
@@ -62,6 +60,11 @@ const (
 	// the lock for long. A pass that times out keeps what it removed, and
 	// the next one carries on.
 	PassTimeoutDefault = time.Minute
+
+	// cacheTable is the cache table the migrations create (migrations.Table,
+	// kept here so this package does not import golang-migrate through the
+	// migrations package; a test checks the two agree).
+	cacheTable = "dbcache_entries"
 
 	// StateTable is the table (created by migration 002) where every
 	// completed pass is recorded for LastPass.
@@ -272,7 +275,7 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Culler, error) {
 		runner: host + ":" + strconv.Itoa(os.Getpid()),
 		nudge:  make(chan struct{}, 1),
 	}
-	cu.table, cu.state = qualify(c.Schema, migrations.Table), qualify(c.Schema, StateTable)
+	cu.table, cu.state = qualify(c.Schema, cacheTable), qualify(c.Schema, StateTable)
 	return cu, nil
 }
 

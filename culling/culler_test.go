@@ -878,3 +878,8 @@ func TestLockTransactionHoldsNoSnapshot(t *testing.T) {
 	unblock()
 	require.NoError(t, <-done)
 }
+
+func TestCacheTableMatchesMigrations(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, migrations.Table, culling.CacheTable)
+}
