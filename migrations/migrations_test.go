@@ -7,8 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-migrate/migrate/v4"
 	"github.com/golang-migrate/migrate/v4/database"
+	pgxmigrate "github.com/golang-migrate/migrate/v4/database/pgx/v5"
+	"github.com/golang-migrate/migrate/v4/source/iofs"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/stretchr/testify/require"
 
 	"github.com/dbcache/dbcache/internal/dbtest"
@@ -192,4 +196,32 @@ func TestVersionsEmbedded(t *testing.T) {
 	t.Parallel()
 	require.Equal(t, []uint{1, 2}, migrations.Versions())
 	require.EqualValues(t, 2, migrations.Latest())
+}
+
+// An application can apply the exported files with its own golang-migrate,
+// recording them in dbcache's migrations table; the Migrator then agrees.
+func TestFSWithOwnGolangMigrate(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.NewSchema(t)
+	cfg, err := pgx.ParseConfig(s.URL)
+	require.NoError(t, err)
+	cfg.RuntimeParams["search_path"] = pgx.Identifier{s.Name}.Sanitize()
+	db := stdlib.OpenDB(*cfg)
+	defer db.Close()
+
+	src, err := iofs.New(migrations.FS, ".")
+	require.NoError(t, err)
+	drv, err := pgxmigrate.WithInstance(db, &pgxmigrate.Config{MigrationsTable: migrations.MigrationsTable})
+	require.NoError(t, err)
+	mg, err := migrate.NewWithInstance("iofs", src, "pgx5", drv)
+	require.NoError(t, err)
+	defer mg.Close()
+	require.NoError(t, mg.Up())
+
+	require.True(t, tableExists(t, s, migrations.Table))
+	v, dirty, err := newMigrator(t, s, nil).Version(ctx)
+	require.NoError(t, err)
+	require.False(t, dirty)
+	require.Equal(t, migrations.Latest(), v)
 }
