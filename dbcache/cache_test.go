@@ -114,7 +114,7 @@ func TestConcurrentAddExactlyOneWins(t *testing.T) {
 	for _, expiredFirst := range []bool{false, true} {
 		t.Run(fmt.Sprintf("expired=%v", expiredFirst), func(t *testing.T) {
 			t.Parallel()
-			b := setupConns(t, 50)
+			b := setupConns(t, 16) // 50 goroutines still race: 16 statements in flight at once
 			pool := b.pool
 			ctx := ctxT(t)
 			if expiredFirst {
@@ -152,7 +152,7 @@ func TestConcurrentAddExactlyOneWins(t *testing.T) {
 // 50 goroutines x 200 incrs of one key: the exact total.
 func TestConcurrentIncrExactTotal(t *testing.T) {
 	t.Parallel()
-	b := setupConns(t, 20)
+	b := setupConns(t, 12)
 	ctx := ctxT(t)
 	require.NoError(t, b.cache.Set(ctx, "counter", []byte("0"), dbcache.Forever))
 	const workers, each = 50, 200
@@ -177,7 +177,7 @@ func TestConcurrentIncrExactTotal(t *testing.T) {
 // DeleteMany calls over the same keys, never deadlock.
 func TestConcurrentSetManyNoDeadlock(t *testing.T) {
 	t.Parallel()
-	b := setupConns(t, 16)
+	b := setupConns(t, 12)
 	ctx := ctxT(t)
 	keys := make([]string, 200)
 	for i := range keys {
@@ -218,7 +218,7 @@ func TestConcurrentSetManyNoDeadlock(t *testing.T) {
 // Every racing GetOrSet returns the same, first stored value.
 func TestConcurrentGetOrSetConverges(t *testing.T) {
 	t.Parallel()
-	b := setupConns(t, 20)
+	b := setupConns(t, 12)
 	ctx := ctxT(t)
 	results := make([]string, 40)
 	var wg sync.WaitGroup

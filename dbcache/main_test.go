@@ -30,7 +30,9 @@ func setup(t *testing.T, cfg *dbcache.Config) *testBundle {
 }
 
 // setupConns is setup with a pool of maxConns connections, for tests that
-// need many statements in flight at once.
+// need many statements in flight at once. Keep it modest: every package's
+// tests share one server (max_connections 100 by default), and two packages
+// and two tests in each run at once.
 func setupConns(t *testing.T, maxConns int32) *testBundle {
 	t.Helper()
 	s := dbtest.NewSchema(t)
