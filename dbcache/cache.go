@@ -179,6 +179,11 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return c.get(ctx, k)
+}
+
+// get reads the made (and validated) key k.
+func (c *Cache) get(ctx context.Context, k string) ([]byte, error) {
 	if c.s.gets != nil && c.db == dbtx(c.s.pool) {
 		v, err := c.s.gets.get(ctx, k)
 		if err != nil && !errors.Is(err, ErrMiss) {
@@ -305,7 +310,14 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 // value is returned instead. An error from load is returned (wrapped) and
 // nothing is stored.
 func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout Timeout) ([]byte, error) {
-	v, err := c.Get(ctx, key)
+	if err := c.checkOpen(); err != nil {
+		return nil, err
+	}
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	v, err := c.get(ctx, k)
 	if !errors.Is(err, ErrMiss) {
 		return v, err
 	}
@@ -317,10 +329,6 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.
 		c.s.testBeforeGetOrSetWrite()
 	}
 	if err := c.checkOpen(); err != nil {
-		return nil, err
-	}
-	k, err := c.key(ctx, key)
-	if err != nil {
 		return nil, err
 	}
 	value = nonNil(value)
@@ -425,9 +433,12 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 		return 0, err
 	}
 	if delta == 0 {
-		ok, err := c.HasKey(ctx, key)
-		if err != nil {
-			return 0, err
+		// Moving an entry onto itself is a no-op; the statement below would
+		// delete and re-insert one key in one command, which PostgreSQL
+		// refuses. Only the miss needs reporting.
+		var ok bool
+		if err := c.db.QueryRow(ctx, c.q.hasKey, from).Scan(&ok); err != nil {
+			return 0, c.wrapErr("incr_version", err)
 		}
 		if !ok {
 			return 0, ErrMiss

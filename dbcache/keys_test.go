@@ -139,3 +139,13 @@ func TestLongestKey(t *testing.T) {
 	}
 	require.NoError(t, b.cache.Set(ctx, sb.String(), []byte("v"), dbcache.DefaultTimeout))
 }
+
+// GetOrSet makes, validates and warns about its key once, though it reads
+// and then writes.
+func TestGetOrSetWarnsOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	_, err := b.cache.GetOrSet(ctxT(t), "key with spaces", []byte("v"), dbcache.DefaultTimeout)
+	require.NoError(t, err)
+	require.Equal(t, 1, b.logs.Count("level=WARN"), b.logs.String())
+}
