@@ -40,6 +40,8 @@ type shared struct {
 	// transaction of their own: the session default is another level (see
 	// exec.go).
 	wrapWrites atomic.Bool
+	// deadlines bounds operations by Config.OpTimeout; nil when off.
+	deadlines *deadlines
 
 	// testBeforeGetOrSetWrite runs between GetOrSet's read and its write, so
 	// tests can make another writer win the race.
@@ -68,6 +70,9 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		return nil, err
 	}
 	s := &shared{cfg: c, pool: pool, q: newQueries(c.Schema, c.FastCommit), qTx: newQueries(c.Schema, false)}
+	if c.OpTimeout > 0 {
+		s.deadlines = newDeadlines(c.OpTimeout)
+	}
 	if c.CoalesceGets > 0 {
 		s.gets = newCoalescer(pool, s.q, c.CoalesceGets)
 	}

@@ -15,14 +15,16 @@ func noop() {}
 
 // bound returns ctx limited by Config.OpTimeout when ctx has no deadline of
 // its own; a caller's deadline is always respected as it is.
+// The bound is shared by operations that start close together (see
+// deadline.go), so it costs no timer per operation.
 func (c *Cache) bound(ctx context.Context) (context.Context, context.CancelFunc) {
-	if c.s.cfg.OpTimeout <= 0 {
+	if c.s.deadlines == nil {
 		return ctx, noop
 	}
 	if _, ok := ctx.Deadline(); ok {
 		return ctx, noop
 	}
-	return context.WithTimeout(ctx, c.s.cfg.OpTimeout)
+	return c.s.deadlines.within(ctx)
 }
 
 // onPool reports whether the view runs on the pool rather than in a

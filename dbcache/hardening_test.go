@@ -433,40 +433,50 @@ func TestSilentServerIsBounded(t *testing.T) {
 	pc2 := s.PoolConfig(t)
 	pc2.ConnConfig.Host, pc2.ConnConfig.Port = "127.0.0.1", proxy.Port()
 	pc2.MaxConns = 4
-	for _, coalesce := range []int{0, 2} {
-		b := setupOn(t, newPool(t, pc2), &dbcache.Config{OpTimeout: 300 * time.Millisecond, CoalesceGets: coalesce})
-		require.NoError(t, b.cache.Set(context.Background(), "k", []byte("v"), dbcache.DefaultTimeout))
-		proxy.Freeze()
-		bg := context.Background()
-		ops := map[string]func() error{
-			"get":      func() error { _, err := b.cache.Get(bg, "k"); return err },
-			"set":      func() error { return b.cache.Set(bg, "k", nil, dbcache.DefaultTimeout) },
-			"add":      func() error { _, err := b.cache.Add(bg, "k", nil, dbcache.DefaultTimeout); return err },
-			"incr":     func() error { _, err := b.cache.Incr(bg, "k", 1); return err },
-			"get_many": func() error { _, err := b.cache.GetMany(bg, []string{"k"}); return err },
-			"set_many": func() error {
-				_, err := b.cache.SetMany(bg, map[string][]byte{"k": nil}, dbcache.DefaultTimeout)
-				return err
-			},
-			"delete_many": func() error { _, err := b.cache.DeleteMany(bg, []string{"k"}); return err },
-			"clear":       func() error { return b.cache.Clear(bg) },
-			"get_or_set": func() error {
-				_, err := b.cache.GetOrSet(bg, "k", nil, dbcache.DefaultTimeout)
-				return err
-			},
-		}
-		var wg sync.WaitGroup
-		for name, op := range ops {
-			wg.Go(func() {
-				err := op()
-				if !errors.Is(err, context.DeadlineExceeded) {
-					t.Errorf("coalesce=%d %s on a silent server: want a deadline error, got %v", coalesce, name, err)
-				}
-			})
-		}
-		wg.Wait()
-		proxy.Thaw()
+	type ctxKey struct{}
+	cancelable, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	parents := map[string]context.Context{
+		"background":  context.Background(),
+		"cancelable":  cancelable,
+		"values-only": context.WithValue(context.Background(), ctxKey{}, 1),
 	}
+	for _, coalesce := range []int{0, 2} {
+		for parentName, bg := range parents {
+			b := setupOn(t, newPool(t, pc2), &dbcache.Config{OpTimeout: 300 * time.Millisecond, CoalesceGets: coalesce})
+			require.NoError(t, b.cache.Set(context.Background(), "k", []byte("v"), dbcache.DefaultTimeout))
+			proxy.Freeze()
+			ops := map[string]func() error{
+				"get":      func() error { _, err := b.cache.Get(bg, "k"); return err },
+				"set":      func() error { return b.cache.Set(bg, "k", nil, dbcache.DefaultTimeout) },
+				"add":      func() error { _, err := b.cache.Add(bg, "k", nil, dbcache.DefaultTimeout); return err },
+				"incr":     func() error { _, err := b.cache.Incr(bg, "k", 1); return err },
+				"get_many": func() error { _, err := b.cache.GetMany(bg, []string{"k"}); return err },
+				"set_many": func() error {
+					_, err := b.cache.SetMany(bg, map[string][]byte{"k": nil}, dbcache.DefaultTimeout)
+					return err
+				},
+				"delete_many": func() error { _, err := b.cache.DeleteMany(bg, []string{"k"}); return err },
+				"clear":       func() error { return b.cache.Clear(bg) },
+				"get_or_set": func() error {
+					_, err := b.cache.GetOrSet(bg, "k", nil, dbcache.DefaultTimeout)
+					return err
+				},
+			}
+			var wg sync.WaitGroup
+			for name, op := range ops {
+				wg.Go(func() {
+					err := op()
+					if !errors.Is(err, context.DeadlineExceeded) {
+						t.Errorf("coalesce=%d ctx=%s %s on a silent server: want a deadline error, got %v", coalesce, parentName, name, err)
+					}
+				})
+			}
+			wg.Wait()
+			proxy.Thaw()
+		}
+	}
+	require.NoError(t, cancelable.Err(), "the caller's context is never cancelled by the bound")
 }
 
 // Config.Version 0 means the default version 1, as Django's VERSION does;
