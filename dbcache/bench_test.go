@@ -339,8 +339,10 @@ func runOps(b *testing.B, ctx context.Context, g, n int, seq *atomic.Int64, op f
 	return d
 }
 
+// benchOpTimeout is Config.OpTimeout for the benchmarks: the default, or
+// off with DBCACHE_BENCH_NO_OPTIMEOUT=1, to measure what the bound costs.
 var benchOpTimeout = func() time.Duration {
-	if os.Getenv("BENCH_NO_OPTIMEOUT") != "" {
+	if os.Getenv("DBCACHE_BENCH_NO_OPTIMEOUT") != "" {
 		return -1
 	}
 	return 0
