@@ -7,7 +7,9 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -43,6 +45,27 @@ type shared struct {
 	// deadlines bounds operations by Config.OpTimeout; nil when off.
 	deadlines *deadlines
 
+	// flights are GetOrSetFunc loads in progress, by made key; loadLocks
+	// has a slot per cross-process load lock a flight may hold (nil when
+	// Config.LoadLocks is -1).
+	flights   flights
+	loadLocks chan struct{}
+
+	// Background refreshes of stale entries: at most one per made key,
+	// under bgCtx, which Close cancels before it waits for them.
+	refreshMu  sync.Mutex
+	refreshing map[string]bool
+	background sync.WaitGroup
+	bgCtx      context.Context
+	bgCancel   context.CancelFunc
+
+	stats stats
+	failOpenState
+
+	// tableOID identifies the table in its database, for advisory lock
+	// keys: two caches in two schemas of one database are two tables.
+	tableOID int64
+
 	// testBeforeGetOrSetWrite runs between GetOrSet's read and its write, so
 	// tests can make another writer win the race.
 	testBeforeGetOrSetWrite func()
@@ -73,6 +96,13 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	if c.OpTimeout > 0 {
 		s.deadlines = newDeadlines(c.OpTimeout)
 	}
+	switch {
+	case c.LoadLocks > 0:
+		s.loadLocks = make(chan struct{}, c.LoadLocks)
+	case c.LoadLocks == 0:
+		s.loadLocks = make(chan struct{}, max(1, int(pool.Config().MaxConns)/4))
+	}
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	if c.CoalesceGets > 0 {
 		s.gets = newCoalescer(pool, s.q, c.CoalesceGets)
 	}
@@ -80,13 +110,16 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	ctx, cancel := cache.bound(ctx)
 	defer cancel()
 	var (
-		ok        bool
+		oid       int64
 		isolation string
 	)
-	if err := pool.QueryRow(ctx, qCheck, s.q.table).Scan(&ok, &isolation); err != nil {
+	if err := pool.QueryRow(ctx, qCheck, s.q.table).Scan(&oid, &isolation); err != nil {
+		s.bgCancel()
 		return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
 	}
 	s.wrapWrites.Store(isolation != "read committed")
+	s.tableOID = oid
+	ok := oid != 0
 	if !ok && c.Schema == "" {
 		// search_path silently skips schemas the role may not use, so a
 		// table that is there but out of reach looks missing: say so
@@ -94,14 +127,17 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		var hidden string
 		err := pool.QueryRow(ctx, qTableHidden, TableName).Scan(&hidden)
 		if err == nil {
+			s.bgCancel()
 			return nil, fmt.Errorf("dbcache: table %s is in schema %q on the search_path, but this role lacks USAGE on that schema (GRANT USAGE ON SCHEMA %s TO the role)",
 				TableName, hidden, pgx.Identifier{hidden}.Sanitize())
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
+			s.bgCancel()
 			return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
 		}
 	}
 	if !ok {
+		s.bgCancel()
 		where := "on the search_path"
 		if c.Schema != "" {
 			where = "in schema " + strconv.Quote(c.Schema)
@@ -128,12 +164,18 @@ func Open(ctx context.Context, dsn string, cfg *Config) (*Cache, error) {
 }
 
 // Close closes the cache: every later operation, on every view, returns
-// ErrClosed. It closes the pool only if Open created it. Calling it again is
-// a no-op.
+// ErrClosed. It cancels the background refreshes of stale entries
+// (Revalidate) and waits for them to return, which they do as soon as their
+// loader honours its context. It closes the pool only if Open created it.
+// Calling it again is a no-op.
 func (c *Cache) Close() error {
 	if c.s.closed.Swap(true) {
 		return nil
 	}
+	c.s.refreshMu.Lock() // no refresh starts after this
+	c.s.refreshMu.Unlock()
+	c.s.bgCancel()
+	c.s.background.Wait()
 	if c.s.ownsPool {
 		c.s.pool.Close()
 	}
@@ -161,6 +203,13 @@ func (c *Cache) WithTx(tx pgx.Tx) *Cache {
 
 // Version returns the view's default key version.
 func (c *Cache) Version() int { return c.version }
+
+// degrade applies Config.FailOpen: whether err, a failure of operation op
+// on the pool, is transient and to be swallowed. Errors in a WithTx view
+// always surface: the caller's transaction is aborted and must know.
+func (c *Cache) degrade(op string, err error) bool {
+	return c.onPool() && c.failOpen(op, err)
+}
 
 func (c *Cache) checkOpen() error {
 	if c.s.closed.Load() {
@@ -196,7 +245,11 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	return c.get(ctx, k)
+	v, err := c.get(ctx, k)
+	if err != nil && !errors.Is(err, ErrMiss) && c.degrade("get", err) {
+		return nil, ErrMiss
+	}
+	return v, err
 }
 
 // get reads the made (and validated) key k.
@@ -231,6 +284,9 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
 	if _, err := c.execWrite(ctx, c.q.set, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+		if c.degrade("set", err) {
+			return nil
+		}
 		return c.wrapErr("set", err)
 	}
 	c.wrote(1)
@@ -257,6 +313,9 @@ func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeo
 		return false, nil
 	}
 	if err != nil {
+		if c.degrade("add", err) {
+			return false, nil
+		}
 		return false, c.wrapErr("add", err)
 	}
 	c.wrote(1)
@@ -278,6 +337,9 @@ func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (bool, e
 	defer cancel()
 	tag, err := c.execWrite(ctx, c.q.touch, k, timeout.micros(c.s.cfg.DefaultTimeout))
 	if err != nil {
+		if c.degrade("touch", err) {
+			return false, nil
+		}
 		return false, c.wrapErr("touch", err)
 	}
 	return tag.RowsAffected() > 0, nil
@@ -301,6 +363,9 @@ func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
 		return false, nil
 	}
 	if err != nil {
+		if c.degrade("delete", err) {
+			return false, nil
+		}
 		return false, c.wrapErr("delete", err)
 	}
 	return wasLive, nil
@@ -319,6 +384,9 @@ func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 	defer cancel()
 	var ok bool
 	if err := c.db.QueryRow(ctx, c.q.hasKey, k).Scan(&ok); err != nil {
+		if c.degrade("has_key", err) {
+			return false, nil
+		}
 		return false, c.wrapErr("has_key", err)
 	}
 	return ok, nil
@@ -327,16 +395,10 @@ func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 // GetOrSet returns the value stored under key; on a miss it stores value
 // (as Add would) and returns it. Between concurrent callers the first stored
 // value wins and every caller returns it. With TTL(d <= 0) value is returned
-// and nothing a read can see is stored, as Django does.
+// and nothing a read can see is stored, as Django does. (With a value in
+// hand there is nothing to protect from a stampede: GetOrSet is a read and,
+// on a miss, one write.)
 func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout Timeout) ([]byte, error) {
-	return c.GetOrSetFunc(ctx, key, func(context.Context) ([]byte, error) { return value, nil }, timeout)
-}
-
-// GetOrSetFunc is GetOrSet with a loader: load runs only on a miss, and its
-// result is stored unless another caller stored first, in which case that
-// value is returned instead. An error from load is returned (wrapped) and
-// nothing is stored.
-func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout Timeout) ([]byte, error) {
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -347,28 +409,60 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.
 	rctx, cancel := c.bound(ctx)
 	v, err := c.get(rctx, k)
 	cancel()
-	if !errors.Is(err, ErrMiss) {
-		return v, err
+	switch {
+	case err == nil:
+		return v, nil
+	case errors.Is(err, ErrMiss), c.degrade("get_or_set", err):
+		return c.storeFirst(ctx, k, value, timeout)
+	default:
+		return nil, err
 	}
-	value, err := load(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("dbcache: get_or_set: loader: %w", err)
-	}
-	if c.s.testBeforeGetOrSetWrite != nil {
-		c.s.testBeforeGetOrSetWrite()
-	}
+}
+
+// GetOrSetFunc is GetOrSet with a loader: load runs only on a miss, and its
+// result is stored unless another caller stored first, in which case that
+// value is returned instead. An error from load is returned (wrapped) and
+// nothing is stored; a panic in load is returned as a *LoaderPanicError.
+//
+// The loader runs once per key however many callers miss at once: once
+// among the goroutines of this process, which all return its value, and
+// once across the processes sharing the table, through a PostgreSQL
+// advisory lock (see Config.LoadLocks and Config.LoadWait): a process that
+// finds another loading the key waits for its value, without holding a
+// connection, for at most LoadWait, then loads it itself. The loader gets
+// a context with the first caller's values, cancelled only when every
+// caller waiting on it has gone; it is not bounded by Config.OpTimeout.
+//
+// With a Revalidate timeout, a stale entry is returned at once and
+// refreshed in the background (see Revalidate).
+func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout Timeout) ([]byte, error) {
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
-	value = nonNil(value)
-	wctx, cancel := c.bound(ctx)
-	defer cancel()
-	var got []byte
-	if err := c.rowWrite(wctx, c.q.getOrSet, []any{k, value, timeout.micros(c.s.cfg.DefaultTimeout)}, &got); err != nil {
-		return nil, c.wrapErr("get_or_set", err)
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return nil, err
 	}
-	c.wrote(1)
-	return nonNil(got), nil
+	rctx, cancel := c.bound(ctx)
+	var v []byte
+	if stale, ok := timeout.Stale(); ok {
+		var remaining time.Duration
+		v, remaining, err = c.getRemaining(rctx, k)
+		if err == nil && remaining != remainingForever && remaining <= stale && c.onPool() {
+			c.refreshStale(ctx, k, load, timeout)
+		}
+	} else {
+		v, err = c.get(rctx, k)
+	}
+	cancel()
+	switch {
+	case err == nil:
+		return v, nil
+	case errors.Is(err, ErrMiss), c.onPool() && c.failOpen("get_or_set", err):
+		return c.loadOnce(ctx, k, load, timeout)
+	default:
+		return nil, err
+	}
 }
 
 // Incr adds delta to the integer stored under key and returns the new value.
@@ -414,6 +508,9 @@ func (c *Cache) incr(ctx context.Context, op, key, delta string) (int64, error) 
 			return n, nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
+			if c.degrade(op, err) {
+				return 0, ErrMiss
+			}
 			return 0, c.wrapErr(op, err)
 		}
 		err = c.db.QueryRow(ctx, c.q.incrCheck, k).Scan(&v)
@@ -421,6 +518,9 @@ func (c *Cache) incr(ctx context.Context, op, key, delta string) (int64, error) 
 			return 0, ErrMiss
 		}
 		if err != nil {
+			if c.degrade(op, err) {
+				return 0, ErrMiss
+			}
 			return 0, c.wrapErr(op, err)
 		}
 		cur, ok := parseInt(v)
@@ -473,6 +573,12 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 		// refuses. Only the miss needs reporting.
 		var ok bool
 		if err := c.db.QueryRow(ctx, c.q.hasKey, from).Scan(&ok); err != nil {
+			if c.degrade("incr_version", err) {
+				return 0, ErrMiss
+			}
+			if c.degrade("incr_version", err) {
+				return 0, ErrMiss
+			}
 			return 0, c.wrapErr("incr_version", err)
 		}
 		if !ok {
@@ -490,6 +596,9 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 		return 0, ErrMiss
 	}
 	if err != nil {
+		if c.degrade("incr_version", err) {
+			return 0, ErrMiss
+		}
 		return 0, c.wrapErr("incr_version", err)
 	}
 	return to, nil
@@ -521,6 +630,9 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 	defer cancel()
 	rows, err := c.db.Query(ctx, c.q.getMany, made)
 	if err != nil {
+		if c.degrade("get_many", err) {
+			return map[string][]byte{}, nil
+		}
 		return nil, c.wrapErr("get_many", err)
 	}
 	var k string
@@ -539,6 +651,9 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 		return nil
 	})
 	if err != nil {
+		if c.degrade("get_many", err) {
+			return map[string][]byte{}, nil
+		}
 		return nil, c.wrapErr("get_many", err)
 	}
 	return out, nil
@@ -570,6 +685,9 @@ func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Ti
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
 	if _, err := c.execWrite(ctx, c.q.setMany, made, values, timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+		if c.degrade("set_many", err) {
+			return keys, nil
+		}
 		return keys, c.wrapErr("set_many", err)
 	}
 	c.wrote(len(made))
@@ -605,6 +723,9 @@ func (c *Cache) DeleteMany(ctx context.Context, keys []string) (int, error) {
 	defer cancel()
 	var n int
 	if err := c.rowWrite(ctx, c.q.deleteMany, []any{made}, &n); err != nil {
+		if c.degrade("delete_many", err) {
+			return 0, nil
+		}
 		return 0, c.wrapErr("delete_many", err)
 	}
 	return n, nil

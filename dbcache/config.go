@@ -87,6 +87,22 @@ type Config struct {
 	// at once (Django's TIMEOUT=0). Defaults to TTL(DefaultTimeoutDefault).
 	DefaultTimeout Timeout
 
+	// FailOpen makes the cache degrade instead of failing while the
+	// database is unavailable: an operation whose failure IsTransient
+	// (connection refused or reset, a server shutting down or starting, a
+	// timeout, a deadlock) returns what it returns when there is nothing to
+	// find or nothing was stored: Get, Incr, Decr, IncrVersion and
+	// DecrVersion return ErrMiss, HasKey, Add, Touch and Delete false,
+	// GetMany an empty map, SetMany every key as failed with a nil error,
+	// DeleteMany and DeletePrefix 0, Set nil, and GetOrSetFunc the loader's
+	// value without storing it. Configuration, permission and SQL errors
+	// (ErrNotMigrated, a wrong password, a missing privilege) and a
+	// cancelled context always surface, and so does every error of Clear
+	// and of a WithTx view, whose callers must know. Each such failure is
+	// counted in Stats().FailOpen and logged at most once every ten
+	// seconds. Defaults to false: every error is returned.
+	FailOpen bool
+
 	// FastCommit makes every write statement the cache runs on the pool
 	// commit with synchronous_commit off, set inside the statement itself
 	// (set_config(…, true), which is SET LOCAL), so it costs no round trip,
@@ -112,6 +128,19 @@ type Config struct {
 	// KeyPrefix is passed to KeyFunc, to keep caches sharing a table apart.
 	// Defaults to "".
 	KeyPrefix string
+
+	// LoadLocks is the most GetOrSetFunc loads that hold a cross-process
+	// lock at once: each holds one pool connection while its loader runs
+	// (processes waiting for a load hold none: they poll). A load that
+	// finds every slot busy runs without the cross-process lock, protected
+	// among this process's goroutines only. -1 turns the cross-process lock
+	// off. Defaults to a quarter of the pool's MaxConns, at least 1.
+	LoadLocks int
+
+	// LoadWait bounds how long GetOrSetFunc waits for another process that
+	// is loading the same key before it loads the value itself. Defaults
+	// to LoadWaitDefault.
+	LoadWait time.Duration
 
 	// Logger receives key warnings. Defaults to slog.Default().
 	Logger *slog.Logger
@@ -165,6 +194,9 @@ func (c *Config) withDefaults() Config {
 	if out.OpTimeout == 0 {
 		out.OpTimeout = OpTimeoutDefault
 	}
+	if out.LoadWait == 0 {
+		out.LoadWait = LoadWaitDefault
+	}
 	return out
 }
 
@@ -178,6 +210,12 @@ func (c *Config) validate() error {
 	}
 	if c.OpTimeout < -1 {
 		errs = append(errs, fmt.Errorf("dbcache: Config.OpTimeout %s is negative (-1 means no bound)", c.OpTimeout))
+	}
+	if c.LoadWait < 0 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.LoadWait %s is negative", c.LoadWait))
+	}
+	if c.LoadLocks < -1 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.LoadLocks %d is negative (-1 turns the cross-process lock off)", c.LoadLocks))
 	}
 	if c.KeyCheck < KeyCheckWarn || c.KeyCheck > KeyCheckOff {
 		errs = append(errs, fmt.Errorf("dbcache: Config.KeyCheck %d is not a KeyCheck", c.KeyCheck))

@@ -38,6 +38,20 @@ const (
 
 	qHasKey = `SELECT EXISTS (SELECT 1 FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp()))`
 
+	// The value and its remaining lifetime in microseconds, NULL for never,
+	// by the database's clock.
+	qGetRemaining = `SELECT value, (extract(epoch FROM expires - statement_timestamp()) * 1000000)::bigint
+FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())`
+
+	qTTL = `SELECT (extract(epoch FROM expires - statement_timestamp()) * 1000000)::bigint
+FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())`
+
+	// A GetOrSetFunc waiting for another process's loader: the value if it
+	// is stored now, and whether the load lock is free (taken and at once
+	// released with the statement's implicit transaction).
+	qLoadPoll = `SELECT e.value, e.value IS NOT NULL, pg_try_advisory_xact_lock($2::bigint)
+FROM (SELECT (SELECT value FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())) AS value) AS e`
+
 	qGetMany = `SELECT key, value FROM TABLE WHERE key = ANY($1::text[]) AND (expires IS NULL OR expires > statement_timestamp())`
 
 	qSet = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
@@ -169,12 +183,15 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expir
 	// Counts the live entries it removed; expired ones go too, uncounted.
 	// The rows are locked in key order first, as qSetMany locks them: a plain
 	// DELETE … = ANY may visit them in heap order and deadlock with a batch.
-	qDeleteMany = `WITH d AS (DELETE FROM TABLE WHERE key IN (
-  SELECT key FROM TABLE WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE) RETURNING expires)
+	// The locking SELECT is an ARRAY subquery, so it runs once, first, and
+	// the DELETE finds the locked rows through the primary key; as an IN
+	// (subquery) the planner may hash it and scan the whole table.
+	qDeleteMany = `WITH d AS (DELETE FROM TABLE WHERE key = ANY (ARRAY (
+  SELECT key FROM TABLE WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE)) RETURNING expires)
 SELECT count(*) FROM d WHERE (expires IS NULL OR expires > statement_timestamp())`
 
 	qDeleteManyFast = `WITH d AS (DELETE FROM TABLE USING (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
-  WHERE key IN (SELECT key FROM TABLE WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE) RETURNING expires)
+  WHERE key = ANY (ARRAY (SELECT key FROM TABLE WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE)) RETURNING expires)
 SELECT count(*) FROM d WHERE (expires IS NULL OR expires > statement_timestamp())`
 
 	// One batch of Clear: the next $2 rows in key order from $1 on, locked
@@ -184,18 +201,40 @@ SELECT count(*) FROM d WHERE (expires IS NULL OR expires > statement_timestamp()
 	// so no batch re-reads the index entries of rows earlier batches
 	// removed. DELETE, not TRUNCATE: TRUNCATE takes an ACCESS EXCLUSIVE lock
 	// that would stall every reader and writer of the cache.
-	qClearBatch = `WITH d AS (DELETE FROM TABLE WHERE key IN (
-  SELECT key FROM TABLE WHERE key >= $1 ORDER BY key LIMIT $2 FOR UPDATE) RETURNING key)
+	qClearBatch = `WITH d AS (DELETE FROM TABLE WHERE key = ANY (ARRAY (
+  SELECT key FROM TABLE WHERE key >= $1 ORDER BY key LIMIT $2 FOR UPDATE)) RETURNING key)
 SELECT count(*), max(key) FROM d`
 
 	qClearBatchFast = `WITH d AS (DELETE FROM TABLE USING (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
-  WHERE key IN (SELECT key FROM TABLE WHERE key >= $1 ORDER BY key LIMIT $2 FOR UPDATE) RETURNING key)
+  WHERE key = ANY (ARRAY (SELECT key FROM TABLE WHERE key >= $1 ORDER BY key LIMIT $2 FOR UPDATE)) RETURNING key)
 SELECT count(*), max(key) FROM d`
 
-	// qCheck runs at New: whether the table exists, and the session's
-	// default isolation level (a statement outside a transaction block runs
-	// at it).
-	qCheck = `SELECT to_regclass($1) IS NOT NULL, current_setting('transaction_isolation')`
+	// One batch of DeletePrefix: the next $3 rows in key order from $1 on
+	// and below $2 (the range of made keys that start with the prefix:
+	// with the key column's "C" collation a range scan of the primary key
+	// index), locked in key order and removed. It returns how many live
+	// entries it removed (expired ones go too, uncounted), how many rows,
+	// and the last key, where the next batch starts.
+	qDeletePrefixBatch = `WITH d AS (DELETE FROM TABLE WHERE key = ANY (ARRAY (
+  SELECT key FROM TABLE WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3 FOR UPDATE)) RETURNING key, expires)
+SELECT count(*) FILTER (WHERE expires IS NULL OR expires > statement_timestamp()), count(*), max(key) FROM d`
+
+	qDeletePrefixBatchFast = `WITH d AS (DELETE FROM TABLE USING (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
+  WHERE key = ANY (ARRAY (SELECT key FROM TABLE WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3 FOR UPDATE)) RETURNING key, expires)
+SELECT count(*) FILTER (WHERE expires IS NULL OR expires > statement_timestamp()), count(*), max(key) FROM d`
+
+	// One page of Keys: up to $3 live made keys from $1 on and below $2, in
+	// key order: a keyset walk of the primary key index, where $1 is the
+	// prefix for the first page and the last key of the previous page
+	// after that (which the caller then skips).
+	qKeysPage = `SELECT key FROM TABLE
+WHERE key >= $1 AND key < $2 AND (expires IS NULL OR expires > statement_timestamp())
+ORDER BY key LIMIT $3`
+
+	// qCheck runs at New: the table's OID (0 when it does not exist), and
+	// the session's default isolation level (a statement outside a
+	// transaction block runs at it).
+	qCheck = `SELECT coalesce(to_regclass($1)::oid::bigint, 0), current_setting('transaction_isolation')`
 
 	// qTableHidden finds a cache table in a search_path schema the role
 	// lacks USAGE on (search_path skips those without a word).
@@ -203,6 +242,13 @@ SELECT count(*), max(key) FROM d`
 WHERE c.relname = $1 AND NOT has_schema_privilege(n.oid, 'USAGE')
   AND n.nspname IN (SELECT btrim(btrim(p), '"') FROM unnest(string_to_array(current_setting('search_path'), ',')) AS p)
 LIMIT 1`
+
+	// Takes the load lock of a GetOrSetFunc for the rest of the lock
+	// transaction, never waiting, and bounds how long that transaction may
+	// sit idle (a process that hangs mid-load loses the lock to the
+	// server). Sent with the simple protocol (a single bigint argument, no
+	// table), so it needs no table name.
+	qLoadLock = `SELECT pg_try_advisory_xact_lock($1::bigint) FROM (SELECT set_config('idle_in_transaction_session_timeout', $2::text, true)) AS s`
 
 	// The transaction a write runs in when the session's default isolation
 	// is not READ COMMITTED (see shared.wrapWrites).
@@ -219,6 +265,8 @@ const clearBatchSize = 5000
 type queries struct {
 	get, hasKey, set, add, getOrSet, touch, del, incr, incrCheck, move string
 	getMany, setMany, deleteMany, clearBatch                           string
+	getRemaining, ttl, loadPoll                                        string
+	deletePrefixBatch, keysPage                                        string
 	table                                                              string
 }
 
@@ -253,5 +301,11 @@ func newQueries(schema string, fast bool) *queries {
 		setMany:    write(qSetMany, qSetManyFast),
 		deleteMany: write(qDeleteMany, qDeleteManyFast),
 		clearBatch: write(qClearBatch, qClearBatchFast),
+
+		getRemaining:      fill(qGetRemaining),
+		ttl:               fill(qTTL),
+		loadPoll:          fill(qLoadPoll),
+		deletePrefixBatch: write(qDeletePrefixBatch, qDeletePrefixBatchFast),
+		keysPage:          fill(qKeysPage),
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Proxy forwards TCP connections from a loopback port to the test server,
@@ -40,10 +41,18 @@ func NewProxy(tb testing.TB, target string) *Proxy {
 }
 
 // Addr is the proxy's host:port.
-func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+func (p *Proxy) Addr() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.ln.Addr().String()
+}
 
 // Port is the proxy's port.
-func (p *Proxy) Port() uint16 { return uint16(p.ln.Addr().(*net.TCPAddr).Port) }
+func (p *Proxy) Port() uint16 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return uint16(p.ln.Addr().(*net.TCPAddr).Port)
+}
 
 // Freeze stops forwarding bytes; connections stay open and new ones are
 // accepted but get no answer.
@@ -79,6 +88,44 @@ func (p *Proxy) SilenceExisting() {
 	}
 }
 
+// Down makes the server unreachable, as a stopped server is: every open
+// connection is closed (the client sees a reset or EOF) and new ones are
+// refused, until Up.
+func (p *Proxy) Down() {
+	p.mu.Lock()
+	conns := p.conns
+	p.conns = nil
+	ln := p.ln
+	p.mu.Unlock()
+	_ = ln.Close()
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}
+
+// Up listens again on the same port after Down.
+func (p *Proxy) Up(tb testing.TB) {
+	tb.Helper()
+	p.mu.Lock()
+	addr := p.ln.Addr().String()
+	p.mu.Unlock()
+	var ln net.Listener
+	var err error
+	for range 50 { // the port can linger briefly after Close
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		tb.Fatalf("dbtest: proxy listen again on %s: %v", addr, err)
+	}
+	p.mu.Lock()
+	p.ln = ln
+	p.mu.Unlock()
+	go p.accept()
+}
+
 // BytesFromServer counts the bytes forwarded from the server to clients.
 func (p *Proxy) BytesFromServer() int64 { return p.fromSrv.Load() }
 
@@ -95,8 +142,9 @@ func (p *Proxy) Close() {
 	if p.frozen.Swap(false) {
 		close(p.thaw)
 	}
+	ln := p.ln
 	p.mu.Unlock()
-	_ = p.ln.Close()
+	_ = ln.Close()
 	for _, c := range conns {
 		_ = c.Close()
 	}
@@ -114,8 +162,11 @@ func (p *Proxy) track(c net.Conn) bool {
 }
 
 func (p *Proxy) accept() {
+	p.mu.Lock()
+	ln := p.ln
+	p.mu.Unlock()
 	for {
-		client, err := p.ln.Accept()
+		client, err := ln.Accept()
 		if err != nil {
 			return
 		}
