@@ -16,6 +16,19 @@ import (
 // The hardening and first-hour fixes (issues 9 and 10), each as a user
 // meets it.
 
+func TestHelpDocumentsExitCodesAndJSON(t *testing.T) {
+	t.Parallel()
+	r := run(t, opts{}, "--help")
+	requireCode(t, 0, r)
+	for _, want := range []string{"4  migrations pending", `{"error":CODE,"message":…,"exit_code":N}`, "DBCACHE_SCHEMA", "fold to lower case"} {
+		require.Contains(t, r.stdout, want)
+	}
+	r = run(t, opts{}, "migrate", "--help")
+	for _, want := range []string{"status", "sql", "--dry-run", "exits 4"} {
+		require.Contains(t, r.stdout, want)
+	}
+}
+
 func TestRootVersionFlag(t *testing.T) {
 	t.Parallel()
 	r := run(t, opts{}, "--version")
@@ -192,7 +205,7 @@ func TestJSONErrors(t *testing.T) {
 		{[]string{"incr", "k", "x"}, 2, "usage"},
 		{[]string{"demo"}, 2, "usage"},
 		{[]string{"version", "extra"}, 2, "usage"},
-		{[]string{"migrate", "sql", "--version", "99"}, 2, "usage"},
+		{[]string{"migrate", "sql", "99"}, 2, "usage"},
 		{[]string{"stats", "--schema", "bad-name"}, 2, "usage"},
 		{append([]string{"set", strings.Repeat("k", 3000), "v"}, b.conn...), 2, "invalid_key"},
 		{append([]string{"clear"}, b.conn...), 2, "confirmation_required"},
@@ -304,6 +317,12 @@ func TestSchemaEnvAndFolding(t *testing.T) {
 	// --schema beats DBCACHE_SCHEMA.
 	r = run(t, opts{env: []string{"DBCACHE_SCHEMA=public_nope"}}, append([]string{"get", "k", "--schema", b.schema.Name}, url...)...)
 	requireCode(t, 0, r)
+	// An empty --schema is the search_path's schema, whatever DBCACHE_SCHEMA
+	// says (the URL's search_path here has no cache table).
+	r = run(t, opts{env: []string{"DBCACHE_SCHEMA=" + b.schema.Name}}, "get", "k", "--schema", "",
+		"--database-url", b.schema.URL+"&options=-c%20search_path%3Dpg_catalog")
+	requireCode(t, 1, r)
+	requireErrorLine(t, r, "no cache table (dbcache_entries) on the search_path")
 	// A bad DBCACHE_SCHEMA is a usage error that names the variable.
 	r = run(t, opts{env: []string{"DBCACHE_SCHEMA=bad-name"}}, append([]string{"get", "k"}, url...)...)
 	requireCode(t, 2, r)
@@ -441,7 +460,7 @@ func TestMigrateSQLOffline(t *testing.T) {
 	require.Less(t, strings.Index(r.stdout, "002_"), strings.Index(r.stdout, "001_"), "newest first")
 	require.Contains(t, r.stdout, "`dbcache migrate force 0 --schema mycache`")
 
-	r = run(t, opts{}, append([]string{"migrate", "sql", "--version", "2", "--json"}, dead...)...)
+	r = run(t, opts{}, append([]string{"migrate", "sql", "2", "--json"}, dead...)...)
 	requireCode(t, 0, r)
 	var got struct {
 		Direction  string `json:"direction"`

@@ -138,8 +138,6 @@ type globalFlags struct {
 	// statementTimeoutInForce is the statement_timeout the sessions carry
 	// (the flag's, or the connection string's), for the hint on a timeout.
 	statementTimeoutInForce string
-	// schemaFromEnv says the schema came from DBCACHE_SCHEMA, for messages.
-	schemaFromEnv bool
 }
 
 func newApp(config *Config) *app {

@@ -67,21 +67,15 @@ func (a *app) schemaFlag() string {
 }
 
 // resolveSchema settles the schema: --schema, else DBCACHE_SCHEMA, read by
-// PostgreSQL's identifier rules. demo ignores DBCACHE_SCHEMA: it always
-// works in a temporary schema of its own (and refuses --schema).
+// PostgreSQL's identifier rules. An empty --schema means the search_path's
+// schema, also when DBCACHE_SCHEMA is set. demo ignores DBCACHE_SCHEMA: it
+// always works in a temporary schema of its own (and refuses --schema).
 func (a *app) resolveSchema(cmd *cobra.Command) error {
 	raw, from := a.g.schema, "--schema"
-	if !cmd.Flags().Changed("schema") {
-		raw, from = "", ""
-		if cmd.Name() != "demo" {
-			if v := a.cfg.Getenv(EnvSchema); v != "" {
-				raw, from = v, EnvSchema
-				a.g.schemaFromEnv = true
-			}
+	if !cmd.Flags().Changed("schema") && cmd.Name() != "demo" {
+		if v := a.cfg.Getenv(EnvSchema); v != "" {
+			raw, from = v, EnvSchema
 		}
-	}
-	if raw == "" && from == "--schema" {
-		return usagef("--schema is empty: omit it for the search_path's schema")
 	}
 	a.g.schema = ""
 	if raw == "" {

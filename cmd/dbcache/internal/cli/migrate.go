@@ -562,31 +562,35 @@ a deploy gate ("dbcache migrate status || exit 1"). "validate" is an alias.`,
 }
 
 func (a *app) migrateSQLCommand() *cobra.Command {
-	var (
-		down    bool
-		version uint
-	)
+	var down bool
 	cmd := &cobra.Command{
-		Use:   "sql",
+		Use:   "sql [VERSION]",
 		Short: "Print the migrations' SQL without connecting",
 		Long: `Print the SQL of every migration this binary carries, in the order it would
-run (up: oldest first; --down: newest first), or of --version N only, as a
-script psql can run. It does not connect. For what a given database still
-needs, use "migrate up --dry-run --show-sql".`,
+run (up: oldest first; --down: newest first), or of migration VERSION only,
+as a script psql can run. It does not connect. For what a given database
+still needs, use "migrate up --dry-run --show-sql".`,
 		Example: `  dbcache migrate sql > dbcache-schema.sql
-  dbcache migrate sql --down --version 2
+  dbcache migrate sql 2 --down
   dbcache migrate sql --schema myapp_cache | psql "$DATABASE_URL"`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			all := migrations.All()
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			version := uint(0)
+			if len(args) == 1 {
+				v, err := strconv.ParseUint(args[0], 10, 32)
+				if err != nil || v == 0 {
+					return usagef("VERSION must be a migration version (1 or more), got %q", args[0])
+				}
+				version = uint(v)
+			}
 			var plan []migrations.Migration
-			for _, m := range all {
+			for _, m := range migrations.All() {
 				if version == 0 || m.Version == version {
 					plan = append(plan, m)
 				}
 			}
 			if len(plan) == 0 {
-				return usagef("--version %d: no such migration (known: %v)", version, migrations.Versions())
+				return usagef("no migration %d (known: %v)", version, migrations.Versions())
 			}
 			dir := "up"
 			to := plan[len(plan)-1].Version
@@ -622,7 +626,6 @@ needs, use "migrate up --dry-run --show-sql".`,
 		},
 	}
 	cmd.Flags().BoolVar(&down, "down", false, "the down (revert) SQL, newest first")
-	cmd.Flags().UintVar(&version, "version", 0, "only this migration")
 	return cmd
 }
 
