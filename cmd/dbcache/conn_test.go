@@ -119,6 +119,7 @@ func TestUnreachableServer(t *testing.T) {
 	require.Less(t, time.Since(start), 20*time.Second)
 	requireErrorLine(t, r, "failed to connect", ln.Addr().String(), "connect timeout of 500ms")
 	require.Equal(t, 1, countLines(r.stderr))
+	require.Equal(t, 1, strings.Count(r.stderr, ln.Addr().String()), "the attempt that used up the deadline, once: %s", r.stderr)
 
 	// connect_timeout in the URL counts too, when the flag is not given.
 	r = run(t, opts{}, "stats", "--database-url", silent+"&connect_timeout=1")

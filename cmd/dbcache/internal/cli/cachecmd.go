@@ -478,8 +478,8 @@ needs --yes (without it: exit 2).`,
 				if err != nil {
 					return err
 				}
-				if err := a.confirm(fmt.Sprintf("Remove all %s entries (%s live, %s expired) in %s, every prefix and version?",
-					humanCount(n.total), humanCount(n.live), humanCount(n.total-n.live), n.table)); err != nil {
+				if err := a.confirm(fmt.Sprintf("Remove all %s (%s live, %s expired) in %s, every prefix and version?",
+					countOf(n.total, "entry", "entries"), humanCount(n.live), humanCount(n.total-n.live), n.table)); err != nil {
 					return err
 				}
 			}

@@ -168,7 +168,7 @@ func TestTerminalClearAsks(t *testing.T) {
 		require.Equal(t, ExitFailure, code, "answer %q", answer)
 		require.Empty(t, out)
 		// The prompt says how many entries are at stake.
-		require.Contains(t, errOut, `Remove all 1 entries (1 live, 0 expired) in `+b.s.Name+`.dbcache_entries, every prefix and version? [y/N] `)
+		require.Contains(t, errOut, `Remove all 1 entry (1 live, 0 expired) in `+b.s.Name+`.dbcache_entries, every prefix and version? [y/N] `)
 		require.Contains(t, errOut, "dbcache: not confirmed; nothing changed\n")
 		require.Equal(t, 1, dbtest.Count(t, pool))
 	}

@@ -262,8 +262,9 @@ func errorLine(err error, connectTimeout time.Duration) string {
 	case errors.As(err, &ce):
 		// The connect error names the server and the cause; the layers
 		// above it ("check for the cache table: …") add nothing.
-		msg = connectMessage(ce)
-		if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
+		timedOut := errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err)
+		msg = connectMessage(ce, timedOut)
+		if timedOut {
 			msg += fmt.Sprintf(" (no answer within the connect timeout of %s; see --connect-timeout)", connectTimeout)
 		}
 	case errors.Is(err, context.Canceled):
@@ -284,8 +285,10 @@ func errorLine(err error, connectTimeout time.Duration) string {
 // connectMessage is pgx's connect error with each cause said once. pgx joins
 // the error of every attempt, and by default (sslmode=prefer) it tries each
 // address twice, with and without TLS, so a refused connection or an
-// unknown host would otherwise be reported twice in a row.
-func connectMessage(ce *pgconn.ConnectError) string {
+// unknown host would otherwise be reported twice in a row. After a timeout
+// only the first attempt counts: the deadline it used up is what failed the
+// others.
+func connectMessage(ce *pgconn.ConnectError, timedOut bool) string {
 	prefix := fmt.Sprintf("failed to connect to `user=%s database=%s`", ce.Config.User, ce.Config.Database)
 	details, ok := strings.CutPrefix(ce.Error(), prefix+":")
 	if !ok {
@@ -306,6 +309,9 @@ next:
 			}
 		}
 		causes = append(causes, line)
+		if timedOut {
+			break
+		}
 	}
 	return prefix + ": " + strings.Join(causes, "; ")
 }

@@ -187,7 +187,7 @@ func TestTerminalMigrateDownAsks(t *testing.T) {
 	code, _, errOut = b.run(ctx, Config{StdinIsTerminal: true, Stdin: strings.NewReader("\n")}, "migrate", "down", "--all")
 	require.Equal(t, ExitFailure, code)
 	require.Contains(t, errOut, "Revert migrations 2 (create_dbcache_culler_state), 1 (create_dbcache_entries) in schema "+
-		b.s.Name+", from version 2 to 0? This drops "+b.s.Name+".dbcache_entries with its 1 entries. [y/N] ")
+		b.s.Name+", from version 2 to 0? This drops "+b.s.Name+".dbcache_entries and its 1 entry. [y/N] ")
 	require.Equal(t, 1, dbtest.Count(t, pool))
 
 	code, out, _ = b.run(ctx, Config{StdinIsTerminal: true, Stdin: strings.NewReader("yes\n")}, "migrate", "down")

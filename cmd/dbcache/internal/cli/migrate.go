@@ -140,9 +140,12 @@ func (a *app) dirtyError(err error) error {
 			prev = int(v)
 		}
 	}
+	// The library's message names Migrator.Force; say it in the command's
+	// terms, with both ways out.
 	schema := a.schemaFlag()
-	return fmt.Errorf("%w. If migration %d's changes are all in place run `dbcache migrate force %d%s`; if none are, `dbcache migrate force %d%s`; then `dbcache migrate up%s`",
-		err, de.Version, de.Version, schema, prev, schema, schema)
+	return withCause(fmt.Sprintf("the schema is dirty at version %d: migration %d failed part way. Check the schema; "+
+		"if migration %d's changes are all in place run `dbcache migrate force %d%s`; if none are, `dbcache migrate force %d%s`; then `dbcache migrate up%s`",
+		de.Version, de.Version, de.Version, de.Version, schema, prev, schema, schema), err)
 }
 
 // dryRunFlags are --dry-run and --show-sql.
@@ -310,8 +313,8 @@ func (a *app) downQuestion(ctx context.Context, st *migrateState, plan []migrati
 		if err != nil {
 			return "", err
 		}
-		q = fmt.Sprintf("Revert %s %s in schema %s, from version %d to %d? This drops %s with its %s entries.",
-			what, strings.Join(names, ", "), st.schema, st.version, to, n.table, humanCount(n.total))
+		q = fmt.Sprintf("Revert %s %s in schema %s, from version %d to %d? This drops %s and its %s.",
+			what, strings.Join(names, ", "), st.schema, st.version, to, n.table, countOf(n.total, "entry", "entries"))
 	}
 	return q, nil
 }

@@ -121,6 +121,14 @@ func humanBytes(n int64) string {
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
+// countOf renders n with its noun: "1 entry", "2,003 entries".
+func countOf(n int64, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return humanCount(n) + " " + many
+}
+
 // humanCount renders an integer with thousands separators: 1234567 →
 // "1,234,567".
 func humanCount(n int64) string {
