@@ -258,7 +258,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.cmdPath = cmd.CommandPath()
 		return &usageError{err: renamedFlag(cmd, err)}
 	})
-	root.Flags().BoolVar(&showVersion, "version", false, "print dbcache's version (as `dbcache version` does)")
+	root.Flags().BoolVar(&showVersion, "version", false, "print dbcache's version, as the version command does")
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.g.databaseURL, "database-url", "", "PostgreSQL URL or key=value string (default $"+EnvDatabaseURL+", else the PG* variables)")
 	pf.StringVar(&a.g.schema, "schema", "", "schema that holds the cache table (default $"+EnvSchema+", else the search_path's first)")
