@@ -67,6 +67,9 @@ func TestVersionCommit(t *testing.T) {
 		Go       string `json:"go"`
 	}
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &v))
+	var raw map[string]any
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &raw))
+	require.Contains(t, raw, "modified", "whether the tree had changes is always said")
 
 	out, err := exec.Command("go", "version", "-m", binary(t)).Output()
 	require.NoError(t, err)
