@@ -36,6 +36,12 @@ type shared struct {
 	// gets coalesces concurrent Gets on the pool (Config.CoalesceGets);
 	// nil when off.
 	gets *coalescer
+	// wrapWrites makes writes on the pool run in a READ COMMITTED
+	// transaction of their own: the session default is another level (see
+	// exec.go).
+	wrapWrites atomic.Bool
+	// deadlines bounds operations by Config.OpTimeout; nil when off.
+	deadlines *deadlines
 
 	// testBeforeGetOrSetWrite runs between GetOrSet's read and its write, so
 	// tests can make another writer win the race.
@@ -64,14 +70,23 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		return nil, err
 	}
 	s := &shared{cfg: c, pool: pool, q: newQueries(c.Schema, c.FastCommit), qTx: newQueries(c.Schema, false)}
+	if c.OpTimeout > 0 {
+		s.deadlines = newDeadlines(c.OpTimeout)
+	}
 	if c.CoalesceGets > 0 {
 		s.gets = newCoalescer(pool, s.q, c.CoalesceGets)
 	}
 	cache := &Cache{s: s, db: pool, q: s.q, version: c.Version}
-	var ok bool
-	if err := pool.QueryRow(ctx, qTableExists, s.q.table).Scan(&ok); err != nil {
+	ctx, cancel := cache.bound(ctx)
+	defer cancel()
+	var (
+		ok        bool
+		isolation string
+	)
+	if err := pool.QueryRow(ctx, qCheck, s.q.table).Scan(&ok, &isolation); err != nil {
 		return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
 	}
+	s.wrapWrites.Store(isolation != "read committed")
 	if !ok && c.Schema == "" {
 		// search_path silently skips schemas the role may not use, so a
 		// table that is there but out of reach looks missing: say so
@@ -179,12 +194,14 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	return c.get(ctx, k)
 }
 
 // get reads the made (and validated) key k.
 func (c *Cache) get(ctx context.Context, k string) ([]byte, error) {
-	if c.s.gets != nil && c.db == dbtx(c.s.pool) {
+	if c.s.gets != nil && c.onPool() {
 		v, err := c.s.gets.get(ctx, k)
 		if err != nil && !errors.Is(err, ErrMiss) {
 			return nil, c.wrapErr("get", err)
@@ -211,7 +228,9 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 	if err != nil {
 		return err
 	}
-	if _, err := c.db.Exec(ctx, c.q.set, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	if _, err := c.execWrite(ctx, c.q.set, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
 		return c.wrapErr("set", err)
 	}
 	c.wrote(1)
@@ -230,8 +249,10 @@ func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeo
 	if err != nil {
 		return false, err
 	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	var stored bool
-	err = c.db.QueryRow(ctx, c.q.add, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)).Scan(&stored)
+	err = c.rowWrite(ctx, c.q.add, []any{k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)}, &stored)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
@@ -253,7 +274,9 @@ func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (bool, e
 	if err != nil {
 		return false, err
 	}
-	tag, err := c.db.Exec(ctx, c.q.touch, k, timeout.micros(c.s.cfg.DefaultTimeout))
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	tag, err := c.execWrite(ctx, c.q.touch, k, timeout.micros(c.s.cfg.DefaultTimeout))
 	if err != nil {
 		return false, c.wrapErr("touch", err)
 	}
@@ -270,8 +293,10 @@ func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	var wasLive bool
-	err = c.db.QueryRow(ctx, c.q.del, k).Scan(&wasLive)
+	err = c.rowWrite(ctx, c.q.del, []any{k}, &wasLive)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
@@ -290,6 +315,8 @@ func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	var ok bool
 	if err := c.db.QueryRow(ctx, c.q.hasKey, k).Scan(&ok); err != nil {
 		return false, c.wrapErr("has_key", err)
@@ -317,7 +344,9 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.
 	if err != nil {
 		return nil, err
 	}
-	v, err := c.get(ctx, k)
+	rctx, cancel := c.bound(ctx)
+	v, err := c.get(rctx, k)
+	cancel()
 	if !errors.Is(err, ErrMiss) {
 		return v, err
 	}
@@ -332,8 +361,10 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.
 		return nil, err
 	}
 	value = nonNil(value)
+	wctx, cancel := c.bound(ctx)
+	defer cancel()
 	var got []byte
-	if err := c.db.QueryRow(ctx, c.q.getOrSet, k, value, timeout.micros(c.s.cfg.DefaultTimeout)).Scan(&got); err != nil {
+	if err := c.rowWrite(wctx, c.q.getOrSet, []any{k, value, timeout.micros(c.s.cfg.DefaultTimeout)}, &got); err != nil {
 		return nil, c.wrapErr("get_or_set", err)
 	}
 	c.wrote(1)
@@ -367,12 +398,14 @@ func (c *Cache) incr(ctx context.Context, op, key, delta string) (int64, error) 
 	if err != nil {
 		return 0, err
 	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	// The UPDATE is the whole operation. When it changes nothing, a second
 	// read says why; if the entry changed in between so that the UPDATE
 	// would now succeed, try again.
 	for attempt := 0; ; attempt++ {
 		var v []byte
-		err := c.db.QueryRow(ctx, c.q.incr, k, delta).Scan(&v)
+		err := c.rowWrite(ctx, c.q.incr, []any{k, delta}, &v)
 		if err == nil {
 			n, ok := parseInt(v)
 			if !ok {
@@ -432,6 +465,8 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 	if err != nil {
 		return 0, err
 	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	if delta == 0 {
 		// Moving an entry onto itself is a no-op; the statement below would
 		// delete and re-insert one key in one command, which PostgreSQL
@@ -450,7 +485,7 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 		return 0, err
 	}
 	var moved bool
-	err = c.db.QueryRow(ctx, c.q.move, from, dest).Scan(&moved)
+	err = c.rowWrite(ctx, c.q.move, []any{from, dest}, &moved)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, ErrMiss
 	}
@@ -482,6 +517,8 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	rows, err := c.db.Query(ctx, c.q.getMany, made)
 	if err != nil {
 		return nil, c.wrapErr("get_many", err)
@@ -489,8 +526,15 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 	var k string
 	var v []byte
 	_, err = pgx.ForEachRow(rows, []any{&k, &v}, func() error {
-		for _, orig := range back[k] {
-			out[orig] = nonNil(v) // pgx copies each value out of the read buffer
+		// pgx copies each value out of the read buffer; a second caller
+		// key of the same stored key (a custom KeyFunc) gets a copy of its
+		// own, since callers own what they get.
+		for i, orig := range back[k] {
+			if i == 0 {
+				out[orig] = nonNil(v)
+			} else {
+				out[orig] = append([]byte{}, v...)
+			}
 		}
 		return nil
 	})
@@ -523,7 +567,9 @@ func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Ti
 		src := back[mk]
 		values[i] = nonNil(items[src[len(src)-1]])
 	}
-	if _, err := c.db.Exec(ctx, c.q.setMany, made, values, timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	if _, err := c.execWrite(ctx, c.q.setMany, made, values, timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
 		return keys, c.wrapErr("set_many", err)
 	}
 	c.wrote(len(made))
@@ -555,21 +601,51 @@ func (c *Cache) DeleteMany(ctx context.Context, keys []string) (int, error) {
 	}
 	// Sorted, so concurrent batches lock rows in one order.
 	slices.Sort(made)
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	var n int
-	if err := c.db.QueryRow(ctx, c.q.deleteMany, made).Scan(&n); err != nil {
+	if err := c.rowWrite(ctx, c.q.deleteMany, []any{made}, &n); err != nil {
 		return 0, c.wrapErr("delete_many", err)
 	}
 	return n, nil
 }
 
 // Clear removes every entry in the table: every prefix, version and cache
-// that shares it, as Django's clear does.
+// that shares it, as Django's clear does. It deletes in batches of a few
+// thousand rows in key order, each its own statement (bounded by
+// Config.OpTimeout), so no statement holds many locks for long and none
+// deadlocks with a concurrent bulk write. Entries written while Clear runs
+// may survive it. In a WithTx view every batch runs in the transaction, so
+// the clear commits or rolls back as a whole.
 func (c *Cache) Clear(ctx context.Context) error {
 	if err := c.checkOpen(); err != nil {
 		return err
 	}
-	if _, err := c.db.Exec(ctx, c.q.clear); err != nil {
-		return c.wrapErr("clear", err)
+	from := ""
+	for {
+		n, last, err := c.clearBatch(ctx, from)
+		if err != nil {
+			return c.wrapErr("clear", err)
+		}
+		if n < clearBatchSize {
+			return nil
+		}
+		from = last
 	}
-	return nil
+}
+
+func (c *Cache) clearBatch(ctx context.Context, from string) (int, string, error) {
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	var (
+		n    int
+		last *string
+	)
+	if err := c.rowWrite(ctx, c.q.clearBatch, []any{from, clearBatchSize}, &n, &last); err != nil {
+		return 0, "", err
+	}
+	if last == nil {
+		return n, "", nil
+	}
+	return n, *last, nil
 }

@@ -26,6 +26,15 @@ const (
 	// without depending on compression. Longer keys get ErrInvalidKey.
 	MaxKeyBytes = 2048
 
+	// OpTimeoutDefault is the default for Config.OpTimeout. A cache
+	// operation takes well under a millisecond on a healthy server and a
+	// few when it is busy; five seconds is a thousand times that, long
+	// enough that no working server trips it (a write waiting on a
+	// row lock included), short enough that a server which stopped
+	// answering costs a request seconds rather than hanging it. Redis
+	// clients default to 3 s reads and 5 s connects for the same reason.
+	OpTimeoutDefault = 5 * time.Second
+
 	// MemcachedMaxKeyLength is Django's MEMCACHE_MAX_KEY_LENGTH: keys longer
 	// than this many characters get a portability warning (see KeyCheck).
 	MemcachedMaxKeyLength = 250
@@ -107,6 +116,15 @@ type Config struct {
 	// Logger receives key warnings. Defaults to slog.Default().
 	Logger *slog.Logger
 
+	// OpTimeout bounds every database round trip an operation makes when the
+	// caller's context has no deadline of its own (a context with a deadline
+	// is used as it is): New, each Get, Set, …, each batch of Clear, and the
+	// reads and writes of GetOrSetFunc (not its loader, which runs under the
+	// caller's context). So no operation hangs on a server that stops
+	// answering, even with context.Background(). -1 means no bound beyond
+	// the caller's context. Defaults to OpTimeoutDefault.
+	OpTimeout time.Duration
+
 	// OnWrite, if set, is called after every write that may have added
 	// entries (Set, Add that stored, SetMany, GetOrSet that stored) with the
 	// number of entries written. It runs on the caller's goroutine and must
@@ -118,7 +136,9 @@ type Config struct {
 	// resolves the table through each connection's search_path.
 	Schema string
 
-	// Version is the default key version. Defaults to VersionDefault (1).
+	// Version is the default key version. Defaults to VersionDefault (1):
+	// 0 means the default, as Django's VERSION does; a view at version 0 is
+	// WithVersion(0).
 	Version int
 }
 
@@ -142,6 +162,9 @@ func (c *Config) withDefaults() Config {
 	if out.Version == 0 {
 		out.Version = VersionDefault
 	}
+	if out.OpTimeout == 0 {
+		out.OpTimeout = OpTimeoutDefault
+	}
 	return out
 }
 
@@ -152,6 +175,9 @@ func (c *Config) validate() error {
 	}
 	if c.CoalesceGets < 0 {
 		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceGets %d is negative (0 turns coalescing off)", c.CoalesceGets))
+	}
+	if c.OpTimeout < -1 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.OpTimeout %s is negative (-1 means no bound)", c.OpTimeout))
 	}
 	if c.KeyCheck < KeyCheckWarn || c.KeyCheck > KeyCheckOff {
 		errs = append(errs, fmt.Errorf("dbcache: Config.KeyCheck %d is not a KeyCheck", c.KeyCheck))

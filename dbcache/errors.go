@@ -3,6 +3,7 @@ package dbcache
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -62,9 +63,13 @@ func (c *Cache) wrapErr(op string, err error) error {
 		switch pgErr.Code {
 		case "42P01": // undefined_table
 			return fmt.Errorf("dbcache: %s: %w: %w", op, ErrNotMigrated, err)
-		case "22021", "54000": // invalid byte sequence; index row too large
+		case "22021": // invalid byte sequence
 			// Validation catches these first; this is the backstop.
 			return fmt.Errorf("dbcache: %s: %w: %w", op, ErrInvalidKey, err)
+		case "54000": // program_limit_exceeded: about a key only for an index row
+			if strings.Contains(pgErr.Message, "index row") {
+				return fmt.Errorf("dbcache: %s: %w: %w", op, ErrInvalidKey, err)
+			}
 		}
 	}
 	return fmt.Errorf("dbcache: %s: %w", op, err)

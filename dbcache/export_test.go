@@ -4,3 +4,17 @@ package dbcache
 // its write, to make another writer win the race (Django's
 // test_get_or_set_racing mocks add for the same purpose).
 func SetTestBeforeGetOrSetWrite(c *Cache, f func()) { c.s.testBeforeGetOrSetWrite = f }
+
+// CoalesceInflight and CoalescePending report the coalescer's busy slots and
+// queued Gets.
+func CoalesceInflight(c *Cache) int {
+	c.s.gets.mu.Lock()
+	defer c.s.gets.mu.Unlock()
+	return c.s.gets.inflight
+}
+
+func CoalescePending(c *Cache) int {
+	c.s.gets.mu.Lock()
+	defer c.s.gets.mu.Unlock()
+	return len(c.s.gets.pending)
+}
