@@ -7,9 +7,11 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/migrations"
 )
 
@@ -501,4 +503,35 @@ func TestClearRefusesBeforeConnecting(t *testing.T) {
 	requireCode(t, 2, r)
 	requireErrorLine(t, r, "--yes")
 	require.NotContains(t, r.stderr, "connect")
+}
+
+// The library bounds each operation to 5 s by default (an application's
+// requests); the command's bound is --statement-timeout, which may be
+// longer: a write waiting on a lock for longer than 5 s still succeeds.
+func TestOperationsBoundedByStatementTimeout(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	b.ok(t, "set", "k", "v")
+	ctx := t.Context()
+	tx, err := b.pool.Begin(ctx)
+	require.NoError(t, err)
+	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // released by the commit below, or rolled back
+	_, err = tx.Exec(ctx, `SELECT 1 FROM dbcache_entries WHERE key = ':1:k' FOR UPDATE`)
+	require.NoError(t, err)
+
+	cmd := exec.Command(binary(t), append([]string{"set", "k", "w", "--statement-timeout", "1m"}, b.conn...)...)
+	cmd.Env = baseEnv()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	require.Eventually(t, func() bool {
+		return scalar[int](t, b.pool, `SELECT count(*) FROM pg_stat_activity
+WHERE application_name = 'dbcache-cli' AND wait_event_type = 'Lock'`) > 0
+	}, 30*time.Second, 10*time.Millisecond, "the set never waited on the lock")
+	// Longer than the library's default bound, which must not apply.
+	time.Sleep(dbcache.OpTimeoutDefault + time.Second)
+	require.NoError(t, tx.Commit(ctx))
+	require.Equal(t, 0, waitExit(t, cmd), "stderr: %s", stderr.String())
+	require.Equal(t, "w", b.ok(t, "get", "k"))
 }

@@ -136,7 +136,7 @@ them (to look at them with stats, or to cull them).`,
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
+			defer closePool(pool)
 			ops, err := loadgen.ParseMix(mix, dbcacheload.Ops(cache, timeout))
 			if err != nil {
 				return &usageError{err: err}

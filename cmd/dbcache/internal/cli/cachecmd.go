@@ -166,7 +166,7 @@ binary values are base64.`,
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
+			defer closePool(pool)
 			key := args[0]
 			v, err := cache.Get(ctx, key)
 			type out struct {
@@ -237,7 +237,7 @@ entry is taken over). Exits 3 when the key exists and nothing was stored.
 		if err != nil {
 			return err
 		}
-		defer pool.Close()
+		defer closePool(pool)
 		key := args[0]
 		// A TTL of zero or less stores nothing a get can see (Django's
 		// timeout 0): say so rather than "OK".
@@ -312,7 +312,7 @@ func (a *app) boolCommand(use, short, long, example, field, yes, no string, with
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
+			defer closePool(pool)
 			key := args[0]
 			ok, err := run(cmd, cache, key, timeout)
 			if err != nil {
@@ -417,7 +417,7 @@ an integer or the result would overflow int64.`,
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
+			defer closePool(pool)
 			key := args[0]
 			var n int64
 			if up {
@@ -472,7 +472,7 @@ needs --yes (without it: exit 2).`,
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
+			defer closePool(pool)
 			if !yes {
 				n, err := countEntries(ctx, pool, a.g.schema)
 				if err != nil {

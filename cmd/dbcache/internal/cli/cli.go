@@ -51,6 +51,10 @@ const (
 	ConnectTimeoutDefault = 10 * time.Second
 	// StatementTimeoutDefault is the session's statement_timeout.
 	StatementTimeoutDefault = 30 * time.Second
+	// OpTimeoutGrace is how much longer than the statement timeout the
+	// command waits for an answer before giving up on the server: time for
+	// the server to report its own timeout, which says more.
+	OpTimeoutGrace = 2 * time.Second
 	// ApplicationName is the application_name the CLI's sessions carry
 	// (unless the connection string sets one), so they are easy to pick out
 	// in pg_stat_activity.
@@ -138,6 +142,9 @@ type globalFlags struct {
 	// statementTimeoutInForce is the statement_timeout the sessions carry
 	// (the flag's, or the connection string's), for the hint on a timeout.
 	statementTimeoutInForce string
+	// opTimeout is the cache's client-side bound on each operation
+	// (dbcache.Config.OpTimeout), set by openCache; -1 for none.
+	opTimeout time.Duration
 }
 
 func newApp(config *Config) *app {

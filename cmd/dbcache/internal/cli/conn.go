@@ -136,14 +136,29 @@ func (a *app) poolConfig(maxConns int32) (*pgxpool.Config, error) {
 	if _, ok := cc.RuntimeParams["application_name"]; !ok {
 		cc.RuntimeParams["application_name"] = ApplicationName
 	}
+	// The cache bounds each operation on the client too, for a server that
+	// stops answering: a little longer than the statement timeout, so a slow
+	// statement is reported by the server, and not at all when the
+	// statement timeout is off.
+	a.g.opTimeout = -1
 	if v, ok := cc.RuntimeParams["statement_timeout"]; a.g.statementTimeoutSet || !ok {
 		cc.RuntimeParams["statement_timeout"] = strconv.FormatInt(a.g.statementTimeout.Milliseconds(), 10)
 		a.g.statementTimeoutInForce = a.g.statementTimeout.String()
+		if a.g.statementTimeout > 0 {
+			a.g.opTimeout = a.g.statementTimeout + OpTimeoutGrace
+		}
 	} else {
-		// PostgreSQL reads a bare number as milliseconds.
+		// PostgreSQL reads a bare number as milliseconds; other forms
+		// ("1min") are left to the server, and the client waits the
+		// default statement timeout's bound.
 		a.g.statementTimeoutInForce = v
+		a.g.opTimeout = StatementTimeoutDefault + OpTimeoutGrace
 		if ms, err := strconv.ParseInt(v, 10, 64); err == nil {
 			a.g.statementTimeoutInForce = (time.Duration(ms) * time.Millisecond).String() + " (from the connection string)"
+			a.g.opTimeout = -1
+			if ms > 0 {
+				a.g.opTimeout = time.Duration(ms)*time.Millisecond + OpTimeoutGrace
+			}
 		}
 	}
 	cfg.MaxConns = max(maxConns, 1)
@@ -163,13 +178,40 @@ func (a *app) openPool(ctx context.Context, maxConns int32) (*pgxpool.Pool, erro
 	if err != nil {
 		return nil, err
 	}
-	if err := pool.Ping(ctx); err != nil {
-		pool.Close()
+	// Connecting is bounded by the connect timeout; the first query, on a
+	// server that accepts and then stops answering, by the operations' bound.
+	pingCtx, cancel := ctx, context.CancelFunc(func() {})
+	if a.g.opTimeout > 0 {
+		pingCtx, cancel = context.WithTimeout(ctx, a.g.connectTimeout+a.g.opTimeout)
+	}
+	defer cancel()
+	if err := pool.Ping(pingCtx); err != nil {
+		closePool(pool)
 		return nil, err
 	}
 	a.log.DebugContext(ctx, "connected", "host", cfg.ConnConfig.Host, "port", cfg.ConnConfig.Port,
 		"database", cfg.ConnConfig.Database, "user", cfg.ConnConfig.User, "schema", a.g.schema)
 	return pool, nil
+}
+
+// closePoolWait bounds how long closing a pool may hold up the command.
+const closePoolWait = time.Second
+
+// closePool closes pool, waiting at most closePoolWait. Closing says goodbye
+// to the server on every connection, and pgxpool gives each up to 15 s: on
+// a server that stopped answering, the command would sit that long after
+// its error before saying it. The process is about to exit, which closes
+// the sockets anyway.
+func closePool(pool *pgxpool.Pool) {
+	done := make(chan struct{})
+	go func() {
+		pool.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(closePoolWait):
+	}
 }
 
 // openCache connects and opens the cache with the command's key flags.
@@ -190,9 +232,14 @@ func (a *app) openCache(ctx context.Context, cmd *cobra.Command, cf *cacheFlags,
 		// one would be noise. Keys PostgreSQL cannot store are still
 		// refused.
 		KeyCheck: dbcache.KeyCheckOff,
+		// The library's default bound (5 s) suits an application's
+		// requests; an admin command's operations are bounded by
+		// --statement-timeout, which may be longer (a large value, a
+		// clear of a big table), with this as the backstop.
+		OpTimeout: a.g.opTimeout,
 	})
 	if err != nil {
-		pool.Close()
+		closePool(pool)
 		return nil, nil, err
 	}
 	// WithVersion rather than Config.Version, whose zero means "default":

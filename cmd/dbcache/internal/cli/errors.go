@@ -40,6 +40,9 @@ const (
 	CodeConnect = "connect"
 	// CodeStatementTimeout: a statement ran past --statement-timeout (exit 1).
 	CodeStatementTimeout = "statement_timeout"
+	// CodeTimeout: the server stopped answering: no reply within the
+	// statement timeout plus OpTimeoutGrace (exit 1).
+	CodeTimeout = "timeout"
 	// CodeNotMigrated: there is no cache table in the schema (exit 1).
 	CodeNotMigrated = "not_migrated"
 	// CodeNoSchema: no schema on the search_path exists (exit 1).
@@ -237,6 +240,11 @@ func (a *app) describe(err error) errorReport {
 			r.Message = "no database configured: pass --database-url or set " + EnvDatabaseURL +
 				" (or the PG* variables); libpq's defaults did not work: " + r.Message
 		}
+	case errors.Is(err, context.DeadlineExceeded) && a.g.opTimeout > 0:
+		r.Code = CodeTimeout
+		r.Message += fmt.Sprintf(" (no answer from the server within %s: the statement timeout, %s, plus %s; "+
+			"the server or the network stopped answering, or raise --statement-timeout)",
+			a.g.opTimeout, a.statementTimeoutInForce(), OpTimeoutGrace)
 	case errors.As(err, &pgErr):
 		r.Code, r.SQLState = CodeDatabase, pgErr.Code
 		if pgErr.Code == "57014" && strings.Contains(pgErr.Message, "statement timeout") {

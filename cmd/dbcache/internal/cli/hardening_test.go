@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
@@ -220,4 +222,54 @@ func TestBenchPrefillProgressCountsRows(t *testing.T) {
 	_, _, errOut = b.run(t.Context(), Config{instantProgress: true},
 		"bench", "-n", "1", "-c", "1", "--keyspace", "1200", "--ops", "get")
 	require.Contains(t, errOut, "bench: prefilled 1,200 of 1,200 rows", "no counters without incr or decr")
+}
+
+// A server that stops answering fails a cache operation soon after the
+// statement timeout (the cache's OpTimeout follows --statement-timeout),
+// with a line that says so and names the flag.
+func TestSilentServerAfterConnecting(t *testing.T) {
+	t.Parallel()
+	s := dbtest.NewSchema(t)
+	s.Migrate(t)
+	cc, err := pgconn.ParseConfig(s.URL)
+	require.NoError(t, err)
+	proxy := dbtest.NewProxy(t, net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port))))
+	url := strings.Replace(s.URL, net.JoinHostPort(cc.Host, strconv.Itoa(int(cc.Port))), proxy.Addr(), 1)
+	require.NotEqual(t, s.URL, url)
+
+	var errOut bytes.Buffer
+	a := newApp(&Config{Err: &errOut, Args: []string{"--json"}})
+	cmd := a.getCommand()
+	a.g = globalFlags{databaseURL: url, schema: s.Name, connectTimeout: 5 * time.Second,
+		statementTimeout: 300 * time.Millisecond, statementTimeoutSet: true, json: true}
+	a.started = true
+	cache, pool, err := a.openCache(t.Context(), cmd, &cacheFlags{}, 1)
+	require.NoError(t, err)
+	require.Equal(t, 300*time.Millisecond+OpTimeoutGrace, a.g.opTimeout)
+
+	proxy.SilenceExisting()
+	_, err = cache.Get(context.Background(), "k") // no deadline of its own: the cache's bound applies
+	require.Error(t, err)
+	require.Equal(t, ExitFailure, a.report(err))
+	var e map[string]any
+	require.NoError(t, json.Unmarshal(errOut.Bytes(), &e), errOut.String())
+	require.Equal(t, "timeout", e["error"])
+	require.Contains(t, e["message"], "no answer from the server within 2.3s: the statement timeout, 300ms, plus 2s")
+	require.Contains(t, e["message"], "--statement-timeout")
+
+	// Closing the pool does not hold the command up (pgxpool would give
+	// the silent connection 15 s to say goodbye).
+	done := make(chan struct{})
+	go func() { closePool(pool); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("closePool waited on the silent server")
+	}
+	// --statement-timeout 0 turns the client-side bound off too.
+	b := newApp(&Config{})
+	b.g = globalFlags{databaseURL: s.URL, connectTimeout: 5 * time.Second, statementTimeoutSet: true}
+	_, err = b.poolConfig(1)
+	require.NoError(t, err)
+	require.Equal(t, time.Duration(-1), b.g.opTimeout)
 }

@@ -73,7 +73,7 @@ func (a *app) readMigrateState(ctx context.Context) (st *migrateState, err error
 	}
 	defer func() {
 		if err != nil {
-			pool.Close()
+			closePool(pool)
 		}
 	}()
 	st = &migrateState{pool: pool, schema: a.g.schema}
@@ -186,7 +186,7 @@ date is success. With --dry-run, list what would run and run nothing; add
 			if err != nil {
 				return err
 			}
-			defer st.pool.Close()
+			defer closePool(st.pool)
 			if st.dirty {
 				return a.dirtyError(&migrations.DirtyError{Version: int(st.version)})
 			}
@@ -244,7 +244,7 @@ add --show-sql for the SQL.`,
 			if err != nil {
 				return err
 			}
-			defer st.pool.Close()
+			defer closePool(st.pool)
 			if !st.exists && a.g.schema != "" {
 				return fmt.Errorf("schema %q does not exist: nothing to revert", a.g.schema)
 			}
@@ -438,7 +438,7 @@ so a deploy can wait on it.`,
 			if err != nil {
 				return err
 			}
-			st.pool.Close()
+			closePool(st.pool)
 			v, dirty := st.version, st.dirty
 			latest := migrations.Latest()
 			if a.g.json {
@@ -506,7 +506,7 @@ a deploy gate ("dbcache migrate status || exit 1"). "validate" is an alias.`,
 			if err != nil {
 				return err
 			}
-			st.pool.Close()
+			closePool(st.pool)
 			type migrationState struct {
 				Version uint   `json:"version"`
 				Name    string `json:"name"`
@@ -652,7 +652,7 @@ checked (and repaired by hand if needed), or after applying the SQL of
 			if err != nil {
 				return err
 			}
-			defer st.pool.Close()
+			defer closePool(st.pool)
 			if !st.exists && a.g.schema != "" {
 				return fmt.Errorf("schema %q does not exist: nothing to force", a.g.schema)
 			}
