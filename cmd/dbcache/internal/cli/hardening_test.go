@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"go/ast"
+	"go/parser"
+	"go/token"
 	"net"
 	"os"
 	"path/filepath"
@@ -272,4 +275,41 @@ func TestSilentServerAfterConnecting(t *testing.T) {
 	_, err = b.poolConfig(1)
 	require.NoError(t, err)
 	require.Equal(t, time.Duration(-1), b.g.opTimeout)
+}
+
+// Every --json error code is documented in docs/cli.md and the README, and
+// every exit code in the root help, docs/cli.md and the README.
+func TestErrorCodesDocumented(t *testing.T) {
+	t.Parallel()
+	f, err := parser.ParseFile(token.NewFileSet(), "errors.go", nil, 0)
+	require.NoError(t, err)
+	var codes []string
+	for _, decl := range f.Decls {
+		gd, ok := decl.(*ast.GenDecl)
+		if !ok || gd.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range gd.Specs {
+			vs := spec.(*ast.ValueSpec)
+			if strings.HasPrefix(vs.Names[0].Name, "Code") {
+				lit := vs.Values[0].(*ast.BasicLit)
+				codes = append(codes, strings.Trim(lit.Value, `"`))
+			}
+		}
+	}
+	require.GreaterOrEqual(t, len(codes), 15)
+	doc, err := os.ReadFile("../../../../docs/cli.md")
+	require.NoError(t, err)
+	readme, err := os.ReadFile("../../../../README.md")
+	require.NoError(t, err)
+	for _, c := range codes {
+		require.Contains(t, string(doc), "| `"+c+"` |", "docs/cli.md documents %q", c)
+		require.Contains(t, string(readme), "`"+c+"`", "README names %q", c)
+	}
+	for _, c := range []int{ExitOK, ExitFailure, ExitUsage, ExitMiss, ExitPending} {
+		n := strconv.Itoa(c)
+		require.Contains(t, rootLong, "  "+n+"  ")
+		require.Contains(t, string(doc), "| "+n+" |")
+		require.Contains(t, string(readme), "**"+n+"**")
+	}
 }
