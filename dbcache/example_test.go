@@ -186,5 +186,5 @@ func ExampleConfig_keyCheck() {
 	fmt.Println(err)
 	// Output:
 	// true
-	// dbcache: invalid key ":1:nul\x00byte": contains a NUL byte (PostgreSQL text cannot hold it)
+	// dbcache: invalid key "nul\x00byte": contains a NUL byte (PostgreSQL text cannot hold it)
 }

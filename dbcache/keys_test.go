@@ -110,6 +110,11 @@ func TestInvalidKeys(t *testing.T) {
 			for op, err := range everyOp(ctx, b.cache, tc.key) {
 				require.ErrorIs(t, err, dbcache.ErrInvalidKey, op)
 				require.Contains(t, err.Error(), tc.why, op)
+				// The error carries the caller's key and the made one.
+				var ik *dbcache.InvalidKeyError
+				require.ErrorAs(t, err, &ik, op)
+				require.Equal(t, tc.key, ik.Key, op)
+				require.Equal(t, b.cache.MakeKey(tc.key), ik.MadeKey, op)
 			}
 			_, err := b.cache.HasKey(ctx, tc.key)
 			require.ErrorIs(t, err, dbcache.ErrInvalidKey)

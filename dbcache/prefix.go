@@ -128,7 +128,7 @@ func (c *Cache) prefixRange(prefix string) (lo, hi string, err error) {
 		}
 	}
 	if !utf8.ValidString(lo) || strings.IndexByte(lo, 0) >= 0 {
-		return "", "", invalidKey(prefix, "the made prefix is not text PostgreSQL can hold")
+		return "", "", &InvalidKeyError{Key: prefix, MadeKey: lo, Reason: "the made prefix is not text PostgreSQL can hold"}
 	}
 	return lo, upperBound(lo), nil
 }
