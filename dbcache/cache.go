@@ -207,8 +207,8 @@ func (c *Cache) Version() int { return c.version }
 // degrade applies Config.FailOpen: whether err, a failure of operation op
 // on the pool, is transient and to be swallowed. Errors in a WithTx view
 // always surface: the caller's transaction is aborted and must know.
-func (c *Cache) degrade(op string, err error) bool {
-	return c.onPool() && c.failOpen(op, err)
+func (c *Cache) degrade(ctx context.Context, op string, err error) bool {
+	return c.onPool() && c.failOpen(ctx, op, err)
 }
 
 func (c *Cache) checkOpen() error {
@@ -216,6 +216,13 @@ func (c *Cache) checkOpen() error {
 		return ErrClosed
 	}
 	return nil
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (c *Cache) wrote(n int) {
@@ -235,7 +242,11 @@ func nonNil(b []byte) []byte {
 
 // Get returns the value stored under key, or ErrMiss if there is no live
 // entry. An empty stored value is a hit with a non-nil empty slice.
-func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
+func (c *Cache) Get(ctx context.Context, key string) (_ []byte, err error) {
+	ctx, tr := c.trace(ctx, OpGet, 1)
+	if tr != nil {
+		defer func() { tr.read(err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -246,7 +257,7 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
 	v, err := c.get(ctx, k)
-	if err != nil && !errors.Is(err, ErrMiss) && c.degrade("get", err) {
+	if err != nil && !errors.Is(err, ErrMiss) && c.degrade(ctx, "get", err) {
 		return nil, ErrMiss
 	}
 	return v, err
@@ -273,7 +284,11 @@ func (c *Cache) get(ctx context.Context, k string) ([]byte, error) {
 
 // Set stores value under key, replacing any entry, expiring as timeout says.
 // A timeout of TTL(d <= 0) leaves nothing a Get can see.
-func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeout) error {
+func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeout) (err error) {
+	ctx, tr := c.trace(ctx, OpSet, 1)
+	if tr != nil {
+		defer func() { tr.wrote(1, 1, err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return err
 	}
@@ -284,7 +299,7 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
 	if _, err := c.execWrite(ctx, c.q.set, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
-		if c.degrade("set", err) {
+		if c.degrade(ctx, "set", err) {
 			return nil
 		}
 		return c.wrapErr("set", err)
@@ -297,7 +312,11 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 // whether it did. An expired entry is taken over. Exactly one of any number
 // of concurrent Adds of a key returns true. With TTL(d <= 0) it returns what
 // Django returns (true when no live entry exists) and stores nothing visible.
-func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeout) (bool, error) {
+func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeout) (stored bool, err error) {
+	ctx, tr := c.trace(ctx, OpAdd, 1)
+	if tr != nil {
+		defer func() { tr.wrote(1, b2i(stored), err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return false, err
 	}
@@ -307,13 +326,12 @@ func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeo
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	var stored bool
 	err = c.rowWrite(ctx, c.q.add, []any{k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)}, &stored)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
-		if c.degrade("add", err) {
+		if c.degrade(ctx, "add", err) {
 			return false, nil
 		}
 		return false, c.wrapErr("add", err)
@@ -325,7 +343,11 @@ func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeo
 // Touch gives a live entry a new expiry and reports whether there was one.
 // An expired entry stays expired (false): Touch never brings a value back.
 // TTL(d <= 0) expires the entry at once and returns true.
-func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (bool, error) {
+func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (ok bool, err error) {
+	ctx, tr := c.trace(ctx, OpTouch, 1)
+	if tr != nil {
+		defer func() { tr.found(ok, err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return false, err
 	}
@@ -337,7 +359,7 @@ func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (bool, e
 	defer cancel()
 	tag, err := c.execWrite(ctx, c.q.touch, k, timeout.micros(c.s.cfg.DefaultTimeout))
 	if err != nil {
-		if c.degrade("touch", err) {
+		if c.degrade(ctx, "touch", err) {
 			return false, nil
 		}
 		return false, c.wrapErr("touch", err)
@@ -347,7 +369,11 @@ func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (bool, e
 
 // Delete removes key and reports whether a live entry was removed. An expired
 // entry is removed too, but reported as absent (false).
-func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
+func (c *Cache) Delete(ctx context.Context, key string) (wasLive bool, err error) {
+	ctx, tr := c.trace(ctx, OpDelete, 1)
+	if tr != nil {
+		defer func() { tr.found(wasLive, err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return false, err
 	}
@@ -357,13 +383,12 @@ func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	var wasLive bool
 	err = c.rowWrite(ctx, c.q.del, []any{k}, &wasLive)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
-		if c.degrade("delete", err) {
+		if c.degrade(ctx, "delete", err) {
 			return false, nil
 		}
 		return false, c.wrapErr("delete", err)
@@ -372,7 +397,11 @@ func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
 }
 
 // HasKey reports whether key has a live entry.
-func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
+func (c *Cache) HasKey(ctx context.Context, key string) (ok bool, err error) {
+	ctx, tr := c.trace(ctx, OpHasKey, 1)
+	if tr != nil {
+		defer func() { tr.found(ok, err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return false, err
 	}
@@ -382,9 +411,8 @@ func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	var ok bool
 	if err := c.db.QueryRow(ctx, c.q.hasKey, k).Scan(&ok); err != nil {
-		if c.degrade("has_key", err) {
+		if c.degrade(ctx, "has_key", err) {
 			return false, nil
 		}
 		return false, c.wrapErr("has_key", err)
@@ -398,7 +426,11 @@ func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 // and nothing a read can see is stored, as Django does. (With a value in
 // hand there is nothing to protect from a stampede: GetOrSet is a read and,
 // on a miss, one write.)
-func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout Timeout) ([]byte, error) {
+func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout Timeout) (_ []byte, err error) {
+	ctx, tr := c.trace(ctx, OpGetOrSet, 1)
+	if tr != nil {
+		defer func() { tr.finish(err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -411,8 +443,10 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 	cancel()
 	switch {
 	case err == nil:
+		tr.mark(1, 0, 0)
 		return v, nil
-	case errors.Is(err, ErrMiss), c.degrade("get_or_set", err):
+	case errors.Is(err, ErrMiss), c.degrade(ctx, "get_or_set", err):
+		tr.mark(0, 1, 1)
 		return c.storeFirst(ctx, k, value, timeout)
 	default:
 		return nil, err
@@ -435,7 +469,11 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 //
 // With a Revalidate timeout, a stale entry is returned at once and
 // refreshed in the background (see Revalidate).
-func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout Timeout) ([]byte, error) {
+func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout Timeout) (_ []byte, err error) {
+	ctx, tr := c.trace(ctx, OpGetOrSet, 1)
+	if tr != nil {
+		defer func() { tr.finish(err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -457,8 +495,10 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.
 	cancel()
 	switch {
 	case err == nil:
+		tr.mark(1, 0, 0)
 		return v, nil
-	case errors.Is(err, ErrMiss), c.onPool() && c.failOpen("get_or_set", err):
+	case errors.Is(err, ErrMiss), c.degrade(ctx, "get_or_set", err):
+		tr.mark(0, 1, 1)
 		return c.loadOnce(ctx, k, load, timeout)
 	default:
 		return nil, err
@@ -471,12 +511,20 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.
 // ErrNotInteger when the value is not an integer, and ErrOverflow when the
 // result would not fit in an int64; in those cases nothing changes. The
 // entry keeps its expiry. Concurrent Incrs never lose an update.
-func (c *Cache) Incr(ctx context.Context, key string, delta int64) (int64, error) {
+func (c *Cache) Incr(ctx context.Context, key string, delta int64) (n int64, err error) {
+	ctx, tr := c.trace(ctx, OpIncr, 1)
+	if tr != nil {
+		defer func() { tr.read(err) }()
+	}
 	return c.incr(ctx, "incr", key, strconv.FormatInt(delta, 10))
 }
 
 // Decr subtracts delta from the integer stored under key; see Incr.
-func (c *Cache) Decr(ctx context.Context, key string, delta int64) (int64, error) {
+func (c *Cache) Decr(ctx context.Context, key string, delta int64) (n int64, err error) {
+	ctx, tr := c.trace(ctx, OpDecr, 1)
+	if tr != nil {
+		defer func() { tr.read(err) }()
+	}
 	neg := strconv.FormatInt(-delta, 10)
 	if delta == math.MinInt64 { // -MinInt64 does not fit in an int64
 		neg = "9223372036854775808"
@@ -508,7 +556,7 @@ func (c *Cache) incr(ctx context.Context, op, key, delta string) (int64, error) 
 			return n, nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			if c.degrade(op, err) {
+			if c.degrade(ctx, op, err) {
 				return 0, ErrMiss
 			}
 			return 0, c.wrapErr(op, err)
@@ -518,7 +566,7 @@ func (c *Cache) incr(ctx context.Context, op, key, delta string) (int64, error) 
 			return 0, ErrMiss
 		}
 		if err != nil {
-			if c.degrade(op, err) {
+			if c.degrade(ctx, op, err) {
 				return 0, ErrMiss
 			}
 			return 0, c.wrapErr(op, err)
@@ -553,7 +601,15 @@ func parseInt(b []byte) (int64, bool) {
 // delta, value and expiry intact, in one statement, and returns the new
 // version. Whatever the new version held is replaced. It returns ErrMiss if
 // the key has no live entry at the current version.
-func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, error) {
+func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (to int, err error) {
+	ctx, tr := c.trace(ctx, OpIncrVersion, 1)
+	if tr != nil {
+		defer func() { tr.read(err) }()
+	}
+	return c.incrVersion(ctx, key, delta)
+}
+
+func (c *Cache) incrVersion(ctx context.Context, key string, delta int) (int, error) {
 	if err := c.checkOpen(); err != nil {
 		return 0, err
 	}
@@ -573,10 +629,10 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 		// refuses. Only the miss needs reporting.
 		var ok bool
 		if err := c.db.QueryRow(ctx, c.q.hasKey, from).Scan(&ok); err != nil {
-			if c.degrade("incr_version", err) {
+			if c.degrade(ctx, "incr_version", err) {
 				return 0, ErrMiss
 			}
-			if c.degrade("incr_version", err) {
+			if c.degrade(ctx, "incr_version", err) {
 				return 0, ErrMiss
 			}
 			return 0, c.wrapErr("incr_version", err)
@@ -596,7 +652,7 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 		return 0, ErrMiss
 	}
 	if err != nil {
-		if c.degrade("incr_version", err) {
+		if c.degrade(ctx, "incr_version", err) {
 			return 0, ErrMiss
 		}
 		return 0, c.wrapErr("incr_version", err)
@@ -605,20 +661,28 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 }
 
 // DecrVersion moves the entry to version - delta; see IncrVersion.
-func (c *Cache) DecrVersion(ctx context.Context, key string, delta int) (int, error) {
+func (c *Cache) DecrVersion(ctx context.Context, key string, delta int) (to int, err error) {
+	ctx, tr := c.trace(ctx, OpDecrVersion, 1)
+	if tr != nil {
+		defer func() { tr.read(err) }()
+	}
 	if delta == math.MinInt {
 		return 0, fmt.Errorf("%w: version delta %d", ErrOverflow, delta)
 	}
-	return c.IncrVersion(ctx, key, -delta)
+	return c.incrVersion(ctx, key, -delta)
 }
 
 // GetMany returns the live entries among keys, in one query, keyed by the
 // caller's keys. Missing keys are absent from the map.
-func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, error) {
+func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]byte, err error) {
+	ctx, tr := c.trace(ctx, OpGetMany, len(keys))
+	if tr != nil {
+		defer func() { tr.many(len(keys), len(out), err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
-	out := make(map[string][]byte, len(keys))
+	out = make(map[string][]byte, len(keys))
 	if len(keys) == 0 {
 		return out, nil
 	}
@@ -630,7 +694,7 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 	defer cancel()
 	rows, err := c.db.Query(ctx, c.q.getMany, made)
 	if err != nil {
-		if c.degrade("get_many", err) {
+		if c.degrade(ctx, "get_many", err) {
 			return map[string][]byte{}, nil
 		}
 		return nil, c.wrapErr("get_many", err)
@@ -651,7 +715,7 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 		return nil
 	})
 	if err != nil {
-		if c.degrade("get_many", err) {
+		if c.degrade(ctx, "get_many", err) {
 			return map[string][]byte{}, nil
 		}
 		return nil, c.wrapErr("get_many", err)
@@ -663,7 +727,11 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 // returns the keys it failed to store (Django's set_many contract): none on
 // success, and every key when it returns an error, since the batch is one
 // statement. Concurrent SetManys over overlapping keys never deadlock.
-func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Timeout) ([]string, error) {
+func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Timeout) (failed []string, err error) {
+	ctx, tr := c.trace(ctx, OpSetMany, len(items))
+	if tr != nil {
+		defer func() { tr.wrote(len(items), len(items)-len(failed), err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return allKeys(items), err
 	}
@@ -685,7 +753,7 @@ func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Ti
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
 	if _, err := c.execWrite(ctx, c.q.setMany, made, values, timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
-		if c.degrade("set_many", err) {
+		if c.degrade(ctx, "set_many", err) {
 			return keys, nil
 		}
 		return keys, c.wrapErr("set_many", err)
@@ -706,7 +774,11 @@ func allKeys(items map[string][]byte) []string {
 
 // DeleteMany removes keys in one statement and returns how many live entries
 // it removed.
-func (c *Cache) DeleteMany(ctx context.Context, keys []string) (int, error) {
+func (c *Cache) DeleteMany(ctx context.Context, keys []string) (n int, err error) {
+	ctx, tr := c.trace(ctx, OpDeleteMany, len(keys))
+	if tr != nil {
+		defer func() { tr.many(len(keys), n, err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return 0, err
 	}
@@ -721,9 +793,8 @@ func (c *Cache) DeleteMany(ctx context.Context, keys []string) (int, error) {
 	slices.Sort(made)
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	var n int
 	if err := c.rowWrite(ctx, c.q.deleteMany, []any{made}, &n); err != nil {
-		if c.degrade("delete_many", err) {
+		if c.degrade(ctx, "delete_many", err) {
 			return 0, nil
 		}
 		return 0, c.wrapErr("delete_many", err)
@@ -738,7 +809,11 @@ func (c *Cache) DeleteMany(ctx context.Context, keys []string) (int, error) {
 // deadlocks with a concurrent bulk write. Entries written while Clear runs
 // may survive it. In a WithTx view every batch runs in the transaction, so
 // the clear commits or rolls back as a whole.
-func (c *Cache) Clear(ctx context.Context) error {
+func (c *Cache) Clear(ctx context.Context) (err error) {
+	ctx, tr := c.trace(ctx, OpClear, 0)
+	if tr != nil {
+		defer func() { tr.finish(err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return err
 	}

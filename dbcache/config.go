@@ -165,6 +165,11 @@ type Config struct {
 	// resolves the table through each connection's search_path.
 	Schema string
 
+	// Tracer sees every operation (name, keys, hits and misses, stores,
+	// error, duration) for metrics and tracing; see Tracer. It must not
+	// block. Defaults to nil: no tracing, at the cost of one nil check.
+	Tracer Tracer
+
 	// Version is the default key version. Defaults to VersionDefault (1):
 	// 0 means the default, as Django's VERSION does; a view at version 0 is
 	// WithVersion(0).

@@ -66,11 +66,12 @@ const failOpenLogEvery = 10 * time.Second
 
 // failOpen reports whether err is to be swallowed under Config.FailOpen: a
 // transient failure. It counts it and logs at a bounded rate.
-func (c *Cache) failOpen(op string, err error) bool {
+func (c *Cache) failOpen(ctx context.Context, op string, err error) bool {
 	if !c.s.cfg.FailOpen || !IsTransient(err) {
 		return false
 	}
 	c.s.stats.failOpen.Add(1)
+	failedOpen(ctx, err)
 	pending := c.s.failOpenUnlogged.Add(1)
 	now := time.Now().UnixNano()
 	last := c.s.failOpenLogged.Load()

@@ -156,10 +156,18 @@ func loadLockKey(tableOID int64, k string) int64 {
 
 // runLoader calls load, turning a panic into a *LoaderPanicError.
 func (c *Cache) runLoader(ctx context.Context, load func(context.Context) ([]byte, error)) (v []byte, err error) {
+	return c.runLoaderFor(ctx, false, load)
+}
+
+func (c *Cache) runLoaderFor(ctx context.Context, refresh bool, load func(context.Context) ([]byte, error)) (v []byte, err error) {
 	c.s.stats.loads.Add(1)
+	start := time.Now()
 	defer func() {
 		if r := recover(); r != nil {
 			v, err = nil, &LoaderPanicError{Value: r, Stack: debug.Stack()}
+		}
+		if c.s.cfg.Tracer != nil {
+			c.traceLoad(ctx, refresh, start, err)
 		}
 	}()
 	v, err = load(ctx)
@@ -207,7 +215,7 @@ func (c *Cache) storeFirst(ctx context.Context, k string, value []byte, timeout 
 	defer cancel()
 	var got []byte
 	if err := c.rowWrite(wctx, c.q.getOrSet, []any{k, value, timeout.micros(c.s.cfg.DefaultTimeout)}, &got); err != nil {
-		if c.failOpen("get_or_set", err) {
+		if c.failOpen(ctx, "get_or_set", err) {
 			return value, nil // the caller gets its value; nothing was stored
 		}
 		return nil, c.wrapErr("get_or_set", err)
@@ -260,7 +268,7 @@ func (c *Cache) loadUnderLock(ctx context.Context, k string, lockKey int64, load
 	conn, err := c.s.pool.Acquire(lctx)
 	if err != nil {
 		cancel()
-		if c.failOpen("get_or_set", err) {
+		if c.failOpen(ctx, "get_or_set", err) {
 			v, err := c.runLoader(ctx, load)
 			return v, true, err
 		}
@@ -283,7 +291,7 @@ func (c *Cache) loadUnderLock(ctx context.Context, k string, lockKey int64, load
 		_, _ = conn.Exec(rctx, "ROLLBACK", pgx.QueryExecModeSimpleProtocol)
 	}()
 	if err != nil {
-		if c.failOpen("get_or_set", err) {
+		if c.failOpen(ctx, "get_or_set", err) {
 			v, err := c.runLoader(ctx, load)
 			return v, true, err
 		}
@@ -334,7 +342,7 @@ func (c *Cache) waitForLoad(ctx context.Context, k string, lockKey int64, deadli
 		err := c.s.pool.QueryRow(pctx, c.q.loadPoll, k, lockKey).Scan(&value, &found, &free)
 		cancel()
 		if err != nil {
-			if c.failOpen("get_or_set", err) {
+			if c.failOpen(ctx, "get_or_set", err) {
 				return nil, false, true, nil
 			}
 			return nil, false, false, c.wrapErr("get_or_set", err)
@@ -433,7 +441,7 @@ func (c *Cache) refresh(ctx context.Context, k string, load func(context.Context
 
 // refreshStore runs the loader and overwrites the entry with a fresh one.
 func (c *Cache) refreshStore(ctx context.Context, k string, load func(context.Context) ([]byte, error), timeout Timeout) error {
-	value, err := c.runLoader(ctx, load)
+	value, err := c.runLoaderFor(ctx, true, load)
 	if err != nil {
 		return err
 	}

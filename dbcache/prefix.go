@@ -61,7 +61,11 @@ func remainingTimeout(d time.Duration) Timeout {
 // otherwise, and ErrMiss when there is no live entry (Redis's TTL -1 and
 // -2, as values the rest of the API takes: TTL's result can be passed to
 // Set to keep an expiry).
-func (c *Cache) TTL(ctx context.Context, key string) (Timeout, error) {
+func (c *Cache) TTL(ctx context.Context, key string) (_ Timeout, err error) {
+	ctx, tr := c.trace(ctx, OpTTL, 1)
+	if tr != nil {
+		defer func() { tr.read(err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return Timeout{}, err
 	}
@@ -76,7 +80,7 @@ func (c *Cache) TTL(ctx context.Context, key string) (Timeout, error) {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return Timeout{}, ErrMiss
 		}
-		if c.onPool() && c.failOpen("ttl", err) {
+		if c.onPool() && c.failOpen(ctx, "ttl", err) {
 			return Timeout{}, ErrMiss
 		}
 		return Timeout{}, c.wrapErr("ttl", err)
@@ -89,7 +93,11 @@ func (c *Cache) TTL(ctx context.Context, key string) (Timeout, error) {
 
 // GetWithTTL is Get that also returns the entry's remaining lifetime, as
 // TTL reports it, read in the same statement.
-func (c *Cache) GetWithTTL(ctx context.Context, key string) ([]byte, Timeout, error) {
+func (c *Cache) GetWithTTL(ctx context.Context, key string) (_ []byte, _ Timeout, err error) {
+	ctx, tr := c.trace(ctx, OpGet, 1)
+	if tr != nil {
+		defer func() { tr.read(err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return nil, Timeout{}, err
 	}
@@ -101,7 +109,7 @@ func (c *Cache) GetWithTTL(ctx context.Context, key string) ([]byte, Timeout, er
 	defer cancel()
 	v, rem, err := c.getRemaining(ctx, k)
 	if err != nil {
-		if !errors.Is(err, ErrMiss) && c.onPool() && c.failOpen("get", err) {
+		if !errors.Is(err, ErrMiss) && c.onPool() && c.failOpen(ctx, "get", err) {
 			return nil, Timeout{}, ErrMiss
 		}
 		return nil, Timeout{}, err
@@ -169,7 +177,11 @@ func upperBound(p string) string {
 // version. It returns ErrPrefixUnsupported when Config.KeyFunc does not put
 // the caller's key at the end of the stored key. In a WithTx view every
 // batch runs in the transaction.
-func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int, error) {
+func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (total int, err error) {
+	ctx, tr := c.trace(ctx, OpDeletePrefix, 1)
+	if tr != nil {
+		defer func() { tr.mark(total, 0, 0); tr.finish(err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return 0, err
 	}
@@ -177,12 +189,11 @@ func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	total := 0
 	for from := lo; ; {
 		live, rows, last, err := c.deletePrefixBatch(ctx, from, hi)
 		total += live
 		if err != nil {
-			if c.onPool() && c.failOpen("delete_prefix", err) {
+			if c.onPool() && c.failOpen(ctx, "delete_prefix", err) {
 				return total, nil
 			}
 			return total, c.wrapErr("delete_prefix", err)
@@ -216,13 +227,29 @@ func (c *Cache) deletePrefixBatch(ctx context.Context, from, to string) (live, r
 // the sequence with (", err). Same KeyFunc rule as DeletePrefix.
 func (c *Cache) Keys(ctx context.Context, prefix string) iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
-		if err := c.checkOpen(); err != nil {
-			yield("", err)
+		ctx, tr := c.trace(ctx, OpKeys, 1)
+		var (
+			n   int
+			err error
+		)
+		if tr != nil {
+			defer func() { tr.mark(n, 0, 0); tr.finish(err) }()
+		}
+		emit := func(k string, e error) bool {
+			if e != nil {
+				err = e
+			} else {
+				n++
+			}
+			return yield(k, e)
+		}
+		if err = c.checkOpen(); err != nil {
+			emit("", err)
 			return
 		}
 		lo, hi, err := c.prefixRange(prefix)
 		if err != nil {
-			yield("", err)
+			emit("", err)
 			return
 		}
 		stem := c.MakeKey("") // the stored key is stem + caller key
@@ -230,20 +257,20 @@ func (c *Cache) Keys(ctx context.Context, prefix string) iter.Seq2[string, error
 		for {
 			page, err := c.keysPage(ctx, from, hi)
 			if err != nil {
-				yield("", c.wrapErr("keys", err))
+				emit("", c.wrapErr("keys", err))
 				return
 			}
-			n := 0
+			fresh := 0
 			for _, k := range page {
 				if k == skip {
 					continue // the previous page's last key
 				}
-				n++
-				if !yield(strings.TrimPrefix(k, stem), nil) {
+				fresh++
+				if !emit(strings.TrimPrefix(k, stem), nil) {
 					return
 				}
 			}
-			if len(page) < keysPageSize || n == 0 {
+			if len(page) < keysPageSize || fresh == 0 {
 				return
 			}
 			from, skip = page[len(page)-1], page[len(page)-1]
