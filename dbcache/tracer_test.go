@@ -134,4 +134,3 @@ func TestTracerSeesFailOpen(t *testing.T) {
 	require.Zero(t, e.Stored)
 	require.Equal(t, 1, e.NotStored)
 }
-
