@@ -186,7 +186,9 @@ func FuzzOpen(f *testing.F) {
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		pt, err := kr.Open("k", data)
-		if err == nil && !bytes.Equal(data, ct) {
+		// The only value ever sealed under this key is "hello" (each
+		// fuzzing process seals its own, with its own nonce).
+		if err == nil && string(pt) != "hello" {
 			t.Fatalf("forged bytes decrypted to %q", pt)
 		}
 		if err != nil && !errors.Is(err, encryption.ErrDecrypt) {
