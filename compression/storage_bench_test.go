@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/dbcache/dbcache/codec"
 	"github.com/dbcache/dbcache/compression"
 	"github.com/dbcache/dbcache/dbcache"
@@ -36,6 +35,7 @@ import (
 //	srv-set-cpu-us, srv-get-cpu-us  the server backend's CPU per operation
 //	                (its /proc/PID/schedstat; absent when the server is
 //	                not on this machine or not readable)
+//	load1           the machine's 1-minute load average at the end
 //
 // Reproduce the figures of docs/compression.md with
 //
@@ -166,6 +166,9 @@ func runStorage(b *testing.B, values [][]byte, alg compression.Algorithm, column
 	b.ReportMetric(us(getT), "get-us")
 	b.ReportMetric(us(setCPU), "set-cpu-us")
 	b.ReportMetric(us(getCPU), "get-cpu-us")
+	if l, ok := benchpair.LoadAverage(); ok {
+		b.ReportMetric(l, "load1")
+	}
 	if setSrv >= 0 && getSrv >= 0 && srv0 >= 0 {
 		b.ReportMetric(us(setSrv), "srv-set-cpu-us")
 		b.ReportMetric(us(getSrv), "srv-get-cpu-us")
@@ -190,4 +193,3 @@ func backendCPU(pid int) time.Duration {
 	}
 	return time.Duration(ns)
 }
-
