@@ -103,24 +103,24 @@ func TestOperations(t *testing.T) {
 	got := scrape(t, reg)
 	l := func(s string) string { return strings.ReplaceAll(s, "'", `"`) }
 	for series, want := range map[string]float64{
-		l(`dbcache_operations_total{cache='test',op='get',result='ok'}`):                2,
-		l(`dbcache_operations_total{cache='test',op='get',result='error'}`):             2,
-		l(`dbcache_operation_keys_total{cache='test',op='get',outcome='hit'}`):          1,
-		l(`dbcache_operation_keys_total{cache='test',op='get',outcome='miss'}`):         1,
-		l(`dbcache_operation_keys_total{cache='test',op='set',outcome='stored'}`):       2,
-		l(`dbcache_operation_keys_total{cache='test',op='add',outcome='not_stored'}`):   1,
-		l(`dbcache_operation_keys_total{cache='test',op='get_many',outcome='hit'}`):     1,
-		l(`dbcache_operation_keys_total{cache='test',op='get_many',outcome='miss'}`):    2,
-		l(`dbcache_operation_errors_total{cache='test',kind='invalid_key',op='get'}`):   1,
-		l(`dbcache_operation_errors_total{cache='test',kind='closed',op='get'}`):        1,
-		l(`dbcache_operation_errors_total{cache='test',kind='not_integer',op='incr'}`):  1,
-		l(`dbcache_operation_errors_total{cache='test',kind='other',op='get_or_set'}`):  1,
+		l(`dbcache_operations_total{cache='test',op='get',result='ok'}`):                      2,
+		l(`dbcache_operations_total{cache='test',op='get',result='error'}`):                   2,
+		l(`dbcache_operation_keys_total{cache='test',op='get',outcome='hit'}`):                1,
+		l(`dbcache_operation_keys_total{cache='test',op='get',outcome='miss'}`):               1,
+		l(`dbcache_operation_keys_total{cache='test',op='set',outcome='stored'}`):             2,
+		l(`dbcache_operation_keys_total{cache='test',op='add',outcome='not_stored'}`):         1,
+		l(`dbcache_operation_keys_total{cache='test',op='get_many',outcome='hit'}`):           1,
+		l(`dbcache_operation_keys_total{cache='test',op='get_many',outcome='miss'}`):          2,
+		l(`dbcache_operation_errors_total{cache='test',kind='invalid_key',op='get'}`):         1,
+		l(`dbcache_operation_errors_total{cache='test',kind='closed',op='get'}`):              1,
+		l(`dbcache_operation_errors_total{cache='test',kind='not_integer',op='incr'}`):        1,
+		l(`dbcache_operation_errors_total{cache='test',kind='other',op='get_or_set'}`):        1,
 		l(`dbcache_operation_errors_total{cache='test',kind='loader_panic',op='get_or_set'}`): 1,
-		l(`dbcache_operation_duration_seconds_count{cache='test',op='get'}`):            4,
-		l(`dbcache_loads_total{cache='test',result='ok',trigger='miss'}`):               1,
-		l(`dbcache_loads_total{cache='test',result='error',trigger='miss'}`):            1,
-		l(`dbcache_loads_total{cache='test',result='panic',trigger='miss'}`):            1,
-		l(`dbcache_load_duration_seconds_count{cache='test',trigger='miss'}`):           3,
+		l(`dbcache_operation_duration_seconds_count{cache='test',op='get'}`):                  4,
+		l(`dbcache_loads_total{cache='test',result='ok',trigger='miss'}`):                     1,
+		l(`dbcache_loads_total{cache='test',result='error',trigger='miss'}`):                  1,
+		l(`dbcache_loads_total{cache='test',result='panic',trigger='miss'}`):                  1,
+		l(`dbcache_load_duration_seconds_count{cache='test',trigger='miss'}`):                 3,
 	} {
 		require.Equal(t, want, got[series], series)
 	}
@@ -153,19 +153,19 @@ func TestFailOpen(t *testing.T) {
 func TestErrorKind(t *testing.T) {
 	t.Parallel()
 	for err, want := range map[error]string{
-		context.Canceled:                                     "canceled",
-		fmt.Errorf("x: %w", context.DeadlineExceeded):        "timeout",
-		fmt.Errorf("x: %w", dbcache.ErrInvalidKey):           "invalid_key",
-		dbcache.ErrNotInteger:                                "not_integer",
-		dbcache.ErrOverflow:                                  "overflow",
-		dbcache.ErrClosed:                                    "closed",
-		dbcache.ErrNotMigrated:                               "not_migrated",
-		dbcache.ErrPrefixUnsupported:                         "prefix_unsupported",
-		&dbcache.LoaderPanicError{Value: 1}:                  "loader_panic",
-		&pgconn.PgError{Code: "57P01"}:                       "transient",
-		&pgconn.PgError{Code: "40P01"}:                       "transient",
+		context.Canceled: "canceled",
+		fmt.Errorf("x: %w", context.DeadlineExceeded):       "timeout",
+		fmt.Errorf("x: %w", dbcache.ErrInvalidKey):          "invalid_key",
+		dbcache.ErrNotInteger:                               "not_integer",
+		dbcache.ErrOverflow:                                 "overflow",
+		dbcache.ErrClosed:                                   "closed",
+		dbcache.ErrNotMigrated:                              "not_migrated",
+		dbcache.ErrPrefixUnsupported:                        "prefix_unsupported",
+		&dbcache.LoaderPanicError{Value: 1}:                 "loader_panic",
+		&pgconn.PgError{Code: "57P01"}:                      "transient",
+		&pgconn.PgError{Code: "40P01"}:                      "transient",
 		fmt.Errorf("x: %w", &pgconn.PgError{Code: "42501"}): "database",
-		errors.New("backend down"):                           "other",
+		errors.New("backend down"):                          "other",
 	} {
 		require.Equal(t, want, prommetrics.ErrorKind(err), "%v", err)
 	}

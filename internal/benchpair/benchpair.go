@@ -8,6 +8,9 @@ package benchpair
 
 import (
 	"context"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -96,4 +99,20 @@ func run(b *testing.B, ctx context.Context, g, n int, seq *atomic.Int64, op Op) 
 		b.Fatal(*err)
 	}
 	return d
+}
+
+// LoadAverage returns the machine's 1-minute load average (from
+// /proc/loadavg), to be reported beside timings: on a shared machine it
+// says how much of a figure is the machine's.
+func LoadAverage() (float64, bool) {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, false
+	}
+	l, err := strconv.ParseFloat(f[0], 64)
+	return l, err == nil
 }
