@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dbcache/dbcache/culling"
+	"github.com/dbcache/dbcache/prommetrics"
 )
 
 // stopGrace bounds how long an interrupted pass may take to reach the end of
@@ -40,6 +41,7 @@ func (a *app) cullCommand() *cobra.Command {
 		cullFrequency int
 		batchSize     int
 		passTimeout   time.Duration
+		metricsAddr   string
 	)
 	cmd := &cobra.Command{
 		Use:   "cull",
@@ -104,6 +106,11 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 			if err != nil {
 				return &usageError{err: err}
 			}
+			stopMetrics, err := r.serveMetrics(metricsAddr, every, pool)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			return r.loop(ctx, culler, every)
 		},
 	}
@@ -113,6 +120,7 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 	f.IntVar(&cullFrequency, "cull-frequency", culling.CullFrequencyDefault, "over the limit, remove 1/N of the entries; 0 removes all (Django's CULL_FREQUENCY)")
 	f.IntVar(&batchSize, "batch-size", culling.BatchSizeDefault, "most rows one DELETE removes")
 	f.DurationVar(&passTimeout, "pass-timeout", culling.PassTimeoutDefault, "bound on one pass")
+	f.StringVar(&metricsAddr, "metrics-addr", "", metricsAddrHelp)
 	return cmd
 }
 
@@ -125,6 +133,7 @@ type cullRun struct {
 	mu         sync.Mutex
 	cancelPass context.CancelFunc
 	tick       *ticker
+	metrics    *prommetrics.Collector // --metrics-addr; nil without
 }
 
 // onProgress is the culler's progress hook: it draws progress and, once a
@@ -192,6 +201,7 @@ func (r *cullRun) loop(ctx context.Context, culler *culling.Culler, every time.D
 		}
 
 		res, err := culler.RunOnce(passCtx)
+		r.observe(res, err)
 
 		r.mu.Lock()
 		r.tick.finish()
