@@ -68,11 +68,13 @@ func (jsonCodec[T]) Decode(_ string, data []byte) (T, error) {
 	return v, nil
 }
 
-// Gob returns the gob codec (encoding/gob) for T: compact and fast for Go
-// structs, readable only by Go. Each value is encoded on its own, with its
-// type description (a few dozen bytes per value), so entries never depend
-// on one another. gob cannot encode a nil pointer or a struct with no
-// exported fields; those are Encode errors.
+// Gob returns the gob codec (encoding/gob) for T, readable only by Go: for
+// types JSON does not carry faithfully (maps with non-string keys, large
+// integers in interface values). Each value is encoded on its own, with its
+// type description, so entries never depend on one another; that makes it
+// larger and slower than JSON for one value (docs/observability.md has the
+// figures). gob cannot encode a nil pointer or a struct with no exported
+// fields; those are Encode errors.
 func Gob[T any]() Codec[T] { return gobCodec[T]{} }
 
 type gobCodec[T any] struct{}
