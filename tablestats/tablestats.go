@@ -88,7 +88,7 @@ const (
 	// has no row until the statistics system has seen the table.
 	qTable = `SELECT n.nspname, pg_table_size(c.oid), pg_indexes_size(c.oid),
        coalesce(s.n_dead_tup, 0), s.last_vacuum, s.last_autovacuum,
-       c.reltuples::bigint, coalesce(s.n_live_tup, 0) + coalesce(s.n_dead_tup, 0)
+       c.reltuples::bigint, coalesce(s.n_live_tup, 0)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
@@ -200,8 +200,8 @@ type Sizes struct {
 	Schema string
 	// Rows is the number of rows, live or expired: exact when RowsExact,
 	// otherwise PostgreSQL's statistics (the larger of pg_class.reltuples
-	// and pg_stat_user_tables' live plus dead tuples), which lag writes a
-	// little.
+	// and pg_stat_user_tables.n_live_tup; expired rows are live tuples
+	// until removed), which lag writes a little.
 	Rows      int64
 	RowsExact bool
 	// Expired is the number of expired rows not yet removed, exact up to
