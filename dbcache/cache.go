@@ -38,6 +38,9 @@ type shared struct {
 	// gets coalesces concurrent Gets on the pool (Config.CoalesceGets);
 	// nil when off.
 	gets *coalescer
+	// sets coalesces concurrent Sets on the pool (Config.CoalesceSets);
+	// nil when off.
+	sets *setCoalescer
 	// wrapWrites makes writes on the pool run in a READ COMMITTED
 	// transaction of their own: the session default is another level (see
 	// exec.go).
@@ -107,6 +110,9 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		s.gets = newCoalescer(pool, s.q, c.CoalesceGets)
 	}
 	cache := &Cache{s: s, db: pool, q: s.q, version: c.Version}
+	if c.CoalesceSets > 0 {
+		s.sets = newSetCoalescer(cache, c.CoalesceSets)
+	}
 	ctx, cancel := cache.bound(ctx)
 	defer cancel()
 	var (
@@ -298,7 +304,12 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	if _, err := c.execWrite(ctx, c.q.set, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+	if c.s.sets != nil && c.onPool() {
+		err = c.s.sets.set(ctx, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout))
+	} else {
+		_, err = c.execWrite(ctx, c.q.set, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout))
+	}
+	if err != nil {
 		if c.degrade(ctx, "set", err) {
 			return nil
 		}

@@ -3,7 +3,9 @@ package dbcache_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -134,4 +136,42 @@ func BenchmarkGetOrSetFuncHit(b *testing.B) {
 	for _, g := range []int{1, 16} {
 		b.Run(fmt.Sprintf("g=%d", g), func(b *testing.B) { env.runPair(b, g, op) })
 	}
+}
+
+// BenchmarkCoalesceSets is Set with Config.CoalesceSets beside raw pgx
+// running the single-row statement, durable and with FastCommit, at 1 and 16
+// goroutines: x-raw above 1 is what sharing statements (and commits) buys.
+//
+//	go test -run '^$' -bench CoalesceSets -benchtime 4000x ./dbcache/
+func BenchmarkCoalesceSets(b *testing.B) {
+	for _, fast := range []bool{false, true} {
+		env := newBenchEnv(b, "")
+		c, err := dbcache.New(context.Background(), env.pool, &dbcache.Config{CoalesceSets: benchCoalesceSets(), FastCommit: fast, OpTimeout: benchOpTimeout})
+		if err != nil {
+			b.Fatal(err)
+		}
+		setSQL := dbcache.Statements(c)["set"]
+		n := len(env.keys)
+		op := benchOp{"set",
+			func(ctx context.Context, i int) error {
+				return c.Set(ctx, env.keys[i%n], env.value, dbcache.DefaultTimeout)
+			},
+			func(ctx context.Context, i int) error {
+				_, err := env.pool.Exec(ctx, setSQL, env.made[i%n], env.value, env.ttl)
+				return err
+			},
+		}
+		for _, g := range []int{1, 16} {
+			b.Run(fmt.Sprintf("fast=%v/g=%d", fast, g), func(b *testing.B) { env.runPair(b, g, op) })
+		}
+	}
+}
+
+// benchCoalesceSets is the slot count BenchmarkCoalesceSets measures:
+// DBCACHE_BENCH_COALESCE_SETS, default 4.
+func benchCoalesceSets() int {
+	if n, err := strconv.Atoi(os.Getenv("DBCACHE_BENCH_COALESCE_SETS")); err == nil {
+		return n
+	}
+	return 4
 }

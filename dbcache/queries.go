@@ -180,6 +180,17 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expir
 SELECT k, v, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit, unnest($1::text[], $2::bytea[]) AS u(k, v) ORDER BY k COLLATE "C"
 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires`
 
+	// Several Sets in one statement (Config.CoalesceSets): one row per key,
+	// each with its own expiry ($3 NULL for never), inserted and locked in
+	// the key column's order like qSetMany.
+	qSetBatch = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT k, v, statement_timestamp() + us * interval '1 microsecond' FROM unnest($1::text[], $2::bytea[], $3::bigint[]) AS u(k, v, us) ORDER BY k COLLATE "C"
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires`
+
+	qSetBatchFast = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT k, v, statement_timestamp() + us * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit, unnest($1::text[], $2::bytea[], $3::bigint[]) AS u(k, v, us) ORDER BY k COLLATE "C"
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires`
+
 	// Counts the live entries it removed; expired ones go too, uncounted.
 	// The rows are locked in key order first, as qSetMany locks them: a plain
 	// DELETE … = ANY may visit them in heap order and deadlock with a batch.
@@ -264,7 +275,7 @@ const clearBatchSize = 5000
 // queries holds the statements with the table name filled in.
 type queries struct {
 	get, hasKey, set, add, getOrSet, touch, del, incr, incrCheck, move string
-	getMany, setMany, deleteMany, clearBatch                           string
+	getMany, setMany, deleteMany, clearBatch, setBatch                 string
 	getRemaining, ttl, loadPoll                                        string
 	deletePrefixBatch, keysPage                                        string
 	table                                                              string
@@ -301,6 +312,7 @@ func newQueries(schema string, fast bool) *queries {
 		setMany:    write(qSetMany, qSetManyFast),
 		deleteMany: write(qDeleteMany, qDeleteManyFast),
 		clearBatch: write(qClearBatch, qClearBatchFast),
+		setBatch:   write(qSetBatch, qSetBatchFast),
 
 		getRemaining:      fill(qGetRemaining),
 		ttl:               fill(qTTL),
