@@ -177,7 +177,7 @@ binary values are base64.`,
 				return a.miss(key, out{keyJSON: keyJSON{key}})
 			}
 			if err != nil {
-				return keyError(err, cache, key)
+				return keyError(err, key)
 			}
 			if a.g.json {
 				return a.writeValueJSON(key, v)
@@ -250,7 +250,7 @@ entry is taken over). Exits 3 when the key exists and nothing was stored.
 		}
 		if !add {
 			if err := cache.Set(ctx, key, value, timeout); err != nil {
-				return keyError(err, cache, key)
+				return keyError(err, key)
 			}
 			switch {
 			case a.g.json:
@@ -264,7 +264,7 @@ entry is taken over). Exits 3 when the key exists and nothing was stored.
 		}
 		free, err := cache.Add(ctx, key, value, timeout)
 		if err != nil {
-			return keyError(err, cache, key)
+			return keyError(err, key)
 		}
 		switch {
 		case a.g.json:
@@ -316,7 +316,7 @@ func (a *app) boolCommand(use, short, long, example, field, yes, no string, with
 			key := args[0]
 			ok, err := run(cmd, cache, key, timeout)
 			if err != nil {
-				return keyError(err, cache, key)
+				return keyError(err, key)
 			}
 			// touch with a TTL of zero or less expires the entry.
 			expired := withTTL && ok && expiresAtOnce(timeout)
@@ -438,7 +438,7 @@ an integer or the result would overflow int64.`,
 			case errors.Is(err, dbcache.ErrOverflow):
 				return withCause(fmt.Sprintf("%s %q: the result would overflow a 64-bit integer", name, key), dbcache.ErrOverflow)
 			case err != nil:
-				return keyError(err, cache, key)
+				return keyError(err, key)
 			}
 			if a.g.json {
 				return a.writeJSON(out{keyJSON{key}, true, &n})
