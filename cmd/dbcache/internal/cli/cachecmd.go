@@ -154,8 +154,10 @@ func (a *app) getCommand() *cobra.Command {
 (one is added on a terminal). A key with no live entry prints nothing on
 stdout, a line on stderr, and exits 3.
 
-With --json: {"key":…,"found":true,"value":…,"encoding":"utf8"|"base64"};
-binary values are base64.`,
+With --json: {"key":…,"found":true,"value":…,"encoding":"utf8"|"base64",
+"ttl_seconds":…,"never_expires":…}; binary values are base64. ttl_seconds
+is the remaining lifetime by the database's clock, to the microsecond (null
+when the entry never expires), as the ttl command reports it.`,
 		Example: `  dbcache get greeting
   dbcache get --key-prefix myapp --key-version 2 user:42 > user42.bin
   if v=$(dbcache get flag 2>/dev/null); then echo "flag=$v"; fi`,
@@ -168,7 +170,17 @@ binary values are base64.`,
 			}
 			defer closePool(pool)
 			key := args[0]
-			v, err := cache.Get(ctx, key)
+			var (
+				v   []byte
+				ttl dbcache.Timeout
+			)
+			// --json shows the remaining lifetime too, read in the same
+			// statement as the value.
+			if a.g.json {
+				v, ttl, err = cache.GetWithTTL(ctx, key)
+			} else {
+				v, err = cache.Get(ctx, key)
+			}
 			type out struct {
 				keyJSON
 				Found bool `json:"found"`
@@ -180,7 +192,7 @@ binary values are base64.`,
 				return keyError(err, key)
 			}
 			if a.g.json {
-				return a.writeValueJSON(key, v)
+				return a.writeValueJSON(key, v, ttl)
 			}
 			if _, err := a.out.Write(v); err != nil {
 				return err
