@@ -87,7 +87,11 @@ prefix and version, so it is refused unless --all-keys says that is meant
 					// so nothing written since the count goes unasked.
 					return a.printDeleted(prefix, 0, nil)
 				}
-				if err := a.confirm(deletePrefixQuestion(cache, prefix, n)); err != nil {
+				version := 1 // the library's default, as openCache leaves it
+				if cmd.Flags().Changed("key-version") {
+					version = cf.version
+				}
+				if err := a.confirm(deletePrefixQuestion(cache, prefix, n, cf.prefix, version)); err != nil {
 					return err
 				}
 			}
@@ -147,14 +151,15 @@ func countPrefix(ctx context.Context, cache *dbcache.Cache, prefix string) (int,
 // deletePrefixQuestion is the confirmation prompt: how many live entries,
 // which caller keys, and the stored keys they are (so the key prefix and
 // version in force are plain to see).
-func deletePrefixQuestion(cache *dbcache.Cache, prefix string, n int) string {
+func deletePrefixQuestion(cache *dbcache.Cache, prefix string, n int, keyPrefix string, version int) string {
 	count := countOf(int64(n), "live entry", "live entries")
 	if n > promptCountCap {
 		count = fmt.Sprintf("more than %s live entries", humanCount(promptCountCap))
 	}
 	stored := quoteKey(cache.MakeKey(prefix))
 	if prefix == "" {
-		return fmt.Sprintf("Remove %s: every key under the key prefix and version (stored keys starting %s; other prefixes and versions stay)?", count, stored)
+		return fmt.Sprintf("Remove %s: every key under key prefix %s and version %d (stored keys starting %s; other prefixes and versions stay)?",
+			count, quoteKey(keyPrefix), version, stored)
 	}
 	return fmt.Sprintf("Remove %s whose key starts with %s (stored keys starting %s)?", count, quoteKey(prefix), stored)
 }

@@ -26,7 +26,7 @@ func (a *app) keysCommand() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "keys [PREFIX]",
-		Short: "List the keys of live entries, optionally those starting with PREFIX",
+		Short: "List the keys of live entries (those that start with PREFIX)",
 		Long: `List the keys of live entries that start with PREFIX (every key without
 one), under the key prefix and version (--key-prefix, --key-version), as
 the application wrote them: without the stored prefix and version. Keys

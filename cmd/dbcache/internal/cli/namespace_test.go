@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -165,9 +166,17 @@ func TestDeletePrefixAsks(t *testing.T) {
 	// --all-keys asks too, naming the whole prefix and version.
 	code, out, errOut = b.run(ctx, Config{StdinIsTerminal: true, Stdin: strings.NewReader("yes\n")}, "delete-prefix", "--all-keys", "--key-prefix", "app", "--json")
 	require.Equal(t, ExitOK, code, errOut)
-	require.Contains(t, errOut, `Remove 1 live entry: every key under the key prefix and version (stored keys starting "app:1:"; other prefixes and versions stay)? [y/N] `)
+	require.Contains(t, errOut, `Remove 1 live entry: every key under key prefix "app" and version 1 (stored keys starting "app:1:"; other prefixes and versions stay)? [y/N] `)
 	require.Equal(t, `{"prefix":"","deleted":1,"complete":true}`+"\n", out)
 	require.Zero(t, dbtest.Count(t, pool))
+
+	// --key-version 0 is version 0, in the prompt as in the keys.
+	code, _, errOut = b.run(ctx, Config{}, "set", "k", "v", "--key-version", "0")
+	require.Equal(t, ExitOK, code, errOut)
+	code, _, errOut = b.run(ctx, Config{StdinIsTerminal: true, Stdin: strings.NewReader("n\n")}, "delete-prefix", "--all-keys", "--key-version", "0")
+	require.Equal(t, ExitFailure, code)
+	require.Contains(t, errOut, `Remove 1 live entry: every key under key prefix "" and version 0 (stored keys starting ":0:"; `)
+	dbtest.Exec(t, pool, `DELETE FROM dbcache_entries`)
 
 	// The count stops at promptCountCap: asking stays cheap.
 	dbtest.Exec(t, pool, `INSERT INTO dbcache_entries SELECT ':1:big:' || i, 'v', NULL FROM generate_series(1, $1) i`, promptCountCap+5)
@@ -263,4 +272,23 @@ func TestKeyErrorFromLibrary(t *testing.T) {
 	require.ErrorAs(t, err, &ue)
 	require.Equal(t, CodeInvalidKey, ue.code)
 	require.Equal(t, io.EOF, keyError(io.EOF, "k"))
+}
+
+// docs/cli.md's command list is the root help's, word for word, so a new
+// command cannot go undocumented there.
+func TestDocsListEveryCommand(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	require.Equal(t, ExitOK, Run(t.Context(), &Config{Args: []string{"--help"}, Out: &out}))
+	help := out.String()
+	start := strings.Index(help, "Cache operations:")
+	end := strings.Index(help, "\nAdditional Commands:")
+	require.Positive(t, start)
+	require.Greater(t, end, start)
+	doc, err := os.ReadFile("../../../../docs/cli.md")
+	require.NoError(t, err)
+	require.Contains(t, string(doc), "```text\n"+help[start:end]+"```", "docs/cli.md's Commands block")
+	for _, name := range []string{"ttl", "keys", "delete-prefix"} {
+		require.Contains(t, string(doc), "\n### "+name+"\n", "docs/cli.md has a section for %s", name)
+	}
 }
