@@ -259,12 +259,12 @@ func TestInvalidKeyShowsTypedKey(t *testing.T) {
 	b := setup(t, true)
 	r := b.run(t, opts{}, "set", "bad\xffkey", "v", "--key-prefix", "app")
 	requireCode(t, 2, r)
-	requireErrorLine(t, r, `invalid key "bad\xffkey": it is not valid UTF-8`)
+	requireErrorLine(t, r, `invalid key "bad\xffkey": not valid UTF-8`)
 	require.NotContains(t, r.stderr, "app:1:", "the made key is not what the user typed")
 
 	r = b.run(t, opts{}, "get", strings.Repeat("k", 2045), "--key-prefix", "app")
 	requireCode(t, 2, r)
-	requireErrorLine(t, r, `invalid key "kkkk`, "with its prefix and version it is 2051 bytes, over the limit of 2048")
+	requireErrorLine(t, r, `invalid key "kkkk`, "2051 bytes, longer than MaxKeyBytes (2048)")
 	require.NotContains(t, r.stderr, "app:1:")
 
 	// A key memcached could not store (spaces, over 250 characters) is fine

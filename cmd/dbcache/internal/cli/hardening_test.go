@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/dbtest"
 	"github.com/dbcache/dbcache/migrations"
 )
@@ -120,7 +121,7 @@ func TestWriteValueJSON(t *testing.T) {
 	for _, v := range [][]byte{[]byte(""), []byte("hello"), []byte(long), []byte("a\x00b\xff"), bytes.Repeat([]byte{0xff, 0}, 50_000)} {
 		var out bytes.Buffer
 		a := newApp(&Config{Out: &out})
-		require.NoError(t, a.writeValueJSON("k\"ey", v))
+		require.NoError(t, a.writeValueJSON("k\"ey", v, dbcache.TTL(1500*time.Millisecond)))
 		var got struct {
 			Key      string `json:"key"`
 			Found    bool   `json:"found"`
