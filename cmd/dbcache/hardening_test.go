@@ -264,7 +264,7 @@ func TestInvalidKeyShowsTypedKey(t *testing.T) {
 
 	r = b.run(t, opts{}, "get", strings.Repeat("k", 2045), "--key-prefix", "app")
 	requireCode(t, 2, r)
-	requireErrorLine(t, r, `invalid key "kkkk`, "2051 bytes, longer than MaxKeyBytes (2048)")
+	requireErrorLine(t, r, `invalid key "kkkk`, "2051 bytes with the key prefix and version, over the 2048-byte limit")
 	require.NotContains(t, r.stderr, "app:1:")
 
 	// A key memcached could not store (spaces, over 250 characters) is fine
