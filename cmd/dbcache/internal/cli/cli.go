@@ -123,6 +123,8 @@ type app struct {
 	started bool
 	// cmdPath names the command being run, for usage hints.
 	cmdPath string
+	// unlogged is migrate up's --unlogged.
+	unlogged bool
 	// ctx is Run's context: once it is cancelled (SIGINT, SIGTERM), a
 	// failure is reported as an interruption.
 	ctx context.Context

@@ -257,7 +257,7 @@ func (a *app) migrator() (*migrations.Migrator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return migrations.NewFromConnConfig(cfg.ConnConfig, &migrations.Config{Schema: a.g.schema, Logger: a.log})
+	return migrations.NewFromConnConfig(cfg.ConnConfig, &migrations.Config{Schema: a.g.schema, Logger: a.log, Unlogged: a.unlogged})
 }
 
 // keyError classifies a cache operation's error: an invalid key is the
