@@ -67,11 +67,18 @@ func LastPass(ctx context.Context, pool *pgxpool.Pool, schema string) (*PassReco
 		lastCull   *time.Time
 		sinceCull  *float64
 	)
-	err := pool.QueryRow(ctx, fmt.Sprintf(sqlLastPass, state)).Scan(
-		&r.StartedAt, &r.FinishedAt, &dur, &since,
-		&r.ExpiredRemoved, &r.Culled, &r.Count, &r.CountExact, &r.Remaining,
-		&lastCull, &sinceCull,
-		&r.Passes, &r.TotalExpiredRemoved, &r.TotalCulled, &r.Runner)
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("culling: acquire a connection: %w", err)
+	}
+	defer conn.Release()
+	_, err = runTx(ctx, conn.Conn(), "", fmt.Sprintf(sqlLastPass, state), nil, func(row pgx.Row) error {
+		return row.Scan(
+			&r.StartedAt, &r.FinishedAt, &dur, &since,
+			&r.ExpiredRemoved, &r.Culled, &r.Count, &r.CountExact, &r.Remaining,
+			&lastCull, &sinceCull,
+			&r.Passes, &r.TotalExpiredRemoved, &r.TotalCulled, &r.Runner)
+	})
 	var pgErr *pgconn.PgError
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
