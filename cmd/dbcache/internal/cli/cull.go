@@ -5,18 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/dbcache/dbcache/culling"
 )
-
-// stopGrace bounds how long an interrupted pass may take to reach the end of
-// its current batch before it is cancelled outright. Batches take
-// milliseconds; a batch stuck on a lock should not hold the command.
-const stopGrace = 5 * time.Second
 
 // passJSON is one line of `cull --json`: one object per pass.
 type passJSON struct {
@@ -30,6 +24,7 @@ type passJSON struct {
 	Remaining       int64     `json:"remaining"`
 	Skipped         bool      `json:"skipped"`
 	Interrupted     bool      `json:"interrupted"`
+	DryRun          bool      `json:"dry_run"`
 	Error           string    `json:"error,omitempty"`
 }
 
@@ -40,14 +35,20 @@ func (a *app) cullCommand() *cobra.Command {
 		cullFrequency int
 		batchSize     int
 		passTimeout   time.Duration
+		dryRun        bool
 	)
 	cmd := &cobra.Command{
 		Use:   "cull",
-		Short: "Remove expired entries and cull the table down to --max-entries",
-		Long: `Run one culling pass: remove expired entries, then, if the table still holds
-more than --max-entries, remove 1/--cull-frequency of the entries (those
-closest to expiry first), as Django's database cache culls. With --every,
-run a pass at that interval until interrupted.
+		Short: "Remove expired entries; with --max-entries, cull the table down to it",
+		Long: `Run one culling pass: remove expired entries. With --max-entries N, then, if
+the table still holds more than N entries, remove 1/--cull-frequency of them
+(those closest to expiry first, never-expiring ones last), as Django's
+database cache culls; a pass never goes below N. Without --max-entries no
+live entry is ever removed. With --every, run a pass at that interval until
+interrupted.
+
+--dry-run reports what a pass would remove (expired entries, and entries it
+would cull) and removes nothing.
 
 SIGINT or SIGTERM ends the command cleanly once the batch in progress
 commits: what was removed stays removed. A second signal kills it at once.
@@ -62,18 +63,27 @@ Progress: a bar on a terminal for passes longer than half a second, a line
 on stderr every 5s otherwise. One result line per pass on stdout (with
 --json, one JSON object per line).`,
 		Example: `  dbcache cull
+  dbcache cull --max-entries 100000 --dry-run
   dbcache cull --max-entries 50000 --cull-frequency 4
   dbcache cull --every 30s --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if every < 0 {
+			limited := cmd.Flags().Changed("max-entries")
+			switch {
+			case every < 0:
 				return usagef("--every must not be negative, got %s", every)
-			}
-			if maxEntries < 0 {
-				return usagef("--max-entries must not be negative, got %d", maxEntries)
-			}
-			if cullFrequency < 0 {
+			case limited && maxEntries < 1:
+				return usagef("--max-entries must be at least 1, got %d (leave it out to remove only expired entries)", maxEntries)
+			case cullFrequency < 0:
 				return usagef("--cull-frequency must not be negative (0 culls everything), got %d", cullFrequency)
+			case cmd.Flags().Changed("cull-frequency") && !limited:
+				return usagef("--cull-frequency needs --max-entries: without a limit no live entry is culled")
+			case dryRun && every > 0:
+				return usagef("--dry-run runs one pass; leave out --every")
+			}
+			limit := culling.NoLimit
+			if limited {
+				limit = maxEntries
 			}
 			freq := cullFrequency
 			if freq == 0 {
@@ -90,12 +100,12 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 			}
 			defer pool.Close()
 
-			r := &cullRun{a: a}
+			r := &cullRun{a: a, dryRun: dryRun}
 			culler, err := culling.New(pool, &culling.Config{
 				BatchSize:     batchSize,
 				CullFrequency: freq,
 				Logger:        a.log,
-				MaxEntries:    maxEntries,
+				MaxEntries:    limit,
 				NudgeEvery:    -1,
 				OnProgress:    r.onProgress,
 				PassTimeout:   passTimeout,
@@ -109,32 +119,26 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 	}
 	f := cmd.Flags()
 	f.DurationVar(&every, "every", 0, "run a pass at this interval until interrupted (0: one pass)")
-	f.IntVar(&maxEntries, "max-entries", culling.MaxEntriesDefault, "most entries to keep (Django's MAX_ENTRIES)")
-	f.IntVar(&cullFrequency, "cull-frequency", culling.CullFrequencyDefault, "over the limit, remove 1/N of the entries; 0 removes all (Django's CULL_FREQUENCY)")
+	f.IntVar(&maxEntries, "max-entries", 0, "most entries to keep (Django's MAX_ENTRIES); without it only expired entries are removed")
+	f.IntVar(&cullFrequency, "cull-frequency", culling.CullFrequencyDefault, "over --max-entries, remove 1/N of the entries; 0 removes all (Django's CULL_FREQUENCY)")
 	f.IntVar(&batchSize, "batch-size", culling.BatchSizeDefault, "most rows one DELETE removes")
 	f.DurationVar(&passTimeout, "pass-timeout", culling.PassTimeoutDefault, "bound on one pass")
+	f.BoolVar(&dryRun, "dry-run", false, "report what a pass would remove, and remove nothing")
 	return cmd
 }
 
-// cullRun is one cull command's state: the progress display and the
-// stop-after-this-batch request.
+// cullRun is one cull command's state: the progress display and whether a
+// stop was asked for.
 type cullRun struct {
-	a *app
+	a      *app
+	dryRun bool
 
-	stopping   atomic.Bool
-	mu         sync.Mutex
-	cancelPass context.CancelFunc
-	tick       *ticker
+	mu   sync.Mutex
+	tick *ticker
 }
 
-// onProgress is the culler's progress hook: it draws progress and, once a
-// stop was asked for, cancels the pass between batches, where a cancel
-// leaves nothing half done.
+// onProgress is the culler's progress hook: it draws progress.
 func (r *cullRun) onProgress(p culling.Progress) {
-	if r.stopping.Load() {
-		r.cancel()
-		return
-	}
 	r.mu.Lock()
 	t := r.tick
 	r.mu.Unlock()
@@ -148,58 +152,37 @@ func (r *cullRun) onProgress(p culling.Progress) {
 	case culling.PhaseCull:
 		if p.CullTarget > 0 {
 			t.update(p.CullTarget, p.Culled, "culling",
-				fmt.Sprintf("cull: %s of %s entries culled", humanCount(p.Culled), humanCount(p.CullTarget)))
+				fmt.Sprintf("cull: %s of at most %s entries culled", humanCount(p.Culled), humanCount(p.CullTarget)))
 		}
-	}
-}
-
-func (r *cullRun) cancel() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cancelPass != nil {
-		r.cancelPass()
 	}
 }
 
 func (r *cullRun) loop(ctx context.Context, culler *culling.Culler, every time.Duration) error {
-	// A signal cancels ctx. The pass runs on a context of its own, so the
-	// signal does not cut a batch short: it sets stopping, and the next
-	// progress call (at the end of the batch) cancels the pass. stopGrace
-	// is the backstop for a batch that never ends.
-	stopWatch := make(chan struct{})
-	defer close(stopWatch)
-	go func() {
-		select {
-		case <-ctx.Done():
-			r.stopping.Store(true)
-			select {
-			case <-time.After(stopGrace):
-				r.cancel()
-			case <-stopWatch:
-			}
-		case <-stopWatch:
-		}
-	}()
-
 	for pass := 1; ; pass++ {
-		passCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		// A signal cancels ctx, and with it the pass: the library lets the
+		// batch in progress commit, stops before the next one and returns
+		// once its lock is released, so what the command reports is what
+		// was removed.
 		r.mu.Lock()
-		r.cancelPass = cancel
 		r.tick = r.a.newTicker(true)
 		r.mu.Unlock()
-		if r.stopping.Load() {
-			cancel()
-		}
 
-		res, err := culler.RunOnce(passCtx)
+		var (
+			res *culling.PassResult
+			err error
+		)
+		if r.dryRun {
+			res, err = culler.DryRun(ctx)
+		} else {
+			res, err = culler.RunOnce(ctx)
+		}
 
 		r.mu.Lock()
 		r.tick.finish()
-		r.tick, r.cancelPass = nil, nil
+		r.tick = nil
 		r.mu.Unlock()
-		cancel()
 
-		interrupted := err != nil && r.stopping.Load() && errors.Is(err, context.Canceled)
+		interrupted := err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled)
 		if interrupted {
 			err = nil
 		}
@@ -238,6 +221,7 @@ func (r *cullRun) print(pass int, numbered bool, res *culling.PassResult, err er
 			Pass: pass, StartedAt: res.StartedAt, DurationSeconds: res.Duration.Seconds(),
 			ExpiredRemoved: res.ExpiredRemoved, Culled: res.Culled, Count: res.Count,
 			CountExact: res.CountExact, Remaining: res.Remaining, Skipped: res.Skipped, Interrupted: interrupted,
+			DryRun: res.DryRun,
 		}
 		if err != nil {
 			pj.Error = errorLine(err, a.g.connectTimeout)
@@ -259,14 +243,20 @@ func (r *cullRun) print(pass int, numbered bool, res *culling.PassResult, err er
 	case interrupted:
 		a.println("%sinterrupted after removing %s expired and culling %s", prefix,
 			humanCount(res.ExpiredRemoved), humanCount(res.Culled))
+	case res.DryRun:
+		a.println("%sdry run: would remove %s expired and cull %s; %s entries would be left (%s); nothing was removed", prefix,
+			humanCount(res.ExpiredRemoved), humanCount(res.Culled), humanCount(res.Remaining), countKind(res))
 	default:
-		what := "exact count"
-		if !res.CountExact {
-			what = "estimate"
-		}
 		a.println("%sremoved %s expired, culled %s; %s entries left (%s); took %s", prefix,
-			humanCount(res.ExpiredRemoved), humanCount(res.Culled), humanCount(res.Remaining), what,
+			humanCount(res.ExpiredRemoved), humanCount(res.Culled), humanCount(res.Remaining), countKind(res),
 			roundDuration(res.Duration))
 	}
 	return nil
+}
+
+func countKind(res *culling.PassResult) string {
+	if res.CountExact {
+		return "exact count"
+	}
+	return "estimate"
 }
