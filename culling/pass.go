@@ -775,24 +775,47 @@ func (p *pass) cull() error {
 	if c.cfg.CullFrequency != CullAll {
 		keep = min(maxEntries, p.res.Count-p.res.Count/int64(c.cfg.CullFrequency))
 	}
+	// The boundary: the keep-th row from the end.
 	var (
-		walked int64
-		found  bool
-		bound  cursor
-		bKey   *string
+		found bool
+		bound cursor
 	)
-	if err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(sqlBoundary, c.table), []any{p.asOf, maxEntries + 1, keep},
-		func(r pgx.Row) error { return r.Scan(&walked, &found, &bound.expires, &bKey) }); err != nil {
-		return fmt.Errorf("culling: find the cull boundary: %w", err)
+	if keep > 0 {
+		var bKey *string
+		err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(sqlBoundary, c.table), []any{p.asOf, keep - 1},
+			func(r pgx.Row) error { return r.Scan(&bound.expires, &bKey) })
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			// Fewer than keep rows: under the limit (found stays false, and
+			// the count below says so).
+		case err != nil:
+			return fmt.Errorf("culling: find the cull boundary: %w", err)
+		default:
+			found, bound.key = true, *bKey
+		}
 	}
-	if walked <= maxEntries {
+	// The rows before it, counted up to what proves the table over the
+	// limit (and, in a dry run, up to what the cull would remove).
+	need := maxEntries + 1 - keep
+	if p.dry {
+		need = max(need, p.res.Count-keep)
+	}
+	var before int64
+	if keep == 0 || found {
+		if err := p.countBefore(found, bound, need, &before); err != nil {
+			return err
+		}
+	} else {
+		keep = 0
+		if err := p.countBefore(false, bound, maxEntries+1, &before); err != nil {
+			return err
+		}
+	}
+	if walked := keep + min(before, maxEntries+1-keep); walked <= maxEntries {
 		// Not over the limit after all: the count was an estimate that had
 		// not caught up with deletions. The walk counted every row.
-		p.res.Count, p.res.CountExact = walked, true
+		p.res.Count, p.res.CountExact = keep+before, true
 		return nil
-	}
-	if bKey != nil {
-		bound.key = *bKey
 	}
 	p.target = p.res.Count - keep
 
@@ -818,7 +841,11 @@ func (p *pass) cull() error {
 	}
 
 	if p.dry {
-		return p.countCull(found, bound, keep)
+		p.res.Culled = min(before, p.target)
+		if before < p.target && !p.res.CountExact {
+			p.res.Count = before + keep
+		}
+		return nil
 	}
 	p.progress(PhaseCull)
 	defer func() {
@@ -860,29 +887,26 @@ func (p *pass) cull() error {
 	return p.heartbeat(true)
 }
 
-// countCull is the dry run's cull: it counts, up to the target, the rows
-// the cull would remove.
-func (p *pass) countCull(found bool, bound cursor, keep int64) error {
-	c := p.c
+// countBefore counts, up to limit, the rows that had not expired at the
+// pass's start and come before the boundary in eviction order (all of them
+// when there is no boundary).
+func (p *pass) countBefore(found bool, bound cursor, limit int64, n *int64) error {
 	var (
 		q    string
 		args []any
 	)
 	switch {
 	case !found:
-		q, args = sqlCountLive, []any{p.asOf, p.target}
+		q, args = sqlCountLive, []any{p.asOf, limit}
 	case bound.expires.Valid:
-		q, args = sqlCountBefore, []any{p.asOf, bound.expires, bound.key, p.target}
+		q, args = sqlCountBefore, []any{p.asOf, bound.expires, bound.key, limit}
 	default:
-		q, args = sqlCountBeforeNull, []any{p.asOf, bound.key, p.target}
+		q, args = sqlCountBeforeNull, []any{p.asOf, bound.key, limit}
 	}
-	if err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(q, c.table), args, func(r pgx.Row) error {
-		return r.Scan(&p.res.Culled)
+	if err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(q, p.c.table), args, func(r pgx.Row) error {
+		return r.Scan(n)
 	}); err != nil {
-		return fmt.Errorf("culling: count the rows to cull: %w", err)
-	}
-	if p.res.Culled < p.target && !p.res.CountExact {
-		p.res.Count = p.res.Culled + keep
+		return fmt.Errorf("culling: count the rows before the cull boundary: %w", err)
 	}
 	return nil
 }

@@ -212,27 +212,23 @@ SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM gone), last.expires, 
   LEFT JOIN (SELECT expires, key FROM batch ORDER BY key DESC LIMIT 1) last ON true`
 
 	// sqlBoundary walks the eviction order backwards from its end, over
-	// rows that had not expired at $1, and stops after $2 rows
-	// (MaxEntries + 1). It returns how many it walked (so whether the table
-	// really is over the limit, exactly) and the $3-th row from the end:
-	// the earliest row the pass keeps, before which it culls. A walk of at
-	// most MaxEntries + 1 index entries, never the whole table. The window
-	// numbers the rows in the order of its own ORDER BY, which the walk
-	// already delivers, so nothing is sorted.
+	// rows that had not expired at $1, and returns the row $2 + 1 from the
+	// end: the earliest row the pass keeps, before which it culls. An
+	// index walk of $2 + 1 entries.
 	sqlBoundary = `
-SELECT coalesce(max(n), 0),
-       coalesce(bool_or(n = $3), false),
-       (array_agg(expires) FILTER (WHERE n = $3))[1],
-       (array_agg(key) FILTER (WHERE n = $3))[1]
-  FROM (SELECT row_number() OVER (ORDER BY expires DESC NULLS FIRST, key DESC) AS n, expires, key
-          FROM (SELECT expires, key FROM %[1]s
-                 WHERE expires > $1 OR expires IS NULL
-                 ORDER BY expires DESC NULLS FIRST, key DESC
-                 LIMIT $2) w) x`
+SELECT expires, key FROM %[1]s
+ WHERE expires > $1 OR expires IS NULL
+ ORDER BY expires DESC NULLS FIRST, key DESC
+OFFSET $2 LIMIT 1`
 
-	// The dry run's counts. sqlExpired counts the rows a sweep would remove
-	// now and returns its "as of" time.
+	// sqlExpired counts the rows a sweep would remove now and returns its
+	// "as of" time, for a dry run.
 	sqlExpired = `SELECT now(), count(*) FROM %[1]s WHERE expires <= now()`
+
+	// The counts of the rows before the boundary: how a pass confirms that
+	// the table is over the limit (the rows it keeps plus at least
+	// MaxEntries + 1 − keep before them), and what a dry run would cull.
+	// Each is an index walk that stops at its limit.
 
 	// sqlCountBefore counts, up to $4, the rows that had not expired at $1
 	// before boundary ($2, $3), a row with an expiry.
