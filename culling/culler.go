@@ -51,9 +51,26 @@ const (
 	// configuration counts exactly.
 	MaxEntriesDefault = 100_000
 
+	// MaxAgeMin is the smallest Config.MaxAge. The index that finds old
+	// entries (migration 005) holds only entries that never expire or
+	// expire more than an hour after they were written, so that writes
+	// with shorter timeouts pay nothing for it; every live entry older than
+	// an hour is among those, so a maximum age of an hour or more finds
+	// them all.
+	MaxAgeMin = time.Hour
+
 	// NoLimit is the Config.MaxEntries that bounds nothing: passes only
 	// remove expired entries and never cull live ones.
 	NoLimit = -1
+
+	// RowOverhead is what MaxBytes counts for each entry on top of its key
+	// and value as stored: the row's header (24 bytes), its expiry and
+	// write time (8 each) and its line pointer (4). Index entries, free
+	// space and dead rows are not counted (see docs/culling.md).
+	RowOverhead = 44
+
+	// SizeSamplePagesDefault is the default for Config.SizeSamplePages.
+	SizeSamplePagesDefault = 500
 
 	// NudgeEveryDefault is the default for Config.NudgeEvery: 1% of
 	// MaxEntriesDefault, so a write burst overshoots the default limit by
@@ -103,6 +120,11 @@ var (
 	// once; what it removed so far stays removed.
 	ErrLockLost = errors.New("culling: lost the culler lock (its connection failed)")
 
+	// ErrMigrationNeeded is returned when the configuration needs a
+	// migration the schema lacks: Config.MaxAge needs migrations 004 and
+	// 005 (the written_at column and its index).
+	ErrMigrationNeeded = errors.New("culling: the schema lacks a migration this configuration needs (apply the migrations)")
+
 	// ErrNoPass is returned by LastPass when no pass has been recorded yet.
 	ErrNoPass = errors.New("culling: no culling pass recorded yet")
 
@@ -146,6 +168,22 @@ type Config struct {
 	// otherwise) and errors of started passes. Defaults to slog.Default().
 	Logger *slog.Logger
 
+	// MaxAge, when set, is the oldest an entry may be: no entry written
+	// longer ago than MaxAge survives a pass, whatever its timeout, Forever
+	// included. An entry's age counts from its last write (set, add,
+	// set_many, a get_or_set that stored), not from a touch or an incr. 0
+	// means no limit; otherwise at least MaxAgeMin. Needs migrations 004
+	// and 005. Defaults to 0.
+	MaxAge time.Duration
+
+	// MaxBytes, when set, is the most bytes the entries should take: keys
+	// and values as stored (after compression) plus RowOverhead each. A
+	// pass estimates the size from a sample of SizeSamplePages pages and
+	// PostgreSQL's statistics (never a scan; see docs/culling.md for the
+	// error) and, over the limit, culls in eviction order until the
+	// estimate is back under it. 0 means no limit. Defaults to 0.
+	MaxBytes int64
+
 	// MaxEntries is the most entries the table should hold, expired or not,
 	// as Django's MAX_ENTRIES. NoLimit (-1) bounds nothing: passes only
 	// remove expired entries. Defaults to MaxEntriesDefault.
@@ -168,6 +206,11 @@ type Config struct {
 	// means no limit beyond the caller's context. Defaults to
 	// PassTimeoutDefault.
 	PassTimeout time.Duration
+
+	// SizeSamplePages is how many of the table's pages the MaxBytes
+	// estimate reads (TABLESAMPLE SYSTEM); a table this small or smaller is
+	// measured exactly. Defaults to SizeSamplePagesDefault.
+	SizeSamplePages int
 
 	// Schema is the schema of the cache table. Defaults to "", which
 	// resolves the table through the pool's search_path, as the cache does.
@@ -207,6 +250,9 @@ func (c *Config) WithDefaults() *Config {
 	if out.PassTimeout == 0 {
 		out.PassTimeout = PassTimeoutDefault
 	}
+	if out.SizeSamplePages == 0 {
+		out.SizeSamplePages = SizeSamplePagesDefault
+	}
 	return &out
 }
 
@@ -220,6 +266,12 @@ func (c *Config) validate() error {
 		return fmt.Errorf("culling: Config.ExactCountLimit must be positive or -1, got %d", c.ExactCountLimit)
 	case c.Interval < 0:
 		return fmt.Errorf("culling: Config.Interval must be positive, got %s", c.Interval)
+	case c.MaxAge < 0 || (c.MaxAge > 0 && c.MaxAge < MaxAgeMin):
+		return fmt.Errorf("culling: Config.MaxAge must be 0 (no limit) or at least %s, got %s", MaxAgeMin, c.MaxAge)
+	case c.MaxBytes < 0:
+		return fmt.Errorf("culling: Config.MaxBytes must be positive or 0 (no limit), got %d", c.MaxBytes)
+	case c.SizeSamplePages < 1:
+		return fmt.Errorf("culling: Config.SizeSamplePages must be at least 1, got %d", c.SizeSamplePages)
 	case c.MaxEntries < NoLimit:
 		return fmt.Errorf("culling: Config.MaxEntries must be positive or NoLimit (-1), got %d", c.MaxEntries)
 	case c.NudgeEvery < -1:
@@ -439,6 +491,17 @@ func (c *Culler) check(ctx context.Context) error {
 			return fmt.Errorf("%w: no table %s on the search_path", ErrTableNotFound, cacheTable)
 		}
 		return fmt.Errorf("%w: no table %s in schema %q", ErrTableNotFound, cacheTable, c.cfg.Schema)
+	}
+	if c.cfg.MaxAge > 0 {
+		var column, index bool
+		if _, err := runTx(ctx, conn.Conn(), "", sqlCheckAge, []any{c.table}, func(r pgx.Row) error {
+			return r.Scan(&column, &index)
+		}); err != nil {
+			return fmt.Errorf("culling: check for the written_at column: %w", err)
+		}
+		if !column || !index {
+			return fmt.Errorf("%w: Config.MaxAge needs the written_at column and its index (migrations 004 and 005)", ErrMigrationNeeded)
+		}
 	}
 	var missing []string
 	for _, p := range []struct {

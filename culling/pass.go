@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -22,10 +23,12 @@ type Phase string
 const (
 	// PhaseSweep: removing expired rows. Progress.ExpiredRemoved grows.
 	PhaseSweep Phase = "sweep"
+	// PhaseAge: removing rows older than MaxAge. Progress.AgedOut grows.
+	PhaseAge Phase = "age"
 	// PhaseCount: about to count the table. Sent once per pass.
 	PhaseCount Phase = "count"
-	// PhaseCull: removing live rows because the table is over MaxEntries.
-	// Progress.Culled grows towards Progress.CullTarget.
+	// PhaseCull: removing live rows because the table is over MaxEntries
+	// or MaxBytes. Progress.Culled grows towards Progress.CullTarget.
 	PhaseCull Phase = "cull"
 	// PhaseDone: the pass ended; the Progress holds its totals.
 	PhaseDone Phase = "done"
@@ -33,18 +36,23 @@ const (
 
 // Progress is what Config.OnProgress receives during a pass.
 type Progress struct {
+	// AgedOut is the number of rows older than MaxAge removed so far.
+	AgedOut int64
 	// Count is the number of rows counted after the sweep (see
 	// PassResult.Count); 0 until the pass has counted.
 	Count int64
 	// CountExact reports whether Count is exact rather than estimated.
 	CountExact bool
-	// CullTarget is the most rows the cull phase will remove; 0 when the
-	// table is not over MaxEntries, or not yet counted. When Count is an
+	// CullTarget is the most rows the cull phase will remove for
+	// MaxEntries, or about how many it will remove for MaxBytes; 0 when
+	// the table is under its limits, or not yet counted. When Count is an
 	// estimate the cull can end sooner: it never removes any of the
 	// entries that keep the table at its limit (see docs/culling.md).
 	CullTarget int64
 	// Culled is the number of rows culled so far.
 	Culled int64
+	// CulledBytes is their size, as MaxBytes counts it.
+	CulledBytes int64
 	// Elapsed is the time since the pass began.
 	Elapsed time.Duration
 	// ExpiredRemoved is the number of expired rows removed so far.
@@ -55,6 +63,9 @@ type Progress struct {
 
 // PassResult is what one pass did, or, from DryRun, what it would do.
 type PassResult struct {
+	// AgedOut is the number of rows removed because they were older than
+	// MaxAge (after the sweep, so none of them had expired).
+	AgedOut int64
 	// Count is the number of rows (live or expired) after the expiry sweep:
 	// exact when CountExact, else PostgreSQL's live-row estimate, corrected
 	// by what the cull phase found when it had to look.
@@ -62,8 +73,11 @@ type PassResult struct {
 	// CountExact reports whether Count came from an exact, bounded walk.
 	CountExact bool
 	// Culled is the number of rows removed because the table was over
-	// MaxEntries.
+	// MaxEntries or MaxBytes.
 	Culled int64
+	// CulledBytes is the size of the culled rows as MaxBytes counts them
+	// (exact: each batch returns what it removed).
+	CulledBytes int64
 	// DryRun reports that the result comes from DryRun: nothing was
 	// removed, and ExpiredRemoved and Culled are what a pass would remove.
 	DryRun bool
@@ -74,6 +88,15 @@ type PassResult struct {
 	// Remaining is Count minus Culled: the rows left as the pass saw them,
 	// not counting writes made during the pass.
 	Remaining int64
+	// RemainingSize is Size minus CulledBytes; 0 when Size is.
+	RemainingSize int64
+	// Size is the entries' size in bytes as MaxBytes counts it, estimated
+	// after the sweep and the age phase (see SizeExact); 0 when MaxBytes is
+	// not set, as the pass does not estimate it then.
+	Size int64
+	// SizeExact reports whether Size was measured over the whole table,
+	// which a table of at most SizeSamplePages pages is.
+	SizeExact bool
 	// Skipped reports that another culler held the lock, so this pass did
 	// nothing.
 	Skipped bool
@@ -245,10 +268,13 @@ type pass struct {
 	ctx context.Context // ends on Stop, the caller's cancel and PassTimeout
 	dry bool
 
-	begun  time.Time
-	res    *PassResult
-	target int64
-	asOf   time.Time // rows that expired by then are swept
+	begun       time.Time
+	res         *PassResult
+	target      int64     // rows the cull removes for MaxEntries
+	bytesTarget int64     // bytes the cull removes for MaxBytes
+	bytesRows   int64     // about how many rows that is, for Progress
+	agedBytes   int64     // a dry run's: the bytes of the rows MaxAge would remove
+	asOf        time.Time // rows that expired by then are swept
 
 	lock     *passConn
 	lockTx   pgx.Tx
@@ -263,8 +289,9 @@ func (p *pass) progress(ph Phase) {
 	}
 	r := p.res
 	p.c.cfg.OnProgress(Progress{
-		Count: r.Count, CountExact: r.CountExact, CullTarget: p.target, Culled: r.Culled,
-		Elapsed: time.Since(p.begun), ExpiredRemoved: r.ExpiredRemoved, Phase: ph,
+		AgedOut: r.AgedOut, Count: r.Count, CountExact: r.CountExact, CullTarget: max(p.target, p.bytesRows),
+		Culled: r.Culled, CulledBytes: r.CulledBytes, Elapsed: time.Since(p.begun), ExpiredRemoved: r.ExpiredRemoved,
+		Phase: ph,
 	})
 }
 
@@ -414,16 +441,29 @@ func (p *pass) run() error {
 	if err := p.sweep(); err != nil {
 		return err
 	}
+	if err := p.ageOut(); err != nil {
+		return err
+	}
 	if err := p.count(); err != nil {
+		return err
+	}
+	if err := p.size(); err != nil {
 		return err
 	}
 	if err := p.cull(); err != nil {
 		return err
 	}
-	p.res.Remaining = max(p.res.Count-p.res.Culled, 0)
+	p.finish()
 	p.record()
 	p.progress(PhaseDone)
 	return nil
+}
+
+func (p *pass) finish() {
+	p.res.Remaining = max(p.res.Count-p.res.Culled, 0)
+	if p.res.Size > 0 {
+		p.res.RemainingSize = max(p.res.Size-p.res.CulledBytes, 0)
+	}
 }
 
 // runDry is DryRun's pass: no lock, one connection, nothing removed.
@@ -440,13 +480,19 @@ func (p *pass) runDry() error {
 		return fmt.Errorf("culling: count expired rows: %w", err)
 	}
 	p.res.StartedAt = p.asOf
+	if err := p.ageOut(); err != nil {
+		return err
+	}
 	if err := p.count(); err != nil {
+		return err
+	}
+	if err := p.size(); err != nil {
 		return err
 	}
 	if err := p.cull(); err != nil {
 		return err
 	}
-	p.res.Remaining = max(p.res.Count-p.res.Culled, 0)
+	p.finish()
 	return nil
 }
 
@@ -608,10 +654,12 @@ type cursor struct {
 // startTimed is before every row with an expiry; a key never sorts before "".
 var startTimed = cursor{expires: pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}}
 
-// batchResult is what one batch delete did.
+// batchResult is what one batch delete did: the rows it locked, those it
+// picked of them to remove (see sqlCullBefore), those it removed, and
+// their bytes.
 type batchResult struct {
-	locked, removed int64
-	next            cursor
+	locked, picked, removed, bytes int64
+	next                           cursor
 }
 
 // deleteBatch runs one of the batch deletes (see sqlSweep) with args.
@@ -621,7 +669,7 @@ func (p *pass) deleteBatch(q string, args ...any) (batchResult, error) {
 		lastKey *string
 	)
 	err := p.tx(p.work, sqlBatchSettings, q, args, func(r pgx.Row) error {
-		return r.Scan(&b.locked, &b.removed, &b.next.expires, &lastKey)
+		return r.Scan(&b.locked, &b.picked, &b.removed, &b.bytes, &b.next.expires, &lastKey)
 	})
 	if lastKey != nil {
 		b.next.key = *lastKey
@@ -658,7 +706,7 @@ func (p *pass) sweep() error {
 		if b.removed > 0 {
 			p.progress(PhaseSweep)
 		}
-		if b.removed < b.locked {
+		if b.removed < b.picked {
 			return p.lockLost()
 		}
 		if b.locked < batch {
@@ -682,7 +730,7 @@ func (p *pass) count() error {
 	}
 	p.progress(PhaseCount)
 
-	if p.res.ExpiredRemoved > 0 && !p.dry {
+	if p.res.ExpiredRemoved+p.res.AgedOut > 0 && !p.dry {
 		if err := p.flushStats(); err != nil {
 			return err
 		}
@@ -712,7 +760,66 @@ func (p *pass) count() error {
 		}
 	}
 	if p.dry {
-		p.res.Count = max(p.res.Count-p.res.ExpiredRemoved, 0)
+		p.res.Count = max(p.res.Count-p.res.ExpiredRemoved-p.res.AgedOut, 0)
+	}
+	return nil
+}
+
+// ageOut removes, when MaxAge is set, the rows written more than MaxAge
+// before the pass began, oldest first, in keyset batches over the index on
+// (written_at, key) as the sweep does over (expires, key). A dry run counts
+// them instead.
+func (p *pass) ageOut() error {
+	c := p.c
+	if c.cfg.MaxAge == 0 {
+		return nil
+	}
+	cutoff := p.asOf.Add(-c.cfg.MaxAge)
+	if p.dry {
+		if err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(sqlCountAged, c.table), []any{cutoff, p.asOf},
+			func(r pgx.Row) error { return r.Scan(&p.res.AgedOut, &p.agedBytes) }); err != nil {
+			return fmt.Errorf("culling: count entries older than MaxAge: %w", err)
+		}
+		return nil
+	}
+	q := fmt.Sprintf(sqlAgeOut, c.table)
+	batch := int64(c.cfg.BatchSize)
+	cur := startTimed
+	for {
+		if err := p.heartbeat(false); err != nil {
+			return err
+		}
+		b, err := p.deleteBatch(q, batch, p.lockPID, cutoff, cur.expires, cur.key)
+		if err != nil {
+			return fmt.Errorf("culling: remove entries older than MaxAge: %w", err)
+		}
+		p.res.AgedOut += b.removed
+		if b.removed > 0 {
+			p.progress(PhaseAge)
+		}
+		if b.removed < b.picked {
+			return p.lockLost()
+		}
+		if b.locked < batch {
+			return p.heartbeat(true)
+		}
+		cur = b.next
+	}
+}
+
+// size sets res.Size when MaxBytes is set (see estimateSize).
+func (p *pass) size() error {
+	if p.c.cfg.MaxBytes == 0 {
+		return nil
+	}
+	est, err := p.estimateSize()
+	if err != nil {
+		return err
+	}
+	p.res.Size, p.res.SizeExact = est.Bytes, est.Exact
+	if p.dry && est.Exact {
+		// The dry run read the rows MaxAge would remove; a pass would not.
+		p.res.Size = max(p.res.Size-p.agedBytes, 0)
 	}
 	return nil
 }
@@ -745,79 +852,58 @@ func (p *pass) flushStats() error {
 type cullStep struct {
 	q     string
 	start cursor
-	args  func(limit int64, cur cursor) []any
+	args  func(limit int64, cur cursor) []any // then the budget and the row count are appended
 }
 
 // cull removes rows in eviction order when the table holds more than
 // MaxEntries: max(count/CullFrequency, count − MaxEntries) of them, as
-// Django does (all of them with CullAll).
+// Django does (all of them with CullAll); and, when its size is over
+// MaxBytes, at least the estimated excess in bytes.
 //
 // The count may be PostgreSQL's estimate, which lags deletions as well as
 // insertions, so nothing live is removed on its word. A walk back from the
 // end of eviction order over at most MaxEntries + 1 rows first confirms,
 // exactly, that the table is over the limit, and finds the boundary: the
 // earliest of the `keep` latest rows, keep = min(MaxEntries,
-// count − count/CullFrequency). The cull then removes rows from the front
-// of eviction order up to, never including, that boundary, and no more than
-// count − keep. So a pass never removes an entry while the table is at or
-// under the limit, never leaves fewer than keep of the entries it walked,
-// and never removes more than the estimate implies.
+// count − count/CullFrequency). The count cull then removes rows from the
+// front of eviction order up to, never including, that boundary, and no
+// more than count − keep. So for MaxEntries a pass never removes an entry
+// while the table is at or under the limit, never leaves fewer than keep of
+// the entries it walked, and never removes more than the estimate implies.
+//
+// The byte cull removes rows from the front of eviction order, summing
+// their exact sizes (each batch returns them), until the sum reaches the
+// estimated excess: the table ends within the estimate's error of
+// MaxBytes.
 func (p *pass) cull() error {
 	c := p.c
-	if c.cfg.MaxEntries == NoLimit {
+	countOver := c.cfg.MaxEntries != NoLimit && p.res.Count > int64(c.cfg.MaxEntries)
+	bytesOver := c.cfg.MaxBytes > 0 && p.res.Size > c.cfg.MaxBytes
+	if !countOver && !bytesOver {
 		return nil
 	}
-	maxEntries := int64(c.cfg.MaxEntries)
-	if p.res.Count <= maxEntries {
-		return nil
-	}
-	keep := int64(0)
-	if c.cfg.CullFrequency != CullAll {
-		keep = min(maxEntries, p.res.Count-p.res.Count/int64(c.cfg.CullFrequency))
-	}
-	// The boundary: the keep-th row from the end.
 	var (
-		found bool
-		bound cursor
+		keep   int64
+		found  bool
+		bound  cursor
+		before int64
 	)
-	if keep > 0 {
-		var bKey *string
-		err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(sqlBoundary, c.table), []any{p.asOf, keep - 1},
-			func(r pgx.Row) error { return r.Scan(&bound.expires, &bKey) })
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			// Fewer than keep rows: under the limit (found stays false, and
-			// the count below says so).
-		case err != nil:
-			return fmt.Errorf("culling: find the cull boundary: %w", err)
-		default:
-			found, bound.key = true, *bKey
-		}
-	}
-	// The rows before it, counted up to what proves the table over the
-	// limit (and, in a dry run, up to what the cull would remove).
-	need := maxEntries + 1 - keep
-	if p.dry {
-		need = max(need, p.res.Count-keep)
-	}
-	var before int64
-	if keep == 0 || found {
-		if err := p.countBefore(found, bound, need, &before); err != nil {
-			return err
-		}
-	} else {
-		keep = 0
-		if err := p.countBefore(false, bound, maxEntries+1, &before); err != nil {
+	if countOver {
+		var err error
+		if keep, found, bound, before, countOver, err = p.countBoundary(); err != nil {
 			return err
 		}
 	}
-	if walked := keep + min(before, maxEntries+1-keep); walked <= maxEntries {
-		// Not over the limit after all: the count was an estimate that had
-		// not caught up with deletions. The walk counted every row.
-		p.res.Count, p.res.CountExact = keep+before, true
+	if !countOver && !bytesOver {
 		return nil
 	}
-	p.target = p.res.Count - keep
+	if countOver {
+		p.target = p.res.Count - keep
+	}
+	if bytesOver {
+		p.bytesTarget = p.res.Size - c.cfg.MaxBytes
+		p.bytesRows = p.rowsFor(p.bytesTarget)
+	}
 
 	var steps []cullStep
 	timed := func(q string) cullStep {
@@ -826,7 +912,7 @@ func (p *pass) cull() error {
 		}}
 	}
 	switch {
-	case !found: // CullAll: everything, rows with an expiry first
+	case bytesOver || !found: // everything may go, rows with an expiry first
 		steps = []cullStep{timed(sqlCullTimed), {q: fmt.Sprintf(sqlCullNull, c.table), args: func(limit int64, cur cursor) []any {
 			return []any{limit, p.lockPID, cur.key}
 		}}}
@@ -841,11 +927,7 @@ func (p *pass) cull() error {
 	}
 
 	if p.dry {
-		p.res.Culled = min(before, p.target)
-		if before < p.target && !p.res.CountExact {
-			p.res.Count = before + keep
-		}
-		return nil
+		return p.dryCull(countOver, bytesOver, before, keep)
 	}
 	p.progress(PhaseCull)
 	defer func() {
@@ -853,24 +935,46 @@ func (p *pass) cull() error {
 			_ = p.flushStats() // best effort: the rows are gone either way
 		}
 	}()
+	done := func() bool {
+		return (!countOver || p.res.Culled >= p.target) && (!bytesOver || p.res.CulledBytes >= p.bytesTarget)
+	}
 	batch := int64(c.cfg.BatchSize)
 	for _, st := range steps {
 		cur := st.start
 		for {
-			if p.res.Culled >= p.target {
+			if done() {
 				return nil
 			}
 			if err := p.heartbeat(false); err != nil {
 				return err
 			}
-			want := min(batch, p.target-p.res.Culled)
-			b, err := p.deleteBatch(st.q, st.args(want, cur)...)
+			var want int64
+			if countOver {
+				want = p.target - p.res.Culled
+			}
+			if bytesOver {
+				// Batches shrink to about the rows the rest of the excess
+				// takes, so the last one overshoots by about a row, not by
+				// a batch of large values.
+				want = max(want, p.rowsFor(p.bytesTarget-p.res.CulledBytes))
+			}
+			want = min(max(want, 1), batch)
+			// The byte budget, when MaxBytes calls for it, and the rows
+			// MaxEntries still calls for whatever their bytes.
+			var budget *int64
+			rows := max(p.target-p.res.Culled, 0)
+			if bytesOver {
+				left := p.bytesTarget - p.res.CulledBytes
+				budget = &left
+			}
+			b, err := p.deleteBatch(st.q, append(st.args(want, cur), budget, rows)...)
 			if err != nil {
 				return fmt.Errorf("culling: cull: %w", err)
 			}
 			p.res.Culled += b.removed
+			p.res.CulledBytes += b.bytes
 			p.progress(PhaseCull)
-			if b.removed < b.locked {
+			if b.removed < b.picked {
 				return p.lockLost()
 			}
 			if b.locked < want {
@@ -879,12 +983,100 @@ func (p *pass) cull() error {
 			cur = b.next
 		}
 	}
+	if done() {
+		return nil
+	}
 	// Every row before the boundary is gone (but those writers held), and
 	// the walk left keep rows from it on: a better count than an estimate.
-	if !p.res.CountExact {
+	if !p.res.CountExact && !bytesOver {
 		p.res.Count = p.res.Culled + keep
 	}
 	return p.heartbeat(true)
+}
+
+// countBoundary confirms that the table is over MaxEntries and finds the
+// count cull's boundary (see cull). over is false when the table turned out
+// not to be over the limit; the count is then corrected.
+func (p *pass) countBoundary() (keep int64, found bool, bound cursor, before int64, over bool, err error) {
+	c := p.c
+	maxEntries := int64(c.cfg.MaxEntries)
+	if c.cfg.CullFrequency != CullAll {
+		keep = min(maxEntries, p.res.Count-p.res.Count/int64(c.cfg.CullFrequency))
+	}
+	// The boundary: the keep-th row from the end.
+	if keep > 0 {
+		var bKey *string
+		err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(sqlBoundary, c.table), []any{p.asOf, keep - 1},
+			func(r pgx.Row) error { return r.Scan(&bound.expires, &bKey) })
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			// Fewer than keep rows: under the limit (the count below says so).
+		case err != nil:
+			return 0, false, bound, 0, false, fmt.Errorf("culling: find the cull boundary: %w", err)
+		default:
+			found, bound.key = true, *bKey
+		}
+	}
+	// The rows before it, counted up to what proves the table over the
+	// limit (and, in a dry run, up to what the cull would remove).
+	need := maxEntries + 1 - keep
+	if p.dry {
+		need = max(need, p.res.Count-keep)
+	}
+	if keep > 0 && !found {
+		keep, need = 0, maxEntries+1
+	}
+	if err := p.countBefore(found, bound, need, &before); err != nil {
+		return 0, false, bound, 0, false, err
+	}
+	if walked := keep + min(before, maxEntries+1-keep); walked <= maxEntries {
+		// Not over the limit after all: the count was an estimate that had
+		// not caught up with deletions. The walk counted every row.
+		p.res.Count, p.res.CountExact = keep+before, true
+		return keep, found, bound, before, false, nil
+	}
+	return keep, found, bound, before, true, nil
+}
+
+// rowsFor is about how many rows hold bytes, at the mean size of the rows
+// culled so far, or else of the table.
+func (p *pass) rowsFor(bytes int64) int64 {
+	mean := float64(p.res.Size) / float64(max(p.res.Count, 1))
+	if p.res.Culled > 0 {
+		mean = float64(p.res.CulledBytes) / float64(p.res.Culled)
+	}
+	if bytes <= 0 {
+		return 0
+	}
+	return int64(math.Ceil(float64(bytes) / max(mean, 1)))
+}
+
+// dryCull is the dry run's cull: it counts the rows the cull would remove,
+// and for MaxBytes their bytes, walking eviction order without removing.
+func (p *pass) dryCull(countOver, bytesOver bool, before, keep int64) error {
+	if countOver {
+		p.res.Culled = min(before, p.target)
+		if before < p.target && !p.res.CountExact && !bytesOver {
+			p.res.Count = before + keep
+		}
+	}
+	if !bytesOver {
+		return nil
+	}
+	// Walk the front of eviction order, doubling the walk until it covers
+	// both targets or the table.
+	minRows := p.res.Culled
+	for limit := max(p.rowsFor(p.bytesTarget)*2, minRows, int64(p.c.cfg.BatchSize)); ; limit *= 2 {
+		var n, run, walked int64
+		if err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(sqlSizeFront, p.c.table), []any{p.asOf, limit, p.bytesTarget, minRows},
+			func(r pgx.Row) error { return r.Scan(&n, &run, &walked) }); err != nil {
+			return fmt.Errorf("culling: count the rows to cull: %w", err)
+		}
+		if walked < limit || n < walked {
+			p.res.Culled, p.res.CulledBytes = n, run
+			return nil
+		}
+	}
 }
 
 // countBefore counts, up to limit, the rows that had not expired at the
@@ -912,21 +1104,46 @@ func (p *pass) countBefore(found bool, bound cursor, limit int64, n *int64) erro
 }
 
 // record writes the pass to the state table. It does not fail the pass: the
-// rows are removed whether or not the record is written.
+// rows are removed whether or not the record is written. On a schema
+// without migration 004 it records what the state table has columns for.
 func (p *pass) record() {
+	c := p.c
 	r := p.res
-	err := p.tx(p.work, sqlAsyncCommit, fmt.Sprintf(sqlRecord, p.c.state),
-		[]any{r.StartedAt, r.ExpiredRemoved, r.Culled, r.Count, r.CountExact, r.Remaining, p.c.runner}, nil)
+	var (
+		size, maxEntries, maxBytes *int64
+		maxAge                     *time.Duration
+	)
+	if c.cfg.MaxBytes > 0 {
+		size, maxBytes = &r.Size, &c.cfg.MaxBytes
+	}
+	if c.cfg.MaxEntries != NoLimit {
+		n := int64(c.cfg.MaxEntries)
+		maxEntries = &n
+	}
+	if c.cfg.MaxAge > 0 {
+		maxAge = &c.cfg.MaxAge
+	}
+	err := p.tx(p.work, sqlAsyncCommit, fmt.Sprintf(sqlRecordV4, c.state),
+		[]any{r.StartedAt, r.ExpiredRemoved, r.Culled, r.Count, r.CountExact, r.Remaining, c.runner,
+			r.AgedOut, r.CulledBytes, size, maxEntries, maxBytes, maxAge}, nil)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42703" { // undefined_column: no migration 004
+		if c.warnedState.CompareAndSwap(false, true) {
+			c.cfg.Logger.WarnContext(p.ctx, "culling.Culler: "+StateTable+" lacks the columns of migration 004; "+
+				"apply the migrations so `dbcache stats` can show the limits, the size and what MaxAge removed")
+		}
+		err = p.tx(p.work, sqlAsyncCommit, fmt.Sprintf(sqlRecord, c.state),
+			[]any{r.StartedAt, r.ExpiredRemoved, r.Culled, r.Count, r.CountExact, r.Remaining, c.runner}, nil)
+	}
 	if err == nil || p.ctx.Err() != nil {
 		return
 	}
-	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table
-		if p.c.warnedState.CompareAndSwap(false, true) {
-			p.c.cfg.Logger.WarnContext(p.ctx, "culling.Culler: cannot record passes: "+StateTable+
+		if c.warnedState.CompareAndSwap(false, true) {
+			c.cfg.Logger.WarnContext(p.ctx, "culling.Culler: cannot record passes: "+StateTable+
 				" is missing; apply the migrations (002) so `dbcache stats` can show the last cull")
 		}
 		return
 	}
-	p.c.cfg.Logger.WarnContext(p.ctx, "culling.Culler: cannot record the pass", "error", err)
+	c.cfg.Logger.WarnContext(p.ctx, "culling.Culler: cannot record the pass", "error", err)
 }

@@ -3,6 +3,7 @@ package migrations_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -12,13 +13,14 @@ import (
 	"github.com/dbcache/dbcache/migrations"
 )
 
-// indexes lists the cache table's indexes as name: definition, with
-// whether each is valid.
+// indexes lists the cache table's indexes but the one on written_at
+// (migration 005), with whether each is valid.
 func indexes(t *testing.T, pool *pgxpool.Pool, s *dbtest.Schema) map[string]bool {
 	t.Helper()
 	rows, err := pool.Query(context.Background(), `
 		SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-		 WHERE i.indrelid = to_regclass($1)`, pgx.Identifier{s.Name, migrations.Table}.Sanitize())
+		 WHERE i.indrelid = to_regclass($1) AND c.relname <> 'dbcache_entries_written_at_idx'`,
+		pgx.Identifier{s.Name, migrations.Table}.Sanitize())
 	require.NoError(t, err)
 	out := map[string]bool{}
 	for rows.Next() {
@@ -65,7 +67,7 @@ func TestIndexMigration(t *testing.T) {
 	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_get_indexdef(to_regclass('dbcache_entries_expires_key_idx'))`).Scan(&def))
 	require.Contains(t, def, "(expires, key)")
 
-	require.NoError(t, m.Down(ctx, 1))
+	require.NoError(t, m.Down(ctx, int(migrations.Latest())-2))
 	require.Equal(t, map[string]bool{"dbcache_entries_pkey": true, "dbcache_entries_expires_idx": true}, indexes(t, pool, s))
 	require.Equal(t, 5000, dbtest.Count(t, pool))
 }
@@ -104,4 +106,47 @@ func TestIndexMigrationPrebuilt(t *testing.T) {
 		require.NoError(t, pool.QueryRow(ctx, `SELECT pg_get_indexdef(to_regclass('dbcache_entries_expires_key_idx'))`).Scan(&def))
 		require.Contains(t, def, "(expires, key)")
 	})
+}
+
+// Migrations 4 and 5 add written_at and its partial index to a table that
+// holds rows without rewriting it: the rows there count as written when the
+// migration ran. And back.
+func TestWrittenAtMigration(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	_, m, pool := atVersion2(t)
+	require.NoError(t, m.Up(ctx))
+	require.NoError(t, m.Down(ctx, 2)) // at version 3, with rows
+	var file uint32
+	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_relation_filenode('dbcache_entries')`).Scan(&file))
+
+	require.NoError(t, m.Up(ctx))
+	var after uint32
+	var oldest, newest, now time.Time
+	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_relation_filenode('dbcache_entries'), min(written_at), max(written_at), now()
+		FROM dbcache_entries`).Scan(&after, &oldest, &newest, &now))
+	require.Equal(t, file, after, "the table was not rewritten")
+	require.True(t, oldest.Equal(newest), "the rows there share the migration's time")
+	require.WithinDuration(t, now, oldest, time.Minute)
+
+	// New rows take the time of their statement.
+	dbtest.Exec(t, pool, `INSERT INTO dbcache_entries (key, value, expires) VALUES ('new', '\x00', NULL)`)
+	var written time.Time
+	require.NoError(t, pool.QueryRow(ctx, `SELECT written_at FROM dbcache_entries WHERE key = 'new'`).Scan(&written))
+	require.True(t, written.After(oldest))
+
+	// The index holds the never-expiring rows and those expiring more than
+	// an hour after they were written, and nothing else.
+	var def string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT pg_get_indexdef(to_regclass('dbcache_entries_written_at_idx'))`).Scan(&def))
+	require.Contains(t, def, "(written_at, key)")
+	require.Contains(t, def, "WHERE ((expires IS NULL) OR ((expires - written_at) > '01:00:00'::interval))")
+
+	require.NoError(t, m.Down(ctx, 2))
+	var exists bool
+	require.NoError(t, pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_attribute
+		WHERE attrelid = to_regclass('dbcache_entries') AND attname = 'written_at' AND NOT attisdropped)`).Scan(&exists))
+	require.False(t, exists)
+	require.Equal(t, 5001, dbtest.Count(t, pool))
+	require.NoError(t, m.Up(ctx))
 }
