@@ -12,9 +12,9 @@ func TestMigrate(t *testing.T) {
 	t.Parallel()
 	b := setup(t, false)
 	latest := float64(migrations.Latest())
-	require.GreaterOrEqual(t, latest, float64(3), "the test walks down from 3")
+	require.GreaterOrEqual(t, latest, float64(5), "the test walks down from 5")
 
-	require.Equal(t, "version 0 (latest 3: 3 pending; run `dbcache migrate up`)\n", b.ok(t, "migrate", "version"))
+	require.Equal(t, "version 0 (latest 5: 5 pending; run `dbcache migrate up`)\n", b.ok(t, "migrate", "version"))
 	require.Equal(t, map[string]any{"version": 0.0, "dirty": false, "latest": latest, "pending": latest}, b.json(t, 0, "migrate", "version"))
 
 	// Before migrating, cache commands say what to do.
@@ -22,18 +22,18 @@ func TestMigrate(t *testing.T) {
 	requireCode(t, 1, r)
 	requireErrorLine(t, r, "no cache table (dbcache_entries) in schema "+b.schema.Name+": run `dbcache migrate up --schema "+b.schema.Name+"` first")
 
-	require.Equal(t, "migrated up from version 0 to 3\n", b.ok(t, "migrate", "up"))
-	require.Equal(t, "already at version 3 (up to date)\n", b.ok(t, "migrate", "up"))
-	require.Equal(t, "version 3 (up to date)\n", b.ok(t, "migrate", "version"))
+	require.Equal(t, "migrated up from version 0 to 5\n", b.ok(t, "migrate", "up"))
+	require.Equal(t, "already at version 5 (up to date)\n", b.ok(t, "migrate", "up"))
+	require.Equal(t, "version 5 (up to date)\n", b.ok(t, "migrate", "version"))
 	b.ok(t, "set", "k", "v")
 
-	require.Equal(t, "migrated down from version 3 to 2\n", b.ok(t, "migrate", "down"))
-	require.Equal(t, map[string]any{"from": 2.0, "to": 0.0, "latest": latest}, b.json(t, 0, "migrate", "down", "--steps", "5"))
+	require.Equal(t, "migrated down from version 5 to 4\n", b.ok(t, "migrate", "down"))
+	require.Equal(t, map[string]any{"from": 4.0, "to": 0.0, "latest": latest}, b.json(t, 0, "migrate", "down", "--steps", "5"))
 	require.Equal(t, "already at version 0; nothing to revert\n", b.ok(t, "migrate", "down"))
 	require.False(t, scalar[bool](t, b.pool, `SELECT to_regclass('dbcache_entries') IS NOT NULL`), "the table is gone")
 
 	require.Equal(t, map[string]any{"from": 0.0, "to": latest, "latest": latest}, b.json(t, 0, "migrate", "up"))
-	require.Equal(t, "migrated down from version 3 to 0\n", b.ok(t, "migrate", "down", "--all"))
+	require.Equal(t, "migrated down from version 5 to 0\n", b.ok(t, "migrate", "down", "--all"))
 	b.ok(t, "migrate", "up")
 
 	r = b.run(t, opts{}, "migrate", "down", "--all", "--steps", "2")
@@ -55,7 +55,7 @@ func TestMigrateDirty(t *testing.T) {
 	_, err := b.pool.Exec(t.Context(), `UPDATE dbcache_schema_migrations SET dirty = true`)
 	require.NoError(t, err)
 
-	require.Contains(t, b.ok(t, "migrate", "version"), "version 3 (dirty")
+	require.Contains(t, b.ok(t, "migrate", "version"), "version 5 (dirty")
 	require.Equal(t, true, b.json(t, 0, "migrate", "version")["dirty"])
 
 	for _, args := range [][]string{{"migrate", "up"}, {"migrate", "down"}} {
@@ -63,9 +63,9 @@ func TestMigrateDirty(t *testing.T) {
 		requireCode(t, 1, r)
 		// One line that says what happened and both ways out.
 		require.Equal(t, 1, countLines(r.stderr), "stderr: %q", r.stderr)
-		requireErrorLine(t, r, "dirty at version 3", "failed part way",
-			"`dbcache migrate force 3 --schema "+b.schema.Name+"`",
-			"`dbcache migrate force 2 --schema "+b.schema.Name+"`")
+		requireErrorLine(t, r, "dirty at version 5", "failed part way",
+			"`dbcache migrate force 5 --schema "+b.schema.Name+"`",
+			"`dbcache migrate force 4 --schema "+b.schema.Name+"`")
 	}
 
 	r := b.run(t, opts{}, "migrate", "force", "99")
@@ -74,11 +74,11 @@ func TestMigrateDirty(t *testing.T) {
 	r = b.run(t, opts{}, "migrate", "force", "two")
 	requireCode(t, 2, r)
 
-	require.Equal(t, "forced version 3 (was 3, dirty); nothing was run\n", b.ok(t, "migrate", "force", "3"))
-	require.Equal(t, "version 3 (up to date)\n", b.ok(t, "migrate", "version"))
-	require.Equal(t, map[string]any{"from": 3.0, "to": 2.0, "latest": 3.0}, b.json(t, 0, "migrate", "force", "2"))
-	require.Equal(t, "migrated up from version 2 to 3\n", b.ok(t, "migrate", "up"),
-		"after force 2, up re-runs migration 3 (its IF [NOT] EXISTS makes that safe)")
+	require.Equal(t, "forced version 5 (was 5, dirty); nothing was run\n", b.ok(t, "migrate", "force", "5"))
+	require.Equal(t, "version 5 (up to date)\n", b.ok(t, "migrate", "version"))
+	require.Equal(t, map[string]any{"from": 5.0, "to": 4.0, "latest": 5.0}, b.json(t, 0, "migrate", "force", "4"))
+	require.Equal(t, "migrated up from version 4 to 5\n", b.ok(t, "migrate", "up"),
+		"after force 4, up re-runs migration 5 (its IF [NOT] EXISTS makes that safe)")
 }
 
 func countLines(s string) int {

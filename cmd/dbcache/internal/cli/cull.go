@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,7 +28,13 @@ type passJSON struct {
 	Skipped         bool      `json:"skipped"`
 	Interrupted     bool      `json:"interrupted"`
 	DryRun          bool      `json:"dry_run"`
-	Error           string    `json:"error,omitempty"`
+	AgedOut         int64     `json:"aged_out"`
+	CulledBytes     int64     `json:"culled_bytes"`
+	// Size and RemainingSize are null unless --max-bytes is given.
+	Size          *int64 `json:"size"`
+	SizeExact     bool   `json:"size_exact"`
+	RemainingSize *int64 `json:"remaining_size"`
+	Error         string `json:"error,omitempty"`
 }
 
 func (a *app) cullCommand() *cobra.Command {
@@ -36,14 +45,20 @@ func (a *app) cullCommand() *cobra.Command {
 		batchSize     int
 		passTimeout   time.Duration
 		dryRun        bool
+		maxBytes      string
+		maxAge        string
 	)
 	cmd := &cobra.Command{
 		Use:   "cull",
-		Short: "Remove expired entries; with --max-entries, cull the table down to it",
-		Long: `Run one culling pass: remove expired entries. With --max-entries N, then, if
-the table still holds more than N entries, remove 1/--cull-frequency of them
-(those closest to expiry first, never-expiring ones last), as Django's
-database cache culls; a pass never goes below N. Without --max-entries no
+		Short: "Remove expired entries; with --max-entries, --max-bytes or --max-age, cull down to them",
+		Long: `Run one culling pass: remove expired entries. With --max-age D, then remove
+every entry written more than D ago, whatever its expiry (at least 1h; needs
+migration 5). With --max-entries N, then, if the table still holds more than
+N entries, remove 1/--cull-frequency of them (those closest to expiry first,
+never-expiring ones last), as Django's database cache culls; a pass never
+goes below N. With --max-bytes SIZE (2GB, 500MiB, or bytes), remove entries
+in the same order until the cache's estimated size (keys and values as
+stored, plus 44 bytes an entry) is back under SIZE. Without one of these no
 live entry is ever removed. With --every, run a pass at that interval until
 interrupted.
 
@@ -65,6 +80,7 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 		Example: `  dbcache cull
   dbcache cull --max-entries 100000 --dry-run
   dbcache cull --max-entries 50000 --cull-frequency 4
+  dbcache cull --max-bytes 2GB --max-age 720h
   dbcache cull --every 30s --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -80,6 +96,22 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 				return usagef("--cull-frequency needs --max-entries: without a limit no live entry is culled")
 			case dryRun && every > 0:
 				return usagef("--dry-run runs one pass; leave out --every")
+			}
+			var bytesLimit int64
+			if cmd.Flags().Changed("max-bytes") {
+				n, err := parseBytes(maxBytes)
+				if err != nil || n < 1 {
+					return usagef("--max-bytes wants a size such as 2GB, 500MiB or 1048576, got %q", maxBytes)
+				}
+				bytesLimit = n
+			}
+			var ageLimit time.Duration
+			if cmd.Flags().Changed("max-age") {
+				d, err := parseAge(maxAge)
+				if err != nil || d < culling.MaxAgeMin {
+					return usagef("--max-age wants a duration of at least %s, such as 720h or 30d, got %q", culling.MaxAgeMin, maxAge)
+				}
+				ageLimit = d
 			}
 			limit := culling.NoLimit
 			if limited {
@@ -100,11 +132,13 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 			}
 			defer pool.Close()
 
-			r := &cullRun{a: a, dryRun: dryRun}
+			r := &cullRun{a: a, dryRun: dryRun, aged: ageLimit > 0, sized: bytesLimit > 0}
 			culler, err := culling.New(pool, &culling.Config{
 				BatchSize:     batchSize,
 				CullFrequency: freq,
 				Logger:        a.log,
+				MaxAge:        ageLimit,
+				MaxBytes:      bytesLimit,
 				MaxEntries:    limit,
 				NudgeEvery:    -1,
 				OnProgress:    r.onProgress,
@@ -124,6 +158,8 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 	f.IntVar(&batchSize, "batch-size", culling.BatchSizeDefault, "most rows one DELETE removes")
 	f.DurationVar(&passTimeout, "pass-timeout", culling.PassTimeoutDefault, "bound on one pass")
 	f.BoolVar(&dryRun, "dry-run", false, "report what a pass would remove, and remove nothing")
+	f.StringVar(&maxBytes, "max-bytes", "", "most bytes the entries may take (2GB, 500MiB, bytes); over it, cull in eviction order")
+	f.StringVar(&maxAge, "max-age", "", "remove every entry written longer ago than this (720h, 30d; at least 1h)")
 	return cmd
 }
 
@@ -132,6 +168,8 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 type cullRun struct {
 	a      *app
 	dryRun bool
+	aged   bool // --max-age was given
+	sized  bool // --max-bytes was given
 
 	mu   sync.Mutex
 	tick *ticker
@@ -221,7 +259,10 @@ func (r *cullRun) print(pass int, numbered bool, res *culling.PassResult, err er
 			Pass: pass, StartedAt: res.StartedAt, DurationSeconds: res.Duration.Seconds(),
 			ExpiredRemoved: res.ExpiredRemoved, Culled: res.Culled, Count: res.Count,
 			CountExact: res.CountExact, Remaining: res.Remaining, Skipped: res.Skipped, Interrupted: interrupted,
-			DryRun: res.DryRun,
+			DryRun: res.DryRun, AgedOut: res.AgedOut, CulledBytes: res.CulledBytes, SizeExact: res.SizeExact,
+		}
+		if r.sized {
+			pj.Size, pj.RemainingSize = &res.Size, &res.RemainingSize
 		}
 		if err != nil {
 			pj.Error = errorLine(err, a.g.connectTimeout)
@@ -244,12 +285,13 @@ func (r *cullRun) print(pass int, numbered bool, res *culling.PassResult, err er
 		a.println("%sinterrupted after removing %s expired and culling %s", prefix,
 			humanCount(res.ExpiredRemoved), humanCount(res.Culled))
 	case res.DryRun:
-		a.println("%sdry run: would remove %s expired and cull %s; %s entries would be left (%s); nothing was removed", prefix,
-			humanCount(res.ExpiredRemoved), humanCount(res.Culled), humanCount(res.Remaining), countKind(res))
+		a.println("%sdry run: would remove %s expired%s and cull %s%s; %s entries would be left (%s)%s; nothing was removed", prefix,
+			humanCount(res.ExpiredRemoved), r.agedText(res), humanCount(res.Culled), r.bytesText(res),
+			humanCount(res.Remaining), countKind(res), r.sizeText(res))
 	default:
-		a.println("%sremoved %s expired, culled %s; %s entries left (%s); took %s", prefix,
-			humanCount(res.ExpiredRemoved), humanCount(res.Culled), humanCount(res.Remaining), countKind(res),
-			roundDuration(res.Duration))
+		a.println("%sremoved %s expired%s, culled %s%s; %s entries left (%s)%s; took %s", prefix,
+			humanCount(res.ExpiredRemoved), r.agedText(res), humanCount(res.Culled), r.bytesText(res),
+			humanCount(res.Remaining), countKind(res), r.sizeText(res), roundDuration(res.Duration))
 	}
 	return nil
 }
@@ -259,4 +301,74 @@ func countKind(res *culling.PassResult) string {
 		return "exact count"
 	}
 	return "estimate"
+}
+
+// agedText, bytesText and sizeText are the parts of a pass's line that
+// --max-age and --max-bytes add.
+func (r *cullRun) agedText(res *culling.PassResult) string {
+	if !r.aged {
+		return ""
+	}
+	return fmt.Sprintf(" and %s past --max-age", humanCount(res.AgedOut))
+}
+
+func (r *cullRun) bytesText(res *culling.PassResult) string {
+	if !r.sized {
+		return ""
+	}
+	return fmt.Sprintf(" (%s)", humanBytes(res.CulledBytes))
+}
+
+func (r *cullRun) sizeText(res *culling.PassResult) string {
+	if !r.sized {
+		return ""
+	}
+	kind := "estimate"
+	if res.SizeExact {
+		kind = "measured"
+	}
+	return fmt.Sprintf(", %s of entries (%s)", humanBytes(res.RemainingSize), kind)
+}
+
+// parseBytes reads a size: a number of bytes, or a number with a unit, B,
+// kB/KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (of 1024), in
+// any case, with or without a space.
+func parseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || v < 0 || math.IsInf(v, 0) {
+		return 0, fmt.Errorf("not a size: %q", s)
+	}
+	mult, ok := map[string]float64{
+		"": 1, "b": 1,
+		"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+		"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+	}[unit]
+	if !ok {
+		return 0, fmt.Errorf("unknown size unit in %q", s)
+	}
+	n := v * mult
+	if n > math.MaxInt64/2 {
+		return 0, fmt.Errorf("size too large: %q", s)
+	}
+	return int64(n), nil
+}
+
+// parseAge reads a duration as Go writes one (720h, 90m) or a number of
+// days (30d).
+func parseAge(s string) (time.Duration, error) {
+	t := strings.TrimSpace(s)
+	if days, ok := strings.CutSuffix(t, "d"); ok {
+		v, err := strconv.ParseFloat(days, 64)
+		if err != nil || v < 0 || v > 100*365 {
+			return 0, fmt.Errorf("not a number of days: %q", s)
+		}
+		return time.Duration(v * float64(24*time.Hour)), nil
+	}
+	return time.ParseDuration(t)
 }
