@@ -176,6 +176,8 @@ func classify(err error) error {
 		return fmt.Errorf("%w: %w", ErrNoPrivilege, err)
 	case "42P01": // undefined_table
 		return fmt.Errorf("%w: %w", ErrTableNotFound, err)
+	case "42703": // undefined_column: written_at, before migration 004
+		return fmt.Errorf("%w: %w", ErrMigrationNeeded, err)
 	}
 	return err
 }

@@ -218,6 +218,8 @@ func TestMaxAgeConfig(t *testing.T) {
 	require.NoError(t, m.Down(context.Background(), 2)) // version 3: no written_at
 	c, _ := newCuller(t, s.Pool(t), &culling.Config{MaxAge: culling.MaxAgeMin})
 	require.ErrorIs(t, c.Start(context.Background()), culling.ErrMigrationNeeded)
+	_, err = c.RunOnce(context.Background())
+	require.ErrorIs(t, err, culling.ErrMigrationNeeded, "so does a pass")
 	// Without MaxAge the culler works on that schema, and records what the
 	// state table has room for.
 	plain, sink := newCuller(t, s.Pool(t), &culling.Config{MaxEntries: 30})
