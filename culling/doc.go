@@ -36,6 +36,14 @@
 // [LastPass] reads what the last pass did, from any process. With
 // Config.MaxEntries set to [NoLimit] a pass only removes expired entries.
 //
+// # Size and age
+//
+// Config.MaxBytes bounds the entries' size (keys and values as stored, plus
+// [RowOverhead] each), estimated without a scan ([EstimateSize]); over it, a
+// pass culls in eviction order until the estimate is back under it.
+// Config.MaxAge removes every entry written longer ago, whatever its
+// timeout (migrations 004 and 005).
+//
 // # One culler at a time
 //
 // Any number of Cullers in any number of processes may run over one table.

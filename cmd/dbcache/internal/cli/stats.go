@@ -221,7 +221,9 @@ func (a *app) statsCommand() *cobra.Command {
 		Short: "Show the cache table's size, expiry and culling figures",
 		Long: `Show the cache table's entries (an exact count: a full scan of the table),
 how many have expired but are not yet removed, table and index sizes, dead
-tuples, the earliest and latest expiry, and the last culling pass.
+tuples (table and TOAST), the earliest and latest expiry, the entries' size
+as cull --max-bytes counts it (measured, and as a pass would estimate it),
+the oldest write, and the last culling pass with the limits it enforced.
 
 Dead tuples and vacuum times come from PostgreSQL's statistics and lag a
 little; everything else is exact as of the statement.`,
