@@ -105,16 +105,18 @@ type PassResult struct {
 	StartedAt time.Time
 }
 
-// RunOnce runs one pass: remove expired rows, then, if the table holds more
-// than MaxEntries, cull it. It returns at once with Skipped set when another
-// culler holds the lock. Every pass is bounded by Config.PassTimeout and ctx.
+// RunOnce runs one pass: remove expired rows and, with MaxAge, rows older
+// than it; then, if the table holds more than MaxEntries or its size is over
+// MaxBytes, cull it. It returns at once with Skipped set when another culler
+// holds the lock. Every pass is bounded by Config.PassTimeout and ctx.
 //
 // When ctx ends (or PassTimeout passes) the pass stops after the statement
 // in progress, which has stopGrace (2 s) to finish before it is cancelled on
 // the server; RunOnce returns once the pass's lock is released (see
 // docs/culling.md). On error the result still holds what was removed before
 // it; removed rows stay removed. Returns ErrTableNotFound when the cache
-// table is missing and ErrNoPrivilege when the role may not cull it.
+// table is missing, ErrNoPrivilege when the role may not cull it, and
+// ErrMigrationNeeded when MaxAge is set on a schema without written_at.
 // RunOnce needs no Start and may run alongside a started Culler (the two
 // take turns on the lock).
 func (c *Culler) RunOnce(ctx context.Context) (*PassResult, error) {
@@ -122,8 +124,10 @@ func (c *Culler) RunOnce(ctx context.Context) (*PassResult, error) {
 }
 
 // DryRun reports what a pass would remove now, removing nothing: the rows
-// that have expired (PassResult.ExpiredRemoved) and the rows the cull would
-// remove (PassResult.Culled), found as a pass finds them. It takes no lock,
+// that have expired (PassResult.ExpiredRemoved), those older than MaxAge
+// (AgedOut) and those the cull would remove (Culled, CulledBytes), found as
+// a pass finds them (the size from a sample of its own, so a cull for
+// MaxBytes can differ by the estimate's error). It takes no lock,
 // so it runs even while another culler's pass does, and it is not recorded
 // in the state table nor in Health. It costs what counting those rows
 // costs: an index walk over them. Bounded by Config.PassTimeout and ctx.
