@@ -116,10 +116,11 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	ctx, cancel := cache.bound(ctx)
 	defer cancel()
 	var (
-		oid       int64
-		isolation string
+		oid        int64
+		isolation  string
+		hasWritten bool
 	)
-	if err := pool.QueryRow(ctx, qCheck, s.q.table).Scan(&oid, &isolation); err != nil {
+	if err := pool.QueryRow(ctx, qCheck, s.q.table).Scan(&oid, &isolation, &hasWritten); err != nil {
 		s.bgCancel()
 		return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
 	}
@@ -149,6 +150,10 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 			where = "in schema " + strconv.Quote(c.Schema)
 		}
 		return nil, fmt.Errorf("%w (no table %s %s)", ErrNotMigrated, TableName, where)
+	}
+	if !hasWritten {
+		s.bgCancel()
+		return nil, fmt.Errorf("%w: the cache table predates migration 4 (written_at), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrNotMigrated)
 	}
 	return cache, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -47,6 +48,20 @@ type Stats struct {
 	DeadTuples     int64      `json:"dead_tuples"`
 	LastVacuum     *time.Time `json:"last_vacuum"`
 	LastAutovacuum *time.Time `json:"last_autovacuum"`
+	// ToastDeadTuples are the dead chunks of out-of-line values (the TOAST
+	// table's statistics): most of the bytes a cull of large entries frees,
+	// until vacuum reclaims them.
+	ToastDeadTuples int64 `json:"toast_dead_tuples"`
+
+	// Size is the entries' size as culling's MaxBytes counts it (keys and
+	// values as stored plus culling.RowOverhead each), measured exactly by
+	// this command's scan; SizeEstimate is what a culling pass would
+	// estimate instead (culling.EstimateSize), for comparison.
+	Size         int64 `json:"size"`
+	SizeEstimate int64 `json:"size_estimate"`
+	// OldestWrite is the earliest written_at (migration 4; null before it,
+	// or when the table is empty).
+	OldestWrite *time.Time `json:"oldest_write"`
 
 	// LastPass is the last completed culling pass, null if none was
 	// recorded (or the culler's state table does not exist: CullerState
@@ -57,6 +72,17 @@ type Stats struct {
 
 // PassStats is the last culling pass as stats reports it.
 type PassStats struct {
+	// The limits the last pass enforced (null for none, or before
+	// migration 4), what MaxAge removed, the bytes it culled and the size
+	// it estimated (null without MaxBytes).
+	MaxEntries    *int64   `json:"max_entries"`
+	MaxBytes      *int64   `json:"max_bytes"`
+	MaxAgeSeconds *float64 `json:"max_age_seconds"`
+	AgedOut       int64    `json:"aged_out"`
+	TotalAgedOut  int64    `json:"total_aged_out"`
+	CulledBytes   int64    `json:"culled_bytes"`
+	Size          *int64   `json:"size"`
+
 	FinishedAt          time.Time  `json:"finished_at"`
 	SecondsSince        float64    `json:"seconds_since"`
 	DurationSeconds     float64    `json:"duration_seconds"`
@@ -77,7 +103,9 @@ const (
 	// One row when the table exists, none when not. pg_stat_user_tables
 	// has no row until the statistics system has seen the table.
 	qStatsTable = `SELECT n.nspname, pg_table_size(c.oid), pg_indexes_size(c.oid),
-       coalesce(s.n_dead_tup, 0), s.last_vacuum, s.last_autovacuum
+       coalesce(s.n_dead_tup, 0), s.last_vacuum, s.last_autovacuum,
+       coalesce(pg_stat_get_dead_tuples(c.reltoastrelid), 0),
+       EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'written_at' AND NOT a.attisdropped)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
@@ -89,8 +117,12 @@ WHERE c.oid = to_regclass($1)`
 	qStatsEntries = `SELECT statement_timestamp(), count(*),
        count(*) FILTER (WHERE expires <= statement_timestamp()),
        count(*) FILTER (WHERE expires IS NULL),
-       min(expires), max(expires)
+       min(expires), max(expires),
+       coalesce(sum(pg_column_size(key) + pg_column_size(value) + ROW_OVERHEAD), 0)::int8
 FROM TABLE`
+
+	// qStatsOldest is the earliest write, from migration 4 on.
+	qStatsOldest = `SELECT min(written_at) FROM TABLE`
 )
 
 // CollectStats reads the cache table's statistics. schema "" means the
@@ -104,8 +136,9 @@ func CollectStats(ctx context.Context, pool *pgxpool.Pool, schema string) (*Stat
 	table := ident.Sanitize()
 	var st Stats
 	var nsp string
+	var hasWritten bool
 	err := pool.QueryRow(ctx, qStatsTable, table).Scan(&nsp, &st.TableBytes, &st.IndexBytes,
-		&st.DeadTuples, &st.LastVacuum, &st.LastAutovacuum)
+		&st.DeadTuples, &st.LastVacuum, &st.LastAutovacuum, &st.ToastDeadTuples, &hasWritten)
 	if errors.Is(err, pgx.ErrNoRows) {
 		where := "on the search_path"
 		if schema != "" {
@@ -118,12 +151,23 @@ func CollectStats(ctx context.Context, pool *pgxpool.Pool, schema string) (*Stat
 	}
 	st.Schema, st.Table = nsp, dbcache.TableName
 	qualified := pgx.Identifier{nsp, dbcache.TableName}.Sanitize()
-	err = pool.QueryRow(ctx, strings.Replace(qStatsEntries, "TABLE", qualified, 1)).Scan(&st.Now, &st.Entries, &st.Expired,
-		&st.NeverExpire, &st.EarliestExpiry, &st.LatestExpiry)
+	entries := strings.NewReplacer("TABLE", qualified, "ROW_OVERHEAD", strconv.Itoa(culling.RowOverhead)).Replace(qStatsEntries)
+	err = pool.QueryRow(ctx, entries).Scan(&st.Now, &st.Entries, &st.Expired,
+		&st.NeverExpire, &st.EarliestExpiry, &st.LatestExpiry, &st.Size)
 	if err != nil {
 		return nil, fmt.Errorf("stats: count: %w", err)
 	}
 	st.Live = st.Entries - st.Expired
+	if hasWritten {
+		if err := pool.QueryRow(ctx, strings.Replace(qStatsOldest, "TABLE", qualified, 1)).Scan(&st.OldestWrite); err != nil {
+			return nil, fmt.Errorf("stats: oldest write: %w", err)
+		}
+	}
+	est, err := culling.EstimateSize(ctx, pool, nsp, 0)
+	if err != nil {
+		return nil, fmt.Errorf("stats: size estimate: %w", err)
+	}
+	st.SizeEstimate = est.Bytes
 
 	rec, err := culling.LastPass(ctx, pool, nsp)
 	switch {
@@ -151,6 +195,21 @@ func CollectStats(ctx context.Context, pool *pgxpool.Pool, schema string) (*Stat
 			t, s := rec.LastCullAt, rec.SinceLastCull.Seconds()
 			p.LastCullAt, p.SecondsSinceCull = &t, &s
 		}
+		if rec.Limits {
+			p.AgedOut, p.TotalAgedOut, p.CulledBytes = rec.AgedOut, rec.TotalAgedOut, rec.CulledBytes
+			if rec.MaxEntries != culling.NoLimit {
+				n := rec.MaxEntries
+				p.MaxEntries = &n
+			}
+			if rec.MaxBytes > 0 {
+				n, sz := rec.MaxBytes, rec.Size
+				p.MaxBytes, p.Size = &n, &sz
+			}
+			if rec.MaxAge > 0 {
+				sec := rec.MaxAge.Seconds()
+				p.MaxAgeSeconds = &sec
+			}
+		}
 		st.LastPass = p
 	}
 	return &st, nil
@@ -162,7 +221,9 @@ func (a *app) statsCommand() *cobra.Command {
 		Short: "Show the cache table's size, expiry and culling figures",
 		Long: `Show the cache table's entries (an exact count: a full scan of the table),
 how many have expired but are not yet removed, table and index sizes, dead
-tuples, the earliest and latest expiry, and the last culling pass.
+tuples (table and TOAST), the earliest and latest expiry, the entries' size
+as cull --max-bytes counts it (measured, and as a pass would estimate it),
+the oldest write, and the last culling pass with the limits it enforced.
 
 Dead tuples and vacuum times come from PostgreSQL's statistics and lag a
 little; everything else is exact as of the statement.`,
@@ -217,9 +278,14 @@ func (a *app) printStats(st *Stats) error {
 	}
 	row("table size", "%s (heap and TOAST)", humanBytes(st.TableBytes))
 	row("index size", "%s", humanBytes(st.IndexBytes))
-	row("dead tuples", "%s (PostgreSQL statistics, approximate)", humanCount(st.DeadTuples))
+	row("dead tuples", "%s, %s in TOAST (PostgreSQL statistics, approximate)", humanCount(st.DeadTuples), humanCount(st.ToastDeadTuples))
 	row("last vacuum", "%s", never(st.LastVacuum))
 	row("last autovacuum", "%s", never(st.LastAutovacuum))
+	row("entries' size", "%s (keys and values as stored + %d B each); a pass would estimate %s",
+		humanBytes(st.Size), culling.RowOverhead, humanBytes(st.SizeEstimate))
+	if st.OldestWrite != nil {
+		row("oldest write", "%s", never(st.OldestWrite))
+	}
 	switch p := st.LastPass; {
 	case st.CullerState == "not migrated":
 		row("last cull pass", "unknown (the culler's state table is missing: run `dbcache migrate up`)")
@@ -237,6 +303,30 @@ func (a *app) printStats(st *Stats) error {
 		}
 		row("cull totals", "over %s recorded passes: removed %s expired, culled %s", humanCount(p.Passes),
 			humanCount(p.TotalExpiredRemoved), humanCount(p.TotalCulled))
+		row("limits", "%s", limitsText(st, p))
 	}
 	return tw.Flush()
+}
+
+// limitsText is the last pass's limits, each beside where the cache stands.
+func limitsText(st *Stats, p *PassStats) string {
+	var parts []string
+	if p.MaxEntries != nil {
+		parts = append(parts, fmt.Sprintf("max entries %s (now %s)", humanCount(*p.MaxEntries), humanCount(st.Entries)))
+	}
+	if p.MaxBytes != nil {
+		parts = append(parts, fmt.Sprintf("max bytes %s (now %s)", humanBytes(*p.MaxBytes), humanBytes(st.Size)))
+	}
+	if p.MaxAgeSeconds != nil {
+		age := time.Duration(*p.MaxAgeSeconds * float64(time.Second))
+		text := fmt.Sprintf("max age %s", age)
+		if st.OldestWrite != nil {
+			text += fmt.Sprintf(" (oldest write %s ago)", roundDuration(st.Now.Sub(*st.OldestWrite)))
+		}
+		parts = append(parts, text+fmt.Sprintf(", %s aged out in total", humanCount(p.TotalAgedOut)))
+	}
+	if len(parts) == 0 {
+		return "none recorded (no limit, or a culler from before migration 4)"
+	}
+	return strings.Join(parts, "; ")
 }
