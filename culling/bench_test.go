@@ -3,6 +3,7 @@ package culling_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dbcache/dbcache/culling"
@@ -287,5 +289,284 @@ func BenchmarkPassExactCount(b *testing.B) {
 			}
 			b.ReportMetric(ms(timeCount(b, pool)), "count_ms")
 		})
+	}
+}
+
+// BenchmarkSweepHeldSnapshot times a pass that sweeps 100,000 expired rows
+// (half of them sharing one expiry, as a SetMany or a bulk INSERT leaves
+// them) while another transaction holds an old snapshot, next to the same
+// pass with no snapshot held, and reports the index entries the pass read
+// per removed row (pg_stat_user_indexes). The held snapshot keeps the index
+// entries of removed rows from being marked dead; a pass that resumes each
+// batch after the last row removed (the keyset walk) never reads them
+// again, so the two cost the same.
+func BenchmarkSweepHeldSnapshot(b *testing.B) {
+	if testing.Short() {
+		b.Skip("loads 100k rows per iteration; run without -short")
+	}
+	const rows = 100_000
+	for _, held := range []bool{false, true} {
+		b.Run(fmt.Sprintf("held=%v", held), func(b *testing.B) {
+			s := dbtest.NewSchema(b)
+			s.Migrate(b)
+			pool := s.Pool(b)
+			ctx := context.Background()
+			if held {
+				conn, err := pool.Acquire(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				tx, err := conn.Begin(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := tx.Exec(ctx, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := tx.Exec(ctx, "SELECT 1 FROM "+migrations.Table+" LIMIT 1"); err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() {
+					_ = tx.Rollback(context.Background())
+					conn.Release()
+				})
+			}
+			c, err := culling.New(pool, &culling.Config{MaxEntries: culling.NoLimit, ExactCountLimit: -1, PassTimeout: -1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			reads := func() int64 {
+				var n int64
+				if err := pool.QueryRow(ctx, `SELECT coalesce(sum(idx_tup_read), 0)::int8 FROM pg_stat_user_indexes
+					WHERE relid = to_regclass($1) AND indexrelname <> $2`, migrations.Table, migrations.Table+"_pkey").Scan(&n); err != nil {
+					b.Fatal(err)
+				}
+				return n
+			}
+			var removed, read int64
+			iter := 0
+			for b.Loop() {
+				b.StopTimer()
+				for _, q := range []string{
+					`INSERT INTO ` + migrations.Table + ` (key, value, expires)
+					 SELECT $1 || 't' || g, '\x00', now() - interval '1 hour' FROM generate_series(1, $2) g`,
+					`INSERT INTO ` + migrations.Table + ` (key, value, expires)
+					 SELECT $1 || 's' || g, '\x00', now() - interval '30 minutes' + g * interval '1 ms' FROM generate_series(1, $2) g`,
+				} {
+					if _, err := pool.Exec(ctx, q, fmt.Sprintf("i%d_", iter), rows/2); err != nil {
+						b.Fatal(err)
+					}
+				}
+				iter++
+				before := reads()
+				b.StartTimer()
+				res, err := c.RunOnce(ctx)
+				b.StopTimer()
+				if err != nil {
+					b.Fatal(err)
+				}
+				removed += res.ExpiredRemoved
+				read += reads() - before
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(read)/float64(removed), "index_reads/row")
+			b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(removed), "µs/row")
+		})
+	}
+}
+
+// loadMixed fills a fresh schema's cache table with rows entries of
+// incompressible values: 99.5% drawn log-uniformly from 100 B to 4 kB
+// (inline, or just out of line), 0.5% from 16 kB to 1 MB (out of line),
+// expiring one millisecond apart from an hour on. It then vacuums and
+// analyzes the table, as autovacuum would have.
+func loadMixed(b *testing.B, rows int) (*pgxpool.Pool, string) {
+	b.Helper()
+	s := dbtest.NewSchema(b)
+	s.Migrate(b)
+	pool := s.Pool(b)
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(1, 2))
+	noise := make([]byte, 2<<20)
+	for i := range noise {
+		noise[i] = byte(r.Uint32())
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Release()
+	start := time.Now()
+	batch := make([][]any, 0, 10_000)
+	flush := func() {
+		if _, err := conn.CopyFrom(ctx, pgx.Identifier{migrations.Table}, []string{"key", "value", "expires"},
+			pgx.CopyFromRows(batch)); err != nil {
+			b.Fatal(err)
+		}
+		batch = batch[:0]
+	}
+	for i := range rows {
+		n := int(100 * math.Pow(40.96, r.Float64()))
+		if r.IntN(200) == 0 {
+			n = int(16 << 10 * math.Pow(64, r.Float64()))
+		}
+		off := r.IntN(len(noise) - n)
+		v := noise[off : off+n : off+n]
+		batch = append(batch, []any{fmt.Sprintf(":1:user:%08d", i), v, start.Add(time.Hour + time.Duration(i)*time.Millisecond)})
+		if len(batch) == cap(batch) {
+			flush()
+		}
+	}
+	flush()
+	for _, q := range []string{"SELECT pg_stat_force_next_flush()", "VACUUM (ANALYZE) " + migrations.Table} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return pool, s.Name
+}
+
+// BenchmarkSizeEstimate1M measures, over a 1M-row table of mixed value
+// sizes (100 B to 1 MB; loadMixed), what MaxBytes costs: the size
+// estimate's time and error against exact sums (sum(pg_column_size), the
+// size MaxBytes counts, and sum(octet_length), the raw bytes), and a pass
+// that culls 1% of the bytes beside a pass that culls 1% of the rows.
+//
+//   - estimate_ms, err_min_pct, err_max_pct: culling.EstimateSize over
+//     every iteration (a fresh sample each), against the exact size;
+//   - err_octet_pct: the median estimate against sum(octet_length) plus
+//     RowOverhead a row;
+//   - exact_ms, octet_ms: the two exact sums (full scans);
+//   - pass_bytes_ms, pass_count_ms: one pass with MaxBytes at 99% of the
+//     size, then one with MaxEntries at 99% of the rows left.
+func BenchmarkSizeEstimate1M(b *testing.B) {
+	if testing.Short() {
+		b.Skip("loads a 1M-row, ~2 GB table; run without -short")
+	}
+	pool, schema := loadMixed(b, benchRows)
+	ctx := context.Background()
+	timeIt := func(q string) (time.Duration, int64) {
+		t0 := time.Now()
+		var n int64
+		if err := pool.QueryRow(ctx, q).Scan(&n); err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(t0), n
+	}
+	exactTime, exact := timeIt(fmt.Sprintf(`SELECT sum(pg_column_size(key) + pg_column_size(value) + %d)::int8 FROM %s`,
+		culling.RowOverhead, migrations.Table))
+	octetTime, octet := timeIt(fmt.Sprintf(`SELECT sum(octet_length(key) + octet_length(value) + %d)::int8 FROM %s`,
+		culling.RowOverhead, migrations.Table))
+
+	var errs []float64
+	var est *culling.SizeEstimate
+	var took time.Duration
+	for b.Loop() {
+		t0 := time.Now()
+		var err error
+		if est, err = culling.EstimateSize(ctx, pool, schema, 0); err != nil {
+			b.Fatal(err)
+		}
+		took += time.Since(t0)
+		errs = append(errs, 100*float64(est.Bytes-exact)/float64(exact))
+	}
+	slices.Sort(errs)
+	b.StopTimer()
+	b.ReportMetric(ms(took)/float64(len(errs)), "estimate_ms")
+	b.ReportMetric(errs[0], "err_min_pct")
+	b.ReportMetric(errs[len(errs)-1], "err_max_pct")
+	b.ReportMetric(100*(float64(exact)*(1+errs[len(errs)/2]/100)-float64(octet))/float64(octet), "err_octet_pct")
+	b.ReportMetric(ms(exactTime), "exact_ms")
+	b.ReportMetric(ms(octetTime), "octet_ms")
+	b.ReportMetric(float64(exact)/1e6, "size_MB")
+
+	pass := func(cfg *culling.Config) (time.Duration, *culling.PassResult) {
+		cfg.PassTimeout, cfg.NudgeEvery = -1, -1
+		c, err := culling.New(pool, cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		res, err := c.RunOnce(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return time.Since(t0), res
+	}
+	d, res := pass(&culling.Config{MaxEntries: culling.NoLimit, MaxBytes: exact * 99 / 100})
+	b.ReportMetric(ms(d), "pass_bytes_ms")
+	b.ReportMetric(float64(res.Culled), "bytes_culled_rows")
+	d, res = pass(&culling.Config{MaxEntries: int(benchRows - res.Culled - (benchRows-res.Culled)/100), CullFrequency: 100})
+	b.ReportMetric(ms(d), "pass_count_ms")
+	b.ReportMetric(float64(res.Culled), "count_culled_rows")
+}
+
+// BenchmarkCullBloat shows what the disk does when a pass culls half of a
+// 200k-row table of 512-byte values: table (heap and TOAST) and index sizes and
+// dead tuples right after the cull, after a VACUUM, and after as many new
+// entries as were culled are written again. The files do not shrink; vacuum
+// makes the space reusable, and the new entries fill it instead of growing
+// the files.
+func BenchmarkCullBloat(b *testing.B) {
+	if testing.Short() {
+		b.Skip("loads a 200k-row table; run without -short")
+	}
+	const rows = 200_000
+	for b.Loop() {
+		b.StopTimer()
+		s := dbtest.NewSchema(b)
+		s.Migrate(b)
+		pool := s.Pool(b)
+		ctx := context.Background()
+		conn, err := pool.Acquire(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		exec := func(q string, args ...any) {
+			if _, err := conn.Exec(ctx, q, args...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		load := func(prefix string, n int) {
+			exec(`INSERT INTO `+migrations.Table+` (key, value, expires)
+				SELECT $1 || g, decode(repeat(md5($1 || g), 32), 'hex'), now() + interval '1 hour' + g * interval '1 ms'
+				  FROM generate_series(1, $2::int) g`, prefix, n)
+			exec("SELECT pg_stat_force_next_flush()")
+		}
+		sizes := func(label string) {
+			var table, index, dead int64
+			if err := conn.QueryRow(ctx, `SELECT pg_table_size(c.oid), pg_indexes_size(c.oid),
+				pg_stat_get_dead_tuples(c.oid) + coalesce(pg_stat_get_dead_tuples(c.reltoastrelid), 0)
+				FROM pg_class c WHERE c.oid = to_regclass($1)`, migrations.Table).Scan(&table, &index, &dead); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(table)/1e6, label+"_table_MB")
+			b.ReportMetric(float64(index)/1e6, label+"_index_MB")
+			b.ReportMetric(float64(dead), label+"_dead")
+		}
+		load("a", rows)
+		exec("VACUUM (ANALYZE) " + migrations.Table)
+		sizes("1_loaded")
+		c, err := culling.New(pool, &culling.Config{MaxEntries: rows / 2, CullFrequency: 2, PassTimeout: -1})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		res, err := c.RunOnce(ctx)
+		b.StopTimer()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if res.Culled != rows/2 {
+			b.Fatalf("culled %d", res.Culled)
+		}
+		exec("SELECT pg_stat_force_next_flush()")
+		sizes("2_culled")
+		exec("VACUUM " + migrations.Table)
+		sizes("3_vacuumed")
+		load("b", rows/2)
+		sizes("4_refilled")
+		conn.Release()
+		b.StartTimer()
 	}
 }

@@ -8,11 +8,13 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -48,6 +50,31 @@ const (
 	// and lie well inside ExactCountLimitDefault, so the default
 	// configuration counts exactly.
 	MaxEntriesDefault = 100_000
+
+	// MaxAgeMin is the smallest Config.MaxAge. The index that finds old
+	// entries (migration 005) holds only entries that never expire or
+	// expire more than an hour after they were written, so that writes
+	// with shorter timeouts pay nothing for it; every live entry older than
+	// an hour is among those, so a maximum age of an hour or more finds
+	// them all.
+	MaxAgeMin = time.Hour
+
+	// NoLimit is the Config.MaxEntries that bounds nothing: passes only
+	// remove expired entries and never cull live ones.
+	NoLimit = -1
+
+	// RowOverhead is what MaxBytes counts for each entry on top of its key
+	// and value as stored: the row's header (24 bytes), its expiry and
+	// write time (8 each) and its line pointer (4). Index entries, free
+	// space and dead rows are not counted (see docs/culling.md).
+	RowOverhead = 44
+
+	// SizeSamplePagesDefault is the default for Config.SizeSamplePages:
+	// 16 MB read per estimate with 8 kB pages. The estimate's error falls
+	// with the square root of the pages read; where entries of similar
+	// sizes were written together, so that pages differ much, 500 pages
+	// measured ±7% and 2,000 ±4% (docs/culling.md).
+	SizeSamplePagesDefault = 2000
 
 	// NudgeEveryDefault is the default for Config.NudgeEvery: 1% of
 	// MaxEntriesDefault, so a write burst overshoots the default limit by
@@ -85,6 +112,10 @@ const (
 	// heartbeatEvery is how often a pass checks that the connection holding
 	// its lock is still alive, between batches.
 	heartbeatEvery = time.Second
+
+	// startCheckTimeout bounds Start's check when its context has no
+	// deadline.
+	startCheckTimeout = 10 * time.Second
 )
 
 var (
@@ -93,8 +124,18 @@ var (
 	// once; what it removed so far stays removed.
 	ErrLockLost = errors.New("culling: lost the culler lock (its connection failed)")
 
+	// ErrMigrationNeeded is returned when the configuration needs a
+	// migration the schema lacks: Config.MaxAge needs migrations 004 and
+	// 005 (the written_at column and its index).
+	ErrMigrationNeeded = errors.New("culling: the schema lacks a migration this configuration needs (apply the migrations)")
+
 	// ErrNoPass is returned by LastPass when no pass has been recorded yet.
 	ErrNoPass = errors.New("culling: no culling pass recorded yet")
+
+	// ErrNoPrivilege is returned when the role may not cull the cache
+	// table: it needs USAGE on the table's schema and SELECT, UPDATE (for
+	// the row locks) and DELETE on the table.
+	ErrNoPrivilege = errors.New("culling: permission denied")
 
 	// ErrTableNotFound is returned when the cache table (or, for LastPass,
 	// the state table) does not exist: apply the migrations first.
@@ -131,8 +172,26 @@ type Config struct {
 	// otherwise) and errors of started passes. Defaults to slog.Default().
 	Logger *slog.Logger
 
+	// MaxAge, when set, is the oldest an entry may be: no entry whose
+	// written_at is more than MaxAge before a pass began survives it,
+	// whatever its timeout, Forever included. written_at is set when the
+	// row is inserted (the column's default) and by the statements that
+	// overwrite it and set it (see docs/culling.md for which of the
+	// cache's writes do). 0 means no limit; otherwise at least MaxAgeMin.
+	// Needs migrations 004 and 005. Defaults to 0.
+	MaxAge time.Duration
+
+	// MaxBytes, when set, is the most bytes the entries should take: keys
+	// and values as stored (after compression) plus RowOverhead each. A
+	// pass estimates the size from a sample of SizeSamplePages pages and
+	// PostgreSQL's statistics (never a scan; see docs/culling.md for the
+	// error) and, over the limit, culls in eviction order until the
+	// estimate is back under it. 0 means no limit. Defaults to 0.
+	MaxBytes int64
+
 	// MaxEntries is the most entries the table should hold, expired or not,
-	// as Django's MAX_ENTRIES. Defaults to MaxEntriesDefault.
+	// as Django's MAX_ENTRIES. NoLimit (-1) bounds nothing: passes only
+	// remove expired entries. Defaults to MaxEntriesDefault.
 	MaxEntries int
 
 	// NudgeEvery makes a started Culler run a pass as soon as NoteWrites has
@@ -152,6 +211,11 @@ type Config struct {
 	// means no limit beyond the caller's context. Defaults to
 	// PassTimeoutDefault.
 	PassTimeout time.Duration
+
+	// SizeSamplePages is how many of the table's pages the MaxBytes
+	// estimate reads (TABLESAMPLE SYSTEM); a table this small or smaller is
+	// measured exactly. Defaults to SizeSamplePagesDefault.
+	SizeSamplePages int
 
 	// Schema is the schema of the cache table. Defaults to "", which
 	// resolves the table through the pool's search_path, as the cache does.
@@ -191,6 +255,9 @@ func (c *Config) WithDefaults() *Config {
 	if out.PassTimeout == 0 {
 		out.PassTimeout = PassTimeoutDefault
 	}
+	if out.SizeSamplePages == 0 {
+		out.SizeSamplePages = SizeSamplePagesDefault
+	}
 	return &out
 }
 
@@ -204,8 +271,14 @@ func (c *Config) validate() error {
 		return fmt.Errorf("culling: Config.ExactCountLimit must be positive or -1, got %d", c.ExactCountLimit)
 	case c.Interval < 0:
 		return fmt.Errorf("culling: Config.Interval must be positive, got %s", c.Interval)
-	case c.MaxEntries < 0:
-		return fmt.Errorf("culling: Config.MaxEntries must be positive, got %d", c.MaxEntries)
+	case c.MaxAge < 0 || (c.MaxAge > 0 && c.MaxAge < MaxAgeMin):
+		return fmt.Errorf("culling: Config.MaxAge must be 0 (no limit) or at least %s, got %s", MaxAgeMin, c.MaxAge)
+	case c.MaxBytes < 0:
+		return fmt.Errorf("culling: Config.MaxBytes must be positive or 0 (no limit), got %d", c.MaxBytes)
+	case c.SizeSamplePages < 1:
+		return fmt.Errorf("culling: Config.SizeSamplePages must be at least 1, got %d", c.SizeSamplePages)
+	case c.MaxEntries < NoLimit:
+		return fmt.Errorf("culling: Config.MaxEntries must be positive or NoLimit (-1), got %d", c.MaxEntries)
 	case c.NudgeEvery < -1:
 		return fmt.Errorf("culling: Config.NudgeEvery must be positive or -1, got %d", c.NudgeEvery)
 	case c.PassTimeout < -1:
@@ -240,6 +313,12 @@ type Culler struct {
 	noForceFlush atomic.Bool
 	// warnedState is set once a failure to record a pass has been logged.
 	warnedState atomic.Bool
+
+	// inPass counts passes in progress (RunOnce and the worker's).
+	inPass atomic.Int32
+	// hmu guards health, the record of ended passes Health reports.
+	hmu    sync.Mutex
+	health Health
 
 	mu  sync.Mutex
 	run *runState
@@ -311,29 +390,40 @@ func (c *Culler) nudgeDue() bool {
 	return c.cfg.NudgeEvery >= 0 && c.pending.Load() >= int64(c.cfg.NudgeEvery)
 }
 
-// Start runs passes in a goroutine until Stop is called or ctx ends, and
-// returns at once. The first pass runs immediately, then one every
-// Config.Interval, and one whenever NoteWrites reaches Config.NudgeEvery.
-// Errors of individual passes are logged, never returned. Starting a started
-// Culler does nothing; a stopped one can be started again. Returns an error
-// if ctx has already ended, or if a Stop that timed out is still waiting for
-// the worker (call Stop again first).
+// Start checks that the cache table is there and that the role may cull
+// it, then runs passes in a goroutine until Stop is called or ctx ends, and
+// returns. The first pass runs immediately, then one every Config.Interval,
+// and one whenever NoteWrites reaches Config.NudgeEvery. Errors of
+// individual passes are logged, never returned; Health reports them.
+//
+// The check is one query, bounded by ctx and, when ctx has no deadline, by
+// startCheckTimeout (10 s). It returns ErrTableNotFound (naming the table
+// and schema) when the table is missing, ErrNoPrivilege (naming what is
+// missing) when the role lacks USAGE on its schema or SELECT, UPDATE or
+// DELETE on it, or the database error. Starting a started Culler does
+// nothing; a stopped one can be started again. Returns an error if ctx has
+// already ended, or if a Stop that timed out is still waiting for the
+// worker (call Stop again first).
 func (c *Culler) Start(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if running, err := c.startable(); running || err != nil {
+		return err
+	}
+	cctx := ctx
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithTimeout(ctx, startCheckTimeout)
+		defer cancel()
+	}
+	if err := c.check(cctx); err != nil {
+		return err
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.run != nil {
-		select {
-		case <-c.run.done:
-			// A Stop timed out earlier but the worker has ended since.
-		default:
-			if c.run.stopping {
-				return errors.New("culling: Start while a timed-out Stop is still waiting for the worker; call Stop again first")
-			}
-			return nil
-		}
+	if running, err := c.startableLocked(); running || err != nil {
+		return err // another Start won the race
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	r := &runState{cancel: cancel, done: make(chan struct{})}
@@ -342,10 +432,105 @@ func (c *Culler) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop cancels the pass in progress, if any, and waits for the worker to
-// end. Batches already committed stay committed. It is safe to call before
-// Start and more than once. Returns ctx.Err() if ctx ends first; the worker
-// still ends on its own soon after.
+// startable reports whether a worker is running, or why none can start.
+func (c *Culler) startable() (running bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.startableLocked()
+}
+
+func (c *Culler) startableLocked() (running bool, err error) {
+	if c.run == nil {
+		return false, nil
+	}
+	select {
+	case <-c.run.done:
+		// Stopped, or a Stop timed out earlier but the worker has ended
+		// since.
+		return false, nil
+	default:
+	}
+	if c.run.stopping {
+		return false, errors.New("culling: Start while a timed-out Stop is still waiting for the worker; call Stop again first")
+	}
+	return true, nil
+}
+
+// check is Start's: the table resolves and the role may cull it.
+func (c *Culler) check(ctx context.Context) error {
+	conn, err := c.pool.Acquire(ctx)
+	if err != nil {
+		return fmt.Errorf("culling: acquire a connection: %w", err)
+	}
+	defer conn.Release()
+	var (
+		exists        bool
+		sel, upd, del *bool
+		user          string
+	)
+	_, err = runTx(ctx, conn.Conn(), "", sqlCheck, []any{c.table}, func(r pgx.Row) error {
+		return r.Scan(&exists, &sel, &upd, &del, &user)
+	})
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.As(err, &pgErr) && pgErr.Code == "42501":
+		// to_regclass names a schema the role may not use.
+		return fmt.Errorf("%w: this role lacks USAGE on schema %q, which holds the cache table (GRANT USAGE ON SCHEMA %s TO the role): %w",
+			ErrNoPrivilege, c.cfg.Schema, pgx.Identifier{c.cfg.Schema}.Sanitize(), err)
+	case err != nil:
+		return fmt.Errorf("culling: check for the cache table: %w", err)
+	}
+	if !exists {
+		if c.cfg.Schema == "" {
+			// search_path silently skips schemas the role may not use, so a
+			// table that is there but out of reach looks missing.
+			var hidden string
+			_, err := runTx(ctx, conn.Conn(), "", sqlHidden, []any{cacheTable}, func(r pgx.Row) error { return r.Scan(&hidden) })
+			if err == nil {
+				return fmt.Errorf("%w: table %s is in schema %q on the search_path, but role %s lacks USAGE on that schema (GRANT USAGE ON SCHEMA %s TO %s)",
+					ErrNoPrivilege, cacheTable, hidden, user, pgx.Identifier{hidden}.Sanitize(), pgx.Identifier{user}.Sanitize())
+			}
+			if !errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("culling: check for the cache table: %w", err)
+			}
+			return fmt.Errorf("%w: no table %s on the search_path", ErrTableNotFound, cacheTable)
+		}
+		return fmt.Errorf("%w: no table %s in schema %q", ErrTableNotFound, cacheTable, c.cfg.Schema)
+	}
+	if c.cfg.MaxAge > 0 {
+		var column, index bool
+		if _, err := runTx(ctx, conn.Conn(), "", sqlCheckAge, []any{c.table}, func(r pgx.Row) error {
+			return r.Scan(&column, &index)
+		}); err != nil {
+			return fmt.Errorf("culling: check for the written_at column: %w", err)
+		}
+		if !column || !index {
+			return fmt.Errorf("%w: Config.MaxAge needs the written_at column and its index (migrations 004 and 005)", ErrMigrationNeeded)
+		}
+	}
+	var missing []string
+	for _, p := range []struct {
+		name string
+		ok   *bool
+	}{{"SELECT", sel}, {"UPDATE", upd}, {"DELETE", del}} {
+		if p.ok == nil || !*p.ok {
+			missing = append(missing, p.name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("%w: role %s lacks %s on %s (GRANT SELECT, UPDATE, DELETE ON %s TO %s; UPDATE is for the row locks)",
+			ErrNoPrivilege, user, strings.Join(missing, ", "), c.table, c.table, pgx.Identifier{user}.Sanitize())
+	}
+	return nil
+}
+
+// Stop stops the worker and waits for it to end. A pass in progress stops
+// after the statement it is running (a batch of milliseconds; one still
+// running after 2 s is cancelled on the server), and releases its lock
+// before the worker ends, so once Stop returns nil another culler's pass
+// can start at once. Batches already committed stay committed. It is safe
+// to call before Start and more than once. Returns ctx.Err() if ctx ends
+// first; the worker still ends on its own soon after.
 func (c *Culler) Stop(ctx context.Context) error {
 	c.mu.Lock()
 	r := c.run

@@ -123,7 +123,7 @@ func TestConfig(t *testing.T) {
 		{culling.Config{CullFrequency: -2}, "CullFrequency"},
 		{culling.Config{ExactCountLimit: -2}, "ExactCountLimit"},
 		{culling.Config{Interval: -time.Second}, "Interval"},
-		{culling.Config{MaxEntries: -1}, "MaxEntries"},
+		{culling.Config{MaxEntries: -2}, "MaxEntries"},
 		{culling.Config{NudgeEvery: -2}, "NudgeEvery"},
 		{culling.Config{PassTimeout: -2}, "PassTimeout"},
 		{culling.Config{Schema: `x"; DROP TABLE y; --`}, "Schema"},
@@ -132,7 +132,8 @@ func TestConfig(t *testing.T) {
 		require.ErrorContains(t, err, "Config."+tc.field)
 	}
 	// The explicit special values are accepted.
-	_, err = culling.New(pool, &culling.Config{CullFrequency: culling.CullAll, ExactCountLimit: -1, NudgeEvery: -1, PassTimeout: -1})
+	_, err = culling.New(pool, &culling.Config{CullFrequency: culling.CullAll, ExactCountLimit: -1, MaxEntries: culling.NoLimit,
+		NudgeEvery: -1, PassTimeout: -1})
 	require.NoError(t, err)
 }
 

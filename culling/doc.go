@@ -1,9 +1,9 @@
 // Package culling keeps a dbcache table bounded: it removes expired entries
 // and, when the table holds more than Config.MaxEntries, culls it back under
-// the limit, off the write path. Writes to the cache pay nothing for it.
+// the limit, off the write path. Writes to the cache do no culling work.
 //
-// The full model (eviction order, cost, the overshoot bound, the state table)
-// is in docs/culling.md.
+// The full model (eviction order, cost, the overshoot bound, stopping, the
+// state table) is in docs/culling.md.
 //
 // # In the application
 //
@@ -13,23 +13,36 @@
 //	culler, err := culling.New(pool, &culling.Config{MaxEntries: 100_000})
 //	if err != nil { … }
 //	cache, err := dbcache.New(ctx, pool, &dbcache.Config{OnWrite: culler.NoteWrites})
-//	if err := culler.Start(ctx); err != nil { … }
+//	if err := culler.Start(ctx); err != nil { … } // ErrTableNotFound, ErrNoPrivilege
 //	defer culler.Stop(context.Background())
 //
-// A started Culler runs a pass at once, then every Config.Interval, and as
-// soon as Config.NudgeEvery rows have been written since the last pass
-// began counting, so a burst of writes cannot grow the table far past the
-// limit between ticks.
+// Start checks at once that the cache table is there and that the role may
+// cull it. A started Culler runs a pass at once, then every
+// Config.Interval, and as soon as Config.NudgeEvery rows have been written
+// since the last pass began counting, so a burst of writes cannot grow the
+// table far past the limit between ticks. [Culler.Health] reports its state
+// for a health check without touching the database. [Culler.Stop] returns
+// once the pass in progress has ended and released its lock.
 //
 // # As a job
 //
 // RunOnce runs one pass and returns a [PassResult]; Config.OnProgress
-// reports each batch, for a progress bar:
+// reports each batch, for a progress bar. DryRun reports what a pass would
+// remove, and removes nothing:
 //
 //	res, err := culler.RunOnce(ctx)
 //	fmt.Printf("removed %d expired, culled %d, %d left\n", res.ExpiredRemoved, res.Culled, res.Remaining)
 //
-// [LastPass] reads what the last pass did, from any process.
+// [LastPass] reads what the last pass did, from any process. With
+// Config.MaxEntries set to [NoLimit] a pass only removes expired entries.
+//
+// # Size and age
+//
+// Config.MaxBytes bounds the entries' size (keys and values as stored, plus
+// [RowOverhead] each), estimated without a scan ([EstimateSize]); over it, a
+// pass culls in eviction order until the estimate is back under it.
+// Config.MaxAge removes every entry written longer ago, whatever its
+// timeout (migrations 004 and 005).
 //
 // # One culler at a time
 //
@@ -38,13 +51,20 @@
 // held returns at once with PassResult.Skipped. The lock belongs to an open
 // transaction on its own connection, so it ends with that transaction: a
 // culler that fails or dies mid-pass loses the lock and nothing else, as the
-// batches it committed stay committed.
+// batches it committed stay committed. Every statement runs at READ
+// COMMITTED, whatever the session's default isolation level.
 //
 // # Order and semantics
 //
 // Expired rows go first. Then, if the table holds more than MaxEntries rows,
 // a pass removes max(count/CullFrequency, count-MaxEntries) of them (all of
-// them with CullAll), soonest to expire first and never-expiring entries
-// last. With one timeout for every entry that order is FIFO; Django removes
-// the lexicographically smallest keys instead.
+// them with CullAll), soonest to expire first, entries with one expiry in
+// key order, and never-expiring entries last. With one timeout for every
+// entry that order is FIFO; Django removes the lexicographically smallest
+// keys instead. Before it removes a live entry a pass confirms exactly, with
+// a walk of at most MaxEntries+1 index entries, that the table is over the
+// limit, and it never goes below the limit, whatever PostgreSQL's row
+// estimate says. Each batch resumes where the previous one stopped, so a
+// pass costs what it removes even while another transaction holds an old
+// snapshot.
 package culling

@@ -5,11 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -19,10 +23,12 @@ type Phase string
 const (
 	// PhaseSweep: removing expired rows. Progress.ExpiredRemoved grows.
 	PhaseSweep Phase = "sweep"
+	// PhaseAge: removing rows older than MaxAge. Progress.AgedOut grows.
+	PhaseAge Phase = "age"
 	// PhaseCount: about to count the table. Sent once per pass.
 	PhaseCount Phase = "count"
-	// PhaseCull: removing live rows because the table is over MaxEntries.
-	// Progress.Culled grows towards Progress.CullTarget.
+	// PhaseCull: removing live rows because the table is over MaxEntries
+	// or MaxBytes. Progress.Culled grows towards Progress.CullTarget.
 	PhaseCull Phase = "cull"
 	// PhaseDone: the pass ended; the Progress holds its totals.
 	PhaseDone Phase = "done"
@@ -30,16 +36,23 @@ const (
 
 // Progress is what Config.OnProgress receives during a pass.
 type Progress struct {
+	// AgedOut is the number of rows older than MaxAge removed so far.
+	AgedOut int64
 	// Count is the number of rows counted after the sweep (see
 	// PassResult.Count); 0 until the pass has counted.
 	Count int64
 	// CountExact reports whether Count is exact rather than estimated.
 	CountExact bool
-	// CullTarget is how many rows the cull phase means to remove; 0 when the
-	// table is not over MaxEntries, or not yet counted.
+	// CullTarget is the most rows the cull phase will remove for
+	// MaxEntries, or about how many it will remove for MaxBytes; 0 when
+	// the table is under its limits, or not yet counted. When Count is an
+	// estimate the cull can end sooner: it never removes any of the
+	// entries that keep the table at its limit (see docs/culling.md).
 	CullTarget int64
 	// Culled is the number of rows culled so far.
 	Culled int64
+	// CulledBytes is their size, as MaxBytes counts it.
+	CulledBytes int64
 	// Elapsed is the time since the pass began.
 	Elapsed time.Duration
 	// ExpiredRemoved is the number of expired rows removed so far.
@@ -48,16 +61,26 @@ type Progress struct {
 	Phase Phase
 }
 
-// PassResult is what one pass did.
+// PassResult is what one pass did, or, from DryRun, what it would do.
 type PassResult struct {
+	// AgedOut is the number of rows removed because they were older than
+	// MaxAge (after the sweep, so none of them had expired).
+	AgedOut int64
 	// Count is the number of rows (live or expired) after the expiry sweep:
-	// exact when CountExact, else PostgreSQL's live-row estimate.
+	// exact when CountExact, else PostgreSQL's live-row estimate, corrected
+	// by what the cull phase found when it had to look.
 	Count int64
 	// CountExact reports whether Count came from an exact, bounded walk.
 	CountExact bool
 	// Culled is the number of rows removed because the table was over
-	// MaxEntries.
+	// MaxEntries or MaxBytes.
 	Culled int64
+	// CulledBytes is the size of the culled rows as MaxBytes counts them
+	// (exact: each batch returns what it removed).
+	CulledBytes int64
+	// DryRun reports that the result comes from DryRun: nothing was
+	// removed, and ExpiredRemoved and Culled are what a pass would remove.
+	DryRun bool
 	// Duration is how long the pass took.
 	Duration time.Duration
 	// ExpiredRemoved is the number of expired rows removed.
@@ -65,6 +88,15 @@ type PassResult struct {
 	// Remaining is Count minus Culled: the rows left as the pass saw them,
 	// not counting writes made during the pass.
 	Remaining int64
+	// RemainingSize is Size minus CulledBytes; 0 when Size is.
+	RemainingSize int64
+	// Size is the entries' size in bytes as MaxBytes counts it, estimated
+	// after the sweep and the age phase (see SizeExact); 0 when MaxBytes is
+	// not set, as the pass does not estimate it then.
+	Size int64
+	// SizeExact reports whether Size was measured over the whole table,
+	// which a table of at most SizeSamplePages pages is.
+	SizeExact bool
 	// Skipped reports that another culler held the lock, so this pass did
 	// nothing.
 	Skipped bool
@@ -73,30 +105,85 @@ type PassResult struct {
 	StartedAt time.Time
 }
 
-// RunOnce runs one pass: remove expired rows, then, if the table holds more
-// than MaxEntries, cull it. It returns at once with Skipped set when another
-// culler holds the lock. Every pass is bounded by Config.PassTimeout and ctx.
-// On error the result still holds what was removed before it; removed rows
-// stay removed. Returns ErrTableNotFound when the cache table is missing.
+// RunOnce runs one pass: remove expired rows and, with MaxAge, rows older
+// than it; then, if the table holds more than MaxEntries or its size is over
+// MaxBytes, cull it. It returns at once with Skipped set when another culler
+// holds the lock. Every pass is bounded by Config.PassTimeout and ctx.
+//
+// When ctx ends (or PassTimeout passes) the pass stops after the statement
+// in progress, which has stopGrace (2 s) to finish before it is cancelled on
+// the server; RunOnce returns once the pass's lock is released (see
+// docs/culling.md). On error the result still holds what was removed before
+// it; removed rows stay removed. Returns ErrTableNotFound when the cache
+// table is missing, ErrNoPrivilege when the role may not cull it, and
+// ErrMigrationNeeded when MaxAge is set on a schema without written_at.
 // RunOnce needs no Start and may run alongside a started Culler (the two
 // take turns on the lock).
 func (c *Culler) RunOnce(ctx context.Context) (*PassResult, error) {
+	return c.runPass(ctx, false)
+}
+
+// DryRun reports what a pass would remove now, removing nothing: the rows
+// that have expired (PassResult.ExpiredRemoved), those older than MaxAge
+// (AgedOut) and those the cull would remove (Culled, CulledBytes), found as
+// a pass finds them (the size from a sample of its own, so a cull for
+// MaxBytes can differ by the estimate's error). It takes no lock,
+// so it runs even while another culler's pass does, and it is not recorded
+// in the state table nor in Health. It costs what counting those rows
+// costs: an index walk over them. Bounded by Config.PassTimeout and ctx.
+func (c *Culler) DryRun(ctx context.Context) (*PassResult, error) {
+	return c.runPass(ctx, true)
+}
+
+func (c *Culler) runPass(callerCtx context.Context, dry bool) (*PassResult, error) {
+	ctx := callerCtx
 	if c.cfg.PassTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.PassTimeout)
 		defer cancel()
 	}
-	p := &pass{c: c, begun: time.Now(), res: &PassResult{StartedAt: time.Now()}}
-	err := p.run(ctx)
+	p := &pass{c: c, ctx: ctx, dry: dry, begun: time.Now(), res: &PassResult{StartedAt: time.Now(), DryRun: dry}}
+	c.inPass.Add(1)
+	var err error
+	if dry {
+		err = p.runDry()
+	} else {
+		err = p.run()
+	}
 	p.res.Duration = time.Since(p.begun)
+	err = classify(err)
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil && !errors.Is(err, ctxErr) {
 			err = fmt.Errorf("%w (%w)", ctxErr, err)
 		}
+	}
+	if !dry {
+		c.noteHealth(callerCtx, p.res, err)
+	}
+	c.inPass.Add(-1)
+	if err != nil {
 		return p.res, err
 	}
 	c.logPass(ctx, p.res)
 	return p.res, nil
+}
+
+// classify maps the PostgreSQL errors a caller acts on to the package's
+// sentinels, keeping the original in the chain.
+func classify(err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return err
+	}
+	switch pgErr.Code {
+	case "42501": // insufficient_privilege
+		return fmt.Errorf("%w: %w", ErrNoPrivilege, err)
+	case "42P01": // undefined_table
+		return fmt.Errorf("%w: %w", ErrTableNotFound, err)
+	case "42703": // undefined_column: written_at, before migration 004
+		return fmt.Errorf("%w: %w", ErrMigrationNeeded, err)
+	}
+	return err
 }
 
 func (c *Culler) logPass(ctx context.Context, r *PassResult) {
@@ -105,10 +192,14 @@ func (c *Culler) logPass(ctx context.Context, r *PassResult) {
 		return
 	}
 	level := slog.LevelDebug
-	if r.ExpiredRemoved+r.Culled > 0 {
+	if r.ExpiredRemoved+r.Culled > 0 && !r.DryRun {
 		level = slog.LevelInfo
 	}
-	c.cfg.Logger.Log(ctx, level, "culling.Culler: pass done",
+	msg := "culling.Culler: pass done"
+	if r.DryRun {
+		msg = "culling.Culler: dry run done (nothing removed)"
+	}
+	c.cfg.Logger.Log(ctx, level, msg,
 		slog.Int64("expired_removed", r.ExpiredRemoved),
 		slog.Int64("culled", r.Culled),
 		slog.Int64("count", r.Count),
@@ -119,25 +210,211 @@ func (c *Culler) logPass(ctx context.Context, r *PassResult) {
 	)
 }
 
-type pass struct {
-	c      *Culler
-	begun  time.Time
-	res    *PassResult
-	target int64
+const (
+	// stopGrace is how long a statement in progress when its pass is
+	// stopped (Stop, ctx, PassTimeout) may run on before the pass asks the
+	// server to cancel it. Batches take milliseconds; one that waits this
+	// long is stuck (on a lock taken by ALTER TABLE, say).
+	stopGrace = 2 * time.Second
 
+	// cancelGrace is how long a statement the server was asked to cancel
+	// may take to return before the pass closes its connection, and how
+	// long a cancel request itself may take.
+	cancelGrace = 3 * time.Second
+
+	// releaseWait bounds how long a pass waits, at its end, for the server
+	// to show that a connection it had to close no longer holds the lock or
+	// runs a batch.
+	releaseWait = 5 * time.Second
+
+	// releasePoll is how often it looks.
+	releasePoll = 10 * time.Millisecond
+)
+
+// passConn is a pooled connection a pass holds.
+type passConn struct {
+	*pgxpool.Conn
+	pid uint32
+	// cut is set once a cancel request was sent for a statement on the
+	// connection. A cancel request can arrive late and cancel whatever the
+	// connection runs next, so it runs nothing more and is closed, never
+	// returned to the pool.
+	cut atomic.Bool
+	// abandoned is set when a statement was given up by closing the
+	// connection: the server may still be running it.
+	abandoned atomic.Bool
+}
+
+func newPassConn(c *pgxpool.Conn) *passConn {
+	return &passConn{Conn: c, pid: c.Conn().PgConn().PID()}
+}
+
+// done returns the connection to the pool, or closes it if a statement on
+// it was interrupted.
+func (pc *passConn) done(ctx context.Context) {
+	if !pc.cut.Load() && !pc.abandoned.Load() {
+		pc.Release()
+		return
+	}
+	// Terminate: the server ends the session, and whatever it holds.
+	_ = pc.Hijack().Close(ctx)
+}
+
+// inflight is one statement in progress, for the stop watcher.
+type inflight struct {
+	mu       sync.Mutex
+	over     bool
+	finished chan struct{}
+}
+
+var errConnCut = errors.New("culling: the connection's statement was cancelled; it runs nothing more")
+
+type pass struct {
+	c   *Culler
+	ctx context.Context // ends on Stop, the caller's cancel and PassTimeout
+	dry bool
+
+	begun       time.Time
+	res         *PassResult
+	target      int64     // rows the cull removes for MaxEntries
+	bytesTarget int64     // bytes the cull removes for MaxBytes
+	bytesRows   int64     // about how many rows that is, for Progress
+	agedBytes   int64     // a dry run's: the bytes of the rows MaxAge would remove
+	asOf        time.Time // rows that expired by then are swept
+
+	lock     *passConn
 	lockTx   pgx.Tx
-	lockPID  uint32 // the lock transaction's backend, which batches check
+	lockPID  uint32 // the lock transaction's backend, which batches check; 0 until locked
 	lastBeat time.Time
+	work     *passConn
 }
 
 func (p *pass) progress(ph Phase) {
-	if p.c.cfg.OnProgress == nil {
+	if p.c.cfg.OnProgress == nil || p.dry {
 		return
 	}
 	r := p.res
 	p.c.cfg.OnProgress(Progress{
-		Count: r.Count, CountExact: r.CountExact, CullTarget: p.target, Culled: r.Culled,
-		Elapsed: time.Since(p.begun), ExpiredRemoved: r.ExpiredRemoved, Phase: ph,
+		AgedOut: r.AgedOut, Count: r.Count, CountExact: r.CountExact, CullTarget: max(p.target, p.bytesRows),
+		Culled: r.Culled, CulledBytes: r.CulledBytes, Elapsed: time.Since(p.begun), ExpiredRemoved: r.ExpiredRemoved,
+		Phase: ph,
+	})
+}
+
+// stmt runs fn, one statement or one pipeline on pc, under a context the
+// pass's own does not cancel. Cancelling a context in the middle of a
+// statement makes pgx close the connection at once, but the server notices
+// only later: its backend, its locks and a DELETE in flight would outlive
+// the pass, and the next culler would find the lock still held. So a
+// stopped pass lets the statement in progress finish (stopGrace), then asks
+// the server to cancel it and waits for the answer (cancelGrace), and only
+// then closes the connection. Once the pass's context has ended, stmt runs
+// nothing new.
+func (p *pass) stmt(pc *passConn, fn func(context.Context) error) error {
+	if err := p.ctx.Err(); err != nil {
+		return err
+	}
+	if pc.cut.Load() || pc.abandoned.Load() {
+		return errConnCut
+	}
+	sctx, abandon := context.WithCancel(context.WithoutCancel(p.ctx))
+	defer abandon()
+	st := &inflight{finished: make(chan struct{})}
+	stopWatch := context.AfterFunc(p.ctx, func() { interrupt(pc, st, abandon) })
+	err := fn(sctx)
+	st.mu.Lock()
+	st.over = true
+	st.mu.Unlock()
+	close(st.finished)
+	stopWatch()
+	return err
+}
+
+// interrupt runs when a pass is stopped while st runs on pc.
+func interrupt(pc *passConn, st *inflight, abandon context.CancelFunc) {
+	grace := time.NewTimer(stopGrace)
+	defer grace.Stop()
+	select {
+	case <-st.finished:
+		return
+	case <-grace.C:
+	}
+	// Mark the connection before sending: once stmt has seen over, no
+	// cancel request may follow, and once one may, stmt sees cut.
+	st.mu.Lock()
+	if st.over {
+		st.mu.Unlock()
+		return
+	}
+	pc.cut.Store(true)
+	st.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), cancelGrace)
+	_ = pc.Conn.Conn().PgConn().CancelRequest(ctx)
+	cancel()
+	hard := time.NewTimer(cancelGrace)
+	defer hard.Stop()
+	select {
+	case <-st.finished:
+	case <-hard.C:
+		pc.abandoned.Store(true)
+		abandon()
+	}
+}
+
+// runTx runs q in a transaction of its own at READ COMMITTED, preceded by
+// settings (if any) for that transaction only, all sent as one pipeline
+// (one round trip). scan reads q's row; with a nil scan q is executed and
+// its command tag returned. The settings end with the transaction, so
+// nothing outlives it on the pooled connection.
+//
+// sqlBatchSettings turns synchronous_commit off: a commit then returns
+// without waiting for its WAL to reach disk, which measured four to five
+// times faster per batch where a WAL flush costs about 5 ms. It is safe for
+// a cache: a crash can lose only the last fraction of a second of
+// deletions, and the rows that come back are removed by the next pass (or,
+// for the state row, the next pass records itself).
+func runTx(ctx context.Context, conn *pgx.Conn, settings, q string, args []any, scan func(pgx.Row) error) (pgconn.CommandTag, error) {
+	b := &pgx.Batch{}
+	b.Queue(sqlBegin)
+	if settings != "" {
+		b.Queue(settings)
+	}
+	b.Queue(q, args...)
+	b.Queue(sqlCommit)
+	br := conn.SendBatch(ctx, b)
+	_, err := br.Exec()
+	if err == nil && settings != "" {
+		_, err = br.Exec()
+	}
+	var tag pgconn.CommandTag
+	if err == nil {
+		if scan != nil {
+			err = scan(br.QueryRow())
+		} else {
+			tag, err = br.Exec()
+		}
+	}
+	if err == nil {
+		_, err = br.Exec()
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil && !conn.IsClosed() && conn.PgConn().TxStatus() != 'I' {
+		// The failed statement aborted the transaction, which stays open
+		// until it is ended.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelGrace)
+		_, _ = conn.Exec(rctx, sqlRollback)
+		cancel()
+	}
+	return tag, err
+}
+
+// tx runs q on pc through runTx, under stmt.
+func (p *pass) tx(pc *passConn, settings, q string, args []any, scan func(pgx.Row) error) error {
+	return p.stmt(pc, func(ctx context.Context) error {
+		_, err := runTx(ctx, pc.Conn.Conn(), settings, q, args, scan)
+		return err
 	})
 }
 
@@ -146,26 +423,96 @@ func (p *pass) progress(ph Phase) {
 // short transactions on a second connection. Ending that transaction, by
 // rollback, by the connection closing or by the process dying, is the only
 // way to release the lock, so no error path can leave it held: pgxpool
-// destroys, rather than reuses, a connection returned mid-transaction.
-func (p *pass) run(ctx context.Context) error {
+// destroys, rather than reuses, a connection returned mid-transaction, and
+// release closes one whose statement was interrupted, then waits for the
+// server to show the lock gone.
+func (p *pass) run() error {
 	c := p.c
-	lockConn, err := c.pool.Acquire(ctx)
+	lockConn, err := c.pool.Acquire(p.ctx)
 	if err != nil {
 		return fmt.Errorf("culling: acquire a connection: %w", err)
 	}
-	defer lockConn.Release()
-	p.lockTx, err = lockConn.Begin(ctx)
+	p.lock = newPassConn(lockConn)
+	defer p.release()
+	if err := p.takeLock(); err != nil || p.res.Skipped {
+		return err
+	}
+
+	work, err := c.pool.Acquire(p.ctx)
 	if err != nil {
+		return fmt.Errorf("culling: acquire a connection: %w", err)
+	}
+	p.work = newPassConn(work)
+
+	if err := p.sweep(); err != nil {
+		return err
+	}
+	if err := p.ageOut(); err != nil {
+		return err
+	}
+	if err := p.count(); err != nil {
+		return err
+	}
+	if err := p.size(); err != nil {
+		return err
+	}
+	if err := p.cull(); err != nil {
+		return err
+	}
+	p.finish()
+	p.record()
+	p.progress(PhaseDone)
+	return nil
+}
+
+func (p *pass) finish() {
+	p.res.Remaining = max(p.res.Count-p.res.Culled, 0)
+	if p.res.Size > 0 {
+		p.res.RemainingSize = max(p.res.Size-p.res.CulledBytes, 0)
+	}
+}
+
+// runDry is DryRun's pass: no lock, one connection, nothing removed.
+func (p *pass) runDry() error {
+	work, err := p.c.pool.Acquire(p.ctx)
+	if err != nil {
+		return fmt.Errorf("culling: acquire a connection: %w", err)
+	}
+	p.work = newPassConn(work)
+	defer p.release()
+	if err := p.tx(p.work, "", fmt.Sprintf(sqlExpired, p.c.table), nil, func(r pgx.Row) error {
+		return r.Scan(&p.asOf, &p.res.ExpiredRemoved)
+	}); err != nil {
+		return fmt.Errorf("culling: count expired rows: %w", err)
+	}
+	p.res.StartedAt = p.asOf
+	if err := p.ageOut(); err != nil {
+		return err
+	}
+	if err := p.count(); err != nil {
+		return err
+	}
+	if err := p.size(); err != nil {
+		return err
+	}
+	if err := p.cull(); err != nil {
+		return err
+	}
+	p.finish()
+	return nil
+}
+
+// takeLock begins the lock transaction and tries the lock; p.res.Skipped
+// reports that another culler holds it.
+func (p *pass) takeLock() error {
+	c := p.c
+	if err := p.stmt(p.lock, func(ctx context.Context) error {
+		tx, err := p.lock.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+		p.lockTx = tx
+		return err
+	}); err != nil {
 		return fmt.Errorf("culling: begin the lock transaction: %w", err)
 	}
-	defer func() {
-		// A fresh context: the pass's may be cancelled, and the rollback
-		// must still be tried. If it fails, the connection is closed or
-		// left mid-transaction, and Release destroys it either way.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = p.lockTx.Rollback(rctx)
-	}()
 	// A culler that hangs between statements (a stopped process, a stuck
 	// goroutine) must not keep every other culler out forever: the lock
 	// query also sets idle_in_transaction_session_timeout for the lock
@@ -187,54 +534,116 @@ func (p *pass) run(ctx context.Context) error {
 	// registered: the idle lock transaction would then hold back the xmin
 	// horizon for the whole pass, so no row the pass deletes could be
 	// vacuumed, nor its index entries marked dead, until the pass ended.
-	if err := p.lockTx.QueryRow(ctx, sqlLock, pgx.QueryExecModeSimpleProtocol,
-		c.table, lockKeySpace, idleTimeout).Scan(&oid, &locked, &started); err != nil {
+	if err := p.stmt(p.lock, func(ctx context.Context) error {
+		return p.lockTx.QueryRow(ctx, sqlLock, pgx.QueryExecModeSimpleProtocol,
+			c.table, lockKeySpace, idleTimeout).Scan(&oid, &locked, &started)
+	}); err != nil {
 		return fmt.Errorf("culling: take the culler lock: %w", err)
 	}
 	if oid == nil {
 		return fmt.Errorf("%w: %s", ErrTableNotFound, c.table)
 	}
-	p.res.StartedAt = started
+	p.res.StartedAt, p.asOf = started, started
 	if locked == nil || !*locked {
 		p.res.Skipped = true
 		return nil
 	}
 	p.lastBeat = time.Now()
-	p.lockPID = p.lockTx.Conn().PgConn().PID()
-
-	work, err := c.pool.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("culling: acquire a connection: %w", err)
-	}
-	defer work.Release()
-
-	if err := p.sweep(ctx, work, started); err != nil {
-		return err
-	}
-	if err := p.count(ctx, work, *oid); err != nil {
-		return err
-	}
-	if err := p.cull(ctx, work); err != nil {
-		return err
-	}
-	p.res.Remaining = max(p.res.Count-p.res.Culled, 0)
-	p.record(ctx, work)
-	p.progress(PhaseDone)
+	p.lockPID = p.lock.pid
 	return nil
+}
+
+// release ends the pass's hold on the database: it returns or closes the
+// work connection, rolls back the lock transaction (which releases the
+// lock), and if a connection had to be closed instead, waits (bounded by
+// releaseWait) until the server shows its backend no longer holds the lock
+// or runs a batch. Then the next culler's pass can start at once.
+func (p *pass) release() {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), releaseWait)
+	defer cancel()
+	var busyPID, lockPID uint32
+	if p.work != nil {
+		if p.work.abandoned.Load() {
+			busyPID = p.work.pid
+		}
+		p.work.done(ctx)
+	}
+	if p.lock != nil {
+		interrupted := p.lock.cut.Load() || p.lock.abandoned.Load()
+		released := false
+		if p.lockTx != nil && !interrupted {
+			// The rollback runs even though the pass's context may have
+			// ended; if it fails, the connection is closed or left
+			// mid-transaction, and the pool destroys it either way.
+			released = p.lockTx.Rollback(ctx) == nil
+		}
+		if p.lockTx == nil && !interrupted {
+			released = true // no transaction, so no lock
+		}
+		if !released {
+			lockPID = p.lock.pid
+		}
+		p.lock.done(ctx)
+	}
+	if busyPID == 0 && lockPID == 0 {
+		return
+	}
+	if err := p.waitReleased(ctx, lockPID, busyPID); err != nil {
+		p.c.cfg.Logger.WarnContext(ctx, "culling.Culler: could not confirm that a closed connection released the culler lock; "+
+			"the next pass may be skipped until the server ends that session", "pid", lockPID, "error", err)
+	}
+}
+
+// waitReleased waits until backend lockPID (unless 0) no longer holds the
+// culler lock and backend busyPID (unless 0) no longer holds a lock on the
+// cache table.
+func (p *pass) waitReleased(ctx context.Context, lockPID, busyPID uint32) error {
+	c := p.c
+	conn, err := c.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	for {
+		var held, busy bool
+		if lockPID != 0 {
+			if _, err := runTx(ctx, conn.Conn(), "", sqlLockHeld, []any{lockPID, lockKeySpace, c.table},
+				func(r pgx.Row) error { return r.Scan(&held) }); err != nil {
+				return err
+			}
+		}
+		if busyPID != 0 {
+			if _, err := runTx(ctx, conn.Conn(), "", sqlTableBusy, []any{busyPID, c.table},
+				func(r pgx.Row) error { return r.Scan(&busy) }); err != nil {
+				return err
+			}
+		}
+		if !held && !busy {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(releasePoll):
+		}
+	}
 }
 
 // heartbeat checks, at most once every heartbeatEvery (or at once with
 // force), that the lock's connection still holds its transaction; if it does
 // not, another culler may already be running, so the pass stops. Batches
-// themselves delete nothing once the lock is gone (see sqlCull), so between
+// themselves delete nothing once the lock is gone (see sqlSweep), so between
 // heartbeats a lost lock costs no more than a batch that finds nothing.
-func (p *pass) heartbeat(ctx context.Context, force bool) error {
+func (p *pass) heartbeat(force bool) error {
 	if !force && time.Since(p.lastBeat) < heartbeatEvery {
-		return nil
+		return p.ctx.Err() // stop between batches
 	}
-	if _, err := p.lockTx.Exec(ctx, "SELECT 1", pgx.QueryExecModeSimpleProtocol); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
+	if err := p.stmt(p.lock, func(ctx context.Context) error {
+		_, err := p.lockTx.Exec(ctx, sqlHeartbeat, pgx.QueryExecModeSimpleProtocol)
+		return err
+	}); err != nil {
+		if p.ctx.Err() != nil {
+			return p.ctx.Err()
 		}
 		return fmt.Errorf("%w: %w", ErrLockLost, err)
 	}
@@ -242,82 +651,200 @@ func (p *pass) heartbeat(ctx context.Context, force bool) error {
 	return nil
 }
 
+// cursor is a position in eviction order: where the next batch starts.
+type cursor struct {
+	expires pgtype.Timestamptz // NULL for a never-expiring row
+	key     string
+}
+
+// startTimed is before every row with an expiry; a key never sorts before "".
+var startTimed = cursor{expires: pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}}
+
+// batchResult is what one batch delete did: the rows it locked, those it
+// picked of them to remove (see sqlCullBefore), those it removed, and
+// their bytes.
+type batchResult struct {
+	locked, picked, removed, bytes int64
+	next                           cursor
+}
+
+// deleteBatch runs one of the batch deletes (see sqlSweep) with args.
+func (p *pass) deleteBatch(q string, args ...any) (batchResult, error) {
+	var (
+		b       batchResult
+		lastKey *string
+	)
+	err := p.tx(p.work, sqlBatchSettings, q, args, func(r pgx.Row) error {
+		return r.Scan(&b.locked, &b.picked, &b.removed, &b.bytes, &b.next.expires, &lastKey)
+	})
+	if lastKey != nil {
+		b.next.key = *lastKey
+	}
+	return b, err
+}
+
+// lockLost reports a batch that locked rows but removed none of them: the
+// lock transaction's backend no longer holds the culler lock.
+func (p *pass) lockLost() error {
+	if err := p.heartbeat(true); err != nil {
+		return err
+	}
+	return fmt.Errorf("%w: a batch found the lock released", ErrLockLost)
+}
+
 // sweep removes rows that had expired when the pass began, soonest first,
 // in batches until a batch comes back short. Rows that expire during the
 // pass are left for the next one, so the sweep ends even while rows keep
 // expiring.
-func (p *pass) sweep(ctx context.Context, work *pgxpool.Conn, asOf time.Time) error {
+func (p *pass) sweep() error {
 	q := fmt.Sprintf(sqlSweep, p.c.table)
-	batch := p.c.cfg.BatchSize
+	batch := int64(p.c.cfg.BatchSize)
+	cur := startTimed
 	for {
-		if err := p.heartbeat(ctx, false); err != nil {
+		if err := p.heartbeat(false); err != nil {
 			return err
 		}
-		n, err := execAsync(ctx, work, q, asOf, batch, p.lockPID)
+		b, err := p.deleteBatch(q, batch, p.lockPID, p.asOf, cur.expires, cur.key)
 		if err != nil {
 			return fmt.Errorf("culling: remove expired rows: %w", err)
 		}
-		p.res.ExpiredRemoved += n
-		if n > 0 {
+		p.res.ExpiredRemoved += b.removed
+		if b.removed > 0 {
 			p.progress(PhaseSweep)
 		}
-		if n < int64(batch) {
-			// Short because the sweep is done, or because the lock is gone.
-			return p.heartbeat(ctx, true)
+		if b.removed < b.picked {
+			return p.lockLost()
 		}
+		if b.locked < batch {
+			// Short: nothing is left in the range but rows writers hold.
+			return p.heartbeat(true)
+		}
+		cur = b.next
 	}
 }
 
 // count sets res.Count. It reads PostgreSQL's live-row statistic first,
 // which is free; when that says the table is within ExactCountLimit it then
-// counts exactly with a walk that stops after ExactCountLimit+1 rows.
-func (p *pass) count(ctx context.Context, work *pgxpool.Conn, oid int64) error {
+// counts exactly with a walk that stops after ExactCountLimit+1 rows. A dry
+// run, which swept nothing, leaves out the expired rows it counted.
+func (p *pass) count() error {
 	c := p.c
-	// Writes noted from here on may not be in this count; earlier ones,
-	// whose statements have returned, are.
-	c.pending.Store(0)
+	if !p.dry {
+		// Writes noted from here on may not be in this count; earlier
+		// ones, whose statements have returned, are.
+		c.pending.Store(0)
+	}
 	p.progress(PhaseCount)
 
-	if p.res.ExpiredRemoved > 0 {
-		if err := p.flushStats(ctx, work); err != nil {
+	if p.res.ExpiredRemoved+p.res.AgedOut > 0 && !p.dry {
+		if err := p.flushStats(); err != nil {
 			return err
 		}
 	}
 	var estimate int64
-	if err := work.QueryRow(ctx, sqlEstimate, oid).Scan(&estimate); err != nil {
+	if err := p.tx(p.work, "", sqlEstimate, []any{c.table}, func(r pgx.Row) error { return r.Scan(&estimate) }); err != nil {
 		return fmt.Errorf("culling: read the table's row estimate: %w", err)
 	}
 	limit := int64(c.cfg.ExactCountLimit)
-	if limit < 0 || estimate > limit {
+	switch {
+	case limit < 0 || estimate > limit:
 		p.res.Count, p.res.CountExact = estimate, false
+	default:
+		var walked int64
+		if err := p.tx(p.work, "", fmt.Sprintf(sqlWalk, c.table), []any{limit + 1}, func(r pgx.Row) error {
+			return r.Scan(&walked)
+		}); err != nil {
+			return fmt.Errorf("culling: count the table: %w", err)
+		}
+		if walked <= limit {
+			p.res.Count, p.res.CountExact = walked, true
+		} else {
+			// Bigger than the walk and the statistic has not caught up:
+			// use the larger figure; the cull phase checks it before
+			// removing anything.
+			p.res.Count, p.res.CountExact = max(estimate, walked), false
+		}
+	}
+	if p.dry {
+		p.res.Count = max(p.res.Count-p.res.ExpiredRemoved-p.res.AgedOut, 0)
+	}
+	return nil
+}
+
+// ageOut removes, when MaxAge is set, the rows written more than MaxAge
+// before the pass began, oldest first, in keyset batches over the index on
+// (written_at, key) as the sweep does over (expires, key). A dry run counts
+// them instead.
+func (p *pass) ageOut() error {
+	c := p.c
+	if c.cfg.MaxAge == 0 {
 		return nil
 	}
-	var walked int64
-	if err := work.QueryRow(ctx, fmt.Sprintf(sqlWalk, c.table), limit+1).Scan(&walked); err != nil {
-		return fmt.Errorf("culling: count the table: %w", err)
-	}
-	if walked <= limit {
-		p.res.Count, p.res.CountExact = walked, true
+	cutoff := p.asOf.Add(-c.cfg.MaxAge)
+	if p.dry {
+		if err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(sqlCountAged, c.table), []any{cutoff, p.asOf},
+			func(r pgx.Row) error { return r.Scan(&p.res.AgedOut, &p.agedBytes) }); err != nil {
+			return fmt.Errorf("culling: count entries older than MaxAge: %w", err)
+		}
 		return nil
 	}
-	// Bigger than the walk and the statistic has not caught up: use the
-	// larger figure; the next pass will have a better one.
-	p.res.Count, p.res.CountExact = max(estimate, walked), false
+	q := fmt.Sprintf(sqlAgeOut, c.table)
+	batch := int64(c.cfg.BatchSize)
+	cur := startTimed
+	for {
+		if err := p.heartbeat(false); err != nil {
+			return err
+		}
+		b, err := p.deleteBatch(q, batch, p.lockPID, cutoff, cur.expires, cur.key)
+		if err != nil {
+			return fmt.Errorf("culling: remove entries older than MaxAge: %w", err)
+		}
+		p.res.AgedOut += b.removed
+		if b.removed > 0 {
+			p.progress(PhaseAge)
+		}
+		if b.removed < b.picked {
+			return p.lockLost()
+		}
+		if b.locked < batch {
+			return p.heartbeat(true)
+		}
+		cur = b.next
+	}
+}
+
+// size sets res.Size when MaxBytes is set (see estimateSize).
+func (p *pass) size() error {
+	if p.c.cfg.MaxBytes == 0 {
+		return nil
+	}
+	est, err := p.estimateSize()
+	if err != nil {
+		return err
+	}
+	p.res.Size, p.res.SizeExact = est.Bytes, est.Exact
+	if p.dry && est.Exact {
+		// The dry run read the rows MaxAge would remove; a pass would not.
+		p.res.Size = max(p.res.Size-p.agedBytes, 0)
+	}
 	return nil
 }
 
 // flushStats makes this session's deletes count in the table's live-row
 // statistic now. A session otherwise flushes its statistics at most once a
 // second, and an idle one only after ten: without this, the next estimate
-// would still include the rows this pass removed, and cull them again.
-// The flush happens when the statement returns, before the next one runs.
-func (p *pass) flushStats(ctx context.Context, work *pgxpool.Conn) error {
+// would still include the rows this pass removed. The flush happens when
+// the transaction ends, before the next statement runs.
+func (p *pass) flushStats() error {
 	if p.c.noForceFlush.Load() {
 		return nil
 	}
-	if _, err := work.Exec(ctx, "SELECT pg_stat_force_next_flush()"); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
+	if err := p.tx(p.work, "", sqlFlushStats, nil, nil); err != nil {
+		if p.ctx.Err() != nil {
+			return p.ctx.Err()
+		}
+		if errors.Is(err, errConnCut) {
+			return err
 		}
 		// PostgreSQL 14 or older, or revoked: the statistic catches up
 		// on its own, within about a second.
@@ -326,99 +853,303 @@ func (p *pass) flushStats(ctx context.Context, work *pgxpool.Conn) error {
 	return nil
 }
 
-// cull removes rows in eviction order until the table is back at or under
-// MaxEntries, removing at least 1/CullFrequency of them, as Django does.
-func (p *pass) cull(ctx context.Context, work *pgxpool.Conn) error {
+// cullStep is one stretch of eviction order the cull walks with one
+// statement: rows with an expiry, or never-expiring rows.
+type cullStep struct {
+	q     string
+	start cursor
+	args  func(limit int64, cur cursor) []any // then the budget and the row count are appended
+}
+
+// cull removes rows in eviction order when the table holds more than
+// MaxEntries: max(count/CullFrequency, count − MaxEntries) of them, as
+// Django does (all of them with CullAll); and, when its size is over
+// MaxBytes, at least the estimated excess in bytes.
+//
+// The count may be PostgreSQL's estimate, which lags deletions as well as
+// insertions, so nothing live is removed on its word. A walk back from the
+// end of eviction order over at most MaxEntries + 1 rows first confirms,
+// exactly, that the table is over the limit, and finds the boundary: the
+// earliest of the `keep` latest rows, keep = min(MaxEntries,
+// count − count/CullFrequency). The count cull then removes rows from the
+// front of eviction order up to, never including, that boundary, and no
+// more than count − keep. So for MaxEntries a pass never removes an entry
+// while the table is at or under the limit, never leaves fewer than keep of
+// the entries it walked, and never removes more than the estimate implies.
+//
+// The byte cull removes rows from the front of eviction order, summing
+// their exact sizes (each batch returns them), until the sum reaches the
+// estimated excess: the table ends within the estimate's error of
+// MaxBytes.
+func (p *pass) cull() error {
 	c := p.c
-	p.target = cullTarget(p.res.Count, int64(c.cfg.MaxEntries), c.cfg.CullFrequency)
-	if p.target == 0 {
+	countOver := c.cfg.MaxEntries != NoLimit && p.res.Count > int64(c.cfg.MaxEntries)
+	bytesOver := c.cfg.MaxBytes > 0 && p.res.Size > c.cfg.MaxBytes
+	if !countOver && !bytesOver {
 		return nil
 	}
-	p.progress(PhaseCull)
-	q := fmt.Sprintf(sqlCull, c.table)
-	defer func() {
-		if p.res.Culled > 0 {
-			_ = p.flushStats(ctx, work) // best effort: the rows are gone either way
-		}
-	}()
-	for p.res.Culled < p.target {
-		if err := p.heartbeat(ctx, false); err != nil {
+	var (
+		keep   int64
+		found  bool
+		bound  cursor
+		before int64
+	)
+	if countOver {
+		var err error
+		if keep, found, bound, before, countOver, err = p.countBoundary(); err != nil {
 			return err
 		}
-		want := min(int64(c.cfg.BatchSize), p.target-p.res.Culled)
-		n, err := execAsync(ctx, work, q, want, p.lockPID)
-		if err != nil {
-			return fmt.Errorf("culling: cull: %w", err)
+	}
+	if !countOver && !bytesOver {
+		return nil
+	}
+	if countOver {
+		p.target = p.res.Count - keep
+	}
+	if bytesOver {
+		p.bytesTarget = p.res.Size - c.cfg.MaxBytes
+		p.bytesRows = p.rowsFor(p.bytesTarget)
+	}
+
+	var steps []cullStep
+	timed := func(q string) cullStep {
+		return cullStep{q: fmt.Sprintf(q, c.table), start: startTimed, args: func(limit int64, cur cursor) []any {
+			return []any{limit, p.lockPID, cur.expires, cur.key}
+		}}
+	}
+	switch {
+	case bytesOver || !found: // everything may go, rows with an expiry first
+		steps = []cullStep{timed(sqlCullTimed), {q: fmt.Sprintf(sqlCullNull, c.table), args: func(limit int64, cur cursor) []any {
+			return []any{limit, p.lockPID, cur.key}
+		}}}
+	case bound.expires.Valid: // the boundary has an expiry
+		steps = []cullStep{{q: fmt.Sprintf(sqlCullBefore, c.table), start: startTimed, args: func(limit int64, cur cursor) []any {
+			return []any{limit, p.lockPID, cur.expires, cur.key, bound.expires, bound.key}
+		}}}
+	default: // the boundary never expires: every row with an expiry goes first
+		steps = []cullStep{timed(sqlCullTimed), {q: fmt.Sprintf(sqlCullNullBefore, c.table), args: func(limit int64, cur cursor) []any {
+			return []any{limit, p.lockPID, cur.key, bound.key}
+		}}}
+	}
+
+	if p.dry {
+		return p.dryCull(countOver, bytesOver, before, keep)
+	}
+	p.progress(PhaseCull)
+	defer func() {
+		if p.res.Culled > 0 {
+			_ = p.flushStats() // best effort: the rows are gone either way
 		}
-		p.res.Culled += n
-		p.progress(PhaseCull)
-		if n < want {
-			// The table ran out of rows that are not locked by writers
-			// (they are for the next pass), or the lock is gone.
-			return p.heartbeat(ctx, true)
+	}()
+	done := func() bool {
+		return (!countOver || p.res.Culled >= p.target) && (!bytesOver || p.res.CulledBytes >= p.bytesTarget)
+	}
+	batch := int64(c.cfg.BatchSize)
+	for _, st := range steps {
+		cur := st.start
+		for {
+			if done() {
+				return nil
+			}
+			if err := p.heartbeat(false); err != nil {
+				return err
+			}
+			var want int64
+			if countOver {
+				want = p.target - p.res.Culled
+			}
+			if bytesOver {
+				// Batches shrink to about the rows the rest of the excess
+				// takes, so the last one overshoots by about a row, not by
+				// a batch of large values.
+				want = max(want, p.rowsFor(p.bytesTarget-p.res.CulledBytes))
+			}
+			want = min(max(want, 1), batch)
+			// The byte budget, when MaxBytes calls for it, and the rows
+			// MaxEntries still calls for whatever their bytes.
+			var budget *int64
+			rows := max(p.target-p.res.Culled, 0)
+			if bytesOver {
+				left := p.bytesTarget - p.res.CulledBytes
+				budget = &left
+			}
+			b, err := p.deleteBatch(st.q, append(st.args(want, cur), budget, rows)...)
+			if err != nil {
+				return fmt.Errorf("culling: cull: %w", err)
+			}
+			p.res.Culled += b.removed
+			p.res.CulledBytes += b.bytes
+			p.progress(PhaseCull)
+			if b.removed < b.picked {
+				return p.lockLost()
+			}
+			if b.locked < want {
+				break // this stretch is done
+			}
+			cur = b.next
 		}
+	}
+	if done() {
+		return nil
+	}
+	// Every row before the boundary is gone (but those writers held), and
+	// the walk left keep rows from it on: a better count than an estimate.
+	if !p.res.CountExact && !bytesOver {
+		p.res.Count = p.res.Culled + keep
+	}
+	return p.heartbeat(true)
+}
+
+// countBoundary confirms that the table is over MaxEntries and finds the
+// count cull's boundary (see cull). over is false when the table turned out
+// not to be over the limit; the count is then corrected.
+func (p *pass) countBoundary() (keep int64, found bool, bound cursor, before int64, over bool, err error) {
+	c := p.c
+	maxEntries := int64(c.cfg.MaxEntries)
+	if c.cfg.CullFrequency != CullAll {
+		keep = min(maxEntries, p.res.Count-p.res.Count/int64(c.cfg.CullFrequency))
+	}
+	// The boundary: the keep-th row from the end.
+	if keep > 0 {
+		var bKey *string
+		err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(sqlBoundary, c.table), []any{p.asOf, keep - 1},
+			func(r pgx.Row) error { return r.Scan(&bound.expires, &bKey) })
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			// Fewer than keep rows: under the limit (the count below says so).
+		case err != nil:
+			return 0, false, bound, 0, false, fmt.Errorf("culling: find the cull boundary: %w", err)
+		default:
+			found, bound.key = true, *bKey
+		}
+	}
+	// The rows before it, counted up to what proves the table over the
+	// limit (and, in a dry run, up to what the cull would remove).
+	need := maxEntries + 1 - keep
+	if p.dry {
+		need = max(need, p.res.Count-keep)
+	}
+	if keep > 0 && !found {
+		keep, need = 0, maxEntries+1
+	}
+	if err := p.countBefore(found, bound, need, &before); err != nil {
+		return 0, false, bound, 0, false, err
+	}
+	if walked := keep + min(before, maxEntries+1-keep); walked <= maxEntries {
+		// Not over the limit after all: the count was an estimate that had
+		// not caught up with deletions. The walk counted every row.
+		p.res.Count, p.res.CountExact = keep+before, true
+		return keep, found, bound, before, false, nil
+	}
+	return keep, found, bound, before, true, nil
+}
+
+// rowsFor is about how many rows hold bytes, at the mean size of the rows
+// culled so far, or else of the table.
+func (p *pass) rowsFor(bytes int64) int64 {
+	mean := float64(p.res.Size) / float64(max(p.res.Count, 1))
+	if p.res.Culled > 0 {
+		mean = float64(p.res.CulledBytes) / float64(p.res.Culled)
+	}
+	if bytes <= 0 {
+		return 0
+	}
+	return int64(math.Ceil(float64(bytes) / max(mean, 1)))
+}
+
+// dryCull is the dry run's cull: it counts the rows the cull would remove,
+// and for MaxBytes their bytes, walking eviction order without removing.
+func (p *pass) dryCull(countOver, bytesOver bool, before, keep int64) error {
+	if countOver {
+		p.res.Culled = min(before, p.target)
+		if before < p.target && !p.res.CountExact && !bytesOver {
+			p.res.Count = before + keep
+		}
+	}
+	if !bytesOver {
+		return nil
+	}
+	// Walk the front of eviction order, doubling the walk until it covers
+	// both targets or the table.
+	minRows := p.res.Culled
+	for limit := max(p.rowsFor(p.bytesTarget)*2, minRows, int64(p.c.cfg.BatchSize)); ; limit *= 2 {
+		var n, run, walked int64
+		if err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(sqlSizeFront, p.c.table), []any{p.asOf, limit, p.bytesTarget, minRows},
+			func(r pgx.Row) error { return r.Scan(&n, &run, &walked) }); err != nil {
+			return fmt.Errorf("culling: count the rows to cull: %w", err)
+		}
+		if walked < limit || n < walked {
+			p.res.Culled, p.res.CulledBytes = n, run
+			return nil
+		}
+	}
+}
+
+// countBefore counts, up to limit, the rows that had not expired at the
+// pass's start and come before the boundary in eviction order (all of them
+// when there is no boundary).
+func (p *pass) countBefore(found bool, bound cursor, limit int64, n *int64) error {
+	var (
+		q    string
+		args []any
+	)
+	switch {
+	case !found:
+		q, args = sqlCountLive, []any{p.asOf, limit}
+	case bound.expires.Valid:
+		q, args = sqlCountBefore, []any{p.asOf, bound.expires, bound.key, limit}
+	default:
+		q, args = sqlCountBeforeNull, []any{p.asOf, bound.key, limit}
+	}
+	if err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(q, p.c.table), args, func(r pgx.Row) error {
+		return r.Scan(n)
+	}); err != nil {
+		return fmt.Errorf("culling: count the rows before the cull boundary: %w", err)
 	}
 	return nil
 }
 
-// execAsync runs one statement as its own transaction, committed with
-// synchronous_commit off. The commit then returns without waiting for its
-// WAL to reach disk, which measured four to five times faster per batch
-// where a WAL flush costs about 5 ms. It is safe for a cache: a crash can
-// lose only the last fraction of a second of deletions, and the rows that
-// come back are removed by the next pass (or, for the state row, the next
-// pass records itself). The setting and the statement are sent as one
-// pipeline with a single Sync, so they form one implicit transaction:
-// set_config(…, true) ends with it and never outlives the statement on the
-// pooled connection.
-func execAsync(ctx context.Context, work *pgxpool.Conn, q string, args ...any) (int64, error) {
-	b := &pgx.Batch{}
-	b.Queue(sqlAsyncCommit)
-	b.Queue(q, args...)
-	br := work.SendBatch(ctx, b)
-	_, err := br.Exec()
-	var tag pgconn.CommandTag
-	if err == nil {
-		tag, err = br.Exec()
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return 0, err
-	}
-	return tag.RowsAffected(), nil
-}
-
-// cullTarget is how many rows to remove from a table of count rows: none
-// when count <= max; all with CullAll; otherwise count/freq (Django's
-// arithmetic) or, when that would leave the table over the limit, count-max.
-func cullTarget(count, maxEntries int64, freq int) int64 {
-	if count <= maxEntries {
-		return 0
-	}
-	if freq == CullAll {
-		return count
-	}
-	return max(count/int64(freq), count-maxEntries)
-}
-
 // record writes the pass to the state table. It does not fail the pass: the
-// rows are removed whether or not the record is written.
-func (p *pass) record(ctx context.Context, work *pgxpool.Conn) {
+// rows are removed whether or not the record is written. On a schema
+// without migration 004 it records what the state table has columns for.
+func (p *pass) record() {
+	c := p.c
 	r := p.res
-	_, err := execAsync(ctx, work, fmt.Sprintf(sqlRecord, p.c.state),
-		r.StartedAt, r.ExpiredRemoved, r.Culled, r.Count, r.CountExact, r.Remaining, p.c.runner)
-	if err == nil || ctx.Err() != nil {
+	var (
+		size, maxEntries, maxBytes *int64
+		maxAge                     *time.Duration
+	)
+	if c.cfg.MaxBytes > 0 {
+		size, maxBytes = &r.Size, &c.cfg.MaxBytes
+	}
+	if c.cfg.MaxEntries != NoLimit {
+		n := int64(c.cfg.MaxEntries)
+		maxEntries = &n
+	}
+	if c.cfg.MaxAge > 0 {
+		maxAge = &c.cfg.MaxAge
+	}
+	err := p.tx(p.work, sqlAsyncCommit, fmt.Sprintf(sqlRecordV4, c.state),
+		[]any{r.StartedAt, r.ExpiredRemoved, r.Culled, r.Count, r.CountExact, r.Remaining, c.runner,
+			r.AgedOut, r.CulledBytes, size, maxEntries, maxBytes, maxAge}, nil)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42703" { // undefined_column: no migration 004
+		if c.warnedState.CompareAndSwap(false, true) {
+			c.cfg.Logger.WarnContext(p.ctx, "culling.Culler: "+StateTable+" lacks the columns of migration 004; "+
+				"apply the migrations so `dbcache stats` can show the limits, the size and what MaxAge removed")
+		}
+		err = p.tx(p.work, sqlAsyncCommit, fmt.Sprintf(sqlRecord, c.state),
+			[]any{r.StartedAt, r.ExpiredRemoved, r.Culled, r.Count, r.CountExact, r.Remaining, c.runner}, nil)
+	}
+	if err == nil || p.ctx.Err() != nil {
 		return
 	}
-	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table
-		if p.c.warnedState.CompareAndSwap(false, true) {
-			p.c.cfg.Logger.WarnContext(ctx, "culling.Culler: cannot record passes: "+StateTable+
+		if c.warnedState.CompareAndSwap(false, true) {
+			c.cfg.Logger.WarnContext(p.ctx, "culling.Culler: cannot record passes: "+StateTable+
 				" is missing; apply the migrations (002) so `dbcache stats` can show the last cull")
 		}
 		return
 	}
-	p.c.cfg.Logger.WarnContext(ctx, "culling.Culler: cannot record the pass", "error", err)
+	c.cfg.Logger.WarnContext(p.ctx, "culling.Culler: cannot record the pass", "error", err)
 }

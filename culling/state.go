@@ -47,6 +47,26 @@ type PassRecord struct {
 	TotalCulled int64
 	// TotalExpiredRemoved sums ExpiredRemoved over every recorded pass.
 	TotalExpiredRemoved int64
+
+	// The fields below need migration 004; on an older schema they are
+	// zero and Limits is false.
+
+	// AgedOut is the rows the last pass removed for being older than
+	// MaxAge; TotalAgedOut sums it over every recorded pass.
+	AgedOut      int64
+	TotalAgedOut int64
+	// CulledBytes is the size of the rows the last pass culled.
+	CulledBytes int64
+	// Limits reports that the record holds the limits below.
+	Limits bool
+	// MaxAge, MaxBytes and MaxEntries are the limits the last pass
+	// enforced; 0 for none (MaxEntries: NoLimit).
+	MaxAge     time.Duration
+	MaxBytes   int64
+	MaxEntries int64
+	// Size is the size the last pass estimated after its sweep; 0 when it
+	// had no MaxBytes.
+	Size int64
 }
 
 // LastPass reads the last completed pass over the cache table in schema
@@ -67,12 +87,48 @@ func LastPass(ctx context.Context, pool *pgxpool.Pool, schema string) (*PassReco
 		lastCull   *time.Time
 		sinceCull  *float64
 	)
-	err := pool.QueryRow(ctx, fmt.Sprintf(sqlLastPass, state)).Scan(
-		&r.StartedAt, &r.FinishedAt, &dur, &since,
-		&r.ExpiredRemoved, &r.Culled, &r.Count, &r.CountExact, &r.Remaining,
-		&lastCull, &sinceCull,
-		&r.Passes, &r.TotalExpiredRemoved, &r.TotalCulled, &r.Runner)
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("culling: acquire a connection: %w", err)
+	}
+	defer conn.Release()
+	var (
+		size, maxEntries, maxBytes *int64
+		maxAge                     *float64
+	)
+	_, err = runTx(ctx, conn.Conn(), "", fmt.Sprintf(sqlLastPassV4, state), nil, func(row pgx.Row) error {
+		return row.Scan(
+			&r.StartedAt, &r.FinishedAt, &dur, &since,
+			&r.ExpiredRemoved, &r.Culled, &r.Count, &r.CountExact, &r.Remaining,
+			&lastCull, &sinceCull,
+			&r.Passes, &r.TotalExpiredRemoved, &r.TotalCulled, &r.Runner,
+			&r.AgedOut, &r.TotalAgedOut, &size, &r.CulledBytes, &maxEntries, &maxBytes, &maxAge)
+	})
 	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42703" { // undefined_column: no migration 004
+		_, err = runTx(ctx, conn.Conn(), "", fmt.Sprintf(sqlLastPass, state), nil, func(row pgx.Row) error {
+			return row.Scan(
+				&r.StartedAt, &r.FinishedAt, &dur, &since,
+				&r.ExpiredRemoved, &r.Culled, &r.Count, &r.CountExact, &r.Remaining,
+				&lastCull, &sinceCull,
+				&r.Passes, &r.TotalExpiredRemoved, &r.TotalCulled, &r.Runner)
+		})
+	} else if err == nil {
+		r.Limits = true
+		r.MaxEntries = NoLimit
+		if maxEntries != nil {
+			r.MaxEntries = *maxEntries
+		}
+		if maxBytes != nil {
+			r.MaxBytes = *maxBytes
+		}
+		if maxAge != nil {
+			r.MaxAge = seconds(*maxAge)
+		}
+		if size != nil {
+			r.Size = *size
+		}
+	}
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return nil, ErrNoPass

@@ -38,6 +38,9 @@ type shared struct {
 	// gets coalesces concurrent Gets on the pool (Config.CoalesceGets);
 	// nil when off.
 	gets *coalescer
+	// sets coalesces concurrent Sets on the pool (Config.CoalesceSets);
+	// nil when off.
+	sets *setCoalescer
 	// wrapWrites makes writes on the pool run in a READ COMMITTED
 	// transaction of their own: the session default is another level (see
 	// exec.go).
@@ -107,13 +110,17 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		s.gets = newCoalescer(pool, s.q, c.CoalesceGets)
 	}
 	cache := &Cache{s: s, db: pool, q: s.q, version: c.Version}
+	if c.CoalesceSets > 0 {
+		s.sets = newSetCoalescer(cache, c.CoalesceSets)
+	}
 	ctx, cancel := cache.bound(ctx)
 	defer cancel()
 	var (
-		oid       int64
-		isolation string
+		oid        int64
+		isolation  string
+		hasWritten bool
 	)
-	if err := pool.QueryRow(ctx, qCheck, s.q.table).Scan(&oid, &isolation); err != nil {
+	if err := pool.QueryRow(ctx, qCheck, s.q.table).Scan(&oid, &isolation, &hasWritten); err != nil {
 		s.bgCancel()
 		return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
 	}
@@ -143,6 +150,10 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 			where = "in schema " + strconv.Quote(c.Schema)
 		}
 		return nil, fmt.Errorf("%w (no table %s %s)", ErrNotMigrated, TableName, where)
+	}
+	if !hasWritten {
+		s.bgCancel()
+		return nil, fmt.Errorf("%w: the cache table predates migration 4 (written_at), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrNotMigrated)
 	}
 	return cache, nil
 }
@@ -298,7 +309,12 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	if _, err := c.execWrite(ctx, c.q.set, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+	if c.s.sets != nil && c.onPool() {
+		err = c.s.sets.set(ctx, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout))
+	} else {
+		_, err = c.execWrite(ctx, c.q.set, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout))
+	}
+	if err != nil {
 		if c.degrade(ctx, "set", err) {
 			return nil
 		}

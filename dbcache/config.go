@@ -82,6 +82,17 @@ type Config struct {
 	// Defaults to 0: off, every Get is its own query.
 	CoalesceGets int
 
+	// CoalesceSets, when positive, is the most Set statements the cache runs
+	// on the pool at once; a Set that arrives while that many are running
+	// waits, and the waiting Sets are written together by one multi-row
+	// upsert as soon as a running one finishes. A lone Set never waits.
+	// Each caller still gets exactly its own result: nil once the batch
+	// committed, the batch's error otherwise; two Sets of one key keep their
+	// order. Under concurrency, PostgreSQL's per-statement and per-commit
+	// cost is shared by many rows. Sets in a WithTx view are never
+	// coalesced. Defaults to 0: off.
+	CoalesceSets int
+
 	// DefaultTimeout is the timeout for calls that pass DefaultTimeout.
 	// Forever makes entries never expire by default; TTL(0) makes them expire
 	// at once (Django's TIMEOUT=0). Defaults to TTL(DefaultTimeoutDefault).
@@ -209,6 +220,9 @@ func (c *Config) validate() error {
 	var errs []error
 	if c.Schema != "" && !schemaRE.MatchString(c.Schema) {
 		errs = append(errs, fmt.Errorf("dbcache: Config.Schema %q is not a valid schema name (letters, digits, _ and $, at most 63)", c.Schema))
+	}
+	if c.CoalesceSets < 0 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceSets %d is negative (0 turns coalescing off)", c.CoalesceSets))
 	}
 	if c.CoalesceGets < 0 {
 		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceGets %d is negative (0 turns coalescing off)", c.CoalesceGets))

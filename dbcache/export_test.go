@@ -18,3 +18,19 @@ func CoalescePending(c *Cache) int {
 	defer c.s.gets.mu.Unlock()
 	return len(c.s.gets.pending)
 }
+
+// CoalescedSetBatches, SetsInflight and SetsPending report the Set
+// coalescer's batches, busy slots and queued Sets.
+func CoalescedSetBatches(c *Cache) int64 { return c.s.sets.batches.Load() }
+
+func SetsInflight(c *Cache) int {
+	c.s.sets.mu.Lock()
+	defer c.s.sets.mu.Unlock()
+	return c.s.sets.inflight
+}
+
+func SetsPending(c *Cache) int {
+	c.s.sets.mu.Lock()
+	defer c.s.sets.mu.Unlock()
+	return len(c.s.sets.pending)
+}

@@ -28,7 +28,7 @@ func (c *Cache) ValidateKey(ctx context.Context, madeKey string) error {
 	case strings.IndexByte(madeKey, 0) >= 0:
 		return invalidKey(madeKey, "contains a NUL byte (PostgreSQL text cannot hold it)")
 	case len(madeKey) > MaxKeyBytes:
-		return invalidKey(madeKey, fmt.Sprintf("%d bytes, longer than MaxKeyBytes (%d)", len(madeKey), MaxKeyBytes))
+		return invalidKey(madeKey, fmt.Sprintf("%d bytes with the key prefix and version, over the %d-byte limit", len(madeKey), MaxKeyBytes))
 	}
 	if c.s.cfg.KeyCheck == KeyCheckOff {
 		return nil

@@ -101,7 +101,7 @@ func TestInvalidKeys(t *testing.T) {
 	}{
 		{"nul", "a\x00b", "NUL"},
 		{"invalid utf8", "a\xffb", "UTF-8"},
-		{"too long", strings.Repeat("k", dbcache.MaxKeyBytes), "MaxKeyBytes"},
+		{"too long", strings.Repeat("k", dbcache.MaxKeyBytes), "byte limit"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -136,7 +136,7 @@ func (c *Cache) prefixRange(prefix string) (lo, hi string, err error) {
 		}
 	}
 	if !utf8.ValidString(lo) || strings.IndexByte(lo, 0) >= 0 {
-		return "", "", &InvalidKeyError{Key: prefix, MadeKey: lo, Reason: "the made prefix is not text PostgreSQL can hold"}
+		return "", "", &InvalidKeyError{Key: prefix, MadeKey: lo, Reason: "with the key prefix and version it is not text PostgreSQL can hold (invalid UTF-8 or a NUL byte)"}
 	}
 	return lo, upperBound(lo), nil
 }

@@ -19,6 +19,11 @@ import (
 //     statement inside a long transaction still sees the current time.
 //   - Expiries are written as statement_timestamp() + $n microseconds, with
 //     NULL ($n NULL) meaning never.
+//   - written_at (migration 4) is when an entry's value was written, for
+//     the culler's maximum age: an insert takes the column's DEFAULT
+//     (statement_timestamp()), every upsert that replaces the value sets it
+//     from EXCLUDED, and IncrVersion moves it with the value. Touch and Incr
+//     keep it: they change the expiry or count on, not the entry.
 //   - A statement that locks several rows locks them in the key column's
 //     order: ORDER BY key, or ORDER BY k COLLATE "C" for keys that come from
 //     a parameter (whose collation is the database's default, often
@@ -55,25 +60,25 @@ FROM (SELECT (SELECT value FROM TABLE WHERE key = $1 AND (expires IS NULL OR exp
 	qGetMany = `SELECT key, value FROM TABLE WHERE key = ANY($1::text[]) AND (expires IS NULL OR expires > statement_timestamp())`
 
 	qSet = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires`
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at`
 
 	// INSERT … VALUES has no FROM; the SELECT form needs explicit casts
 	// because a SELECT list does not take its types from the columns.
 	qSetFast = `INSERT INTO TABLE AS t (key, value, expires)
 SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires`
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at`
 
 	// An add that finds a live row updates nothing and returns no row. One
 	// that finds an expired row takes it over in the same statement; a racing
 	// add waits on the row lock and then sees the new live row.
 	qAdd = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
 WHERE t.expires <= statement_timestamp()
 RETURNING true`
 
 	qAddFast = `INSERT INTO TABLE AS t (key, value, expires)
 SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
 WHERE t.expires <= statement_timestamp()
 RETURNING true`
 
@@ -84,14 +89,16 @@ RETURNING true`
 	qGetOrSet = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
 ON CONFLICT (key) DO UPDATE SET
   value   = CASE WHEN t.expires <= statement_timestamp() THEN EXCLUDED.value ELSE t.value END,
-  expires = CASE WHEN t.expires <= statement_timestamp() THEN EXCLUDED.expires ELSE t.expires END
+  expires = CASE WHEN t.expires <= statement_timestamp() THEN EXCLUDED.expires ELSE t.expires END,
+  written_at = CASE WHEN t.expires <= statement_timestamp() THEN EXCLUDED.written_at ELSE t.written_at END
 RETURNING value`
 
 	qGetOrSetFast = `INSERT INTO TABLE AS t (key, value, expires)
 SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
 ON CONFLICT (key) DO UPDATE SET
   value   = CASE WHEN t.expires <= statement_timestamp() THEN EXCLUDED.value ELSE t.value END,
-  expires = CASE WHEN t.expires <= statement_timestamp() THEN EXCLUDED.expires ELSE t.expires END
+  expires = CASE WHEN t.expires <= statement_timestamp() THEN EXCLUDED.expires ELSE t.expires END,
+  written_at = CASE WHEN t.expires <= statement_timestamp() THEN EXCLUDED.written_at ELSE t.written_at END
 RETURNING value`
 
 	qTouch = `UPDATE TABLE SET expires = statement_timestamp() + $2::bigint * interval '1 microsecond' WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())`
@@ -154,9 +161,9 @@ RETURNING value`
 old AS (
   DELETE FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())
      AND (SELECT count(*) FROM locked) >= 0
-  RETURNING value, expires)
-INSERT INTO TABLE AS t (key, value, expires) SELECT $2, value, expires FROM old
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires
+  RETURNING value, expires, written_at)
+INSERT INTO TABLE AS t (key, value, expires, written_at) SELECT $2, value, expires, written_at FROM old
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
 RETURNING true`
 
 	qMoveFast = `WITH locked AS MATERIALIZED (
@@ -165,20 +172,31 @@ old AS (
   DELETE FROM TABLE USING (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
    WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())
      AND (SELECT count(*) FROM locked) >= 0
-  RETURNING value, expires)
-INSERT INTO TABLE AS t (key, value, expires) SELECT $2, value, expires FROM old
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires
+  RETURNING value, expires, written_at)
+INSERT INTO TABLE AS t (key, value, expires, written_at) SELECT $2, value, expires, written_at FROM old
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
 RETURNING true`
 
 	// Rows are inserted, and existing ones locked, in the order of the
 	// SELECT: the key column's "C" order, as every other batch locks them.
 	qSetMany = `INSERT INTO TABLE AS t (key, value, expires)
 SELECT k, v, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM unnest($1::text[], $2::bytea[]) AS u(k, v) ORDER BY k COLLATE "C"
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires`
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at`
 
 	qSetManyFast = `INSERT INTO TABLE AS t (key, value, expires)
 SELECT k, v, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit, unnest($1::text[], $2::bytea[]) AS u(k, v) ORDER BY k COLLATE "C"
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires`
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at`
+
+	// Several Sets in one statement (Config.CoalesceSets): one row per key,
+	// each with its own expiry ($3 NULL for never), inserted and locked in
+	// the key column's order like qSetMany.
+	qSetBatch = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT k, v, statement_timestamp() + us * interval '1 microsecond' FROM unnest($1::text[], $2::bytea[], $3::bigint[]) AS u(k, v, us) ORDER BY k COLLATE "C"
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at`
+
+	qSetBatchFast = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT k, v, statement_timestamp() + us * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit, unnest($1::text[], $2::bytea[], $3::bigint[]) AS u(k, v, us) ORDER BY k COLLATE "C"
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at`
 
 	// Counts the live entries it removed; expired ones go too, uncounted.
 	// The rows are locked in key order first, as qSetMany locks them: a plain
@@ -231,10 +249,12 @@ SELECT count(*) FILTER (WHERE expires IS NULL OR expires > statement_timestamp()
 WHERE key >= $1 AND key < $2 AND (expires IS NULL OR expires > statement_timestamp())
 ORDER BY key LIMIT $3`
 
-	// qCheck runs at New: the table's OID (0 when it does not exist), and
-	// the session's default isolation level (a statement outside a
-	// transaction block runs at it).
-	qCheck = `SELECT coalesce(to_regclass($1)::oid::bigint, 0), current_setting('transaction_isolation')`
+	// qCheck runs at New: the table's OID (0 when it does not exist), the
+	// session's default isolation level (a statement outside a transaction
+	// block runs at it), and whether the table has written_at (migration
+	// 4), which the writes set.
+	qCheck = `SELECT coalesce(to_regclass($1)::oid::bigint, 0), current_setting('transaction_isolation'),
+       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'written_at' AND NOT attisdropped)`
 
 	// qTableHidden finds a cache table in a search_path schema the role
 	// lacks USAGE on (search_path skips those without a word).
@@ -264,7 +284,7 @@ const clearBatchSize = 5000
 // queries holds the statements with the table name filled in.
 type queries struct {
 	get, hasKey, set, add, getOrSet, touch, del, incr, incrCheck, move string
-	getMany, setMany, deleteMany, clearBatch                           string
+	getMany, setMany, deleteMany, clearBatch, setBatch                 string
 	getRemaining, ttl, loadPoll                                        string
 	deletePrefixBatch, keysPage                                        string
 	table                                                              string
@@ -301,6 +321,7 @@ func newQueries(schema string, fast bool) *queries {
 		setMany:    write(qSetMany, qSetManyFast),
 		deleteMany: write(qDeleteMany, qDeleteManyFast),
 		clearBatch: write(qClearBatch, qClearBatchFast),
+		setBatch:   write(qSetBatch, qSetBatchFast),
 
 		getRemaining:      fill(qGetRemaining),
 		ttl:               fill(qTTL),

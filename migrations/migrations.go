@@ -113,6 +113,12 @@ type Config struct {
 	// table. Up creates it if it does not exist. Defaults to the first schema
 	// on the connection's search_path.
 	Schema string
+
+	// Unlogged makes Up create the cache table UNLOGGED (see Unlogged): no
+	// WAL, emptied after a crash, unreadable on standbys. It applies only
+	// when Up creates the table; an existing table is changed only by
+	// SetPersistence, which rewrites it. Defaults to false: logged.
+	Unlogged bool
 }
 
 var schemaRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
@@ -168,7 +174,22 @@ func (m *Migrator) Up(ctx context.Context) error {
 			return err
 		}
 	}
-	return m.run(ctx, func(mg *migrate.Migrate) error { return mg.Up() })
+	creates := false
+	if m.cfg.Unlogged {
+		_, err := m.Persistence(ctx)
+		if err != nil && !errors.Is(err, ErrNoTable) {
+			return err
+		}
+		creates = errors.Is(err, ErrNoTable)
+	}
+	if err := m.run(ctx, func(mg *migrate.Migrate) error { return mg.Up() }); err != nil {
+		return err
+	}
+	if creates {
+		// A fresh, empty table: the rewrite costs nothing.
+		return m.SetPersistence(ctx, Unlogged)
+	}
+	return nil
 }
 
 // Down reverts steps migrations (at least one). Nothing left to revert is

@@ -1,6 +1,7 @@
 // Package tablestats reads what a dbcache table holds: entries (live,
-// expired, never expiring), expiry range, sizes, dead tuples, vacuum times
-// and the last culling pass. It is what `dbcache stats` prints and what
+// expired, never expiring), expiry range, sizes (the table's, and the
+// entries' as culling's MaxBytes counts them), dead tuples, vacuum times,
+// the oldest write and the last culling pass. It is what `dbcache stats` prints and what
 // the Prometheus collector (package github.com/dbcache/dbcache/prommetrics)
 // exports, in one implementation. It needs pgx only, so applications may
 // import it too.
@@ -13,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -54,6 +56,20 @@ type Stats struct {
 	DeadTuples     int64      `json:"dead_tuples"`
 	LastVacuum     *time.Time `json:"last_vacuum"`
 	LastAutovacuum *time.Time `json:"last_autovacuum"`
+	// ToastDeadTuples are the dead chunks of out-of-line values (the TOAST
+	// table's statistics): most of the bytes a cull of large entries frees,
+	// until vacuum reclaims them.
+	ToastDeadTuples int64 `json:"toast_dead_tuples"`
+
+	// Size is the entries' size as culling's MaxBytes counts it (keys and
+	// values as stored plus culling.RowOverhead each), measured exactly by
+	// this command's scan; SizeEstimate is what a culling pass would
+	// estimate instead (culling.EstimateSize), for comparison.
+	Size         int64 `json:"size"`
+	SizeEstimate int64 `json:"size_estimate"`
+	// OldestWrite is the earliest written_at (migration 4; null before it,
+	// or when the table is empty).
+	OldestWrite *time.Time `json:"oldest_write"`
 
 	// LastPass is the last completed culling pass, null if none was
 	// recorded (or the culler's state table does not exist: CullerState
@@ -67,6 +83,17 @@ type Stats struct {
 
 // PassStats is the last culling pass, from culling.LastPass.
 type PassStats struct {
+	// The limits the last pass enforced (null for none, or before
+	// migration 4), what MaxAge removed, the bytes it culled and the size
+	// it estimated (null without MaxBytes).
+	MaxEntries    *int64   `json:"max_entries"`
+	MaxBytes      *int64   `json:"max_bytes"`
+	MaxAgeSeconds *float64 `json:"max_age_seconds"`
+	AgedOut       int64    `json:"aged_out"`
+	TotalAgedOut  int64    `json:"total_aged_out"`
+	CulledBytes   int64    `json:"culled_bytes"`
+	Size          *int64   `json:"size"`
+
 	FinishedAt          time.Time  `json:"finished_at"`
 	SecondsSince        float64    `json:"seconds_since"`
 	DurationSeconds     float64    `json:"duration_seconds"`
@@ -88,6 +115,8 @@ const (
 	// has no row until the statistics system has seen the table.
 	qTable = `SELECT n.nspname, pg_table_size(c.oid), pg_indexes_size(c.oid),
        coalesce(s.n_dead_tup, 0), s.last_vacuum, s.last_autovacuum,
+       coalesce(pg_stat_get_dead_tuples(c.reltoastrelid), 0),
+       EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'written_at' AND NOT a.attisdropped),
        c.reltuples::bigint, coalesce(s.n_live_tup, 0)
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -100,8 +129,12 @@ WHERE c.oid = to_regclass($1)`
 	qEntries = `SELECT statement_timestamp(), count(*),
        count(*) FILTER (WHERE expires <= statement_timestamp()),
        count(*) FILTER (WHERE expires IS NULL),
-       min(expires), max(expires)
+       min(expires), max(expires),
+       coalesce(sum(pg_column_size(key) + pg_column_size(value) + ROW_OVERHEAD), 0)::int8
 FROM TABLE`
+
+	// qOldest is the earliest write, from migration 4 on.
+	qOldest = `SELECT min(written_at) FROM TABLE`
 
 	// Bounded counts for Size: each walks at most $1 + 1 rows (the
 	// expired ones through the expires index).
@@ -120,7 +153,7 @@ func table(ctx context.Context, pool *pgxpool.Pool, schema string) (nsp string, 
 		ident = pgx.Identifier{schema, dbcache.TableName}
 	}
 	err = pool.QueryRow(ctx, qTable, ident.Sanitize()).Scan(&nsp, &t.tableBytes, &t.indexBytes,
-		&t.deadTuples, &t.lastVacuum, &t.lastAutovacuum, &t.reltuples, &t.statTuples)
+		&t.deadTuples, &t.lastVacuum, &t.lastAutovacuum, &t.toastDeadTuples, &t.hasWritten, &t.reltuples, &t.statTuples)
 	if errors.Is(err, pgx.ErrNoRows) {
 		where := "on the search_path"
 		if schema != "" {
@@ -137,6 +170,8 @@ func table(ctx context.Context, pool *pgxpool.Pool, schema string) (nsp string, 
 type tableRow struct {
 	tableBytes, indexBytes, deadTuples int64
 	lastVacuum, lastAutovacuum         *time.Time
+	toastDeadTuples                    int64
+	hasWritten                         bool // migration 4's written_at
 	reltuples, statTuples              int64
 }
 
@@ -149,15 +184,28 @@ func Read(ctx context.Context, pool *pgxpool.Pool, schema string) (*Stats, error
 	if err != nil {
 		return nil, err
 	}
-	st := Stats{Schema: nsp, Table: dbcache.TableName, TableBytes: t.tableBytes, IndexBytes: t.indexBytes,
-		DeadTuples: t.deadTuples, LastVacuum: t.lastVacuum, LastAutovacuum: t.lastAutovacuum}
+	st := Stats{TableBytes: t.tableBytes, IndexBytes: t.indexBytes, DeadTuples: t.deadTuples,
+		LastVacuum: t.lastVacuum, LastAutovacuum: t.lastAutovacuum, ToastDeadTuples: t.toastDeadTuples}
+	hasWritten := t.hasWritten
+	st.Schema, st.Table = nsp, dbcache.TableName
 	qualified := pgx.Identifier{nsp, dbcache.TableName}.Sanitize()
-	err = pool.QueryRow(ctx, strings.Replace(qEntries, "TABLE", qualified, 1)).Scan(&st.Now, &st.Entries, &st.Expired,
-		&st.NeverExpire, &st.EarliestExpiry, &st.LatestExpiry)
+	entries := strings.NewReplacer("TABLE", qualified, "ROW_OVERHEAD", strconv.Itoa(culling.RowOverhead)).Replace(qEntries)
+	err = pool.QueryRow(ctx, entries).Scan(&st.Now, &st.Entries, &st.Expired,
+		&st.NeverExpire, &st.EarliestExpiry, &st.LatestExpiry, &st.Size)
 	if err != nil {
 		return nil, fmt.Errorf("stats: count: %w", err)
 	}
 	st.Live = st.Entries - st.Expired
+	if hasWritten {
+		if err := pool.QueryRow(ctx, strings.Replace(qOldest, "TABLE", qualified, 1)).Scan(&st.OldestWrite); err != nil {
+			return nil, fmt.Errorf("stats: oldest write: %w", err)
+		}
+	}
+	est, err := culling.EstimateSize(ctx, pool, nsp, 0)
+	if err != nil {
+		return nil, fmt.Errorf("stats: size estimate: %w", err)
+	}
+	st.SizeEstimate = est.Bytes
 
 	rec, err := culling.LastPass(ctx, pool, nsp)
 	switch {
@@ -184,6 +232,21 @@ func Read(ctx context.Context, pool *pgxpool.Pool, schema string) (*Stats, error
 		if !rec.LastCullAt.IsZero() {
 			t, s := rec.LastCullAt, rec.SinceLastCull.Seconds()
 			p.LastCullAt, p.SecondsSinceCull = &t, &s
+		}
+		if rec.Limits {
+			p.AgedOut, p.TotalAgedOut, p.CulledBytes = rec.AgedOut, rec.TotalAgedOut, rec.CulledBytes
+			if rec.MaxEntries != culling.NoLimit {
+				n := rec.MaxEntries
+				p.MaxEntries = &n
+			}
+			if rec.MaxBytes > 0 {
+				n, sz := rec.MaxBytes, rec.Size
+				p.MaxBytes, p.Size = &n, &sz
+			}
+			if rec.MaxAge > 0 {
+				sec := rec.MaxAge.Seconds()
+				p.MaxAgeSeconds = &sec
+			}
 		}
 		st.LastPass = p
 	}

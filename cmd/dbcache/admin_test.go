@@ -78,7 +78,7 @@ func TestStats(t *testing.T) {
 	require.Contains(t, out, "last cull        never")
 
 	// Without migration 002 the culler's state is unknown, not an error.
-	b.ok(t, "migrate", "down", "--yes")
+	b.ok(t, "migrate", "down", "--steps", "4", "--yes")
 	require.Equal(t, "not migrated", b.json(t, 0, "stats")["culler_state"])
 	require.Contains(t, b.ok(t, "stats"), "unknown (the culler's state table is missing")
 
@@ -294,7 +294,7 @@ func TestDemo(t *testing.T) {
 	r := run(t, opts{env: env}, "demo", "--bench-duration", "300ms")
 	requireCode(t, 0, r)
 	for _, want := range []string{
-		"$ dbcache migrate up\nmigrated up from version 0 to 2\n",
+		"$ dbcache migrate up\nmigrated up from version 0 to 5\n",
 		"$ dbcache set greeting 'Hello from PostgreSQL!'\nOK\n",
 		"$ dbcache get greeting\nHello from PostgreSQL!\n",
 		"$ dbcache has session:42\ntrue\n",

@@ -17,7 +17,9 @@ func TestGetSet(t *testing.T) {
 	// Off a terminal, get prints the bytes and nothing else.
 	require.Equal(t, "hello, world", b.ok(t, "get", "greeting"))
 	got := b.json(t, 0, "get", "greeting")
-	require.Equal(t, map[string]any{"key": "greeting", "found": true, "value": "hello, world", "encoding": "utf8"}, got)
+	require.Positive(t, got["ttl_seconds"]) // the expiry: TestGetJSONShowsExpiry
+	delete(got, "ttl_seconds")
+	require.Equal(t, map[string]any{"key": "greeting", "found": true, "value": "hello, world", "encoding": "utf8", "never_expires": false}, got)
 
 	// A value from stdin is stored byte for byte: NUL, invalid UTF-8 and a
 	// trailing newline included.

@@ -12,11 +12,11 @@ type Statements struct {
 func CacheStatements() Statements {
 	return Statements{
 		Get:     "SELECT value FROM \"dbcache_entries\" WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())",
-		Set:     "INSERT INTO \"dbcache_entries\" AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')\nON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires",
-		Add:     "INSERT INTO \"dbcache_entries\" AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')\nON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires\nWHERE t.expires <= statement_timestamp()\nRETURNING true",
+		Set:     "INSERT INTO \"dbcache_entries\" AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')\nON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at",
+		Add:     "INSERT INTO \"dbcache_entries\" AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')\nON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at\nWHERE t.expires <= statement_timestamp()\nRETURNING true",
 		Touch:   "UPDATE \"dbcache_entries\" SET expires = statement_timestamp() + $2::bigint * interval '1 microsecond' WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())",
 		Incr:    "UPDATE \"dbcache_entries\" SET value = decode((encode(value, 'escape')::numeric + $2::numeric)::text, 'escape')\nWHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())\n  AND CASE WHEN length(value) > 20 THEN false\n           WHEN encode(value, 'escape') ~ '^(0|-?[1-9][0-9]{0,18})$'\n           THEN encode(value, 'escape')::numeric BETWEEN -9223372036854775808 AND 9223372036854775807\n            AND encode(value, 'escape')::numeric + $2::numeric BETWEEN -9223372036854775808 AND 9223372036854775807\n           ELSE false END\nRETURNING value",
 		GetMany: "SELECT key, value FROM \"dbcache_entries\" WHERE key = ANY($1::text[]) AND (expires IS NULL OR expires > statement_timestamp())",
-		SetMany: "INSERT INTO \"dbcache_entries\" AS t (key, value, expires)\nSELECT k, v, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM unnest($1::text[], $2::bytea[]) AS u(k, v) ORDER BY k COLLATE \"C\"\nON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires",
+		SetMany: "INSERT INTO \"dbcache_entries\" AS t (key, value, expires)\nSELECT k, v, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM unnest($1::text[], $2::bytea[]) AS u(k, v) ORDER BY k COLLATE \"C\"\nON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at",
 	}
 }

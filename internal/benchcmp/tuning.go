@@ -239,8 +239,8 @@ func tuneIndex(ctx context.Context, o *Options) error {
 	vs := []*variant{
 		{name: "index, ff 100"},
 		{name: "index, ff 70", setup: `ALTER TABLE dbcache_entries SET (fillfactor = 70)`},
-		{name: "no index, ff 100", setup: `DROP INDEX dbcache_entries_expires_idx`},
-		{name: "no index, ff 70", setup: `DROP INDEX dbcache_entries_expires_idx; ALTER TABLE dbcache_entries SET (fillfactor = 70)`},
+		{name: "no index, ff 100", setup: `DROP INDEX dbcache_entries_expires_key_idx`},
+		{name: "no index, ff 70", setup: `DROP INDEX dbcache_entries_expires_key_idx; ALTER TABLE dbcache_entries SET (fillfactor = 70)`},
 	}
 	var systems []System
 	var lcfg loadgen.Config
@@ -341,7 +341,7 @@ FROM generate_series(1, $1) AS i`, rows); err != nil {
 			return err
 		}
 	}
-	if err := env.Exec(ctx, `DROP INDEX dbcache_entries_expires_idx`); err != nil {
+	if err := env.Exec(ctx, `DROP INDEX dbcache_entries_expires_key_idx`); err != nil {
 		return err
 	}
 	for i, q := range queries {

@@ -154,8 +154,10 @@ func (a *app) getCommand() *cobra.Command {
 (one is added on a terminal). A key with no live entry prints nothing on
 stdout, a line on stderr, and exits 3.
 
-With --json: {"key":…,"found":true,"value":…,"encoding":"utf8"|"base64"};
-binary values are base64.`,
+With --json: {"key":…,"found":true,"value":…,"encoding":"utf8"|"base64",
+"ttl_seconds":…,"never_expires":…}; binary values are base64. ttl_seconds
+is the remaining lifetime by the database's clock, to the microsecond (null
+when the entry never expires), as the ttl command reports it.`,
 		Example: `  dbcache get greeting
   dbcache get --key-prefix myapp --key-version 2 user:42 > user42.bin
   if v=$(dbcache get flag 2>/dev/null); then echo "flag=$v"; fi`,
@@ -168,7 +170,17 @@ binary values are base64.`,
 			}
 			defer closePool(pool)
 			key := args[0]
-			v, err := cache.Get(ctx, key)
+			var (
+				v   []byte
+				ttl dbcache.Timeout
+			)
+			// --json shows the remaining lifetime too, read in the same
+			// statement as the value.
+			if a.g.json {
+				v, ttl, err = cache.GetWithTTL(ctx, key)
+			} else {
+				v, err = cache.Get(ctx, key)
+			}
 			type out struct {
 				keyJSON
 				Found bool `json:"found"`
@@ -177,10 +189,10 @@ binary values are base64.`,
 				return a.miss(key, out{keyJSON: keyJSON{key}})
 			}
 			if err != nil {
-				return keyError(err, cache, key)
+				return keyError(err, key)
 			}
 			if a.g.json {
-				return a.writeValueJSON(key, v)
+				return a.writeValueJSON(key, v, ttl)
 			}
 			if _, err := a.out.Write(v); err != nil {
 				return err
@@ -250,7 +262,7 @@ entry is taken over). Exits 3 when the key exists and nothing was stored.
 		}
 		if !add {
 			if err := cache.Set(ctx, key, value, timeout); err != nil {
-				return keyError(err, cache, key)
+				return keyError(err, key)
 			}
 			switch {
 			case a.g.json:
@@ -264,7 +276,7 @@ entry is taken over). Exits 3 when the key exists and nothing was stored.
 		}
 		free, err := cache.Add(ctx, key, value, timeout)
 		if err != nil {
-			return keyError(err, cache, key)
+			return keyError(err, key)
 		}
 		switch {
 		case a.g.json:
@@ -316,7 +328,7 @@ func (a *app) boolCommand(use, short, long, example, field, yes, no string, with
 			key := args[0]
 			ok, err := run(cmd, cache, key, timeout)
 			if err != nil {
-				return keyError(err, cache, key)
+				return keyError(err, key)
 			}
 			// touch with a TTL of zero or less expires the entry.
 			expired := withTTL && ok && expiresAtOnce(timeout)
@@ -438,7 +450,7 @@ an integer or the result would overflow int64.`,
 			case errors.Is(err, dbcache.ErrOverflow):
 				return withCause(fmt.Sprintf("%s %q: the result would overflow a 64-bit integer", name, key), dbcache.ErrOverflow)
 			case err != nil:
-				return keyError(err, cache, key)
+				return keyError(err, key)
 			}
 			if a.g.json {
 				return a.writeJSON(out{keyJSON{key}, true, &n})

@@ -31,12 +31,13 @@ const (
 	ExitFailure = 1
 	// ExitUsage: the command line is wrong: an unknown command or flag, a
 	// missing or extra argument, an unparsable value, an invalid key, or a
-	// destructive command (clear, migrate down) without --yes when there is
-	// no terminal to ask on.
+	// destructive command (clear, delete-prefix, migrate down) without --yes
+	// when there is no terminal to ask on.
 	ExitUsage = 2
-	// ExitMiss: the command ran but found nothing: get, incr, decr, touch,
-	// delete or has of a key with no live entry, or an add that did not
-	// store because the key exists.
+	// ExitMiss: the command ran but found nothing: get, ttl, incr, decr,
+	// touch, delete or has of a key with no live entry, or an add that did
+	// not store because the key exists. (keys and delete-prefix report a
+	// count: none is 0, not a miss.)
 	ExitMiss = 3
 	// ExitPending: migrate version or migrate status found migrations this
 	// binary would apply (the schema is behind), so a deploy can be gated on
@@ -122,6 +123,8 @@ type app struct {
 	started bool
 	// cmdPath names the command being run, for usage hints.
 	cmdPath string
+	// unlogged is migrate up's --unlogged.
+	unlogged bool
 	// ctx is Run's context: once it is cancelled (SIGINT, SIGTERM), a
 	// failure is reported as an interruption.
 	ctx context.Context
@@ -209,7 +212,7 @@ Exit codes:
   0  success
   1  failure (cannot connect, not migrated, dirty schema, SQL error, …)
   2  usage error (bad command, flag or argument; invalid key; --yes needed)
-  3  miss (get/incr/decr/touch/delete/has found no live entry; add did not store)
+  3  miss (get/ttl/incr/decr/touch/delete/has found no live entry; add did not store)
   4  migrations pending (migrate version, migrate status)
 
 Quick start:
@@ -282,6 +285,7 @@ func (a *app) rootCommand() *cobra.Command {
 	for _, c := range []*cobra.Command{
 		a.getCommand(), a.setCommand(), a.addCommand(), a.touchCommand(), a.deleteCommand(),
 		a.incrCommand(true), a.incrCommand(false), a.hasCommand(), a.clearCommand(),
+		a.ttlCommand(), a.keysCommand(), a.deletePrefixCommand(),
 	} {
 		c.GroupID = "cache"
 		root.AddCommand(c)

@@ -257,41 +257,45 @@ func (a *app) migrator() (*migrations.Migrator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return migrations.NewFromConnConfig(cfg.ConnConfig, &migrations.Config{Schema: a.g.schema, Logger: a.log})
+	return migrations.NewFromConnConfig(cfg.ConnConfig, &migrations.Config{Schema: a.g.schema, Logger: a.log, Unlogged: a.unlogged})
 }
 
 // keyError classifies a cache operation's error: an invalid key is the
 // user's mistake (usage), said in terms of the key as typed; anything else is
-// a failure.
-func keyError(err error, cache *dbcache.Cache, key string) error {
+// a failure. The library's *dbcache.InvalidKeyError carries the caller's key
+// and the reason; key, the key the command was given, stands in when the
+// error does not (the backstop for a key the server refused).
+func keyError(err error, key string) error { return namedKeyError(err, "key", key) }
+
+// prefixError is keyError for the PREFIX of keys and delete-prefix.
+func prefixError(err error, prefix string) error { return namedKeyError(err, "prefix", prefix) }
+
+func namedKeyError(err error, noun, key string) error {
 	if !errors.Is(err, dbcache.ErrInvalidKey) {
 		return err
 	}
-	return &usageError{err: invalidKeyError(err, cache, key), code: CodeInvalidKey}
+	var ik *dbcache.InvalidKeyError
+	if errors.As(err, &ik) {
+		if ik.Key != "" {
+			key = ik.Key
+		}
+		err = withCause(fmt.Sprintf("invalid %s %s: %s", noun, shortKey(key), ik.Reason), err)
+	}
+	return &usageError{err: err, code: CodeInvalidKey}
 }
 
-// invalidKeyError words an invalid-key error around the key the user typed.
-// The library's error shows the made key (":1:bad\xffkey"), which the user
-// never typed; until it carries the caller's key, the command says which of
-// its rules the typed key breaks.
-func invalidKeyError(err error, cache *dbcache.Cache, key string) error {
-	shown := key
-	if len(shown) > 80 {
-		shown = shown[:80] + "…"
+// shortKey quotes key for a message, cut to its first 80 bytes (at a
+// character boundary) so a 2 KB key does not fill the screen.
+func shortKey(key string) string {
+	const show = 80
+	if len(key) <= show {
+		return strconv.Quote(key)
 	}
-	made := cache.MakeKey(key)
-	var why string
-	switch {
-	case !utf8.ValidString(key):
-		why = "it is not valid UTF-8 (PostgreSQL text cannot hold it)"
-	case strings.IndexByte(key, 0) >= 0:
-		why = "it contains a NUL byte (PostgreSQL text cannot hold it)"
-	case len(made) > dbcache.MaxKeyBytes:
-		why = fmt.Sprintf("with its prefix and version it is %d bytes, over the limit of %d", len(made), dbcache.MaxKeyBytes)
-	default:
-		return err
+	cut := show
+	for cut > 0 && !utf8.RuneStart(key[cut]) {
+		cut--
 	}
-	return withCause(fmt.Sprintf("invalid key %q: %s", shown, why), dbcache.ErrInvalidKey)
+	return strconv.Quote(key[:cut]) + "…"
 }
 
 // miss prints what a miss prints and ends with ExitMiss: the JSON object on

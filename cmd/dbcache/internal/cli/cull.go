@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
+	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -13,11 +15,6 @@ import (
 	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/prommetrics"
 )
-
-// stopGrace bounds how long an interrupted pass may take to reach the end of
-// its current batch before it is cancelled outright. Batches take
-// milliseconds; a batch stuck on a lock should not hold the command.
-const stopGrace = 5 * time.Second
 
 // passJSON is one line of `cull --json`: one object per pass.
 type passJSON struct {
@@ -31,7 +28,14 @@ type passJSON struct {
 	Remaining       int64     `json:"remaining"`
 	Skipped         bool      `json:"skipped"`
 	Interrupted     bool      `json:"interrupted"`
-	Error           string    `json:"error,omitempty"`
+	DryRun          bool      `json:"dry_run"`
+	AgedOut         int64     `json:"aged_out"`
+	CulledBytes     int64     `json:"culled_bytes"`
+	// Size and RemainingSize are null unless --max-bytes is given.
+	Size          *int64 `json:"size"`
+	SizeExact     bool   `json:"size_exact"`
+	RemainingSize *int64 `json:"remaining_size"`
+	Error         string `json:"error,omitempty"`
 }
 
 func (a *app) cullCommand() *cobra.Command {
@@ -41,15 +45,27 @@ func (a *app) cullCommand() *cobra.Command {
 		cullFrequency int
 		batchSize     int
 		passTimeout   time.Duration
+		dryRun        bool
+		maxBytes      string
+		maxAge        string
 		metricsAddr   string
 	)
 	cmd := &cobra.Command{
 		Use:   "cull",
-		Short: "Remove expired entries and cull the table down to --max-entries",
-		Long: `Run one culling pass: remove expired entries, then, if the table still holds
-more than --max-entries, remove 1/--cull-frequency of the entries (those
-closest to expiry first), as Django's database cache culls. With --every,
-run a pass at that interval until interrupted.
+		Short: "Remove expired entries; with --max-entries, --max-bytes or --max-age, cull down to them",
+		Long: `Run one culling pass: remove expired entries. With --max-age D, then remove
+every entry written more than D ago, whatever its expiry (at least 1h; needs
+migration 5). With --max-entries N, then, if the table still holds more than
+N entries, remove 1/--cull-frequency of them (those closest to expiry first,
+never-expiring ones last), as Django's database cache culls; a pass never
+goes below N. With --max-bytes SIZE (2GB, 500MiB, or bytes), remove entries
+in the same order until the cache's estimated size (keys and values as
+stored, plus 44 bytes an entry) is back under SIZE. Without one of these no
+live entry is ever removed. With --every, run a pass at that interval until
+interrupted.
+
+--dry-run reports what a pass would remove (expired entries, and entries it
+would cull) and removes nothing.
 
 SIGINT or SIGTERM ends the command cleanly once the batch in progress
 commits: what was removed stays removed. A second signal kills it at once.
@@ -64,18 +80,44 @@ Progress: a bar on a terminal for passes longer than half a second, a line
 on stderr every 5s otherwise. One result line per pass on stdout (with
 --json, one JSON object per line).`,
 		Example: `  dbcache cull
+  dbcache cull --max-entries 100000 --dry-run
   dbcache cull --max-entries 50000 --cull-frequency 4
+  dbcache cull --max-bytes 2GB --max-age 720h
   dbcache cull --every 30s --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if every < 0 {
+			limited := cmd.Flags().Changed("max-entries")
+			switch {
+			case every < 0:
 				return usagef("--every must not be negative, got %s", every)
-			}
-			if maxEntries < 0 {
-				return usagef("--max-entries must not be negative, got %d", maxEntries)
-			}
-			if cullFrequency < 0 {
+			case limited && maxEntries < 1:
+				return usagef("--max-entries must be at least 1, got %d (leave it out to remove only expired entries)", maxEntries)
+			case cullFrequency < 0:
 				return usagef("--cull-frequency must not be negative (0 culls everything), got %d", cullFrequency)
+			case cmd.Flags().Changed("cull-frequency") && !limited:
+				return usagef("--cull-frequency needs --max-entries: without a limit no live entry is culled")
+			case dryRun && every > 0:
+				return usagef("--dry-run runs one pass; leave out --every")
+			}
+			var bytesLimit int64
+			if cmd.Flags().Changed("max-bytes") {
+				n, err := parseBytes(maxBytes)
+				if err != nil || n < 1 {
+					return usagef("--max-bytes wants a size such as 2GB, 500MiB or 1048576, got %q", maxBytes)
+				}
+				bytesLimit = n
+			}
+			var ageLimit time.Duration
+			if cmd.Flags().Changed("max-age") {
+				d, err := parseAge(maxAge)
+				if err != nil || d < culling.MaxAgeMin {
+					return usagef("--max-age wants a duration of at least %s, such as 720h or 30d, got %q", culling.MaxAgeMin, maxAge)
+				}
+				ageLimit = d
+			}
+			limit := culling.NoLimit
+			if limited {
+				limit = maxEntries
 			}
 			freq := cullFrequency
 			if freq == 0 {
@@ -92,12 +134,14 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 			}
 			defer pool.Close()
 
-			r := &cullRun{a: a}
+			r := &cullRun{a: a, dryRun: dryRun, aged: ageLimit > 0, sized: bytesLimit > 0}
 			culler, err := culling.New(pool, &culling.Config{
 				BatchSize:     batchSize,
 				CullFrequency: freq,
 				Logger:        a.log,
-				MaxEntries:    maxEntries,
+				MaxAge:        ageLimit,
+				MaxBytes:      bytesLimit,
+				MaxEntries:    limit,
 				NudgeEvery:    -1,
 				OnProgress:    r.onProgress,
 				PassTimeout:   passTimeout,
@@ -116,34 +160,32 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 	}
 	f := cmd.Flags()
 	f.DurationVar(&every, "every", 0, "run a pass at this interval until interrupted (0: one pass)")
-	f.IntVar(&maxEntries, "max-entries", culling.MaxEntriesDefault, "most entries to keep (Django's MAX_ENTRIES)")
-	f.IntVar(&cullFrequency, "cull-frequency", culling.CullFrequencyDefault, "over the limit, remove 1/N of the entries; 0 removes all (Django's CULL_FREQUENCY)")
+	f.IntVar(&maxEntries, "max-entries", 0, "most entries to keep (Django's MAX_ENTRIES); without it only expired entries are removed")
+	f.IntVar(&cullFrequency, "cull-frequency", culling.CullFrequencyDefault, "over --max-entries, remove 1/N of the entries; 0 removes all (Django's CULL_FREQUENCY)")
 	f.IntVar(&batchSize, "batch-size", culling.BatchSizeDefault, "most rows one DELETE removes")
 	f.DurationVar(&passTimeout, "pass-timeout", culling.PassTimeoutDefault, "bound on one pass")
+	f.BoolVar(&dryRun, "dry-run", false, "report what a pass would remove, and remove nothing")
+	f.StringVar(&maxBytes, "max-bytes", "", "most bytes the entries may take (2GB, 500MiB, bytes); over it, cull in eviction order")
+	f.StringVar(&maxAge, "max-age", "", "remove every entry written longer ago than this (720h, 30d; at least 1h)")
 	f.StringVar(&metricsAddr, "metrics-addr", "", metricsAddrHelp)
 	return cmd
 }
 
-// cullRun is one cull command's state: the progress display and the
-// stop-after-this-batch request.
+// cullRun is one cull command's state: the progress display and whether a
+// stop was asked for.
 type cullRun struct {
-	a *app
+	a      *app
+	dryRun bool
+	aged   bool // --max-age was given
+	sized  bool // --max-bytes was given
 
-	stopping   atomic.Bool
-	mu         sync.Mutex
-	cancelPass context.CancelFunc
-	tick       *ticker
-	metrics    *prommetrics.Collector // --metrics-addr; nil without
+	mu      sync.Mutex
+	tick    *ticker
+	metrics *prommetrics.Collector // --metrics-addr; nil without
 }
 
-// onProgress is the culler's progress hook: it draws progress and, once a
-// stop was asked for, cancels the pass between batches, where a cancel
-// leaves nothing half done.
+// onProgress is the culler's progress hook: it draws progress.
 func (r *cullRun) onProgress(p culling.Progress) {
-	if r.stopping.Load() {
-		r.cancel()
-		return
-	}
 	r.mu.Lock()
 	t := r.tick
 	r.mu.Unlock()
@@ -157,59 +199,38 @@ func (r *cullRun) onProgress(p culling.Progress) {
 	case culling.PhaseCull:
 		if p.CullTarget > 0 {
 			t.update(p.CullTarget, p.Culled, "culling",
-				fmt.Sprintf("cull: %s of %s entries culled", humanCount(p.Culled), humanCount(p.CullTarget)))
+				fmt.Sprintf("cull: %s of at most %s entries culled", humanCount(p.Culled), humanCount(p.CullTarget)))
 		}
-	}
-}
-
-func (r *cullRun) cancel() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.cancelPass != nil {
-		r.cancelPass()
 	}
 }
 
 func (r *cullRun) loop(ctx context.Context, culler *culling.Culler, every time.Duration) error {
-	// A signal cancels ctx. The pass runs on a context of its own, so the
-	// signal does not cut a batch short: it sets stopping, and the next
-	// progress call (at the end of the batch) cancels the pass. stopGrace
-	// is the backstop for a batch that never ends.
-	stopWatch := make(chan struct{})
-	defer close(stopWatch)
-	go func() {
-		select {
-		case <-ctx.Done():
-			r.stopping.Store(true)
-			select {
-			case <-time.After(stopGrace):
-				r.cancel()
-			case <-stopWatch:
-			}
-		case <-stopWatch:
-		}
-	}()
-
 	for pass := 1; ; pass++ {
-		passCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		// A signal cancels ctx, and with it the pass: the library lets the
+		// batch in progress commit, stops before the next one and returns
+		// once its lock is released, so what the command reports is what
+		// was removed.
 		r.mu.Lock()
-		r.cancelPass = cancel
 		r.tick = r.a.newTicker(true)
 		r.mu.Unlock()
-		if r.stopping.Load() {
-			cancel()
-		}
 
-		res, err := culler.RunOnce(passCtx)
-		r.observe(res, err)
+		var (
+			res *culling.PassResult
+			err error
+		)
+		if r.dryRun {
+			res, err = culler.DryRun(ctx)
+		} else {
+			res, err = culler.RunOnce(ctx)
+			r.observe(res, err)
+		}
 
 		r.mu.Lock()
 		r.tick.finish()
-		r.tick, r.cancelPass = nil, nil
+		r.tick = nil
 		r.mu.Unlock()
-		cancel()
 
-		interrupted := err != nil && r.stopping.Load() && errors.Is(err, context.Canceled)
+		interrupted := err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled)
 		if interrupted {
 			err = nil
 		}
@@ -248,6 +269,10 @@ func (r *cullRun) print(pass int, numbered bool, res *culling.PassResult, err er
 			Pass: pass, StartedAt: res.StartedAt, DurationSeconds: res.Duration.Seconds(),
 			ExpiredRemoved: res.ExpiredRemoved, Culled: res.Culled, Count: res.Count,
 			CountExact: res.CountExact, Remaining: res.Remaining, Skipped: res.Skipped, Interrupted: interrupted,
+			DryRun: res.DryRun, AgedOut: res.AgedOut, CulledBytes: res.CulledBytes, SizeExact: res.SizeExact,
+		}
+		if r.sized {
+			pj.Size, pj.RemainingSize = &res.Size, &res.RemainingSize
 		}
 		if err != nil {
 			pj.Error = errorLine(err, a.g.connectTimeout)
@@ -269,14 +294,91 @@ func (r *cullRun) print(pass int, numbered bool, res *culling.PassResult, err er
 	case interrupted:
 		a.println("%sinterrupted after removing %s expired and culling %s", prefix,
 			humanCount(res.ExpiredRemoved), humanCount(res.Culled))
+	case res.DryRun:
+		a.println("%sdry run: would remove %s expired%s and cull %s%s; %s entries would be left (%s)%s; nothing was removed", prefix,
+			humanCount(res.ExpiredRemoved), r.agedText(res), humanCount(res.Culled), r.bytesText(res),
+			humanCount(res.Remaining), countKind(res), r.sizeText(res))
 	default:
-		what := "exact count"
-		if !res.CountExact {
-			what = "estimate"
-		}
-		a.println("%sremoved %s expired, culled %s; %s entries left (%s); took %s", prefix,
-			humanCount(res.ExpiredRemoved), humanCount(res.Culled), humanCount(res.Remaining), what,
-			roundDuration(res.Duration))
+		a.println("%sremoved %s expired%s, culled %s%s; %s entries left (%s)%s; took %s", prefix,
+			humanCount(res.ExpiredRemoved), r.agedText(res), humanCount(res.Culled), r.bytesText(res),
+			humanCount(res.Remaining), countKind(res), r.sizeText(res), roundDuration(res.Duration))
 	}
 	return nil
+}
+
+func countKind(res *culling.PassResult) string {
+	if res.CountExact {
+		return "exact count"
+	}
+	return "estimate"
+}
+
+// agedText, bytesText and sizeText are the parts of a pass's line that
+// --max-age and --max-bytes add.
+func (r *cullRun) agedText(res *culling.PassResult) string {
+	if !r.aged {
+		return ""
+	}
+	return fmt.Sprintf(" and %s past --max-age", humanCount(res.AgedOut))
+}
+
+func (r *cullRun) bytesText(res *culling.PassResult) string {
+	if !r.sized {
+		return ""
+	}
+	return fmt.Sprintf(" (%s)", humanBytes(res.CulledBytes))
+}
+
+func (r *cullRun) sizeText(res *culling.PassResult) string {
+	if !r.sized {
+		return ""
+	}
+	kind := "estimate"
+	if res.SizeExact {
+		kind = "measured"
+	}
+	return fmt.Sprintf(", %s of entries (%s)", humanBytes(res.RemainingSize), kind)
+}
+
+// parseBytes reads a size: a number of bytes, or a number with a unit, B,
+// kB/KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (of 1024), in
+// any case, with or without a space.
+func parseBytes(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || v < 0 || math.IsInf(v, 0) {
+		return 0, fmt.Errorf("not a size: %q", s)
+	}
+	mult, ok := map[string]float64{
+		"": 1, "b": 1,
+		"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+		"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+	}[unit]
+	if !ok {
+		return 0, fmt.Errorf("unknown size unit in %q", s)
+	}
+	n := v * mult
+	if n > math.MaxInt64/2 {
+		return 0, fmt.Errorf("size too large: %q", s)
+	}
+	return int64(n), nil
+}
+
+// parseAge reads a duration as Go writes one (720h, 90m) or a number of
+// days (30d).
+func parseAge(s string) (time.Duration, error) {
+	t := strings.TrimSpace(s)
+	if days, ok := strings.CutSuffix(t, "d"); ok {
+		v, err := strconv.ParseFloat(days, 64)
+		if err != nil || v < 0 || v > 100*365 {
+			return 0, fmt.Errorf("not a number of days: %q", s)
+		}
+		return time.Duration(v * float64(24*time.Hour)), nil
+	}
+	return time.ParseDuration(t)
 }

@@ -24,8 +24,8 @@ const (
 	CodeUsage = "usage"
 	// CodeInvalidKey: a key PostgreSQL cannot store (exit 2).
 	CodeInvalidKey = "invalid_key"
-	// CodeConfirmationRequired: clear or migrate down without --yes, and no
-	// terminal to ask on (exit 2).
+	// CodeConfirmationRequired: clear, delete-prefix or migrate down without
+	// --yes, and no terminal to ask on (exit 2).
 	CodeConfirmationRequired = "confirmation_required"
 	// CodeNotConfirmed: the answer to a confirmation was not yes (exit 1).
 	CodeNotConfirmed = "not_confirmed"

@@ -33,11 +33,11 @@ runs until someone checks the schema, repairs it if needed, and records the
 version it is really at with "dbcache migrate force N".`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return usagef("migrate needs a subcommand: up, down, version, status, sql or force")
+			return usagef("migrate needs a subcommand: up, down, version, status, sql, force or persistence")
 		},
 	}
 	cmd.AddCommand(a.migrateUpCommand(), a.migrateDownCommand(), a.migrateVersionCommand(),
-		a.migrateStatusCommand(), a.migrateSQLCommand(), a.migrateForceCommand())
+		a.migrateStatusCommand(), a.migrateSQLCommand(), a.migrateForceCommand(), a.migratePersistenceCommand())
 	return cmd
 }
 
@@ -175,6 +175,7 @@ date is success. With --dry-run, list what would run and run nothing; add
 --show-sql for the SQL itself.`,
 		Example: `  dbcache migrate up
   dbcache migrate up --schema staging_cache --json
+  dbcache migrate up --unlogged
   dbcache migrate up --dry-run --show-sql > dbcache-up.sql`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -201,6 +202,7 @@ date is success. With --dry-run, list what would run and run nothing; add
 		},
 	}
 	dr.add(cmd, "up")
+	cmd.Flags().BoolVar(&a.unlogged, "unlogged", false, "create the cache table UNLOGGED (no WAL; emptied after a crash; see migrate persistence); only when up creates it")
 	return cmd
 }
 

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/dbcache/dbcache/dbcache"
 )
 
 // writeJSON prints v as one line of JSON on Out.
@@ -27,12 +29,13 @@ func (a *app) println(format string, args ...any) {
 }
 
 // writeValueJSON prints get's JSON for a found value:
-// {"key":…,"found":true,"value":…,"encoding":"utf8"|"base64"}. A value that
-// is valid UTF-8 is a JSON string, anything else base64, so binary values
-// survive the trip. The value is encoded straight onto Out, a piece at a
+// {"key":…,"found":true,"value":…,"encoding":"utf8"|"base64",
+// "ttl_seconds":…,"never_expires":…}. A value that is valid UTF-8 is a JSON
+// string, anything else base64, so binary values survive the trip. ttl is
+// the entry's remaining lifetime (see ttlFields). The value is encoded straight onto Out, a piece at a
 // time: a 300 MB value never gets a second, escaped or base64, copy in
 // memory (nor the third that json.Marshal's growing buffer would make).
-func (a *app) writeValueJSON(key string, v []byte) error {
+func (a *app) writeValueJSON(key string, v []byte, ttl dbcache.Timeout) error {
 	w := bufio.NewWriterSize(a.out, 64<<10)
 	k, err := json.Marshal(key)
 	if err != nil {
@@ -52,7 +55,9 @@ func (a *app) writeValueJSON(key string, v []byte) error {
 		enc.Write(v)
 		enc.Close()
 	}
-	w.WriteString(`","encoding":"` + encoding + `"}` + "\n")
+	w.WriteString(`","encoding":"` + encoding + `",`)
+	w.WriteString(ttlFields(ttl))
+	w.WriteString("}\n")
 	return w.Flush()
 }
 

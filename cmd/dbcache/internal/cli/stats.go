@@ -3,11 +3,13 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/tablestats"
 )
 
@@ -16,13 +18,18 @@ import (
 // collector share one implementation.
 type Stats = tablestats.Stats
 
+// PassStats is the last culling pass as stats reports it.
+type PassStats = tablestats.PassStats
+
 func (a *app) statsCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "stats",
 		Short: "Show the cache table's size, expiry and culling figures",
 		Long: `Show the cache table's entries (an exact count: a full scan of the table),
 how many have expired but are not yet removed, table and index sizes, dead
-tuples, the earliest and latest expiry, and the last culling pass.
+tuples (table and TOAST), the earliest and latest expiry, the entries' size
+as cull --max-bytes counts it (measured, and as a pass would estimate it),
+the oldest write, and the last culling pass with the limits it enforced.
 
 Dead tuples and vacuum times come from PostgreSQL's statistics and lag a
 little; everything else is exact as of the statement.`,
@@ -77,9 +84,14 @@ func (a *app) printStats(st *Stats) error {
 	}
 	row("table size", "%s (heap and TOAST)", humanBytes(st.TableBytes))
 	row("index size", "%s", humanBytes(st.IndexBytes))
-	row("dead tuples", "%s (PostgreSQL statistics, approximate)", humanCount(st.DeadTuples))
+	row("dead tuples", "%s, %s in TOAST (PostgreSQL statistics, approximate)", humanCount(st.DeadTuples), humanCount(st.ToastDeadTuples))
 	row("last vacuum", "%s", never(st.LastVacuum))
 	row("last autovacuum", "%s", never(st.LastAutovacuum))
+	row("entries' size", "%s (keys and values as stored + %d B each); a pass would estimate %s",
+		humanBytes(st.Size), culling.RowOverhead, humanBytes(st.SizeEstimate))
+	if st.OldestWrite != nil {
+		row("oldest write", "%s", never(st.OldestWrite))
+	}
 	switch p := st.LastPass; {
 	case st.CullerState == "not migrated":
 		row("last cull pass", "unknown (the culler's state table is missing: run `dbcache migrate up`)")
@@ -97,6 +109,30 @@ func (a *app) printStats(st *Stats) error {
 		}
 		row("cull totals", "over %s recorded passes: removed %s expired, culled %s", humanCount(p.Passes),
 			humanCount(p.TotalExpiredRemoved), humanCount(p.TotalCulled))
+		row("limits", "%s", limitsText(st, p))
 	}
 	return tw.Flush()
+}
+
+// limitsText is the last pass's limits, each beside where the cache stands.
+func limitsText(st *Stats, p *PassStats) string {
+	var parts []string
+	if p.MaxEntries != nil {
+		parts = append(parts, fmt.Sprintf("max entries %s (now %s)", humanCount(*p.MaxEntries), humanCount(st.Entries)))
+	}
+	if p.MaxBytes != nil {
+		parts = append(parts, fmt.Sprintf("max bytes %s (now %s)", humanBytes(*p.MaxBytes), humanBytes(st.Size)))
+	}
+	if p.MaxAgeSeconds != nil {
+		age := time.Duration(*p.MaxAgeSeconds * float64(time.Second))
+		text := fmt.Sprintf("max age %s", age)
+		if st.OldestWrite != nil {
+			text += fmt.Sprintf(" (oldest write %s ago)", roundDuration(st.Now.Sub(*st.OldestWrite)))
+		}
+		parts = append(parts, text+fmt.Sprintf(", %s aged out in total", humanCount(p.TotalAgedOut)))
+	}
+	if len(parts) == 0 {
+		return "none recorded (no limit, or a culler from before migration 4)"
+	}
+	return strings.Join(parts, "; ")
 }
