@@ -9,6 +9,7 @@
 //	prometheus.MustRegister(metrics)
 //	cache, err := dbcache.New(ctx, pool, &dbcache.Config{Tracer: metrics})
 //	culler, err := culling.New(pool, &culling.Config{OnProgress: metrics.OnProgress(nil)})
+//	metrics.WatchCuller(culler)
 //
 // # Metrics
 //
@@ -24,7 +25,17 @@
 //	dbcache_load_duration_seconds{trigger}     histogram of loader runs
 //	dbcache_cull_passes_total{result}          culling passes; result: done, skipped, error
 //	dbcache_cull_rows_removed_total{reason}    rows removed; reason: expired, culled
+//	                                           (over MaxEntries or MaxBytes), aged_out (MaxAge)
+//	dbcache_cull_bytes_culled_total            bytes culled to stay under MaxBytes
 //	dbcache_cull_pass_duration_seconds         histogram of passes that ran
+//
+// and, once WatchCuller has named a Culler, read from its Health() at each
+// scrape (memory only):
+//
+//	dbcache_culler_running                     1 while its started worker runs
+//	dbcache_culler_in_pass                     1 while a pass is in progress
+//	dbcache_culler_consecutive_failures        passes failed since the last success
+//	dbcache_culler_last_success_timestamp_seconds, dbcache_culler_last_error_timestamp_seconds
 //
 // and, with Config.Pool, read at each scrape (tablestats.Size: bounded
 // walks and the catalog, a few milliseconds at any table size):
@@ -56,6 +67,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -142,6 +154,7 @@ type Collector struct {
 
 	passes       *prometheus.CounterVec
 	removed      *prometheus.CounterVec
+	culledBytes  prometheus.Counter
 	passDuration prometheus.Histogram
 
 	// byOp holds each operation's series, resolved once: the hot path
@@ -150,6 +163,9 @@ type Collector struct {
 	others sync.Map // op name → *opSeries, for names New did not know
 
 	tableRows, tableExpired, tableBytes, tableDead, lastPass, tableUp *prometheus.Desc
+
+	cullerRunning, cullerInPass, cullerFailures, cullerSuccessAt, cullerErrorAt *prometheus.Desc
+	culler                                                                      atomic.Pointer[culling.Culler]
 
 	logMu     sync.Mutex
 	lastLogAt time.Time
@@ -236,11 +252,13 @@ func New(cfg *Config) (*Collector, error) {
 		Help: "Culling passes observed in this process, by result: done, skipped (another culler held the lock), error."},
 		[]string{"result"})
 	col.removed = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cull_rows_removed_total", ConstLabels: cl,
-		Help: "Rows removed by culling passes observed in this process, by reason: expired, culled (over MaxEntries)."},
+		Help: "Rows removed by culling passes observed in this process, by reason: expired, culled (over MaxEntries or MaxBytes), aged_out (MaxAge)."},
 		[]string{"reason"})
+	col.culledBytes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "cull_bytes_culled_total", ConstLabels: cl,
+		Help: "Bytes culled to keep the table under MaxBytes by passes observed in this process."})
 	col.passDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "cull_pass_duration_seconds", ConstLabels: cl,
 		Help: "Wall time of culling passes that ran (not skipped) in this process.", Buckets: c.CullBuckets})
-	for _, reason := range []string{"expired", "culled"} {
+	for _, reason := range []string{"expired", "culled", "aged_out"} {
 		col.removed.WithLabelValues(reason)
 	}
 	for _, r := range []string{"done", "skipped", "error"} {
@@ -258,6 +276,11 @@ func New(cfg *Config) (*Collector, error) {
 	col.tableDead = desc("table_dead_tuples", "Dead tuples in the cache table (PostgreSQL's statistics).")
 	col.lastPass = desc("cull_last_pass_timestamp_seconds", "When the last culling pass over the table finished, by any culler in any process.")
 	col.tableUp = desc("table_stats_up", "1 when this scrape read the table's statistics, 0 when the read failed.")
+	col.cullerRunning = desc("culler_running", "1 while the culler's started worker runs.")
+	col.cullerInPass = desc("culler_in_pass", "1 while a pass of the culler is in progress.")
+	col.cullerFailures = desc("culler_consecutive_failures", "Passes of the culler that failed since the last one that succeeded.")
+	col.cullerSuccessAt = desc("culler_last_success_timestamp_seconds", "When a pass of the culler last ended without error (a skipped pass counts).")
+	col.cullerErrorAt = desc("culler_last_error_timestamp_seconds", "When a pass of the culler last failed.")
 	return col, nil
 }
 
@@ -385,7 +408,7 @@ func (c *Collector) OnProgress(next func(culling.Progress)) func(culling.Progres
 	return func(p culling.Progress) {
 		if p.Phase == culling.PhaseDone {
 			c.passes.WithLabelValues("done").Inc()
-			c.rowsRemoved(p.ExpiredRemoved, p.Culled)
+			c.removedBy(p.ExpiredRemoved, p.Culled, p.AgedOut, p.CulledBytes)
 			c.passDuration.Observe(p.Elapsed.Seconds())
 		}
 		if next != nil {
@@ -396,10 +419,14 @@ func (c *Collector) OnProgress(next func(culling.Progress)) func(culling.Progres
 
 // ObservePass records the result of culling.Culler.RunOnce: a pass that
 // ran, was skipped or failed (rows it removed before failing stay removed
-// and are counted).
+// and are counted). A dry run's result (PassResult.DryRun) removed nothing
+// and is ignored.
 func (c *Collector) ObservePass(res *culling.PassResult, err error) {
 	if res == nil {
 		res = &culling.PassResult{}
+	}
+	if res.DryRun {
+		return
 	}
 	switch {
 	case err != nil:
@@ -410,28 +437,34 @@ func (c *Collector) ObservePass(res *culling.PassResult, err error) {
 	default:
 		c.passes.WithLabelValues("done").Inc()
 	}
-	c.rowsRemoved(res.ExpiredRemoved, res.Culled)
+	c.removedBy(res.ExpiredRemoved, res.Culled, res.AgedOut, res.CulledBytes)
 	c.passDuration.Observe(res.Duration.Seconds())
 }
 
-func (c *Collector) rowsRemoved(expired, culled int64) {
-	if expired > 0 {
-		c.removed.WithLabelValues("expired").Add(float64(expired))
+func (c *Collector) removedBy(expired, culled, agedOut, culledBytes int64) {
+	for _, r := range []struct {
+		reason string
+		n      int64
+	}{{"expired", expired}, {"culled", culled}, {"aged_out", agedOut}} {
+		if r.n > 0 {
+			c.removed.WithLabelValues(r.reason).Add(float64(r.n))
+		}
 	}
-	if culled > 0 {
-		c.removed.WithLabelValues("culled").Add(float64(culled))
+	if culledBytes > 0 {
+		c.culledBytes.Add(float64(culledBytes))
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, v := range []prometheus.Collector{c.ops, c.keys, c.errs, c.duration, c.loads, c.loadDuration, c.passes, c.removed, c.passDuration} {
+	for _, v := range c.collectors() {
 		v.Describe(ch)
 	}
-	if c.cfg.Pool != nil {
-		for _, d := range []*prometheus.Desc{c.tableRows, c.tableExpired, c.tableBytes, c.tableDead, c.lastPass, c.tableUp} {
-			ch <- d
-		}
+	// Every Desc, whether or not it will be collected: a culler may be
+	// watched after the Collector is registered.
+	for _, d := range []*prometheus.Desc{c.tableRows, c.tableExpired, c.tableBytes, c.tableDead, c.lastPass, c.tableUp,
+		c.cullerRunning, c.cullerInPass, c.cullerFailures, c.cullerSuccessAt, c.cullerErrorAt} {
+		ch <- d
 	}
 }
 
@@ -439,8 +472,11 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // table's figures, bounded by Config.TableTimeout; a failed read is
 // table_stats_up 0 (and a log line), not a failed scrape.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	for _, v := range []prometheus.Collector{c.ops, c.keys, c.errs, c.duration, c.loads, c.loadDuration, c.passes, c.removed, c.passDuration} {
+	for _, v := range c.collectors() {
 		v.Collect(ch)
+	}
+	if cu := c.culler.Load(); cu != nil {
+		c.collectHealth(ch, cu.Health())
 	}
 	if c.cfg.Pool == nil {
 		return
@@ -466,6 +502,36 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.lastPass, prometheus.GaugeValue, float64(rec.FinishedAt.UnixNano())/1e9)
 	} else if !errors.Is(err, culling.ErrNoPass) && !errors.Is(err, culling.ErrTableNotFound) {
 		c.logScrapeError(err)
+	}
+}
+
+// WatchCuller makes every scrape read cu's Health() (memory only, no
+// query) for the culler_* gauges. Call it once the Culler exists: it is
+// built after the Collector when its OnProgress is the Collector's. A later
+// call replaces the Culler watched.
+func (c *Collector) WatchCuller(cu *culling.Culler) { c.culler.Store(cu) }
+
+func (c *Collector) collectors() []prometheus.Collector {
+	return []prometheus.Collector{c.ops, c.keys, c.errs, c.duration, c.loads, c.loadDuration,
+		c.passes, c.removed, c.culledBytes, c.passDuration}
+}
+
+func (c *Collector) collectHealth(ch chan<- prometheus.Metric, h culling.Health) {
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	ch <- prometheus.MustNewConstMetric(c.cullerRunning, prometheus.GaugeValue, b(h.Running))
+	ch <- prometheus.MustNewConstMetric(c.cullerInPass, prometheus.GaugeValue, b(h.InPass))
+	ch <- prometheus.MustNewConstMetric(c.cullerFailures, prometheus.GaugeValue, float64(h.ConsecutiveFailures))
+	// Never is no series rather than 1970.
+	if !h.LastSuccessAt.IsZero() {
+		ch <- prometheus.MustNewConstMetric(c.cullerSuccessAt, prometheus.GaugeValue, float64(h.LastSuccessAt.UnixNano())/1e9)
+	}
+	if !h.LastErrorAt.IsZero() {
+		ch <- prometheus.MustNewConstMetric(c.cullerErrorAt, prometheus.GaugeValue, float64(h.LastErrorAt.UnixNano())/1e9)
 	}
 }
 

@@ -210,18 +210,45 @@ SELECT 'live' || i, 'v', now() + interval '1 hour' FROM generate_series(1, 10) i
 	ts := got[`dbcache_cull_last_pass_timestamp_seconds{}`]
 	require.InDelta(t, float64(time.Now().Unix()), ts, 300)
 
-	// RunOnce's callers report each result, skipped and failed ones too.
+	// Its Health, once watched.
+	_, ok = got[`dbcache_culler_running{}`]
+	require.False(t, ok, "no culler watched yet")
+	m.WatchCuller(culler)
+	got = scrape(t, reg)
+	require.Equal(t, 0.0, got[`dbcache_culler_running{}`], "RunOnce only: no worker")
+	require.Equal(t, 0.0, got[`dbcache_culler_in_pass{}`])
+	require.Equal(t, 0.0, got[`dbcache_culler_consecutive_failures{}`])
+	require.InDelta(t, float64(time.Now().Unix()), got[`dbcache_culler_last_success_timestamp_seconds{}`], 300)
+	_, ok = got[`dbcache_culler_last_error_timestamp_seconds{}`]
+	require.False(t, ok, "no pass failed")
+
+	// A culler whose passes fail (no table in its schema).
+	empty := dbtest.NewSchema(t)
+	failing, err := culling.New(empty.Pool(t), nil)
+	require.NoError(t, err)
+	_, err = failing.RunOnce(ctx)
+	require.Error(t, err)
+	m.WatchCuller(failing)
+	got = scrape(t, reg)
+	require.Equal(t, 1.0, got[`dbcache_culler_consecutive_failures{}`])
+	require.InDelta(t, float64(time.Now().Unix()), got[`dbcache_culler_last_error_timestamp_seconds{}`], 300)
+
+	// RunOnce's callers report each result, skipped and failed ones too;
+	// dry runs removed nothing and are not counted.
 	m2, reg2 := newCollector(t, nil)
-	m2.ObservePass(&culling.PassResult{ExpiredRemoved: 3, Duration: time.Millisecond}, nil)
+	m2.ObservePass(&culling.PassResult{ExpiredRemoved: 3, AgedOut: 2, CulledBytes: 1000, Duration: time.Millisecond}, nil)
 	m2.ObservePass(&culling.PassResult{Skipped: true}, nil)
 	m2.ObservePass(&culling.PassResult{Culled: 4}, errors.New("timeout"))
 	m2.ObservePass(nil, errors.New("connect"))
+	m2.ObservePass(&culling.PassResult{DryRun: true, ExpiredRemoved: 50}, nil)
 	got = scrape(t, reg2)
 	require.Equal(t, 1.0, got[`dbcache_cull_passes_total{result="done"}`])
 	require.Equal(t, 1.0, got[`dbcache_cull_passes_total{result="skipped"}`])
 	require.Equal(t, 2.0, got[`dbcache_cull_passes_total{result="error"}`])
 	require.Equal(t, 3.0, got[`dbcache_cull_rows_removed_total{reason="expired"}`])
 	require.Equal(t, 4.0, got[`dbcache_cull_rows_removed_total{reason="culled"}`])
+	require.Equal(t, 2.0, got[`dbcache_cull_rows_removed_total{reason="aged_out"}`])
+	require.Equal(t, 1000.0, got[`dbcache_cull_bytes_culled_total{}`])
 	require.Equal(t, 3.0, got[`dbcache_cull_pass_duration_seconds_count{}`])
 }
 

@@ -150,7 +150,7 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 			if err != nil {
 				return &usageError{err: err}
 			}
-			stopMetrics, err := r.serveMetrics(metricsAddr, every, pool)
+			stopMetrics, err := r.serveMetrics(metricsAddr, every, pool, culler)
 			if err != nil {
 				return err
 			}

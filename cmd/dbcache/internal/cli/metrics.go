@@ -18,10 +18,10 @@ import (
 const metricsAddrHelp = "with --every, serve Prometheus metrics at http://ADDR/metrics (passes, rows removed, the table's rows and bytes), e.g. :9187"
 
 // serveMetrics serves `cull --every`'s metrics on addr, when set: the
-// passes this command runs (ObservePass), the table's figures at each
-// scrape, and the process's. It says where on stderr (the port may have
+// passes this command runs (ObservePass), the culler's health, the table's
+// figures at each scrape, and the process's. It says where on stderr (the port may have
 // been 0) and returns the function that stops the server.
-func (r *cullRun) serveMetrics(addr string, every time.Duration, pool *pgxpool.Pool) (stop func(), err error) {
+func (r *cullRun) serveMetrics(addr string, every time.Duration, pool *pgxpool.Pool, culler *culling.Culler) (stop func(), err error) {
 	if addr == "" {
 		return func() {}, nil
 	}
@@ -32,6 +32,7 @@ func (r *cullRun) serveMetrics(addr string, every time.Duration, pool *pgxpool.P
 	if err != nil {
 		return nil, err
 	}
+	m.WatchCuller(culler)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := prommetrics.Listen(addr, reg)

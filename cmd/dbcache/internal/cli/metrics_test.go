@@ -69,6 +69,8 @@ SELECT 'live' || i, 'v', now() + interval '1 hour' FROM generate_series(1, 3) i`
 		`dbcache_table_bytes{part="table"}`,
 		"dbcache_cull_last_pass_timestamp_seconds",
 		"dbcache_cull_pass_duration_seconds_count",
+		"dbcache_culler_consecutive_failures 0",
+		"dbcache_culler_last_success_timestamp_seconds",
 		"process_cpu_seconds_total",
 		"go_goroutines",
 	} {
