@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dbcache/dbcache/culling"
+	"github.com/dbcache/dbcache/prommetrics"
 )
 
 // passJSON is one line of `cull --json`: one object per pass.
@@ -47,6 +48,7 @@ func (a *app) cullCommand() *cobra.Command {
 		dryRun        bool
 		maxBytes      string
 		maxAge        string
+		metricsAddr   string
 	)
 	cmd := &cobra.Command{
 		Use:   "cull",
@@ -148,6 +150,11 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 			if err != nil {
 				return &usageError{err: err}
 			}
+			stopMetrics, err := r.serveMetrics(metricsAddr, every, pool, culler)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			return r.loop(ctx, culler, every)
 		},
 	}
@@ -160,6 +167,7 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 	f.BoolVar(&dryRun, "dry-run", false, "report what a pass would remove, and remove nothing")
 	f.StringVar(&maxBytes, "max-bytes", "", "most bytes the entries may take (2GB, 500MiB, bytes); over it, cull in eviction order")
 	f.StringVar(&maxAge, "max-age", "", "remove every entry written longer ago than this (720h, 30d; at least 1h)")
+	f.StringVar(&metricsAddr, "metrics-addr", "", metricsAddrHelp)
 	return cmd
 }
 
@@ -171,8 +179,9 @@ type cullRun struct {
 	aged   bool // --max-age was given
 	sized  bool // --max-bytes was given
 
-	mu   sync.Mutex
-	tick *ticker
+	mu      sync.Mutex
+	tick    *ticker
+	metrics *prommetrics.Collector // --metrics-addr; nil without
 }
 
 // onProgress is the culler's progress hook: it draws progress.
@@ -213,6 +222,7 @@ func (r *cullRun) loop(ctx context.Context, culler *culling.Culler, every time.D
 			res, err = culler.DryRun(ctx)
 		} else {
 			res, err = culler.RunOnce(ctx)
+			r.observe(res, err)
 		}
 
 		r.mu.Lock()

@@ -2,218 +2,24 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/dbcache/dbcache/culling"
-	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/tablestats"
 )
 
-// Stats is what `dbcache stats` reports. Its JSON form is the --json output.
-type Stats struct {
-	// Schema and Table name the cache table.
-	Schema string `json:"schema"`
-	Table  string `json:"table"`
-	// Now is the database's clock when the entries were counted; expiry and
-	// ages are against it.
-	Now time.Time `json:"now"`
-
-	// Entries counts every row, live or expired, exactly (a full count, not
-	// PostgreSQL's estimate). Expired rows are still stored until a cull or
-	// an overwrite removes them; NeverExpire rows have no expiry.
-	Entries     int64 `json:"entries"`
-	Live        int64 `json:"live"`
-	Expired     int64 `json:"expired"`
-	NeverExpire int64 `json:"never_expire"`
-	// EarliestExpiry and LatestExpiry are the smallest and largest expiry
-	// over all rows that have one (the earliest is in the past when expired
-	// rows remain); null when no row has one.
-	EarliestExpiry *time.Time `json:"earliest_expiry"`
-	LatestExpiry   *time.Time `json:"latest_expiry"`
-
-	// TableBytes is the heap with its TOAST and maps (pg_table_size),
-	// IndexBytes every index (pg_indexes_size).
-	TableBytes int64 `json:"table_bytes"`
-	IndexBytes int64 `json:"index_bytes"`
-	// DeadTuples and the vacuum times come from PostgreSQL's cumulative
-	// statistics (pg_stat_user_tables): approximate and a little behind.
-	DeadTuples     int64      `json:"dead_tuples"`
-	LastVacuum     *time.Time `json:"last_vacuum"`
-	LastAutovacuum *time.Time `json:"last_autovacuum"`
-	// ToastDeadTuples are the dead chunks of out-of-line values (the TOAST
-	// table's statistics): most of the bytes a cull of large entries frees,
-	// until vacuum reclaims them.
-	ToastDeadTuples int64 `json:"toast_dead_tuples"`
-
-	// Size is the entries' size as culling's MaxBytes counts it (keys and
-	// values as stored plus culling.RowOverhead each), measured exactly by
-	// this command's scan; SizeEstimate is what a culling pass would
-	// estimate instead (culling.EstimateSize), for comparison.
-	Size         int64 `json:"size"`
-	SizeEstimate int64 `json:"size_estimate"`
-	// OldestWrite is the earliest written_at (migration 4; null before it,
-	// or when the table is empty).
-	OldestWrite *time.Time `json:"oldest_write"`
-
-	// LastPass is the last completed culling pass, null if none was
-	// recorded (or the culler's state table does not exist: CullerState
-	// says which).
-	LastPass    *PassStats `json:"last_pass"`
-	CullerState string     `json:"culler_state"`
-}
+// Stats is what `dbcache stats` reports (its JSON form is the --json
+// output): package tablestats reads it, so the command and the Prometheus
+// collector share one implementation.
+type Stats = tablestats.Stats
 
 // PassStats is the last culling pass as stats reports it.
-type PassStats struct {
-	// The limits the last pass enforced (null for none, or before
-	// migration 4), what MaxAge removed, the bytes it culled and the size
-	// it estimated (null without MaxBytes).
-	MaxEntries    *int64   `json:"max_entries"`
-	MaxBytes      *int64   `json:"max_bytes"`
-	MaxAgeSeconds *float64 `json:"max_age_seconds"`
-	AgedOut       int64    `json:"aged_out"`
-	TotalAgedOut  int64    `json:"total_aged_out"`
-	CulledBytes   int64    `json:"culled_bytes"`
-	Size          *int64   `json:"size"`
-
-	FinishedAt          time.Time  `json:"finished_at"`
-	SecondsSince        float64    `json:"seconds_since"`
-	DurationSeconds     float64    `json:"duration_seconds"`
-	ExpiredRemoved      int64      `json:"expired_removed"`
-	Culled              int64      `json:"culled"`
-	Remaining           int64      `json:"remaining"`
-	Runner              string     `json:"runner"`
-	Passes              int64      `json:"passes"`
-	LastCullAt          *time.Time `json:"last_cull_at"`
-	SecondsSinceCull    *float64   `json:"seconds_since_cull"`
-	TotalExpiredRemoved int64      `json:"total_expired_removed"`
-	TotalCulled         int64      `json:"total_culled"`
-}
-
-// The stats statements. The table name is spliced in as a quoted
-// identifier, as the library does; everything else is a parameter.
-const (
-	// One row when the table exists, none when not. pg_stat_user_tables
-	// has no row until the statistics system has seen the table.
-	qStatsTable = `SELECT n.nspname, pg_table_size(c.oid), pg_indexes_size(c.oid),
-       coalesce(s.n_dead_tup, 0), s.last_vacuum, s.last_autovacuum,
-       coalesce(pg_stat_get_dead_tuples(c.reltoastrelid), 0),
-       EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'written_at' AND NOT a.attisdropped)
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
-WHERE c.oid = to_regclass($1)`
-
-	// An exact count is a full scan: fine for an admin command, and it
-	// agrees with what a Get would see (statement_timestamp, as the
-	// library's liveness test uses).
-	qStatsEntries = `SELECT statement_timestamp(), count(*),
-       count(*) FILTER (WHERE expires <= statement_timestamp()),
-       count(*) FILTER (WHERE expires IS NULL),
-       min(expires), max(expires),
-       coalesce(sum(pg_column_size(key) + pg_column_size(value) + ROW_OVERHEAD), 0)::int8
-FROM TABLE`
-
-	// qStatsOldest is the earliest write, from migration 4 on.
-	qStatsOldest = `SELECT min(written_at) FROM TABLE`
-)
-
-// CollectStats reads the cache table's statistics. schema "" means the
-// search_path's table. It returns an error wrapping dbcache.ErrNotMigrated
-// when there is no cache table.
-func CollectStats(ctx context.Context, pool *pgxpool.Pool, schema string) (*Stats, error) {
-	ident := pgx.Identifier{dbcache.TableName}
-	if schema != "" {
-		ident = pgx.Identifier{schema, dbcache.TableName}
-	}
-	table := ident.Sanitize()
-	var st Stats
-	var nsp string
-	var hasWritten bool
-	err := pool.QueryRow(ctx, qStatsTable, table).Scan(&nsp, &st.TableBytes, &st.IndexBytes,
-		&st.DeadTuples, &st.LastVacuum, &st.LastAutovacuum, &st.ToastDeadTuples, &hasWritten)
-	if errors.Is(err, pgx.ErrNoRows) {
-		where := "on the search_path"
-		if schema != "" {
-			where = fmt.Sprintf("in schema %q", schema)
-		}
-		return nil, fmt.Errorf("%w (no table %s %s)", dbcache.ErrNotMigrated, dbcache.TableName, where)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("stats: table: %w", err)
-	}
-	st.Schema, st.Table = nsp, dbcache.TableName
-	qualified := pgx.Identifier{nsp, dbcache.TableName}.Sanitize()
-	entries := strings.NewReplacer("TABLE", qualified, "ROW_OVERHEAD", strconv.Itoa(culling.RowOverhead)).Replace(qStatsEntries)
-	err = pool.QueryRow(ctx, entries).Scan(&st.Now, &st.Entries, &st.Expired,
-		&st.NeverExpire, &st.EarliestExpiry, &st.LatestExpiry, &st.Size)
-	if err != nil {
-		return nil, fmt.Errorf("stats: count: %w", err)
-	}
-	st.Live = st.Entries - st.Expired
-	if hasWritten {
-		if err := pool.QueryRow(ctx, strings.Replace(qStatsOldest, "TABLE", qualified, 1)).Scan(&st.OldestWrite); err != nil {
-			return nil, fmt.Errorf("stats: oldest write: %w", err)
-		}
-	}
-	est, err := culling.EstimateSize(ctx, pool, nsp, 0)
-	if err != nil {
-		return nil, fmt.Errorf("stats: size estimate: %w", err)
-	}
-	st.SizeEstimate = est.Bytes
-
-	rec, err := culling.LastPass(ctx, pool, nsp)
-	switch {
-	case errors.Is(err, culling.ErrNoPass):
-		st.CullerState = "never"
-	case errors.Is(err, culling.ErrTableNotFound):
-		st.CullerState = "not migrated"
-	case err != nil:
-		return nil, fmt.Errorf("stats: last cull: %w", err)
-	default:
-		st.CullerState = "ok"
-		p := &PassStats{
-			FinishedAt:          rec.FinishedAt,
-			SecondsSince:        rec.SinceLastPass.Seconds(),
-			DurationSeconds:     rec.Duration.Seconds(),
-			ExpiredRemoved:      rec.ExpiredRemoved,
-			Culled:              rec.Culled,
-			Remaining:           rec.Remaining,
-			Runner:              rec.Runner,
-			Passes:              rec.Passes,
-			TotalExpiredRemoved: rec.TotalExpiredRemoved,
-			TotalCulled:         rec.TotalCulled,
-		}
-		if !rec.LastCullAt.IsZero() {
-			t, s := rec.LastCullAt, rec.SinceLastCull.Seconds()
-			p.LastCullAt, p.SecondsSinceCull = &t, &s
-		}
-		if rec.Limits {
-			p.AgedOut, p.TotalAgedOut, p.CulledBytes = rec.AgedOut, rec.TotalAgedOut, rec.CulledBytes
-			if rec.MaxEntries != culling.NoLimit {
-				n := rec.MaxEntries
-				p.MaxEntries = &n
-			}
-			if rec.MaxBytes > 0 {
-				n, sz := rec.MaxBytes, rec.Size
-				p.MaxBytes, p.Size = &n, &sz
-			}
-			if rec.MaxAge > 0 {
-				sec := rec.MaxAge.Seconds()
-				p.MaxAgeSeconds = &sec
-			}
-		}
-		st.LastPass = p
-	}
-	return &st, nil
-}
+type PassStats = tablestats.PassStats
 
 func (a *app) statsCommand() *cobra.Command {
 	return &cobra.Command{
@@ -244,7 +50,7 @@ little; everything else is exact as of the statement.`,
 				ctx, cancel = context.WithTimeout(ctx, a.g.opTimeout)
 				defer cancel()
 			}
-			st, err := CollectStats(ctx, pool, a.g.schema)
+			st, err := tablestats.Read(ctx, pool, a.g.schema)
 			if err != nil {
 				return err
 			}

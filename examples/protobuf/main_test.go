@@ -1,0 +1,24 @@
+package main
+
+import (
+	"context"
+	"os"
+	"testing"
+
+	"github.com/dbcache/dbcache/internal/dbtest"
+	"github.com/dbcache/dbcache/internal/exampledb"
+)
+
+func TestMain(m *testing.M) {
+	exampledb.Setup()
+	dbtest.Main(m)
+}
+
+func Example() {
+	if err := run(context.Background(), os.Getenv("DATABASE_URL")); err != nil {
+		panic(err)
+	}
+	// Output:
+	// Ann 2
+	// true
+}

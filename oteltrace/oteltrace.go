@@ -1,0 +1,137 @@
+// Package oteltrace gives every dbcache operation an OpenTelemetry span,
+// through dbcache.Config.Tracer, so the core imports no tracing library.
+// It is in its own package so that only programs that use it build
+// go.opentelemetry.io/otel.
+//
+//	cache, err := dbcache.New(ctx, pool, &dbcache.Config{Tracer: oteltrace.New(nil)})
+//	// with metrics too: Tracer: multitracer.New(metrics, oteltrace.New(nil))
+//
+// # Spans
+//
+// Each operation is a span named "dbcache OP" (OP as dbcache.OpGet, …), of
+// kind internal, a child of the span in the caller's context, with these
+// attributes:
+//
+//	db.system.name     "postgresql"
+//	db.operation.name  the operation (get, set, get_many, …)
+//	dbcache.keys       the number of keys it carries
+//	dbcache.hits, dbcache.misses, dbcache.stored, dbcache.not_stored
+//	                   its outcome (see dbcache.OpEnd), when not zero
+//
+// An error sets the span's status to Error and is recorded as an event; an
+// error that Config.FailOpen swallowed is an event "dbcache.fail_open"
+// with the error, and the status stays unset. Each loader run of
+// GetOrSetFunc is a span "dbcache load" (attribute dbcache.refresh for a
+// stale-while-revalidate refresh), a child of the operation's span (a
+// refresh's outlives it).
+//
+// # With pgx's own tracing
+//
+// A pgx tracer on the pool (otelpgx, for example: pgxpool.Config's
+// ConnConfig.Tracer) makes a span of every statement. dbcache runs its
+// statements with the context TraceOpStart returned, so those spans are
+// children of the operation's span: a trace shows "dbcache get" and,
+// under it, the SELECT it ran (and, for GetOrSetFunc, the advisory lock,
+// the loader and the write). Statements that Config.CoalesceGets and
+// Config.CoalesceSets batch run for several callers at once, on a
+// goroutine of the cache's, so their spans have no operation as parent.
+package oteltrace
+
+import (
+	"context"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/dbcache/dbcache/dbcache"
+)
+
+// ScopeName is the instrumentation scope of the spans.
+const ScopeName = "github.com/dbcache/dbcache/oteltrace"
+
+// Config configures a Tracer. A nil *Config means all defaults.
+type Config struct {
+	// Attributes are added to every span, for example the cache's name
+	// when a process has several. Defaults to none.
+	Attributes []attribute.KeyValue
+
+	// TracerProvider makes the spans. Defaults to otel.GetTracerProvider()
+	// at New.
+	TracerProvider trace.TracerProvider
+}
+
+// Tracer is a dbcache.Tracer and dbcache.LoadTracer that makes spans. It
+// is safe for concurrent use.
+type Tracer struct {
+	tracer trace.Tracer
+	attrs  []attribute.KeyValue
+}
+
+// New returns a Tracer.
+func New(cfg *Config) *Tracer {
+	var c Config
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.TracerProvider == nil {
+		c.TracerProvider = otel.GetTracerProvider()
+	}
+	return &Tracer{
+		tracer: c.TracerProvider.Tracer(ScopeName),
+		attrs:  append([]attribute.KeyValue{attribute.String("db.system.name", "postgresql")}, c.Attributes...),
+	}
+}
+
+// spanKey finds this Tracer's span in the context TraceOpEnd gets, even
+// when another tracer (multitracer) started a span after it.
+type spanKey struct{}
+
+// TraceOpStart implements dbcache.Tracer: it starts the operation's span.
+func (t *Tracer) TraceOpStart(ctx context.Context, op dbcache.OpStart) context.Context {
+	attrs := make([]attribute.KeyValue, 0, len(t.attrs)+2)
+	attrs = append(attrs, t.attrs...)
+	attrs = append(attrs, attribute.String("db.operation.name", op.Op), attribute.Int("dbcache.keys", op.Keys))
+	ctx, span := t.tracer.Start(ctx, "dbcache "+op.Op, trace.WithSpanKind(trace.SpanKindInternal), trace.WithAttributes(attrs...))
+	return context.WithValue(ctx, spanKey{}, span)
+}
+
+// TraceOpEnd implements dbcache.Tracer: it ends the operation's span.
+func (t *Tracer) TraceOpEnd(ctx context.Context, e dbcache.OpEnd) {
+	span, ok := ctx.Value(spanKey{}).(trace.Span)
+	if !ok {
+		return
+	}
+	for _, c := range []struct {
+		key string
+		n   int
+	}{{"dbcache.hits", e.Hits}, {"dbcache.misses", e.Misses}, {"dbcache.stored", e.Stored}, {"dbcache.not_stored", e.NotStored}} {
+		if c.n != 0 {
+			span.SetAttributes(attribute.Int(c.key, c.n))
+		}
+	}
+	if e.FailedOpen != nil {
+		span.AddEvent("dbcache.fail_open", trace.WithAttributes(attribute.String("error", e.FailedOpen.Error())))
+	}
+	if e.Err != nil {
+		span.RecordError(e.Err)
+		span.SetStatus(codes.Error, e.Err.Error())
+	}
+	span.End()
+}
+
+// TraceLoad implements dbcache.LoadTracer: a span for the loader run that
+// just ended, dated from its start.
+func (t *Tracer) TraceLoad(ctx context.Context, l dbcache.LoadEnd) {
+	end := time.Now()
+	attrs := append(append([]attribute.KeyValue{}, t.attrs...), attribute.Bool("dbcache.refresh", l.Refresh))
+	_, span := t.tracer.Start(ctx, "dbcache load", trace.WithSpanKind(trace.SpanKindInternal),
+		trace.WithTimestamp(end.Add(-l.Duration)), trace.WithAttributes(attrs...))
+	if l.Err != nil {
+		span.RecordError(l.Err)
+		span.SetStatus(codes.Error, l.Err.Error())
+	}
+	span.End(trace.WithTimestamp(end))
+}

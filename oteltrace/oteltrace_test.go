@@ -1,0 +1,203 @@
+package oteltrace_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/dbtest"
+	"github.com/dbcache/dbcache/internal/exampledb"
+	"github.com/dbcache/dbcache/multitracer"
+	"github.com/dbcache/dbcache/oteltrace"
+)
+
+func TestMain(m *testing.M) {
+	exampledb.Setup()
+	dbtest.Main(m)
+}
+
+// pgxSpans is a pgx tracer that makes a span per statement from the
+// statement's context, as otelpgx does: the test of how dbcache's spans
+// and pgx's nest.
+type pgxSpans struct{ tracer trace.Tracer }
+
+func (p pgxSpans) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	ctx, _ = p.tracer.Start(ctx, "pgx query", trace.WithSpanKind(trace.SpanKindClient))
+	return ctx
+}
+
+func (p pgxSpans) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryEndData) {
+	trace.SpanFromContext(ctx).End()
+}
+
+func attrs(s sdktrace.ReadOnlySpan) map[attribute.Key]attribute.Value {
+	m := map[attribute.Key]attribute.Value{}
+	for _, kv := range s.Attributes() {
+		m[kv.Key] = kv.Value
+	}
+	return m
+}
+
+func byName(spans []sdktrace.ReadOnlySpan, name string) []sdktrace.ReadOnlySpan {
+	var out []sdktrace.ReadOnlySpan
+	for _, s := range spans {
+		if s.Name() == name {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func TestSpans(t *testing.T) {
+	t.Parallel()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	s := dbtest.NewSchema(t)
+	s.Migrate(t)
+	pcfg := s.PoolConfig(t)
+	pcfg.ConnConfig.Tracer = pgxSpans{tracer: tp.Tracer("pgx")}
+	pool := dbtest.NewPool(t, pcfg)
+	ctx := context.Background()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{
+		Tracer: oteltrace.New(&oteltrace.Config{TracerProvider: tp, Attributes: []attribute.KeyValue{attribute.String("cache", "test")}}),
+	})
+	require.NoError(t, err)
+	defer cache.Close()
+
+	// The caller's span is the parent of the operation's.
+	ctx, root := tp.Tracer("app").Start(ctx, "request")
+	require.NoError(t, cache.Set(ctx, "a", []byte("1"), dbcache.DefaultTimeout))
+	_, err = cache.GetMany(ctx, []string{"a", "b"})
+	require.NoError(t, err)
+	_, err = cache.Get(ctx, "bad\x00key")
+	require.Error(t, err)
+	_, err = cache.GetOrSetFunc(ctx, "g", func(context.Context) ([]byte, error) {
+		time.Sleep(5 * time.Millisecond)
+		return []byte("v"), nil
+	}, dbcache.DefaultTimeout)
+	require.NoError(t, err)
+	root.End()
+
+	spans := rec.Ended()
+	set := byName(spans, "dbcache set")
+	require.Len(t, set, 1)
+	require.Equal(t, root.SpanContext().SpanID(), set[0].Parent().SpanID())
+	require.Equal(t, trace.SpanKindInternal, set[0].SpanKind())
+	a := attrs(set[0])
+	require.Equal(t, "postgresql", a["db.system.name"].AsString())
+	require.Equal(t, "set", a["db.operation.name"].AsString())
+	require.Equal(t, int64(1), a["dbcache.keys"].AsInt64())
+	require.Equal(t, int64(1), a["dbcache.stored"].AsInt64())
+	require.Equal(t, "test", a["cache"].AsString())
+
+	many := byName(spans, "dbcache get_many")
+	require.Len(t, many, 1)
+	a = attrs(many[0])
+	require.Equal(t, int64(2), a["dbcache.keys"].AsInt64())
+	require.Equal(t, int64(1), a["dbcache.hits"].AsInt64())
+	require.Equal(t, int64(1), a["dbcache.misses"].AsInt64())
+	require.Equal(t, codes.Unset, many[0].Status().Code)
+
+	// pgx's statement spans nest under the operation that ran them.
+	var underMany, underSet int
+	for _, q := range byName(spans, "pgx query") {
+		switch q.Parent().SpanID() {
+		case many[0].SpanContext().SpanID():
+			underMany++
+		case set[0].SpanContext().SpanID():
+			underSet++
+		}
+	}
+	require.Equal(t, 1, underMany)
+	require.Equal(t, 1, underSet)
+
+	get := byName(spans, "dbcache get")
+	require.Len(t, get, 1)
+	require.Equal(t, codes.Error, get[0].Status().Code)
+	require.NotEmpty(t, get[0].Events(), "the error is recorded")
+
+	// The loader run is a span under get_or_set, dated from its start.
+	gos := byName(spans, "dbcache get_or_set")
+	require.Len(t, gos, 1)
+	load := byName(spans, "dbcache load")
+	require.Len(t, load, 1)
+	require.Equal(t, gos[0].SpanContext().SpanID(), load[0].Parent().SpanID())
+	require.GreaterOrEqual(t, load[0].EndTime().Sub(load[0].StartTime()), 5*time.Millisecond)
+	require.False(t, attrs(load[0])["dbcache.refresh"].AsBool())
+	require.False(t, load[0].StartTime().Before(gos[0].StartTime()))
+}
+
+func TestFailOpenAndLoadError(t *testing.T) {
+	t.Parallel()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	pool := dbtest.Pool(t)
+	ctx := context.Background()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{
+		Tracer:   oteltrace.New(&oteltrace.Config{TracerProvider: tp}),
+		FailOpen: true, OpTimeout: 200 * time.Millisecond,
+	})
+	require.NoError(t, err)
+	defer cache.Close()
+
+	_, err = cache.GetOrSetFunc(ctx, "x", func(context.Context) ([]byte, error) { return nil, errors.New("backend") }, dbcache.DefaultTimeout)
+	require.Error(t, err)
+	load := byName(rec.Ended(), "dbcache load")
+	require.Len(t, load, 1)
+	require.Equal(t, codes.Error, load[0].Status().Code)
+
+	require.NoError(t, cache.Set(ctx, "k", nil, dbcache.DefaultTimeout))
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, `SELECT 1 FROM dbcache_entries WHERE key = ':1:k' FOR UPDATE`)
+	require.NoError(t, err)
+	require.NoError(t, cache.Set(context.Background(), "k", []byte("v"), dbcache.DefaultTimeout))
+	sets := byName(rec.Ended(), "dbcache set")
+	last := sets[len(sets)-1]
+	require.Equal(t, codes.Unset, last.Status().Code, "swallowed: not an error to the caller")
+	require.Len(t, last.Events(), 1)
+	require.Equal(t, "dbcache.fail_open", last.Events()[0].Name)
+}
+
+// With metrics too: each tracer sees every operation, and the spans are
+// unchanged.
+func TestMultitracer(t *testing.T) {
+	t.Parallel()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	counter := &countingTracer{}
+	pool := dbtest.Pool(t)
+	ctx := context.Background()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{
+		Tracer: multitracer.New(counter, nil, oteltrace.New(&oteltrace.Config{TracerProvider: tp})),
+	})
+	require.NoError(t, err)
+	defer cache.Close()
+	_, err = cache.GetOrSetFunc(ctx, "g", func(context.Context) ([]byte, error) { return []byte("v"), nil }, dbcache.DefaultTimeout)
+	require.NoError(t, err)
+	require.Equal(t, 1, counter.starts)
+	require.Equal(t, 1, counter.ends)
+	require.Equal(t, 1, counter.loads)
+	require.Len(t, byName(rec.Ended(), "dbcache get_or_set"), 1)
+	require.Len(t, byName(rec.Ended(), "dbcache load"), 1)
+}
+
+type countingTracer struct{ starts, ends, loads int }
+
+func (c *countingTracer) TraceOpStart(ctx context.Context, _ dbcache.OpStart) context.Context {
+	c.starts++
+	return ctx
+}
+func (c *countingTracer) TraceOpEnd(context.Context, dbcache.OpEnd)  { c.ends++ }
+func (c *countingTracer) TraceLoad(context.Context, dbcache.LoadEnd) { c.loads++ }

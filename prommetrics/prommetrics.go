@@ -1,0 +1,551 @@
+// Package prommetrics exports a dbcache cache's operations, its loaders,
+// its culler and its table as Prometheus metrics
+// (github.com/prometheus/client_golang). It hooks in through
+// dbcache.Config.Tracer, so the core imports no metrics library, and it is
+// in its own package so that only programs that use it build
+// client_golang.
+//
+//	metrics, err := prommetrics.New(&prommetrics.Config{Pool: pool}) // Pool: table metrics
+//	prometheus.MustRegister(metrics)
+//	cache, err := dbcache.New(ctx, pool, &dbcache.Config{Tracer: metrics})
+//	culler, err := culling.New(pool, &culling.Config{OnProgress: metrics.OnProgress(nil)})
+//	metrics.WatchCuller(culler)
+//
+// # Metrics
+//
+// With the default namespace "dbcache" (every name below starts with it)
+// and Config.ConstLabels on every series:
+//
+//	dbcache_operations_total{op, result}       operations; result: ok, error, fail_open
+//	dbcache_operation_keys_total{op, outcome}  keys; outcome: hit, miss, stored, not_stored
+//	dbcache_operation_errors_total{op, kind}   errors by kind (see ErrorKind)
+//	dbcache_operation_duration_seconds{op}     histogram of each operation's wall time
+//	dbcache_loads_total{trigger, result}       GetOrSetFunc loader runs; trigger: miss,
+//	                                           refresh; result: ok, error, panic
+//	dbcache_load_duration_seconds{trigger}     histogram of loader runs
+//	dbcache_cull_passes_total{result}          culling passes; result: done, skipped, error
+//	dbcache_cull_rows_removed_total{reason}    rows removed; reason: expired, culled
+//	                                           (over MaxEntries or MaxBytes), aged_out (MaxAge)
+//	dbcache_cull_bytes_culled_total            bytes culled to stay under MaxBytes
+//	dbcache_cull_pass_duration_seconds         histogram of passes that ran
+//
+// and, once WatchCuller has named a Culler, read from its Health() at each
+// scrape (memory only):
+//
+//	dbcache_culler_running                     1 while its started worker runs
+//	dbcache_culler_in_pass                     1 while a pass is in progress
+//	dbcache_culler_consecutive_failures        passes failed since the last success
+//	dbcache_culler_last_success_timestamp_seconds, dbcache_culler_last_error_timestamp_seconds
+//
+// and, with Config.Pool, read at each scrape (tablestats.Size: bounded
+// walks and the catalog, a few milliseconds at any table size):
+//
+//	dbcache_table_rows                         rows, live or expired (exact up to
+//	                                           Config.CountLimit, the statistics above)
+//	dbcache_table_expired_rows                 expired rows not yet removed (capped at
+//	                                           Config.CountLimit)
+//	dbcache_table_bytes{part}                  part: table (heap and TOAST), indexes
+//	dbcache_table_dead_tuples                  PostgreSQL's statistics
+//	dbcache_cull_last_pass_timestamp_seconds   when the last pass of any culler, in any
+//	                                           process, finished (from its state table)
+//	dbcache_table_stats_up                     1 when the scrape's read worked, else 0
+//
+// op is the operation's Django name (dbcache.OpGet, …). The table's series
+// describe one table: when several processes export them, aggregate with
+// max, not sum.
+//
+// # Culling passes
+//
+// A Culler started in the application reports its passes through
+// OnProgress; a program that runs passes itself with RunOnce (as `dbcache
+// cull` does) hands each result to ObservePass instead, which also sees
+// skipped and failed passes. Use one of the two for a culler, not both.
+package prommetrics
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dbcache/dbcache/culling"
+	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/tablestats"
+)
+
+var (
+	// OpBucketsDefault are the default buckets of the operation duration
+	// histogram, in seconds: a get on loopback is a few hundred
+	// microseconds, a write that waits for an fsync a few milliseconds,
+	// and OpTimeout (5 s) is the end.
+	OpBucketsDefault = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+	// LoadBucketsDefault are the default buckets of the loader duration
+	// histogram: loaders are queries and HTTP calls.
+	LoadBucketsDefault = []float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
+	// CullBucketsDefault are the default buckets of the pass duration
+	// histogram: a no-op pass takes milliseconds, a large cull seconds,
+	// PassTimeout (one minute) is the end.
+	CullBucketsDefault = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+)
+
+const (
+	// NamespaceDefault is the default for Config.Namespace.
+	NamespaceDefault = "dbcache"
+	// TableTimeoutDefault is the default for Config.TableTimeout.
+	TableTimeoutDefault = 3 * time.Second
+)
+
+// Config configures a Collector. A nil *Config means all defaults.
+type Config struct {
+	// ConstLabels are added to every series, for example {"cache":
+	// "sessions"} when a process has several caches, each with a Collector
+	// of its own. Defaults to none.
+	ConstLabels prometheus.Labels
+
+	// CountLimit bounds the table walks of each scrape (see
+	// tablestats.Size). Defaults to tablestats.CountLimitDefault.
+	CountLimit int
+
+	// CullBuckets, LoadBuckets and OpBuckets are the histograms' buckets, in
+	// seconds. Default to CullBucketsDefault, LoadBucketsDefault and
+	// OpBucketsDefault.
+	CullBuckets, LoadBuckets, OpBuckets []float64
+
+	// Logger receives the error of a scrape whose table read failed (at
+	// most one line a minute). Defaults to slog.Default().
+	Logger *slog.Logger
+
+	// Namespace prefixes every metric name. Defaults to NamespaceDefault.
+	Namespace string
+
+	// Pool, when set, is read at each scrape for the table metrics.
+	// Defaults to nil: no table metrics.
+	Pool *pgxpool.Pool
+
+	// Schema is the cache table's schema for the table metrics. Defaults
+	// to "", the pool's search_path.
+	Schema string
+
+	// TableTimeout bounds each scrape's table read. Defaults to
+	// TableTimeoutDefault.
+	TableTimeout time.Duration
+}
+
+// Collector is a prometheus.Collector and a dbcache.Tracer (and
+// LoadTracer): register it, and set it as the cache's Config.Tracer. It is
+// safe for concurrent use, and one Collector may trace several caches
+// (their operations add up).
+type Collector struct {
+	cfg Config
+
+	ops      *prometheus.CounterVec
+	keys     *prometheus.CounterVec
+	errs     *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+
+	loads        *prometheus.CounterVec
+	loadDuration *prometheus.HistogramVec
+
+	passes       *prometheus.CounterVec
+	removed      *prometheus.CounterVec
+	culledBytes  prometheus.Counter
+	passDuration prometheus.Histogram
+
+	// byOp holds each operation's series, resolved once: the hot path
+	// does one map read instead of hashing label values.
+	byOp   map[string]*opSeries
+	others sync.Map // op name → *opSeries, for names New did not know
+
+	tableRows, tableExpired, tableBytes, tableDead, lastPass, tableUp *prometheus.Desc
+
+	cullerRunning, cullerInPass, cullerFailures, cullerSuccessAt, cullerErrorAt *prometheus.Desc
+	culler                                                                      atomic.Pointer[culling.Culler]
+
+	logMu     sync.Mutex
+	lastLogAt time.Time
+}
+
+type opSeries struct {
+	ok, errored, failOpen        prometheus.Counter
+	hit, miss, stored, notStored prometheus.Counter
+	duration                     prometheus.Observer
+}
+
+var knownOps = []string{
+	dbcache.OpAdd, dbcache.OpClear, dbcache.OpDecr, dbcache.OpDecrVersion, dbcache.OpDelete,
+	dbcache.OpDeleteMany, dbcache.OpDeletePrefix, dbcache.OpGet, dbcache.OpGetMany, dbcache.OpGetOrSet,
+	dbcache.OpHasKey, dbcache.OpIncr, dbcache.OpIncrVersion, dbcache.OpKeys, dbcache.OpSet,
+	dbcache.OpSetMany, dbcache.OpTouch, dbcache.OpTTL,
+}
+
+// New returns a Collector. It returns an error for a negative
+// TableTimeout or CountLimit, or buckets that are not increasing.
+func New(cfg *Config) (*Collector, error) {
+	var c Config
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.Namespace == "" {
+		c.Namespace = NamespaceDefault
+	}
+	if c.OpBuckets == nil {
+		c.OpBuckets = OpBucketsDefault
+	}
+	if c.LoadBuckets == nil {
+		c.LoadBuckets = LoadBucketsDefault
+	}
+	if c.CullBuckets == nil {
+		c.CullBuckets = CullBucketsDefault
+	}
+	if c.TableTimeout == 0 {
+		c.TableTimeout = TableTimeoutDefault
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	var errs []error
+	if c.TableTimeout < 0 {
+		errs = append(errs, errors.New("prommetrics: Config.TableTimeout is negative"))
+	}
+	if c.CountLimit < 0 {
+		errs = append(errs, errors.New("prommetrics: Config.CountLimit is negative"))
+	}
+	for name, b := range map[string][]float64{"OpBuckets": c.OpBuckets, "LoadBuckets": c.LoadBuckets, "CullBuckets": c.CullBuckets} {
+		for i := 1; i < len(b); i++ {
+			if b[i] <= b[i-1] {
+				errs = append(errs, errors.New("prommetrics: Config."+name+" are not increasing"))
+				break
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+
+	ns, cl := c.Namespace, c.ConstLabels
+	col := &Collector{cfg: c, byOp: make(map[string]*opSeries, len(knownOps))}
+	col.ops = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "operations_total", ConstLabels: cl,
+		Help: "Cache operations by name and result: ok, error (returned to the caller), fail_open (a transient error Config.FailOpen swallowed)."},
+		[]string{"op", "result"})
+	col.keys = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "operation_keys_total", ConstLabels: cl,
+		Help: "Keys of cache operations by outcome: hit, miss (reads), stored, not_stored (writes)."},
+		[]string{"op", "outcome"})
+	col.errs = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "operation_errors_total", ConstLabels: cl,
+		Help: "Errors returned by cache operations, by kind."},
+		[]string{"op", "kind"})
+	col.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "operation_duration_seconds", ConstLabels: cl,
+		Help: "Wall time of cache operations.", Buckets: c.OpBuckets},
+		[]string{"op"})
+	col.loads = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "loads_total", ConstLabels: cl,
+		Help: "GetOrSetFunc loader runs, by trigger (miss, refresh: stale-while-revalidate) and result (ok, error, panic)."},
+		[]string{"trigger", "result"})
+	col.loadDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "load_duration_seconds", ConstLabels: cl,
+		Help: "Wall time of GetOrSetFunc loader runs.", Buckets: c.LoadBuckets},
+		[]string{"trigger"})
+	col.passes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cull_passes_total", ConstLabels: cl,
+		Help: "Culling passes observed in this process, by result: done, skipped (another culler held the lock), error."},
+		[]string{"result"})
+	col.removed = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cull_rows_removed_total", ConstLabels: cl,
+		Help: "Rows removed by culling passes observed in this process, by reason: expired, culled (over MaxEntries or MaxBytes), aged_out (MaxAge)."},
+		[]string{"reason"})
+	col.culledBytes = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "cull_bytes_culled_total", ConstLabels: cl,
+		Help: "Bytes culled to keep the table under MaxBytes by passes observed in this process."})
+	col.passDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "cull_pass_duration_seconds", ConstLabels: cl,
+		Help: "Wall time of culling passes that ran (not skipped) in this process.", Buckets: c.CullBuckets})
+	for _, reason := range []string{"expired", "culled", "aged_out"} {
+		col.removed.WithLabelValues(reason)
+	}
+	for _, r := range []string{"done", "skipped", "error"} {
+		col.passes.WithLabelValues(r)
+	}
+	for _, op := range knownOps {
+		col.byOp[op] = col.newSeries(op)
+	}
+	desc := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(ns, "", name), help, labels, cl)
+	}
+	col.tableRows = desc("table_rows", "Rows in the cache table, live or expired: exact up to the count limit, PostgreSQL's statistics above.")
+	col.tableExpired = desc("table_expired_rows", "Expired rows not yet removed from the cache table (counted up to the count limit).")
+	col.tableBytes = desc("table_bytes", "Size of the cache table: part=table is the heap with TOAST, part=indexes every index.", "part")
+	col.tableDead = desc("table_dead_tuples", "Dead tuples in the cache table (PostgreSQL's statistics).")
+	col.lastPass = desc("cull_last_pass_timestamp_seconds", "When the last culling pass over the table finished, by any culler in any process.")
+	col.tableUp = desc("table_stats_up", "1 when this scrape read the table's statistics, 0 when the read failed.")
+	col.cullerRunning = desc("culler_running", "1 while the culler's started worker runs.")
+	col.cullerInPass = desc("culler_in_pass", "1 while a pass of the culler is in progress.")
+	col.cullerFailures = desc("culler_consecutive_failures", "Passes of the culler that failed since the last one that succeeded.")
+	col.cullerSuccessAt = desc("culler_last_success_timestamp_seconds", "When a pass of the culler last ended without error (a skipped pass counts).")
+	col.cullerErrorAt = desc("culler_last_error_timestamp_seconds", "When a pass of the culler last failed.")
+	return col, nil
+}
+
+func (c *Collector) newSeries(op string) *opSeries {
+	return &opSeries{
+		ok:        c.ops.WithLabelValues(op, "ok"),
+		errored:   c.ops.WithLabelValues(op, "error"),
+		failOpen:  c.ops.WithLabelValues(op, "fail_open"),
+		hit:       c.keys.WithLabelValues(op, "hit"),
+		miss:      c.keys.WithLabelValues(op, "miss"),
+		stored:    c.keys.WithLabelValues(op, "stored"),
+		notStored: c.keys.WithLabelValues(op, "not_stored"),
+		duration:  c.duration.WithLabelValues(op),
+	}
+}
+
+func (c *Collector) series(op string) *opSeries {
+	if s, ok := c.byOp[op]; ok {
+		return s
+	}
+	if s, ok := c.others.Load(op); ok {
+		return s.(*opSeries)
+	}
+	s, _ := c.others.LoadOrStore(op, c.newSeries(op))
+	return s.(*opSeries)
+}
+
+// TraceOpStart implements dbcache.Tracer; it adds nothing to ctx.
+func (c *Collector) TraceOpStart(ctx context.Context, _ dbcache.OpStart) context.Context { return ctx }
+
+// TraceOpEnd implements dbcache.Tracer.
+func (c *Collector) TraceOpEnd(_ context.Context, e dbcache.OpEnd) {
+	s := c.series(e.Op)
+	s.duration.Observe(e.Duration.Seconds())
+	switch {
+	case e.Err != nil:
+		s.errored.Inc()
+		c.errs.WithLabelValues(e.Op, ErrorKind(e.Err)).Inc()
+	case e.FailedOpen != nil:
+		s.failOpen.Inc()
+	default:
+		s.ok.Inc()
+	}
+	add := func(ctr prometheus.Counter, n int) {
+		if n > 0 {
+			ctr.Add(float64(n))
+		}
+	}
+	add(s.hit, e.Hits)
+	add(s.miss, e.Misses)
+	add(s.stored, e.Stored)
+	add(s.notStored, e.NotStored)
+}
+
+// TraceLoad implements dbcache.LoadTracer.
+func (c *Collector) TraceLoad(_ context.Context, l dbcache.LoadEnd) {
+	trigger := "miss"
+	if l.Refresh {
+		trigger = "refresh"
+	}
+	result := "ok"
+	var panicked *dbcache.LoaderPanicError
+	switch {
+	case errors.As(l.Err, &panicked):
+		result = "panic"
+	case l.Err != nil:
+		result = "error"
+	}
+	c.loads.WithLabelValues(trigger, result).Inc()
+	c.loadDuration.WithLabelValues(trigger).Observe(l.Duration.Seconds())
+}
+
+// ErrorKind classifies an operation's error for the kind label, with
+// dbcache's sentinels and dbcache.IsTransient:
+//
+//	canceled            the caller's context was cancelled
+//	invalid_key         dbcache.ErrInvalidKey
+//	not_integer         dbcache.ErrNotInteger
+//	overflow            dbcache.ErrOverflow
+//	closed              dbcache.ErrClosed
+//	not_migrated        dbcache.ErrNotMigrated
+//	prefix_unsupported  dbcache.ErrPrefixUnsupported
+//	loader_panic        a *dbcache.LoaderPanicError
+//	timeout             an operation or pool wait ran out of time
+//	transient           any other dbcache.IsTransient error (connection lost,
+//	                    server shutting down, deadlock, too many connections)
+//	database            any other PostgreSQL error (permission, SQL)
+//	other               anything else, such as a loader's own error
+func ErrorKind(err error) string {
+	var (
+		panicked *dbcache.LoaderPanicError
+		pgErr    *pgconn.PgError
+	)
+	switch {
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, dbcache.ErrInvalidKey):
+		return "invalid_key"
+	case errors.Is(err, dbcache.ErrNotInteger):
+		return "not_integer"
+	case errors.Is(err, dbcache.ErrOverflow):
+		return "overflow"
+	case errors.Is(err, dbcache.ErrClosed):
+		return "closed"
+	case errors.Is(err, dbcache.ErrNotMigrated):
+		return "not_migrated"
+	case errors.Is(err, dbcache.ErrPrefixUnsupported):
+		return "prefix_unsupported"
+	case errors.As(err, &panicked):
+		return "loader_panic"
+	case errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err):
+		return "timeout"
+	case dbcache.IsTransient(err):
+		return "transient"
+	case errors.As(err, &pgErr):
+		return "database"
+	}
+	return "other"
+}
+
+// OnProgress returns a culling.Config.OnProgress hook that records each
+// pass that ran to its end and then calls next (nil for none), for a
+// Culler started in the application.
+func (c *Collector) OnProgress(next func(culling.Progress)) func(culling.Progress) {
+	return func(p culling.Progress) {
+		if p.Phase == culling.PhaseDone {
+			c.passes.WithLabelValues("done").Inc()
+			c.removedBy(p.ExpiredRemoved, p.Culled, p.AgedOut, p.CulledBytes)
+			c.passDuration.Observe(p.Elapsed.Seconds())
+		}
+		if next != nil {
+			next(p)
+		}
+	}
+}
+
+// ObservePass records the result of culling.Culler.RunOnce: a pass that
+// ran, was skipped or failed (rows it removed before failing stay removed
+// and are counted). A dry run's result (PassResult.DryRun) removed nothing
+// and is ignored.
+func (c *Collector) ObservePass(res *culling.PassResult, err error) {
+	if res == nil {
+		res = &culling.PassResult{}
+	}
+	if res.DryRun {
+		return
+	}
+	switch {
+	case err != nil:
+		c.passes.WithLabelValues("error").Inc()
+	case res.Skipped:
+		c.passes.WithLabelValues("skipped").Inc()
+		return
+	default:
+		c.passes.WithLabelValues("done").Inc()
+	}
+	c.removedBy(res.ExpiredRemoved, res.Culled, res.AgedOut, res.CulledBytes)
+	c.passDuration.Observe(res.Duration.Seconds())
+}
+
+func (c *Collector) removedBy(expired, culled, agedOut, culledBytes int64) {
+	for _, r := range []struct {
+		reason string
+		n      int64
+	}{{"expired", expired}, {"culled", culled}, {"aged_out", agedOut}} {
+		if r.n > 0 {
+			c.removed.WithLabelValues(r.reason).Add(float64(r.n))
+		}
+	}
+	if culledBytes > 0 {
+		c.culledBytes.Add(float64(culledBytes))
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, v := range c.collectors() {
+		v.Describe(ch)
+	}
+	// Every Desc, whether or not it will be collected: a culler may be
+	// watched after the Collector is registered.
+	for _, d := range []*prometheus.Desc{c.tableRows, c.tableExpired, c.tableBytes, c.tableDead, c.lastPass, c.tableUp,
+		c.cullerRunning, c.cullerInPass, c.cullerFailures, c.cullerSuccessAt, c.cullerErrorAt} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector. With Config.Pool it reads the
+// table's figures, bounded by Config.TableTimeout; a failed read is
+// table_stats_up 0 (and a log line), not a failed scrape.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	for _, v := range c.collectors() {
+		v.Collect(ch)
+	}
+	if cu := c.culler.Load(); cu != nil {
+		c.collectHealth(ch, cu.Health())
+	}
+	if c.cfg.Pool == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.TableTimeout)
+	defer cancel()
+	sz, err := tablestats.Size(ctx, c.cfg.Pool, c.cfg.Schema, c.cfg.CountLimit)
+	if err != nil {
+		c.logScrapeError(err)
+		ch <- prometheus.MustNewConstMetric(c.tableUp, prometheus.GaugeValue, 0)
+		return
+	}
+	ch <- prometheus.MustNewConstMetric(c.tableUp, prometheus.GaugeValue, 1)
+	ch <- prometheus.MustNewConstMetric(c.tableRows, prometheus.GaugeValue, float64(sz.Rows))
+	ch <- prometheus.MustNewConstMetric(c.tableExpired, prometheus.GaugeValue, float64(sz.Expired))
+	ch <- prometheus.MustNewConstMetric(c.tableBytes, prometheus.GaugeValue, float64(sz.TableBytes), "table")
+	ch <- prometheus.MustNewConstMetric(c.tableBytes, prometheus.GaugeValue, float64(sz.IndexBytes), "indexes")
+	ch <- prometheus.MustNewConstMetric(c.tableDead, prometheus.GaugeValue, float64(sz.DeadTuples))
+	// The state table is the culler's own record, shared by every
+	// process: no pass yet, or no state table (migration 002), is no
+	// series rather than a made-up time.
+	if rec, err := culling.LastPass(ctx, c.cfg.Pool, sz.Schema); err == nil {
+		ch <- prometheus.MustNewConstMetric(c.lastPass, prometheus.GaugeValue, float64(rec.FinishedAt.UnixNano())/1e9)
+	} else if !errors.Is(err, culling.ErrNoPass) && !errors.Is(err, culling.ErrTableNotFound) {
+		c.logScrapeError(err)
+	}
+}
+
+// WatchCuller makes every scrape read cu's Health() (memory only, no
+// query) for the culler_* gauges. Call it once the Culler exists: it is
+// built after the Collector when its OnProgress is the Collector's. A later
+// call replaces the Culler watched.
+func (c *Collector) WatchCuller(cu *culling.Culler) { c.culler.Store(cu) }
+
+func (c *Collector) collectors() []prometheus.Collector {
+	return []prometheus.Collector{c.ops, c.keys, c.errs, c.duration, c.loads, c.loadDuration,
+		c.passes, c.removed, c.culledBytes, c.passDuration}
+}
+
+func (c *Collector) collectHealth(ch chan<- prometheus.Metric, h culling.Health) {
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	ch <- prometheus.MustNewConstMetric(c.cullerRunning, prometheus.GaugeValue, b(h.Running))
+	ch <- prometheus.MustNewConstMetric(c.cullerInPass, prometheus.GaugeValue, b(h.InPass))
+	ch <- prometheus.MustNewConstMetric(c.cullerFailures, prometheus.GaugeValue, float64(h.ConsecutiveFailures))
+	// Never is no series rather than 1970.
+	if !h.LastSuccessAt.IsZero() {
+		ch <- prometheus.MustNewConstMetric(c.cullerSuccessAt, prometheus.GaugeValue, float64(h.LastSuccessAt.UnixNano())/1e9)
+	}
+	if !h.LastErrorAt.IsZero() {
+		ch <- prometheus.MustNewConstMetric(c.cullerErrorAt, prometheus.GaugeValue, float64(h.LastErrorAt.UnixNano())/1e9)
+	}
+}
+
+// scrapeLogEvery bounds the log lines of failing scrapes: Prometheus
+// scrapes every few seconds.
+const scrapeLogEvery = time.Minute
+
+func (c *Collector) logScrapeError(err error) {
+	c.logMu.Lock()
+	if time.Since(c.lastLogAt) < scrapeLogEvery {
+		c.logMu.Unlock()
+		return
+	}
+	c.lastLogAt = time.Now()
+	c.logMu.Unlock()
+	c.cfg.Logger.Warn("prommetrics: reading the cache table's statistics failed", "error", err)
+}

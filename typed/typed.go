@@ -1,0 +1,379 @@
+// Package typed is dbcache's byte API for values of a Go type: a Cache[T]
+// over any dbcache.Store (a *dbcache.Cache, a sharded or near cache) that
+// encodes values with a codec.Codec[T], JSON unless configured otherwise.
+//
+//	users, err := typed.New[User](cache, nil) // JSON
+//	err = users.Set(ctx, "user:42", User{ID: 42}, dbcache.TTL(time.Hour))
+//	u, err := users.Get(ctx, "user:42")       // dbcache.ErrMiss when absent
+//	u, err = users.GetOrSetFunc(ctx, "user:42", loadUser, dbcache.Revalidate(time.Minute, time.Hour))
+//
+// Every operation of the byte API that carries values has its typed form:
+// Get, GetWithTTL, Set, Add, GetOrSet, GetOrSetFunc (with the byte API's
+// stampede protection, and stale-while-revalidate through a
+// dbcache.Revalidate timeout), GetMany and SetMany. The operations that
+// carry keys only (Delete, Touch, HasKey, TTL, Incr, …) are the Store's:
+// call them on Store().
+//
+// # Values that no longer decode
+//
+// A stored value that the codec cannot decode (the struct changed, the
+// entry was written by another program, the bytes were damaged, an
+// encrypted value whose key was retired) is a *DecodeError, which matches
+// ErrDecode under errors.Is and unwraps to the codec's error. With
+// Config.MissOnDecodeError such a value is a miss instead: Get returns
+// dbcache.ErrMiss, GetMany leaves the key out, and GetOrSet and
+// GetOrSetFunc delete the entry and store a new value (loaded again, for
+// GetOrSetFunc). Either way it is counted in Stats and logged (at most one
+// line every ten seconds). When a type changes incompatibly, a new
+// dbcache.Config.Version or KeyPrefix for the new code is the clean
+// switch: old and new processes then never read each other's entries.
+package typed
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/dbcache/dbcache/codec"
+	"github.com/dbcache/dbcache/dbcache"
+)
+
+// ErrDecode is matched (errors.Is) by every *DecodeError.
+var ErrDecode = errors.New("typed: stored value does not decode")
+
+// DecodeError is a stored value the codec could not decode. errors.Is(err,
+// ErrDecode) is true of it, and errors.Is/As reach the codec's own error
+// (for example encryption.ErrDecrypt) through Unwrap.
+type DecodeError struct {
+	// Key is the caller's key of the entry.
+	Key string
+	// Err is the codec's error (or the panic it raised, as an error).
+	Err error
+}
+
+func (e *DecodeError) Error() string {
+	return fmt.Sprintf("typed: stored value of %q does not decode: %v", e.Key, e.Err)
+}
+
+// Unwrap returns the codec's error.
+func (e *DecodeError) Unwrap() error { return e.Err }
+
+// Is reports whether target is ErrDecode.
+func (e *DecodeError) Is(target error) bool { return target == ErrDecode }
+
+// EncodeError is a value the codec could not encode; nothing was stored.
+type EncodeError struct {
+	// Key is the caller's key the value was for.
+	Key string
+	// Err is the codec's error.
+	Err error
+}
+
+func (e *EncodeError) Error() string {
+	return fmt.Sprintf("typed: value for %q does not encode: %v", e.Key, e.Err)
+}
+
+// Unwrap returns the codec's error.
+func (e *EncodeError) Unwrap() error { return e.Err }
+
+// Config configures a Cache. A nil *Config means all defaults.
+type Config[T any] struct {
+	// Codec encodes and decodes values. Defaults to codec.JSON[T]().
+	Codec codec.Codec[T]
+
+	// Logger receives a warning when stored values do not decode (at most
+	// one line every ten seconds, with the count since the last).
+	// Defaults to slog.Default().
+	Logger *slog.Logger
+
+	// MissOnDecodeError makes a stored value that does not decode a miss
+	// rather than a *DecodeError (see the package documentation).
+	// Defaults to false: the error is returned.
+	MissOnDecodeError bool
+}
+
+// Stats is a snapshot of a Cache's counters.
+type Stats struct {
+	// DecodeErrors counts stored values that did not decode, whether they
+	// were returned as errors or turned into misses.
+	DecodeErrors int64
+}
+
+// Cache is a typed view of a dbcache.Store. It is safe for concurrent use.
+type Cache[T any] struct {
+	store  dbcache.Store
+	codec  codec.Codec[T]
+	log    *slog.Logger
+	asMiss bool
+
+	decodeErrors atomic.Int64
+	logged       atomic.Int64 // UnixNano of the last decode-error log line
+	unlogged     atomic.Int64 // decode errors since then
+}
+
+// logEvery bounds how often decode errors are logged: after a deploy that
+// changed a type, every read of an old entry fails until it is rewritten.
+const logEvery = 10 * time.Second
+
+// New returns a typed cache over store. Several typed caches of different
+// types may share one store; give each its own key namespace (a key prefix
+// of their own in the keys, or a dbcache.Config.KeyPrefix per store), as
+// a value written by one does not decode in another.
+func New[T any](store dbcache.Store, cfg *Config[T]) (*Cache[T], error) {
+	if store == nil {
+		return nil, errors.New("typed: store is nil")
+	}
+	var c Config[T]
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.Codec == nil {
+		c.Codec = codec.JSON[T]()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return &Cache[T]{store: store, codec: c.Codec, log: c.Logger, asMiss: c.MissOnDecodeError}, nil
+}
+
+// Store returns the byte-level store under the cache, for the operations
+// that carry no values (Delete, Touch, HasKey, TTL, Incr, Keys, …).
+func (c *Cache[T]) Store() dbcache.Store { return c.store }
+
+// Stats returns the cache's counters.
+func (c *Cache[T]) Stats() Stats { return Stats{DecodeErrors: c.decodeErrors.Load()} }
+
+func (c *Cache[T]) encode(key string, v T) (b []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			b, err = nil, &EncodeError{Key: key, Err: fmt.Errorf("codec panicked: %v", r)}
+		}
+	}()
+	b, err = c.codec.Encode(key, v)
+	if err != nil {
+		return nil, &EncodeError{Key: key, Err: err}
+	}
+	return b, nil
+}
+
+// decode decodes data; a failure (or a panic in the codec) is a
+// *DecodeError, counted and logged.
+func (c *Cache[T]) decode(ctx context.Context, key string, data []byte) (v T, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			var zero T
+			v, err = zero, fmt.Errorf("codec panicked: %v", r)
+		}
+		if err != nil {
+			err = &DecodeError{Key: key, Err: err}
+			c.noteDecodeError(ctx, key, err)
+		}
+	}()
+	return c.codec.Decode(key, data)
+}
+
+func (c *Cache[T]) noteDecodeError(ctx context.Context, key string, err error) {
+	c.decodeErrors.Add(1)
+	pending := c.unlogged.Add(1)
+	now := time.Now().UnixNano()
+	last := c.logged.Load()
+	if now-last >= int64(logEvery) && c.logged.CompareAndSwap(last, now) {
+		c.unlogged.Add(-pending)
+		c.log.WarnContext(ctx, "typed: stored values do not decode (a changed type, or bytes another program wrote)",
+			"key", key, "count", pending, "as_miss", c.asMiss, "error", err)
+	}
+}
+
+// read decodes a value read from the store: a decode failure is the error,
+// or a miss with MissOnDecodeError.
+func (c *Cache[T]) read(ctx context.Context, key string, data []byte) (T, error) {
+	v, err := c.decode(ctx, key, data)
+	if err != nil && c.asMiss {
+		return v, dbcache.ErrMiss
+	}
+	return v, err
+}
+
+// Get returns the value stored under key, or dbcache.ErrMiss. A value that
+// does not decode is a *DecodeError (a miss with MissOnDecodeError).
+func (c *Cache[T]) Get(ctx context.Context, key string) (T, error) {
+	b, err := c.store.Get(ctx, key)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return c.read(ctx, key, b)
+}
+
+// GetWithTTL is Get that also returns the entry's remaining lifetime (see
+// dbcache.Cache.GetWithTTL).
+func (c *Cache[T]) GetWithTTL(ctx context.Context, key string) (T, dbcache.Timeout, error) {
+	b, ttl, err := c.store.GetWithTTL(ctx, key)
+	if err != nil {
+		var zero T
+		return zero, dbcache.Timeout{}, err
+	}
+	v, err := c.read(ctx, key, b)
+	if err != nil {
+		return v, dbcache.Timeout{}, err
+	}
+	return v, ttl, nil
+}
+
+// Set stores v under key. A value the codec cannot encode is an
+// *EncodeError and nothing is stored.
+func (c *Cache[T]) Set(ctx context.Context, key string, v T, timeout dbcache.Timeout) error {
+	b, err := c.encode(key, v)
+	if err != nil {
+		return err
+	}
+	return c.store.Set(ctx, key, b, timeout)
+}
+
+// Add stores v under key only if the key has no live entry, and reports
+// whether it stored (see dbcache.Cache.Add).
+func (c *Cache[T]) Add(ctx context.Context, key string, v T, timeout dbcache.Timeout) (bool, error) {
+	b, err := c.encode(key, v)
+	if err != nil {
+		return false, err
+	}
+	return c.store.Add(ctx, key, b, timeout)
+}
+
+// GetOrSet returns the value stored under key; on a miss it stores v and
+// returns it. Between racing callers the first stored value wins (see
+// dbcache.Cache.GetOrSet). v is encoded on every call, hit or miss: for a
+// value that is costly to make, use GetOrSetFunc.
+func (c *Cache[T]) GetOrSet(ctx context.Context, key string, v T, timeout dbcache.Timeout) (T, error) {
+	var zero T
+	b, err := c.encode(key, v)
+	if err != nil {
+		return zero, err
+	}
+	for attempt := 0; ; attempt++ {
+		got, err := c.store.GetOrSet(ctx, key, b, timeout)
+		if err != nil {
+			return zero, err
+		}
+		if bytes.Equal(got, b) {
+			return v, nil // ours (or equal to ours): no need to decode
+		}
+		out, err := c.decode(ctx, key, got)
+		if err == nil || !c.asMiss || attempt > 0 {
+			return out, err
+		}
+		// The stored value does not decode: remove it and store ours.
+		if _, err := c.store.Delete(ctx, key); err != nil {
+			return zero, err
+		}
+	}
+}
+
+// loaded is what this caller's loader produced, to be returned without a
+// decode when it is what the store kept.
+type loaded[T any] struct {
+	v T
+	b []byte
+}
+
+// GetOrSetFunc returns the value stored under key; on a miss it runs load
+// and stores its value, with the byte API's protection against stampedes
+// (one load per key across goroutines and processes) and, with a
+// dbcache.Revalidate timeout, stale-while-revalidate (see
+// dbcache.Cache.GetOrSetFunc). An error from load is returned (errors.Is
+// reaches it) and nothing is stored. The value this caller's load made is
+// returned as it is, without a decode, when it is the one stored.
+//
+// With MissOnDecodeError, a stored value that does not decode is deleted
+// and loaded again, once; if what is then stored still does not decode
+// (another process keeps writing an older type), the *DecodeError is
+// returned.
+func (c *Cache[T]) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) (T, error), timeout dbcache.Timeout) (T, error) {
+	var zero T
+	if load == nil {
+		return zero, errors.New("typed: get_or_set: load is nil")
+	}
+	// The loader may run on another goroutine (the byte API's flight, or a
+	// background refresh that outlives this call), hence the atomic.
+	var own atomic.Pointer[loaded[T]]
+	loadBytes := func(ctx context.Context) ([]byte, error) {
+		v, err := load(ctx)
+		if err != nil {
+			return nil, err
+		}
+		b, err := c.encode(key, v)
+		if err != nil {
+			return nil, err
+		}
+		own.Store(&loaded[T]{v: v, b: b})
+		return b, nil
+	}
+	for attempt := 0; ; attempt++ {
+		got, err := c.store.GetOrSetFunc(ctx, key, loadBytes, timeout)
+		if err != nil {
+			return zero, err
+		}
+		if l := own.Load(); l != nil && bytes.Equal(l.b, got) {
+			return l.v, nil
+		}
+		out, err := c.decode(ctx, key, got)
+		if err == nil || !c.asMiss || attempt > 0 {
+			return out, err
+		}
+		if _, err := c.store.Delete(ctx, key); err != nil {
+			return zero, err
+		}
+	}
+}
+
+// GetMany returns the values stored under keys, in one round trip; missing
+// keys are absent from the map. A value that does not decode fails the
+// call with a *DecodeError for the first such key in keys' order (with
+// MissOnDecodeError it is left out, as a miss).
+func (c *Cache[T]) GetMany(ctx context.Context, keys []string) (map[string]T, error) {
+	raw, err := c.store.GetMany(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]T, len(raw))
+	for _, k := range keys {
+		b, ok := raw[k]
+		if !ok {
+			continue
+		}
+		if _, done := out[k]; done {
+			continue // a key passed twice
+		}
+		v, err := c.decode(ctx, k, b)
+		if err != nil {
+			if c.asMiss {
+				continue
+			}
+			return nil, err
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// SetMany stores every item in one statement and returns the keys that
+// failed (see dbcache.Cache.SetMany). A value that does not encode fails
+// the whole call before anything is written: the *EncodeError is returned
+// with every key as failed, as for any other error of the batch.
+func (c *Cache[T]) SetMany(ctx context.Context, items map[string]T, timeout dbcache.Timeout) ([]string, error) {
+	raw := make(map[string][]byte, len(items))
+	for k, v := range items {
+		b, err := c.encode(k, v)
+		if err != nil {
+			return slices.Sorted(maps.Keys(items)), err
+		}
+		raw[k] = b
+	}
+	return c.store.SetMany(ctx, raw, timeout)
+}
