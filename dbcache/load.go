@@ -67,6 +67,19 @@ func (e *LoaderPanicError) Error() string {
 	return fmt.Sprintf("dbcache: get_or_set: loader panicked: %v", e.Value)
 }
 
+// LoaderError is returned by GetOrSetFunc when its loader returned an
+// error: nothing was stored. It unwraps to the loader's error, so errors.Is
+// and errors.As reach it, and lets callers (and metrics) tell a failing
+// loader from a failing cache.
+type LoaderError struct {
+	Err error
+}
+
+func (e *LoaderError) Error() string { return "dbcache: get_or_set: loader: " + e.Err.Error() }
+
+// Unwrap returns the loader's error.
+func (e *LoaderError) Unwrap() error { return e.Err }
+
 // flight is one in-process load of a made key.
 type flight struct {
 	done    chan struct{}
@@ -172,7 +185,7 @@ func (c *Cache) runLoaderFor(ctx context.Context, refresh bool, load func(contex
 	}()
 	v, err = load(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("dbcache: get_or_set: loader: %w", err)
+		return nil, &LoaderError{Err: err}
 	}
 	return nonNil(v), nil
 }

@@ -114,8 +114,12 @@ func (c *Cache) trace(ctx context.Context, op string, keys int) (context.Context
 	}
 	start := OpStart{Op: op, Keys: keys}
 	tr := &opTrace{t: t, start: time.Now(), end: OpEnd{OpStart: start}}
-	ctx = t.TraceOpStart(ctx, start)
-	tr.ctx = context.WithValue(ctx, traceKey{}, tr)
+	tr.ctx = t.TraceOpStart(ctx, start)
+	if c.s.cfg.FailOpen {
+		// Only fail-open needs to reach the trace from deep in the
+		// operation; without it, skip the context allocation.
+		tr.ctx = context.WithValue(tr.ctx, traceKey{}, tr)
+	}
 	return tr.ctx, tr
 }
 

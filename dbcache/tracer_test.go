@@ -134,3 +134,15 @@ func TestTracerSeesFailOpen(t *testing.T) {
 	require.Zero(t, e.Stored)
 	require.Equal(t, 1, e.NotStored)
 }
+
+// A loader's error is a *LoaderError that unwraps to it.
+func TestLoaderError(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	backend := errors.New("backend down")
+	_, err := b.cache.GetOrSetFunc(ctxT(t), "k", func(context.Context) ([]byte, error) { return nil, backend }, dbcache.DefaultTimeout)
+	var le *dbcache.LoaderError
+	require.ErrorAs(t, err, &le)
+	require.ErrorIs(t, err, backend)
+	require.Equal(t, "dbcache: get_or_set: loader: backend down", err.Error())
+}

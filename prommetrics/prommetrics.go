@@ -364,14 +364,16 @@ func (c *Collector) TraceLoad(_ context.Context, l dbcache.LoadEnd) {
 //	not_migrated        dbcache.ErrNotMigrated
 //	prefix_unsupported  dbcache.ErrPrefixUnsupported
 //	loader_panic        a *dbcache.LoaderPanicError
+//	loader              a *dbcache.LoaderError: the loader's own error
 //	timeout             an operation or pool wait ran out of time
 //	transient           any other dbcache.IsTransient error (connection lost,
 //	                    server shutting down, deadlock, too many connections)
 //	database            any other PostgreSQL error (permission, SQL)
-//	other               anything else, such as a loader's own error
+//	other               anything else
 func ErrorKind(err error) string {
 	var (
 		panicked *dbcache.LoaderPanicError
+		loader   *dbcache.LoaderError
 		pgErr    *pgconn.PgError
 	)
 	switch {
@@ -391,6 +393,8 @@ func ErrorKind(err error) string {
 		return "prefix_unsupported"
 	case errors.As(err, &panicked):
 		return "loader_panic"
+	case errors.As(err, &loader):
+		return "loader"
 	case errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err):
 		return "timeout"
 	case dbcache.IsTransient(err):

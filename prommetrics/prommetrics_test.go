@@ -162,6 +162,7 @@ func TestErrorKind(t *testing.T) {
 		dbcache.ErrNotMigrated:                              "not_migrated",
 		dbcache.ErrPrefixUnsupported:                        "prefix_unsupported",
 		&dbcache.LoaderPanicError{Value: 1}:                 "loader_panic",
+		&dbcache.LoaderError{Err: errors.New("backend")}:    "loader",
 		&pgconn.PgError{Code: "57P01"}:                      "transient",
 		&pgconn.PgError{Code: "40P01"}:                      "transient",
 		fmt.Errorf("x: %w", &pgconn.PgError{Code: "42501"}): "database",
