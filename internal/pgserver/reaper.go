@@ -62,7 +62,7 @@ func spawnReaper(spec reaperSpec) (stop func(), err error) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = r, nil, nil
 	// Its own session: a terminal's Ctrl-C kills this process, not the
 	// reaper that must clean up after it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.SysProcAttr = detached()
 	if err := cmd.Start(); err != nil {
 		w.Close()
 		return nil, err
@@ -87,7 +87,7 @@ func reap(specJSON string) int {
 	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
 		return 2
 	}
-	signal.Ignore(syscall.SIGINT, syscall.SIGHUP, syscall.SIGPIPE)
+	signal.Ignore(syscall.SIGINT, syscall.SIGHUP)
 	// End of file, or a read error: either way the starting process is
 	// gone or done with the server.
 	_, _ = io.Copy(io.Discard, os.Stdin)
