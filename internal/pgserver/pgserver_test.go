@@ -135,8 +135,19 @@ func TestServerLifecycle(t *testing.T) {
 	require.Equal(t, []string{"lifecycle_db", "postgres", "on", "UTF8"}, []string{db, user, fsync, enc})
 	var listen string
 	require.NoError(t, conn.QueryRow(ctx, `SELECT current_setting('listen_addresses')`).Scan(&listen))
-	if s.Kind() == Installed {
+	switch inst := s.inst.(type) {
+	case *localInstance:
 		require.Equal(t, "127.0.0.1", listen, "only loopback")
+	case *containerInstance:
+		res, err := inst.cli.ContainerInspect(ctx, inst.ctr.GetContainerID(), containerInspectOptions)
+		require.NoError(t, err)
+		var hosts []string
+		for _, bindings := range res.Container.NetworkSettings.Ports {
+			for _, b := range bindings {
+				hosts = append(hosts, b.HostIP.String())
+			}
+		}
+		require.Equal(t, []string{"127.0.0.1"}, hosts, "published on loopback only")
 	}
 	_, err = conn.Exec(ctx, `CREATE TABLE t (v text); INSERT INTO t VALUES ('before shutdown')`)
 	require.NoError(t, err)
