@@ -42,7 +42,7 @@ func TestMain(m *testing.M) {
 	}
 	switch os.Getenv(childEnv) {
 	case "":
-		os.Exit(m.Run())
+		os.Exit(run(m))
 	case "panic":
 		// A test that panics: the process dies with the server running.
 		s := childStart()
@@ -55,6 +55,26 @@ func TestMain(m *testing.M) {
 		childStart()
 		os.Exit(0)
 	}
+}
+
+// live is a server of this process, started before the tests: when none
+// can be had the package fails with one message rather than one per test;
+// and the sweep test checks that a live process's server is left alone.
+var live *Server
+
+func run(m *testing.M) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*DefaultStartTimeout)
+	defer cancel()
+	cfg, err := ConfigFromEnv(os.Getenv)
+	if err == nil {
+		live, err = Start(ctx, cfg)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pgserver tests: %v\n", err)
+		return 1
+	}
+	defer func() { _ = live.Remove(context.WithoutCancel(ctx)) }()
+	return m.Run()
 }
 
 // childStart starts a server from the environment and prints where it is.
@@ -298,19 +318,20 @@ func TestReaperRemovesServerOfDeadProcess(t *testing.T) {
 // Start on the machine removes it (and nothing of live processes).
 func TestSweepRemovesStaleServers(t *testing.T) {
 	t.Parallel()
-	// A live server of this process, which the sweep must leave alone.
-	live := start(t, envConfig(t))
 	c := newChild(t)
 	kind, port, loc := c.run(t, "killed")
 	require.True(t, answers(port), "the killed run's server is still running")
 
 	ctx := ctxT(t)
+	// Sweeps of where this process's servers live, and of the child's.
 	switch kind {
 	case Installed:
+		sweepStaleDirs(os.TempDir(), testLogger(t))
 		sweepStaleDirs(c.tmp, testLogger(t))
 	case Container:
 		cli, err := dockerClient(ctx, testLogger(t))
 		require.NoError(t, err)
+		sweepStaleContainers(ctx, cli, labelOwner, testLogger(t))
 		sweepStaleContainers(ctx, cli, c.label, testLogger(t))
 		require.NoError(t, cli.Close())
 	}
