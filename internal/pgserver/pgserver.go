@@ -211,7 +211,8 @@ func explain(cerr, ierr error) error {
 	if ierr != nil {
 		parts = append(parts, "installed PostgreSQL: "+ierr.Error())
 	}
-	msg := strings.Join(parts, "; ")
+	// One line: some causes (testcontainers' joined errors) have several.
+	msg := strings.ReplaceAll(strings.Join(parts, "; "), "\n", "; ")
 	// Unavailable only when every way tried was unavailable: a server that
 	// started and then failed is a different problem, with no install hint.
 	if (cerr == nil || errors.Is(cerr, ErrUnavailable)) && (ierr == nil || errors.Is(ierr, ErrUnavailable)) {

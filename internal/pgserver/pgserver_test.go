@@ -367,8 +367,8 @@ func TestFindBinDir(t *testing.T) {
 // install or set; with a way that failed otherwise, no install hint.
 func TestExplain(t *testing.T) {
 	t.Parallel()
-	cerr := fmt.Errorf("%w: Docker is not reachable: no socket", ErrUnavailable)
-	ierr := fmt.Errorf("%w: no initdb and postgres found", ErrUnavailable)
+	cerr := unavailablef("Docker is not reachable: %v", errors.Join(errors.New("no socket"), errors.New("rootless Docker not found")))
+	ierr := unavailablef("no initdb and postgres found")
 	err := explain(cerr, ierr)
 	require.ErrorIs(t, err, ErrUnavailable)
 	msg := err.Error()
