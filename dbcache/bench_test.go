@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -32,12 +33,35 @@ import (
 // ns/op is dbcache's wall time per operation (with g goroutines, so 1/ops/s),
 // raw-ns/op the baseline's, and x-raw is raw-ns/op ÷ ns/op: dbcache's speed
 // as a fraction of raw pgx (the target is ≥ 0.9 for single-key operations).
+// cpu-ns/op and raw-cpu-ns/op are the client process's CPU time per
+// operation on each side: the overhead dbcache adds, far less moved by
+// other load on the machine than wall time.
 //
 // For dbcache beside Redis, value sizes, 1M-row tables and latency
 // percentiles, see bench/ (docs/performance.md).
 func BenchmarkOps(b *testing.B) {
-	env := newBenchEnv(b)
+	env := newBenchEnv(b, "")
 	for _, op := range env.ops() {
+		for _, g := range []int{1, 16} {
+			b.Run(fmt.Sprintf("%s/g=%d", op.name, g), func(b *testing.B) {
+				env.runPair(b, g, op)
+			})
+		}
+	}
+}
+
+// BenchmarkOpsRepeatableRead is BenchmarkOps with the cache's sessions
+// defaulting to repeatable read (default_transaction_isolation), where every
+// write runs as BEGIN ISOLATION LEVEL READ COMMITTED; statement; COMMIT in
+// one round trip. The raw baseline runs the bare statement on a READ
+// COMMITTED pool, so x-raw is the whole cost of keeping the semantics at
+// that setting. Reads are never wrapped.
+func BenchmarkOpsRepeatableRead(b *testing.B) {
+	env := newBenchEnv(b, "repeatable read")
+	for _, op := range env.ops() {
+		if op.name == "get_hit" || op.name == "get_miss" || op.name == "get_many_100" {
+			continue
+		}
 		for _, g := range []int{1, 16} {
 			b.Run(fmt.Sprintf("%s/g=%d", op.name, g), func(b *testing.B) {
 				env.runPair(b, g, op)
@@ -72,7 +96,9 @@ type benchOp struct {
 	cache, raw func(ctx context.Context, i int) error
 }
 
-func newBenchEnv(b *testing.B) *benchEnv {
+// newBenchEnv preloads a schema; with isolation set, the cache's own pool
+// has that default_transaction_isolation (the raw side's never does).
+func newBenchEnv(b *testing.B, isolation string) *benchEnv {
 	b.Helper()
 	s := dbtest.NewSchema(b)
 	s.Migrate(b)
@@ -81,7 +107,14 @@ func newBenchEnv(b *testing.B) *benchEnv {
 	// neither side waits for a connection.
 	cfg.MaxConns = 16
 	pool := dbtest.NewPool(b, cfg)
-	cache, err := dbcache.New(context.Background(), pool, &dbcache.Config{})
+	cachePool := pool
+	if isolation != "" {
+		cc := s.PoolConfig(b)
+		cc.MaxConns = 16
+		cc.ConnConfig.RuntimeParams["default_transaction_isolation"] = isolation
+		cachePool = dbtest.NewPool(b, cc)
+	}
+	cache, err := dbcache.New(context.Background(), cachePool, &dbcache.Config{OpTimeout: benchOpTimeout})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -240,7 +273,7 @@ func (e *benchEnv) ops() []benchOp {
 // sides block by block, and reports both times and their ratio.
 func (e *benchEnv) runPair(b *testing.B, g int, op benchOp) {
 	ctx := context.Background()
-	var cacheT, rawT time.Duration
+	var cacheT, rawT, cacheCPU, rawCPU time.Duration
 	var cacheN, rawN atomic.Int64
 	// Warm up both sides on every connection first: the first use of a
 	// statement on a connection prepares it, a one-off cost neither side
@@ -251,8 +284,16 @@ func (e *benchEnv) runPair(b *testing.B, g int, op benchOp) {
 	for done, round := 0, 0; done < b.N; round++ {
 		n := min(benchBlock, b.N-done)
 		sides := []func(){
-			func() { cacheT += runOps(b, ctx, g, n, &cacheN, op.cache) },
-			func() { rawT += runOps(b, ctx, g, n, &rawN, op.raw) },
+			func() {
+				c := processCPU()
+				cacheT += runOps(b, ctx, g, n, &cacheN, op.cache)
+				cacheCPU += processCPU() - c
+			},
+			func() {
+				c := processCPU()
+				rawT += runOps(b, ctx, g, n, &rawN, op.raw)
+				rawCPU += processCPU() - c
+			},
 		}
 		if round%2 == 1 {
 			sides[0], sides[1] = sides[1], sides[0]
@@ -265,6 +306,11 @@ func (e *benchEnv) runPair(b *testing.B, g int, op benchOp) {
 	b.ReportMetric(float64(cacheT.Nanoseconds())/float64(b.N), "ns/op")
 	b.ReportMetric(float64(rawT.Nanoseconds())/float64(b.N), "raw-ns/op")
 	b.ReportMetric(float64(rawT)/float64(cacheT), "x-raw")
+	// The client's CPU per operation, both sides: what dbcache adds to the
+	// process, measured apart from the server's time and the machine's
+	// other load.
+	b.ReportMetric(float64(cacheCPU.Nanoseconds())/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(rawCPU.Nanoseconds())/float64(b.N), "raw-cpu-ns/op")
 }
 
 // runOps runs n calls of op on g goroutines and returns the wall time. seq
@@ -292,3 +338,12 @@ func runOps(b *testing.B, ctx context.Context, g, n int, seq *atomic.Int64, op f
 	}
 	return d
 }
+
+// benchOpTimeout is Config.OpTimeout for the benchmarks: the default, or
+// off with DBCACHE_BENCH_NO_OPTIMEOUT=1, to measure what the bound costs.
+var benchOpTimeout = func() time.Duration {
+	if os.Getenv("DBCACHE_BENCH_NO_OPTIMEOUT") != "" {
+		return -1
+	}
+	return 0
+}()

@@ -7,7 +7,9 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -36,6 +38,36 @@ type shared struct {
 	// gets coalesces concurrent Gets on the pool (Config.CoalesceGets);
 	// nil when off.
 	gets *coalescer
+	// sets coalesces concurrent Sets on the pool (Config.CoalesceSets);
+	// nil when off.
+	sets *setCoalescer
+	// wrapWrites makes writes on the pool run in a READ COMMITTED
+	// transaction of their own: the session default is another level (see
+	// exec.go).
+	wrapWrites atomic.Bool
+	// deadlines bounds operations by Config.OpTimeout; nil when off.
+	deadlines *deadlines
+
+	// flights are GetOrSetFunc loads in progress, by made key; loadLocks
+	// has a slot per cross-process load lock a flight may hold (nil when
+	// Config.LoadLocks is -1).
+	flights   flights
+	loadLocks chan struct{}
+
+	// Background refreshes of stale entries: at most one per made key,
+	// under bgCtx, which Close cancels before it waits for them.
+	refreshMu  sync.Mutex
+	refreshing map[string]bool
+	background sync.WaitGroup
+	bgCtx      context.Context
+	bgCancel   context.CancelFunc
+
+	stats stats
+	failOpenState
+
+	// tableOID identifies the table in its database, for advisory lock
+	// keys: two caches in two schemas of one database are two tables.
+	tableOID int64
 
 	// testBeforeGetOrSetWrite runs between GetOrSet's read and its write, so
 	// tests can make another writer win the race.
@@ -64,14 +96,36 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		return nil, err
 	}
 	s := &shared{cfg: c, pool: pool, q: newQueries(c.Schema, c.FastCommit), qTx: newQueries(c.Schema, false)}
+	if c.OpTimeout > 0 {
+		s.deadlines = newDeadlines(c.OpTimeout)
+	}
+	switch {
+	case c.LoadLocks > 0:
+		s.loadLocks = make(chan struct{}, c.LoadLocks)
+	case c.LoadLocks == 0:
+		s.loadLocks = make(chan struct{}, max(1, int(pool.Config().MaxConns)/4))
+	}
+	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	if c.CoalesceGets > 0 {
 		s.gets = newCoalescer(pool, s.q, c.CoalesceGets)
 	}
 	cache := &Cache{s: s, db: pool, q: s.q, version: c.Version}
-	var ok bool
-	if err := pool.QueryRow(ctx, qTableExists, s.q.table).Scan(&ok); err != nil {
+	if c.CoalesceSets > 0 {
+		s.sets = newSetCoalescer(cache, c.CoalesceSets)
+	}
+	ctx, cancel := cache.bound(ctx)
+	defer cancel()
+	var (
+		oid       int64
+		isolation string
+	)
+	if err := pool.QueryRow(ctx, qCheck, s.q.table).Scan(&oid, &isolation); err != nil {
+		s.bgCancel()
 		return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
 	}
+	s.wrapWrites.Store(isolation != "read committed")
+	s.tableOID = oid
+	ok := oid != 0
 	if !ok && c.Schema == "" {
 		// search_path silently skips schemas the role may not use, so a
 		// table that is there but out of reach looks missing: say so
@@ -79,14 +133,17 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		var hidden string
 		err := pool.QueryRow(ctx, qTableHidden, TableName).Scan(&hidden)
 		if err == nil {
+			s.bgCancel()
 			return nil, fmt.Errorf("dbcache: table %s is in schema %q on the search_path, but this role lacks USAGE on that schema (GRANT USAGE ON SCHEMA %s TO the role)",
 				TableName, hidden, pgx.Identifier{hidden}.Sanitize())
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
+			s.bgCancel()
 			return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
 		}
 	}
 	if !ok {
+		s.bgCancel()
 		where := "on the search_path"
 		if c.Schema != "" {
 			where = "in schema " + strconv.Quote(c.Schema)
@@ -113,12 +170,18 @@ func Open(ctx context.Context, dsn string, cfg *Config) (*Cache, error) {
 }
 
 // Close closes the cache: every later operation, on every view, returns
-// ErrClosed. It closes the pool only if Open created it. Calling it again is
-// a no-op.
+// ErrClosed. It cancels the background refreshes of stale entries
+// (Revalidate) and waits for them to return, which they do as soon as their
+// loader honours its context. It closes the pool only if Open created it.
+// Calling it again is a no-op.
 func (c *Cache) Close() error {
 	if c.s.closed.Swap(true) {
 		return nil
 	}
+	c.s.refreshMu.Lock() // no refresh starts after this
+	c.s.refreshMu.Unlock()
+	c.s.bgCancel()
+	c.s.background.Wait()
 	if c.s.ownsPool {
 		c.s.pool.Close()
 	}
@@ -147,11 +210,25 @@ func (c *Cache) WithTx(tx pgx.Tx) *Cache {
 // Version returns the view's default key version.
 func (c *Cache) Version() int { return c.version }
 
+// degrade applies Config.FailOpen: whether err, a failure of operation op
+// on the pool, is transient and to be swallowed. Errors in a WithTx view
+// always surface: the caller's transaction is aborted and must know.
+func (c *Cache) degrade(ctx context.Context, op string, err error) bool {
+	return c.onPool() && c.failOpen(ctx, op, err)
+}
+
 func (c *Cache) checkOpen() error {
 	if c.s.closed.Load() {
 		return ErrClosed
 	}
 	return nil
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (c *Cache) wrote(n int) {
@@ -171,7 +248,11 @@ func nonNil(b []byte) []byte {
 
 // Get returns the value stored under key, or ErrMiss if there is no live
 // entry. An empty stored value is a hit with a non-nil empty slice.
-func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
+func (c *Cache) Get(ctx context.Context, key string) (_ []byte, err error) {
+	ctx, tr := c.trace(ctx, OpGet, 1)
+	if tr != nil {
+		defer func() { tr.read(err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -179,12 +260,18 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.get(ctx, k)
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	v, err := c.get(ctx, k)
+	if err != nil && !errors.Is(err, ErrMiss) && c.degrade(ctx, "get", err) {
+		return nil, ErrMiss
+	}
+	return v, err
 }
 
 // get reads the made (and validated) key k.
 func (c *Cache) get(ctx context.Context, k string) ([]byte, error) {
-	if c.s.gets != nil && c.db == dbtx(c.s.pool) {
+	if c.s.gets != nil && c.onPool() {
 		v, err := c.s.gets.get(ctx, k)
 		if err != nil && !errors.Is(err, ErrMiss) {
 			return nil, c.wrapErr("get", err)
@@ -203,7 +290,11 @@ func (c *Cache) get(ctx context.Context, k string) ([]byte, error) {
 
 // Set stores value under key, replacing any entry, expiring as timeout says.
 // A timeout of TTL(d <= 0) leaves nothing a Get can see.
-func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeout) error {
+func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeout) (err error) {
+	ctx, tr := c.trace(ctx, OpSet, 1)
+	if tr != nil {
+		defer func() { tr.wrote(1, 1, err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return err
 	}
@@ -211,7 +302,17 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 	if err != nil {
 		return err
 	}
-	if _, err := c.db.Exec(ctx, c.q.set, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	if c.s.sets != nil && c.onPool() {
+		err = c.s.sets.set(ctx, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout))
+	} else {
+		_, err = c.execWrite(ctx, c.q.set, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout))
+	}
+	if err != nil {
+		if c.degrade(ctx, "set", err) {
+			return nil
+		}
 		return c.wrapErr("set", err)
 	}
 	c.wrote(1)
@@ -222,7 +323,11 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 // whether it did. An expired entry is taken over. Exactly one of any number
 // of concurrent Adds of a key returns true. With TTL(d <= 0) it returns what
 // Django returns (true when no live entry exists) and stores nothing visible.
-func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeout) (bool, error) {
+func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeout) (stored bool, err error) {
+	ctx, tr := c.trace(ctx, OpAdd, 1)
+	if tr != nil {
+		defer func() { tr.wrote(1, b2i(stored), err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return false, err
 	}
@@ -230,12 +335,16 @@ func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeo
 	if err != nil {
 		return false, err
 	}
-	var stored bool
-	err = c.db.QueryRow(ctx, c.q.add, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)).Scan(&stored)
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	err = c.rowWrite(ctx, c.q.add, []any{k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)}, &stored)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
+		if c.degrade(ctx, "add", err) {
+			return false, nil
+		}
 		return false, c.wrapErr("add", err)
 	}
 	c.wrote(1)
@@ -245,7 +354,11 @@ func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeo
 // Touch gives a live entry a new expiry and reports whether there was one.
 // An expired entry stays expired (false): Touch never brings a value back.
 // TTL(d <= 0) expires the entry at once and returns true.
-func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (bool, error) {
+func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (ok bool, err error) {
+	ctx, tr := c.trace(ctx, OpTouch, 1)
+	if tr != nil {
+		defer func() { tr.found(ok, err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return false, err
 	}
@@ -253,8 +366,13 @@ func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (bool, e
 	if err != nil {
 		return false, err
 	}
-	tag, err := c.db.Exec(ctx, c.q.touch, k, timeout.micros(c.s.cfg.DefaultTimeout))
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	tag, err := c.execWrite(ctx, c.q.touch, k, timeout.micros(c.s.cfg.DefaultTimeout))
 	if err != nil {
+		if c.degrade(ctx, "touch", err) {
+			return false, nil
+		}
 		return false, c.wrapErr("touch", err)
 	}
 	return tag.RowsAffected() > 0, nil
@@ -262,7 +380,11 @@ func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (bool, e
 
 // Delete removes key and reports whether a live entry was removed. An expired
 // entry is removed too, but reported as absent (false).
-func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
+func (c *Cache) Delete(ctx context.Context, key string) (wasLive bool, err error) {
+	ctx, tr := c.trace(ctx, OpDelete, 1)
+	if tr != nil {
+		defer func() { tr.found(wasLive, err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return false, err
 	}
@@ -270,19 +392,27 @@ func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	var wasLive bool
-	err = c.db.QueryRow(ctx, c.q.del, k).Scan(&wasLive)
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	err = c.rowWrite(ctx, c.q.del, []any{k}, &wasLive)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
 	if err != nil {
+		if c.degrade(ctx, "delete", err) {
+			return false, nil
+		}
 		return false, c.wrapErr("delete", err)
 	}
 	return wasLive, nil
 }
 
 // HasKey reports whether key has a live entry.
-func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
+func (c *Cache) HasKey(ctx context.Context, key string) (ok bool, err error) {
+	ctx, tr := c.trace(ctx, OpHasKey, 1)
+	if tr != nil {
+		defer func() { tr.found(ok, err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return false, err
 	}
@@ -290,8 +420,12 @@ func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	var ok bool
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	if err := c.db.QueryRow(ctx, c.q.hasKey, k).Scan(&ok); err != nil {
+		if c.degrade(ctx, "has_key", err) {
+			return false, nil
+		}
 		return false, c.wrapErr("has_key", err)
 	}
 	return ok, nil
@@ -300,16 +434,14 @@ func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 // GetOrSet returns the value stored under key; on a miss it stores value
 // (as Add would) and returns it. Between concurrent callers the first stored
 // value wins and every caller returns it. With TTL(d <= 0) value is returned
-// and nothing a read can see is stored, as Django does.
-func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout Timeout) ([]byte, error) {
-	return c.GetOrSetFunc(ctx, key, func(context.Context) ([]byte, error) { return value, nil }, timeout)
-}
-
-// GetOrSetFunc is GetOrSet with a loader: load runs only on a miss, and its
-// result is stored unless another caller stored first, in which case that
-// value is returned instead. An error from load is returned (wrapped) and
-// nothing is stored.
-func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout Timeout) ([]byte, error) {
+// and nothing a read can see is stored, as Django does. (With a value in
+// hand there is nothing to protect from a stampede: GetOrSet is a read and,
+// on a miss, one write.)
+func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout Timeout) (_ []byte, err error) {
+	ctx, tr := c.trace(ctx, OpGetOrSet, 1)
+	if tr != nil {
+		defer func() { tr.finish(err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
@@ -317,27 +449,71 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.
 	if err != nil {
 		return nil, err
 	}
-	v, err := c.get(ctx, k)
-	if !errors.Is(err, ErrMiss) {
-		return v, err
+	rctx, cancel := c.bound(ctx)
+	v, err := c.get(rctx, k)
+	cancel()
+	switch {
+	case err == nil:
+		tr.mark(1, 0, 0)
+		return v, nil
+	case errors.Is(err, ErrMiss), c.degrade(ctx, "get_or_set", err):
+		tr.mark(0, 1, 1)
+		return c.storeFirst(ctx, k, value, timeout)
+	default:
+		return nil, err
 	}
-	value, err := load(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("dbcache: get_or_set: loader: %w", err)
-	}
-	if c.s.testBeforeGetOrSetWrite != nil {
-		c.s.testBeforeGetOrSetWrite()
+}
+
+// GetOrSetFunc is GetOrSet with a loader: load runs only on a miss, and its
+// result is stored unless another caller stored first, in which case that
+// value is returned instead. An error from load is returned (wrapped) and
+// nothing is stored; a panic in load is returned as a *LoaderPanicError.
+//
+// The loader runs once per key however many callers miss at once: once
+// among the goroutines of this process, which all return its value, and
+// once across the processes sharing the table, through a PostgreSQL
+// advisory lock (see Config.LoadLocks and Config.LoadWait): a process that
+// finds another loading the key waits for its value, without holding a
+// connection, for at most LoadWait, then loads it itself. The loader gets
+// a context with the first caller's values, cancelled only when every
+// caller waiting on it has gone; it is not bounded by Config.OpTimeout.
+//
+// With a Revalidate timeout, a stale entry is returned at once and
+// refreshed in the background (see Revalidate).
+func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout Timeout) (_ []byte, err error) {
+	ctx, tr := c.trace(ctx, OpGetOrSet, 1)
+	if tr != nil {
+		defer func() { tr.finish(err) }()
 	}
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
-	value = nonNil(value)
-	var got []byte
-	if err := c.db.QueryRow(ctx, c.q.getOrSet, k, value, timeout.micros(c.s.cfg.DefaultTimeout)).Scan(&got); err != nil {
-		return nil, c.wrapErr("get_or_set", err)
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return nil, err
 	}
-	c.wrote(1)
-	return nonNil(got), nil
+	rctx, cancel := c.bound(ctx)
+	var v []byte
+	if stale, ok := timeout.Stale(); ok {
+		var remaining time.Duration
+		v, remaining, err = c.getRemaining(rctx, k)
+		if err == nil && remaining != remainingForever && remaining <= stale && c.onPool() {
+			c.refreshStale(ctx, k, load, timeout)
+		}
+	} else {
+		v, err = c.get(rctx, k)
+	}
+	cancel()
+	switch {
+	case err == nil:
+		tr.mark(1, 0, 0)
+		return v, nil
+	case errors.Is(err, ErrMiss), c.degrade(ctx, "get_or_set", err):
+		tr.mark(0, 1, 1)
+		return c.loadOnce(ctx, k, load, timeout)
+	default:
+		return nil, err
+	}
 }
 
 // Incr adds delta to the integer stored under key and returns the new value.
@@ -346,12 +522,20 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.
 // ErrNotInteger when the value is not an integer, and ErrOverflow when the
 // result would not fit in an int64; in those cases nothing changes. The
 // entry keeps its expiry. Concurrent Incrs never lose an update.
-func (c *Cache) Incr(ctx context.Context, key string, delta int64) (int64, error) {
+func (c *Cache) Incr(ctx context.Context, key string, delta int64) (n int64, err error) {
+	ctx, tr := c.trace(ctx, OpIncr, 1)
+	if tr != nil {
+		defer func() { tr.read(err) }()
+	}
 	return c.incr(ctx, "incr", key, strconv.FormatInt(delta, 10))
 }
 
 // Decr subtracts delta from the integer stored under key; see Incr.
-func (c *Cache) Decr(ctx context.Context, key string, delta int64) (int64, error) {
+func (c *Cache) Decr(ctx context.Context, key string, delta int64) (n int64, err error) {
+	ctx, tr := c.trace(ctx, OpDecr, 1)
+	if tr != nil {
+		defer func() { tr.read(err) }()
+	}
 	neg := strconv.FormatInt(-delta, 10)
 	if delta == math.MinInt64 { // -MinInt64 does not fit in an int64
 		neg = "9223372036854775808"
@@ -367,12 +551,14 @@ func (c *Cache) incr(ctx context.Context, op, key, delta string) (int64, error) 
 	if err != nil {
 		return 0, err
 	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	// The UPDATE is the whole operation. When it changes nothing, a second
 	// read says why; if the entry changed in between so that the UPDATE
 	// would now succeed, try again.
 	for attempt := 0; ; attempt++ {
 		var v []byte
-		err := c.db.QueryRow(ctx, c.q.incr, k, delta).Scan(&v)
+		err := c.rowWrite(ctx, c.q.incr, []any{k, delta}, &v)
 		if err == nil {
 			n, ok := parseInt(v)
 			if !ok {
@@ -381,6 +567,9 @@ func (c *Cache) incr(ctx context.Context, op, key, delta string) (int64, error) 
 			return n, nil
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
+			if c.degrade(ctx, op, err) {
+				return 0, ErrMiss
+			}
 			return 0, c.wrapErr(op, err)
 		}
 		err = c.db.QueryRow(ctx, c.q.incrCheck, k).Scan(&v)
@@ -388,6 +577,9 @@ func (c *Cache) incr(ctx context.Context, op, key, delta string) (int64, error) 
 			return 0, ErrMiss
 		}
 		if err != nil {
+			if c.degrade(ctx, op, err) {
+				return 0, ErrMiss
+			}
 			return 0, c.wrapErr(op, err)
 		}
 		cur, ok := parseInt(v)
@@ -420,7 +612,15 @@ func parseInt(b []byte) (int64, bool) {
 // delta, value and expiry intact, in one statement, and returns the new
 // version. Whatever the new version held is replaced. It returns ErrMiss if
 // the key has no live entry at the current version.
-func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, error) {
+func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (to int, err error) {
+	ctx, tr := c.trace(ctx, OpIncrVersion, 1)
+	if tr != nil {
+		defer func() { tr.read(err) }()
+	}
+	return c.incrVersion(ctx, key, delta)
+}
+
+func (c *Cache) incrVersion(ctx context.Context, key string, delta int) (int, error) {
 	if err := c.checkOpen(); err != nil {
 		return 0, err
 	}
@@ -432,12 +632,20 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 	if err != nil {
 		return 0, err
 	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	if delta == 0 {
 		// Moving an entry onto itself is a no-op; the statement below would
 		// delete and re-insert one key in one command, which PostgreSQL
 		// refuses. Only the miss needs reporting.
 		var ok bool
 		if err := c.db.QueryRow(ctx, c.q.hasKey, from).Scan(&ok); err != nil {
+			if c.degrade(ctx, "incr_version", err) {
+				return 0, ErrMiss
+			}
+			if c.degrade(ctx, "incr_version", err) {
+				return 0, ErrMiss
+			}
 			return 0, c.wrapErr("incr_version", err)
 		}
 		if !ok {
@@ -450,31 +658,42 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 		return 0, err
 	}
 	var moved bool
-	err = c.db.QueryRow(ctx, c.q.move, from, dest).Scan(&moved)
+	err = c.rowWrite(ctx, c.q.move, []any{from, dest}, &moved)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, ErrMiss
 	}
 	if err != nil {
+		if c.degrade(ctx, "incr_version", err) {
+			return 0, ErrMiss
+		}
 		return 0, c.wrapErr("incr_version", err)
 	}
 	return to, nil
 }
 
 // DecrVersion moves the entry to version - delta; see IncrVersion.
-func (c *Cache) DecrVersion(ctx context.Context, key string, delta int) (int, error) {
+func (c *Cache) DecrVersion(ctx context.Context, key string, delta int) (to int, err error) {
+	ctx, tr := c.trace(ctx, OpDecrVersion, 1)
+	if tr != nil {
+		defer func() { tr.read(err) }()
+	}
 	if delta == math.MinInt {
 		return 0, fmt.Errorf("%w: version delta %d", ErrOverflow, delta)
 	}
-	return c.IncrVersion(ctx, key, -delta)
+	return c.incrVersion(ctx, key, -delta)
 }
 
 // GetMany returns the live entries among keys, in one query, keyed by the
 // caller's keys. Missing keys are absent from the map.
-func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, error) {
+func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]byte, err error) {
+	ctx, tr := c.trace(ctx, OpGetMany, len(keys))
+	if tr != nil {
+		defer func() { tr.many(len(keys), len(out), err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
-	out := make(map[string][]byte, len(keys))
+	out = make(map[string][]byte, len(keys))
 	if len(keys) == 0 {
 		return out, nil
 	}
@@ -482,19 +701,34 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
 	rows, err := c.db.Query(ctx, c.q.getMany, made)
 	if err != nil {
+		if c.degrade(ctx, "get_many", err) {
+			return map[string][]byte{}, nil
+		}
 		return nil, c.wrapErr("get_many", err)
 	}
 	var k string
 	var v []byte
 	_, err = pgx.ForEachRow(rows, []any{&k, &v}, func() error {
-		for _, orig := range back[k] {
-			out[orig] = nonNil(v) // pgx copies each value out of the read buffer
+		// pgx copies each value out of the read buffer; a second caller
+		// key of the same stored key (a custom KeyFunc) gets a copy of its
+		// own, since callers own what they get.
+		for i, orig := range back[k] {
+			if i == 0 {
+				out[orig] = nonNil(v)
+			} else {
+				out[orig] = append([]byte{}, v...)
+			}
 		}
 		return nil
 	})
 	if err != nil {
+		if c.degrade(ctx, "get_many", err) {
+			return map[string][]byte{}, nil
+		}
 		return nil, c.wrapErr("get_many", err)
 	}
 	return out, nil
@@ -504,7 +738,11 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 // returns the keys it failed to store (Django's set_many contract): none on
 // success, and every key when it returns an error, since the batch is one
 // statement. Concurrent SetManys over overlapping keys never deadlock.
-func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Timeout) ([]string, error) {
+func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Timeout) (failed []string, err error) {
+	ctx, tr := c.trace(ctx, OpSetMany, len(items))
+	if tr != nil {
+		defer func() { tr.wrote(len(items), len(items)-len(failed), err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return allKeys(items), err
 	}
@@ -523,7 +761,12 @@ func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Ti
 		src := back[mk]
 		values[i] = nonNil(items[src[len(src)-1]])
 	}
-	if _, err := c.db.Exec(ctx, c.q.setMany, made, values, timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	if _, err := c.execWrite(ctx, c.q.setMany, made, values, timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+		if c.degrade(ctx, "set_many", err) {
+			return keys, nil
+		}
 		return keys, c.wrapErr("set_many", err)
 	}
 	c.wrote(len(made))
@@ -542,7 +785,11 @@ func allKeys(items map[string][]byte) []string {
 
 // DeleteMany removes keys in one statement and returns how many live entries
 // it removed.
-func (c *Cache) DeleteMany(ctx context.Context, keys []string) (int, error) {
+func (c *Cache) DeleteMany(ctx context.Context, keys []string) (n int, err error) {
+	ctx, tr := c.trace(ctx, OpDeleteMany, len(keys))
+	if tr != nil {
+		defer func() { tr.many(len(keys), n, err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return 0, err
 	}
@@ -555,21 +802,57 @@ func (c *Cache) DeleteMany(ctx context.Context, keys []string) (int, error) {
 	}
 	// Sorted, so concurrent batches lock rows in one order.
 	slices.Sort(made)
-	var n int
-	if err := c.db.QueryRow(ctx, c.q.deleteMany, made).Scan(&n); err != nil {
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	if err := c.rowWrite(ctx, c.q.deleteMany, []any{made}, &n); err != nil {
+		if c.degrade(ctx, "delete_many", err) {
+			return 0, nil
+		}
 		return 0, c.wrapErr("delete_many", err)
 	}
 	return n, nil
 }
 
 // Clear removes every entry in the table: every prefix, version and cache
-// that shares it, as Django's clear does.
-func (c *Cache) Clear(ctx context.Context) error {
+// that shares it, as Django's clear does. It deletes in batches of a few
+// thousand rows in key order, each its own statement (bounded by
+// Config.OpTimeout), so no statement holds many locks for long and none
+// deadlocks with a concurrent bulk write. Entries written while Clear runs
+// may survive it. In a WithTx view every batch runs in the transaction, so
+// the clear commits or rolls back as a whole.
+func (c *Cache) Clear(ctx context.Context) (err error) {
+	ctx, tr := c.trace(ctx, OpClear, 0)
+	if tr != nil {
+		defer func() { tr.finish(err) }()
+	}
 	if err := c.checkOpen(); err != nil {
 		return err
 	}
-	if _, err := c.db.Exec(ctx, c.q.clear); err != nil {
-		return c.wrapErr("clear", err)
+	from := ""
+	for {
+		n, last, err := c.clearBatch(ctx, from)
+		if err != nil {
+			return c.wrapErr("clear", err)
+		}
+		if n < clearBatchSize {
+			return nil
+		}
+		from = last
 	}
-	return nil
+}
+
+func (c *Cache) clearBatch(ctx context.Context, from string) (int, string, error) {
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	var (
+		n    int
+		last *string
+	)
+	if err := c.rowWrite(ctx, c.q.clearBatch, []any{from, clearBatchSize}, &n, &last); err != nil {
+		return 0, "", err
+	}
+	if last == nil {
+		return n, "", nil
+	}
+	return n, *last, nil
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -189,20 +188,28 @@ func (g *coalescer) answer(batch []*getReq) {
 }
 
 // batchContext is the context a batch query runs under: the values of the
-// first caller's, and no cancellation (one caller giving up must not fail the
-// others), but the latest deadline among the callers when all of them have
-// one, so the query cannot outlive everyone waiting on it.
+// first caller's, and no cancellation while any caller still waits (one
+// caller giving up must not fail the others), but cancelled as soon as the
+// last one has left, by cancellation or by its deadline. So a batch never
+// outlives its callers: on a connection that went silent it ends when they
+// give up, and its slot passes on. Every caller's context carries a deadline
+// unless Config.OpTimeout is off, so a batch is bounded in time too.
 func batchContext(batch []*getReq) (context.Context, context.CancelFunc) {
-	ctx := context.WithoutCancel(batch[0].ctx)
-	var latest time.Time
-	for _, r := range batch {
-		d, ok := r.ctx.Deadline()
-		if !ok {
-			return context.WithCancel(ctx)
-		}
-		if d.After(latest) {
-			latest = d
-		}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].ctx))
+	var waiting atomic.Int64
+	waiting.Store(int64(len(batch)))
+	stops := make([]func() bool, len(batch))
+	for i, r := range batch {
+		stops[i] = context.AfterFunc(r.ctx, func() {
+			if waiting.Add(-1) == 0 {
+				cancel()
+			}
+		})
 	}
-	return context.WithDeadline(ctx, latest)
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel()
+	}
 }

@@ -26,6 +26,15 @@ const (
 	// without depending on compression. Longer keys get ErrInvalidKey.
 	MaxKeyBytes = 2048
 
+	// OpTimeoutDefault is the default for Config.OpTimeout. A cache
+	// operation takes well under a millisecond on a healthy server and a
+	// few when it is busy; five seconds is a thousand times that, long
+	// enough that no working server trips it (a write waiting on a
+	// row lock included), short enough that a server which stopped
+	// answering costs a request seconds rather than hanging it. Redis
+	// clients default to 3 s reads and 5 s connects for the same reason.
+	OpTimeoutDefault = 5 * time.Second
+
 	// MemcachedMaxKeyLength is Django's MEMCACHE_MAX_KEY_LENGTH: keys longer
 	// than this many characters get a portability warning (see KeyCheck).
 	MemcachedMaxKeyLength = 250
@@ -73,10 +82,37 @@ type Config struct {
 	// Defaults to 0: off, every Get is its own query.
 	CoalesceGets int
 
+	// CoalesceSets, when positive, is the most Set statements the cache runs
+	// on the pool at once; a Set that arrives while that many are running
+	// waits, and the waiting Sets are written together by one multi-row
+	// upsert as soon as a running one finishes. A lone Set never waits.
+	// Each caller still gets exactly its own result: nil once the batch
+	// committed, the batch's error otherwise; two Sets of one key keep their
+	// order. Under concurrency, PostgreSQL's per-statement and per-commit
+	// cost is shared by many rows. Sets in a WithTx view are never
+	// coalesced. Defaults to 0: off.
+	CoalesceSets int
+
 	// DefaultTimeout is the timeout for calls that pass DefaultTimeout.
 	// Forever makes entries never expire by default; TTL(0) makes them expire
 	// at once (Django's TIMEOUT=0). Defaults to TTL(DefaultTimeoutDefault).
 	DefaultTimeout Timeout
+
+	// FailOpen makes the cache degrade instead of failing while the
+	// database is unavailable: an operation whose failure IsTransient
+	// (connection refused or reset, a server shutting down or starting, a
+	// timeout, a deadlock) returns what it returns when there is nothing to
+	// find or nothing was stored: Get, Incr, Decr, IncrVersion and
+	// DecrVersion return ErrMiss, HasKey, Add, Touch and Delete false,
+	// GetMany an empty map, SetMany every key as failed with a nil error,
+	// DeleteMany and DeletePrefix 0, Set nil, and GetOrSetFunc the loader's
+	// value without storing it. Configuration, permission and SQL errors
+	// (ErrNotMigrated, a wrong password, a missing privilege) and a
+	// cancelled context always surface, and so does every error of Clear
+	// and of a WithTx view, whose callers must know. Each such failure is
+	// counted in Stats().FailOpen and logged at most once every ten
+	// seconds. Defaults to false: every error is returned.
+	FailOpen bool
 
 	// FastCommit makes every write statement the cache runs on the pool
 	// commit with synchronous_commit off, set inside the statement itself
@@ -104,8 +140,30 @@ type Config struct {
 	// Defaults to "".
 	KeyPrefix string
 
+	// LoadLocks is the most GetOrSetFunc loads that hold a cross-process
+	// lock at once: each holds one pool connection while its loader runs
+	// (processes waiting for a load hold none: they poll). A load that
+	// finds every slot busy runs without the cross-process lock, protected
+	// among this process's goroutines only. -1 turns the cross-process lock
+	// off. Defaults to a quarter of the pool's MaxConns, at least 1.
+	LoadLocks int
+
+	// LoadWait bounds how long GetOrSetFunc waits for another process that
+	// is loading the same key before it loads the value itself. Defaults
+	// to LoadWaitDefault.
+	LoadWait time.Duration
+
 	// Logger receives key warnings. Defaults to slog.Default().
 	Logger *slog.Logger
+
+	// OpTimeout bounds every database round trip an operation makes when the
+	// caller's context has no deadline of its own (a context with a deadline
+	// is used as it is): New, each Get, Set, …, each batch of Clear, and the
+	// reads and writes of GetOrSetFunc (not its loader, which runs under the
+	// caller's context). So no operation hangs on a server that stops
+	// answering, even with context.Background(). -1 means no bound beyond
+	// the caller's context. Defaults to OpTimeoutDefault.
+	OpTimeout time.Duration
 
 	// OnWrite, if set, is called after every write that may have added
 	// entries (Set, Add that stored, SetMany, GetOrSet that stored) with the
@@ -118,7 +176,14 @@ type Config struct {
 	// resolves the table through each connection's search_path.
 	Schema string
 
-	// Version is the default key version. Defaults to VersionDefault (1).
+	// Tracer sees every operation (name, keys, hits and misses, stores,
+	// error, duration) for metrics and tracing; see Tracer. It must not
+	// block. Defaults to nil: no tracing, at the cost of one nil check.
+	Tracer Tracer
+
+	// Version is the default key version. Defaults to VersionDefault (1):
+	// 0 means the default, as Django's VERSION does; a view at version 0 is
+	// WithVersion(0).
 	Version int
 }
 
@@ -142,6 +207,12 @@ func (c *Config) withDefaults() Config {
 	if out.Version == 0 {
 		out.Version = VersionDefault
 	}
+	if out.OpTimeout == 0 {
+		out.OpTimeout = OpTimeoutDefault
+	}
+	if out.LoadWait == 0 {
+		out.LoadWait = LoadWaitDefault
+	}
 	return out
 }
 
@@ -150,8 +221,20 @@ func (c *Config) validate() error {
 	if c.Schema != "" && !schemaRE.MatchString(c.Schema) {
 		errs = append(errs, fmt.Errorf("dbcache: Config.Schema %q is not a valid schema name (letters, digits, _ and $, at most 63)", c.Schema))
 	}
+	if c.CoalesceSets < 0 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceSets %d is negative (0 turns coalescing off)", c.CoalesceSets))
+	}
 	if c.CoalesceGets < 0 {
 		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceGets %d is negative (0 turns coalescing off)", c.CoalesceGets))
+	}
+	if c.OpTimeout < -1 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.OpTimeout %s is negative (-1 means no bound)", c.OpTimeout))
+	}
+	if c.LoadWait < 0 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.LoadWait %s is negative", c.LoadWait))
+	}
+	if c.LoadLocks < -1 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.LoadLocks %d is negative (-1 turns the cross-process lock off)", c.LoadLocks))
 	}
 	if c.KeyCheck < KeyCheckWarn || c.KeyCheck > KeyCheckOff {
 		errs = append(errs, fmt.Errorf("dbcache: Config.KeyCheck %d is not a KeyCheck", c.KeyCheck))

@@ -49,11 +49,27 @@
 // Add, Set, Touch, Incr, Decr, IncrVersion and each bulk operation are one
 // statement, correct under any interleaving: of any number of concurrent
 // Adds of a key exactly one returns true (an expired entry is taken over
-// atomically); concurrent Incrs never lose an update; SetMany batches lock
-// rows in key order and never deadlock each other; GetOrSet returns the first
-// stored value to every racing caller. An expired entry is absent for every
-// operation, and Touch never revives one. No statement relies on catching an
-// error, so all of them are safe inside a caller's transaction: see WithTx.
+// atomically); concurrent Incrs never lose an update; GetOrSet returns the
+// first stored value to every racing caller. An expired entry is absent for
+// every operation, and Touch never revives one. No statement relies on
+// catching an error, so all of them are safe inside a caller's transaction:
+// see WithTx.
+//
+// Every statement that locks several rows (SetMany, DeleteMany,
+// IncrVersion, each batch of Clear) locks them in one order, the key
+// column's byte order (COLLATE "C"), whatever the database's default
+// collation, so dbcache's statements never deadlock one another. Writes on
+// the pool run at READ COMMITTED whatever the session's default isolation
+// level: when a role or database sets default_transaction_isolation to
+// repeatable read or serializable, each write is sent as BEGIN ISOLATION
+// LEVEL READ COMMITTED; statement; COMMIT in one round trip, so its
+// documented result holds there too.
+//
+// # Time limits
+//
+// Every round trip is bounded: by the caller's context when it has a
+// deadline, otherwise by Config.OpTimeout (5 s by default), so no operation
+// hangs on a server that stops answering, even with context.Background().
 //
 // Incr and Decr work on values that are the decimal ASCII form of an int64,
 // as Redis INCR reads them. A missing key is ErrMiss; any other value is

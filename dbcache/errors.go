@@ -3,6 +3,7 @@ package dbcache
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
 )
@@ -40,12 +41,37 @@ var (
 	ErrNotMigrated = errors.New("dbcache: cache table not found: run the migrations first (`dbcache migrate up`, or migrations.New(pool, nil).Up(ctx))")
 )
 
-func invalidKey(key, why string) error {
+// InvalidKeyError is the error for a key the cache refuses. It matches
+// ErrInvalidKey (errors.Is), and errors.As gives the key the caller passed
+// as well as the stored key made from it, so a tool can show its user the
+// key they typed.
+type InvalidKeyError struct {
+	// Key is the caller's key; empty when only a made key was checked
+	// (ValidateKey).
+	Key string
+	// MadeKey is the stored key made from it (prefix, version and key).
+	MadeKey string
+	// Reason says what is wrong with it.
+	Reason string
+}
+
+func (e *InvalidKeyError) Error() string {
+	key := e.Key
+	if key == "" {
+		key = e.MadeKey
+	}
 	const show = 80
 	if len(key) > show {
 		key = key[:show] + "…"
 	}
-	return fmt.Errorf("%w %q: %s", ErrInvalidKey, key, why)
+	return fmt.Sprintf("%s %q: %s", ErrInvalidKey.Error(), key, e.Reason)
+}
+
+// Is reports whether target is ErrInvalidKey.
+func (e *InvalidKeyError) Is(target error) bool { return target == ErrInvalidKey }
+
+func invalidKey(madeKey, why string) error {
+	return &InvalidKeyError{MadeKey: madeKey, Reason: why}
 }
 
 // wrapErr gives a database error the operation's name and maps the cases that
@@ -62,9 +88,13 @@ func (c *Cache) wrapErr(op string, err error) error {
 		switch pgErr.Code {
 		case "42P01": // undefined_table
 			return fmt.Errorf("dbcache: %s: %w: %w", op, ErrNotMigrated, err)
-		case "22021", "54000": // invalid byte sequence; index row too large
+		case "22021": // invalid byte sequence
 			// Validation catches these first; this is the backstop.
 			return fmt.Errorf("dbcache: %s: %w: %w", op, ErrInvalidKey, err)
+		case "54000": // program_limit_exceeded: about a key only for an index row
+			if strings.Contains(pgErr.Message, "index row") {
+				return fmt.Errorf("dbcache: %s: %w: %w", op, ErrInvalidKey, err)
+			}
 		}
 	}
 	return fmt.Errorf("dbcache: %s: %w", op, err)

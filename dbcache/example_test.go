@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/dbtest"
@@ -186,5 +189,111 @@ func ExampleConfig_keyCheck() {
 	fmt.Println(err)
 	// Output:
 	// true
-	// dbcache: invalid key ":1:nul\x00byte": contains a NUL byte (PostgreSQL text cannot hold it)
+	// dbcache: invalid key "nul\x00byte": contains a NUL byte (PostgreSQL text cannot hold it)
+}
+
+// Twenty goroutines miss the same key at once: the loader runs once and
+// every caller gets its value. Across processes sharing the table, a
+// PostgreSQL advisory lock does the same.
+func ExampleCache_GetOrSetFunc_stampede() {
+	ctx := context.Background()
+	cache := exampleCache(nil)
+	defer cache.Close()
+
+	var runs atomic.Int64
+	load := func(ctx context.Context) ([]byte, error) {
+		runs.Add(1)
+		time.Sleep(50 * time.Millisecond) // a slow query
+		return []byte("report"), nil
+	}
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Go(func() {
+			if _, err := cache.GetOrSetFunc(ctx, "report", load, dbcache.TTL(time.Hour)); err != nil {
+				fmt.Println(err)
+			}
+		})
+	}
+	wg.Wait()
+	fmt.Println("loader runs:", runs.Load())
+	// Output: loader runs: 1
+}
+
+// Stale while revalidate: fresh for a minute, then served stale for up to
+// an hour while one background refresh runs.
+func ExampleRevalidate() {
+	ctx := context.Background()
+	cache := exampleCache(nil)
+	defer cache.Close()
+
+	timeout := dbcache.Revalidate(time.Minute, time.Hour)
+	v, err := cache.GetOrSetFunc(ctx, "dashboard", func(context.Context) ([]byte, error) {
+		return []byte("rendered"), nil
+	}, timeout)
+	fmt.Println(string(v), err)
+	ttl, _ := cache.TTL(ctx, "dashboard")
+	d, _ := ttl.Duration()
+	fmt.Println(d > 60*time.Minute) // expires after fresh + stale
+	// Output:
+	// rendered <nil>
+	// true
+}
+
+func ExampleCache_TTL() {
+	ctx := context.Background()
+	cache := exampleCache(nil)
+	defer cache.Close()
+
+	_ = cache.Set(ctx, "session", []byte("s"), dbcache.TTL(30*time.Minute))
+	_ = cache.Set(ctx, "config", []byte("c"), dbcache.Forever)
+
+	ttl, _ := cache.TTL(ctx, "session")
+	d, _ := ttl.Duration()
+	fmt.Println(d > 29*time.Minute && d <= 30*time.Minute)
+	ttl, _ = cache.TTL(ctx, "config")
+	fmt.Println(ttl)
+	_, err := cache.TTL(ctx, "nothing")
+	fmt.Println(errors.Is(err, dbcache.ErrMiss))
+	// Output:
+	// true
+	// forever
+	// true
+}
+
+// A namespace: every key that starts with "user:42:" goes in one call, as
+// a range scan of the key index in short batches.
+func ExampleCache_DeletePrefix() {
+	ctx := context.Background()
+	cache := exampleCache(&dbcache.Config{KeyPrefix: "myapp"})
+	defer cache.Close()
+
+	_, _ = cache.SetMany(ctx, map[string][]byte{
+		"user:42:profile": []byte("p"), "user:42:cart": []byte("c"), "user:7:profile": []byte("q"),
+	}, dbcache.DefaultTimeout)
+	n, err := cache.DeletePrefix(ctx, "user:42:")
+	fmt.Println(n, err)
+	for key, err := range cache.Keys(ctx, "user:") {
+		if err != nil {
+			fmt.Println(err)
+			break
+		}
+		fmt.Println(key)
+	}
+	// Output:
+	// 2 <nil>
+	// user:7:profile
+}
+
+// With FailOpen, a database outage makes reads miss and writes no-ops
+// instead of errors; IsTransient is the rule it applies.
+func ExampleConfig_failOpen() {
+	cache := exampleCache(&dbcache.Config{FailOpen: true})
+	defer cache.Close()
+
+	err := fmt.Errorf("dbcache: get: %w", &pgconn.PgError{Code: "57P01"}) // admin shutdown
+	fmt.Println(dbcache.IsTransient(err))
+	fmt.Println(dbcache.IsTransient(dbcache.ErrNotMigrated))
+	// Output:
+	// true
+	// false
 }

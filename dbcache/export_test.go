@@ -4,3 +4,33 @@ package dbcache
 // its write, to make another writer win the race (Django's
 // test_get_or_set_racing mocks add for the same purpose).
 func SetTestBeforeGetOrSetWrite(c *Cache, f func()) { c.s.testBeforeGetOrSetWrite = f }
+
+// CoalesceInflight and CoalescePending report the coalescer's busy slots and
+// queued Gets.
+func CoalesceInflight(c *Cache) int {
+	c.s.gets.mu.Lock()
+	defer c.s.gets.mu.Unlock()
+	return c.s.gets.inflight
+}
+
+func CoalescePending(c *Cache) int {
+	c.s.gets.mu.Lock()
+	defer c.s.gets.mu.Unlock()
+	return len(c.s.gets.pending)
+}
+
+// CoalescedSetBatches, SetsInflight and SetsPending report the Set
+// coalescer's batches, busy slots and queued Sets.
+func CoalescedSetBatches(c *Cache) int64 { return c.s.sets.batches.Load() }
+
+func SetsInflight(c *Cache) int {
+	c.s.sets.mu.Lock()
+	defer c.s.sets.mu.Unlock()
+	return c.s.sets.inflight
+}
+
+func SetsPending(c *Cache) int {
+	c.s.sets.mu.Lock()
+	defer c.s.sets.mu.Unlock()
+	return len(c.s.sets.pending)
+}

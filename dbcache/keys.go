@@ -2,6 +2,7 @@ package dbcache
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"unicode/utf8"
@@ -27,7 +28,7 @@ func (c *Cache) ValidateKey(ctx context.Context, madeKey string) error {
 	case strings.IndexByte(madeKey, 0) >= 0:
 		return invalidKey(madeKey, "contains a NUL byte (PostgreSQL text cannot hold it)")
 	case len(madeKey) > MaxKeyBytes:
-		return invalidKey(madeKey, fmt.Sprintf("%d bytes, longer than MaxKeyBytes (%d)", len(madeKey), MaxKeyBytes))
+		return invalidKey(madeKey, fmt.Sprintf("%d bytes with the key prefix and version, over the %d-byte limit", len(madeKey), MaxKeyBytes))
 	}
 	if c.s.cfg.KeyCheck == KeyCheckOff {
 		return nil
@@ -37,7 +38,7 @@ func (c *Cache) ValidateKey(ctx context.Context, madeKey string) error {
 		return nil
 	}
 	if c.s.cfg.KeyCheck == KeyCheckError {
-		return fmt.Errorf("%w: %s", ErrInvalidKey, msg)
+		return &InvalidKeyError{MadeKey: madeKey, Reason: msg}
 	}
 	c.s.cfg.Logger.WarnContext(ctx, "dbcache: "+msg, "key", madeKey)
 	return nil
@@ -58,10 +59,15 @@ func memcachedKeyWarning(key string) string {
 	return ""
 }
 
-// key makes and validates a key.
+// key makes and validates a key; an invalid one's error names the caller's
+// key.
 func (c *Cache) key(ctx context.Context, key string) (string, error) {
 	k := c.MakeKey(key)
 	if err := c.ValidateKey(ctx, k); err != nil {
+		var ik *InvalidKeyError
+		if errors.As(err, &ik) {
+			ik.Key = key
+		}
 		return "", err
 	}
 	return k, nil

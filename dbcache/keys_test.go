@@ -101,7 +101,7 @@ func TestInvalidKeys(t *testing.T) {
 	}{
 		{"nul", "a\x00b", "NUL"},
 		{"invalid utf8", "a\xffb", "UTF-8"},
-		{"too long", strings.Repeat("k", dbcache.MaxKeyBytes), "MaxKeyBytes"},
+		{"too long", strings.Repeat("k", dbcache.MaxKeyBytes), "byte limit"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -110,6 +110,11 @@ func TestInvalidKeys(t *testing.T) {
 			for op, err := range everyOp(ctx, b.cache, tc.key) {
 				require.ErrorIs(t, err, dbcache.ErrInvalidKey, op)
 				require.Contains(t, err.Error(), tc.why, op)
+				// The error carries the caller's key and the made one.
+				var ik *dbcache.InvalidKeyError
+				require.ErrorAs(t, err, &ik, op)
+				require.Equal(t, tc.key, ik.Key, op)
+				require.Equal(t, b.cache.MakeKey(tc.key), ik.MadeKey, op)
 			}
 			_, err := b.cache.HasKey(ctx, tc.key)
 			require.ErrorIs(t, err, dbcache.ErrInvalidKey)

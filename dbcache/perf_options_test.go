@@ -128,7 +128,7 @@ func TestFastCommitSetsSynchronousCommit(t *testing.T) {
 		"delete":      {":1:k"},
 		"set_many":    {[]string{":1:m"}, [][]byte{[]byte("v")}, us},
 		"delete_many": {[]string{":1:m"}},
-		"clear":       {},
+		"clear_batch": {"", 5000},
 	}
 	for op, a := range args {
 		require.NotEqual(t, plainStmts[op], stmts[op], "%s has no fast-commit form", op)

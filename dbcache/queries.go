@@ -11,35 +11,68 @@ import (
 // catching an error (a failed statement would abort a caller's transaction).
 //
 // Conventions:
-//   - TABLE is replaced at New by the (optionally schema-qualified) table name,
-//     quoted with pgx.Identifier; nothing else is ever spliced into SQL.
+//   - TABLE is replaced at New by the (optionally schema-qualified) table
+//     name, quoted with pgx.Identifier; nothing else is ever spliced into
+//     SQL, and every other value is a bind parameter.
 //   - "Live" is expires IS NULL OR expires > statement_timestamp(). The
 //     database's clock decides; statement_timestamp() rather than now() so a
 //     statement inside a long transaction still sees the current time.
 //   - Expiries are written as statement_timestamp() + $n microseconds, with
 //     NULL ($n NULL) meaning never.
+//   - A statement that locks several rows locks them in the key column's
+//     order: ORDER BY key, or ORDER BY k COLLATE "C" for keys that come from
+//     a parameter (whose collation is the database's default, often
+//     linguistic, where "a" < "B" while "C" has "B" < "a"). Two statements
+//     locking in different orders can deadlock.
+//   - Every write has two forms, written out in full: the plain one, and a
+//     FastCommit one (suffix Fast) that joins fastCommitSrc, so the
+//     statement itself runs set_config('synchronous_commit', 'off', true)
+//     (SET LOCAL): the commit of its implicit transaction then returns
+//     without waiting for the WAL flush; no extra round trip, no session
+//     state, still one statement, and the setting lapses with the
+//     transaction (so it works behind PgBouncer in transaction pooling). A
+//     volatile function in a FROM subquery is always evaluated; a test
+//     checks every Fast statement really sets it.
 const (
-	live = `(expires IS NULL OR expires > statement_timestamp())`
-	exp  = `statement_timestamp() + $%d::bigint * interval '1 microsecond'`
+	qGet = `SELECT value FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())`
 
-	// intText is how Redis INCR reads a value: decimal ASCII, an optional
-	// "-", no "+", no leading zeros, no spaces. encode(…, 'escape') turns any
-	// byte that is not printable ASCII into a \ooo escape, so it never fails
-	// and such a value never matches. CASE fixes the evaluation order, so the
-	// numeric cast only ever sees text that matched.
-	intRE = `'^(0|-?[1-9][0-9]{0,18})$'`
+	qHasKey = `SELECT EXISTS (SELECT 1 FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp()))`
 
-	qGet = `SELECT value FROM TABLE WHERE key = $1 AND ` + live
+	// The value and its remaining lifetime in microseconds, NULL for never,
+	// by the database's clock.
+	qGetRemaining = `SELECT value, (extract(epoch FROM expires - statement_timestamp()) * 1000000)::bigint
+FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())`
 
-	qHasKey = `SELECT EXISTS (SELECT 1 FROM TABLE WHERE key = $1 AND ` + live + `)`
+	qTTL = `SELECT (extract(epoch FROM expires - statement_timestamp()) * 1000000)::bigint
+FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())`
 
-	qSet = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, EXP3)
+	// A GetOrSetFunc waiting for another process's loader: the value if it
+	// is stored now, and whether the load lock is free (taken and at once
+	// released with the statement's implicit transaction).
+	qLoadPoll = `SELECT e.value, e.value IS NOT NULL, pg_try_advisory_xact_lock($2::bigint)
+FROM (SELECT (SELECT value FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())) AS value) AS e`
+
+	qGetMany = `SELECT key, value FROM TABLE WHERE key = ANY($1::text[]) AND (expires IS NULL OR expires > statement_timestamp())`
+
+	qSet = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires`
+
+	// INSERT … VALUES has no FROM; the SELECT form needs explicit casts
+	// because a SELECT list does not take its types from the columns.
+	qSetFast = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires`
 
 	// An add that finds a live row updates nothing and returns no row. One
 	// that finds an expired row takes it over in the same statement; a racing
 	// add waits on the row lock and then sees the new live row.
-	qAdd = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, EXP3)
+	qAdd = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires
+WHERE t.expires <= statement_timestamp()
+RETURNING true`
+
+	qAddFast = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires
 WHERE t.expires <= statement_timestamp()
 RETURNING true`
@@ -48,57 +81,171 @@ RETURNING true`
 	// return what the row holds now, so every racing caller returns the first
 	// stored value. The live case rewrites the row with its own values; that
 	// costs a write, but only on the slow path after a Get missed.
-	qGetOrSet = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, EXP3)
+	qGetOrSet = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
 ON CONFLICT (key) DO UPDATE SET
   value   = CASE WHEN t.expires <= statement_timestamp() THEN EXCLUDED.value ELSE t.value END,
   expires = CASE WHEN t.expires <= statement_timestamp() THEN EXCLUDED.expires ELSE t.expires END
 RETURNING value`
 
-	qTouch = `UPDATE TABLE SET expires = EXP2 WHERE key = $1 AND ` + live
+	qGetOrSetFast = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
+ON CONFLICT (key) DO UPDATE SET
+  value   = CASE WHEN t.expires <= statement_timestamp() THEN EXCLUDED.value ELSE t.value END,
+  expires = CASE WHEN t.expires <= statement_timestamp() THEN EXCLUDED.expires ELSE t.expires END
+RETURNING value`
+
+	qTouch = `UPDATE TABLE SET expires = statement_timestamp() + $2::bigint * interval '1 microsecond' WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())`
+
+	qTouchFast = `UPDATE TABLE SET expires = statement_timestamp() + $2::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
+WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())`
 
 	// Returns whether the removed row was live: an expired row is removed
 	// but reported as absent.
-	qDelete = `DELETE FROM TABLE WHERE key = $1 RETURNING ` + live
+	qDelete = `DELETE FROM TABLE WHERE key = $1 RETURNING (expires IS NULL OR expires > statement_timestamp())`
+
+	qDeleteFast = `DELETE FROM TABLE USING (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
+WHERE key = $1 RETURNING (expires IS NULL OR expires > statement_timestamp())`
 
 	// The value changes only when it is an int64 and the sum is one too; the
 	// expiry is left alone. No row back means a miss, a non-integer or an
 	// overflow: qIncrCheck tells which.
-	qIncr = `UPDATE TABLE SET value = convert_to((encode(value, 'escape')::numeric + $2::numeric)::text, 'UTF8')
-WHERE key = $1 AND ` + live + ` AND CASE WHEN encode(value, 'escape') ~ ` + intRE + `
-  THEN encode(value, 'escape')::numeric BETWEEN -9223372036854775808 AND 9223372036854775807
-   AND encode(value, 'escape')::numeric + $2::numeric BETWEEN -9223372036854775808 AND 9223372036854775807
-  ELSE false END
+	//
+	// How Redis INCR reads a value: decimal ASCII, an optional "-", no "+",
+	// no leading zeros, no spaces. The CASE fixes the evaluation order:
+	// length() reads only the stored size (it never decompresses or copies a
+	// TOASTed value), so a value longer than any int64's 20 characters is
+	// refused before anything converts it; encode(…, 'escape') turns any
+	// byte that is not printable ASCII into a \ooo escape, so it never fails
+	// and such a value never matches; the numeric cast only ever sees text
+	// that matched. decode(…, 'escape') of the digits is the digits' bytes.
+	qIncr = `UPDATE TABLE SET value = decode((encode(value, 'escape')::numeric + $2::numeric)::text, 'escape')
+WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())
+  AND CASE WHEN length(value) > 20 THEN false
+           WHEN encode(value, 'escape') ~ '^(0|-?[1-9][0-9]{0,18})$'
+           THEN encode(value, 'escape')::numeric BETWEEN -9223372036854775808 AND 9223372036854775807
+            AND encode(value, 'escape')::numeric + $2::numeric BETWEEN -9223372036854775808 AND 9223372036854775807
+           ELSE false END
 RETURNING value`
 
-	qIncrCheck = `SELECT value FROM TABLE WHERE key = $1 AND ` + live
+	qIncrFast = `UPDATE TABLE SET value = decode((encode(value, 'escape')::numeric + $2::numeric)::text, 'escape')
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
+WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())
+  AND CASE WHEN length(value) > 20 THEN false
+           WHEN encode(value, 'escape') ~ '^(0|-?[1-9][0-9]{0,18})$'
+           THEN encode(value, 'escape')::numeric BETWEEN -9223372036854775808 AND 9223372036854775807
+            AND encode(value, 'escape')::numeric + $2::numeric BETWEEN -9223372036854775808 AND 9223372036854775807
+           ELSE false END
+RETURNING value`
+
+	// Says why an incr changed nothing: no row is a miss; otherwise at most
+	// 21 bytes of the value come back, enough to tell an integer (at most
+	// 20) from anything else without sending a large value to the client.
+	qIncrCheck = `SELECT substring(value FROM 1 FOR 21) FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())`
 
 	// Moves a live entry to another key, value and expiry intact, replacing
-	// whatever the new key held: incr_version in one statement.
-	qMove = `WITH old AS (DELETE FROM TABLE WHERE key = $1 AND ` + live + ` RETURNING value, expires)
+	// whatever the new key held: incr_version in one statement. It writes
+	// two rows, so it first locks both in key order (locked); the DELETE
+	// waits for that through its one-time filter on the count, which the
+	// executor evaluates before scanning. Without it, IncrVersion(k, +1)
+	// racing DecrVersion(k, 1) from the other version locks the two rows
+	// in opposite orders and deadlocks.
+	qMove = `WITH locked AS MATERIALIZED (
+  SELECT key FROM TABLE WHERE key IN ($1, $2) ORDER BY key FOR UPDATE),
+old AS (
+  DELETE FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())
+     AND (SELECT count(*) FROM locked) >= 0
+  RETURNING value, expires)
 INSERT INTO TABLE AS t (key, value, expires) SELECT $2, value, expires FROM old
 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires
 RETURNING true`
 
-	qGetMany = `SELECT key, value FROM TABLE WHERE key = ANY($1::text[]) AND ` + live
+	qMoveFast = `WITH locked AS MATERIALIZED (
+  SELECT key FROM TABLE WHERE key IN ($1, $2) ORDER BY key FOR UPDATE),
+old AS (
+  DELETE FROM TABLE USING (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
+   WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())
+     AND (SELECT count(*) FROM locked) >= 0
+  RETURNING value, expires)
+INSERT INTO TABLE AS t (key, value, expires) SELECT $2, value, expires FROM old
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires
+RETURNING true`
 
-	// ORDER BY key makes every set_many lock its rows in the same order, so
-	// two batches over overlapping keys cannot deadlock.
+	// Rows are inserted, and existing ones locked, in the order of the
+	// SELECT: the key column's "C" order, as every other batch locks them.
 	qSetMany = `INSERT INTO TABLE AS t (key, value, expires)
-SELECT k, v, EXP3 FROM unnest($1::text[], $2::bytea[]) AS u(k, v) ORDER BY k
+SELECT k, v, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM unnest($1::text[], $2::bytea[]) AS u(k, v) ORDER BY k COLLATE "C"
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires`
+
+	qSetManyFast = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT k, v, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit, unnest($1::text[], $2::bytea[]) AS u(k, v) ORDER BY k COLLATE "C"
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires`
+
+	// Several Sets in one statement (Config.CoalesceSets): one row per key,
+	// each with its own expiry ($3 NULL for never), inserted and locked in
+	// the key column's order like qSetMany.
+	qSetBatch = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT k, v, statement_timestamp() + us * interval '1 microsecond' FROM unnest($1::text[], $2::bytea[], $3::bigint[]) AS u(k, v, us) ORDER BY k COLLATE "C"
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires`
+
+	qSetBatchFast = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT k, v, statement_timestamp() + us * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit, unnest($1::text[], $2::bytea[], $3::bigint[]) AS u(k, v, us) ORDER BY k COLLATE "C"
 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires`
 
 	// Counts the live entries it removed; expired ones go too, uncounted.
 	// The rows are locked in key order first, as qSetMany locks them: a plain
 	// DELETE … = ANY may visit them in heap order and deadlock with a batch.
-	qDeleteMany = `WITH d AS (DELETE FROM TABLE WHERE key IN (
-  SELECT key FROM TABLE WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE) RETURNING expires)
-SELECT count(*) FROM d WHERE ` + live
+	// The locking SELECT is an ARRAY subquery, so it runs once, first, and
+	// the DELETE finds the locked rows through the primary key; as an IN
+	// (subquery) the planner may hash it and scan the whole table.
+	qDeleteMany = `WITH d AS (DELETE FROM TABLE WHERE key = ANY (ARRAY (
+  SELECT key FROM TABLE WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE)) RETURNING expires)
+SELECT count(*) FROM d WHERE (expires IS NULL OR expires > statement_timestamp())`
 
-	// DELETE, not TRUNCATE: TRUNCATE takes an ACCESS EXCLUSIVE lock that
-	// would stall every reader and writer of the cache.
-	qClear = `DELETE FROM TABLE`
+	qDeleteManyFast = `WITH d AS (DELETE FROM TABLE USING (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
+  WHERE key = ANY (ARRAY (SELECT key FROM TABLE WHERE key = ANY($1::text[]) ORDER BY key FOR UPDATE)) RETURNING expires)
+SELECT count(*) FROM d WHERE (expires IS NULL OR expires > statement_timestamp())`
 
-	qTableExists = `SELECT to_regclass($1) IS NOT NULL`
+	// One batch of Clear: the next $2 rows in key order from $1 on, locked
+	// in key order (a heap-order DELETE of the whole table deadlocks with
+	// batches that lock in key order), removed. It returns how many it
+	// removed and the last key, where the next batch starts: a keyset walk,
+	// so no batch re-reads the index entries of rows earlier batches
+	// removed. DELETE, not TRUNCATE: TRUNCATE takes an ACCESS EXCLUSIVE lock
+	// that would stall every reader and writer of the cache.
+	qClearBatch = `WITH d AS (DELETE FROM TABLE WHERE key = ANY (ARRAY (
+  SELECT key FROM TABLE WHERE key >= $1 ORDER BY key LIMIT $2 FOR UPDATE)) RETURNING key)
+SELECT count(*), max(key) FROM d`
+
+	qClearBatchFast = `WITH d AS (DELETE FROM TABLE USING (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
+  WHERE key = ANY (ARRAY (SELECT key FROM TABLE WHERE key >= $1 ORDER BY key LIMIT $2 FOR UPDATE)) RETURNING key)
+SELECT count(*), max(key) FROM d`
+
+	// One batch of DeletePrefix: the next $3 rows in key order from $1 on
+	// and below $2 (the range of made keys that start with the prefix:
+	// with the key column's "C" collation a range scan of the primary key
+	// index), locked in key order and removed. It returns how many live
+	// entries it removed (expired ones go too, uncounted), how many rows,
+	// and the last key, where the next batch starts.
+	qDeletePrefixBatch = `WITH d AS (DELETE FROM TABLE WHERE key = ANY (ARRAY (
+  SELECT key FROM TABLE WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3 FOR UPDATE)) RETURNING key, expires)
+SELECT count(*) FILTER (WHERE expires IS NULL OR expires > statement_timestamp()), count(*), max(key) FROM d`
+
+	qDeletePrefixBatchFast = `WITH d AS (DELETE FROM TABLE USING (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
+  WHERE key = ANY (ARRAY (SELECT key FROM TABLE WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3 FOR UPDATE)) RETURNING key, expires)
+SELECT count(*) FILTER (WHERE expires IS NULL OR expires > statement_timestamp()), count(*), max(key) FROM d`
+
+	// One page of Keys: up to $3 live made keys from $1 on and below $2, in
+	// key order: a keyset walk of the primary key index, where $1 is the
+	// prefix for the first page and the last key of the previous page
+	// after that (which the caller then skips).
+	qKeysPage = `SELECT key FROM TABLE
+WHERE key >= $1 AND key < $2 AND (expires IS NULL OR expires > statement_timestamp())
+ORDER BY key LIMIT $3`
+
+	// qCheck runs at New: the table's OID (0 when it does not exist), and
+	// the session's default isolation level (a statement outside a
+	// transaction block runs at it).
+	qCheck = `SELECT coalesce(to_regclass($1)::oid::bigint, 0), current_setting('transaction_isolation')`
 
 	// qTableHidden finds a cache table in a search_path schema the role
 	// lacks USAGE on (search_path skips those without a word).
@@ -106,74 +253,71 @@ SELECT count(*) FROM d WHERE ` + live
 WHERE c.relname = $1 AND NOT has_schema_privilege(n.oid, 'USAGE')
   AND n.nspname IN (SELECT btrim(btrim(p), '"') FROM unnest(string_to_array(current_setting('search_path'), ',')) AS p)
 LIMIT 1`
+
+	// Takes the load lock of a GetOrSetFunc for the rest of the lock
+	// transaction, never waiting, and bounds how long that transaction may
+	// sit idle (a process that hangs mid-load loses the lock to the
+	// server). Sent with the simple protocol (a single bigint argument, no
+	// table), so it needs no table name.
+	qLoadLock = `SELECT pg_try_advisory_xact_lock($1::bigint) FROM (SELECT set_config('idle_in_transaction_session_timeout', $2::text, true)) AS s`
+
+	// The transaction a write runs in when the session's default isolation
+	// is not READ COMMITTED (see shared.wrapWrites).
+	qBeginReadCommitted = `BEGIN ISOLATION LEVEL READ COMMITTED`
+	qCommit             = `COMMIT`
 )
+
+// clearBatchSize is the most rows one Clear statement removes: large enough
+// that a clear of a big table is few round trips, small enough that each
+// statement holds its row locks for milliseconds, not seconds.
+const clearBatchSize = 5000
 
 // queries holds the statements with the table name filled in.
 type queries struct {
 	get, hasKey, set, add, getOrSet, touch, del, incr, incrCheck, move string
-	getMany, setMany, deleteMany, clear                                string
+	getMany, setMany, deleteMany, clearBatch, setBatch                 string
+	getRemaining, ttl, loadPoll                                        string
+	deletePrefixBatch, keysPage                                        string
 	table                                                              string
 }
 
-// fastCommitSrc is a one-row relation whose only job is to run
-// set_config('synchronous_commit', 'off', true) (SET LOCAL) inside the
-// statement itself. The setting is read when the statement's implicit
-// transaction commits, so that commit returns without waiting for the WAL
-// flush, and it lapses with the transaction: no extra round trip, no session
-// state (so it works behind PgBouncer in transaction pooling), still one
-// statement. A volatile function in a FROM subquery is evaluated, never
-// optimized away; tests check that every write statement sets it.
-const fastCommitSrc = `(SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit`
-
-// fastCommit rewrites a write statement to commit asynchronously, by joining
-// fastCommitSrc into it. Each rewrite is anchored on text the statement is
-// known to contain; newQueries' tests check every write statement changed.
-func fastCommit(sql string) string {
-	r := strings.NewReplacer(
-		// INSERT … VALUES has no FROM; the SELECT form needs explicit casts
-		// because a SELECT list does not take its types from the columns.
-		"VALUES ($1, $2, EXP3)", "SELECT $1::text, $2::bytea, EXP3 FROM "+fastCommitSrc,
-		"FROM unnest(", "FROM "+fastCommitSrc+", unnest(",
-		"DELETE FROM TABLE WHERE", "DELETE FROM TABLE USING "+fastCommitSrc+" WHERE",
-		"UPDATE TABLE SET expires = EXP2 WHERE", "UPDATE TABLE SET expires = EXP2 FROM "+fastCommitSrc+" WHERE",
-		"'UTF8')\nWHERE", "'UTF8') FROM "+fastCommitSrc+"\nWHERE",
-	)
-	if sql == qClear {
-		return qClear + " USING " + fastCommitSrc
-	}
-	return r.Replace(sql)
-}
-
-// newQueries fills in the statements for the table in schema; with fast set,
-// every write statement commits with synchronous_commit off (fastCommit).
+// newQueries fills in the statements for the table in schema; with fast
+// set, every write is its FastCommit form.
 func newQueries(schema string, fast bool) *queries {
 	ident := pgx.Identifier{TableName}
 	if schema != "" {
 		ident = pgx.Identifier{schema, TableName}
 	}
 	table := ident.Sanitize()
-	r := strings.NewReplacer("TABLE", table,
-		"EXP2", strings.Replace(exp, "%d", "2", 1),
-		"EXP3", strings.Replace(exp, "%d", "3", 1))
-	w := func(sql string) string { return r.Replace(sql) }
-	if fast {
-		w = func(sql string) string { return r.Replace(fastCommit(sql)) }
+	fill := func(sql string) string { return strings.ReplaceAll(sql, "TABLE", table) }
+	write := func(plain, fastForm string) string {
+		if fast {
+			return fill(fastForm)
+		}
+		return fill(plain)
 	}
 	return &queries{
 		table:      table,
-		get:        r.Replace(qGet),
-		hasKey:     r.Replace(qHasKey),
-		set:        w(qSet),
-		add:        w(qAdd),
-		getOrSet:   w(qGetOrSet),
-		touch:      w(qTouch),
-		del:        w(qDelete),
-		incr:       w(qIncr),
-		incrCheck:  r.Replace(qIncrCheck),
-		move:       w(qMove),
-		getMany:    r.Replace(qGetMany),
-		setMany:    w(qSetMany),
-		deleteMany: w(qDeleteMany),
-		clear:      w(qClear),
+		get:        fill(qGet),
+		hasKey:     fill(qHasKey),
+		set:        write(qSet, qSetFast),
+		add:        write(qAdd, qAddFast),
+		getOrSet:   write(qGetOrSet, qGetOrSetFast),
+		touch:      write(qTouch, qTouchFast),
+		del:        write(qDelete, qDeleteFast),
+		incr:       write(qIncr, qIncrFast),
+		incrCheck:  fill(qIncrCheck),
+		move:       write(qMove, qMoveFast),
+		getMany:    fill(qGetMany),
+		setMany:    write(qSetMany, qSetManyFast),
+		deleteMany: write(qDeleteMany, qDeleteManyFast),
+		clearBatch: write(qClearBatch, qClearBatchFast),
+		setBatch:   write(qSetBatch, qSetBatchFast),
+
+		getRemaining:      fill(qGetRemaining),
+		ttl:               fill(qTTL),
+		loadPoll:          fill(qLoadPoll),
+		deletePrefixBatch: write(qDeletePrefixBatch, qDeletePrefixBatchFast),
+		keysPage:          fill(qKeysPage),
 	}
 }

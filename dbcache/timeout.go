@@ -16,8 +16,9 @@ import "time"
 // Durations are kept to the microsecond (PostgreSQL's resolution); a positive
 // duration under a microsecond is rounded up to one.
 type Timeout struct {
-	d    time.Duration
-	kind timeoutKind
+	d     time.Duration
+	stale time.Duration // kindRevalidate only
+	kind  timeoutKind
 }
 
 type timeoutKind uint8
@@ -26,6 +27,7 @@ const (
 	kindDefault timeoutKind = iota
 	kindForever
 	kindTTL
+	kindRevalidate
 )
 
 var (
@@ -41,15 +43,40 @@ var (
 // once.
 func TTL(d time.Duration) Timeout { return Timeout{d: d, kind: kindTTL} }
 
+// Revalidate returns a stale-while-revalidate Timeout: an entry written with
+// it is fresh for fresh, then stale for up to stale more, and then expired.
+// GetOrSetFunc returns a fresh entry as it is; a stale one it returns at
+// once while one background refresh runs (one across every process sharing
+// the table), and an expired one it loads as on a miss. To every other
+// operation it is TTL(fresh + stale): the database's clock decides when the
+// entry expires, and, from the remaining lifetime, whether it is stale.
+// Negative durations count as 0: stale <= 0 is TTL(fresh), and fresh <= 0
+// makes every GetOrSetFunc hit refresh.
+func Revalidate(fresh, stale time.Duration) Timeout {
+	return Timeout{d: max(fresh, 0), stale: max(stale, 0), kind: kindRevalidate}
+}
+
 // IsDefault reports whether t is DefaultTimeout.
 func (t Timeout) IsDefault() bool { return t.kind == kindDefault }
 
 // IsForever reports whether t is Forever.
 func (t Timeout) IsForever() bool { return t.kind == kindForever }
 
-// Duration returns the TTL and true for a TTL timeout, and 0 and false for
-// DefaultTimeout and Forever.
-func (t Timeout) Duration() (time.Duration, bool) { return t.d, t.kind == kindTTL }
+// Duration returns the TTL and true for a TTL timeout (fresh + stale for a
+// Revalidate one), and 0 and false for DefaultTimeout and Forever.
+func (t Timeout) Duration() (time.Duration, bool) {
+	switch t.kind {
+	case kindTTL:
+		return t.d, true
+	case kindRevalidate:
+		return t.d + t.stale, true
+	}
+	return 0, false
+}
+
+// Stale returns the stale period of a Revalidate timeout, and 0 and false
+// for any other.
+func (t Timeout) Stale() (time.Duration, bool) { return t.stale, t.kind == kindRevalidate }
 
 // String renders the timeout for logs and errors.
 func (t Timeout) String() string {
@@ -58,6 +85,8 @@ func (t Timeout) String() string {
 		return "forever"
 	case kindTTL:
 		return t.d.String()
+	case kindRevalidate:
+		return t.d.String() + " fresh + " + t.stale.String() + " stale"
 	default:
 		return "default"
 	}
@@ -74,9 +103,10 @@ func (t Timeout) micros(def Timeout) any {
 	switch t.kind {
 	case kindForever:
 		return nil
-	case kindTTL:
-		us := t.d.Microseconds()
-		if t.d > 0 && us == 0 {
+	case kindTTL, kindRevalidate:
+		d, _ := t.Duration()
+		us := d.Microseconds()
+		if d > 0 && us == 0 {
 			us = 1
 		}
 		return us

@@ -154,7 +154,7 @@ func TestMigrations(t *testing.T) {
 		}
 
 		out, errOut, code := run("", "migrate", "version", "--json")
-		require.Zero(t, code, errOut)
+		require.Equal(t, 4, code, "pending migrations exit 4: %s", errOut)
 		require.Contains(t, out, `"version":0`)
 
 		_, errOut, code = run("", "migrate", "up")
@@ -179,6 +179,8 @@ func TestMigrations(t *testing.T) {
 		require.Equal(t, 3, code, "a miss exits 3")
 
 		_, errOut, code = run("", "migrate", "down", "--all")
+		require.Equal(t, 2, code, "no terminal to ask on: --yes is needed: %s", errOut)
+		_, errOut, code = run("", "migrate", "down", "--all", "--yes")
 		require.Zero(t, code, errOut)
 		requireVersion(t, m, 0)
 		_, err = c.Get(ctx, "from-lib")

@@ -74,6 +74,12 @@ var (
 
 	// ErrNoSuchVersion is returned by Force for a version with no migration file.
 	ErrNoSuchVersion = errors.New("migrations: no such migration version")
+
+	// ErrNoSchema is returned when Config.Schema is empty and no schema on the
+	// connection's search_path exists, so there is nowhere to create (or look
+	// for) the tables. Create the schema, fix the search_path, or set
+	// Config.Schema (which Up creates).
+	ErrNoSchema = errors.New("migrations: no schema to migrate in")
 )
 
 // DirtyError is returned when a previous migration failed halfway and left the
@@ -107,6 +113,12 @@ type Config struct {
 	// table. Up creates it if it does not exist. Defaults to the first schema
 	// on the connection's search_path.
 	Schema string
+
+	// Unlogged makes Up create the cache table UNLOGGED (see Unlogged): no
+	// WAL, emptied after a crash, unreadable on standbys. It applies only
+	// when Up creates the table; an existing table is changed only by
+	// SetPersistence, which rewrites it. Defaults to false: logged.
+	Unlogged bool
 }
 
 var schemaRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
@@ -162,7 +174,22 @@ func (m *Migrator) Up(ctx context.Context) error {
 			return err
 		}
 	}
-	return m.run(ctx, func(mg *migrate.Migrate) error { return mg.Up() })
+	creates := false
+	if m.cfg.Unlogged {
+		_, err := m.Persistence(ctx)
+		if err != nil && !errors.Is(err, ErrNoTable) {
+			return err
+		}
+		creates = errors.Is(err, ErrNoTable)
+	}
+	if err := m.run(ctx, func(mg *migrate.Migrate) error { return mg.Up() }); err != nil {
+		return err
+	}
+	if creates {
+		// A fresh, empty table: the rewrite costs nothing.
+		return m.SetPersistence(ctx, Unlogged)
+	}
+	return nil
 }
 
 // Down reverts steps migrations (at least one). Nothing left to revert is
@@ -210,25 +237,48 @@ func (m *Migrator) Force(ctx context.Context, version int) error {
 }
 
 // Version returns the applied version (0 when none) and whether a failed
-// migration left it dirty.
+// migration left it dirty. It only reads: unlike golang-migrate's own Version
+// it creates no migrations table, so it is safe for status checks and dry
+// runs, and works for a role that may not create anything. A Config.Schema
+// that does not exist yet is at version 0; an empty Config.Schema with no
+// existing schema on the search_path is ErrNoSchema.
 func (m *Migrator) Version(ctx context.Context) (version uint, dirty bool, err error) {
-	if m.cfg.Schema != "" {
-		// golang-migrate cannot even start in a schema that does not exist
-		// (current_schema() is NULL); nothing is applied there.
-		exists, err := m.schemaExists(ctx)
-		if err != nil || !exists {
-			return 0, false, err
-		}
+	conn, err := pgx.ConnectConfig(ctx, m.sessionConfig(ctx))
+	if err != nil {
+		return 0, false, fmt.Errorf("migrations: connect: %w", err)
 	}
-	err = m.run(ctx, func(mg *migrate.Migrate) error {
-		v, d, err := mg.Version()
-		if errors.Is(err, migrate.ErrNilVersion) {
-			return nil
+	defer conn.Close(context.WithoutCancel(ctx))
+	var schema *string
+	var searchPath string
+	if err := conn.QueryRow(ctx, `SELECT current_schema(), current_setting('search_path')`).Scan(&schema, &searchPath); err != nil {
+		return 0, false, fmt.Errorf("migrations: read the session's schema: %w", translate(err))
+	}
+	if schema == nil {
+		if m.cfg.Schema != "" {
+			return 0, false, nil // Up has not created it yet: nothing applied
 		}
-		version, dirty = v, d
-		return err
-	})
-	return version, dirty, err
+		return 0, false, noSchemaError(searchPath)
+	}
+	// golang-migrate keeps its table in current_schema().
+	table := pgx.Identifier{*schema, MigrationsTable}.Sanitize()
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, table).Scan(&exists); err != nil {
+		return 0, false, fmt.Errorf("migrations: look up %s: %w", table, translate(err))
+	}
+	if !exists {
+		return 0, false, nil
+	}
+	// golang-migrate's format: at most one row; version -1 (with dirty set)
+	// is a first migration that failed.
+	var v int64
+	err = conn.QueryRow(ctx, `SELECT version, dirty FROM `+table+` LIMIT 1`).Scan(&v, &dirty)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("migrations: read %s: %w", table, translate(err))
+	}
+	return uint(max(v, 0)), dirty, nil
 }
 
 // Pending reports whether migrations remain to be applied.
@@ -371,6 +421,9 @@ func (m *Migrator) run(ctx context.Context, fn func(*migrate.Migrate) error) err
 	if err := db.PingContext(ctx); err != nil {
 		return fmt.Errorf("migrations: connect: %w", err)
 	}
+	if err := checkSchema(ctx, db); err != nil {
+		return err
+	}
 	mg, err := newMigrate(db)
 	if err != nil {
 		return translate(err)
@@ -397,6 +450,26 @@ func (m *Migrator) run(ctx context.Context, fn func(*migrate.Migrate) error) err
 		return translate(err)
 	}
 	return ctx.Err()
+}
+
+// checkSchema makes sure the session has a schema to work in.
+// golang-migrate reads current_schema() into a string, and a search_path whose
+// schemas do not exist makes that NULL: its error ("converting NULL to string
+// is unsupported") says nothing of the cause.
+func checkSchema(ctx context.Context, db *sql.DB) error {
+	var current sql.NullString
+	var searchPath string
+	if err := db.QueryRowContext(ctx, `SELECT current_schema(), current_setting('search_path')`).Scan(&current, &searchPath); err != nil {
+		return fmt.Errorf("migrations: read the session's schema: %w", err)
+	}
+	if !current.Valid {
+		return noSchemaError(searchPath)
+	}
+	return nil
+}
+
+func noSchemaError(searchPath string) error {
+	return fmt.Errorf("%w: no schema on the search_path (%s) exists; create one, or set Config.Schema (Up creates it)", ErrNoSchema, searchPath)
 }
 
 func newMigrate(db *sql.DB) (*migrate.Migrate, error) {

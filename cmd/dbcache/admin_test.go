@@ -77,11 +77,11 @@ func TestStats(t *testing.T) {
 	require.Contains(t, out, "last cull        never")
 
 	// Without migration 002 the culler's state is unknown, not an error.
-	b.ok(t, "migrate", "down")
+	b.ok(t, "migrate", "down", "--yes")
 	require.Equal(t, "not migrated", b.json(t, 0, "stats")["culler_state"])
 	require.Contains(t, b.ok(t, "stats"), "unknown (the culler's state table is missing")
 
-	b.ok(t, "migrate", "down")
+	b.ok(t, "migrate", "down", "--yes")
 	r := b.run(t, opts{}, "stats")
 	requireCode(t, 1, r)
 	requireErrorLine(t, r, "no cache table", "dbcache migrate up")
@@ -235,7 +235,7 @@ func TestBench(t *testing.T) {
 	b := setup(t, true)
 	ops := []string{"get", "set", "add", "delete", "touch", "has", "incr", "decr", "get_or_set", "get_many", "set_many"}
 	got := b.json(t, 0, "bench", "-n", "330", "-c", "3", "--keyspace", "50", "--batch-size", "5", "-d", "16",
-		"--ops", strings.Join(ops, ","), "--prefix", "bp")
+		"--ops", strings.Join(ops, ","), "--key-prefix", "bp", "--keep")
 	require.Equal(t, true, got["prefilled"])
 	require.Equal(t, 330.0, got["requests_limit"])
 	require.Equal(t, 0.0, got["duration_limit_seconds"], "-n alone has no time limit")

@@ -17,7 +17,9 @@ func TestGetSet(t *testing.T) {
 	// Off a terminal, get prints the bytes and nothing else.
 	require.Equal(t, "hello, world", b.ok(t, "get", "greeting"))
 	got := b.json(t, 0, "get", "greeting")
-	require.Equal(t, map[string]any{"key": "greeting", "found": true, "value": "hello, world", "encoding": "utf8"}, got)
+	require.Positive(t, got["ttl_seconds"]) // the expiry: TestGetJSONShowsExpiry
+	delete(got, "ttl_seconds")
+	require.Equal(t, map[string]any{"key": "greeting", "found": true, "value": "hello, world", "encoding": "utf8", "never_expires": false}, got)
 
 	// A value from stdin is stored byte for byte: NUL, invalid UTF-8 and a
 	// trailing newline included.
@@ -180,16 +182,16 @@ func TestPrefixAndVersion(t *testing.T) {
 	t.Parallel()
 	b := setup(t, true)
 
-	b.ok(t, "set", "user", "v2", "--prefix", "app", "--version", "2")
+	b.ok(t, "set", "user", "v2", "--key-prefix", "app", "--key-version", "2")
 	require.Equal(t, 1, scalar[int](t, b.pool, `SELECT count(*) FROM dbcache_entries WHERE key = 'app:2:user'`))
 	requireCode(t, 3, b.run(t, opts{}, "get", "user"))
-	requireCode(t, 3, b.run(t, opts{}, "get", "user", "--prefix", "app"))
-	require.Equal(t, "v2", b.ok(t, "get", "user", "--prefix", "app", "--version", "2"))
+	requireCode(t, 3, b.run(t, opts{}, "get", "user", "--key-prefix", "app"))
+	require.Equal(t, "v2", b.ok(t, "get", "user", "--key-prefix", "app", "--key-version", "2"))
 
-	// --version 0 is version 0, not "the default".
-	b.ok(t, "set", "zero", "v0", "--version", "0")
+	// --key-version 0 is version 0, not "the default".
+	b.ok(t, "set", "zero", "v0", "--key-version", "0")
 	require.Equal(t, 1, scalar[int](t, b.pool, `SELECT count(*) FROM dbcache_entries WHERE key = ':0:zero'`))
-	require.Equal(t, "v0", b.ok(t, "get", "zero", "--version", "0"))
+	require.Equal(t, "v0", b.ok(t, "get", "zero", "--key-version", "0"))
 }
 
 func TestInvalidKey(t *testing.T) {
@@ -205,7 +207,7 @@ func TestClear(t *testing.T) {
 	t.Parallel()
 	b := setup(t, true)
 	b.ok(t, "set", "a", "1")
-	b.ok(t, "set", "b", "2", "--prefix", "other")
+	b.ok(t, "set", "b", "2", "--key-prefix", "other")
 
 	// No terminal to ask on and no --yes: refused, nothing removed.
 	r := b.run(t, opts{stdin: []byte("yes\n")}, "clear")

@@ -14,11 +14,15 @@ func TestMigrate(t *testing.T) {
 	latest := float64(migrations.Latest())
 	require.GreaterOrEqual(t, latest, float64(2), "the test walks down two steps")
 
-	require.Equal(t, "version 0 (latest 2: 2 pending; run `dbcache migrate up`)\n", b.ok(t, "migrate", "version"))
-	require.Equal(t, map[string]any{"version": 0.0, "dirty": false, "latest": latest, "pending": latest}, b.json(t, 0, "migrate", "version"))
+	// Pending migrations: exit 4, and the hint keeps --schema.
+	r := b.run(t, opts{}, "migrate", "version")
+	requireCode(t, 4, r)
+	require.Equal(t, "version 0 (latest 2: 2 pending; run `dbcache migrate up --schema "+b.schema.Name+"`)\n", r.stdout)
+	require.Empty(t, r.stderr)
+	require.Equal(t, map[string]any{"version": 0.0, "dirty": false, "latest": latest, "pending": latest}, b.json(t, 4, "migrate", "version"))
 
 	// Before migrating, cache commands say what to do.
-	r := b.run(t, opts{}, "get", "k")
+	r = b.run(t, opts{}, "get", "k")
 	requireCode(t, 1, r)
 	requireErrorLine(t, r, "no cache table (dbcache_entries) in schema "+b.schema.Name+": run `dbcache migrate up --schema "+b.schema.Name+"` first")
 
@@ -27,13 +31,15 @@ func TestMigrate(t *testing.T) {
 	require.Equal(t, "version 2 (up to date)\n", b.ok(t, "migrate", "version"))
 	b.ok(t, "set", "k", "v")
 
-	require.Equal(t, "migrated down from version 2 to 1\n", b.ok(t, "migrate", "down"))
-	require.Equal(t, map[string]any{"from": 1.0, "to": 0.0, "latest": latest}, b.json(t, 0, "migrate", "down", "--steps", "5"))
-	require.Equal(t, "already at version 0; nothing to revert\n", b.ok(t, "migrate", "down"))
+	require.Equal(t, "migrated down from version 2 to 1\n", b.ok(t, "migrate", "down", "--yes"))
+	require.Equal(t, "version 1 (latest 2: 1 pending; run `dbcache migrate up --schema "+b.schema.Name+"`)\n",
+		b.run(t, opts{}, "migrate", "version").stdout)
+	require.Equal(t, map[string]any{"from": 1.0, "to": 0.0, "latest": latest}, b.json(t, 0, "migrate", "down", "--steps", "5", "--yes"))
+	require.Equal(t, "already at version 0; nothing to revert\n", b.ok(t, "migrate", "down", "-y"))
 	require.False(t, scalar[bool](t, b.pool, `SELECT to_regclass('dbcache_entries') IS NOT NULL`), "the table is gone")
 
 	require.Equal(t, map[string]any{"from": 0.0, "to": latest, "latest": latest}, b.json(t, 0, "migrate", "up"))
-	require.Equal(t, "migrated down from version 2 to 0\n", b.ok(t, "migrate", "down", "--all"))
+	require.Equal(t, "migrated down from version 2 to 0\n", b.ok(t, "migrate", "down", "--all", "--yes"))
 	b.ok(t, "migrate", "up")
 
 	r = b.run(t, opts{}, "migrate", "down", "--all", "--steps", "2")
@@ -55,10 +61,15 @@ func TestMigrateDirty(t *testing.T) {
 	_, err := b.pool.Exec(t.Context(), `UPDATE dbcache_schema_migrations SET dirty = true`)
 	require.NoError(t, err)
 
-	require.Contains(t, b.ok(t, "migrate", "version"), "version 2 (dirty")
-	require.Equal(t, true, b.json(t, 0, "migrate", "version")["dirty"])
+	// migrate version reports a dirty schema on stdout and fails (exit 1),
+	// with the way out on stderr.
+	r := b.run(t, opts{}, "migrate", "version")
+	requireCode(t, 1, r)
+	require.Contains(t, r.stdout, "version 2 (dirty")
+	requireErrorLine(t, r, "dirty at version 2", "`dbcache migrate force 2 --schema "+b.schema.Name+"`")
+	require.Equal(t, true, b.json(t, 1, "migrate", "version")["dirty"])
 
-	for _, args := range [][]string{{"migrate", "up"}, {"migrate", "down"}} {
+	for _, args := range [][]string{{"migrate", "up"}, {"migrate", "down", "--yes"}} {
 		r := b.run(t, opts{}, args...)
 		requireCode(t, 1, r)
 		// One line that says what happened and both ways out.
@@ -68,7 +79,7 @@ func TestMigrateDirty(t *testing.T) {
 			"`dbcache migrate force 1 --schema "+b.schema.Name+"`")
 	}
 
-	r := b.run(t, opts{}, "migrate", "force", "99")
+	r = b.run(t, opts{}, "migrate", "force", "99")
 	requireCode(t, 2, r)
 	requireErrorLine(t, r, "no such migration version")
 	r = b.run(t, opts{}, "migrate", "force", "two")

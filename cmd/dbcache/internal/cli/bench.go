@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"strings"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/loadgen"
 	"github.com/dbcache/dbcache/internal/loadgen/dbcacheload"
 )
@@ -27,6 +29,9 @@ type benchJSON struct {
 	DurationLimit  float64         `json:"duration_limit_seconds"`
 	RequestsLimit  int64           `json:"requests_limit"`
 	Prefilled      bool            `json:"prefilled"`
+	PrefillRows    int64           `json:"prefill_rows"`
+	Removed        int64           `json:"removed"`
+	Kept           bool            `json:"kept"`
 	ElapsedSeconds float64         `json:"elapsed_seconds"`
 	Interrupted    bool            `json:"interrupted"`
 	FirstError     string          `json:"first_error,omitempty"`
@@ -64,12 +69,20 @@ func toBenchOp(r loadgen.OpResult) benchOpResult {
 	}
 }
 
+// benchCleanupTimeout bounds removing bench's keys after the run, which
+// goes ahead after an interrupt too.
+const benchCleanupTimeout = time.Minute
+
+// benchBatch is how many keys one prefill or cleanup statement covers.
+const benchBatch = 500
+
 func (a *app) benchCommand() *cobra.Command {
 	var (
 		cf       cacheFlags
 		mix      string
 		lc       loadgen.Config
 		prefill  bool
+		keep     bool
 		ttl      string
 		duration time.Duration
 	)
@@ -84,10 +97,15 @@ percentiles (p50, p99, p99.9) per operation.
 
 Operations: get, set, add, delete, touch, has, incr, decr, get_or_set,
 get_many and set_many (the _many ones on --batch-size keys). Weight them
-with ":N", e.g. --ops get:9,set:1. Keys are "bench:N" (under --prefix and
---version); counters for incr/decr are "bench:N:n". Unless --prefill=false,
-every key is written first so reads hit. Interrupting prints the results
-so far.`,
+with ":N", e.g. --ops get:9,set:1. Keys are "bench:N" (under --key-prefix
+and --key-version); counters for incr/decr are "bench:N:n". Unless
+--prefill=false, every key is written first so reads hit: one row per key,
+plus a counter per key when the mix has incr or decr.
+
+When the run ends (or is interrupted) bench removes every key it may have
+written, so it leaves the cache as it found it, except that it overwrites
+and then removes entries that were already under those keys. --keep leaves
+them (to look at them with stats, or to cull them).`,
 		Example: `  dbcache bench
   dbcache bench --ops get:9,set:1 -c 16 --duration 30s
   dbcache bench --ops get_many,set_many --batch-size 50 -n 10000 --json`,
@@ -118,7 +136,7 @@ so far.`,
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
+			defer closePool(pool)
 			ops, err := loadgen.ParseMix(mix, dbcacheload.Ops(cache, timeout))
 			if err != nil {
 				return &usageError{err: err}
@@ -128,15 +146,37 @@ so far.`,
 			if err := full.Validate(); err != nil {
 				return &usageError{err: err}
 			}
+			counters, writes := false, prefill
+			for _, op := range ops {
+				switch op.Name {
+				case loadgen.OpIncr, loadgen.OpDecr:
+					counters, writes = true, true
+				case loadgen.OpSet, loadgen.OpAdd, loadgen.OpGetOrSet, loadgen.OpSetMany:
+					writes = true
+				}
+			}
 
-			if prefill {
-				t := a.newTicker(true)
-				err := dbcacheload.Prefill(ctx, cache, &lc, timeout, func(done int) {
-					t.update(int64(full.KeySpace), int64(done), "prefill",
-						fmt.Sprintf("bench: prefilled %s of %s keys", humanCount(int64(done)), humanCount(int64(full.KeySpace))))
-				})
-				t.finish()
+			// bench removes what it may have written once the run ends: also
+			// after an interrupt, or a failure part way through the prefill.
+			var removed int64
+			cleanup := func() {
+				if !writes || keep {
+					return
+				}
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), benchCleanupTimeout)
+				defer cancel()
+				n, err := a.benchCleanup(cctx, cache, &full, counters)
+				removed = n
 				if err != nil {
+					a.log.WarnContext(cctx, "bench: could not remove all its keys", "removed", n, "err", err)
+				}
+			}
+
+			var prefillRows int64
+			if prefill {
+				prefillRows, err = a.benchPrefill(ctx, cache, &full, timeout, counters)
+				if err != nil {
+					cleanup()
 					return err
 				}
 			}
@@ -158,6 +198,7 @@ so far.`,
 			}
 			res, runErr := loadgen.Run(ctx, &lc)
 			t.finish()
+			cleanup()
 			if res == nil {
 				return runErr
 			}
@@ -165,7 +206,8 @@ so far.`,
 				out := benchJSON{
 					Ops: mix, Concurrency: full.Concurrency, ValueSize: full.ValueSize, KeySpace: full.KeySpace,
 					BatchSize: full.BatchSize, DurationLimit: full.Duration.Seconds(), RequestsLimit: full.Requests,
-					Prefilled: prefill, ElapsedSeconds: res.Elapsed.Seconds(), Interrupted: res.Interrupted,
+					Prefilled: prefill, PrefillRows: prefillRows, Removed: removed, Kept: keep && writes,
+					ElapsedSeconds: res.Elapsed.Seconds(), Interrupted: res.Interrupted,
 					FirstError: res.FirstError, Total: toBenchOp(res.Total),
 				}
 				for _, op := range res.Ops {
@@ -174,8 +216,15 @@ so far.`,
 				if err := a.writeJSON(out); err != nil {
 					return err
 				}
-			} else {
-				a.printBench(mix, &full, prefill, res)
+				return runErr
+			}
+			a.printBench(mix, &full, prefill, res)
+			switch {
+			case keep && writes:
+				a.println("kept the keys bench wrote (bench:0 … bench:%d%s, under the key prefix and version)", full.KeySpace-1,
+					map[bool]string{true: " and their :n counters", false: ""}[counters])
+			case writes:
+				a.println("removed the %s entries bench wrote (--keep leaves them)", humanCount(removed))
 			}
 			return runErr
 		},
@@ -190,9 +239,74 @@ so far.`,
 	f.DurationVar(&duration, "duration", loadgen.DurationDefault, "stop after this long (default 10s unless -n is given)")
 	f.IntVar(&lc.BatchSize, "batch-size", loadgen.BatchSizeDefault, "keys per get_many / set_many")
 	f.BoolVar(&prefill, "prefill", true, "write every key before the run so reads hit")
+	f.BoolVar(&keep, "keep", false, "leave the keys bench wrote in the cache (default: remove them at the end)")
 	f.StringVar(&ttl, "ttl", "default", ttlHelp)
 	f.Uint64Var(&lc.Seed, "seed", 0, "seed for keys, operations and values")
 	return cmd
+}
+
+// benchPrefill writes every key of the key space with a value of the run's
+// size, and a counter of 0 beside each when counters is set (the mix has
+// incr or decr), benchBatch keys per statement. It returns the rows written;
+// progress shows them too.
+func (a *app) benchPrefill(ctx context.Context, cache *dbcache.Cache, c *loadgen.Config, timeout dbcache.Timeout, counters bool) (int64, error) {
+	value := make([]byte, max(c.ValueSize, 0))
+	for i := range value {
+		value[i] = 'a' + byte(i%26)
+	}
+	perKey := int64(1)
+	if counters {
+		perKey = 2
+	}
+	total := int64(c.KeySpace) * perKey
+	zero := []byte("0")
+	t := a.newTicker(true)
+	defer t.finish()
+	var rows int64
+	for start := 0; start < c.KeySpace; start += benchBatch {
+		end := min(start+benchBatch, c.KeySpace)
+		items := make(map[string][]byte, int64(end-start)*perKey)
+		for i := start; i < end; i++ {
+			k := c.Key(i)
+			items[k] = value
+			if counters {
+				items[k+dbcacheload.CounterSuffix] = zero
+			}
+		}
+		if _, err := cache.SetMany(ctx, items, timeout); err != nil {
+			return rows, fmt.Errorf("bench: prefill: %w", err)
+		}
+		rows += int64(len(items))
+		t.update(total, rows, "prefill", fmt.Sprintf("bench: prefilled %s of %s rows", humanCount(rows), humanCount(total)))
+	}
+	return rows, nil
+}
+
+// benchCleanup removes every key bench may have written: the key space, and
+// the counters when counters is set. It returns how many live entries it
+// removed.
+func (a *app) benchCleanup(ctx context.Context, cache *dbcache.Cache, c *loadgen.Config, counters bool) (int64, error) {
+	t := a.newTicker(true)
+	defer t.finish()
+	var removed int64
+	for start := 0; start < c.KeySpace; start += benchBatch {
+		end := min(start+benchBatch, c.KeySpace)
+		keys := make([]string, 0, 2*(end-start))
+		for i := start; i < end; i++ {
+			keys = append(keys, c.Key(i))
+			if counters {
+				keys = append(keys, c.Key(i)+dbcacheload.CounterSuffix)
+			}
+		}
+		n, err := cache.DeleteMany(ctx, keys)
+		removed += int64(n)
+		if err != nil {
+			return removed, fmt.Errorf("bench: remove its keys: %w", err)
+		}
+		t.update(int64(c.KeySpace), int64(end), "removing bench keys",
+			fmt.Sprintf("bench: removed %s entries so far", humanCount(removed)))
+	}
+	return removed, nil
 }
 
 func (a *app) printBench(mix string, c *loadgen.Config, prefill bool, res *loadgen.Result) {

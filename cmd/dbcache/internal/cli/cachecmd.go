@@ -2,15 +2,20 @@ package cli
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/dbcache/dbcache/dbcache"
@@ -55,7 +60,85 @@ func (a *app) readValue(args []string, i int) ([]byte, error) {
 	if a.cfg.StdinIsTerminal {
 		return nil, usagef("no value: give it as an argument or pipe it on stdin")
 	}
-	return io.ReadAll(a.stdin)
+	v, err := readAll(a.stdin)
+	if err != nil {
+		return nil, fmt.Errorf("read the value from stdin: %w", err)
+	}
+	return v, nil
+}
+
+// readAll reads r to the end into one buffer of exactly the value's size,
+// so a large value costs one copy of itself, not the up to two and a half
+// that io.ReadAll's growing buffer holds at its peak: the driver makes two
+// more copies while sending it (its parameter buffer and the wire message).
+// A regular file's size is known in advance; a pipe is read in chunks that
+// are copied once into the final buffer, and then handed back to the OS.
+func readAll(r io.Reader) ([]byte, error) {
+	if f, ok := r.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+			if pos, err := f.Seek(0, io.SeekCurrent); err == nil && fi.Size() >= pos {
+				buf := make([]byte, fi.Size()-pos)
+				n, err := io.ReadFull(f, buf)
+				if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
+					return nil, err
+				}
+				buf = buf[:n]
+				// The file may have grown since the Stat.
+				rest, err := readChunks(f)
+				if err != nil {
+					return nil, err
+				}
+				if len(rest) == 0 {
+					return buf, nil
+				}
+				return append(buf, rest...), nil
+			}
+		}
+	}
+	return readChunks(r)
+}
+
+// readChunks reads r in chunks of growing size and joins them once.
+func readChunks(r io.Reader) ([]byte, error) {
+	var chunks [][]byte
+	total := 0
+	size := 64 << 10
+	for {
+		chunk := make([]byte, size)
+		n, err := io.ReadFull(r, chunk)
+		if n > 0 {
+			chunks = append(chunks, chunk[:n])
+			total += n
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		size = min(size*2, 64<<20)
+	}
+	if len(chunks) == 1 {
+		return chunks[0], nil
+	}
+	out := make([]byte, 0, total)
+	for _, c := range chunks {
+		out = append(out, c...)
+	}
+	if total >= 16<<20 {
+		// The chunks are garbage now; return their memory before the
+		// driver allocates its two copies of the value.
+		chunks = nil
+		debug.FreeOSMemory()
+	}
+	return out, nil
+}
+
+// expiresAtOnce reports whether t is a TTL of zero or less: Django's
+// timeout 0, which stores nothing a get can see.
+func expiresAtOnce(t dbcache.Timeout) bool {
+	d, ok := t.Duration()
+	return ok && d <= 0
 }
 
 type keyJSON struct {
@@ -71,10 +154,12 @@ func (a *app) getCommand() *cobra.Command {
 (one is added on a terminal). A key with no live entry prints nothing on
 stdout, a line on stderr, and exits 3.
 
-With --json: {"key":…,"found":true,"value":…,"encoding":"utf8"|"base64"};
-binary values are base64.`,
+With --json: {"key":…,"found":true,"value":…,"encoding":"utf8"|"base64",
+"ttl_seconds":…,"never_expires":…}; binary values are base64. ttl_seconds
+is the remaining lifetime by the database's clock, to the microsecond (null
+when the entry never expires), as the ttl command reports it.`,
 		Example: `  dbcache get greeting
-  dbcache get --prefix myapp --version 2 user:42 > user42.bin
+  dbcache get --key-prefix myapp --key-version 2 user:42 > user42.bin
   if v=$(dbcache get flag 2>/dev/null); then echo "flag=$v"; fi`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -83,23 +168,31 @@ binary values are base64.`,
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
+			defer closePool(pool)
 			key := args[0]
-			v, err := cache.Get(ctx, key)
+			var (
+				v   []byte
+				ttl dbcache.Timeout
+			)
+			// --json shows the remaining lifetime too, read in the same
+			// statement as the value.
+			if a.g.json {
+				v, ttl, err = cache.GetWithTTL(ctx, key)
+			} else {
+				v, err = cache.Get(ctx, key)
+			}
 			type out struct {
 				keyJSON
 				Found bool `json:"found"`
-				*jsonValue
 			}
 			if errors.Is(err, dbcache.ErrMiss) {
 				return a.miss(key, out{keyJSON: keyJSON{key}})
 			}
 			if err != nil {
-				return keyError(err)
+				return keyError(err, key)
 			}
 			if a.g.json {
-				jv := encodeValue(v)
-				return a.writeJSON(out{keyJSON{key}, true, &jv})
+				return a.writeValueJSON(key, v, ttl)
 			}
 			if _, err := a.out.Write(v); err != nil {
 				return err
@@ -126,8 +219,8 @@ from stdin, byte for byte (binary safe: NUL bytes and trailing newlines are
 kept).
 
 --ttl takes Django's meanings: "default" is the cache's default timeout
-(300s), "never" never expires, 0 (or less) expires at once, otherwise
-seconds or a duration.`,
+(300s), "never" never expires, 0 (or less) expires at once (set then says
+so, and stores nothing a get can see), otherwise seconds or a duration.`,
 		Example: `  dbcache set greeting "hello, world"
   dbcache set session:42 token --ttl 30m
   dbcache set config --ttl never < config.json
@@ -156,35 +249,46 @@ entry is taken over). Exits 3 when the key exists and nothing was stored.
 		if err != nil {
 			return err
 		}
-		defer pool.Close()
+		defer closePool(pool)
 		key := args[0]
+		// A TTL of zero or less stores nothing a get can see (Django's
+		// timeout 0): say so rather than "OK".
+		atOnce := expiresAtOnce(timeout)
 		type out struct {
 			keyJSON
-			Stored bool   `json:"stored"`
-			TTL    string `json:"ttl"`
+			Stored  bool   `json:"stored"`
+			Expired bool   `json:"expired,omitempty"`
+			TTL     string `json:"ttl"`
 		}
 		if !add {
 			if err := cache.Set(ctx, key, value, timeout); err != nil {
-				return keyError(err)
+				return keyError(err, key)
 			}
-			if a.g.json {
-				return a.writeJSON(out{keyJSON{key}, true, timeout.String()})
+			switch {
+			case a.g.json:
+				return a.writeJSON(out{keyJSON{key}, !atOnce, atOnce, timeout.String()})
+			case atOnce:
+				a.println("expired at once (--ttl %s is not positive): nothing stored that a get can see", ttl)
+			default:
+				a.println("OK")
 			}
-			a.println("OK")
 			return nil
 		}
-		stored, err := cache.Add(ctx, key, value, timeout)
+		free, err := cache.Add(ctx, key, value, timeout)
 		if err != nil {
-			return keyError(err)
+			return keyError(err, key)
 		}
-		if a.g.json {
-			err = a.writeJSON(out{keyJSON{key}, stored, timeout.String()})
-		} else if stored {
+		switch {
+		case a.g.json:
+			err = a.writeJSON(out{keyJSON{key}, free && !atOnce, free && atOnce, timeout.String()})
+		case free && atOnce:
+			a.println("expired at once (--ttl %s is not positive): the key was free, but nothing stored that a get can see", ttl)
+		case free:
 			a.println("stored")
-		} else {
+		default:
 			a.println("not stored: key %q has a live entry", key)
 		}
-		if err == nil && !stored {
+		if err == nil && !free {
 			return errMissExit
 		}
 		return err
@@ -220,20 +324,29 @@ func (a *app) boolCommand(use, short, long, example, field, yes, no string, with
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
+			defer closePool(pool)
 			key := args[0]
 			ok, err := run(cmd, cache, key, timeout)
 			if err != nil {
-				return keyError(err)
+				return keyError(err, key)
 			}
-			if a.g.json {
+			// touch with a TTL of zero or less expires the entry.
+			expired := withTTL && ok && expiresAtOnce(timeout)
+			switch {
+			case a.g.json:
 				// Built by hand so "key" comes first, as in every other
 				// command's JSON.
 				k, _ := json.Marshal(key)
-				_, err = fmt.Fprintf(a.out, "{\"key\":%s,%q:%t}\n", k, field, ok)
-			} else if ok {
+				extra := ""
+				if expired {
+					extra = `,"expired":true`
+				}
+				_, err = fmt.Fprintf(a.out, "{\"key\":%s,%q:%t%s}\n", k, field, ok, extra)
+			case expired:
+				a.println("expired (--ttl %s is not positive)", ttl)
+			case ok:
 				a.println("%s", yes)
-			} else {
+			default:
 				a.println("%s", no)
 			}
 			if err == nil && !ok {
@@ -251,8 +364,9 @@ func (a *app) boolCommand(use, short, long, example, field, yes, no string, with
 
 func (a *app) touchCommand() *cobra.Command {
 	return a.boolCommand("touch KEY", "Give KEY's live entry a new expiry",
-		`Give KEY's live entry a new expiry (--ttl, as for set). Exits 3 when KEY has
-no live entry: touch never brings an expired value back.`,
+		`Give KEY's live entry a new expiry (--ttl, as for set; 0 or less expires
+it at once). Exits 3 when KEY has no live entry: touch never brings an
+expired value back.`,
 		`  dbcache touch session:42 --ttl 30m`,
 		"touched", "touched", "not found", true,
 		func(cmd *cobra.Command, c *dbcache.Cache, key string, t dbcache.Timeout) (bool, error) {
@@ -293,17 +407,20 @@ func (a *app) incrCommand(up bool) *cobra.Command {
 		Short: verb + " the integer stored under KEY",
 		Long: verb + ` the integer stored under KEY and print the result.
 The value must be a decimal integer (as Redis INCR reads it); the entry keeps
-its expiry. Exits 3 when KEY has no live entry, 1 when the value is not an
-integer or the result would overflow int64. A negative DELTA goes after
-"--" (dbcache ` + name + ` KEY -- -5).`,
-		Example: "  dbcache " + name + " visits\n  dbcache " + name + " visits 10",
+its expiry. DELTA may be negative (dbcache ` + name + ` KEY -5) and must fit a
+64-bit integer. Exits 3 when KEY has no live entry, 1 when the value is not
+an integer or the result would overflow int64.`,
+		Example: "  dbcache " + name + " visits\n  dbcache " + name + " visits 10\n  dbcache " + name + " visits -5",
 		Args:    cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			delta := int64(1)
 			if len(args) == 2 {
 				d, err := strconv.ParseInt(args[1], 10, 64)
-				if err != nil {
+				switch {
+				case errors.Is(err, strconv.ErrRange):
+					return usagef("DELTA %q is out of range: it must fit a 64-bit integer (%d to %d)", args[1], int64(math.MinInt64), int64(math.MaxInt64))
+				case err != nil:
 					return usagef("DELTA %q is not an integer", args[1])
 				}
 				delta = d
@@ -312,7 +429,7 @@ integer or the result would overflow int64. A negative DELTA goes after
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
+			defer closePool(pool)
 			key := args[0]
 			var n int64
 			if up {
@@ -329,11 +446,11 @@ integer or the result would overflow int64. A negative DELTA goes after
 			case errors.Is(err, dbcache.ErrMiss):
 				return a.miss(key, out{keyJSON: keyJSON{key}})
 			case errors.Is(err, dbcache.ErrNotInteger):
-				return fmt.Errorf("%s %q: the value is not an integer", name, key)
+				return withCause(fmt.Sprintf("%s %q: the value is not an integer", name, key), dbcache.ErrNotInteger)
 			case errors.Is(err, dbcache.ErrOverflow):
-				return fmt.Errorf("%s %q: the result would overflow a 64-bit integer", name, key)
+				return withCause(fmt.Sprintf("%s %q: the result would overflow a 64-bit integer", name, key), dbcache.ErrOverflow)
 			case err != nil:
-				return keyError(err)
+				return keyError(err, key)
 			}
 			if a.g.json {
 				return a.writeJSON(out{keyJSON{key}, true, &n})
@@ -353,31 +470,31 @@ func (a *app) clearCommand() *cobra.Command {
 		Short: "Remove every entry in the cache table",
 		Long: `Remove every entry in the cache table: every prefix and version, and every
 cache that shares the table, as Django's cache.clear() does. On a terminal
-it asks for confirmation; otherwise it needs --yes (without it: exit 2).`,
+it says how many entries that is and asks for confirmation; otherwise it
+needs --yes (without it: exit 2).`,
 		Example: `  dbcache clear
   dbcache clear --yes --schema staging_cache`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			if !yes {
-				if !a.cfg.StdinIsTerminal {
-					return usagef("clear removes every entry: pass --yes to confirm (there is no terminal to ask on)")
-				}
-				where := dbcache.TableName + " (the search_path's)"
-				if a.g.schema != "" {
-					where = a.g.schema + "." + dbcache.TableName
-				}
-				fmt.Fprintf(a.errw, "Remove every entry in %s (every prefix and version)? [y/N] ", where)
-				line, _ := bufio.NewReader(a.stdin).ReadString('\n')
-				if ans := strings.ToLower(strings.TrimSpace(line)); ans != "y" && ans != "yes" {
-					return errors.New("clear: not confirmed; nothing removed")
-				}
+			if !yes && !a.cfg.StdinIsTerminal {
+				return confirmationRequired("clear removes every entry: pass --yes to confirm (there is no terminal to ask on)")
 			}
 			cache, pool, err := a.openCache(ctx, cmd, &cacheFlags{}, 1)
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
+			defer closePool(pool)
+			if !yes {
+				n, err := countEntries(ctx, pool, a.g.schema)
+				if err != nil {
+					return err
+				}
+				if err := a.confirm(fmt.Sprintf("Remove all %s (%s live, %s expired) in %s, every prefix and version?",
+					countOf(n.total, "entry", "entries"), humanCount(n.live), humanCount(n.total-n.live), n.table)); err != nil {
+					return err
+				}
+			}
 			if err := cache.Clear(ctx); err != nil {
 				return err
 			}
@@ -390,4 +507,52 @@ it asks for confirmation; otherwise it needs --yes (without it: exit 2).`,
 	}
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
 	return cmd
+}
+
+// entryCount is what a confirmation prompt says is at stake.
+type entryCount struct {
+	table       string // schema-qualified, as people write it
+	total, live int64
+}
+
+// countEntries counts the cache table's entries (an exact count, as stats
+// does). The error wraps dbcache.ErrNotMigrated when there is no table.
+func countEntries(ctx context.Context, pool *pgxpool.Pool, schema string) (*entryCount, error) {
+	ident := pgx.Identifier{dbcache.TableName}
+	if schema != "" {
+		ident = pgx.Identifier{schema, dbcache.TableName}
+	}
+	var nsp string
+	err := pool.QueryRow(ctx, `SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = to_regclass($1)`, ident.Sanitize()).Scan(&nsp)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("count entries: %w", dbcache.ErrNotMigrated)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("count entries: %w", err)
+	}
+	n := &entryCount{table: nsp + "." + dbcache.TableName}
+	err = pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE expires IS NULL OR expires > statement_timestamp()) FROM `+
+		pgx.Identifier{nsp, dbcache.TableName}.Sanitize()).Scan(&n.total, &n.live)
+	if err != nil {
+		return nil, fmt.Errorf("count entries: %w", err)
+	}
+	return n, nil
+}
+
+// confirmationRequired is the usage error of a destructive command run
+// without --yes and without a terminal to ask on.
+func confirmationRequired(msg string) error {
+	return &usageError{err: errors.New(msg), code: CodeConfirmationRequired}
+}
+
+// confirm asks question on stderr and reads the answer from stdin (a
+// terminal: the caller checked). Anything but y or yes is a refusal.
+func (a *app) confirm(question string) error {
+	fmt.Fprintf(a.errw, "%s [y/N] ", question)
+	line, _ := bufio.NewReader(a.stdin).ReadString('\n')
+	if ans := strings.ToLower(strings.TrimSpace(line)); ans != "y" && ans != "yes" {
+		return &codedError{code: CodeNotConfirmed, err: errors.New("not confirmed; nothing changed")}
+	}
+	return nil
 }

@@ -16,11 +16,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-
-	"github.com/dbcache/dbcache/dbcache"
 )
 
 // Exit codes. Every command ends with one of these, so scripts can tell a
@@ -33,13 +30,19 @@ const (
 	// not an integer, a confirmation was refused.
 	ExitFailure = 1
 	// ExitUsage: the command line is wrong: an unknown command or flag, a
-	// missing or extra argument, an unparsable value, an invalid key, or
-	// clear without --yes when there is no terminal to ask on.
+	// missing or extra argument, an unparsable value, an invalid key, or a
+	// destructive command (clear, delete-prefix, migrate down) without --yes
+	// when there is no terminal to ask on.
 	ExitUsage = 2
-	// ExitMiss: the command ran but found nothing: get, incr, decr, touch,
-	// delete or has of a key with no live entry, or an add that did not
-	// store because the key exists.
+	// ExitMiss: the command ran but found nothing: get, ttl, incr, decr,
+	// touch, delete or has of a key with no live entry, or an add that did
+	// not store because the key exists. (keys and delete-prefix report a
+	// count: none is 0, not a miss.)
 	ExitMiss = 3
+	// ExitPending: migrate version or migrate status found migrations this
+	// binary would apply (the schema is behind), so a deploy can be gated on
+	// it. A dirty schema is ExitFailure.
+	ExitPending = 4
 )
 
 // Defaults of the connection flags.
@@ -49,12 +52,18 @@ const (
 	ConnectTimeoutDefault = 10 * time.Second
 	// StatementTimeoutDefault is the session's statement_timeout.
 	StatementTimeoutDefault = 30 * time.Second
+	// OpTimeoutGrace is how much longer than the statement timeout the
+	// command waits for an answer before giving up on the server: time for
+	// the server to report its own timeout, which says more.
+	OpTimeoutGrace = 2 * time.Second
 	// ApplicationName is the application_name the CLI's sessions carry
 	// (unless the connection string sets one), so they are easy to pick out
 	// in pg_stat_activity.
 	ApplicationName = "dbcache-cli"
 	// EnvDatabaseURL is the variable read when --database-url is not given.
 	EnvDatabaseURL = "DATABASE_URL"
+	// EnvSchema is the variable read when --schema is not given.
+	EnvSchema = "DBCACHE_SCHEMA"
 )
 
 // Config is what one run of the command works with. Tests fill it with
@@ -67,7 +76,8 @@ type Config struct {
 	Stdin io.Reader
 	Out   io.Writer
 	Err   io.Writer
-	// Getenv reads the environment (DATABASE_URL, DBCACHE_TEST_PG_IMAGE).
+	// Getenv reads the environment (DATABASE_URL, DBCACHE_SCHEMA,
+	// DBCACHE_TEST_PG_IMAGE, and which PG* variables are set).
 	// Defaults to os.Getenv. The PG* variables are read by pgx itself, from
 	// the process environment.
 	Getenv func(string) string
@@ -77,6 +87,11 @@ type Config struct {
 	StdinIsTerminal bool
 	OutIsTerminal   bool
 	ErrIsTerminal   bool
+
+	// instantProgress (tests only) shows progress from the first update and
+	// writes every progress line, instead of waiting progressDelay and then
+	// writing one line per logEvery.
+	instantProgress bool
 }
 
 // Run runs the command line in cfg and returns the exit code. It never
@@ -85,8 +100,9 @@ type Config struct {
 // SIGTERM) interrupts the command.
 func Run(ctx context.Context, cfg *Config) int {
 	a := newApp(cfg)
+	a.ctx = ctx
 	root := a.rootCommand()
-	root.SetArgs(cfg.Args)
+	root.SetArgs(negativeArgs(root, cfg.Args))
 	root.SetIn(a.stdin)
 	root.SetOut(a.out)
 	root.SetErr(a.errw)
@@ -107,6 +123,11 @@ type app struct {
 	started bool
 	// cmdPath names the command being run, for usage hints.
 	cmdPath string
+	// unlogged is migrate up's --unlogged.
+	unlogged bool
+	// ctx is Run's context: once it is cancelled (SIGINT, SIGTERM), a
+	// failure is reported as an interruption.
+	ctx context.Context
 }
 
 type globalFlags struct {
@@ -121,6 +142,12 @@ type globalFlags struct {
 	// Whether the timeouts were given on the command line, so a value in the
 	// connection string wins over the default but not over the flag.
 	connectTimeoutSet, statementTimeoutSet bool
+	// statementTimeoutInForce is the statement_timeout the sessions carry
+	// (the flag's, or the connection string's), for the hint on a timeout.
+	statementTimeoutInForce string
+	// opTimeout is the cache's client-side bound on each operation
+	// (dbcache.Config.OpTimeout), set by openCache; -1 for none.
+	opTimeout time.Duration
 }
 
 func newApp(config *Config) *app {
@@ -139,12 +166,12 @@ func newApp(config *Config) *app {
 	if cfg.Getenv == nil {
 		cfg.Getenv = os.Getenv
 	}
-	a.log = newLogger(a.errw, slog.LevelWarn)
+	a.log = newLogger(a.errw, slog.LevelWarn, false)
 	return a
 }
 
-func newLogger(w io.Writer, level slog.Level) *slog.Logger {
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
+func newLogger(w io.Writer, level slog.Level, json bool) *slog.Logger {
+	opts := &slog.HandlerOptions{
 		Level: level,
 		// A command's log lines are read by a person at a terminal: the
 		// time adds nothing there.
@@ -154,108 +181,12 @@ func newLogger(w io.Writer, level slog.Level) *slog.Logger {
 			}
 			return attr
 		},
-	}))
-}
-
-// usageError is a mistake in the command line: exit code ExitUsage.
-type usageError struct{ err error }
-
-func (e *usageError) Error() string { return e.err.Error() }
-func (e *usageError) Unwrap() error { return e.err }
-
-func usagef(format string, args ...any) error {
-	return &usageError{err: fmt.Errorf(format, args...)}
-}
-
-// exitError ends a command with a given code. A nil err means the command
-// has already said what there was to say (a miss prints its own line).
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string {
-	if e.err == nil {
-		return fmt.Sprintf("exit code %d", e.code)
 	}
-	return e.err.Error()
-}
-
-func (e *exitError) Unwrap() error { return e.err }
-
-// errMissExit ends a command with ExitMiss, its output already written.
-var errMissExit = &exitError{code: ExitMiss}
-
-// report prints err, if any, as one line and returns the exit code for it.
-func (a *app) report(err error) int {
-	if err == nil {
-		return ExitOK
+	// Under --json every line on stderr is a JSON object, logs included.
+	if json {
+		return slog.New(slog.NewJSONHandler(w, opts))
 	}
-	var ee *exitError
-	if errors.As(err, &ee) {
-		if ee.err != nil {
-			a.printErr(ee.err)
-		}
-		return ee.code
-	}
-	var ue *usageError
-	if !a.started || errors.As(err, &ue) {
-		a.printErr(err)
-		hint := "dbcache --help"
-		if a.cmdPath != "" {
-			hint = a.cmdPath + " --help"
-		}
-		fmt.Fprintf(a.errw, "Run '%s' for usage.\n", hint)
-		return ExitUsage
-	}
-	a.printErr(err)
-	return ExitFailure
-}
-
-// printErr writes err as one line: "dbcache: " and the message, without the
-// library's own "dbcache: " prefix repeated, newlines folded.
-func (a *app) printErr(err error) {
-	if errors.Is(err, dbcache.ErrNotMigrated) {
-		// The library's message speaks to Go programmers; say it in the
-		// command's terms.
-		where, flag := "on the search_path", ""
-		if a.g.schema != "" {
-			where, flag = "in schema "+a.g.schema, " --schema "+a.g.schema
-		}
-		fmt.Fprintf(a.errw, "dbcache: no cache table (%s) %s: run `dbcache migrate up%s` first\n", dbcache.TableName, where, flag)
-		return
-	}
-	fmt.Fprintf(a.errw, "dbcache: %s\n", errorLine(err, a.g.connectTimeout))
-}
-
-// errorLine renders err as one line without the "dbcache: " prefix: a
-// connect error as pgx words it (plus a hint on a timeout), a cancellation as
-// "interrupted", anything else as its message with newlines folded.
-func errorLine(err error, connectTimeout time.Duration) string {
-	msg := err.Error()
-	var ce *pgconn.ConnectError
-	var pe *pgconn.ParseConfigError
-	switch {
-	case errors.As(err, &pe):
-		msg = "invalid database URL: " + pe.Error()
-	case errors.As(err, &ce):
-		// The connect error names the server and the cause; the layers
-		// above it ("check for the cache table: …") add nothing.
-		msg = ce.Error()
-		if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
-			msg += fmt.Sprintf(" (no answer within the connect timeout of %s; see --connect-timeout)", connectTimeout)
-		}
-	case errors.Is(err, context.Canceled):
-		msg = "interrupted"
-	}
-	for {
-		trimmed := strings.TrimPrefix(msg, "dbcache: ")
-		if trimmed == msg {
-			break
-		}
-		msg = trimmed
-	}
-	return strings.Join(strings.Fields(strings.ReplaceAll(msg, "\n", " ")), " ")
+	return slog.New(slog.NewTextHandler(w, opts))
 }
 
 const rootLong = `dbcache administers a dbcache cache: a Django-style cache stored in a
@@ -264,16 +195,25 @@ PostgreSQL table (dbcache_entries).
 Connection:
   --database-url, else $DATABASE_URL, else the libpq PG* variables (PGHOST,
   PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE, …) and libpq's defaults,
-  as pgx reads them. --schema picks a cache in another schema (default: the
-  first schema on the search_path). Sessions set application_name=dbcache-cli
-  and statement_timeout (--statement-timeout, default 30s); connecting gives
-  up after --connect-timeout (default 10s).
+  as pgx reads them. --schema (else $DBCACHE_SCHEMA) picks a cache in another
+  schema (default: the first schema on the search_path); names follow
+  PostgreSQL's rules: unquoted they fold to lower case, "Quoted" they keep
+  their case. Sessions set application_name=dbcache-cli and statement_timeout
+  (--statement-timeout, default 30s); connecting gives up after
+  --connect-timeout (default 10s).
+
+Output:
+  Results go to stdout, everything else (errors, logs, prompts, progress) to
+  stderr. With --json, results are JSON on stdout and every error is one JSON
+  object on stderr: {"error":CODE,"message":…,"exit_code":N}; see
+  docs/cli.md for the codes.
 
 Exit codes:
   0  success
   1  failure (cannot connect, not migrated, dirty schema, SQL error, …)
-  2  usage error (bad command, flag or argument; invalid key)
-  3  miss (get/incr/decr/touch/delete/has found no live entry; add did not store)
+  2  usage error (bad command, flag or argument; invalid key; --yes needed)
+  3  miss (get/ttl/incr/decr/touch/delete/has found no live entry; add did not store)
+  4  migrations pending (migrate version, migrate status)
 
 Quick start:
   dbcache demo                       # a tour on a disposable database
@@ -282,6 +222,7 @@ Quick start:
   dbcache get greeting`
 
 func (a *app) rootCommand() *cobra.Command {
+	var showVersion bool
 	root := &cobra.Command{
 		Use:   "dbcache",
 		Short: "Administer a dbcache cache in PostgreSQL",
@@ -299,35 +240,41 @@ func (a *app) rootCommand() *cobra.Command {
 			if a.g.verbose && a.g.debug {
 				return usagef("--verbose and --debug are mutually exclusive")
 			}
+			level := slog.LevelWarn
 			switch {
 			case a.g.debug:
-				a.log = newLogger(a.errw, slog.LevelDebug)
+				level = slog.LevelDebug
 			case a.g.verbose:
-				a.log = newLogger(a.errw, slog.LevelInfo)
+				level = slog.LevelInfo
 			}
+			a.log = newLogger(a.errw, level, a.g.json)
 			if a.g.connectTimeout <= 0 {
 				return usagef("--connect-timeout must be positive, got %s", a.g.connectTimeout)
 			}
 			if a.g.statementTimeout < 0 {
 				return usagef("--statement-timeout must not be negative (0 disables it), got %s", a.g.statementTimeout)
 			}
-			if a.g.schema != "" && !schemaRE.MatchString(a.g.schema) {
-				return usagef("--schema %q is not a valid schema name (letters, digits, _ and $, at most 63, not starting with a digit)", a.g.schema)
+			return a.resolveSchema(cmd)
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if showVersion {
+				return a.printVersion()
 			}
-			return nil
+			return cmd.Help()
 		},
 	}
 	// Every flag error is a usage error, and report adds the hint.
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		a.cmdPath = cmd.CommandPath()
-		return &usageError{err: err}
+		return &usageError{err: renamedFlag(cmd, err)}
 	})
+	root.Flags().BoolVar(&showVersion, "version", false, "print dbcache's version, as the version command does")
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.g.databaseURL, "database-url", "", "PostgreSQL URL or key=value string (default $"+EnvDatabaseURL+", else the PG* variables)")
-	pf.StringVar(&a.g.schema, "schema", "", "schema that holds the cache table (default: the search_path's first)")
+	pf.StringVar(&a.g.schema, "schema", "", "schema that holds the cache table (default $"+EnvSchema+", else the search_path's first)")
 	pf.DurationVar(&a.g.connectTimeout, "connect-timeout", ConnectTimeoutDefault, "give up connecting after this long")
 	pf.DurationVar(&a.g.statementTimeout, "statement-timeout", StatementTimeoutDefault, "the session's statement_timeout (0 disables)")
-	pf.BoolVar(&a.g.json, "json", false, "print results as JSON")
+	pf.BoolVar(&a.g.json, "json", false, "print results as JSON, and errors as JSON on stderr")
 	pf.BoolVarP(&a.g.verbose, "verbose", "v", false, "log progress at info level")
 	pf.BoolVar(&a.g.debug, "debug", false, "log at debug level")
 
@@ -338,6 +285,7 @@ func (a *app) rootCommand() *cobra.Command {
 	for _, c := range []*cobra.Command{
 		a.getCommand(), a.setCommand(), a.addCommand(), a.touchCommand(), a.deleteCommand(),
 		a.incrCommand(true), a.incrCommand(false), a.hasCommand(), a.clearCommand(),
+		a.ttlCommand(), a.keysCommand(), a.deletePrefixCommand(),
 	} {
 		c.GroupID = "cache"
 		root.AddCommand(c)
@@ -370,15 +318,36 @@ func (a *app) rootCommand() *cobra.Command {
 	return root
 }
 
+// renamedFlag explains the flags that were renamed: --version is dbcache's
+// own version (on the root command), so the key version became
+// --key-version, and --prefix became --key-prefix to match.
+func renamedFlag(cmd *cobra.Command, err error) error {
+	var ne *pflag.NotExistError
+	if !errors.As(err, &ne) {
+		return err
+	}
+	switch ne.GetSpecifiedName() {
+	case "version":
+		if cmd.Flags().Lookup("key-version") != nil {
+			return fmt.Errorf("%w (the key version is --key-version; `dbcache --version` prints dbcache's version)", err)
+		}
+		return fmt.Errorf("%w (`dbcache --version` prints dbcache's version)", err)
+	case "prefix":
+		if cmd.Flags().Lookup("key-prefix") != nil {
+			return fmt.Errorf("%w (the key prefix is --key-prefix)", err)
+		}
+	}
+	return err
+}
+
 // cacheFlags are the key-shaping flags of the cache operations, mapping to
 // dbcache.Config.KeyPrefix and the key version (Cache.WithVersion).
 type cacheFlags struct {
-	prefix     string
-	version    int
-	versionSet bool
+	prefix  string
+	version int
 }
 
 func (f *cacheFlags) add(fs *pflag.FlagSet) {
-	fs.StringVar(&f.prefix, "prefix", "", "key prefix (Django's KEY_PREFIX)")
-	fs.IntVar(&f.version, "version", 1, "key version (Django's VERSION / version=)")
+	fs.StringVar(&f.prefix, "key-prefix", "", "key prefix (Django's KEY_PREFIX)")
+	fs.IntVar(&f.version, "key-version", 1, "key version (Django's VERSION / version=)")
 }

@@ -167,8 +167,9 @@ func TestTerminalClearAsks(t *testing.T) {
 		code, out, errOut := b.run(ctx, Config{StdinIsTerminal: true, Stdin: strings.NewReader(answer)}, "clear")
 		require.Equal(t, ExitFailure, code, "answer %q", answer)
 		require.Empty(t, out)
-		require.Contains(t, errOut, `Remove every entry in `+b.s.Name+`.dbcache_entries (every prefix and version)? [y/N] `)
-		require.Contains(t, errOut, "dbcache: clear: not confirmed; nothing removed\n")
+		// The prompt says how many entries are at stake.
+		require.Contains(t, errOut, `Remove all 1 entry (1 live, 0 expired) in `+b.s.Name+`.dbcache_entries, every prefix and version? [y/N] `)
+		require.Contains(t, errOut, "dbcache: not confirmed; nothing changed\n")
 		require.Equal(t, 1, dbtest.Count(t, pool))
 	}
 	code, out, _ := b.run(ctx, Config{StdinIsTerminal: true, Stdin: strings.NewReader("y\n")}, "clear")

@@ -195,7 +195,7 @@ func (a *app) demo(ctx context.Context, benchDuration time.Duration) (err error)
 		func() error { note("A short load: 4 workers, 1,000 keys."); return nil },
 		func() error {
 			return step(ExitOK, "bench", "--ops", "get:8,set:1,incr:1", "--concurrency", "4", "--keyspace", "1000",
-				"--duration", benchDuration.String())
+				"--duration", benchDuration.String(), "--keep")
 		},
 		func() error { note("The table now holds the bench's keys, and the expired session."); return nil },
 		func() error { return step(ExitOK, "stats") },

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bufio"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/dbcache/dbcache/dbcache"
 )
 
 // writeJSON prints v as one line of JSON on Out.
@@ -25,18 +28,88 @@ func (a *app) println(format string, args ...any) {
 	fmt.Fprintf(a.out, format+"\n", args...)
 }
 
-// jsonValue is a value in JSON output: text when it is valid UTF-8, base64
-// otherwise, with Encoding saying which, so binary values survive the trip.
-type jsonValue struct {
-	Value    string `json:"value"`
-	Encoding string `json:"encoding"`
+// writeValueJSON prints get's JSON for a found value:
+// {"key":…,"found":true,"value":…,"encoding":"utf8"|"base64",
+// "ttl_seconds":…,"never_expires":…}. A value that is valid UTF-8 is a JSON
+// string, anything else base64, so binary values survive the trip. ttl is
+// the entry's remaining lifetime (see ttlFields). The value is encoded straight onto Out, a piece at a
+// time: a 300 MB value never gets a second, escaped or base64, copy in
+// memory (nor the third that json.Marshal's growing buffer would make).
+func (a *app) writeValueJSON(key string, v []byte, ttl dbcache.Timeout) error {
+	w := bufio.NewWriterSize(a.out, 64<<10)
+	k, err := json.Marshal(key)
+	if err != nil {
+		return err
+	}
+	w.WriteString(`{"key":`)
+	w.Write(k)
+	w.WriteString(`,"found":true,"value":"`)
+	encoding := "utf8"
+	if utf8.Valid(v) {
+		if err := writeJSONStringBody(w, v); err != nil {
+			return err
+		}
+	} else {
+		encoding = "base64"
+		enc := base64.NewEncoder(base64.StdEncoding, w)
+		enc.Write(v)
+		enc.Close()
+	}
+	w.WriteString(`","encoding":"` + encoding + `",`)
+	w.WriteString(ttlFields(ttl))
+	w.WriteString("}\n")
+	return w.Flush()
 }
 
-func encodeValue(v []byte) jsonValue {
-	if utf8.Valid(v) {
-		return jsonValue{Value: string(v), Encoding: "utf8"}
+// writeJSONStringBody writes valid UTF-8 v as the inside of a JSON string,
+// escaped as encoding/json escapes it (HTML-safe: <, > and & as \u003c…,
+// and U+2028, U+2029), straight onto w: no copy of v is made, so a large
+// value costs nothing beyond itself.
+func writeJSONStringBody(w *bufio.Writer, v []byte) error {
+	const hex = "0123456789abcdef"
+	start := 0
+	for i := 0; i < len(v); {
+		b := v[i]
+		if b < utf8.RuneSelf {
+			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
+				i++
+				continue
+			}
+			w.Write(v[start:i])
+			switch b {
+			case '"', '\\':
+				w.WriteByte('\\')
+				w.WriteByte(b)
+			case '\b':
+				w.WriteString(`\b`)
+			case '\f':
+				w.WriteString(`\f`)
+			case '\n':
+				w.WriteString(`\n`)
+			case '\r':
+				w.WriteString(`\r`)
+			case '\t':
+				w.WriteString(`\t`)
+			default:
+				w.WriteString(`\u00`)
+				w.WriteByte(hex[b>>4])
+				w.WriteByte(hex[b&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRune(v[i:])
+		if r == '\u2028' || r == '\u2029' {
+			w.Write(v[start:i])
+			w.WriteString(`\u202`)
+			w.WriteByte(hex[r&0xF])
+			start = i + size
+		}
+		i += size
 	}
-	return jsonValue{Value: base64.StdEncoding.EncodeToString(v), Encoding: "base64"}
+	_, err := w.Write(v[start:])
+	return err
 }
 
 // humanBytes renders a byte count with a binary unit: 8192 → "8.0 KiB".
@@ -51,6 +124,14 @@ func humanBytes(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// countOf renders n with its noun: "1 entry", "2,003 entries".
+func countOf(n int64, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return humanCount(n) + " " + many
 }
 
 // humanCount renders an integer with thousands separators: 1234567 →

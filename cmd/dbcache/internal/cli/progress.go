@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
@@ -63,13 +64,23 @@ func (t *ticker) update(max, done int64, desc, line string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	elapsed := time.Since(t.start)
-	if elapsed < progressDelay {
+	instant := t.a.cfg.instantProgress
+	if elapsed < progressDelay && !instant {
 		return
 	}
 	if !t.a.cfg.ErrIsTerminal {
-		if time.Since(t.lastLog) >= logEvery {
+		if time.Since(t.lastLog) >= logEvery || instant {
 			t.lastLog = time.Now()
-			fmt.Fprintf(t.a.errw, "%s (%s)\n", line, roundDuration(elapsed))
+			if t.a.g.json {
+				// Under --json every line on stderr is a JSON object.
+				b, _ := json.Marshal(struct {
+					Progress       string  `json:"progress"`
+					ElapsedSeconds float64 `json:"elapsed_seconds"`
+				}{line, roundDuration(elapsed).Seconds()})
+				fmt.Fprintf(t.a.errw, "%s\n", b)
+			} else {
+				fmt.Fprintf(t.a.errw, "%s (%s)\n", line, roundDuration(elapsed))
+			}
 		}
 		return
 	}

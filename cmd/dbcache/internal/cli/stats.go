@@ -175,7 +175,14 @@ little; everything else is exact as of the statement.`,
 			if err != nil {
 				return err
 			}
-			defer pool.Close()
+			defer closePool(pool)
+			// As the cache operations are: a server that stops answering
+			// fails the command soon after the statement timeout.
+			if a.g.opTimeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, a.g.opTimeout)
+				defer cancel()
+			}
 			st, err := CollectStats(ctx, pool, a.g.schema)
 			if err != nil {
 				return err

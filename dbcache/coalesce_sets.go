@@ -1,0 +1,207 @@
+package dbcache
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// coalesceMaxBatchBytes bounds the values of one coalesced Set statement,
+// so a batch never approaches PostgreSQL's 1 GB message limit and a large
+// value does not hold up small ones.
+const coalesceMaxBatchBytes = 8 << 20
+
+// setCoalescer answers concurrent Sets with fewer statements
+// (Config.CoalesceSets), as coalescer does for Gets.
+//
+// At most max Set statements run at once. A Set that finds a free slot runs
+// its own single-row statement at once, so a lone caller pays nothing
+// extra. A Set that finds every slot busy queues; when a running statement
+// finishes, its slot passes to a goroutine that writes everything queued
+// with one multi-row upsert (qSetBatch), and keeps doing so until the queue
+// is empty. PostgreSQL's per-statement cost (parse, plan, executor start,
+// commit, the round trip) is then shared by many rows; with durable commits
+// so is the WAL flush.
+//
+// Each caller's result is what its own statement would have given: nil
+// when the batch committed, the batch's error otherwise (a failed batch
+// never reports success to anyone). Two Sets of one key in one batch keep
+// their order: the later one's value is the one stored, as if they had run
+// one after the other. A caller whose context ends before its batch starts
+// is dropped from it and writes nothing; one whose context ends while its
+// batch runs may or may not have written, as with a single statement.
+type setCoalescer struct {
+	c   *Cache
+	max int
+
+	mu       sync.Mutex
+	inflight int
+	pending  []*setReq
+
+	// batches counts statements that wrote more than one Set, for tests.
+	batches atomic.Int64
+}
+
+type setReq struct {
+	ctx    context.Context
+	key    string
+	value  []byte
+	micros any // int64, or nil for never
+	done   chan error
+}
+
+func newSetCoalescer(c *Cache, max int) *setCoalescer {
+	return &setCoalescer{c: c, max: max}
+}
+
+// set writes the made key k; the error is unwrapped.
+func (g *setCoalescer) set(ctx context.Context, k string, value []byte, micros any) error {
+	g.mu.Lock()
+	if g.inflight < g.max {
+		g.inflight++
+		g.mu.Unlock()
+		_, err := g.c.execWrite(ctx, g.c.q.set, k, value, micros)
+		g.release()
+		return err
+	}
+	r := &setReq{ctx: ctx, key: k, value: value, micros: micros, done: make(chan error, 1)}
+	g.pending = append(g.pending, r)
+	g.mu.Unlock()
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		// The batch may still write it; the buffered channel absorbs the
+		// answer.
+		return ctx.Err()
+	}
+}
+
+func (g *setCoalescer) release() {
+	g.mu.Lock()
+	if len(g.pending) == 0 {
+		g.inflight--
+		g.mu.Unlock()
+		return
+	}
+	batch := g.takeLocked()
+	g.mu.Unlock()
+	go g.drain(batch)
+}
+
+// takeLocked takes the next batch: at most coalesceMaxBatch Sets and
+// coalesceMaxBatchBytes of values (a Set of a larger value goes alone).
+func (g *setCoalescer) takeLocked() []*setReq {
+	n, size := 0, 0
+	for n < len(g.pending) && n < coalesceMaxBatch {
+		size += len(g.pending[n].value)
+		if n > 0 && size > coalesceMaxBatchBytes {
+			break
+		}
+		n++
+	}
+	batch := g.pending[:n:n]
+	rest := g.pending[n:]
+	if len(rest) == 0 {
+		rest = nil
+	}
+	g.pending = rest
+	return batch
+}
+
+func (g *setCoalescer) drain(batch []*setReq) {
+	for {
+		g.write(batch)
+		g.mu.Lock()
+		if len(g.pending) == 0 {
+			g.inflight--
+			g.mu.Unlock()
+			return
+		}
+		batch = g.takeLocked()
+		g.mu.Unlock()
+	}
+}
+
+// write runs one statement for the batch's live callers and answers each.
+func (g *setCoalescer) write(batch []*setReq) {
+	live := batch[:0:0]
+	for _, r := range batch {
+		if r.ctx.Err() == nil {
+			live = append(live, r)
+		}
+	}
+	if len(live) == 0 {
+		return
+	}
+	ctx, cancel := setBatchContext(live)
+	defer cancel()
+	if len(live) == 1 {
+		r := live[0]
+		_, err := g.c.execWrite(ctx, g.c.q.set, r.key, r.value, r.micros)
+		r.done <- err
+		return
+	}
+	// One row per key, the last Set of a key winning: the order the
+	// callers queued in.
+	last := make(map[string]int, len(live))
+	for i, r := range live {
+		last[r.key] = i
+	}
+	keys := make([]string, 0, len(last))
+	values := make([][]byte, 0, len(last))
+	micros := make([]*int64, 0, len(last))
+	for i, r := range live {
+		if last[r.key] != i {
+			continue
+		}
+		keys = append(keys, r.key)
+		values = append(values, r.value)
+		if us, ok := r.micros.(int64); ok {
+			micros = append(micros, &us)
+		} else {
+			micros = append(micros, nil)
+		}
+	}
+	g.batches.Add(1)
+	_, err := g.c.execWrite(ctx, g.c.q.setBatch, keys, values, micros)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && ctx.Err() == nil && !IsTransient(err) {
+		// The server refused the batch for what is in it (a row a
+		// constraint the application added refuses, say): each Set alone
+		// would have had its own result, so each gets it.
+		for _, r := range live {
+			_, err := g.c.execWrite(ctx, g.c.q.set, r.key, r.value, r.micros)
+			r.done <- err
+		}
+		return
+	}
+	for _, r := range live {
+		r.done <- err
+	}
+}
+
+// setBatchContext is batchContext for Sets: cancelled once every caller in
+// the batch has left.
+func setBatchContext(batch []*setReq) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].ctx))
+	var waiting atomic.Int64
+	waiting.Store(int64(len(batch)))
+	stops := make([]func() bool, len(batch))
+	for i, r := range batch {
+		stops[i] = context.AfterFunc(r.ctx, func() {
+			if waiting.Add(-1) == 0 {
+				cancel()
+			}
+		})
+	}
+	return ctx, func() {
+		for _, stop := range stops {
+			stop()
+		}
+		cancel()
+	}
+}
