@@ -26,7 +26,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net/url"
 	"os"
 	"regexp"
 	"strings"
@@ -173,25 +172,6 @@ func setExampleURL() error {
 		return fmt.Errorf("dbtest: %w", err)
 	}
 	return os.Setenv(EnvExampleURL, dsn)
-}
-
-// withSearchPath adds search_path to a DSN (URL or keyword/value form);
-// pgx sends parameters it does not know to the server as run-time
-// parameters.
-func withSearchPath(dsn, schema string) (string, error) {
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		u, err := url.Parse(dsn)
-		if err != nil {
-			return "", fmt.Errorf("parse %s: %w", EnvDatabaseURL, err)
-		}
-		q := u.Query()
-		q.Set("search_path", schema)
-		u.RawQuery = q.Encode()
-		return u.String(), nil
-	}
-	// Schema names here are dbct_ followed by digits and underscores: no
-	// quoting needed.
-	return dsn + " search_path=" + schema, nil
 }
 
 func addCleanup(f func()) {

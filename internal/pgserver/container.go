@@ -100,7 +100,12 @@ func startContainer(ctx context.Context, cfg Config) (s *Server, err error) {
 		tcpostgres.WithDatabase(database),
 		tcpostgres.WithUsername(Superuser),
 		tcpostgres.WithPassword(containerPassword),
-		testcontainers.WithEnv(map[string]string{"POSTGRES_HOST_AUTH_METHOD": "trust"}),
+		testcontainers.WithEnv(map[string]string{
+			"POSTGRES_HOST_AUTH_METHOD": "trust",
+			// The cluster an installed server gets (initdb below): the
+			// official image's default is en_US.utf8.
+			"POSTGRES_INITDB_ARGS": "--encoding=UTF8 --locale=C",
+		}),
 		// PostgreSQL's defaults: the module's own command turns fsync off.
 		testcontainers.WithCmd("postgres"),
 		testcontainers.WithLabels(map[string]string{labelOwner: host + "/" + strconv.Itoa(os.Getpid())}),

@@ -19,7 +19,9 @@
 //
 // Either way the server listens on 127.0.0.1 only, on a free port, with
 // PostgreSQL's default settings (fsync and synchronous_commit on: tests
-// measure commit behaviour) and trust authentication for the superuser
+// measure commit behaviour), a UTF-8 cluster with the C locale (so databases
+// default to the "C" collation; tests that need another create a database
+// with it), and trust authentication for the superuser
 // "postgres" (tests log in as roles they create, without passwords; only
 // local processes can reach the server). When neither way can be had, Start
 // fails within seconds with one error, wrapping ErrUnavailable, that says

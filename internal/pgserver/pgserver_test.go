@@ -150,9 +150,10 @@ func TestServerLifecycle(t *testing.T) {
 
 	conn, err := connect(ctx, s)
 	require.NoError(t, err)
-	var db, user, fsync, enc string
-	require.NoError(t, conn.QueryRow(ctx, `SELECT current_database(), current_user, current_setting('fsync'), current_setting('server_encoding')`).Scan(&db, &user, &fsync, &enc))
-	require.Equal(t, []string{"lifecycle_db", "postgres", "on", "UTF8"}, []string{db, user, fsync, enc})
+	var db, user, fsync, enc, coll string
+	require.NoError(t, conn.QueryRow(ctx, `SELECT current_database(), current_user, current_setting('fsync'), current_setting('server_encoding'),
+		(SELECT datcollate FROM pg_database WHERE datname = current_database())`).Scan(&db, &user, &fsync, &enc, &coll))
+	require.Equal(t, []string{"lifecycle_db", "postgres", "on", "UTF8", "C"}, []string{db, user, fsync, enc, coll})
 	var listen string
 	require.NoError(t, conn.QueryRow(ctx, `SELECT current_setting('listen_addresses')`).Scan(&listen))
 	switch inst := s.inst.(type) {
