@@ -22,15 +22,25 @@ import (
 	"github.com/dbcache/dbcache/migrations"
 )
 
-// opTimeout is every operation's deadline under load: an operation that is
-// still running past it (plus a grace) hangs.
-const opTimeout = 3 * time.Second
+// opTimeout is every operation's deadline under load. It is a backstop, not
+// a time bound the tests assert: on a loaded machine a healthy operation can
+// take seconds (a commit waits for its fsync), so it is generous. What the
+// tests assert instead is causal: an operation started while the server is
+// down returns (with an error) before the server comes back, so it never
+// needed the server to give up; one stuck on a lock returns while the lock is
+// still held, so the statement or the context, not the lock going away,
+// ended it.
+const opTimeout = 30 * time.Second
+
+// hangGuard bounds a wait for something that must happen however loaded the
+// machine is; only a real hang trips it.
+const hangGuard = 2 * time.Minute
 
 // TestFaultServerStopped stops the server under a mixed load, twice: a clean
 // fast shutdown and a crash (SIGKILL, no checkpoint). While it is down every
-// operation fails before its deadline; when it is back the same pool serves
-// again with nobody resetting it; and every write acknowledged before, during
-// or after the outage is there.
+// operation fails, and returns before the server is back; when it is back the
+// same pool serves again with nobody resetting it; and every write
+// acknowledged before, during or after the outage is there.
 func TestFaultServerStopped(t *testing.T) {
 	cases := []struct {
 		name   string
@@ -63,14 +73,18 @@ func testServerStopped(t *testing.T, srv *server, stop func(*server, *testing.T)
 
 	const writers = 4
 	const (
-		phaseUp = iota
-		phaseDown
+		phaseUp         = iota
+		phaseDown       // stopped; operations must fail and return
+		phaseRestarting // draining phaseDown's operations, then starting
 		phaseBack
+		phases
 	)
 	var (
 		phase      atomic.Int32
-		okIn       [3]atomic.Int64 // acknowledged operations per phase
-		errIn      [3]atomic.Int64 // failed operations per phase
+		okIn       [phases]atomic.Int64 // acknowledged operations per phase
+		errIn      [phases]atomic.Int64 // failed operations per phase
+		inFlight   [phases]atomic.Int64 // running operations per phase they started in
+		slowest    atomic.Int64         // the longest operation, in nanoseconds, for the log
 		mu         sync.Mutex
 		acked      = map[string]string{} // key -> value of acknowledged Sets
 		incrAcked  [writers]int64        // acknowledged increments per counter
@@ -82,12 +96,14 @@ func testServerStopped(t *testing.T, srv *server, stop func(*server, *testing.T)
 	// phase it started in. No operation may hang, whatever the server does.
 	do := func(op func(ctx context.Context) error) error {
 		p := phase.Load()
+		inFlight[p].Add(1)
+		defer inFlight[p].Add(-1)
 		ctx, cancel := context.WithTimeout(context.Background(), opTimeout)
 		defer cancel()
 		start := time.Now()
 		err := op(ctx)
-		if d := time.Since(start); d > opTimeout+2*time.Second {
-			t.Errorf("an operation took %v, past its %v deadline (err %v)", d, opTimeout, err)
+		if d := int64(time.Since(start)); d > slowest.Load() {
+			slowest.Store(d) // racy max: only for the log
 		}
 		if err != nil {
 			errIn[p].Add(1)
@@ -166,14 +182,20 @@ func testServerStopped(t *testing.T, srv *server, stop func(*server, *testing.T)
 	phase.Store(phaseDown)
 	stop(srv, t)
 	waitFor(t, "errors while down", func() bool { return errIn[phaseDown].Load() >= 3*writers })
+	// Every operation that started while the server was down returns while
+	// it is still down: none waits for it to come back.
+	phase.Store(phaseRestarting)
+	waitFor(t, "the operations started while the server was down to return before it is back",
+		func() bool { return inFlight[phaseDown].Load() == 0 })
 	srv.start(t)
 	phase.Store(phaseBack)
 	// The pool is the same one; it must find its way back by itself.
 	waitFor(t, "load after the restart", func() bool { return okIn[phaseBack].Load() >= 150 })
 	close(quit)
 	wg.Wait()
-	t.Logf("up: %d ok; down: %d ok, %d errors; back: %d ok, %d errors",
-		okIn[phaseUp].Load(), okIn[phaseDown].Load(), errIn[phaseDown].Load(), okIn[phaseBack].Load(), errIn[phaseBack].Load())
+	t.Logf("up: %d ok; down: %d ok, %d errors; restarting: %d ok, %d errors; back: %d ok, %d errors; slowest operation %v",
+		okIn[phaseUp].Load(), okIn[phaseDown].Load(), errIn[phaseDown].Load(), okIn[phaseRestarting].Load(), errIn[phaseRestarting].Load(),
+		okIn[phaseBack].Load(), errIn[phaseBack].Load(), time.Duration(slowest.Load()))
 
 	// Healthy again: a run of operations with no error at all.
 	ctx := ctxT(t)
@@ -217,10 +239,10 @@ func countUnacked(got map[string]row, acked map[string]string) int {
 	return n
 }
 
-// waitFor polls cond until it holds, failing after a minute.
+// waitFor polls cond until it holds, failing after hangGuard.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
+	deadline := time.Now().Add(hangGuard)
 	for !cond() {
 		if time.Now().After(deadline) {
 			require.FailNow(t, "timed out waiting for "+what)
@@ -229,7 +251,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// eventually retries f until it succeeds, failing after a minute.
+// eventually retries f until it succeeds, failing after hangGuard.
 func eventually(t *testing.T, what string, f func() error) {
 	t.Helper()
 	var err error
@@ -418,8 +440,12 @@ func TestFaultBackendKilledSetManyAnywhere(t *testing.T) {
 				}
 			}
 		}
+		// Counted on the admin pool: a kill can land just after set_many
+		// returned, on the connection it left idle in the cache's pool (on
+		// a loaded machine, often); the next set_many may then fail on it,
+		// which all-or-nothing allows.
 		var stored int
-		require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM dbcache_entries WHERE key LIKE $1`,
+		require.NoError(t, b.admin.QueryRow(ctx, `SELECT count(*) FROM dbcache_entries WHERE key LIKE $1`,
 			fmt.Sprintf(":1:b%d-%%", n)).Scan(&stored))
 		require.Contains(t, []int{0, size}, stored, "batch %d: all or nothing (err %v)", n, err)
 		if err == nil {
@@ -431,7 +457,9 @@ func TestFaultBackendKilledSetManyAnywhere(t *testing.T) {
 
 // statement_timeout, set by the application on its pool, is honoured: a
 // statement stuck behind a lock fails with the server's query_canceled error,
-// changes nothing, and the pool stays usable.
+// changes nothing, and the pool stays usable. The calls carry no deadline of
+// their own and the lock is held throughout, so only statement_timeout can
+// end them, however slow the machine.
 func TestFaultStatementTimeout(t *testing.T) {
 	t.Parallel()
 	b := setupFault(t, map[string]string{"statement_timeout": "300"})
@@ -449,11 +477,7 @@ func TestFaultStatementTimeout(t *testing.T) {
 			return err
 		},
 	} {
-		err := returnsBy(t, opTimeout, func() error {
-			ctx, cancel := context.WithTimeout(ctx, opTimeout)
-			defer cancel()
-			return op(ctx)
-		})
+		err := returns(t, func() error { return op(ctx) })
 		var pgErr *pgconn.PgError
 		require.ErrorAs(t, err, &pgErr, name)
 		require.Equal(t, "57014", pgErr.Code, "%s: query_canceled by statement_timeout: %v", name, err)
@@ -468,6 +492,8 @@ func TestFaultStatementTimeout(t *testing.T) {
 // Context deadlines and cancellation are honoured while a statement waits on
 // the server: the call returns the context's error, the statement is
 // cancelled on the server too (it does not land later), and the pool goes on.
+// The lock is held until every call has returned, so each returned because
+// of its context, however slow the machine.
 func TestFaultContextCancel(t *testing.T) {
 	t.Parallel()
 	b := setupFault(t, nil)
@@ -476,7 +502,7 @@ func TestFaultContextCancel(t *testing.T) {
 	release := b.lockKey(t, "k")
 
 	// A deadline.
-	err := returnsBy(t, 300*time.Millisecond, func() error {
+	err := returns(t, func() error {
 		ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		defer cancel()
 		return b.cache.Set(ctx, "k", []byte("deadline"), dbcache.Forever)
@@ -489,10 +515,10 @@ func TestFaultContextCancel(t *testing.T) {
 	go func() { _, err := b.cache.Incr(cctx, "k", 41); done <- err }()
 	waitBackend(t, b.admin, b.app, func(be backend) bool { return be.waitEvent == "Lock" })
 	cancel()
-	require.ErrorIs(t, <-done, context.Canceled)
+	require.ErrorIs(t, returns(t, func() error { return <-done }), context.Canceled)
 
 	// A set_many of many keys, one of them locked.
-	err = returnsBy(t, 300*time.Millisecond, func() error {
+	err = returns(t, func() error {
 		ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		defer cancel()
 		_, err := b.cache.SetMany(ctx, map[string][]byte{"a": []byte("x"), "k": []byte("x"), "z": []byte("x")}, dbcache.Forever)

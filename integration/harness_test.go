@@ -15,27 +15,27 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
-	"github.com/testcontainers/testcontainers-go"
-	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
-	"github.com/testcontainers/testcontainers-go/wait"
 
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/dbtest"
+	"github.com/dbcache/dbcache/internal/pgserver"
 )
 
 // Two kinds of server back these tests:
 //
-//   - the shared one, dbtest's (one container per test process, or
+//   - the shared one, dbtest's (one throwaway server per test process, or
 //     DBCACHE_TEST_DATABASE_URL), for every test that only needs a fresh
 //     schema: each gets its own through dbtest.NewSchema;
-//   - dedicated containers (startServer) for tests that stop, crash or
-//     restart the server, or need a server nothing else has touched.
+//   - dedicated throwaway servers (startServer) for tests that stop, crash
+//     or restart the server, or need one nothing else has touched.
+//
+// Throwaway servers come from internal/pgserver: containers when Docker can
+// run them, else the machine's PostgreSQL installation
+// (DBCACHE_TEST_PG_SERVER forces one way).
 
 func TestMain(m *testing.M) { dbtest.Main(m) }
 
-// loopback is where every container is dialled. Docker publishes a
-// container's ports on the host's interfaces, so loopback always reaches a
-// local engine; a container's bridge address is never used.
+// loopback is where every server is dialled.
 const loopback = "127.0.0.1"
 
 // ctxT is a test's context: generous, so only a real hang trips it.
@@ -46,65 +46,51 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
-// server is a PostgreSQL container of one test's own.
+// server is a throwaway PostgreSQL server of one test's own.
 type server struct {
-	ctr *tcpostgres.PostgresContainer
+	*pgserver.Server
 	// db is the server's database. Its name is unique to this server, so a
-	// pool that reaches another test's server (a host port reused while this
-	// one was down) fails to connect instead of writing there.
+	// pool that reaches another test's server (a port reused while this one
+	// was down) fails to connect instead of writing there.
 	db string
-
-	mu   sync.Mutex
-	port uint16
 }
 
 var (
 	serverSeq atomic.Int64
-	// startSlots bounds the containers starting at once: each runs initdb,
+	// startSlots bounds the servers starting at once: each runs initdb,
 	// and more at a time only slows them all (and the shared server's start).
 	startSlots = make(chan struct{}, 2)
 )
 
-// startupTimeout bounds a dedicated container's start.
-const startupTimeout = 3 * time.Minute
-
-// startServer starts a dedicated container in the background and returns a
+// startServer starts a dedicated server in the background and returns a
 // function that waits for it. Call it before t.Parallel: every test's
-// sequential part runs at once at the start of the run, so the containers of
+// sequential part runs at once at the start of the run, so the servers of
 // all selected tests start together, while -parallel (GOMAXPROCS by default)
-// bounds only the tests that run at a time. The container is removed when the
-// test ends. args go to postgres (for example "-c", "statement_timeout=1s").
-// Commits are durable (fsync=on, unlike the postgres module's default
-// fsync=off), so a crash test proves what a production server would keep. A
-// container that fails to start fails the test: it never skips.
-func startServer(t *testing.T, args ...string) (await func(*testing.T) *server) {
+// bounds only the tests that run at a time. The server is removed when the
+// test ends. It runs with PostgreSQL's defaults (fsync and
+// synchronous_commit on), so a crash test proves what a production server
+// would keep. A server that fails to start fails the test: it never skips.
+func startServer(t *testing.T) (await func(*testing.T) *server) {
 	t.Helper()
 	type started struct {
-		ctr *tcpostgres.PostgresContainer
+		srv *pgserver.Server
 		err error
 	}
 	ch := make(chan started, 1)
 	db := fmt.Sprintf("dbcache_it_%d_%d", os.Getpid(), serverSeq.Add(1))
-	cmd := append([]string{"postgres", "-c", "fsync=on", "-c", "synchronous_commit=on"}, args...)
+	cfg, cfgErr := pgserver.ConfigFromEnv(os.Getenv)
+	cfg.Database = db
 	go func() {
+		if cfgErr != nil {
+			ch <- started{nil, cfgErr}
+			return
+		}
 		startSlots <- struct{}{}
 		defer func() { <-startSlots }()
-		ctx, cancel := context.WithTimeout(context.Background(), startupTimeout+30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*pgserver.DefaultStartTimeout+time.Minute)
 		defer cancel()
-		ctr, err := tcpostgres.Run(ctx, dbtest.Image(),
-			tcpostgres.WithDatabase(db),
-			tcpostgres.WithUsername("postgres"),
-			tcpostgres.WithPassword("postgres"),
-			testcontainers.WithCmd(cmd...),
-			// The postgres module's BasicWaitStrategies, with a longer
-			// deadline than its 60 s: initdb on a busy two-core machine,
-			// several containers at once, can take longer.
-			testcontainers.WithWaitStrategyAndDeadline(startupTimeout,
-				wait.ForLog("database system is ready to accept connections").WithOccurrence(2).WithStartupTimeout(startupTimeout),
-				wait.ForListeningPort("5432/tcp").WithStartupTimeout(startupTimeout),
-			),
-		)
-		ch <- started{ctr, err}
+		srv, err := pgserver.Start(ctx, cfg)
+		ch <- started{srv, err}
 	}()
 	var (
 		once sync.Once
@@ -114,46 +100,28 @@ func startServer(t *testing.T, args ...string) (await func(*testing.T) *server) 
 		once.Do(func() { res = <-ch })
 		return res
 	}
-	// Registered now, so the container goes even if the test never waits.
+	// Registered now, so the server goes even if the test never waits.
 	t.Cleanup(func() {
-		if err := testcontainers.TerminateContainer(wait().ctr); err != nil {
-			t.Errorf("remove container: %v", err)
+		if r := wait(); r.srv != nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			if err := r.srv.Remove(ctx); err != nil {
+				t.Errorf("remove the server: %v", err)
+			}
 		}
 	})
 	return func(t *testing.T) *server {
 		t.Helper()
 		r := wait()
-		require.NoError(t, r.err, "start a %s container (set %s to choose the image)", dbtest.Image(), dbtest.EnvImage)
-		s := &server{ctr: r.ctr, db: db}
-		s.refresh(t)
-		s.waitReady(t)
-		return s
+		require.NoError(t, r.err, "start a dedicated server")
+		t.Logf("dedicated server: %s", r.srv)
+		return &server{Server: r.srv, db: db}
 	}
 }
 
-// refresh asks Docker for the host port again: it changes on every start.
-func (s *server) refresh(t *testing.T) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	p, err := s.ctr.MappedPort(ctx, "5432/tcp")
-	require.NoError(t, err, "mapped port")
-	s.mu.Lock()
-	s.port = p.Num()
-	s.mu.Unlock()
-}
-
-func (s *server) addr() (string, uint16) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return loopback, s.port
-}
-
-// url is the server's DSN as of now (the port changes across restarts).
-func (s *server) url(database string) string {
-	host, port := s.addr()
-	return fmt.Sprintf("postgres://postgres:postgres@%s:%d/%s?sslmode=disable", host, port, database)
-}
+// url is the server's DSN for database as of now (the port can change
+// across restarts).
+func (s *server) url(database string) string { return s.URL(database) }
 
 // poolConfig returns a pool config for database on the server whose every new
 // connection dials the server's current address: it stands in for the DNS
@@ -166,83 +134,37 @@ func (s *server) poolConfig(t *testing.T, database string) *pgxpool.Config {
 	require.NoError(t, err)
 	cfg.ConnConfig.ConnectTimeout = 5 * time.Second
 	cfg.BeforeConnect = func(_ context.Context, cc *pgx.ConnConfig) error {
-		cc.Host, cc.Port = s.addr()
+		cc.Host, cc.Port = s.Addr()
 		return nil
 	}
 	return cfg
 }
 
-// waitReady retries until the server answers a query. After a start the
-// log-based wait can pass on the previous run's lines, and the server refuses
-// connections ("the database system is starting up") until recovery is done.
-func (s *server) waitReady(t *testing.T) {
+// crash kills every server process at once: no shutdown checkpoint, so the
+// restart runs crash recovery.
+func (s *server) crash(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	var err error
-	for {
-		var conn *pgx.Conn
-		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
-		conn, err = pgx.Connect(cctx, s.url(s.db))
-		if err == nil {
-			err = conn.Ping(cctx)
-			_ = conn.Close(cctx)
-		}
-		ccancel()
-		if err == nil {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			require.NoError(t, err, "server never answered")
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// crash kills the server at once (SIGKILL to every process in the
-// container): no shutdown checkpoint, so the restart runs crash recovery.
-func (s *server) crash(t *testing.T) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	zero := time.Duration(0)
-	require.NoError(t, s.ctr.Stop(ctx, &zero), "kill the container")
+	require.NoError(t, s.Crash(ctx))
 }
 
 // shutdown stops the server the way an operator would: PostgreSQL's fast
-// shutdown (SIGINT to the postmaster, PID 1 in the official image and in
-// CI's), which rolls back open transactions and disconnects every client.
+// shutdown, which rolls back open transactions and disconnects every client.
 func (s *server) shutdown(t *testing.T) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	// The shell's kill: every image has a shell, not every one /bin/kill.
-	code, _, err := s.ctr.Exec(ctx, []string{"sh", "-c", "kill -INT 1"})
-	require.NoError(t, err, "signal the postmaster")
-	require.Zero(t, code, "kill -INT 1 exit code")
-	for {
-		st, err := s.ctr.State(ctx)
-		require.NoError(t, err)
-		if !st.Running {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			require.Fail(t, "the server did not shut down")
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
-// start starts the stopped container again and waits until it answers.
-func (s *server) start(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	require.NoError(t, s.ctr.Start(ctx), "start the container again")
-	s.refresh(t)
-	s.waitReady(t)
+	require.NoError(t, s.Shutdown(ctx))
+}
+
+// start starts the stopped server again and waits until it answers (after
+// crash recovery).
+func (s *server) start(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	require.NoError(t, s.Restart(ctx))
 }
 
 // createDatabase creates a fresh database on the server.
@@ -314,17 +236,20 @@ func sharedSchema(t testing.TB) *dbtest.Schema {
 	return s
 }
 
-// returnsBy runs op and fails the test if it has not returned within d plus a
-// grace for scheduling: the "no hang past the context deadline" check.
-func returnsBy(t *testing.T, d time.Duration, op func() error) error {
+// returns runs op and returns its error, failing the test if op has not
+// returned within hangGuard. It is not a time bound: callers hold whatever
+// op waits on (a row lock) until it has returned, so op returning at all
+// proves what ended it (its context, statement_timeout); hangGuard only
+// catches an op that would never return.
+func returns(t *testing.T, op func() error) error {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- op() }()
 	select {
 	case err := <-done:
 		return err
-	case <-time.After(d + 5*time.Second):
-		require.FailNow(t, "operation hung past its context deadline", "deadline %v", d)
+	case <-time.After(hangGuard):
+		require.FailNow(t, "operation hung", "still running after %v", hangGuard)
 		return errors.New("unreachable")
 	}
 }

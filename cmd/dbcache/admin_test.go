@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"encoding/json"
-	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -272,50 +271,4 @@ func TestBench(t *testing.T) {
 	r := c.run(t, opts{}, "bench", "-n", "10")
 	requireCode(t, 1, r)
 	requireErrorLine(t, r, "no cache table", "dbcache migrate up")
-}
-
-func TestDemo(t *testing.T) {
-	t.Parallel()
-	var env []string
-	pool := setup(t, false).pool
-	url := os.Getenv(dbtest.EnvDatabaseURL)
-	if url != "" {
-		// CI's path: a configured server, used in a temporary schema.
-		env = []string{"DATABASE_URL=" + url}
-	} else {
-		// The laptop path: no database configured, a container.
-		for _, k := range []string{"DOCKER_HOST", "DOCKER_CONFIG", "TESTCONTAINERS_RYUK_DISABLED",
-			"TESTCONTAINERS_HOST_OVERRIDE", "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE", dbtest.EnvImage} {
-			if v, ok := os.LookupEnv(k); ok {
-				env = append(env, k+"="+v)
-			}
-		}
-	}
-	r := run(t, opts{env: env}, "demo", "--bench-duration", "300ms")
-	requireCode(t, 0, r)
-	for _, want := range []string{
-		"$ dbcache migrate up\nmigrated up from version 0 to 5\n",
-		"$ dbcache set greeting 'Hello from PostgreSQL!'\nOK\n",
-		"$ dbcache get greeting\nHello from PostgreSQL!\n",
-		"$ dbcache has session:42\ntrue\n",
-		"$ dbcache get session:42\n(exit code 3: a miss)\n",
-		"$ dbcache incr visits 10\n52\n",
-		"$ dbcache add greeting Hi\nnot stored",
-		"requests in",
-		"entries          2,003 (exact count)",
-		"  expired        1 (not yet removed)",
-		"$ dbcache cull --max-entries 500\nremoved 1 expired, culled 1,502; 500 entries left",
-		"That's the tour.",
-	} {
-		require.Contains(t, r.stdout, want)
-	}
-	require.Contains(t, r.stderr, `dbcache: miss: no live entry for key "session:42"`)
-	if url != "" {
-		m := regexp.MustCompile(`Dropped schema (dbcache_demo_\d+_\d+)\.`).FindStringSubmatch(r.stdout)
-		require.NotNil(t, m, r.stdout)
-		require.False(t, scalar[bool](t, pool, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, m[1]),
-			"the demo schema is dropped")
-	} else {
-		require.Contains(t, r.stdout, "Removed the container.")
-	}
 }

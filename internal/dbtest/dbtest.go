@@ -2,11 +2,19 @@
 // only (non-test code must not import it).
 //
 // The server is DBCACHE_TEST_DATABASE_URL when that is set. Otherwise one
-// PostgreSQL container per test process is started through testcontainers,
-// from DBCACHE_TEST_PG_IMAGE (default an official postgres image), so
-// `go test ./...` works on a laptop with Docker and nothing set up. A package
-// that uses it calls Main from its TestMain so the container is removed at the
-// end of the run.
+// throwaway server per test process is started (internal/pgserver): a
+// container when Docker can run one, else from the PostgreSQL installation
+// on the machine; DBCACHE_TEST_PG_SERVER=container or =installed forces one
+// way. So `go test ./...` works on a machine with either and nothing set up.
+// A package that uses dbtest calls Main from its TestMain, which removes the
+// server at the end of the run (and pgserver's reaper removes it if the
+// process dies first, say of a panic).
+//
+// When no server can be had, the package fails within seconds with one
+// message saying what to install or set: Main prints it and exits before
+// any test runs, or, when the server is started lazily (see Main), the first
+// test to need it fails with the message and every later one with a short
+// line pointing to it.
 //
 // Each Schema is a fresh schema named dbct_<unix>_<pid>_<n>, dropped when the
 // test ends; a pool from it has search_path set to that schema, so the code
@@ -16,8 +24,11 @@ package dbtest
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
+	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -25,33 +36,39 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/testcontainers/testcontainers-go"
-	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
-	"github.com/testcontainers/testcontainers-go/wait"
 
+	"github.com/dbcache/dbcache/internal/pgserver"
 	"github.com/dbcache/dbcache/migrations"
 )
 
 const (
-	// EnvDatabaseURL names a server to test against instead of a container.
+	// EnvDatabaseURL names a server to test against instead of a throwaway
+	// one.
 	EnvDatabaseURL = "DBCACHE_TEST_DATABASE_URL"
-	// EnvImage names the image for the test container.
-	EnvImage = "DBCACHE_TEST_PG_IMAGE"
+	// EnvImage names the image for throwaway containers.
+	EnvImage = pgserver.EnvImage
 	// DefaultImage is used when EnvImage is unset.
-	DefaultImage = "postgres:16-alpine"
+	DefaultImage = pgserver.DefaultImage
+	// EnvExampleURL is set by Main, for the test process only, to the DSN
+	// of a migrated schema, so runnable examples can open their pool from
+	// it as an application would: pgxpool.New(ctx, os.Getenv("DATABASE_URL")).
+	EnvExampleURL = "DATABASE_URL"
 
 	schemaPrefix = "dbct_"
 
-	startupTimeout = 3 * time.Minute
+	// testDatabase is the database made on a throwaway server.
+	testDatabase = "dbcache_test"
 )
 
 var (
 	serverOnce sync.Once
 	serverURL  string
 	serverErr  error
-	container  testcontainers.Container
+	throwaway  *pgserver.Server
 	adminPool  *pgxpool.Pool
 	schemaSeq  atomic.Int64
+	// reported is set once a test has failed with the full message.
+	reported atomic.Bool
 
 	exampleMu      sync.Mutex
 	exampleCleanup []func()
@@ -66,48 +83,144 @@ func Image() string {
 }
 
 // Main runs the package's tests and then removes anything this package
-// started (the container, example schemas). Call it from TestMain:
+// started (the throwaway server, schemas). Call it from TestMain:
 //
 //	func TestMain(m *testing.M) { dbtest.Main(m) }
+//
+// Before the tests it sets DATABASE_URL (EnvExampleURL), in this process
+// only, to the DSN of a fresh migrated schema on the test server (its
+// search_path a URL parameter), dropped at the end; the package's examples
+// share it. That needs the server before any test runs, so Main starts it
+// then, unless -test.run selects tests that cannot include an example (a
+// pattern that neither contains nor matches "Example"), or -test.list only
+// lists: then the server starts when the first test asks for it, and a run
+// of tests that need none starts none. Either way a server that cannot be
+// had fails the package with one message.
 func Main(m *testing.M) {
-	code := m.Run()
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	// Deferred, so it runs however m.Run returns; a test that panics kills
+	// the process before, and pgserver's reaper removes the server then.
+	defer cleanup()
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	if examplesMayRun() {
+		if err := setExampleURL(); err != nil {
+			fmt.Fprintf(os.Stderr, "%v\n", err)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+// examplesMayRun reports whether the run may include an Example function,
+// judged from the -test.run and -test.list flags.
+func examplesMayRun() bool {
+	if f := flag.Lookup("test.list"); f != nil && f.Value.String() != "" {
+		return false
+	}
+	f := flag.Lookup("test.run")
+	if f == nil || f.Value.String() == "" {
+		return true
+	}
+	// The top-level part of the pattern: examples have no subtests.
+	top, _, _ := strings.Cut(f.Value.String(), "/")
+	if strings.Contains(top, "Example") {
+		return true
+	}
+	re, err := regexp.Compile(top)
+	return err == nil && re.MatchString("Example")
+}
+
+func cleanup() {
 	exampleMu.Lock()
 	for i := len(exampleCleanup) - 1; i >= 0; i-- {
 		exampleCleanup[i]()
 	}
+	exampleCleanup = nil
 	exampleMu.Unlock()
 	if adminPool != nil {
 		adminPool.Close()
 	}
-	if container != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		_ = container.Terminate(ctx)
+	if throwaway != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		if err := throwaway.Remove(ctx); err != nil {
+			fmt.Fprintf(os.Stderr, "dbtest: %v\n", err)
+		}
 		cancel()
 	}
-	os.Exit(code)
 }
 
-// URL returns the DSN of the test server, starting the container on first
-// use. A server that cannot be had fails the test: it never skips.
+// setExampleURL makes the examples' schema and points DATABASE_URL at it.
+func setExampleURL() error {
+	if _, err := server(); err != nil {
+		return noServer(err)
+	}
+	s, drop, err := newSchema()
+	if err != nil {
+		return fmt.Errorf("dbtest: %w", err)
+	}
+	addCleanup(drop)
+	if err := s.migrate(); err != nil {
+		return fmt.Errorf("dbtest: %w", err)
+	}
+	dsn, err := withSearchPath(s.URL, s.Name)
+	if err != nil {
+		return fmt.Errorf("dbtest: %w", err)
+	}
+	return os.Setenv(EnvExampleURL, dsn)
+}
+
+func addCleanup(f func()) {
+	exampleMu.Lock()
+	exampleCleanup = append(exampleCleanup, f)
+	exampleMu.Unlock()
+}
+
+// noServer is the one message for a server that cannot be had.
+func noServer(err error) error {
+	return fmt.Errorf("dbtest: no PostgreSQL for the tests: %w; or set %s to a server to test against", err, EnvDatabaseURL)
+}
+
+// URL returns the DSN of the test server, starting it on first use. A
+// server that cannot be had fails the test: it never skips.
 func URL(tb testing.TB) string {
 	tb.Helper()
 	url, err := server()
 	if err != nil {
-		tb.Fatalf("dbtest: no PostgreSQL for the tests: %v", err)
+		fatalNoServer(tb, err)
 	}
 	return url
 }
 
+// fatalNoServer fails the test: the first one with the whole message, the
+// others with a line pointing to it.
+func fatalNoServer(tb testing.TB, err error) {
+	tb.Helper()
+	if reported.CompareAndSwap(false, true) {
+		tb.Fatal(noServer(err))
+	}
+	tb.Fatal("dbtest: no PostgreSQL for the tests (see the first failure)")
+}
+
 func server() (string, error) {
 	serverOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), startupTimeout+time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*pgserver.DefaultStartTimeout+time.Minute)
 		defer cancel()
 		serverURL = os.Getenv(EnvDatabaseURL)
 		if serverURL == "" {
-			serverURL, serverErr = startContainer(ctx)
-			if serverErr != nil {
+			var cfg pgserver.Config
+			if cfg, serverErr = pgserver.ConfigFromEnv(os.Getenv); serverErr != nil {
 				return
 			}
+			cfg.Database = testDatabase
+			if throwaway, serverErr = pgserver.Start(ctx, cfg); serverErr != nil {
+				return
+			}
+			serverURL = throwaway.URL("")
 		}
 		adminPool, serverErr = pgxpool.New(ctx, serverURL)
 		if serverErr != nil {
@@ -121,30 +234,8 @@ func server() (string, error) {
 	return serverURL, serverErr
 }
 
-func startContainer(ctx context.Context) (string, error) {
-	ctr, err := tcpostgres.Run(ctx, Image(),
-		tcpostgres.WithDatabase("dbcache_test"),
-		tcpostgres.WithUsername("postgres"),
-		tcpostgres.WithPassword("postgres"),
-		// The module's BasicWaitStrategies (the second "ready" log line,
-		// then the port) with a longer deadline than its 60 s: initdb on a
-		// busy two-core machine can take longer.
-		testcontainers.WithWaitStrategyAndDeadline(startupTimeout,
-			wait.ForLog("database system is ready to accept connections").WithOccurrence(2).WithStartupTimeout(startupTimeout),
-			wait.ForListeningPort("5432/tcp").WithStartupTimeout(startupTimeout),
-		),
-	)
-	if ctr != nil {
-		container = ctr
-	}
-	if err != nil {
-		return "", fmt.Errorf("start %s container (set %s to use an existing server): %w", Image(), EnvDatabaseURL, err)
-	}
-	return ctr.ConnectionString(ctx, "sslmode=disable")
-}
-
-// waitReady retries until the server answers a query: a container's log can
-// say ready a moment before it accepts connections.
+// waitReady retries until the server answers a query, for a configured
+// server that is still starting.
 func waitReady(ctx context.Context, pool *pgxpool.Pool) error {
 	var err error
 	for {
@@ -190,6 +281,9 @@ type Schema struct {
 // NewSchema creates an empty schema that is dropped when the test ends.
 func NewSchema(tb testing.TB) *Schema {
 	tb.Helper()
+	if _, err := server(); err != nil {
+		fatalNoServer(tb, err)
+	}
 	s, cleanup, err := newSchema()
 	if err != nil {
 		tb.Fatalf("dbtest: %v", err)
@@ -299,9 +393,7 @@ func ExamplePool() *pgxpool.Pool {
 	if err != nil {
 		panic("dbtest: " + err.Error())
 	}
-	exampleMu.Lock()
-	exampleCleanup = append(exampleCleanup, cleanup)
-	exampleMu.Unlock()
+	addCleanup(cleanup)
 	if err := s.migrate(); err != nil {
 		panic("dbtest: " + err.Error())
 	}
@@ -313,9 +405,7 @@ func ExamplePool() *pgxpool.Pool {
 	if err != nil {
 		panic("dbtest: " + err.Error())
 	}
-	exampleMu.Lock()
-	exampleCleanup = append(exampleCleanup, pool.Close)
-	exampleMu.Unlock()
+	addCleanup(pool.Close)
 	return pool
 }
 

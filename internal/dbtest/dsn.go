@@ -1,6 +1,7 @@
 package dbtest
 
 import (
+	"fmt"
 	"net/url"
 	"strings"
 	"testing"
@@ -12,15 +13,26 @@ import (
 // application reads DATABASE_URL, works in the schema.
 func (s *Schema) DSN(tb testing.TB) string {
 	tb.Helper()
-	if strings.HasPrefix(s.URL, "postgres://") || strings.HasPrefix(s.URL, "postgresql://") {
-		u, err := url.Parse(s.URL)
+	dsn, err := withSearchPath(s.URL, s.Name)
+	if err != nil {
+		tb.Fatalf("dbtest: %v", err)
+	}
+	return dsn
+}
+
+// withSearchPath adds search_path to a DSN, in URL or keyword/value form.
+func withSearchPath(dsn, schema string) (string, error) {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		u, err := url.Parse(dsn)
 		if err != nil {
-			tb.Fatalf("dbtest: parse %q: %v", s.URL, err)
+			return "", fmt.Errorf("parse %q: %w", dsn, err)
 		}
 		q := u.Query()
-		q.Set("search_path", s.Name)
+		q.Set("search_path", schema)
 		u.RawQuery = q.Encode()
-		return u.String()
+		return u.String(), nil
 	}
-	return s.URL + " search_path=" + s.Name
+	// Schema names here are dbct_ followed by digits and underscores: no
+	// quoting needed.
+	return dsn + " search_path=" + schema, nil
 }

@@ -14,23 +14,12 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
-	"github.com/testcontainers/testcontainers-go"
-	tclog "github.com/testcontainers/testcontainers-go/log"
-	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
-)
 
-const (
-	// EnvImage names the PostgreSQL image demo starts when no database is
-	// configured; the same variable the test suites read.
-	EnvImage = "DBCACHE_TEST_PG_IMAGE"
-	// DefaultImage is the image used when EnvImage is unset: the official
-	// image the tests default to (internal/dbtest.DefaultImage, which
-	// non-test code must not import).
-	DefaultImage = "postgres:16-alpine"
+	"github.com/dbcache/dbcache/internal/pgserver"
 )
 
 // configuredVars are the libpq variables that, set, mean the user has named
-// a server: demo then uses it rather than a container.
+// a server: demo then uses it rather than a throwaway one.
 var configuredVars = []string{"PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGSERVICE"}
 
 func (a *app) demoCommand() *cobra.Command {
@@ -47,8 +36,12 @@ Where it runs:
     PGHOSTADDR, PGPORT, PGDATABASE or PGSERVICE), in a fresh schema
     dbcache_demo_<time>_<pid> that it drops at the end: it never touches
     existing data;
-  - otherwise in a disposable PostgreSQL container (needs Docker; image
-    $` + EnvImage + `, default ` + DefaultImage + `), removed at the end.`,
+  - otherwise on a throwaway PostgreSQL server, removed at the end: a
+    container when Docker can run one (image $` + pgserver.EnvImage + `, default
+    ` + pgserver.DefaultImage + `), else one run from the PostgreSQL installation
+    on this machine, in a temporary directory (initdb and postgres from PATH,
+    pg_config --bindir or the usual places; $` + pgserver.EnvBinDir + ` to choose).
+    ` + pgserver.EnvKind + `=container or =installed forces one way.`,
 		Example: `  go run ./cmd/dbcache demo
   DATABASE_URL=postgres://localhost/postgres dbcache demo`,
 		Args: cobra.NoArgs,
@@ -81,7 +74,7 @@ func (a *app) databaseConfigured() bool {
 
 func (a *app) demo(ctx context.Context, benchDuration time.Duration) (err error) {
 	// `dbcache demo | head` closes stdout early; by default the next write
-	// would kill the process with SIGPIPE and leave the container and
+	// would kill the process with SIGPIPE and leave the server and
 	// schema behind. Ignored, writes fail quietly and cleanup still runs.
 	signal.Ignore(syscall.SIGPIPE)
 	// Cleanup must run even when ctx was cancelled by a signal.
@@ -92,28 +85,23 @@ func (a *app) demo(ctx context.Context, benchDuration time.Duration) (err error)
 	if a.databaseConfigured() {
 		a.println("Using the configured database, in a temporary schema dropped at the end.")
 	} else {
-		image := a.cfg.Getenv(EnvImage)
-		if image == "" {
-			image = DefaultImage
-		}
 		a.println("No database configured (--database-url, $DATABASE_URL or PG* variables):")
-		a.println("starting a disposable PostgreSQL container from %s, removed at the end...", image)
-		url, stop, err := a.startContainer(ctx, image)
-		if stop != nil {
-			defer func() {
-				cctx, cancel := cleanupCtx()
-				defer cancel()
-				if serr := stop(cctx); serr != nil {
-					a.log.WarnContext(cctx, "could not remove the demo container", "err", serr)
-				} else {
-					a.println("\nRemoved the container.")
-				}
-			}()
+		a.println("starting a throwaway PostgreSQL server, removed at the end...")
+		srv, serr := a.startThrowaway(ctx)
+		if serr != nil {
+			return serr
 		}
-		if err != nil {
-			return err
-		}
-		dsn = url
+		defer func() {
+			cctx, cancel := cleanupCtx()
+			defer cancel()
+			if rerr := srv.Remove(cctx); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("demo: %w", rerr))
+				return
+			}
+			a.println("\nRemoved the throwaway server.")
+		}()
+		a.println("Started %s.", srv)
+		dsn = srv.URL("")
 	}
 
 	// The demo's own connection: the user's flags with the chosen server.
@@ -225,62 +213,21 @@ func (a *app) demo(ctx context.Context, benchDuration time.Duration) (err error)
 	return nil
 }
 
-// startContainer starts a PostgreSQL container and waits until it answers.
-// stop, when not nil, must be called to remove the container, even if err
-// is not nil.
-func (a *app) startContainer(ctx context.Context, image string) (url string, stop func(context.Context) error, err error) {
-	// testcontainers prints its progress to stderr by default; for a demo
-	// that is noise unless asked for with --debug.
-	tclog.SetDefault(slogPrinter{a})
-	defer func() {
-		// testcontainers has panicked on broken Docker setups: report it as
-		// the one-line error it is, never a stack trace.
-		if r := recover(); r != nil {
-			err = fmt.Errorf("demo: starting the container failed: %v", r)
-		}
-	}()
-	ctr, err := tcpostgres.Run(ctx, image,
-		tcpostgres.WithDatabase("dbcache_demo"),
-		tcpostgres.WithUsername("postgres"),
-		tcpostgres.WithPassword("postgres"),
-		tcpostgres.BasicWaitStrategies(),
-	)
-	if ctr != nil {
-		// The data is disposable: no need to wait out a graceful shutdown.
-		stop = func(ctx context.Context) error { return ctr.Terminate(ctx, testcontainers.StopTimeout(time.Second)) }
-	}
+// startThrowaway starts a throwaway server the way the environment allows
+// (internal/pgserver) and waits until it answers. Its progress, testcontainers'
+// included, goes to the debug log (--debug).
+func (a *app) startThrowaway(ctx context.Context) (*pgserver.Server, error) {
+	cfg, err := pgserver.ConfigFromEnv(a.cfg.Getenv)
 	if err != nil {
-		return "", stop, fmt.Errorf("demo: no database configured, and no PostgreSQL container could be started (is Docker running? is image %s available?): %w; "+
-			"or point the demo at a server with --database-url or DATABASE_URL", image, err)
+		return nil, usagef("demo: %v", err)
 	}
-	url, err = ctr.ConnectionString(ctx, "sslmode=disable")
+	cfg.Database = "dbcache_demo"
+	cfg.Logger = a.log
+	srv, err := pgserver.Start(ctx, cfg)
 	if err != nil {
-		return "", stop, fmt.Errorf("demo: container address: %w", err)
+		return nil, fmt.Errorf("demo: no database configured, and %w; or point the demo at a server with --database-url or DATABASE_URL", err)
 	}
-	// The container's log can announce readiness a moment before the port
-	// accepts connections.
-	probe := *a
-	probe.g.databaseURL = url
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		pool, perr := probe.openPool(ctx, 1)
-		if perr == nil {
-			pool.Close()
-			return url, stop, nil
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return "", stop, fmt.Errorf("demo: the container never accepted connections: %w", perr)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
-
-// slogPrinter routes testcontainers' log lines to the command's logger at
-// debug level.
-type slogPrinter struct{ a *app }
-
-func (p slogPrinter) Printf(format string, args ...any) {
-	p.a.log.Debug("testcontainers: " + strings.TrimSpace(fmt.Sprintf(format, args...)))
+	return srv, nil
 }
 
 // lineTracker remembers whether the last byte written was a newline, so the
