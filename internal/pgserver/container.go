@@ -96,6 +96,10 @@ func startContainer(ctx context.Context, cfg Config) (s *Server, err error) {
 		return nil
 	}
 	host, _ := os.Hostname()
+	settings, err := cfg.settingArgs()
+	if err != nil {
+		return nil, err
+	}
 	ctr, err := tcpostgres.Run(ctx, cfg.Image,
 		tcpostgres.WithDatabase(database),
 		tcpostgres.WithUsername(Superuser),
@@ -107,7 +111,7 @@ func startContainer(ctx context.Context, cfg Config) (s *Server, err error) {
 			"POSTGRES_INITDB_ARGS": "--encoding=UTF8 --locale=C",
 		}),
 		// PostgreSQL's defaults: the module's own command turns fsync off.
-		testcontainers.WithCmd("postgres"),
+		testcontainers.WithCmd(append([]string{"postgres"}, settings...)...),
 		testcontainers.WithLabels(map[string]string{labelOwner: host + "/" + strconv.Itoa(os.Getpid())}),
 		// Published on loopback only (Docker's default is every interface).
 		testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {

@@ -147,6 +147,8 @@ type localInstance struct {
 	bin  string
 	root string
 	cred *syscall.Credential
+	// settings are Config.Settings as postgres arguments (-c name=value).
+	settings []string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -169,7 +171,11 @@ func startInstalled(ctx context.Context, cfg Config) (s *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	inst := &localInstance{bin: bin, root: root, cred: cred}
+	settings, err := cfg.settingArgs()
+	if err != nil {
+		return nil, err
+	}
+	inst := &localInstance{bin: bin, root: root, cred: cred, settings: settings}
 	stopReaper := func() {}
 	defer func() {
 		if err != nil {
@@ -332,7 +338,8 @@ func (l *localInstance) startOn(ctx context.Context, port uint16) error {
 		return err
 	}
 	defer log.Close() // the child has its own descriptor
-	cmd := l.command(log, "postgres", "-D", filepath.Join(l.root, dataDir), "-p", strconv.Itoa(int(port)))
+	args := append([]string{"-D", filepath.Join(l.root, dataDir), "-p", strconv.Itoa(int(port))}, l.settings...)
+	cmd := l.command(log, "postgres", args...)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start postgres: %w", err)
 	}

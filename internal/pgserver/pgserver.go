@@ -19,7 +19,7 @@
 //
 // Either way the server listens on 127.0.0.1 only, on a free port, with
 // PostgreSQL's default settings (fsync and synchronous_commit on: tests
-// measure commit behaviour), a UTF-8 cluster with the C locale (so databases
+// measure commit behaviour) unless Config.Settings changes some, a UTF-8 cluster with the C locale (so databases
 // default to the "C" collation; tests that need another create a database
 // with it), and trust authentication for the superuser
 // "postgres" (tests log in as roles they create, without passwords; only
@@ -39,7 +39,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -106,6 +109,30 @@ type Config struct {
 	StartTimeout time.Duration
 	// Logger gets progress at debug level. Defaults to discarding.
 	Logger *slog.Logger
+	// Settings are server settings that differ from PostgreSQL's defaults,
+	// by name, each passed as postgres -c name=value on every start (a
+	// restart keeps them): for tests that need, say, wal_level=logical.
+	// Names are PostgreSQL's (letters, digits, _ and .); Start refuses
+	// others. Defaults to none.
+	Settings map[string]string
+}
+
+// settingNameRE is what a PostgreSQL setting's name looks like
+// (extensions' settings have a dot).
+var settingNameRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.]*$`)
+
+// settingArgs returns Settings as postgres arguments, -c name=value, in
+// name order, or an error naming a setting that is not one.
+func (c Config) settingArgs() ([]string, error) {
+	names := slices.Sorted(maps.Keys(c.Settings))
+	args := make([]string, 0, 2*len(names))
+	for _, n := range names {
+		if !settingNameRE.MatchString(n) {
+			return nil, fmt.Errorf("pgserver: Config.Settings: %q is not a setting name", n)
+		}
+		args = append(args, "-c", n+"="+c.Settings[n])
+	}
+	return args, nil
 }
 
 // ConfigFromEnv reads EnvKind, EnvImage and EnvBinDir through getenv.
@@ -173,6 +200,9 @@ type Server struct {
 // answers queries. On error nothing is left running.
 func Start(ctx context.Context, cfg Config) (*Server, error) {
 	cfg = cfg.withDefaults()
+	if _, err := cfg.settingArgs(); err != nil {
+		return nil, err
+	}
 	sweepOnce.Do(func() { sweepStaleDirs(os.TempDir(), cfg.Logger) })
 	switch cfg.Kind {
 	case Container:

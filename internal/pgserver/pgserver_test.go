@@ -423,3 +423,35 @@ func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimSpace(string(p)))
 	return len(p), nil
 }
+
+// Config.Settings reach the server, on either kind, and survive a restart;
+// a name that is not a setting's is refused before anything starts.
+func TestSettings(t *testing.T) {
+	t.Parallel()
+	cfg := envConfig(t)
+	cfg.Settings = map[string]string{"wal_level": "logical", "wal_writer_delay": "50ms"}
+	s := start(t, cfg)
+	ctx := ctxT(t)
+	show := func() []string {
+		t.Helper()
+		conn, err := connect(ctx, s)
+		require.NoError(t, err)
+		defer conn.Close(ctx)
+		var wal, delay, fsync string
+		require.NoError(t, conn.QueryRow(ctx, `SELECT current_setting('wal_level'), current_setting('wal_writer_delay'), current_setting('fsync')`).Scan(&wal, &delay, &fsync))
+		return []string{wal, delay, fsync}
+	}
+	want := []string{"logical", "50ms", "on"}
+	require.Equal(t, want, show(), "the settings, and the defaults left alone")
+	require.NoError(t, s.Shutdown(ctx))
+	require.NoError(t, s.Restart(ctx))
+	require.Equal(t, want, show(), "kept across a restart")
+
+	for _, bad := range []string{"", "wal_level=minimal", "a b", "-c"} {
+		bcfg := envConfig(t)
+		bcfg.Settings = map[string]string{bad: "x"}
+		_, err := Start(ctx, bcfg)
+		require.ErrorContains(t, err, "is not a setting name", "%q", bad)
+		require.NotErrorIs(t, err, ErrUnavailable)
+	}
+}
