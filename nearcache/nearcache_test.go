@@ -159,7 +159,10 @@ func TestReadOwnWrites(t *testing.T) {
 		want  string // "" for a miss
 	}{
 		{"set", func() error { return a.near.Set(ctx, "k", []byte("v2"), dbcache.Forever) }, "v2"},
-		{"set_many", func() error { _, err := a.near.SetMany(ctx, map[string][]byte{"k": []byte("v3")}, dbcache.Forever); return err }, "v3"},
+		{"set_many", func() error {
+			_, err := a.near.SetMany(ctx, map[string][]byte{"k": []byte("v3")}, dbcache.Forever)
+			return err
+		}, "v3"},
 		{"delete", func() error { _, err := a.near.Delete(ctx, "k"); return err }, ""},
 		{"add", func() error { _, err := a.near.Add(ctx, "k", []byte("v4"), dbcache.Forever); return err }, "v4"},
 		{"incr", func() error {
