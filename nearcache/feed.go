@@ -248,8 +248,12 @@ func (f *feed) stream(ctx context.Context, conn *pgconn.PgConn, slot string) err
 				if err != nil {
 					return fmt.Errorf("nearcache: feed: %w", err)
 				}
-				// Everything before a keepalive has been received.
-				pos = max(pos, ka.ServerWALEnd)
+				// A keepalive carries how far the walsender has read
+				// (its sentPtr), and everything before it has been
+				// received: confirm exactly that. A walsender stopping
+				// for a shutdown waits until the position confirmed
+				// equals its own; one past it would hold the shutdown.
+				pos = ka.ServerWALEnd
 				if ka.ReplyRequested {
 					lastStatus = time.Time{}
 				}
@@ -265,7 +269,7 @@ func (f *feed) stream(ctx context.Context, conn *pgconn.PgConn, slot string) err
 				if err := f.apply(m, slot, &keyIdx, &commitTime); err != nil {
 					return err
 				}
-				pos = max(pos, xld.WALStart+pglogrepl.LSN(len(xld.WALData)))
+				pos = max(pos, xld.WALStart)
 			}
 		case *pgproto3.ErrorResponse:
 			return fmt.Errorf("nearcache: feed: %w", pgconn.ErrorResponseToPgError(msg))

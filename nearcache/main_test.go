@@ -145,6 +145,8 @@ type proc struct {
 	cache *dbcache.Cache
 	near  *nearcache.Cache
 	trace *recorder
+	// appName is the feed connection's application_name.
+	appName string
 }
 
 func (e *env) proc(t testing.TB, cfg *nearcache.Config) *proc {
@@ -161,6 +163,13 @@ func (e *env) proc(t testing.TB, cfg *nearcache.Config) *proc {
 	if c.Tracer == nil {
 		c.Tracer = p.trace
 	}
+	if c.Replication == nil {
+		// A name of its own, so a test can find its walsender.
+		rc := p.pool.Config().ConnConfig.Config.Copy()
+		rc.RuntimeParams["application_name"] = fmt.Sprintf("nc_test_%d", seq.Add(1))
+		c.Replication = rc
+	}
+	p.appName = c.Replication.RuntimeParams["application_name"]
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
