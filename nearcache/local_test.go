@@ -1,0 +1,159 @@
+package nearcache
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// The fill protocol, without a database: a copy read before a change is
+// never stored after the change's invalidation.
+func TestFillProtocol(t *testing.T) {
+	t.Parallel()
+	l, err := newLocal(1<<20, 1<<10)
+	require.NoError(t, err)
+	defer l.close()
+	now := time.Now()
+	v := []byte("v")
+
+	// Feed down: nothing is stored.
+	tok := l.beginFill("k")
+	require.False(t, l.endFill(tok, true, v, time.Time{}))
+	l.setFeed(true)
+
+	// Feed up: stored, and served.
+	tok = l.beginFill("k")
+	require.True(t, l.endFill(tok, true, v, time.Time{}))
+	_, ok := l.get("k", now)
+	require.True(t, ok)
+
+	// An invalidation while a fill runs turns it away (it may have read
+	// the value from before the change), and drops the copy.
+	tok = l.beginFill("k")
+	require.True(t, l.invalidate("k"))
+	require.False(t, l.endFill(tok, true, v, time.Time{}))
+	_, ok = l.get("k", now)
+	require.False(t, ok)
+
+	// Two fills in flight, one invalidation: neither stores.
+	t1, t2 := l.beginFill("k"), l.beginFill("k")
+	l.invalidate("k")
+	require.False(t, l.endFill(t1, true, v, time.Time{}))
+	require.False(t, l.endFill(t2, true, v, time.Time{}))
+	require.Empty(t, l.shard("k").pending, "no mark outlives its fills")
+
+	// An invalidation of another key does not.
+	tok = l.beginFill("k")
+	l.invalidate("other")
+	require.True(t, l.endFill(tok, true, v, time.Time{}))
+
+	// A flush (Clear, a truncate) and the feed going down turn away every
+	// fill in flight and drop every copy.
+	for _, drop := range []func() int{l.flush, func() int { return l.setFeed(false) }} {
+		tok = l.beginFill("k2")
+		require.Positive(t, drop())
+		require.False(t, l.endFill(tok, true, v, time.Time{}))
+		require.Zero(t, l.len())
+		l.setFeed(true)
+		tok = l.beginFill("k")
+		require.True(t, l.endFill(tok, true, v, time.Time{}))
+	}
+	require.True(t, l.feedUp())
+
+	// A prefix: the fills of keys under it are turned away.
+	tok = l.beginFill("user:1")
+	other := l.beginFill("page:1")
+	l.invalidatePrefix("user:")
+	require.False(t, l.endFill(tok, true, v, time.Time{}))
+	require.True(t, l.endFill(other, true, v, time.Time{}))
+
+	// Expiry, and a value over the size limit.
+	tok = l.beginFill("e")
+	require.True(t, l.endFill(tok, true, v, now.Add(time.Millisecond)))
+	_, ok = l.get("e", now)
+	require.True(t, ok)
+	_, ok = l.get("e", now.Add(time.Millisecond))
+	require.False(t, ok, "expired at its expiry")
+	tok = l.beginFill("big")
+	require.False(t, l.endFill(tok, true, make([]byte, 2<<10), time.Time{}))
+}
+
+// Fills racing invalidations of the same keys: whatever the interleaving,
+// once the last invalidation (after which no fill began) is done, no copy
+// is left of a value read before it.
+func TestFillRace(t *testing.T) {
+	t.Parallel()
+	l, err := newLocal(1<<20, 1<<10)
+	require.NoError(t, err)
+	defer l.close()
+	l.setFeed(true)
+	var (
+		mu      sync.RWMutex // the "database": version of each key
+		version = map[string]int{}
+		wg      sync.WaitGroup
+	)
+	keys := []string{"a", "b", "c"}
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 3000 {
+				k := keys[(g+i)%len(keys)]
+				if i%5 == 0 { // a write, then its invalidation
+					mu.Lock()
+					version[k]++
+					mu.Unlock()
+					l.invalidate(k)
+					continue
+				}
+				tok := l.beginFill(k)
+				mu.RLock()
+				v := version[k]
+				mu.RUnlock()
+				l.endFill(tok, true, []byte(fmt.Sprint(v)), time.Time{})
+			}
+		})
+	}
+	wg.Wait()
+	for _, k := range keys {
+		if e, ok := l.get(k, time.Now()); ok {
+			require.Equal(t, fmt.Sprint(version[k]), string(e.value), "copy of %s", k)
+		}
+	}
+}
+
+// MaxBytes bounds the copies' weight, and the weight's per-entry overhead
+// covers what an entry really costs on the heap.
+func TestMemoryBound(t *testing.T) {
+	const maxBytes = 4 << 20
+	l, err := newLocal(maxBytes, 1<<20)
+	require.NoError(t, err)
+	defer l.close()
+	l.setFeed(true)
+	fill := func(n, size int) {
+		for i := range n {
+			k := fmt.Sprintf("prefix:1:key-%08d", i)
+			tok := l.beginFill(k)
+			l.endFill(tok, true, make([]byte, size), time.Time{})
+		}
+		l.cache.CleanUp()
+	}
+	fill(60_000, 100)
+	require.LessOrEqual(t, l.bytes(), uint64(maxBytes))
+	require.Greater(t, l.bytes(), uint64(maxBytes/2), "the budget is used")
+
+	// The heap an entry takes, against its weight.
+	l.flush()
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	fill(10_000, 100)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	perEntry := float64(after.HeapAlloc-before.HeapAlloc) / float64(l.len())
+	weight := float64(l.bytes()) / float64(l.len())
+	t.Logf("%d entries: %.0f heap bytes each, weighed %.0f", l.len(), perEntry, weight)
+	require.LessOrEqual(t, perEntry, 1.25*weight, "the weight covers the heap within 25%%")
+}
