@@ -64,7 +64,9 @@ func (p otterPolicy) set(k string, v []byte) {
 	p.l.endFill(p.l.beginFill(k), true, v, time.Time{})
 }
 
-type ristrettoPolicy struct{ c *ristretto.Cache[string, []byte] }
+type ristrettoPolicy struct {
+	c *ristretto.Cache[string, []byte]
+}
 
 func (p ristrettoPolicy) get(k string) bool {
 	_, ok := p.c.Get(k)
