@@ -337,7 +337,7 @@ func (f *feed) changed(t *pglogrepl.TupleData, keyIdx int, commitTime time.Time)
 		return
 	}
 	key := string(t.Columns[keyIdx].Data)
-	dropped := f.c.local.invalidate(key)
+	dropped := f.c.local.changed(key)
 	f.c.cnt.invalidations.Add(1)
 	if tr := f.c.cfg.Tracer; tr != nil {
 		tr.TraceInvalidate(Invalidation{Cause: CauseFeed, Keys: 1, Dropped: b2i(dropped), Lag: time.Since(commitTime), Key: key})

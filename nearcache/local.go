@@ -29,6 +29,23 @@ import (
 // The marks are kept only while fills are in flight, in shards by key
 // hash, so an invalidation of a key nobody is reading costs a map lookup
 // under one shard's lock.
+//
+// A Set through the layer keeps a copy of the value it wrote (so the
+// writer's next reads are hits), which its own change, arriving later on
+// the feed, must not drop, while any other change must. The feed carries
+// keys only, so the layer counts instead. A write registers before it is
+// sent (beginWrite): the key's copy goes, fills in flight and fills that
+// begin meanwhile store nothing, and every feed invalidation of the key
+// from then on is counted. Changes arrive in commit order, and the write's
+// own arrives before any committed after it. So when the write returns
+// (endWrite), if none has arrived, its own is still to come: the copy is
+// stored marked to absorb exactly one invalidation, the next (its own, or
+// an older one, after which its own drops the copy: a miss, never a stale
+// read). If one has arrived it may have been its own: the copy is stored
+// unmarked, and the next invalidation drops it. Two or more, or another
+// write of the key through the layer at the same time: nothing is
+// stored. A marked copy whose mark outlives a heartbeat sent after the
+// write returned (so its own change has surely arrived) is not served.
 
 // entryOverhead is what a cached entry costs beyond its key's and value's
 // bytes: the entry struct, otter's node and hash table slot, and slice
@@ -44,6 +61,18 @@ type entry struct {
 	// of the read that fetched it (so it is never later than the
 	// database's, whatever the clocks' offset). Zero: never expires.
 	expires time.Time
+	// absorb, when not 0, marks a copy kept by a write through the layer
+	// whose own change has not arrived: the next feed invalidation of the
+	// key is absorbed (clearing it) rather than dropping the copy. Its
+	// value is when the write returned (Cache.since).
+	absorb atomic.Int64
+}
+
+// writeWin is the writes through the layer of one key in flight.
+type writeWin struct {
+	refs  int // in flight
+	total int // begun since the window opened
+	seen  int // feed invalidations of the key since it opened
 }
 
 func (e *entry) weight(key string) uint32 {
@@ -61,6 +90,7 @@ const fillShards = 64
 type fillShard struct {
 	mu      sync.Mutex
 	pending map[string]*fill
+	writes  map[string]*writeWin
 }
 
 // local is the in-process store.
@@ -93,6 +123,7 @@ func newLocal(maxBytes int64, maxItem int) (*local, error) {
 	l := &local{cache: c, maxItem: maxItem, seed: maphash.MakeSeed()}
 	for i := range l.shards {
 		l.shards[i].pending = map[string]*fill{}
+		l.shards[i].writes = map[string]*writeWin{}
 	}
 	return l, nil
 }
@@ -128,6 +159,9 @@ func (l *local) beginFill(key string) fillToken {
 		s.pending[key] = f
 	}
 	f.refs++
+	if s.writes[key] != nil {
+		f.stale = true // it may read the value from before the write
+	}
 	s.mu.Unlock()
 	return fillToken{key: key, f: f, gen: g}
 }
@@ -152,8 +186,8 @@ func (l *local) endFill(t fillToken, keep bool, value []byte, expires time.Time)
 	return true
 }
 
-// invalidate drops key's copy and turns away the fills in flight for it.
-// It reports whether a copy was dropped.
+// invalidate drops key's copy and turns away the fills in flight for it,
+// for a write through the layer. It reports whether a copy was dropped.
 func (l *local) invalidate(key string) bool {
 	s := l.shard(key)
 	s.mu.Lock()
@@ -163,6 +197,77 @@ func (l *local) invalidate(key string) bool {
 	_, dropped := l.cache.Invalidate(key)
 	s.mu.Unlock()
 	return dropped
+}
+
+// changed is invalidate for a change the feed reported: a copy kept by a
+// write through the layer absorbs the first (see writeWin). It reports
+// whether a copy was dropped.
+func (l *local) changed(key string) bool {
+	s := l.shard(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := s.pending[key]; f != nil {
+		f.stale = true
+	}
+	if w := s.writes[key]; w != nil {
+		w.seen++
+	}
+	if e, ok := l.cache.GetIfPresent(key); ok && e.absorb.Swap(0) != 0 {
+		return false
+	}
+	_, dropped := l.cache.Invalidate(key)
+	return dropped
+}
+
+// writeToken is what beginWrite hands endWrite.
+type writeToken struct {
+	key string
+	w   *writeWin
+	gen uint64
+}
+
+// beginWrite registers a write of key through the layer that is about to
+// be sent, and drops the key's copy.
+func (l *local) beginWrite(key string) writeToken {
+	g := l.gen.Load()
+	s := l.shard(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f := s.pending[key]; f != nil {
+		f.stale = true
+	}
+	w := s.writes[key]
+	if w == nil {
+		w = &writeWin{}
+		s.writes[key] = w
+	}
+	w.refs++
+	w.total++
+	l.cache.Invalidate(key)
+	return writeToken{key: key, w: w, gen: g}
+}
+
+// endWrite ends a write. With keep (the write succeeded and stored value,
+// expiring at expires), the value is kept as the key's copy when the
+// counts allow (see writeWin); now is when the write returned. It reports
+// whether it kept the copy.
+func (l *local) endWrite(t writeToken, keep bool, value []byte, expires time.Time, now int64) bool {
+	s := l.shard(t.key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t.w.refs--
+	if t.w.refs == 0 {
+		delete(s.writes, t.key)
+	}
+	if !keep || t.w.refs != 0 || t.w.total != 1 || t.w.seen > 1 || t.gen%2 == 0 || l.gen.Load() != t.gen || len(value) > l.maxItem {
+		return false
+	}
+	e := &entry{value: value, expires: expires}
+	if t.w.seen == 0 {
+		e.absorb.Store(now)
+	}
+	l.cache.Set(t.key, e)
+	return true
 }
 
 // setFeed drops every copy and turns away every fill in flight; up says

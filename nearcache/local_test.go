@@ -73,10 +73,11 @@ func TestFillProtocol(t *testing.T) {
 
 	// Expiry, and a value over the size limit.
 	tok = l.beginFill("e")
-	require.True(t, l.endFill(tok, true, v, now.Add(time.Millisecond)))
-	_, ok = l.get("e", now)
+	expires := time.Now().Add(time.Hour)
+	require.True(t, l.endFill(tok, true, v, expires))
+	_, ok = l.get("e", time.Now())
 	require.True(t, ok)
-	_, ok = l.get("e", now.Add(time.Millisecond))
+	_, ok = l.get("e", expires)
 	require.False(t, ok, "expired at its expiry")
 	tok = l.beginFill("big")
 	require.False(t, l.endFill(tok, true, make([]byte, 2<<10), time.Time{}))
@@ -156,4 +157,128 @@ func TestMemoryBound(t *testing.T) {
 	weight := float64(l.bytes()) / float64(l.len())
 	t.Logf("%d entries: %.0f heap bytes each, weighed %.0f", l.len(), perEntry, weight)
 	require.LessOrEqual(t, perEntry, 1.25*weight, "the weight covers the heap within 25%%")
+}
+
+// A copy kept by a write through the layer survives that write's own
+// change arriving on the feed, and no other.
+func TestWriteKeepsCopy(t *testing.T) {
+	t.Parallel()
+	l, err := newLocal(1<<20, 1<<10)
+	require.NoError(t, err)
+	defer l.close()
+	l.setFeed(true)
+	now := time.Now()
+	v := []byte("mine")
+	served := func() bool {
+		_, ok := l.get("k", now)
+		return ok
+	}
+
+	// Its own change arrives after it returns: absorbed; the next drops.
+	tok := l.beginWrite("k")
+	require.True(t, l.endWrite(tok, true, v, time.Time{}, 1))
+	require.True(t, served())
+	require.False(t, l.changed("k"), "its own change is absorbed")
+	require.True(t, served())
+	require.True(t, l.changed("k"), "the next change drops it")
+	require.False(t, served())
+
+	// Its own change arrives before it returns: kept, and the next drops.
+	tok = l.beginWrite("k")
+	l.changed("k")
+	require.True(t, l.endWrite(tok, true, v, time.Time{}, 1))
+	require.True(t, l.changed("k"))
+
+	// Two changes before it returns (an older one, then its own): nothing.
+	tok = l.beginWrite("k")
+	l.changed("k")
+	l.changed("k")
+	require.False(t, l.endWrite(tok, true, v, time.Time{}, 1))
+	require.False(t, served())
+
+	// Two writes of the key at once: neither keeps a copy.
+	t1, t2 := l.beginWrite("k"), l.beginWrite("k")
+	require.False(t, l.endWrite(t1, true, v, time.Time{}, 1))
+	require.False(t, l.endWrite(t2, true, v, time.Time{}, 1))
+	require.Empty(t, l.shard("k").writes)
+
+	// A failed write keeps nothing; a fill during a write stores nothing.
+	tok = l.beginWrite("k")
+	require.False(t, l.endWrite(tok, false, nil, time.Time{}, 1))
+	tok = l.beginWrite("k")
+	f := l.beginFill("k")
+	require.False(t, l.endFill(f, true, []byte("old"), time.Time{}))
+	l.endWrite(tok, true, v, time.Time{}, 1)
+	l.changed("k")
+	f = l.beginFill("k")
+	tok = l.beginWrite("k")
+	require.False(t, l.endFill(f, true, []byte("old"), time.Time{}), "a fill in flight when a write begins")
+	l.endWrite(tok, false, nil, time.Time{}, 1)
+
+	// The feed going down during the write: nothing.
+	tok = l.beginWrite("k")
+	l.setFeed(false)
+	l.setFeed(true)
+	require.False(t, l.endWrite(tok, true, v, time.Time{}, 1))
+}
+
+// Own writes, foreign writes and fills racing, with a feed that delivers
+// every change in commit order: once the feed has delivered everything, any
+// copy left holds the latest value.
+func TestWriteRace(t *testing.T) {
+	t.Parallel()
+	l, err := newLocal(1<<20, 1<<10)
+	require.NoError(t, err)
+	defer l.close()
+	l.setFeed(true)
+	var (
+		mu      sync.Mutex // the database: commits in order, each sent to the feed
+		version = map[string]int{}
+		feed    = make(chan string, 1<<16)
+		wg      sync.WaitGroup
+	)
+	commit := func(k string) int {
+		mu.Lock()
+		defer mu.Unlock()
+		version[k]++
+		feed <- k
+		return version[k]
+	}
+	fed := make(chan struct{})
+	go func() {
+		defer close(fed)
+		for k := range feed {
+			l.changed(k)
+		}
+	}()
+	keys := []string{"a", "b"}
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 2000 {
+				k := keys[(g+i)%len(keys)]
+				switch i % 4 {
+				case 0: // a write through the layer
+					tok := l.beginWrite(k)
+					v := commit(k)
+					l.endWrite(tok, true, []byte(fmt.Sprint(v)), time.Time{}, 1)
+				case 1: // another process's write
+					commit(k)
+				default: // a read that fills
+					tok := l.beginFill(k)
+					mu.Lock()
+					v := version[k]
+					mu.Unlock()
+					l.endFill(tok, true, []byte(fmt.Sprint(v)), time.Time{})
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(feed)
+	<-fed
+	for _, k := range keys {
+		if e, ok := l.get(k, time.Now()); ok {
+			require.Equal(t, fmt.Sprint(version[k]), string(e.value), "copy of %s", k)
+		}
+	}
 }

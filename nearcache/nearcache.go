@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/dbcache/dbcache/dbcache"
 )
@@ -26,6 +27,10 @@ type Cache struct {
 	local   *local
 	feed    *feed
 	cnt     counters
+	// flights shares one store read among the goroutines that miss the
+	// same key at once: a hot key just invalidated is read once, not by
+	// every reader.
+	flights singleflight.Group
 	closed  atomic.Bool
 	base    time.Time // the origin of since
 	cancel  context.CancelFunc
@@ -131,6 +136,7 @@ func (c *Cache) Stats() Stats {
 		Hits:          c.cnt.hits.Load(),
 		Misses:        c.cnt.misses.Load(),
 		Fills:         c.cnt.fills.Load(),
+		WritesKept:    c.cnt.writesKept.Load(),
 		FillsRefused:  c.cnt.fillsRefused.Load(),
 		Invalidations: c.cnt.invalidations.Load(),
 		Flushes:       c.cnt.flushes.Load(),
@@ -171,7 +177,44 @@ func (c *Cache) lookup(mk string, now time.Time) (*entry, bool) {
 		c.cnt.bypassed.Add(1)
 		return nil, false
 	}
+	if a := e.absorb.Load(); a != 0 && c.feed.confirmed.Load() > a {
+		// A heartbeat sent after the write that kept this copy has
+		// arrived, so the write's own change has too, yet the copy still
+		// waits for it: never expected, and not to be trusted.
+		c.local.invalidate(mk)
+		return nil, false
+	}
 	return e, true
+}
+
+type filled struct {
+	v   []byte
+	ttl dbcache.Timeout
+}
+
+// read is fill shared among the goroutines reading mk at once. The shared
+// read runs without the first caller's cancellation (the store bounds it
+// by its own time limit), so one caller giving up fails no other; each
+// caller still returns as soon as its own context ends, and gets a value
+// of its own.
+func (c *Cache) read(ctx context.Context, key, mk string) ([]byte, dbcache.Timeout, error) {
+	ch := c.flights.DoChan(mk, func() (any, error) {
+		v, ttl, err := c.fill(context.WithoutCancel(ctx), key, mk)
+		return filled{v, ttl}, err
+	})
+	select {
+	case r := <-ch:
+		f, _ := r.Val.(filled)
+		if r.Err != nil {
+			return nil, dbcache.Timeout{}, r.Err
+		}
+		if r.Shared {
+			return clone(f.v), f.ttl, nil
+		}
+		return f.v, f.ttl, nil
+	case <-ctx.Done():
+		return nil, dbcache.Timeout{}, ctx.Err()
+	}
 }
 
 // fill reads key from the store with its remaining lifetime, and keeps a
@@ -223,7 +266,7 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 		return clone(e.value), nil
 	}
 	c.traceRead(ctx, dbcache.OpGet, 0, 1)
-	v, _, err := c.fill(ctx, key, mk)
+	v, _, err := c.read(ctx, key, mk)
 	return v, err
 }
 
@@ -241,7 +284,7 @@ func (c *Cache) GetWithTTL(ctx context.Context, key string) ([]byte, dbcache.Tim
 		return clone(e.value), remaining(e, now), nil
 	}
 	c.traceRead(ctx, dbcache.OpGet, 0, 1)
-	return c.fill(ctx, key, mk)
+	return c.read(ctx, key, mk)
 }
 
 // HasKey reports whether key has a live entry: true at once when a
@@ -285,7 +328,7 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 	case 0:
 		return out, nil
 	case 1:
-		v, _, err := c.fill(ctx, rest[0], c.makeKey(rest[0]))
+		v, _, err := c.read(ctx, rest[0], c.makeKey(rest[0]))
 		switch {
 		case err == nil:
 			out[rest[0]] = v
@@ -366,14 +409,45 @@ func (c *Cache) wrote(mks ...string) {
 	}
 }
 
-// Set is the store's Set; the key's copy is dropped.
+// Set is the store's Set. With a timeout of Forever or a positive TTL, the
+// value written is kept as the key's copy, so this process's next reads of
+// it are hits (another process's copy is dropped by the feed); the copy
+// expires the timeout after the Set began, never after the entry. With
+// DefaultTimeout (the store's default is not known here) or TTL(d <= 0),
+// or when the key changed meanwhile, the key's copy is dropped instead.
 func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout dbcache.Timeout) error {
 	if c.closed.Load() {
 		return dbcache.ErrClosed
 	}
+	mk := c.makeKey(key)
+	d, ttl := timeout.Duration()
+	if !(timeout.IsForever() || (ttl && d > 0)) || len(value) > c.cfg.MaxEntryBytes {
+		err := c.store.Set(ctx, key, value, timeout)
+		c.wrote(mk)
+		return err
+	}
+	tok := c.local.beginWrite(mk)
+	start := time.Now()
 	err := c.store.Set(ctx, key, value, timeout)
-	c.wrote(c.makeKey(key))
+	var expires time.Time
+	if ttl {
+		expires = start.Add(d)
+	}
+	if c.local.endWrite(tok, err == nil, bytes.Clone(nonNil(value)), expires, c.since(time.Now())) {
+		c.cnt.writesKept.Add(1)
+	}
+	c.cnt.invalidations.Add(1)
+	if t := c.cfg.Tracer; t != nil {
+		t.TraceInvalidate(Invalidation{Cause: CauseWrite, Keys: 1, Key: mk})
+	}
 	return err
+}
+
+func nonNil(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
 }
 
 // Add is the store's Add; the key's copy is dropped.

@@ -22,17 +22,23 @@ import (
 
 const (
 	traceKeys  = 100_000
-	traceLen   = 1 << 20
 	traceValue = 100
 )
 
 var (
 	traceOnce sync.Once
 	trace     []string
+	// traceLen is the trace's length: a million accesses, or 64k with
+	// -short (CI runs every benchmark once, to keep them working).
+	traceLen int
 )
 
 func zipfTrace() []string {
 	traceOnce.Do(func() {
+		traceLen = 1 << 20
+		if testing.Short() {
+			traceLen = 1 << 16
+		}
 		r := rand.New(rand.NewPCG(1, 2))
 		z := rand.NewZipf(r, 1.1, 1, traceKeys-1)
 		names := make([]string, traceKeys)

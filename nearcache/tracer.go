@@ -61,6 +61,9 @@ type Stats struct {
 	// whose value was not kept because the key changed (or the feed
 	// broke) while they ran, or the value was over MaxEntryBytes.
 	Fills, FillsRefused int64
+	// WritesKept counts Sets through the layer whose value was kept as
+	// the key's copy.
+	WritesKept int64
 	// Invalidations counts keys invalidated by the feed and by writes
 	// through the layer; Flushes the times everything was dropped.
 	Invalidations, Flushes int64
@@ -90,5 +93,5 @@ func (s Stats) HitRatio() float64 {
 }
 
 type counters struct {
-	hits, misses, fills, fillsRefused, invalidations, flushes, bypassed, feedRestarts atomic.Int64
+	hits, misses, fills, fillsRefused, writesKept, invalidations, flushes, bypassed, feedRestarts atomic.Int64
 }
