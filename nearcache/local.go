@@ -37,15 +37,18 @@ import (
 // sent (beginWrite): the key's copy goes, fills in flight and fills that
 // begin meanwhile store nothing, and every feed invalidation of the key
 // from then on is counted. Changes arrive in commit order, and the write's
-// own arrives before any committed after it. So when the write returns
-// (endWrite), if none has arrived, its own is still to come: the copy is
-// stored marked to absorb exactly one invalidation, the next (its own, or
-// an older one, after which its own drops the copy: a miss, never a stale
-// read). If one has arrived it may have been its own: the copy is stored
-// unmarked, and the next invalidation drops it. Two or more, or another
-// write of the key through the layer at the same time: nothing is
-// stored. A marked copy whose mark outlives a heartbeat sent after the
-// write returned (so its own change has surely arrived) is not served.
+// own arrives before any committed after it. The changes still due that
+// committed before it are its own plus those still owed to the copy it
+// replaced (a previous write through the layer whose own change had not
+// arrived yet: owed). So when it returns (endWrite), with seen counted,
+// the copy is stored with a budget of owed + 1 - seen invalidations to
+// absorb: every one absorbed committed no later than the write (an older
+// change absorbed in place of its own just means its own drops the copy
+// later: a miss, never a stale read). A budget under 0, or another write
+// of the key through the layer at the same time (their commit order is
+// unknown): nothing is stored. A copy still absorbing after a heartbeat
+// sent once the write returned has arrived (so every change before it has
+// too) is not served.
 
 // entryOverhead is what a cached entry costs beyond its key's and value's
 // bytes: the entry struct, otter's node and hash table slot, and slice
@@ -61,11 +64,13 @@ type entry struct {
 	// of the read that fetched it (so it is never later than the
 	// database's, whatever the clocks' offset). Zero: never expires.
 	expires time.Time
-	// absorb, when not 0, marks a copy kept by a write through the layer
-	// whose own change has not arrived: the next feed invalidation of the
-	// key is absorbed (clearing it) rather than dropping the copy. Its
-	// value is when the write returned (Cache.since).
-	absorb atomic.Int64
+	// budget is how many feed invalidations of the key the copy absorbs
+	// before the next drops it (a copy kept by a write through the layer
+	// whose own change has not arrived); absorbing is when that write
+	// returned (Cache.since), for the heartbeat check. Both change under
+	// the key's shard lock.
+	budget    atomic.Int32
+	absorbing atomic.Int64
 }
 
 // writeWin is the writes through the layer of one key in flight.
@@ -73,6 +78,7 @@ type writeWin struct {
 	refs  int // in flight
 	total int // begun since the window opened
 	seen  int // feed invalidations of the key since it opened
+	owed  int // the budget left to the copy the first write replaced
 }
 
 func (e *entry) weight(key string) uint32 {
@@ -212,7 +218,10 @@ func (l *local) changed(key string) bool {
 	if w := s.writes[key]; w != nil {
 		w.seen++
 	}
-	if e, ok := l.cache.GetIfPresent(key); ok && e.absorb.Swap(0) != 0 {
+	if e, ok := l.cache.GetIfPresent(key); ok && e.budget.Load() > 0 {
+		if e.budget.Add(-1) == 0 {
+			e.absorbing.Store(0)
+		}
 		return false
 	}
 	_, dropped := l.cache.Invalidate(key)
@@ -239,6 +248,9 @@ func (l *local) beginWrite(key string) writeToken {
 	w := s.writes[key]
 	if w == nil {
 		w = &writeWin{}
+		if e, ok := l.cache.GetIfPresent(key); ok {
+			w.owed = int(e.budget.Load())
+		}
 		s.writes[key] = w
 	}
 	w.refs++
@@ -259,12 +271,14 @@ func (l *local) endWrite(t writeToken, keep bool, value []byte, expires time.Tim
 	if t.w.refs == 0 {
 		delete(s.writes, t.key)
 	}
-	if !keep || t.w.refs != 0 || t.w.total != 1 || t.w.seen > 1 || t.gen%2 == 0 || l.gen.Load() != t.gen || len(value) > l.maxItem {
+	budget := t.w.owed + 1 - t.w.seen
+	if !keep || t.w.refs != 0 || t.w.total != 1 || budget < 0 || t.gen%2 == 0 || l.gen.Load() != t.gen || len(value) > l.maxItem {
 		return false
 	}
 	e := &entry{value: value, expires: expires}
-	if t.w.seen == 0 {
-		e.absorb.Store(now)
+	if budget > 0 {
+		e.budget.Store(int32(budget))
+		e.absorbing.Store(now)
 	}
 	l.cache.Set(t.key, e)
 	return true

@@ -282,3 +282,32 @@ func TestWriteRace(t *testing.T) {
 		}
 	}
 }
+
+// A write that replaces a copy whose own change is still due: both
+// changes are absorbed, and the next drops the copy.
+func TestWriteOwed(t *testing.T) {
+	t.Parallel()
+	l, err := newLocal(1<<20, 1<<10)
+	require.NoError(t, err)
+	defer l.close()
+	l.setFeed(true)
+	served := func() bool {
+		_, ok := l.get("k", time.Now())
+		return ok
+	}
+	require.True(t, l.endWrite(l.beginWrite("k"), true, []byte("1"), time.Time{}, 1))
+	tok := l.beginWrite("k") // the first write's change is still due
+	require.True(t, l.endWrite(tok, true, []byte("2"), time.Time{}, 1))
+	require.False(t, l.changed("k"), "the first write's change")
+	require.False(t, l.changed("k"), "the second's")
+	require.True(t, served())
+	require.True(t, l.changed("k"), "anything after drops it")
+
+	// The first write's change arrives while the second is in flight.
+	require.True(t, l.endWrite(l.beginWrite("k"), true, []byte("1"), time.Time{}, 1))
+	tok = l.beginWrite("k")
+	l.changed("k")
+	require.True(t, l.endWrite(tok, true, []byte("2"), time.Time{}, 1))
+	require.False(t, l.changed("k"))
+	require.True(t, l.changed("k"))
+}

@@ -177,7 +177,7 @@ func (c *Cache) lookup(mk string, now time.Time) (*entry, bool) {
 		c.cnt.bypassed.Add(1)
 		return nil, false
 	}
-	if a := e.absorb.Load(); a != 0 && c.feed.confirmed.Load() > a {
+	if a := e.absorbing.Load(); a != 0 && c.feed.confirmed.Load() > a {
 		// A heartbeat sent after the write that kept this copy has
 		// arrived, so the write's own change has too, yet the copy still
 		// waits for it: never expected, and not to be trusted.
