@@ -34,9 +34,11 @@ import (
 // writer's next reads are hits), which its own change, arriving later on
 // the feed, must not drop, while any other change must. The feed carries
 // keys only, so the layer counts instead. A write registers before it is
-// sent (beginWrite): the key's copy goes, fills in flight and fills that
-// begin meanwhile store nothing, and every feed invalidation of the key
-// from then on is counted. Changes arrive in commit order, and the write's
+// sent (beginWrite): fills in flight and fills that begin meanwhile store
+// nothing, and every feed invalidation of the key from then on is counted.
+// The key's copy is still served until the write returns (a read
+// concurrent with a write may see the value before it) or a change drops
+// it; once the write returns it is replaced, or dropped. Changes arrive in commit order, and the write's
 // own arrives before any committed after it. The changes still due that
 // committed before it are its own plus those still owed to the copy it
 // replaced (a previous write through the layer whose own change had not
@@ -236,7 +238,7 @@ type writeToken struct {
 }
 
 // beginWrite registers a write of key through the layer that is about to
-// be sent, and drops the key's copy.
+// be sent.
 func (l *local) beginWrite(key string) writeToken {
 	g := l.gen.Load()
 	s := l.shard(key)
@@ -255,7 +257,6 @@ func (l *local) beginWrite(key string) writeToken {
 	}
 	w.refs++
 	w.total++
-	l.cache.Invalidate(key)
 	return writeToken{key: key, w: w, gen: g}
 }
 
@@ -273,6 +274,8 @@ func (l *local) endWrite(t writeToken, keep bool, value []byte, expires time.Tim
 	}
 	budget := t.w.owed + 1 - t.w.seen
 	if !keep || t.w.refs != 0 || t.w.total != 1 || budget < 0 || t.gen%2 == 0 || l.gen.Load() != t.gen || len(value) > l.maxItem {
+		// The copy from before the write is stale now that it returned.
+		l.cache.Invalidate(t.key)
 		return false
 	}
 	e := &entry{value: value, expires: expires}
