@@ -101,12 +101,6 @@ func newFeed(c *Cache, pool *pgxpool.Pool, repl *pgconn.Config) *feed {
 	}
 }
 
-// coherent reports whether copies may be served at now (as c.since).
-func (f *feed) coherent(now int64) bool {
-	conf := f.confirmed.Load()
-	return conf > 0 && now-conf < int64(f.c.cfg.MaxStaleness)
-}
-
 // run keeps the feed up until ctx ends.
 func (f *feed) run(ctx context.Context) {
 	backoff := 100 * time.Millisecond

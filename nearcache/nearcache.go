@@ -169,15 +169,20 @@ func (c *Cache) traceRead(ctx context.Context, op string, hits, misses int) {
 
 // lookup returns the copy of the made key mk that may be served now.
 func (c *Cache) lookup(mk string, now time.Time) (*entry, bool) {
+	// The heartbeat is read before the copy: every change committed before
+	// it was sent had been applied when it arrived, so before this read of
+	// the copy. (Read after, it could vouch for a copy fetched before a
+	// change that dropped it.)
+	conf := c.feed.confirmed.Load()
 	e, ok := c.local.get(mk, now)
 	if !ok {
 		return nil, false
 	}
-	if !c.feed.coherent(c.since(now)) {
+	if conf == 0 || c.since(now)-conf >= int64(c.cfg.MaxStaleness) {
 		c.cnt.bypassed.Add(1)
 		return nil, false
 	}
-	if a := e.absorbing.Load(); a != 0 && c.feed.confirmed.Load() > a {
+	if a := e.absorbing.Load(); a != 0 && conf > a {
 		// A heartbeat sent after the write that kept this copy has
 		// arrived, so the write's own change has too, yet the copy still
 		// waits for it: never expected, and not to be trusted.
