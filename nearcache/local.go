@@ -34,11 +34,12 @@ import (
 // writer's next reads are hits), which its own change, arriving later on
 // the feed, must not drop, while any other change must. The feed carries
 // keys only, so the layer counts instead. A write registers before it is
-// sent (beginWrite): fills in flight and fills that begin meanwhile store
-// nothing, and every feed invalidation of the key from then on is counted.
-// The key's copy is still served until the write returns (a read
-// concurrent with a write may see the value before it) or a change drops
-// it; once the write returns it is replaced, or dropped. Changes arrive in commit order, and the write's
+// sent (beginWrite), and every feed invalidation of the key from then on
+// is counted. Until it returns, the key's copy is served, and fills may
+// store theirs (a read concurrent with a write may see the value from
+// before it); when it returns, fills still in flight (which may have read
+// the value from before it) store nothing, and the copy is replaced, or
+// dropped. Changes arrive in commit order, and the write's
 // own arrives before any committed after it. The changes still due that
 // committed before it are its own plus those still owed to the copy it
 // replaced (a previous write through the layer whose own change had not
@@ -167,9 +168,6 @@ func (l *local) beginFill(key string) fillToken {
 		s.pending[key] = f
 	}
 	f.refs++
-	if s.writes[key] != nil {
-		f.stale = true // it may read the value from before the write
-	}
 	s.mu.Unlock()
 	return fillToken{key: key, f: f, gen: g}
 }
@@ -271,6 +269,9 @@ func (l *local) endWrite(t writeToken, keep bool, value []byte, expires time.Tim
 	t.w.refs--
 	if t.w.refs == 0 {
 		delete(s.writes, t.key)
+	}
+	if f := s.pending[t.key]; f != nil {
+		f.stale = true // it may have read the value from before the write
 	}
 	budget := t.w.owed + 1 - t.w.seen
 	if !keep || t.w.refs != 0 || t.w.total != 1 || budget < 0 || t.gen%2 == 0 || l.gen.Load() != t.gen || len(value) > l.maxItem {

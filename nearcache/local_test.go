@@ -202,13 +202,22 @@ func TestWriteKeepsCopy(t *testing.T) {
 	require.False(t, l.endWrite(t2, true, v, time.Time{}, 1))
 	require.Empty(t, l.shard("k").writes)
 
-	// A failed write keeps nothing; a fill during a write stores nothing.
+	// A failed write keeps nothing, and drops the copy from before it. A
+	// fill during a write may store its copy until the write returns;
+	// one still in flight then stores nothing.
+	require.True(t, l.endFill(l.beginFill("k"), true, []byte("old"), time.Time{}))
 	tok = l.beginWrite("k")
+	require.True(t, served(), "the copy from before is served while the write is in flight")
 	require.False(t, l.endWrite(tok, false, nil, time.Time{}, 1))
+	require.False(t, served())
 	tok = l.beginWrite("k")
+	require.True(t, l.endFill(l.beginFill("k"), true, []byte("old"), time.Time{}))
 	f := l.beginFill("k")
-	require.False(t, l.endFill(f, true, []byte("old"), time.Time{}))
 	l.endWrite(tok, true, v, time.Time{}, 1)
+	require.False(t, l.endFill(f, true, []byte("old"), time.Time{}), "in flight when the write returned")
+	e, ok := l.get("k", now)
+	require.True(t, ok)
+	require.Equal(t, v, e.value, "the write's copy replaced the fill's")
 	l.changed("k")
 	f = l.beginFill("k")
 	tok = l.beginWrite("k")
