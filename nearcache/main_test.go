@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -167,6 +169,13 @@ func (e *env) proc(t testing.TB, cfg *nearcache.Config) *proc {
 		// A name of its own, so a test can find its walsender.
 		rc := p.pool.Config().ConnConfig.Config.Copy()
 		rc.RuntimeParams["application_name"] = fmt.Sprintf("nc_test_%d", seq.Add(1))
+		// Like the pool, it dials the server where it is now (a restarted
+		// container has a new port), as a DNS name would follow a server.
+		var d net.Dialer
+		rc.DialFunc = func(ctx context.Context, network, _ string) (net.Conn, error) {
+			host, port := e.srv.Addr()
+			return d.DialContext(ctx, network, net.JoinHostPort(host, strconv.Itoa(int(port))))
+		}
 		c.Replication = rc
 	}
 	p.appName = c.Replication.RuntimeParams["application_name"]
