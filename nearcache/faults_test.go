@@ -230,6 +230,8 @@ func TestRefusals(t *testing.T) {
 		}
 		_, err = nearcache.New(ctx, nil, pool, nil)
 		require.Error(t, err)
+		require.ErrorContains(t, nearcache.Setup(ctx, pool, &nearcache.SetupConfig{Schema: "a b"}), "not a valid schema name")
+		require.ErrorContains(t, nearcache.Setup(ctx, pool, &nearcache.SetupConfig{Publication: "p;"}), "not a valid publication name")
 	})
 	t.Run("wal_level replica", func(t *testing.T) {
 		t.Parallel()

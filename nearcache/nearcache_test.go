@@ -14,6 +14,7 @@ import (
 
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/nearcache"
+	"github.com/dbcache/dbcache/typed"
 )
 
 // madeKey is the stored key of key with dbcache's defaults.
@@ -331,4 +332,125 @@ func TestExpiryClearDeletePrefix(t *testing.T) {
 		_, err := b.near.Get(ctx, "t")
 		return errors.Is(err, dbcache.ErrMiss)
 	})
+}
+
+// Every read of the Store API is answered from a copy when one is held,
+// with the store's semantics: HasKey, GetMany, GetWithTTL, GetOrSet and
+// GetOrSetFunc (which leaves a stale Revalidate entry to the store, so it
+// refreshes it as it would without the layer); and typed values compose
+// over the layer.
+func TestReadsFromMemory(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	a := e.proc(t, nil)
+	ctx := ctxT(t)
+	require.NoError(t, a.near.Set(ctx, "k", []byte("v"), dbcache.TTL(time.Hour)))
+	a.warm(t, "k", "v")
+	hits := func() int64 { return a.near.Stats().Hits }
+
+	h := hits()
+	ok, err := a.near.HasKey(ctx, "k")
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Equal(t, h+1, hits())
+	ok, err = a.near.HasKey(ctx, "absent")
+	require.NoError(t, err)
+	require.False(t, ok)
+
+	require.NoError(t, a.cache.Set(ctx, "x", []byte("x"), dbcache.Forever))
+	require.NoError(t, a.cache.Set(ctx, "y", []byte("y"), dbcache.Forever))
+	h = hits()
+	got, err := a.near.GetMany(ctx, []string{"k", "x", "y", "absent", "k"})
+	require.NoError(t, err)
+	require.Equal(t, map[string][]byte{"k": []byte("v"), "x": []byte("x"), "y": []byte("y")}, got)
+	require.Equal(t, h+1, hits(), "k from memory, the rest in one query")
+	got, err = a.near.GetMany(ctx, []string{"x"})
+	require.NoError(t, err)
+	require.Equal(t, "x", string(got["x"]))
+	a.warm(t, "x", "x") // a lone missing key is kept
+	got, err = a.near.GetMany(ctx, nil)
+	require.NoError(t, err)
+	require.Empty(t, got)
+
+	h = hits()
+	v, ttl, err := a.near.GetWithTTL(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, "v", string(v))
+	d, isTTL := ttl.Duration()
+	require.True(t, isTTL)
+	dbTTL, err := a.cache.TTL(ctx, "k")
+	require.NoError(t, err)
+	dbD, _ := dbTTL.Duration()
+	require.LessOrEqual(t, d, dbD, "never longer than the database's")
+	require.Equal(t, h+1, hits())
+
+	v[0] = 'X' // the caller owns what it got
+	v, err = a.near.Get(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, "v", string(v))
+
+	h = hits()
+	v, err = a.near.GetOrSet(ctx, "k", []byte("other"), dbcache.Forever)
+	require.NoError(t, err)
+	require.Equal(t, "v", string(v))
+	loads := 0
+	load := func(context.Context) ([]byte, error) { loads++; return []byte("loaded"), nil }
+	v, err = a.near.GetOrSetFunc(ctx, "k", load, dbcache.TTL(time.Hour))
+	require.NoError(t, err)
+	require.Equal(t, "v", string(v))
+	require.Zero(t, loads)
+	require.Equal(t, h+2, hits())
+
+	// A Revalidate entry in its stale period goes to the store, which
+	// returns it and refreshes it in the background.
+	require.NoError(t, a.near.Set(ctx, "swr", []byte("old"), dbcache.Revalidate(time.Millisecond, time.Hour)))
+	time.Sleep(5 * time.Millisecond)
+	h = hits()
+	v, err = a.near.GetOrSetFunc(ctx, "swr", load, dbcache.Revalidate(time.Millisecond, time.Hour))
+	require.NoError(t, err)
+	require.Equal(t, "old", string(v))
+	require.Equal(t, h, hits(), "not served from memory while stale")
+	eventually(t, "the store refreshes it", func() bool {
+		v, err := a.cache.Get(ctx, "swr")
+		require.NoError(t, err)
+		return string(v) == "loaded"
+	})
+
+	type user struct{ Name string }
+	users, err := typed.New[user](a.near, nil)
+	require.NoError(t, err)
+	require.NoError(t, users.Set(ctx, "u", user{"Ada"}, dbcache.TTL(time.Hour)))
+	h = hits()
+	u, err := users.Get(ctx, "u")
+	require.NoError(t, err)
+	require.Equal(t, "Ada", u.Name)
+	require.Equal(t, h+1, hits(), "the Set's value was kept")
+}
+
+// Close stops the feed (the server drops its slot), and every later call
+// is ErrClosed; the store stays open.
+func TestClose(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	a := e.proc(t, nil)
+	ctx := ctxT(t)
+	slots := func() int {
+		var n int
+		require.NoError(t, a.pool.QueryRow(ctx, `SELECT count(*) FROM pg_replication_slots s
+			JOIN pg_stat_activity p ON p.pid = s.active_pid WHERE p.application_name = $1`, a.appName).Scan(&n))
+		return n
+	}
+	require.Equal(t, 1, slots())
+	require.NoError(t, a.near.Close())
+	require.NoError(t, a.near.Close(), "idempotent")
+	eventually(t, "the slot is gone", func() bool { return slots() == 0 })
+	_, err := a.near.Get(ctx, "k")
+	require.ErrorIs(t, err, dbcache.ErrClosed)
+	require.ErrorIs(t, a.near.Set(ctx, "k", nil, dbcache.Forever), dbcache.ErrClosed)
+	_, err = a.near.HasKey(ctx, "k")
+	require.ErrorIs(t, err, dbcache.ErrClosed)
+	for _, err := range a.near.Keys(ctx, "") {
+		require.ErrorIs(t, err, dbcache.ErrClosed)
+	}
+	require.NoError(t, a.cache.Set(ctx, "k", []byte("v"), dbcache.Forever), "the store is still open")
 }
