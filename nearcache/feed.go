@@ -83,9 +83,13 @@ type feed struct {
 	killMu sync.Mutex
 	kill   context.CancelCauseFunc
 
-	// up is closed once the first session is up, or firstErr set.
+	// first gets the first session's outcome: nil once it is up, or the
+	// error it failed with.
 	firstOnce sync.Once
 	first     chan error
+	// lastFailLog is when a failed restart was last logged (run's
+	// goroutine only).
+	lastFailLog time.Time
 }
 
 func newFeed(c *Cache, pool *pgxpool.Pool, repl *pgconn.Config) *feed {
@@ -130,6 +134,12 @@ func (f *feed) down(err error) {
 	f.confirmed.Store(0)
 	n := f.c.local.setFeed(false)
 	if !wasUp {
+		// A start that failed: said once every ten seconds at most while
+		// the feed stays down.
+		if f.sessions.Load() > 0 && !f.c.closed.Load() && time.Since(f.lastFailLog) > 10*time.Second {
+			f.lastFailLog = time.Now()
+			f.c.cfg.Logger.Warn("nearcache: feed still down; reads go to the database", "err", err)
+		}
 		return
 	}
 	f.c.cnt.flushes.Add(1)
@@ -216,7 +226,11 @@ func (f *feed) stream(ctx context.Context, conn *pgconn.PgConn, slot string) err
 	)
 	for {
 		if time.Since(lastStatus) >= statusInterval {
-			if err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: pos}); err != nil {
+			// Asking for a reply makes the server answer with a keepalive,
+			// so a feed whose heartbeats cannot run (a pool with no free
+			// connection) is not mistaken for a silent one: its copies stop
+			// being served (no heartbeat confirms them), but the feed stays.
+			if err := pglogrepl.SendStandbyStatusUpdate(ctx, conn, pglogrepl.StandbyStatusUpdate{WALWritePosition: pos, ReplyRequested: true}); err != nil {
 				return fmt.Errorf("nearcache: feed: send status: %w", cause(ctx, err))
 			}
 			lastStatus = time.Now()

@@ -440,6 +440,7 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout dbcac
 	}
 	if c.local.endWrite(tok, err == nil, bytes.Clone(nonNil(value)), expires, c.since(time.Now())) {
 		c.cnt.writesKept.Add(1)
+		return err
 	}
 	c.cnt.invalidations.Add(1)
 	if t := c.cfg.Tracer; t != nil {
