@@ -1,6 +1,7 @@
 package nearcache
 
 import (
+	"context"
 	"fmt"
 	"runtime"
 	"sync"
@@ -319,4 +320,32 @@ func TestWriteOwed(t *testing.T) {
 	require.True(t, l.endWrite(tok, true, []byte("2"), time.Time{}, 1))
 	require.False(t, l.changed("k"))
 	require.True(t, l.changed("k"))
+}
+
+// keyLocks: one holder per key, other keys free, a waiter gives up with
+// its context, and nothing is left once all are released.
+func TestKeyLocks(t *testing.T) {
+	t.Parallel()
+	var k keyLocks
+	ctx := context.Background()
+	unlock, err := k.lock(ctx, "a")
+	require.NoError(t, err)
+	other, err := k.lock(ctx, "b")
+	require.NoError(t, err)
+	other()
+	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+	defer cancel()
+	_, err = k.lock(short, "a")
+	require.ErrorIs(t, err, context.DeadlineExceeded)
+	got := make(chan struct{})
+	go func() {
+		u, err := k.lock(ctx, "a")
+		if err == nil {
+			u()
+		}
+		close(got)
+	}()
+	unlock()
+	<-got
+	require.Empty(t, k.m)
 }

@@ -31,10 +31,12 @@ type Cache struct {
 	// same key at once: a hot key just invalidated is read once, not by
 	// every reader.
 	flights singleflight.Group
-	closed  atomic.Bool
-	base    time.Time // the origin of since
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	// sets serialises the Sets of one key through the layer.
+	sets   keyLocks
+	closed atomic.Bool
+	base   time.Time // the origin of since
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 var _ dbcache.Store = (*Cache)(nil)
@@ -417,7 +419,9 @@ func (c *Cache) wrote(mks ...string) {
 // Set is the store's Set. With a timeout of Forever or a positive TTL, the
 // value written is kept as the key's copy, so this process's next reads of
 // it are hits (another process's copy is dropped by the feed); the copy
-// expires the timeout after the Set began, never after the entry. With
+// expires the timeout after the Set began, never after the entry. Such
+// Sets of one key through the layer run one at a time (the database runs
+// them so anyway, on the row's lock), so that each keeps its copy. With
 // DefaultTimeout (the store's default is not known here) or TTL(d <= 0),
 // or when the key changed meanwhile, the key's copy is dropped instead.
 func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout dbcache.Timeout) error {
@@ -431,9 +435,14 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout dbcac
 		c.wrote(mk)
 		return err
 	}
+	unlock, err := c.sets.lock(ctx, mk)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	tok := c.local.beginWrite(mk)
 	start := time.Now()
-	err := c.store.Set(ctx, key, value, timeout)
+	err = c.store.Set(ctx, key, value, timeout)
 	var expires time.Time
 	if ttl {
 		expires = start.Add(d)
