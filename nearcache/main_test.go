@@ -149,6 +149,15 @@ type proc struct {
 	trace *recorder
 	// appName is the feed connection's application_name.
 	appName string
+	// bound is the layer's MaxStaleness.
+	bound time.Duration
+}
+
+// steady is a configuration for tests that assert reads are served from
+// memory: a bound long enough that a heartbeat late on a loaded machine
+// never sends a read to the database, heartbeats as often as usual.
+func steady() *nearcache.Config {
+	return &nearcache.Config{MaxStaleness: 30 * time.Second, HeartbeatInterval: 100 * time.Millisecond}
 }
 
 func (e *env) proc(t testing.TB, cfg *nearcache.Config) *proc {
@@ -179,6 +188,10 @@ func (e *env) proc(t testing.TB, cfg *nearcache.Config) *proc {
 		c.Replication = rc
 	}
 	p.appName = c.Replication.RuntimeParams["application_name"]
+	p.bound = c.MaxStaleness
+	if p.bound == 0 {
+		p.bound = nearcache.MaxStalenessDefault
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}

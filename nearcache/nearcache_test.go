@@ -35,7 +35,7 @@ func (p *proc) hit(t *testing.T, key string) ([]byte, bool) {
 // older value may be read until then, within the bound.
 func (p *proc) warm(t *testing.T, key string, want string) {
 	t.Helper()
-	checkFresh(t, p, key, want, time.Now(), nearcache.MaxStalenessDefault)
+	checkFresh(t, p, key, want, time.Now(), p.bound)
 }
 
 // A write by one process invalidates the other's copy through the feed:
@@ -45,7 +45,7 @@ func (p *proc) warm(t *testing.T, key string, want string) {
 func TestWriteInvalidatesOtherProcess(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
-	a, b := e.proc(t, nil), e.proc(t, nil)
+	a, b := e.proc(t, steady()), e.proc(t, steady())
 	ctx := ctxT(t)
 	require.NoError(t, a.near.Set(ctx, "k", []byte("v1"), dbcache.TTL(time.Hour)))
 	b.warm(t, "k", "v1")
@@ -154,7 +154,7 @@ func TestNeverStalePastBound(t *testing.T) {
 func TestReadOwnWrites(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
-	a := e.proc(t, nil)
+	a := e.proc(t, steady())
 	ctx := ctxT(t)
 	require.NoError(t, a.near.Set(ctx, "k", []byte("v1"), dbcache.Forever))
 	a.warm(t, "k", "v1")
@@ -223,7 +223,7 @@ func TestReadOwnWrites(t *testing.T) {
 func TestWithTxInvalidatesOnCommit(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
-	a, b := e.proc(t, nil), e.proc(t, nil)
+	a, b := e.proc(t, steady()), e.proc(t, steady())
 	ctx := ctxT(t)
 	require.NoError(t, a.near.Set(ctx, "k", []byte("v1"), dbcache.Forever))
 	b.warm(t, "k", "v1")
@@ -274,7 +274,7 @@ func TestWithTxInvalidatesOnCommit(t *testing.T) {
 func TestExpiryClearDeletePrefix(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
-	a, b := e.proc(t, nil), e.proc(t, nil)
+	a, b := e.proc(t, steady()), e.proc(t, steady())
 	ctx := ctxT(t)
 
 	require.NoError(t, a.near.Set(ctx, "short", []byte("v"), dbcache.TTL(700*time.Millisecond)))
@@ -342,7 +342,7 @@ func TestExpiryClearDeletePrefix(t *testing.T) {
 func TestReadsFromMemory(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, nil)
-	a := e.proc(t, nil)
+	a := e.proc(t, steady())
 	ctx := ctxT(t)
 	require.NoError(t, a.near.Set(ctx, "k", []byte("v"), dbcache.TTL(time.Hour)))
 	a.warm(t, "k", "v")
@@ -372,15 +372,18 @@ func TestReadsFromMemory(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, got)
 
+	// The database's remaining lifetime is read first: the copy's, read
+	// after it, must not be longer (the copy's clock started before the
+	// Set's statement did, and runs on while the database's is read).
+	dbTTL, err := a.cache.TTL(ctx, "k")
+	require.NoError(t, err)
+	dbD, _ := dbTTL.Duration()
 	h = hits()
 	v, ttl, err := a.near.GetWithTTL(ctx, "k")
 	require.NoError(t, err)
 	require.Equal(t, "v", string(v))
 	d, isTTL := ttl.Duration()
 	require.True(t, isTTL)
-	dbTTL, err := a.cache.TTL(ctx, "k")
-	require.NoError(t, err)
-	dbD, _ := dbTTL.Duration()
 	require.LessOrEqual(t, d, dbD, "never longer than the database's")
 	require.Equal(t, h+1, hits())
 
