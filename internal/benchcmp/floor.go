@@ -71,7 +71,9 @@ func Floor(ctx context.Context, o *Options) error {
 	if err := env.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{pgbSchema}.Sanitize()); err != nil {
 		return err
 	}
-	defer func() { _ = env.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{pgbSchema}.Sanitize()+" CASCADE") }()
+	defer func() {
+		_ = env.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{pgbSchema}.Sanitize()+" CASCADE")
+	}()
 	if out, err := runPgbench(ctx, pgbench, o.DSN, pgbSchema, "-i", "-q", "-s", "1"); err != nil {
 		return fmt.Errorf("pgbench -i: %w: %s", err, out)
 	}
