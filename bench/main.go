@@ -36,12 +36,16 @@ func main() {
 	flag.IntVar(&o.Rounds, "rounds", 2, "interleaved rounds per cell")
 	maxConns := flag.Int("conns", 16, "pgx pool size")
 	flag.IntVar(&o.CoalesceGets, "coalesce", 4, "Config.CoalesceGets of the coalescing cache")
+	steps := flag.String("steps", "", "tuning: only these experiments (query-exec-modes, pgbouncer, durability, group-commit, index-and-fillfactor, pool-size, bulk-paths, coalescing, scale-and-culling-memory)")
 	pgbouncer := flag.String("pgbouncer", "", "tuning: a PgBouncer (pool_mode=transaction) URL in front of -dsn's database")
 	flag.Parse()
 	o.MaxConns = int32(*maxConns)
 	o.Tables = ints(tables)
 	o.ValueSizes = ints(sizes)
 	o.Concurrency = ints(conc)
+	if *steps != "" {
+		o.TuningSteps = strings.Split(*steps, ",")
+	}
 	if ops != "" {
 		o.Ops = strings.Split(ops, ",")
 	}
