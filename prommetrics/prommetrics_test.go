@@ -114,7 +114,7 @@ func TestOperations(t *testing.T) {
 		l(`dbcache_operation_errors_total{cache='test',kind='invalid_key',op='get'}`):         1,
 		l(`dbcache_operation_errors_total{cache='test',kind='closed',op='get'}`):              1,
 		l(`dbcache_operation_errors_total{cache='test',kind='not_integer',op='incr'}`):        1,
-		l(`dbcache_operation_errors_total{cache='test',kind='other',op='get_or_set'}`):        1,
+		l(`dbcache_operation_errors_total{cache='test',kind='loader',op='get_or_set'}`):       1,
 		l(`dbcache_operation_errors_total{cache='test',kind='loader_panic',op='get_or_set'}`): 1,
 		l(`dbcache_operation_duration_seconds_count{cache='test',op='get'}`):                  4,
 		l(`dbcache_loads_total{cache='test',result='ok',trigger='miss'}`):                     1,
