@@ -19,14 +19,10 @@ import (
 	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/internal/exampledb"
 	"github.com/dbcache/dbcache/prommetrics"
 )
 
-func TestMain(m *testing.M) {
-	exampledb.Setup()
-	dbtest.Main(m)
-}
+func TestMain(m *testing.M) { dbtest.Main(m) }
 
 // scrape gathers reg and returns every sample as `name{k="v",…}` → value
 // (a histogram's count as name_count), labels sorted.
