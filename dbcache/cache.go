@@ -106,8 +106,11 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		s.loadLocks = make(chan struct{}, max(1, int(pool.Config().MaxConns)/4))
 	}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
-	if c.CoalesceGets > 0 {
+	switch {
+	case c.CoalesceGets > 0:
 		s.gets = newCoalescer(pool, s.q, c.CoalesceGets)
+	case c.CoalesceGets == 0:
+		s.gets = newCoalescer(pool, s.q, max(1, int(pool.Config().MaxConns)))
 	}
 	cache := &Cache{s: s, db: pool, q: s.q, version: c.Version}
 	if c.CoalesceSets > 0 {
