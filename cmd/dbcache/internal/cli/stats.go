@@ -38,6 +38,9 @@ little; everything else is exact as of the statement.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if a.sharded() {
+				return a.statsSharded(ctx)
+			}
 			pool, err := a.openPool(ctx, 1)
 			if err != nil {
 				return err
