@@ -39,7 +39,9 @@ var benchOps = []benchOp{
 	}},
 	{"set", []int{1, 16}, func(s dbcache.Store, keys []string, _ [][]string, _ []map[string][]byte) benchpair.Op {
 		value := []byte(strings.Repeat("v", 100))
-		return func(ctx context.Context, i int) error { return s.Set(ctx, keys[i%len(keys)], value, dbcache.DefaultTimeout) }
+		return func(ctx context.Context, i int) error {
+			return s.Set(ctx, keys[i%len(keys)], value, dbcache.DefaultTimeout)
+		}
 	}},
 	{"get_many_100", []int{1, 4}, func(s dbcache.Store, _ []string, batches [][]string, _ []map[string][]byte) benchpair.Op {
 		return func(ctx context.Context, i int) error {
