@@ -3,6 +3,7 @@ package sharded_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"strconv"
@@ -145,3 +146,6 @@ func mustShardError(t *testing.T, err error, name string) *sharded.ShardError {
 }
 
 var ttl = dbcache.TTL(time.Hour)
+
+// quiet is a logger for examples, whose output is compared.
+var quiet = slog.New(slog.DiscardHandler)

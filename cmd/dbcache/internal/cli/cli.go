@@ -206,6 +206,13 @@ Connection:
   (--statement-timeout, default 30s); connecting gives up after
   --connect-timeout (default 10s).
 
+Several servers (a sharded cache):
+  Repeat --database-url as NAME=URL, NAME each server's shard name in the
+  application (sharded.Shard.Name; with the same --key-prefix, keys are
+  found where the application put them). The cache commands and bench use
+  the sharded cache; stats shows each server and the total; migrate and
+  cull run once per server, each line prefixed with the server's name.
+
 Output:
   Results go to stdout, everything else (errors, logs, prompts, progress) to
   stderr. With --json, results are JSON on stdout and every error is one JSON
