@@ -135,12 +135,12 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 	if len(keys) == 0 {
 		return map[string][]byte{}, nil
 	}
-	if err := c.validate(ctx, keys); err != nil {
-		return nil, err
-	}
 	parts := c.split(keys)
 	if len(parts) == 1 {
-		return c.getMany(ctx, parts[0])
+		return c.getMany(ctx, parts[0]) // the shard checks every key first
+	}
+	if err := c.validate(ctx, keys); err != nil {
+		return nil, err
 	}
 	got := make([]map[string][]byte, len(parts))
 	errs := make([]error, len(parts))
@@ -183,23 +183,22 @@ func (c *Cache) getMany(ctx context.Context, p part) (map[string][]byte, error) 
 // server. A key no shard could store (invalid) fails the whole call before
 // anything is written.
 func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout dbcache.Timeout) ([]string, error) {
-	keys := make([]string, 0, len(items))
-	for k := range items {
-		keys = append(keys, k)
+	if len(c.s.shards) == 1 && !c.s.closed.Load() {
+		return c.setMany(ctx, part{x: c.s.shards[0]}, items, timeout)
 	}
-	slices.Sort(keys)
+	keys := sortedKeys(items)
 	if err := c.checkOpen(); err != nil {
 		return keys, err
 	}
 	if len(items) == 0 {
 		return nil, nil
 	}
-	if err := c.validate(ctx, keys); err != nil {
-		return keys, err
-	}
 	parts := c.split(keys)
 	if len(parts) == 1 {
-		return c.setMany(ctx, parts[0], items, timeout)
+		return c.setMany(ctx, parts[0], items, timeout) // the shard checks every key first
+	}
+	if err := c.validate(ctx, keys); err != nil {
+		return keys, err
 	}
 	failed := make([][]string, len(parts))
 	errs := make([]error, len(parts))
@@ -218,16 +217,33 @@ func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout db
 	return out, errors.Join(errs...)
 }
 
+// setMany runs one shard's part; p.keys, its sorted keys, may be nil (a
+// single shard: all of items), and are then made only if needed.
 func (c *Cache) setMany(ctx context.Context, p part, items map[string][]byte, timeout dbcache.Timeout) ([]string, error) {
 	sc, err := c.cache(ctx, p.x)
 	if err != nil {
+		if p.keys == nil {
+			p.keys = sortedKeys(items)
+		}
 		if c.degrade(ctx, p.x, dbcache.OpSetMany, err) {
 			return p.keys, nil
 		}
 		return p.keys, c.fail(p.x, err, p.keys)
 	}
 	failed, err := sc.SetMany(ctx, items, timeout)
+	if err != nil && p.keys == nil {
+		p.keys = failed // every key, sorted, when the statement failed
+	}
 	return failed, c.fail(p.x, err, p.keys)
+}
+
+func sortedKeys(items map[string][]byte) []string {
+	keys := make([]string, 0, len(items))
+	for k := range items {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 // DeleteMany removes keys, one statement per shard that holds any, all at
@@ -241,10 +257,12 @@ func (c *Cache) DeleteMany(ctx context.Context, keys []string) (int, error) {
 	if len(keys) == 0 {
 		return 0, nil
 	}
-	if err := c.validate(ctx, keys); err != nil {
-		return 0, err
-	}
 	parts := c.split(keys)
+	if len(parts) > 1 {
+		if err := c.validate(ctx, keys); err != nil {
+			return 0, err
+		}
+	}
 	counts := make([]int, len(parts))
 	errs := make([]error, len(parts))
 	each(len(parts), func(i int) {
