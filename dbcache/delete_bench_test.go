@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/dbcache/dbcache/internal/benchpair"
 	"github.com/dbcache/dbcache/internal/dbtest"
 )
 
@@ -63,6 +64,9 @@ FROM unnest($1::text[]) AS p, generate_series(0, $3 - 1) AS i`, []string{a, r}, 
 					op.cache = raw(newSQL, a)
 				}
 				env.runPair(b, g, op)
+				if l, ok := benchpair.LoadAverage(); ok {
+					b.ReportMetric(l, "load1")
+				}
 			})
 		}
 	}
