@@ -232,7 +232,7 @@ func (a *app) perServer(cmd *cobra.Command) {
 		a.perServer(sub)
 	}
 	run := cmd.RunE
-	if run == nil || cmd.HasSubCommands() {
+	if run == nil || cmd.HasSubCommands() || cmd.Name() == "sql" { // migrate sql connects to nothing
 		return
 	}
 	cmd.RunE = func(c *cobra.Command, args []string) error {
@@ -325,8 +325,8 @@ func withoutDatabaseURL(args []string) []string {
 
 // prefixWriter prefixes each line written to it with a server's name: a
 // result line as "NAME: line", an error line "dbcache: message" as
-// "dbcache: NAME: message", and under --json an object line as one with
-// "shard":NAME first. It writes whole lines only, so servers' lines never
+// "dbcache: shard NAME: message" (as the cache commands name a server), and
+// under --json an object line as one with "shard":NAME first. It writes whole lines only, so servers' lines never
 // interleave mid-line.
 type prefixWriter struct {
 	w      io.Writer
@@ -362,7 +362,7 @@ func (p *prefixWriter) line(l []byte) error {
 		}
 		out = append(out, l[1:]...)
 	case p.stderr && bytes.HasPrefix(l, []byte("dbcache: ")):
-		out = append([]byte("dbcache: "+p.name+": "), l[len("dbcache: "):]...)
+		out = append([]byte("dbcache: shard "+p.name+": "), l[len("dbcache: "):]...)
 	default:
 		out = append([]byte(p.name+": "), l...)
 	}

@@ -283,7 +283,37 @@ func TestShardsServerDown(t *testing.T) {
 	require.Equal(t, ExitFailure, code)
 	require.Contains(t, out, "a: schema ")
 	require.Contains(t, out, "c: schema ")
-	require.Contains(t, errOut, "dbcache: b: failed to connect")
+	require.Contains(t, errOut, "dbcache: shard b: failed to connect")
+}
+
+// cull --every runs a culler per server at once, each printing its own
+// passes, until interrupted.
+func TestShardsCullEvery(t *testing.T) {
+	t.Parallel()
+	b := setupShards(t, false)
+	for _, n := range b.names {
+		dbtest.Exec(t, b.schemas[n].Pool(t), `INSERT INTO dbcache_entries SELECT 'k' || i, 'v', now() - interval '1s' FROM generate_series(1, 10) i`)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	out := &syncBuffer{}
+	done := make(chan int)
+	go func() {
+		done <- Run(ctx, &Config{Args: append([]string{"cull", "--every", "10ms"}, b.conn...), Out: out, Err: out,
+			Getenv: func(string) string { return "" }})
+	}()
+	require.Eventually(t, func() bool {
+		s := out.String()
+		return strings.Contains(s, "a: ") && strings.Contains(s, "b: ") && strings.Contains(s, "c: ") && strings.Count(s, " pass 2: ") == 3
+	}, 30*time.Second, 5*time.Millisecond)
+	cancel()
+	require.Equal(t, ExitOK, <-done, out.String())
+	for _, n := range b.names {
+		require.Regexp(t, `(?m)^`+n+`: \S+ \S+ pass 1: removed 10 expired, culled 0; 0 entries left`, out.String())
+	}
+	// migrate sql connects to nothing: printed once.
+	code, sqlOut, _ := b.run(t.Context(), Config{}, "migrate", "sql", "1")
+	require.Equal(t, ExitOK, code)
+	require.Equal(t, 1, strings.Count(sqlOut, "CREATE TABLE"), sqlOut)
 }
 
 func TestShardsUsage(t *testing.T) {
