@@ -369,3 +369,34 @@ func TestClose(t *testing.T) {
 	require.NoError(t, given.Set(ctx, "k", []byte("v"), ttl))
 	require.NoError(t, e.pools["b"].Ping(ctx))
 }
+
+// Close while a shard that was down at New is being opened again: Close
+// waits for the attempt, and every later call is ErrClosed.
+func TestCloseWhileOpening(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	e := abc(t, "a")
+	e.proxies["a"].Down()
+	c, err := sharded.New(ctx, e.shards(), &sharded.Config{RetryEvery: time.Millisecond})
+	require.NoError(t, err)
+	k := keyOn(c, "a", "k")
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 20 {
+				_, err := c.Get(ctx, k)
+				if errors.Is(err, dbcache.ErrClosed) {
+					return
+				}
+				require.True(t, dbcache.IsTransient(err), "%v", err)
+			}
+		})
+	}
+	e.proxies["a"].Up(t)
+	require.NoError(t, c.Close())
+	wg.Wait()
+	_, err = c.Get(ctx, k)
+	require.ErrorIs(t, err, dbcache.ErrClosed)
+	_, err = c.Shard(ctx, "a")
+	require.ErrorIs(t, err, dbcache.ErrClosed)
+}

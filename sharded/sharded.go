@@ -105,7 +105,10 @@ type state struct {
 	closed   atomic.Bool
 	bg       context.Context // cancelled by Close: shard opens run under it
 	bgCancel context.CancelFunc
-	opens    sync.WaitGroup
+	// opens counts the shard opens running; openMu orders starting one
+	// after Close against Close waiting for them.
+	openMu sync.Mutex
+	opens  sync.WaitGroup
 
 	retryEvery time.Duration
 	log        *slog.Logger
@@ -399,10 +402,17 @@ func (c *Cache) open(ctx context.Context, x *shard) (*dbcache.Cache, error) {
 		x.mu.Unlock()
 		return nil, err
 	}
+	s.openMu.Lock()
+	if s.closed.Load() {
+		s.openMu.Unlock()
+		x.mu.Unlock()
+		return nil, dbcache.ErrClosed
+	}
+	s.opens.Add(1)
+	s.openMu.Unlock()
 	done := make(chan struct{})
 	x.opening = done
 	x.mu.Unlock()
-	s.opens.Add(1)
 	go func() {
 		defer s.opens.Done()
 		sc, err := x.build(s.bg)
@@ -413,6 +423,9 @@ func (c *Cache) open(ctx context.Context, x *shard) (*dbcache.Cache, error) {
 		defer close(done)
 		if err != nil {
 			x.lastErr = err
+			if s.closed.Load() { // Close cancelled it
+				x.lastErr = dbcache.ErrClosed
+			}
 			return
 		}
 		if s.closed.Load() {
@@ -533,9 +546,12 @@ func (c *Cache) Stats() dbcache.Stats {
 // is a no-op.
 func (c *Cache) Close() error {
 	s := c.s
+	s.openMu.Lock()
 	if s.closed.Swap(true) {
+		s.openMu.Unlock()
 		return nil
 	}
+	s.openMu.Unlock()
 	s.bgCancel()
 	s.opens.Wait()
 	s.closeBuilt()
