@@ -16,15 +16,11 @@ import (
 
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/internal/exampledb"
 	"github.com/dbcache/dbcache/multitracer"
 	"github.com/dbcache/dbcache/oteltrace"
 )
 
-func TestMain(m *testing.M) {
-	exampledb.Setup()
-	dbtest.Main(m)
-}
+func TestMain(m *testing.M) { dbtest.Main(m) }
 
 // pgxSpans is a pgx tracer that makes a span per statement from the
 // statement's context, as otelpgx does: the test of how dbcache's spans

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -31,6 +32,7 @@ func Tuning(ctx context.Context, o *Options, pgbouncerDSN string) error {
 		{"query exec modes", tuneModes},
 		{"pgbouncer", func(ctx context.Context, o *Options) error { return tunePgBouncer(ctx, o, pgbouncerDSN) }},
 		{"durability", tuneDurability},
+		{"group commit", tuneGroupCommit},
 		{"index and fillfactor", tuneIndex},
 		{"pool size", tunePool},
 		{"bulk paths", tuneBulk},
@@ -38,6 +40,9 @@ func Tuning(ctx context.Context, o *Options, pgbouncerDSN string) error {
 		{"scale and culling memory", tuneScale},
 	}
 	for _, s := range steps {
+		if len(o.TuningSteps) > 0 && !slices.Contains(o.TuningSteps, strings.ReplaceAll(s.name, " ", "-")) {
+			continue
+		}
 		o.logf("tuning: %s", s.name)
 		if err := s.run(ctx, o); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
@@ -227,6 +232,59 @@ func tuneDurability(ctx context.Context, o *Options) error {
 	}
 	return table(ctx, o, "durability (ratio to logged, synchronous_commit on)", systems,
 		[]string{OpSet, OpAdd, OpIncr, OpSetMany}, o.Concurrency, lcfg)
+}
+
+// tuneGroupCommit: what durable (default) sets gain at 16 goroutines from
+// PostgreSQL's group commit settings (commit_delay, commit_siblings: a
+// committing backend waits commit_delay µs for others when at least
+// commit_siblings transactions are open, so one WAL flush serves several),
+// and from coalescing the sets themselves (Config.CoalesceSets), beside
+// FastCommit. commit_delay is set per session (it needs superuser, as on a
+// test server; an admin sets it in postgresql.conf).
+func tuneGroupCommit(ctx context.Context, o *Options) error {
+	env, lcfg, err := tuneEnv(ctx, o, "groupcommit", tuneKeys)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	var systems []System
+	for _, v := range []struct {
+		name     string
+		delay    string
+		coalesce int
+		fast     bool
+	}{
+		{"durable", "", 0, false},
+		{"commit_delay 100µs", "100", 0, false},
+		{"commit_delay 1ms", "1000", 0, false},
+		{"CoalesceSets 4", "", 4, false},
+		{"FastCommit", "", 0, true},
+	} {
+		pool := env.Pool
+		if v.delay != "" {
+			cfg, err := pgxpool.ParseConfig(o.DSN)
+			if err != nil {
+				return err
+			}
+			cfg.MaxConns = o.MaxConns
+			cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{env.Schema}.Sanitize()
+			cfg.ConnConfig.RuntimeParams["commit_delay"] = v.delay
+			cfg.ConnConfig.RuntimeParams["commit_siblings"] = "5"
+			p, err := pgxpool.NewWithConfig(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			pool = p
+		}
+		c, err := newCache(ctx, pool, dbcache.Config{CoalesceSets: v.coalesce, FastCommit: v.fast})
+		if err != nil {
+			return err
+		}
+		systems = append(systems, CacheSystem(v.name, c))
+	}
+	return table(ctx, o, "group commit (ratio to durable, synchronous_commit on)", systems,
+		[]string{OpSet}, o.Concurrency, lcfg)
 }
 
 // tuneIndex: what the expires index and fillfactor cost writes, with the HOT
