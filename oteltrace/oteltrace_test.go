@@ -139,7 +139,11 @@ func TestFailOpenAndLoadError(t *testing.T) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	pool := dbtest.Pool(t)
 	ctx := context.Background()
-	cache, err := dbcache.New(ctx, pool, &dbcache.Config{
+	// New gets a deadline of its own, so the short OpTimeout meant for the
+	// operations does not bound it on a loaded machine.
+	newCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cache, err := dbcache.New(newCtx, pool, &dbcache.Config{
 		Tracer:   oteltrace.New(&oteltrace.Config{TracerProvider: tp}),
 		FailOpen: true, OpTimeout: 200 * time.Millisecond,
 	})

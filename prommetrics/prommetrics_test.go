@@ -129,7 +129,11 @@ func TestFailOpen(t *testing.T) {
 	ctx := context.Background()
 	pool := dbtest.Pool(t)
 	m, reg := newCollector(t, nil)
-	cache, err := dbcache.New(ctx, pool, &dbcache.Config{Tracer: m, FailOpen: true, OpTimeout: 200 * time.Millisecond})
+	// New gets a deadline of its own, so the short OpTimeout meant for the
+	// operations does not bound it on a loaded machine.
+	newCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	cache, err := dbcache.New(newCtx, pool, &dbcache.Config{Tracer: m, FailOpen: true, OpTimeout: 200 * time.Millisecond})
 	require.NoError(t, err)
 	defer cache.Close()
 	require.NoError(t, cache.Set(ctx, "k", nil, dbcache.DefaultTimeout))
