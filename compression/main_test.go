@@ -4,10 +4,6 @@ import (
 	"testing"
 
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/internal/exampledb"
 )
 
-func TestMain(m *testing.M) {
-	exampledb.Setup()
-	dbtest.Main(m)
-}
+func TestMain(m *testing.M) { dbtest.Main(m) }

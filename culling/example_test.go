@@ -4,16 +4,22 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"os"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dbcache/dbcache/culling"
-	"github.com/dbcache/dbcache/internal/dbtest"
 )
 
 // One pass as an admin job would run it: 40 entries, 5 of them expired, a
 // limit of 30.
 func ExampleCuller_RunOnce() {
 	ctx := context.Background()
-	pool := dbtest.ExamplePool() // a pool on a migrated schema
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
 	if _, err := pool.Exec(ctx, `INSERT INTO dbcache_entries (key, value, expires)
 		SELECT 'k' || g, '\x00', CASE WHEN g <= 5 THEN now() - interval '1 minute'
 		                              ELSE now() + g * interval '1 minute' END

@@ -106,8 +106,11 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		s.loadLocks = make(chan struct{}, max(1, int(pool.Config().MaxConns)/4))
 	}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
-	if c.CoalesceGets > 0 {
+	switch {
+	case c.CoalesceGets > 0:
 		s.gets = newCoalescer(pool, s.q, c.CoalesceGets)
+	case c.CoalesceGets == 0:
+		s.gets = newCoalescer(pool, s.q, max(1, int(pool.Config().MaxConns)))
 	}
 	cache := &Cache{s: s, db: pool, q: s.q, version: c.Version}
 	if c.CoalesceSets > 0 {
@@ -702,13 +705,13 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]by
 	if len(keys) == 0 {
 		return out, nil
 	}
-	made, back, err := c.keys(ctx, keys)
+	ks, err := c.keys(ctx, keys)
 	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	rows, err := c.db.Query(ctx, c.q.getMany, made)
+	rows, err := c.db.Query(ctx, c.q.getMany, ks.made)
 	if err != nil {
 		if c.degrade(ctx, "get_many", err) {
 			return map[string][]byte{}, nil
@@ -721,12 +724,13 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]by
 		// pgx copies each value out of the read buffer; a second caller
 		// key of the same stored key (a custom KeyFunc) gets a copy of its
 		// own, since callers own what they get.
-		for i, orig := range back[k] {
-			if i == 0 {
-				out[orig] = nonNil(v)
-			} else {
-				out[orig] = append([]byte{}, v...)
-			}
+		i, ok := ks.index[k]
+		if !ok {
+			return nil
+		}
+		out[ks.first[i]] = nonNil(v)
+		for _, orig := range ks.more[k] {
+			out[orig] = append([]byte{}, v...)
 		}
 		return nil
 	})
@@ -755,16 +759,16 @@ func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Ti
 		return nil, nil
 	}
 	keys := allKeys(items)
-	made, back, err := c.keys(ctx, keys)
+	ks, err := c.keys(ctx, keys)
 	if err != nil {
 		return keys, err
 	}
+	made := ks.made
 	values := make([][]byte, len(made))
-	for i, mk := range made {
+	for i := range made {
 		// Two caller keys can make one stored key only through a custom
 		// KeyFunc; the last in sorted order wins, deterministically.
-		src := back[mk]
-		values[i] = nonNil(items[src[len(src)-1]])
+		values[i] = nonNil(items[ks.last(i)])
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
@@ -801,10 +805,11 @@ func (c *Cache) DeleteMany(ctx context.Context, keys []string) (n int, err error
 	if len(keys) == 0 {
 		return 0, nil
 	}
-	made, _, err := c.keys(ctx, keys)
+	ks, err := c.keys(ctx, keys)
 	if err != nil {
 		return 0, err
 	}
+	made := ks.made
 	// Sorted, so concurrent batches lock rows in one order.
 	slices.Sort(made)
 	ctx, cancel := c.bound(ctx)

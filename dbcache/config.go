@@ -71,15 +71,21 @@ const (
 // defaults: 300 s timeout, version 1, no prefix, table in the search_path
 // schema.
 type Config struct {
-	// CoalesceGets, when positive, is the most Get queries the cache runs on
-	// the pool at once; a Get that arrives while that many are running waits,
-	// and the waiting Gets are answered together by one key = ANY($1) query
-	// as soon as a running one finishes. A lone Get never waits, so latency
-	// at low concurrency is unchanged; under load, throughput rises because
-	// PostgreSQL's per-statement cost is shared by many keys. Set it at or
-	// below the pool's MaxConns (leaving connections for writes). Gets in a
+	// CoalesceGets is the most Get queries the cache runs on the pool at
+	// once; a Get that arrives while that many are running waits, and the
+	// waiting Gets are answered together by one key = ANY($1) query as soon
+	// as a running one finishes. A lone Get never waits, so latency at low
+	// concurrency is unchanged; under load, throughput rises because
+	// PostgreSQL's per-statement cost is shared by many keys. Gets in a
 	// WithTx view are never coalesced. See docs/performance.md for figures.
-	// Defaults to 0: off, every Get is its own query.
+	//
+	// Defaults to 0, which means the pool's MaxConns: Gets are coalesced
+	// only when there are more of them than connections, that is when they
+	// would otherwise queue for a connection, so coalescing never makes a
+	// Get wait that would not have waited. A smaller value coalesces
+	// sooner: more throughput at high concurrency, at the price of latency
+	// when just a few more Gets than that run at once. -1 turns coalescing
+	// off: every Get is its own query.
 	CoalesceGets int
 
 	// CoalesceSets, when positive, is the most Set statements the cache runs
@@ -224,8 +230,8 @@ func (c *Config) validate() error {
 	if c.CoalesceSets < 0 {
 		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceSets %d is negative (0 turns coalescing off)", c.CoalesceSets))
 	}
-	if c.CoalesceGets < 0 {
-		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceGets %d is negative (0 turns coalescing off)", c.CoalesceGets))
+	if c.CoalesceGets < -1 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceGets %d is negative (-1 turns coalescing off; 0 means the pool's MaxConns)", c.CoalesceGets))
 	}
 	if c.OpTimeout < -1 {
 		errs = append(errs, fmt.Errorf("dbcache: Config.OpTimeout %s is negative (-1 means no bound)", c.OpTimeout))

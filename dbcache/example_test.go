@@ -4,32 +4,31 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dbcache/dbcache/dbcache"
-	"github.com/dbcache/dbcache/internal/dbtest"
 )
-
-// exampleCache is what an application would do at start-up: a pool on its
-// database (here a fresh, migrated test schema) and a cache over it.
-func exampleCache(cfg *dbcache.Config) *dbcache.Cache {
-	pool := dbtest.ExamplePool()
-	cache, err := dbcache.New(context.Background(), pool, cfg)
-	if err != nil {
-		panic(err)
-	}
-	return cache
-}
 
 func Example() {
 	ctx := context.Background()
-	cache := exampleCache(&dbcache.Config{KeyPrefix: "myapp"})
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "myapp"})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
 	if err := cache.Set(ctx, "greeting", []byte("hello"), dbcache.TTL(time.Minute)); err != nil {
@@ -47,7 +46,15 @@ func Example() {
 
 func ExampleCache_Add() {
 	ctx := context.Background()
-	cache := exampleCache(nil)
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-cache-add"})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
 	// Add stores only if the key is absent: a cheap distributed lock.
@@ -60,7 +67,15 @@ func ExampleCache_Add() {
 
 func ExampleCache_Incr() {
 	ctx := context.Background()
-	cache := exampleCache(nil)
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-cache-incr"})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
 	_ = cache.Set(ctx, "hits", []byte("41"), dbcache.Forever)
@@ -69,7 +84,7 @@ func ExampleCache_Incr() {
 	n, _ = cache.Decr(ctx, "hits", 10)
 	fmt.Println(n)
 
-	_, err := cache.Incr(ctx, "missing", 1)
+	_, err = cache.Incr(ctx, "missing", 1)
 	fmt.Println(errors.Is(err, dbcache.ErrMiss))
 	_ = cache.Set(ctx, "name", []byte("gopher"), dbcache.DefaultTimeout)
 	_, err = cache.Incr(ctx, "name", 1)
@@ -83,7 +98,15 @@ func ExampleCache_Incr() {
 
 func ExampleCache_GetOrSetFunc() {
 	ctx := context.Background()
-	cache := exampleCache(nil)
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-cache-get-or-set-func"})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
 	load := func(ctx context.Context) ([]byte, error) {
@@ -102,7 +125,15 @@ func ExampleCache_GetOrSetFunc() {
 
 func ExampleCache_SetMany() {
 	ctx := context.Background()
-	cache := exampleCache(nil)
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-cache-set-many"})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
 	failed, err := cache.SetMany(ctx, map[string][]byte{
@@ -124,11 +155,19 @@ func ExampleCache_SetMany() {
 
 func ExampleCache_WithVersion() {
 	ctx := context.Background()
-	cache := exampleCache(nil)
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-cache-with-version"})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
 	_ = cache.Set(ctx, "schema", []byte("v1 layout"), dbcache.DefaultTimeout)
-	_, err := cache.WithVersion(2).Get(ctx, "schema")
+	_, err = cache.WithVersion(2).Get(ctx, "schema")
 	fmt.Println(errors.Is(err, dbcache.ErrMiss))
 
 	// Move the entry to the next version, value and expiry intact.
@@ -142,7 +181,15 @@ func ExampleCache_WithVersion() {
 
 func ExampleTTL() {
 	ctx := context.Background()
-	cache := exampleCache(nil)
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-ttl"})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
 	_ = cache.Set(ctx, "a", []byte("x"), dbcache.DefaultTimeout) // Config.DefaultTimeout: 300 s
@@ -161,12 +208,19 @@ func ExampleTTL() {
 
 func ExampleCache_WithTx() {
 	ctx := context.Background()
-	pool := dbtest.ExamplePool()
-	cache, _ := dbcache.New(ctx, pool, nil)
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-tx"})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
 	// The cache write commits or rolls back with the application's own.
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		// … the application's writes on tx …
 		return cache.WithTx(tx).Set(ctx, "user:42", []byte("fresh"), dbcache.DefaultTimeout)
 	})
@@ -177,13 +231,21 @@ func ExampleCache_WithTx() {
 
 func ExampleConfig_keyCheck() {
 	ctx := context.Background()
-	cache := exampleCache(&dbcache.Config{
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{
 		KeyCheck: dbcache.KeyCheckError, // refuse keys memcached could not store
 		Logger:   slog.New(slog.DiscardHandler),
 	})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
-	err := cache.Set(ctx, "has spaces", []byte("x"), dbcache.DefaultTimeout)
+	err = cache.Set(ctx, "has spaces", []byte("x"), dbcache.DefaultTimeout)
 	fmt.Println(errors.Is(err, dbcache.ErrInvalidKey))
 	err = cache.Set(ctx, "nul\x00byte", []byte("x"), dbcache.DefaultTimeout)
 	fmt.Println(err)
@@ -197,7 +259,15 @@ func ExampleConfig_keyCheck() {
 // PostgreSQL advisory lock does the same.
 func ExampleCache_GetOrSetFunc_stampede() {
 	ctx := context.Background()
-	cache := exampleCache(nil)
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-stampede"})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
 	var runs atomic.Int64
@@ -223,7 +293,15 @@ func ExampleCache_GetOrSetFunc_stampede() {
 // an hour while one background refresh runs.
 func ExampleRevalidate() {
 	ctx := context.Background()
-	cache := exampleCache(nil)
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-revalidate"})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
 	timeout := dbcache.Revalidate(time.Minute, time.Hour)
@@ -241,7 +319,15 @@ func ExampleRevalidate() {
 
 func ExampleCache_TTL() {
 	ctx := context.Background()
-	cache := exampleCache(nil)
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-cache-ttl"})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
 	_ = cache.Set(ctx, "session", []byte("s"), dbcache.TTL(30*time.Minute))
@@ -252,7 +338,7 @@ func ExampleCache_TTL() {
 	fmt.Println(d > 29*time.Minute && d <= 30*time.Minute)
 	ttl, _ = cache.TTL(ctx, "config")
 	fmt.Println(ttl)
-	_, err := cache.TTL(ctx, "nothing")
+	_, err = cache.TTL(ctx, "nothing")
 	fmt.Println(errors.Is(err, dbcache.ErrMiss))
 	// Output:
 	// true
@@ -264,7 +350,15 @@ func ExampleCache_TTL() {
 // a range scan of the key index in short batches.
 func ExampleCache_DeletePrefix() {
 	ctx := context.Background()
-	cache := exampleCache(&dbcache.Config{KeyPrefix: "myapp"})
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "myapp"})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
 	_, _ = cache.SetMany(ctx, map[string][]byte{
@@ -287,10 +381,21 @@ func ExampleCache_DeletePrefix() {
 // With FailOpen, a database outage makes reads miss and writes no-ops
 // instead of errors; IsTransient is the rule it applies.
 func ExampleConfig_failOpen() {
-	cache := exampleCache(&dbcache.Config{FailOpen: true})
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{FailOpen: true})
+	if err != nil {
+		log.Fatal(err)
+	}
 	defer cache.Close()
 
-	err := fmt.Errorf("dbcache: get: %w", &pgconn.PgError{Code: "57P01"}) // admin shutdown
+	_ = cache.Set(ctx, "k", []byte("v"), dbcache.DefaultTimeout) // while the database is down: no error, nothing stored
+
+	err = fmt.Errorf("dbcache: get: %w", &pgconn.PgError{Code: "57P01"}) // admin shutdown
 	fmt.Println(dbcache.IsTransient(err))
 	fmt.Println(dbcache.IsTransient(dbcache.ErrNotMigrated))
 	// Output:

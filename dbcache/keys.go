@@ -22,6 +22,27 @@ func (c *Cache) MakeKey(key string) string {
 // warning, refused with ErrInvalidKey, or let through, as Config.KeyCheck
 // says.
 func (c *Cache) ValidateKey(ctx context.Context, madeKey string) error {
+	// The common key is ASCII: one pass over its bytes decides everything.
+	// Anything else takes the general path below.
+	ascii, control := true, false
+	for i := 0; i < len(madeKey); i++ {
+		b := madeKey[i]
+		if b >= utf8.RuneSelf || b == 0 {
+			ascii = false
+			break
+		}
+		if b < 33 || b == 127 {
+			control = true
+		}
+	}
+	if ascii {
+		if len(madeKey) > MaxKeyBytes {
+			return invalidKey(madeKey, fmt.Sprintf("%d bytes with the key prefix and version, over the %d-byte limit", len(madeKey), MaxKeyBytes))
+		}
+		if c.s.cfg.KeyCheck == KeyCheckOff || (!control && len(madeKey) <= MemcachedMaxKeyLength) {
+			return nil
+		}
+	}
 	switch {
 	case !utf8.ValidString(madeKey):
 		return invalidKey(madeKey, "not valid UTF-8 (PostgreSQL text cannot hold it)")
@@ -73,21 +94,47 @@ func (c *Cache) key(ctx context.Context, key string) (string, error) {
 	return k, nil
 }
 
-// keys makes and validates many keys. made[i] is the made key of keys[i];
-// back maps each distinct made key to the caller keys that made it (a custom
-// KeyFunc may map two keys to one).
-func (c *Cache) keys(ctx context.Context, keys []string) (made []string, back map[string][]string, err error) {
-	made = make([]string, 0, len(keys))
-	back = make(map[string][]string, len(keys))
+// keySet is many caller keys made and validated: made holds each distinct
+// made key once, first[i] the first caller key that made made[i], and more
+// any further caller keys that made the same stored key (only a custom
+// KeyFunc does that; nil when none did).
+type keySet struct {
+	made  []string
+	first []string
+	index map[string]int // made key -> its position in made
+	more  map[string][]string
+}
+
+// last is the last caller key (in the order given) that made made[i].
+func (ks *keySet) last(i int) string {
+	if extra := ks.more[ks.made[i]]; len(extra) > 0 {
+		return extra[len(extra)-1]
+	}
+	return ks.first[i]
+}
+
+// keys makes and validates many keys.
+func (c *Cache) keys(ctx context.Context, keys []string) (*keySet, error) {
+	ks := &keySet{
+		made:  make([]string, 0, len(keys)),
+		first: make([]string, 0, len(keys)),
+		index: make(map[string]int, len(keys)),
+	}
 	for _, k := range keys {
 		mk, err := c.key(ctx, k)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		if _, dup := back[mk]; !dup {
-			made = append(made, mk)
+		if _, dup := ks.index[mk]; dup {
+			if ks.more == nil {
+				ks.more = map[string][]string{}
+			}
+			ks.more[mk] = append(ks.more[mk], k)
+			continue
 		}
-		back[mk] = append(back[mk], k)
+		ks.index[mk] = len(ks.made)
+		ks.made = append(ks.made, mk)
+		ks.first = append(ks.first, k)
 	}
-	return made, back, nil
+	return ks, nil
 }

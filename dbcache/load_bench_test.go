@@ -175,3 +175,40 @@ func benchCoalesceSets() int {
 	}
 	return 4
 }
+
+// BenchmarkCoalesceGetsDefault is Get with the default configuration
+// (coalescing at the pool's MaxConns) beside Get with coalescing off, on a
+// pool of 16 and of 4, at 1, 16 and 64 goroutines: x-raw is off's time ÷
+// the default's, so above 1 the default is faster. At 1 goroutine it is the
+// cost a lone caller pays for the coalescer's bookkeeping (target: at most
+// 3%).
+//
+//	go test -run '^$' -bench CoalesceGetsDefault -benchtime 20000x ./dbcache/
+func BenchmarkCoalesceGetsDefault(b *testing.B) {
+	for _, conns := range []int32{16, 4} {
+		env := newBenchEnv(b, "")
+		pc := env.pool.Config()
+		pc.MaxConns = conns
+		pool, err := pgxpool.NewWithConfig(context.Background(), pc)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(pool.Close)
+		def, err := dbcache.New(context.Background(), pool, &dbcache.Config{OpTimeout: benchOpTimeout})
+		if err != nil {
+			b.Fatal(err)
+		}
+		off, err := dbcache.New(context.Background(), pool, &dbcache.Config{CoalesceGets: -1, OpTimeout: benchOpTimeout})
+		if err != nil {
+			b.Fatal(err)
+		}
+		n := len(env.keys)
+		op := benchOp{"get_hit",
+			func(ctx context.Context, i int) error { _, err := def.Get(ctx, env.keys[i%n]); return err },
+			func(ctx context.Context, i int) error { _, err := off.Get(ctx, env.keys[i%n]); return err },
+		}
+		for _, g := range []int{1, 16, 64} {
+			b.Run(fmt.Sprintf("conns=%d/g=%d", conns, g), func(b *testing.B) { env.runPair(b, g, op) })
+		}
+	}
+}

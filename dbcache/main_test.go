@@ -54,7 +54,11 @@ func setupOn(t *testing.T, pool *pgxpool.Pool, cfg *dbcache.Config) *testBundle 
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	cache, err := dbcache.New(context.Background(), pool, &c)
+	// A deadline of the test's own: New is then not bounded by a short
+	// Config.OpTimeout a test sets for the operations it measures.
+	newCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cache, err := dbcache.New(newCtx, pool, &c)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = cache.Close() })
 	return &testBundle{cache: cache, pool: pool, logs: logs}

@@ -180,7 +180,7 @@ func TestFastCommitLeavesCallerTxAlone(t *testing.T) {
 
 func TestCoalesceGetsValidate(t *testing.T) {
 	t.Parallel()
-	_, err := dbcache.New(ctxT(t), dbtest.Pool(t), &dbcache.Config{CoalesceGets: -1})
+	_, err := dbcache.New(ctxT(t), dbtest.Pool(t), &dbcache.Config{CoalesceGets: -2})
 	require.ErrorContains(t, err, "CoalesceGets")
 }
 

@@ -175,14 +175,16 @@ func TestStampedeCallerLeaves(t *testing.T) {
 	b := setup(t, nil)
 	ctx := ctxT(t)
 	entered := make(chan struct{})
+	var enterOnce sync.Once
 	var canceled atomic.Bool
+	release := make(chan struct{})
 	load := func(lctx context.Context) ([]byte, error) {
-		close(entered)
+		enterOnce.Do(func() { close(entered) })
 		select {
 		case <-lctx.Done():
 			canceled.Store(true)
 			return nil, lctx.Err()
-		case <-time.After(300 * time.Millisecond):
+		case <-release:
 			return []byte("v"), nil
 		}
 	}
@@ -190,17 +192,24 @@ func TestStampedeCallerLeaves(t *testing.T) {
 	errs := make(chan error, 1)
 	go func() { _, err := b.cache.GetOrSetFunc(early, "k", load, dbcache.DefaultTimeout); errs <- err }()
 	<-entered
-	done := make(chan []byte, 1)
+	type result struct {
+		v   []byte
+		err error
+	}
+	done := make(chan result, 1)
 	go func() {
 		v, err := b.cache.GetOrSetFunc(ctx, "k", load, dbcache.DefaultTimeout)
-		require.NoError(t, err)
-		done <- v
+		done <- result{v, err}
 	}()
-	time.Sleep(20 * time.Millisecond)
+	waitFor(t, func() bool { return dbcache.FlightWaiting(b.cache, "k") == 2 })
 	cancel()
 	require.ErrorIs(t, <-errs, context.Canceled)
-	require.Equal(t, "v", string(<-done))
+	close(release)
+	r := <-done
+	require.NoError(t, r.err)
+	require.Equal(t, "v", string(r.v))
 	require.False(t, canceled.Load(), "one caller leaving cancelled the load for the other")
+	require.EqualValues(t, 1, b.cache.Stats().Loads)
 }
 
 // Stale while revalidate: fresh values are returned as they are; a stale

@@ -13,14 +13,10 @@ import (
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/encryption"
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/internal/exampledb"
 	"github.com/dbcache/dbcache/typed"
 )
 
-func TestMain(m *testing.M) {
-	exampledb.Setup()
-	dbtest.Main(m)
-}
+func TestMain(m *testing.M) { dbtest.Main(m) }
 
 func secret(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
 

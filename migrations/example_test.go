@@ -3,23 +3,28 @@ package migrations_test
 import (
 	"context"
 	"fmt"
+	"log"
+	"os"
 
-	"github.com/dbcache/dbcache/internal/dbtest"
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/dbcache/dbcache/migrations"
 )
 
 func ExampleMigrator() {
 	ctx := context.Background()
-	// An application's pool; here a fresh test schema (already migrated by
-	// the test helper, so Up finds nothing to do).
-	pool := dbtest.ExamplePool()
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
 
 	m, err := migrations.New(pool, nil) // the schema on the pool's search_path
 	if err != nil {
-		panic(err)
+		log.Fatal(err)
 	}
 	if err := m.Up(ctx); err != nil { // safe to run at every start-up
-		panic(err)
+		log.Fatal(err)
 	}
 	v, dirty, err := m.Version(ctx)
 	fmt.Println(v == migrations.Latest(), dirty, err)

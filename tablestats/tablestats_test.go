@@ -10,14 +10,10 @@ import (
 	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/internal/exampledb"
 	"github.com/dbcache/dbcache/tablestats"
 )
 
-func TestMain(m *testing.M) {
-	exampledb.Setup()
-	dbtest.Main(m)
-}
+func TestMain(m *testing.M) { dbtest.Main(m) }
 
 func fill(t *testing.T, s *dbtest.Schema, prefix string, n int, expires string) {
 	t.Helper()

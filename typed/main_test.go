@@ -10,13 +10,9 @@ import (
 
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/internal/exampledb"
 )
 
-func TestMain(m *testing.M) {
-	exampledb.Setup()
-	dbtest.Main(m)
-}
+func TestMain(m *testing.M) { dbtest.Main(m) }
 
 // testBundle is one test's byte-level cache (on a schema of its own) and
 // what it logged.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/dbcache/dbcache/internal/dbtest"
 	"github.com/dbcache/dbcache/internal/pgserver"
+	"github.com/dbcache/dbcache/migrations"
 )
 
 // The demo as the README's quick start runs it: on a configured database, and
@@ -62,7 +64,7 @@ func requireTour(t *testing.T, r result) {
 	t.Helper()
 	requireCode(t, 0, r)
 	for _, want := range []string{
-		"$ dbcache migrate up\nmigrated up from version 0 to 2\n",
+		"$ dbcache migrate up\nmigrated up from version 0 to " + strconv.Itoa(int(migrations.Latest())) + "\n",
 		"$ dbcache set greeting 'Hello from PostgreSQL!'\nOK\n",
 		"$ dbcache get greeting\nHello from PostgreSQL!\n",
 		"$ dbcache has session:42\ntrue\n",

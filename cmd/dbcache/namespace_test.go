@@ -382,7 +382,9 @@ func TestDeletePrefixFailsPartWay(t *testing.T) {
 		_, err = tx.Exec(ctx, `SELECT 1 FROM dbcache_entries WHERE key = $1 FOR UPDATE`, ":1:"+ns+"999")
 		require.NoError(t, err)
 
-		args := []string{"delete-prefix", ns, "--yes", "--statement-timeout", "300ms"}
+		// The timeout must let the first batch finish on a loaded machine:
+		// only the second, which waits on the lock, may hit it.
+		args := []string{"delete-prefix", ns, "--yes", "--statement-timeout", "5s"}
 		if jsonOut {
 			args = append(args, "--json")
 		}

@@ -6,13 +6,9 @@ import (
 	"testing"
 
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/internal/exampledb"
 )
 
-func TestMain(m *testing.M) {
-	exampledb.Setup()
-	dbtest.Main(m)
-}
+func TestMain(m *testing.M) { dbtest.Main(m) }
 
 func Example() {
 	if err := run(context.Background(), os.Getenv("DATABASE_URL")); err != nil {

@@ -46,6 +46,9 @@ type Options struct {
 	ValueSizes []int
 	// Concurrency are the goroutine counts.
 	Concurrency []int
+	// TuningSteps picks tuning experiments by name (spaces as dashes:
+	// "durability", "group-commit"); empty runs them all.
+	TuningSteps []string
 	// Ops are the operations (AllOps when empty).
 	Ops []string
 	// Duration is each system's time per cell, split over Rounds.

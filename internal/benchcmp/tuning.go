@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -31,6 +32,7 @@ func Tuning(ctx context.Context, o *Options, pgbouncerDSN string) error {
 		{"query exec modes", tuneModes},
 		{"pgbouncer", func(ctx context.Context, o *Options) error { return tunePgBouncer(ctx, o, pgbouncerDSN) }},
 		{"durability", tuneDurability},
+		{"group commit", tuneGroupCommit},
 		{"index and fillfactor", tuneIndex},
 		{"pool size", tunePool},
 		{"bulk paths", tuneBulk},
@@ -38,6 +40,9 @@ func Tuning(ctx context.Context, o *Options, pgbouncerDSN string) error {
 		{"scale and culling memory", tuneScale},
 	}
 	for _, s := range steps {
+		if len(o.TuningSteps) > 0 && !slices.Contains(o.TuningSteps, strings.ReplaceAll(s.name, " ", "-")) {
+			continue
+		}
 		o.logf("tuning: %s", s.name)
 		if err := s.run(ctx, o); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
@@ -227,6 +232,59 @@ func tuneDurability(ctx context.Context, o *Options) error {
 	}
 	return table(ctx, o, "durability (ratio to logged, synchronous_commit on)", systems,
 		[]string{OpSet, OpAdd, OpIncr, OpSetMany}, o.Concurrency, lcfg)
+}
+
+// tuneGroupCommit: what durable (default) sets gain at 16 goroutines from
+// PostgreSQL's group commit settings (commit_delay, commit_siblings: a
+// committing backend waits commit_delay µs for others when at least
+// commit_siblings transactions are open, so one WAL flush serves several),
+// and from coalescing the sets themselves (Config.CoalesceSets), beside
+// FastCommit. commit_delay is set per session (it needs superuser, as on a
+// test server; an admin sets it in postgresql.conf).
+func tuneGroupCommit(ctx context.Context, o *Options) error {
+	env, lcfg, err := tuneEnv(ctx, o, "groupcommit", tuneKeys)
+	if err != nil {
+		return err
+	}
+	defer env.Close()
+	var systems []System
+	for _, v := range []struct {
+		name     string
+		delay    string
+		coalesce int
+		fast     bool
+	}{
+		{"durable", "", 0, false},
+		{"commit_delay 100µs", "100", 0, false},
+		{"commit_delay 1ms", "1000", 0, false},
+		{"CoalesceSets 4", "", 4, false},
+		{"FastCommit", "", 0, true},
+	} {
+		pool := env.Pool
+		if v.delay != "" {
+			cfg, err := pgxpool.ParseConfig(o.DSN)
+			if err != nil {
+				return err
+			}
+			cfg.MaxConns = o.MaxConns
+			cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{env.Schema}.Sanitize()
+			cfg.ConnConfig.RuntimeParams["commit_delay"] = v.delay
+			cfg.ConnConfig.RuntimeParams["commit_siblings"] = "5"
+			p, err := pgxpool.NewWithConfig(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer p.Close()
+			pool = p
+		}
+		c, err := newCache(ctx, pool, dbcache.Config{CoalesceSets: v.coalesce, FastCommit: v.fast})
+		if err != nil {
+			return err
+		}
+		systems = append(systems, CacheSystem(v.name, c))
+	}
+	return table(ctx, o, "group commit (ratio to durable, synchronous_commit on)", systems,
+		[]string{OpSet}, o.Concurrency, lcfg)
 }
 
 // tuneIndex: what the expires index and fillfactor cost writes, with the HOT
@@ -449,8 +507,47 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expir
 	if err := table(ctx, o, "set_many(100) paths (ratio to dbcache)", setSystems, []string{OpSetMany}, o.Concurrency, lcfg); err != nil {
 		return err
 	}
+	// Statement shapes for get_many, raw pgx, each mapping rows back to
+	// the caller's keys as GetMany must: = ANY returning the key (what
+	// dbcache runs), and a join on unnest WITH ORDINALITY returning the
+	// position instead of the key (less to send back, an index to map by).
+	anyKey := func(ctx context.Context, r *loadgen.Request) error {
+		keys := made(r.Keys)
+		back := make(map[string]string, len(keys))
+		for i, k := range r.Keys {
+			back[madeKey(k)] = r.Keys[i]
+		}
+		rows, err := env.Pool.Query(ctx, st.GetMany, keys)
+		if err != nil {
+			return err
+		}
+		out := make(map[string][]byte, len(keys))
+		var k string
+		var v []byte
+		_, err = pgx.ForEachRow(rows, []any{&k, &v}, func() error { out[back[k]] = v; return nil })
+		return err
+	}
+	const unnestOrd = `SELECT u.i::int4, e.value FROM unnest($1::text[]) WITH ORDINALITY AS u(k, i)
+JOIN dbcache_entries e ON e.key = u.k WHERE (e.expires IS NULL OR e.expires > statement_timestamp())`
+	unnestOrdinal := func(ctx context.Context, r *loadgen.Request) error {
+		keys := make([]string, len(r.Keys))
+		for i, k := range r.Keys {
+			keys[i] = madeKey(k)
+		}
+		rows, err := env.Pool.Query(ctx, unnestOrd, keys)
+		if err != nil {
+			return err
+		}
+		out := make(map[string][]byte, len(keys))
+		var i int32
+		var v []byte
+		_, err = pgx.ForEachRow(rows, []any{&i, &v}, func() error { out[r.Keys[i-1]] = v; return nil })
+		return err
+	}
 	getSystems := []System{
 		{Name: "dbcache GetMany (= ANY, 1 statement)", Ops: map[string]loadgen.OpFunc{OpGetMany: CacheSystem("", c).Ops[OpGetMany]}},
+		{Name: "raw = ANY, key back", Ops: map[string]loadgen.OpFunc{OpGetMany: anyKey}},
+		{Name: "raw unnest WITH ORDINALITY, position back", Ops: map[string]loadgen.OpFunc{OpGetMany: unnestOrdinal}},
 		{Name: "pipeline of 100 gets", Ops: map[string]loadgen.OpFunc{OpGetMany: pipelineGet}},
 	}
 	if err := table(ctx, o, "get_many(100) paths (ratio to dbcache)", getSystems, []string{OpGetMany}, o.Concurrency, lcfg); err != nil {

@@ -12,9 +12,9 @@
 //
 // When no server can be had, the package fails within seconds with one
 // message saying what to install or set: Main prints it and exits before
-// any test runs, or, when the server is started lazily (see Main), the first
-// test to need it fails with the message and every later one with a short
-// line pointing to it.
+// any test runs (with -test.list, which starts no server up front, the first
+// test to need one fails with the message and every later one with a short
+// line pointing to it).
 //
 // Each Schema is a fresh schema named dbct_<unix>_<pid>_<n>, dropped when the
 // test ends; a pool from it has search_path set to that schema, so the code
@@ -27,8 +27,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"regexp"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -91,11 +89,9 @@ func Image() string {
 // only, to the DSN of a fresh migrated schema on the test server (its
 // search_path a URL parameter), dropped at the end; the package's examples
 // share it. That needs the server before any test runs, so Main starts it
-// then, unless -test.run selects tests that cannot include an example (a
-// pattern that neither contains nor matches "Example"), or -test.list only
-// lists: then the server starts when the first test asks for it, and a run
-// of tests that need none starts none. Either way a server that cannot be
-// had fails the package with one message.
+// then (any -test.run pattern may select an example: "SetMany" selects
+// ExampleCache_SetMany), except with -test.list, which only lists. Either
+// way a server that cannot be had fails the package with one message.
 func Main(m *testing.M) {
 	os.Exit(run(m))
 }
@@ -116,23 +112,13 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
-// examplesMayRun reports whether the run may include an Example function,
-// judged from the -test.run and -test.list flags.
+// examplesMayRun reports whether the run may include an Example function.
+// Only -test.list rules that out: a -test.run pattern such as "SetMany"
+// selects ExampleCache_SetMany too, and telling which examples a pattern
+// selects would mean knowing their names here.
 func examplesMayRun() bool {
-	if f := flag.Lookup("test.list"); f != nil && f.Value.String() != "" {
-		return false
-	}
-	f := flag.Lookup("test.run")
-	if f == nil || f.Value.String() == "" {
-		return true
-	}
-	// The top-level part of the pattern: examples have no subtests.
-	top, _, _ := strings.Cut(f.Value.String(), "/")
-	if strings.Contains(top, "Example") {
-		return true
-	}
-	re, err := regexp.Compile(top)
-	return err == nil && re.MatchString("Example")
+	f := flag.Lookup("test.list")
+	return f == nil || f.Value.String() == ""
 }
 
 func cleanup() {

@@ -1,5 +1,6 @@
-// Package dbcacheload supplies loadgen operations over a dbcache.Cache, under
-// loadgen's standard names, and prefills a cache with a run's key space.
+// Package dbcacheload supplies loadgen operations over a dbcache.Store (a
+// single cache or a sharded one), under loadgen's standard names, and
+// prefills a cache with a run's key space.
 //
 // Counters (incr, decr) live under their own keys, the run's key with ":n"
 // appended, so value operations and counter operations never trip over each
@@ -25,7 +26,7 @@ const CounterSuffix = ":n"
 // timeout. A get, has, touch, delete or get_many that finds nothing, or an
 // add that stores nothing, reports loadgen.ErrMiss; an incr or decr of a
 // missing counter creates it and reports a miss.
-func Ops(cache *dbcache.Cache, timeout dbcache.Timeout) map[string]loadgen.Op {
+func Ops(cache dbcache.Store, timeout dbcache.Timeout) map[string]loadgen.Op {
 	miss := func(ok bool, err error) error {
 		if err == nil && !ok {
 			return loadgen.ErrMiss
@@ -103,7 +104,7 @@ const PrefillBatch = 500
 // with a value of cfg.ValueSize bytes and a counter of 0, so a run's reads
 // hit from the start. It calls progress, if not nil, after each batch with
 // the number of keys written so far.
-func Prefill(ctx context.Context, cache *dbcache.Cache, cfg *loadgen.Config, timeout dbcache.Timeout, progress func(done int)) error {
+func Prefill(ctx context.Context, cache dbcache.Store, cfg *loadgen.Config, timeout dbcache.Timeout, progress func(done int)) error {
 	c := cfg.WithDefaults()
 	value := make([]byte, c.ValueSize)
 	for i := range value {

@@ -132,11 +132,12 @@ them (to look at them with stats, or to cull them).`,
 				lc.ValueSize = -1 // loadgen's "empty values"; 0 would mean its default
 			}
 			lc.KeyPrefix = benchKeyPrefix
-			cache, pool, err := a.openCache(ctx, cmd, &cf, int32(lc.Concurrency))
+			o, err := a.openStore(ctx, cmd, &cf, int32(lc.Concurrency))
 			if err != nil {
 				return err
 			}
-			defer closePool(pool)
+			defer o.close()
+			cache := o.store
 			ops, err := loadgen.ParseMix(mix, dbcacheload.Ops(cache, timeout))
 			if err != nil {
 				return &usageError{err: err}
@@ -249,7 +250,7 @@ them (to look at them with stats, or to cull them).`,
 // size, and a counter of 0 beside each when counters is set (the mix has
 // incr or decr), benchBatch keys per statement. It returns the rows written;
 // progress shows them too.
-func (a *app) benchPrefill(ctx context.Context, cache *dbcache.Cache, c *loadgen.Config, timeout dbcache.Timeout, counters bool) (int64, error) {
+func (a *app) benchPrefill(ctx context.Context, cache store, c *loadgen.Config, timeout dbcache.Timeout, counters bool) (int64, error) {
 	value := make([]byte, max(c.ValueSize, 0))
 	for i := range value {
 		value[i] = 'a' + byte(i%26)
@@ -285,7 +286,7 @@ func (a *app) benchPrefill(ctx context.Context, cache *dbcache.Cache, c *loadgen
 // benchCleanup removes every key bench may have written: the key space, and
 // the counters when counters is set. It returns how many live entries it
 // removed.
-func (a *app) benchCleanup(ctx context.Context, cache *dbcache.Cache, c *loadgen.Config, counters bool) (int64, error) {
+func (a *app) benchCleanup(ctx context.Context, cache store, c *loadgen.Config, counters bool) (int64, error) {
 	t := a.newTicker(true)
 	defer t.finish()
 	var removed int64

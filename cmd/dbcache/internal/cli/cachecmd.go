@@ -164,11 +164,12 @@ when the entry never expires), as the ttl command reports it.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			cache, pool, err := a.openCache(ctx, cmd, &cf, 1)
+			o, err := a.openStore(ctx, cmd, &cf, 1)
 			if err != nil {
 				return err
 			}
-			defer closePool(pool)
+			defer o.close()
+			cache := o.store
 			key := args[0]
 			var (
 				v   []byte
@@ -245,11 +246,12 @@ entry is taken over). Exits 3 when the key exists and nothing was stored.
 		if err != nil {
 			return err
 		}
-		cache, pool, err := a.openCache(ctx, cmd, &cf, 1)
+		o, err := a.openStore(ctx, cmd, &cf, 1)
 		if err != nil {
 			return err
 		}
-		defer closePool(pool)
+		defer o.close()
+		cache := o.store
 		key := args[0]
 		// A TTL of zero or less stores nothing a get can see (Django's
 		// timeout 0): say so rather than "OK".
@@ -304,7 +306,7 @@ func (a *app) addCommand() *cobra.Command { return a.storeCommand(true) }
 // boolCommand is a key command whose answer is yes or no (touch, delete,
 // has): "no" prints its word and exits 3.
 func (a *app) boolCommand(use, short, long, example, field, yes, no string, withTTL bool,
-	run func(cmd *cobra.Command, cache *dbcache.Cache, key string, timeout dbcache.Timeout) (bool, error),
+	run func(cmd *cobra.Command, cache store, key string, timeout dbcache.Timeout) (bool, error),
 ) *cobra.Command {
 	var cf cacheFlags
 	var ttl string
@@ -320,11 +322,12 @@ func (a *app) boolCommand(use, short, long, example, field, yes, no string, with
 			if err != nil {
 				return err
 			}
-			cache, pool, err := a.openCache(ctx, cmd, &cf, 1)
+			o, err := a.openStore(ctx, cmd, &cf, 1)
 			if err != nil {
 				return err
 			}
-			defer closePool(pool)
+			defer o.close()
+			cache := o.store
 			key := args[0]
 			ok, err := run(cmd, cache, key, timeout)
 			if err != nil {
@@ -369,7 +372,7 @@ it at once). Exits 3 when KEY has no live entry: touch never brings an
 expired value back.`,
 		`  dbcache touch session:42 --ttl 30m`,
 		"touched", "touched", "not found", true,
-		func(cmd *cobra.Command, c *dbcache.Cache, key string, t dbcache.Timeout) (bool, error) {
+		func(cmd *cobra.Command, c store, key string, t dbcache.Timeout) (bool, error) {
 			return c.Touch(cmd.Context(), key, t)
 		})
 }
@@ -380,7 +383,7 @@ func (a *app) deleteCommand() *cobra.Command {
 too, but counts as absent).`,
 		`  dbcache delete session:42`,
 		"deleted", "deleted", "not found", false,
-		func(cmd *cobra.Command, c *dbcache.Cache, key string, _ dbcache.Timeout) (bool, error) {
+		func(cmd *cobra.Command, c store, key string, _ dbcache.Timeout) (bool, error) {
 			return c.Delete(cmd.Context(), key)
 		})
 }
@@ -391,7 +394,7 @@ func (a *app) hasCommand() *cobra.Command {
 otherwise.`,
 		`  dbcache has feature:beta && echo on`,
 		"exists", "true", "false", false,
-		func(cmd *cobra.Command, c *dbcache.Cache, key string, _ dbcache.Timeout) (bool, error) {
+		func(cmd *cobra.Command, c store, key string, _ dbcache.Timeout) (bool, error) {
 			return c.HasKey(cmd.Context(), key)
 		})
 }
@@ -425,11 +428,12 @@ an integer or the result would overflow int64.`,
 				}
 				delta = d
 			}
-			cache, pool, err := a.openCache(ctx, cmd, &cf, 1)
+			o, err := a.openStore(ctx, cmd, &cf, 1)
 			if err != nil {
 				return err
 			}
-			defer closePool(pool)
+			defer o.close()
+			cache := o.store
 			key := args[0]
 			var n int64
 			if up {
@@ -480,13 +484,14 @@ needs --yes (without it: exit 2).`,
 			if !yes && !a.cfg.StdinIsTerminal {
 				return confirmationRequired("clear removes every entry: pass --yes to confirm (there is no terminal to ask on)")
 			}
-			cache, pool, err := a.openCache(ctx, cmd, &cacheFlags{}, 1)
+			o, err := a.openStore(ctx, cmd, &cacheFlags{}, 1)
 			if err != nil {
 				return err
 			}
-			defer closePool(pool)
+			defer o.close()
+			cache := o.store
 			if !yes {
-				n, err := countEntries(ctx, pool, a.g.schema)
+				n, err := a.countAll(ctx, o)
 				if err != nil {
 					return err
 				}

@@ -128,11 +128,15 @@ type app struct {
 	// ctx is Run's context: once it is cancelled (SIGINT, SIGTERM), a
 	// failure is reported as an interruption.
 	ctx context.Context
+	// shards are the servers of a sharded cache: --database-url given
+	// more than once (see shards.go); nil for a single server.
+	shards []shardSpec
 }
 
 type globalFlags struct {
 	connectTimeout   time.Duration
-	databaseURL      string
+	databaseURL      string   // the server's, when --database-url is given once
+	databaseURLs     []string // every --database-url
 	debug            bool
 	json             bool
 	schema           string
@@ -202,6 +206,13 @@ Connection:
   (--statement-timeout, default 30s); connecting gives up after
   --connect-timeout (default 10s).
 
+Several servers (a sharded cache):
+  Repeat --database-url as NAME=URL, NAME each server's shard name in the
+  application (sharded.Shard.Name; with the same --key-prefix, keys are
+  found where the application put them). The cache commands and bench use
+  the sharded cache; stats shows each server and the total; migrate and
+  cull run once per server, each line prefixed with the server's name.
+
 Output:
   Results go to stdout, everything else (errors, logs, prompts, progress) to
   stderr. With --json, results are JSON on stdout and every error is one JSON
@@ -254,6 +265,12 @@ func (a *app) rootCommand() *cobra.Command {
 			if a.g.statementTimeout < 0 {
 				return usagef("--statement-timeout must not be negative (0 disables it), got %s", a.g.statementTimeout)
 			}
+			if err := a.resolveShards(); err != nil {
+				return err
+			}
+			if a.sharded() && cmd.Name() == "demo" {
+				return usagef("demo runs on one server of its own: leave out --database-url")
+			}
 			return a.resolveSchema(cmd)
 		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -270,7 +287,7 @@ func (a *app) rootCommand() *cobra.Command {
 	})
 	root.Flags().BoolVar(&showVersion, "version", false, "print dbcache's version, as the version command does")
 	pf := root.PersistentFlags()
-	pf.StringVar(&a.g.databaseURL, "database-url", "", "PostgreSQL URL or key=value string (default $"+EnvDatabaseURL+", else the PG* variables)")
+	pf.StringArrayVar(&a.g.databaseURLs, "database-url", nil, "PostgreSQL URL or key=value string (default $"+EnvDatabaseURL+", else the PG* variables); repeat as NAME=URL for each server of a sharded cache")
 	pf.StringVar(&a.g.schema, "schema", "", "schema that holds the cache table (default $"+EnvSchema+", else the search_path's first)")
 	pf.DurationVar(&a.g.connectTimeout, "connect-timeout", ConnectTimeoutDefault, "give up connecting after this long")
 	pf.DurationVar(&a.g.statementTimeout, "statement-timeout", StatementTimeoutDefault, "the session's statement_timeout (0 disables)")
@@ -295,6 +312,10 @@ func (a *app) rootCommand() *cobra.Command {
 	} {
 		c.GroupID = "admin"
 		root.AddCommand(c)
+		// With several servers, migrations and culling run per server.
+		if c.Name() == "migrate" || c.Name() == "cull" {
+			a.perServer(c)
+		}
 	}
 	// Remember which command failed, for the usage hint of an argument
 	// error (cobra validates arguments before any hook runs).

@@ -94,7 +94,7 @@ func (a *app) resolveSchema(cmd *cobra.Command) error {
 // falls back to libpq's defaults (a local socket, the OS user name), whose
 // failure ("role "root" does not exist") says nothing of what to set.
 func (a *app) connectionConfigured() bool {
-	if a.dsn() != "" {
+	if a.dsn() != "" || a.sharded() {
 		return true
 	}
 	for _, v := range []string{"PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"} {
@@ -221,7 +221,23 @@ func (a *app) openCache(ctx context.Context, cmd *cobra.Command, cf *cacheFlags,
 	if err != nil {
 		return nil, nil, err
 	}
-	cache, err := dbcache.New(ctx, pool, &dbcache.Config{
+	cache, err := dbcache.New(ctx, pool, a.cacheConfig(cf, a.g.opTimeout))
+	if err != nil {
+		closePool(pool)
+		return nil, nil, err
+	}
+	// WithVersion rather than Config.Version, whose zero means "default":
+	// --key-version 0 must mean version 0.
+	if cmd.Flags().Changed("key-version") {
+		cache = cache.WithVersion(cf.version)
+	}
+	return cache, pool, nil
+}
+
+// cacheConfig is the cache's configuration for the command's key flags,
+// with opTimeout as the bound on each operation.
+func (a *app) cacheConfig(cf *cacheFlags, opTimeout time.Duration) *dbcache.Config {
+	return &dbcache.Config{
 		Schema:    a.g.schema,
 		KeyPrefix: cf.prefix,
 		Logger:    a.log,
@@ -236,18 +252,8 @@ func (a *app) openCache(ctx context.Context, cmd *cobra.Command, cf *cacheFlags,
 		// requests; an admin command's operations are bounded by
 		// --statement-timeout, which may be longer (a large value, a
 		// clear of a big table), with this as the backstop.
-		OpTimeout: a.g.opTimeout,
-	})
-	if err != nil {
-		closePool(pool)
-		return nil, nil, err
+		OpTimeout: opTimeout,
 	}
-	// WithVersion rather than Config.Version, whose zero means "default":
-	// --key-version 0 must mean version 0.
-	if cmd.Flags().Changed("key-version") {
-		cache = cache.WithVersion(cf.version)
-	}
-	return cache, pool, nil
 }
 
 // migrator returns a Migrator for the schema. It connects per call, with the

@@ -76,6 +76,10 @@ it usually means a wrong connection or schema.
 Any number of cullers may run against one table: one pass runs at a time,
 and a pass that finds another running is reported as skipped.
 
+With several servers (--database-url NAME=URL, repeated) each server is
+culled by a culler of its own, in turn (with --every, all at once), each
+line prefixed with the server's name; the limits apply to each server.
+
 Progress: a bar on a terminal for passes longer than half a second, a line
 on stderr every 5s otherwise. One result line per pass on stdout (with
 --json, one JSON object per line).`,

@@ -7,8 +7,6 @@ import (
 	"strconv"
 
 	"github.com/spf13/cobra"
-
-	"github.com/dbcache/dbcache/dbcache"
 )
 
 // promptCountCap bounds how many keys the confirmation prompt of
@@ -72,11 +70,12 @@ prefix and version, so it is refused unless --all-keys says that is meant
 			if !yes && !a.cfg.StdinIsTerminal {
 				return confirmationRequired("delete-prefix removes entries: pass --yes to confirm (there is no terminal to ask on)")
 			}
-			cache, pool, err := a.openCache(ctx, cmd, &cf, 1)
+			o, err := a.openStore(ctx, cmd, &cf, 1)
 			if err != nil {
 				return err
 			}
-			defer closePool(pool)
+			defer o.close()
+			cache := o.store
 			if !yes {
 				n, err := countPrefix(ctx, cache, prefix)
 				if err != nil {
@@ -134,7 +133,7 @@ func (a *app) printDeleted(prefix string, n int, err error) error {
 
 // countPrefix counts the live entries under prefix, up to one past
 // promptCountCap.
-func countPrefix(ctx context.Context, cache *dbcache.Cache, prefix string) (int, error) {
+func countPrefix(ctx context.Context, cache store, prefix string) (int, error) {
 	n := 0
 	for _, err := range cache.Keys(ctx, prefix) {
 		if err != nil {
@@ -151,7 +150,7 @@ func countPrefix(ctx context.Context, cache *dbcache.Cache, prefix string) (int,
 // deletePrefixQuestion is the confirmation prompt: how many live entries,
 // which caller keys, and the stored keys they are (so the key prefix and
 // version in force are plain to see).
-func deletePrefixQuestion(cache *dbcache.Cache, prefix string, n int, keyPrefix string, version int) string {
+func deletePrefixQuestion(cache store, prefix string, n int, keyPrefix string, version int) string {
 	count := countOf(int64(n), "live entry", "live entries")
 	if n > promptCountCap {
 		count = fmt.Sprintf("more than %s live entries", humanCount(promptCountCap))

@@ -253,6 +253,7 @@ func (a *app) describe(err error) errorReport {
 				a.statementTimeoutInForce())
 		}
 	}
+	r.Message = namedLine(err, r.Message) // which server, with several
 	return r
 }
 
@@ -287,7 +288,7 @@ func errorLine(err error, connectTimeout time.Duration) string {
 		}
 		msg = trimmed
 	}
-	return strings.Join(strings.Fields(strings.ReplaceAll(msg, "\n", " ")), " ")
+	return namedLine(err, strings.Join(strings.Fields(strings.ReplaceAll(msg, "\n", " ")), " "))
 }
 
 // connectMessage is pgx's connect error with each cause said once. pgx joins

@@ -10,8 +10,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
-
-	"github.com/dbcache/dbcache/dbcache"
 )
 
 // KeysLimitDefault is how many keys keys lists unless --limit says
@@ -59,11 +57,12 @@ as such a JSON string, one per line: decoded, it is the key exactly.`,
 			if len(args) == 1 {
 				prefix = args[0]
 			}
-			cache, pool, err := a.openCache(ctx, cmd, &cf, 1)
+			o, err := a.openStore(ctx, cmd, &cf, 1)
 			if err != nil {
 				return err
 			}
-			defer closePool(pool)
+			defer o.close()
+			cache := o.store
 			return a.listKeys(ctx, cache, prefix, limit)
 		},
 	}
@@ -75,7 +74,7 @@ as such a JSON string, one per line: decoded, it is the key exactly.`,
 // listKeys writes the keys as they come from the library's iterator, a
 // line at a time through a small buffer: the listing's memory does not grow
 // with the number of keys.
-func (a *app) listKeys(ctx context.Context, cache *dbcache.Cache, prefix string, limit int) error {
+func (a *app) listKeys(ctx context.Context, cache store, prefix string, limit int) error {
 	w := bufio.NewWriter(a.out)
 	n, more := 0, false
 	for key, err := range cache.Keys(ctx, prefix) {

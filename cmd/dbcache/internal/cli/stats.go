@@ -32,12 +32,20 @@ as cull --max-bytes counts it (measured, and as a pass would estimate it),
 the oldest write, and the last culling pass with the limits it enforced.
 
 Dead tuples and vacuum times come from PostgreSQL's statistics and lag a
-little; everything else is exact as of the statement.`,
+little; everything else is exact as of the statement.
+
+With several servers (--database-url NAME=URL, repeated): each server's
+figures under its name, then the total (counts and sizes added up, the
+earliest and latest times); --json gives {"shards":[…],"total":{…}}. A
+server that fails is reported in its place and the command exits 1.`,
 		Example: `  dbcache stats
   dbcache stats --json | jq .expired`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			if a.sharded() {
+				return a.statsSharded(ctx)
+			}
 			pool, err := a.openPool(ctx, 1)
 			if err != nil {
 				return err

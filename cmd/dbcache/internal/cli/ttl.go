@@ -31,11 +31,12 @@ is {"key":…,"found":false} (exit 3).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			cache, pool, err := a.openCache(ctx, cmd, &cf, 1)
+			o, err := a.openStore(ctx, cmd, &cf, 1)
 			if err != nil {
 				return err
 			}
-			defer closePool(pool)
+			defer o.close()
+			cache := o.store
 			key := args[0]
 			ttl, err := cache.TTL(ctx, key)
 			if errors.Is(err, dbcache.ErrMiss) {

@@ -1,0 +1,9 @@
+package sharded
+
+import (
+	"testing"
+
+	"github.com/dbcache/dbcache/internal/dbtest"
+)
+
+func TestMain(m *testing.M) { dbtest.Main(m) }
