@@ -259,6 +259,8 @@ func tuneGroupCommit(ctx context.Context, o *Options) error {
 		{"commit_delay 1ms", "1000", 0, false},
 		{"CoalesceSets 4", "", 4, false},
 		{"FastCommit", "", 0, true},
+		{"FastCommit + CoalesceSets 2", "", 2, true},
+		{"FastCommit + CoalesceSets 4", "", 4, true},
 	} {
 		pool := env.Pool
 		if v.delay != "" {
@@ -283,7 +285,14 @@ func tuneGroupCommit(ctx context.Context, o *Options) error {
 		}
 		systems = append(systems, CacheSystem(v.name, c))
 	}
-	return table(ctx, o, "group commit (ratio to durable, synchronous_commit on)", systems,
+	if rdb := redisClient(ctx, o); rdb != nil {
+		defer rdb.Close()
+		if err := redisFill(ctx, rdb, &lcfg, tuneKeys, 100, counterKeys); err != nil {
+			return err
+		}
+		systems = append(systems, RedisSystem("redis (no persistence)", rdb))
+	}
+	return table(ctx, o, "group commit and coalesced sets (ratio to durable, synchronous_commit on)", systems,
 		[]string{OpSet}, o.Concurrency, lcfg)
 }
 
