@@ -129,12 +129,7 @@ func (g *coalescer) drain(batch []*getReq) {
 
 // answer runs one query for the batch's live callers and delivers to each.
 func (g *coalescer) answer(batch []*getReq) {
-	live := batch[:0:0]
-	for _, r := range batch {
-		if r.ctx.Err() == nil {
-			live = append(live, r)
-		}
-	}
+	live := liveCallers(batch)
 	if len(live) == 0 {
 		return
 	}
@@ -187,20 +182,20 @@ func (g *coalescer) answer(batch []*getReq) {
 	}
 }
 
-// batchContext is the context a batch query runs under: the values of the
+// batchContext is the context a batch statement runs under: the values of the
 // first caller's, and no cancellation while any caller still waits (one
 // caller giving up must not fail the others), but cancelled as soon as the
 // last one has left, by cancellation or by its deadline. So a batch never
 // outlives its callers: on a connection that went silent it ends when they
 // give up, and its slot passes on. Every caller's context carries a deadline
 // unless Config.OpTimeout is off, so a batch is bounded in time too.
-func batchContext(batch []*getReq) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].ctx))
+func batchContext[R caller](batch []R) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].callerCtx()))
 	var waiting atomic.Int64
 	waiting.Store(int64(len(batch)))
 	stops := make([]func() bool, len(batch))
 	for i, r := range batch {
-		stops[i] = context.AfterFunc(r.ctx, func() {
+		stops[i] = context.AfterFunc(r.callerCtx(), func() {
 			if waiting.Add(-1) == 0 {
 				cancel()
 			}
@@ -212,4 +207,22 @@ func batchContext(batch []*getReq) (context.Context, context.CancelFunc) {
 		}
 		cancel()
 	}
+}
+
+// caller is a queued request of a coalescer: a Get or a Set.
+type caller interface{ callerCtx() context.Context }
+
+func (r *getReq) callerCtx() context.Context { return r.ctx }
+func (r *setReq) callerCtx() context.Context { return r.ctx }
+
+// liveCallers returns the requests of batch whose callers still wait: one
+// whose context ended before its batch ran gets nothing done for it.
+func liveCallers[R caller](batch []R) []R {
+	live := batch[:0:0]
+	for _, r := range batch {
+		if r.callerCtx().Err() == nil {
+			live = append(live, r)
+		}
+	}
+	return live
 }

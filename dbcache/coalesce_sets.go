@@ -128,16 +128,11 @@ func (g *setCoalescer) drain(batch []*setReq) {
 
 // write runs one statement for the batch's live callers and answers each.
 func (g *setCoalescer) write(batch []*setReq) {
-	live := batch[:0:0]
-	for _, r := range batch {
-		if r.ctx.Err() == nil {
-			live = append(live, r)
-		}
-	}
+	live := liveCallers(batch)
 	if len(live) == 0 {
 		return
 	}
-	ctx, cancel := setBatchContext(live)
+	ctx, cancel := batchContext(live)
 	defer cancel()
 	if len(live) == 1 {
 		r := live[0]
@@ -181,27 +176,5 @@ func (g *setCoalescer) write(batch []*setReq) {
 	}
 	for _, r := range live {
 		r.done <- err
-	}
-}
-
-// setBatchContext is batchContext for Sets: cancelled once every caller in
-// the batch has left.
-func setBatchContext(batch []*setReq) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].ctx))
-	var waiting atomic.Int64
-	waiting.Store(int64(len(batch)))
-	stops := make([]func() bool, len(batch))
-	for i, r := range batch {
-		stops[i] = context.AfterFunc(r.ctx, func() {
-			if waiting.Add(-1) == 0 {
-				cancel()
-			}
-		})
-	}
-	return ctx, func() {
-		for _, stop := range stops {
-			stop()
-		}
-		cancel()
 	}
 }
