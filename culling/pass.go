@@ -697,20 +697,26 @@ func (p *pass) lockLost() error {
 // pass are left for the next one, so the sweep ends even while rows keep
 // expiring.
 func (p *pass) sweep() error {
-	q := fmt.Sprintf(sqlSweep, p.c.table)
+	return p.removeBefore(fmt.Sprintf(sqlSweep, p.c.table), p.asOf, PhaseSweep, &p.res.ExpiredRemoved, "remove expired rows")
+}
+
+// removeBefore runs the keyset batch delete q (sqlSweep or sqlAgeOut) with
+// cutoff from the start of its index until a batch comes back short,
+// adding what each removed to *removed and reporting progress in phase ph.
+func (p *pass) removeBefore(q string, cutoff time.Time, ph Phase, removed *int64, what string) error {
 	batch := int64(p.c.cfg.BatchSize)
 	cur := startTimed
 	for {
 		if err := p.heartbeat(false); err != nil {
 			return err
 		}
-		b, err := p.deleteBatch(q, batch, p.lockPID, p.asOf, cur.expires, cur.key)
+		b, err := p.deleteBatch(q, batch, p.lockPID, cutoff, cur.expires, cur.key)
 		if err != nil {
-			return fmt.Errorf("culling: remove expired rows: %w", err)
+			return fmt.Errorf("culling: %s: %w", what, err)
 		}
-		p.res.ExpiredRemoved += b.removed
+		*removed += b.removed
 		if b.removed > 0 {
-			p.progress(PhaseSweep)
+			p.progress(ph)
 		}
 		if b.removed < b.picked {
 			return p.lockLost()
@@ -788,29 +794,7 @@ func (p *pass) ageOut() error {
 		}
 		return nil
 	}
-	q := fmt.Sprintf(sqlAgeOut, c.table)
-	batch := int64(c.cfg.BatchSize)
-	cur := startTimed
-	for {
-		if err := p.heartbeat(false); err != nil {
-			return err
-		}
-		b, err := p.deleteBatch(q, batch, p.lockPID, cutoff, cur.expires, cur.key)
-		if err != nil {
-			return fmt.Errorf("culling: remove entries older than MaxAge: %w", err)
-		}
-		p.res.AgedOut += b.removed
-		if b.removed > 0 {
-			p.progress(PhaseAge)
-		}
-		if b.removed < b.picked {
-			return p.lockLost()
-		}
-		if b.locked < batch {
-			return p.heartbeat(true)
-		}
-		cur = b.next
-	}
+	return p.removeBefore(fmt.Sprintf(sqlAgeOut, c.table), cutoff, PhaseAge, &p.res.AgedOut, "remove entries older than MaxAge")
 }
 
 // size sets res.Size when MaxBytes is set (see estimateSize).
