@@ -7,7 +7,6 @@ import (
 	"os"
 	"slices"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/benchpair"
 	"github.com/dbcache/dbcache/internal/dbtest"
 )
 
@@ -23,7 +23,7 @@ import (
 // the very same SQL (dbcache.Statements) with keys made in advance: the
 // difference is everything dbcache adds (key making and validation, error
 // mapping, result handling). The two run in the same benchmark, alternating
-// in blocks of benchBlock operations with the order swapped every block, so
+// in blocks of benchpair.Block operations with the order swapped every block, so
 // load from anything else on the machine lands on both alike.
 //
 // Each result line reads:
@@ -76,7 +76,6 @@ const (
 	benchCounters  = 1_000
 	benchValue     = 100 // bytes
 	benchBatch     = 100 // keys per get_many / set_many
-	benchBlock     = 200 // operations per side before switching sides
 )
 
 type benchEnv struct {
@@ -270,73 +269,10 @@ func (e *benchEnv) ops() []benchOp {
 }
 
 // runPair runs b.N operations on each side with g goroutines, alternating
-// sides block by block, and reports both times and their ratio.
+// sides block by block (benchpair), and reports both sides' wall and
+// client CPU time per operation and their ratio, x-raw.
 func (e *benchEnv) runPair(b *testing.B, g int, op benchOp) {
-	ctx := context.Background()
-	var cacheT, rawT, cacheCPU, rawCPU time.Duration
-	var cacheN, rawN atomic.Int64
-	// Warm up both sides on every connection first: the first use of a
-	// statement on a connection prepares it, a one-off cost neither side
-	// should be charged for.
-	runOps(b, ctx, g, 2*g, &cacheN, op.cache)
-	runOps(b, ctx, g, 2*g, &rawN, op.raw)
-	b.ResetTimer()
-	for done, round := 0, 0; done < b.N; round++ {
-		n := min(benchBlock, b.N-done)
-		sides := []func(){
-			func() {
-				c := processCPU()
-				cacheT += runOps(b, ctx, g, n, &cacheN, op.cache)
-				cacheCPU += processCPU() - c
-			},
-			func() {
-				c := processCPU()
-				rawT += runOps(b, ctx, g, n, &rawN, op.raw)
-				rawCPU += processCPU() - c
-			},
-		}
-		if round%2 == 1 {
-			sides[0], sides[1] = sides[1], sides[0]
-		}
-		sides[0]()
-		sides[1]()
-		done += n
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(cacheT.Nanoseconds())/float64(b.N), "ns/op")
-	b.ReportMetric(float64(rawT.Nanoseconds())/float64(b.N), "raw-ns/op")
-	b.ReportMetric(float64(rawT)/float64(cacheT), "x-raw")
-	// The client's CPU per operation, both sides: what dbcache adds to the
-	// process, measured apart from the server's time and the machine's
-	// other load.
-	b.ReportMetric(float64(cacheCPU.Nanoseconds())/float64(b.N), "cpu-ns/op")
-	b.ReportMetric(float64(rawCPU.Nanoseconds())/float64(b.N), "raw-cpu-ns/op")
-}
-
-// runOps runs n calls of op on g goroutines and returns the wall time. seq
-// numbers the operations on one side across blocks.
-func runOps(b *testing.B, ctx context.Context, g, n int, seq *atomic.Int64, op func(context.Context, int) error) time.Duration {
-	var left atomic.Int64
-	left.Store(int64(n))
-	var wg sync.WaitGroup
-	var failed atomic.Pointer[error]
-	start := time.Now()
-	for range min(g, n) {
-		wg.Go(func() {
-			for left.Add(-1) >= 0 {
-				if err := op(ctx, int(seq.Add(1)-1)); err != nil {
-					failed.CompareAndSwap(nil, &err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	d := time.Since(start)
-	if err := failed.Load(); err != nil {
-		b.Fatal(*err)
-	}
-	return d
+	benchpair.Run(b, g, op.cache, op.raw).Report(b, "raw")
 }
 
 // benchOpTimeout is Config.OpTimeout for the benchmarks: the default, or
