@@ -3,7 +3,6 @@ package dbcache
 import (
 	"context"
 	"errors"
-	"sync"
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
@@ -27,13 +26,9 @@ const coalesceMaxBatch = 1000
 // per side) is shared among them, which is where the throughput comes from on
 // a CPU-bound server.
 type coalescer struct {
+	slots[*getReq]
 	pool *pgxpool.Pool
 	q    *queries
-	max  int
-
-	mu       sync.Mutex
-	inflight int
-	pending  []*getReq
 
 	// batches counts queries that answered more than one Get, for tests.
 	batches atomic.Int64
@@ -51,7 +46,10 @@ type getResult struct {
 }
 
 func newCoalescer(pool *pgxpool.Pool, q *queries, max int) *coalescer {
-	return &coalescer{pool: pool, q: q, max: max}
+	g := &coalescer{pool: pool, q: q}
+	g.slots = slots[*getReq]{max: max, run: g.answer,
+		take: func(pending []*getReq) int { return min(len(pending), coalesceMaxBatch) }}
+	return g
 }
 
 // get returns the value of the made key k, ErrMiss, or an unwrapped error.
@@ -87,54 +85,8 @@ func (g *coalescer) one(ctx context.Context, k string) ([]byte, error) {
 	return nonNil(v), nil
 }
 
-// release gives up a slot, or hands it to a batch if Gets are waiting. The
-// batch runs on its own goroutine so the Get that held the slot returns now.
-func (g *coalescer) release() {
-	g.mu.Lock()
-	if len(g.pending) == 0 {
-		g.inflight--
-		g.mu.Unlock()
-		return
-	}
-	batch := g.takeLocked()
-	g.mu.Unlock()
-	go g.drain(batch)
-}
-
-func (g *coalescer) takeLocked() []*getReq {
-	n := min(len(g.pending), coalesceMaxBatch)
-	batch := g.pending[:n:n]
-	rest := g.pending[n:]
-	if len(rest) == 0 {
-		rest = nil
-	}
-	g.pending = rest
-	return batch
-}
-
-// drain answers batch, then whatever queued meanwhile, then frees the slot.
-func (g *coalescer) drain(batch []*getReq) {
-	for {
-		g.answer(batch)
-		g.mu.Lock()
-		if len(g.pending) == 0 {
-			g.inflight--
-			g.mu.Unlock()
-			return
-		}
-		batch = g.takeLocked()
-		g.mu.Unlock()
-	}
-}
-
-// answer runs one query for the batch's live callers and delivers to each.
-func (g *coalescer) answer(batch []*getReq) {
-	live := liveCallers(batch)
-	if len(live) == 0 {
-		return
-	}
-	ctx, cancel := batchContext(live)
-	defer cancel()
+// answer runs one query for a batch's live callers and delivers to each.
+func (g *coalescer) answer(ctx context.Context, live []*getReq) {
 	if len(live) == 1 {
 		v, err := g.one(ctx, live[0].key)
 		live[0].done <- getResult{v, err}
@@ -180,49 +132,4 @@ func (g *coalescer) answer(batch []*getReq) {
 	for i, r := range live {
 		r.done <- res[i]
 	}
-}
-
-// batchContext is the context a batch statement runs under: the values of the
-// first caller's, and no cancellation while any caller still waits (one
-// caller giving up must not fail the others), but cancelled as soon as the
-// last one has left, by cancellation or by its deadline. So a batch never
-// outlives its callers: on a connection that went silent it ends when they
-// give up, and its slot passes on. Every caller's context carries a deadline
-// unless Config.OpTimeout is off, so a batch is bounded in time too.
-func batchContext[R caller](batch []R) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].callerCtx()))
-	var waiting atomic.Int64
-	waiting.Store(int64(len(batch)))
-	stops := make([]func() bool, len(batch))
-	for i, r := range batch {
-		stops[i] = context.AfterFunc(r.callerCtx(), func() {
-			if waiting.Add(-1) == 0 {
-				cancel()
-			}
-		})
-	}
-	return ctx, func() {
-		for _, stop := range stops {
-			stop()
-		}
-		cancel()
-	}
-}
-
-// caller is a queued request of a coalescer: a Get or a Set.
-type caller interface{ callerCtx() context.Context }
-
-func (r *getReq) callerCtx() context.Context { return r.ctx }
-func (r *setReq) callerCtx() context.Context { return r.ctx }
-
-// liveCallers returns the requests of batch whose callers still wait: one
-// whose context ended before its batch ran gets nothing done for it.
-func liveCallers[R caller](batch []R) []R {
-	live := batch[:0:0]
-	for _, r := range batch {
-		if r.callerCtx().Err() == nil {
-			live = append(live, r)
-		}
-	}
-	return live
 }

@@ -3,7 +3,6 @@ package dbcache
 import (
 	"context"
 	"errors"
-	"sync"
 	"sync/atomic"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -34,12 +33,8 @@ const coalesceMaxBatchBytes = 8 << 20
 // is dropped from it and writes nothing; one whose context ends while its
 // batch runs may or may not have written, as with a single statement.
 type setCoalescer struct {
-	c   *Cache
-	max int
-
-	mu       sync.Mutex
-	inflight int
-	pending  []*setReq
+	slots[*setReq]
+	c *Cache
 
 	// batches counts statements that wrote more than one Set, for tests.
 	batches atomic.Int64
@@ -54,7 +49,9 @@ type setReq struct {
 }
 
 func newSetCoalescer(c *Cache, max int) *setCoalescer {
-	return &setCoalescer{c: c, max: max}
+	g := &setCoalescer{c: c}
+	g.slots = slots[*setReq]{max: max, take: takeSets, run: g.write}
+	return g
 }
 
 // set writes the made key k; the error is unwrapped.
@@ -80,60 +77,23 @@ func (g *setCoalescer) set(ctx context.Context, k string, value []byte, micros a
 	}
 }
 
-func (g *setCoalescer) release() {
-	g.mu.Lock()
-	if len(g.pending) == 0 {
-		g.inflight--
-		g.mu.Unlock()
-		return
-	}
-	batch := g.takeLocked()
-	g.mu.Unlock()
-	go g.drain(batch)
-}
-
-// takeLocked takes the next batch: at most coalesceMaxBatch Sets and
-// coalesceMaxBatchBytes of values (a Set of a larger value goes alone).
-func (g *setCoalescer) takeLocked() []*setReq {
+// takeSets is how many queued Sets the next batch takes: at most
+// coalesceMaxBatch and coalesceMaxBatchBytes of values (a Set of a larger
+// value goes alone).
+func takeSets(pending []*setReq) int {
 	n, size := 0, 0
-	for n < len(g.pending) && n < coalesceMaxBatch {
-		size += len(g.pending[n].value)
+	for n < len(pending) && n < coalesceMaxBatch {
+		size += len(pending[n].value)
 		if n > 0 && size > coalesceMaxBatchBytes {
 			break
 		}
 		n++
 	}
-	batch := g.pending[:n:n]
-	rest := g.pending[n:]
-	if len(rest) == 0 {
-		rest = nil
-	}
-	g.pending = rest
-	return batch
+	return n
 }
 
-func (g *setCoalescer) drain(batch []*setReq) {
-	for {
-		g.write(batch)
-		g.mu.Lock()
-		if len(g.pending) == 0 {
-			g.inflight--
-			g.mu.Unlock()
-			return
-		}
-		batch = g.takeLocked()
-		g.mu.Unlock()
-	}
-}
-
-// write runs one statement for the batch's live callers and answers each.
-func (g *setCoalescer) write(batch []*setReq) {
-	live := liveCallers(batch)
-	if len(live) == 0 {
-		return
-	}
-	ctx, cancel := batchContext(live)
-	defer cancel()
+// write runs one statement for a batch's live callers and answers each.
+func (g *setCoalescer) write(ctx context.Context, live []*setReq) {
 	if len(live) == 1 {
 		r := live[0]
 		_, err := g.c.execWrite(ctx, g.c.q.set, r.key, r.value, r.micros)
