@@ -173,6 +173,7 @@ func (e *env) proc(t testing.TB, cfg *nearcache.Config) *proc {
 	}
 	if c.Tracer == nil {
 		c.Tracer = p.trace
+		c.TraceKeys = true // the recorder counts invalidations by key
 	}
 	if c.Replication == nil {
 		// A name of its own, so a test can find its walsender.
