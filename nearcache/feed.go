@@ -110,9 +110,11 @@ type feed struct {
 	// error it failed with.
 	firstOnce sync.Once
 	first     chan error
-	// lastFailLog is when a failed restart was last logged (run's
-	// goroutine only).
+	// lastFailLog is when a failed restart was last logged, wasUp whether
+	// a session was ever up (New returns the first one's failure itself)
+	// (run's goroutine only).
 	lastFailLog time.Time
+	wasUp       bool
 }
 
 func newFeed(c *Cache, pool *pgxpool.Pool, repl *pgconn.Config) *feed {
@@ -159,12 +161,13 @@ func (f *feed) down(err error) {
 	if !wasUp {
 		// A start that failed: said once every ten seconds at most while
 		// the feed stays down.
-		if f.sessions.Load() > 0 && !f.c.closed.Load() && time.Since(f.lastFailLog) > 10*time.Second {
+		if f.wasUp && !f.c.closed.Load() && time.Since(f.lastFailLog) > 10*time.Second {
 			f.lastFailLog = time.Now()
 			f.c.cfg.Logger.Warn("nearcache: feed still down; reads go to the database", "err", err)
 		}
 		return
 	}
+	f.wasUp = true
 	f.c.cnt.flushes.Add(1)
 	if errors.Is(err, context.Canceled) && f.c.closed.Load() {
 		return // Close
