@@ -77,7 +77,9 @@ func TestWALConfirmed(t *testing.T) {
 	rc := a.pool.Config().ConnConfig.Config.Copy()
 	rc.RuntimeParams["application_name"] = fmt.Sprintf("nc_stalled_%d", seq.Add(1))
 	var d net.Dialer
-	rc.DialFunc = func(ctx context.Context, network, _ string) (net.Conn, error) { return d.DialContext(ctx, network, proxy.Addr()) }
+	rc.DialFunc = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return d.DialContext(ctx, network, proxy.Addr())
+	}
 	feedTimeout := 3 * time.Second
 	stalled := e.proc(t, &nearcache.Config{Replication: rc, FeedTimeout: feedTimeout})
 

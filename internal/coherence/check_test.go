@@ -9,7 +9,9 @@ import (
 
 const bound = 100 // ns, in these histories
 
-func w(key, v string, s, e int64) Op { return Op{Proc: "w", Kind: Write, Key: key, Value: v, Start: s, End: e, Outcome: OK} }
+func w(key, v string, s, e int64) Op {
+	return Op{Proc: "w", Kind: Write, Key: key, Value: v, Start: s, End: e, Outcome: OK}
+}
 func del(key string, s, e int64) Op {
 	return Op{Proc: "w", Kind: Write, Key: key, Absent: true, Start: s, End: e, Outcome: OK}
 }

@@ -33,17 +33,17 @@ const bound = nearcache.MaxStalenessDefault
 // historyCase is one history: its writer's job, its readers, the faults
 // the test injects while it runs.
 type historyCase struct {
-	name       string
-	keys       []string
-	readers    int // processes, 4 goroutines each
-	writers    int // the writer's goroutines
-	duration   time.Duration
-	fast       bool
-	opTimeout  time.Duration // the writer's; 0 for 10 s
-	feedTime   time.Duration // the readers' FeedTimeout; 0 for the default
-	syncrep    bool          // on a primary with a synchronous standby of its own
-	feedProxy  bool          // the readers' feeds through a proxy the faults freeze
-	faults     func(ctx context.Context, t *testing.T, c *caseRun)
+	name      string
+	keys      []string
+	readers   int // processes, 4 goroutines each
+	writers   int // the writer's goroutines
+	duration  time.Duration
+	fast      bool
+	opTimeout time.Duration // the writer's; 0 for 10 s
+	feedTime  time.Duration // the readers' FeedTimeout; 0 for the default
+	syncrep   bool          // on a primary with a synchronous standby of its own
+	feedProxy bool          // the readers' feeds through a proxy the faults freeze
+	faults    func(ctx context.Context, t *testing.T, c *caseRun)
 }
 
 // caseRun is a case while it runs.
