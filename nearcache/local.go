@@ -48,11 +48,14 @@ import (
 // maxRemembered keys, the ids collapse into one watermark (every fill is
 // refused until a snapshot's xmin passes the newest id delivered).
 //
-// Reads through a process are monotonic per key: when a fill ends, every
-// other fill of the key still in flight keeps nothing (it may have read an
-// older state than the one just returned), and a fill that keeps nothing
-// drops the copy, which may be older than what it returned. A read that
-// joins another's store read is a fill too (see Cache.read).
+// Reads through a process are monotonic per key: a fill that keeps nothing
+// drops the key's copy, which may be older than what it returned; and a
+// fill during which another fill or a write of the key ended keeps
+// nothing (and so drops the copy): the other may have stored a state
+// older or newer than its own (statements take their snapshots in no
+// particular order with the reads' starts), and only a copy as new as
+// every read returned since it was stored may stay. A read that joins
+// another's store read returns what that read returned (see Cache.read).
 //
 // A write through the layer registers before it is sent (beginWrite) and
 // ends (endWrite) when it returns: fills still in flight then store
@@ -115,10 +118,12 @@ func (e *entry) weight(key string) uint32 {
 
 // fill is the reads in flight for one key. epoch moves whenever one of
 // them ends or a write of the key ends: a read that began in another epoch
-// stores nothing.
+// stores nothing. fed counts the feed's changes of the key delivered while
+// they run.
 type fill struct {
 	refs  int
 	epoch uint64
+	fed   uint64
 }
 
 const fillShards = 64
@@ -207,10 +212,21 @@ type fillToken struct {
 	key   string
 	f     *fill
 	epoch uint64
+	fed   uint64
 	gen   uint64
+	// snapshot says whether the read must return its statement's snapshot
+	// (see beginFill).
+	snapshot bool
 }
 
-// beginFill registers a read of key that is about to go to the store.
+// beginFill registers a read of key that is about to go to the store, and
+// says whether the read must bring its statement's snapshot: only when the
+// key has a remembered change or a table-wide id is pending. Otherwise
+// every change delivered before now was seen ended by a snapshot taken
+// before now (that is how it was forgotten), which the read's statement,
+// taken later, includes; so the read needs no snapshot of its own, as long
+// as no change of the key is delivered while it runs (endFill turns it
+// away then). The cheaper statement is what most misses use.
 func (l *local) beginFill(key string) fillToken {
 	g := l.gen.Load()
 	s := l.shard(key)
@@ -221,13 +237,15 @@ func (l *local) beginFill(key string) fillToken {
 		s.pending[key] = f
 	}
 	f.refs++
-	e := f.epoch
+	_, remembered := s.seen[key]
+	t := fillToken{key: key, f: f, epoch: f.epoch, fed: f.fed, gen: g, snapshot: remembered || l.tableN.Load() > 0}
 	s.mu.Unlock()
-	return fillToken{key: key, f: f, epoch: e, gen: g}
+	return t
 }
 
 // fillResult is what a fill read: the value when found, expiring at
-// expires (zero: never), with the snapshot the store read it with.
+// expires (zero: never), with the snapshot the store read it with (zero
+// when the read did not need one, see beginFill).
 type fillResult struct {
 	found   bool
 	value   []byte
@@ -245,8 +263,9 @@ const (
 // endFill ends a fill: the value read is stored when the fill is still
 // current (no other fill or write of the key ended since it began, the
 // feed up all along) and its snapshot saw every change the feed delivered
-// for the key ended. A current fill that keeps nothing drops the key's
-// copy, which may be older than what it read.
+// for the key ended (or, read without a snapshot, nothing was remembered
+// when it began and no change of the key arrived since). A fill that keeps
+// nothing drops the key's copy, which may be older than what it read.
 func (l *local) endFill(t fillToken, r fillResult) int {
 	s := l.shard(t.key)
 	s.mu.Lock()
@@ -259,21 +278,34 @@ func (l *local) endFill(t fillToken, r fillResult) int {
 	// The fills still in flight began before this one ended: they may have
 	// read an older state than the one this one returns.
 	t.f.epoch++
-	if !current {
-		return fillNotKept // a newer read or a write has set the copy since
-	}
-	if t.gen%2 == 0 || l.gen.Load() != t.gen {
-		// The feed was down when it began (no copy is held then), or
-		// everything was dropped since (what is held now is newer).
+	if !current || t.gen%2 == 0 || l.gen.Load() != t.gen {
+		// Another read or a write of the key ended while this one ran (it
+		// may have stored a state older than the one this read returns:
+		// snapshots are not taken in the order reads begin), the feed was
+		// down when it began, or everything was dropped since: keep
+		// nothing, and drop what is held, so that no later read of this
+		// process returns something older than this one did.
+		l.cache.Invalidate(t.key)
 		return fillNotKept
 	}
 	if !r.found || len(r.value) > l.maxItem {
 		l.cache.Invalidate(t.key)
 		return fillNotKept
 	}
-	if !l.sawAll(s, t.key, r.snap) {
+	switch {
+	case !r.snap.IsZero():
+		if !l.sawAll(s, t.key, r.snap) {
+			l.cache.Invalidate(t.key)
+			return fillUnseen
+		}
+	case t.snapshot:
 		l.cache.Invalidate(t.key)
-		return fillUnseen
+		return fillUnseen // it needed a snapshot and brought none
+	case t.f.fed != t.fed:
+		// Without a snapshot: only if nothing was remembered when it began
+		// and no change of the key arrived since.
+		l.cache.Invalidate(t.key)
+		return fillNotKept
 	}
 	// Under the shard's lock: a change of the key either was remembered
 	// before this (and checked above) or removes the copy after.
@@ -332,6 +364,9 @@ func (l *local) changed(key string, xid uint64) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	l.remember(s, key, xid)
+	if f := s.pending[key]; f != nil {
+		f.fed++
+	}
 	if w := s.writes[key]; w != nil {
 		w.seen++
 	}

@@ -106,14 +106,34 @@ func TestFillProtocol(t *testing.T) {
 	require.Zero(t, keys)
 	require.Zero(t, table)
 
-	// Two fills in flight: the first to end decides; the other keeps
-	// nothing (it may have read an older state).
+	// A fill of a key with nothing remembered (and no table-wide id) needs
+	// no snapshot: every change delivered before it began was seen ended
+	// before it began. One delivered while it runs turns it away.
+	tok = l.beginFill("fresh")
+	require.False(t, tok.snapshot)
+	require.Equal(t, fillKept, l.endFill(tok, found(v, dbcache.Snapshot{})))
+	tok = l.beginFill("fresh")
+	l.changed("fresh", 250)
+	require.Equal(t, fillNotKept, l.endFill(tok, found(v, dbcache.Snapshot{})))
+	tok = l.beginFill("fresh")
+	require.True(t, tok.snapshot, "now remembered: a snapshot is needed")
+	require.Equal(t, fillUnseen, l.endFill(tok, found(v, dbcache.Snapshot{})))
+	l.prune(dbcache.Snapshot{Xmin: 260, Xmax: 260})
+	tok = l.beginFill("other2")
+	require.False(t, tok.snapshot)
+	l.endFill(tok, fillResult{})
+
+	// Two fills in flight: the first to end keeps its copy; the other,
+	// whichever state it read (their snapshots come in no order), keeps
+	// nothing and drops that copy, which may be older than what it
+	// returned.
 	t1, t2 := l.beginFill("k"), l.beginFill("k")
-	require.Equal(t, fillKept, l.endFill(t2, found([]byte("new"), everything)))
-	require.Equal(t, fillNotKept, l.endFill(t1, found([]byte("old"), everything)))
+	require.Equal(t, fillKept, l.endFill(t2, found([]byte("old"), everything)))
 	e, ok := l.get("k", now)
 	require.True(t, ok)
-	require.Equal(t, "new", string(e.value))
+	require.Equal(t, "old", string(e.value))
+	require.Equal(t, fillNotKept, l.endFill(t1, found([]byte("new"), everything)))
+	require.False(t, held("k"), "the older copy must not outlive the newer answer")
 	require.Empty(t, l.shard("k").pending, "no mark outlives its fills")
 
 	// A fill that found nothing drops the copy (older than its answer).
@@ -190,8 +210,10 @@ func TestRememberedOverflow(t *testing.T) {
 
 // A simulated database in which a commit reaches the WAL (and the feed)
 // before it becomes visible, by any delay, as with a synchronous standby:
-// fills, writes by other processes and the feed race; once every write is
-// visible and delivered, no copy is older than the newest value.
+// fills (with their snapshots, or without when they may), writes by other
+// processes, the feed and the heartbeats' pruning race; once every write
+// is visible and delivered, no copy is older than the newest value. (With
+// the visibility check removed, copies of the old value survive here.)
 func TestVisibilityRace(t *testing.T) {
 	t.Parallel()
 	l, err := newLocal(1<<20, 1<<10)
@@ -203,12 +225,13 @@ func TestVisibilityRace(t *testing.T) {
 		val int
 	}
 	var (
-		mu       sync.Mutex
-		nextXid  uint64 = 10
-		runningX        = map[uint64]bool{}
-		versions        = map[string][]version{} // per key, in commit order
-		feed            = make(chan [2]any, 1<<16)
+		mu       sync.Mutex // the WAL and the proc array
+		nextXid  uint64     = 10
+		runningX            = map[uint64]bool{}
+		versions            = map[string][]version{} // per key, in commit order
 		wg       sync.WaitGroup
+		writing  sync.WaitGroup
+		done     = make(chan struct{})
 	)
 	snapshot := func() dbcache.Snapshot {
 		s := dbcache.Snapshot{Xmax: nextXid}
@@ -235,55 +258,71 @@ func TestVisibilityRace(t *testing.T) {
 		}
 		return 0, s
 	}
-	fed := make(chan struct{})
-	go func() {
-		defer close(fed)
-		for m := range feed {
-			l.changed(m[0].(string), m[1].(uint64))
-		}
-	}()
-	keys := []string{"a", "b", "c"}
-	keyLocks := map[string]*sync.Mutex{"a": {}, "b": {}, "c": {}}
-	for g := range 6 {
+	var keys []string
+	rowLocks := map[string]*sync.Mutex{}
+	for i := range 12 {
+		k := fmt.Sprint("k", i)
+		keys = append(keys, k)
+		rowLocks[k] = &sync.Mutex{}
+	}
+	for g := range 2 { // other processes writing
+		writing.Add(1)
 		wg.Go(func() {
+			defer writing.Done()
 			r := rand.New(rand.NewPCG(uint64(g), 1))
-			for i := range 1500 {
+			for range 300 {
 				k := keys[r.IntN(len(keys))]
-				switch {
-				case g < 2 && i%3 == 0: // another process writes: the row's lock held to the end
-					keyLocks[k].Lock()
-					mu.Lock()
-					x := nextXid
-					nextXid++
-					runningX[x] = true
-					versions[k] = append(versions[k], version{x, int(x)})
-					feed <- [2]any{k, x} // committed in the WAL, delivered
-					mu.Unlock()
-					if r.IntN(3) == 0 {
-						runtime.Gosched() // the standby's wait
-						time.Sleep(time.Duration(r.IntN(200)) * time.Microsecond)
-					}
-					mu.Lock()
-					delete(runningX, x) // visible
-					mu.Unlock()
-					keyLocks[k].Unlock()
-				case i%17 == 0: // a heartbeat prunes
-					_, s := read(k)
-					l.prune(s)
-				default: // a read that fills
-					tok := l.beginFill(k)
-					v, s := read(k)
-					if r.IntN(4) == 0 {
-						runtime.Gosched()
-					}
-					l.endFill(tok, found([]byte(fmt.Sprint(v)), s))
+				rowLocks[k].Lock() // held to the transaction's end
+				mu.Lock()
+				x := nextXid
+				nextXid++
+				runningX[x] = true
+				versions[k] = append(versions[k], version{x, int(x)})
+				l.changed(k, x) // committed in the WAL and delivered: not visible yet
+				mu.Unlock()
+				time.Sleep(time.Duration(100+r.IntN(900)) * time.Microsecond) // the standby's wait
+				mu.Lock()
+				delete(runningX, x) // visible
+				mu.Unlock()
+				rowLocks[k].Unlock()
+			}
+		})
+	}
+	go func() { writing.Wait(); close(done) }()
+	wg.Go(func() { // the heartbeats
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			_, s := read(keys[0])
+			l.prune(s)
+		}
+	})
+	for g := range 4 { // readers filling
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(g), 2))
+			for {
+				select {
+				case <-done:
+					return
+				default:
 				}
+				k := keys[r.IntN(len(keys))]
+				tok := l.beginFill(k)
+				v, s := read(k)
+				if r.IntN(4) == 0 {
+					runtime.Gosched()
+				}
+				if !tok.snapshot && r.IntN(2) == 0 {
+					s = dbcache.Snapshot{}
+				}
+				l.endFill(tok, found([]byte(fmt.Sprint(v)), s))
 			}
 		})
 	}
 	wg.Wait()
-	close(feed)
-	<-fed
 	for _, k := range keys {
 		vs := versions[k]
 		if e, ok := l.get(k, time.Now()); ok && len(vs) > 0 {
@@ -433,12 +472,16 @@ func TestWriteKeepsCopy(t *testing.T) {
 	require.False(t, served())
 	tok = l.beginWrite("k")
 	require.Equal(t, fillKept, keepFill(l, "k", []byte("old")))
-	f := l.beginFill("k")
-	kept(l, tok, true, v)
-	require.Equal(t, fillNotKept, l.endFill(f, found([]byte("old"), everything)), "in flight when the write returned")
 	e, ok := l.get("k", now)
 	require.True(t, ok)
+	require.Equal(t, "old", string(e.value))
+	f := l.beginFill("k")
+	kept(l, tok, true, v)
+	e, ok = l.get("k", now)
+	require.True(t, ok)
 	require.Equal(t, v, e.value, "the write's copy replaced the fill's")
+	require.Equal(t, fillNotKept, l.endFill(f, found([]byte("old"), everything)), "in flight when the write returned")
+	require.False(t, served(), "it may have read a newer state than the write's: the copy goes")
 	l.changed("k", 7)
 
 	// The feed going down, or a DeletePrefix covering the key, during the

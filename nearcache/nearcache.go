@@ -283,7 +283,7 @@ func (c *Cache) fly(ctx context.Context, key, mk string, f *flight) {
 // (see local.endFill); start is when the read began.
 func (c *Cache) fill(ctx context.Context, key, mk string, start time.Time) ([]byte, dbcache.Timeout, error) {
 	tok := c.local.beginFill(mk)
-	v, ttl, snap, err := c.getWithSnapshot(ctx, key)
+	v, ttl, snap, err := c.storeRead(ctx, key, tok.snapshot)
 	r := fillResult{snap: snap}
 	if err == nil {
 		r.found, r.value = true, v
@@ -313,15 +313,20 @@ func (c *Cache) filled(outcome int, found bool) {
 	}
 }
 
-// getWithSnapshot is the store's GetWithSnapshot, a panic in it recovered
-// as an error (it runs on the layer's goroutine).
-func (c *Cache) getWithSnapshot(ctx context.Context, key string) (v []byte, ttl dbcache.Timeout, snap dbcache.Snapshot, err error) {
+// storeRead is the store's GetWithSnapshot, or its GetWithTTL when the
+// fill needs no snapshot, a panic in either recovered as an error (it runs
+// on the layer's goroutine).
+func (c *Cache) storeRead(ctx context.Context, key string, snapshot bool) (v []byte, ttl dbcache.Timeout, snap dbcache.Snapshot, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			v, ttl, snap, err = nil, dbcache.Timeout{}, dbcache.Snapshot{}, c.panicked("the store's read", r)
 		}
 	}()
-	return c.reader.GetWithSnapshot(ctx, key)
+	if snapshot {
+		return c.reader.GetWithSnapshot(ctx, key)
+	}
+	v, ttl, err = c.store.GetWithTTL(ctx, key)
+	return v, ttl, dbcache.Snapshot{}, err
 }
 
 func clone(v []byte) []byte { return append([]byte{}, v...) }

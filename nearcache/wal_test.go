@@ -207,8 +207,11 @@ func TestReplicationLimits(t *testing.T) {
 	// The second walsender, taken by another replication client.
 	rc := pool.Config().ConnConfig.Config.Copy()
 	rc.RuntimeParams["replication"] = "database"
-	other, err := pgconn.ConnectConfig(ctx, rc)
-	require.NoError(t, err)
+	var other *pgconn.PgConn
+	eventually(t, "the refused feed's walsender has gone", func() bool {
+		other, err = pgconn.ConnectConfig(ctx, rc)
+		return err == nil
+	})
 	defer other.Close(ctx)
 	_, err = nearcache.New(ctx, cache, pool, &nearcache.Config{StartTimeout: 10 * time.Second})
 	require.True(t, errors.As(err, &pgErr), "%v", err)
