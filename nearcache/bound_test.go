@@ -248,6 +248,82 @@ func TestSyncStandbyGap(t *testing.T) {
 	checkFresh(t, b, "k", "v3", cancelled, nearcache.MaxStalenessDefault)
 	require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
 	stopped = false
+
+	// b's feed restarting while a write waits for the standby. Either the
+	// new slot waits for the write's transaction to leave the running ones
+	// (PostgreSQL's snapshot builder does, unless it can restore another
+	// slot's snapshot serialized at a running-transactions record), and
+	// reads go to the database meanwhile; or it is made at once, the write,
+	// committed before its consistent point, is never delivered to it and
+	// still invisible, and its transaction, running in the session's first
+	// snapshot, keeps every fill from keeping a copy until it has ended.
+	b.warm(t, "k", "v3")
+	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
+	stopped = true
+	go func() {
+		require.NoError(t, a.cache.Set(ctx, "k", []byte("v4"), dbcache.Forever))
+		wrote <- time.Now()
+	}()
+	eventually(t, "the write is flushed and waiting", func() bool {
+		var waiting bool
+		require.NoError(t, a.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event = 'SyncRep')").Scan(&waiting))
+		return waiting
+	})
+	restarts := b.near.Stats().FeedRestarts
+	superuser(t, primary, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND backend_type = 'walsender'`, b.appName)
+	// Checkpoints log running-transactions records, at which a's feed
+	// serializes its snapshot: chances for the second way.
+	deadline := time.Now().Add(6 * time.Second)
+	lastCheckpoint := time.Time{}
+	upDuring := false
+	for time.Now().Before(deadline) { // the feed back up (or its slot still being made) while the write waits
+		if time.Since(lastCheckpoint) > 500*time.Millisecond {
+			superuser(t, primary, "CHECKPOINT")
+			lastCheckpoint = time.Now()
+		}
+		v, hit := b.hit(t, "k")
+		require.Equal(t, "v3", string(v), "the write is not visible yet")
+		require.False(t, hit)
+		if s := b.near.Stats(); s.FeedUp && s.FeedRestarts > restarts {
+			upDuring = true
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("the feed came back while the write waited: %v", upDuring)
+	require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
+	stopped = false
+	checkFresh(t, b, "k", "v4", <-wrote, 0)
+}
+
+// A change whose key the feed cannot read (a key stored out of line and
+// unchanged, which pgoutput leaves out: written here by raw SQL, a key too
+// long for dbcache) drops every copy, and no fill keeps a copy until its
+// transaction is seen ended.
+func TestUnreadableKey(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	a := e.proc(t, steady())
+	ctx := ctxT(t)
+	require.NoError(t, a.near.Set(ctx, "k", []byte("v"), dbcache.Forever))
+	a.warm(t, "k", "v")
+	// 2,500 random hexadecimal characters: incompressible, so TOAST stores
+	// the key out of line, and short enough for the key's index.
+	var b strings.Builder
+	r := rand.New(rand.NewPCG(3, 4))
+	for range 2500 {
+		b.WriteByte("0123456789abcdef"[r.IntN(16)])
+	}
+	long := b.String()
+	table := pgx.Identifier{e.schema, "dbcache_entries"}.Sanitize()
+	superuser(t, e.srv, "INSERT INTO "+table+" (key, value) VALUES ($1, 'x')", long)
+	flushes := a.near.Stats().Flushes
+	eventually(t, "the insert arrives", func() bool { return a.near.Stats().Invalidations > 0 })
+	superuser(t, e.srv, "UPDATE "+table+" SET value = 'y' WHERE key = $1", long)
+	eventually(t, "the update, its key left out, drops everything", func() bool { return a.near.Stats().Flushes > flushes })
+	v, hit := a.hit(t, "k")
+	require.Equal(t, "v", string(v))
+	require.False(t, hit, "every copy was dropped")
+	a.warm(t, "k", "v")
 }
 
 // panicky is a Tracer that panics when the feed calls it.

@@ -386,3 +386,48 @@ func (c *collected) stats(t *testing.T, lines []string) stats {
 	t.Fatalf("%s printed no stats", c.name)
 	return stats{}
 }
+
+// A process killed (SIGKILL, no Close) leaves no replication slot behind:
+// its feed's slot is temporary, and the server drops it with the session.
+func TestKilledProcessLeavesNoSlot(t *testing.T) {
+	t.Parallel()
+	ctx := ctxFor(t, 3*time.Minute)
+	schema := "coh_killed"
+	ccfg, err := pgx.ParseConfig(server.URL(""))
+	require.NoError(t, err)
+	m, err := migrations.NewFromConnConfig(ccfg, &migrations.Config{Schema: schema})
+	require.NoError(t, err)
+	require.NoError(t, m.Up(ctx))
+	u, err := url.Parse(server.URL(""))
+	require.NoError(t, err)
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	pool, err := pgxpool.New(ctx, u.String())
+	require.NoError(t, err)
+	defer pool.Close()
+	require.NoError(t, nearcache.Setup(ctx, pool, nil))
+	// The reader waits at a barrier the test never releases.
+	const barrierID = 7_2026_1203
+	hold, err := pool.Acquire(ctx)
+	require.NoError(t, err)
+	defer hold.Release()
+	_, err = hold.Exec(ctx, "SELECT pg_advisory_lock($1)", barrierID)
+	require.NoError(t, err)
+	p := collect(t, "coherence-reader", job{Case: "killed", Proc: "killed_reader", DSN: u.String(), Keys: keys("k", 3),
+		Goroutines: 1, Duration: time.Minute, Bound: bound, Barrier: barrierID})
+	p.waitReady(t, 3*time.Minute)
+	var slot string
+	require.NoError(t, pool.QueryRow(ctx, `SELECT s.slot_name FROM pg_replication_slots s
+		JOIN pg_stat_activity a ON a.pid = s.active_pid WHERE a.application_name = 'coherence_killed_reader'`).Scan(&slot), "the reader's feed holds a slot")
+	require.NoError(t, p.p.Signal(syscall.SIGKILL))
+	<-p.p.Done()
+	for {
+		var exists bool
+		require.NoError(t, pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", slot).Scan(&exists))
+		if !exists {
+			return
+		}
+		require.True(t, sleepCtx(ctx, 20*time.Millisecond), "the killed process's slot %s was never dropped", slot)
+	}
+}

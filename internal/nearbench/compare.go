@@ -280,11 +280,13 @@ func nearSystem(name string, c *nearcache.Cache, ttl dbcache.Timeout) system {
 		stats: func() string {
 			s := c.Stats()
 			h, m, by := s.Hits-last.Hits, s.Misses-last.Misses, s.Bypassed-last.Bypassed
+			ref, unseen := s.FillsRefused-last.FillsRefused, s.FillsUnseen-last.FillsUnseen
 			last = s
 			if h+m == 0 {
 				return "–"
 			}
-			return fmt.Sprintf("%.3f (%.3f bypassed)", float64(h)/float64(h+m), float64(by)/float64(h+m))
+			return fmt.Sprintf("%.3f (%.3f bypassed; fills refused %.3f, unseen %.3f)", float64(h)/float64(h+m), float64(by)/float64(h+m),
+				float64(ref)/float64(h+m), float64(unseen)/float64(h+m))
 		},
 	}
 }
@@ -298,12 +300,12 @@ func nearV0System(name string, c *nearcachev0.Cache, ttl dbcache.Timeout) system
 		set:  func(ctx context.Context, k string, v []byte) error { return c.Set(ctx, k, v, ttl) },
 		stats: func() string {
 			s := c.Stats()
-			h, m, by := s.Hits-last.Hits, s.Misses-last.Misses, s.Bypassed-last.Bypassed
+			h, m, by, ref := s.Hits-last.Hits, s.Misses-last.Misses, s.Bypassed-last.Bypassed, s.FillsRefused-last.FillsRefused
 			last = s
 			if h+m == 0 {
 				return "–"
 			}
-			return fmt.Sprintf("%.3f (%.3f bypassed)", float64(h)/float64(h+m), float64(by)/float64(h+m))
+			return fmt.Sprintf("%.3f (%.3f bypassed; fills refused %.3f)", float64(h)/float64(h+m), float64(by)/float64(h+m), float64(ref)/float64(h+m))
 		},
 	}
 }
