@@ -1,6 +1,7 @@
 package nearcache
 
 import (
+	"bytes"
 	"hash/maphash"
 	"math"
 	"strings"
@@ -54,7 +55,8 @@ import (
 // nothing (and so drops the copy): the other may have stored a state
 // older or newer than its own (statements take their snapshots in no
 // particular order with the reads' starts), and only a copy as new as
-// every read returned since it was stored may stay. A read that joins
+// every read returned since it was stored may stay (or one holding exactly
+// the bytes the ending read returned). A read that joins
 // another's store read returns what that read returned (see Cache.read).
 //
 // A write through the layer registers before it is sent (beginWrite) and
@@ -284,7 +286,11 @@ func (l *local) endFill(t fillToken, r fillResult) int {
 		// snapshots are not taken in the order reads begin), the feed was
 		// down when it began, or everything was dropped since: keep
 		// nothing, and drop what is held, so that no later read of this
-		// process returns something older than this one did.
+		// process returns something older than this one did; unless what
+		// is held is exactly what this read returned.
+		if e, ok := l.cache.GetIfPresent(t.key); ok && !current && r.found && bytes.Equal(e.value, r.value) {
+			return fillNotKept
+		}
 		l.cache.Invalidate(t.key)
 		return fillNotKept
 	}

@@ -135,6 +135,10 @@ func TestFillProtocol(t *testing.T) {
 	require.Equal(t, fillNotKept, l.endFill(t1, found([]byte("new"), everything)))
 	require.False(t, held("k"), "the older copy must not outlive the newer answer")
 	require.Empty(t, l.shard("k").pending, "no mark outlives its fills")
+	t1, t2 = l.beginFill("k"), l.beginFill("k")
+	require.Equal(t, fillKept, l.endFill(t2, found([]byte("same"), everything)))
+	require.Equal(t, fillNotKept, l.endFill(t1, found([]byte("same"), everything)))
+	require.True(t, held("k"), "a copy of exactly what the other read returned stays")
 
 	// A fill that found nothing drops the copy (older than its answer).
 	require.Equal(t, fillNotKept, l.endFill(l.beginFill("k"), fillResult{snap: everything}))

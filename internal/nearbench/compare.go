@@ -2,6 +2,7 @@ package nearbench
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -362,6 +363,9 @@ func redisSystems(ctx context.Context, o *Options) ([]system, func(), error) {
 	}, closeAll, nil
 }
 
+// setSeq numbers the sets' values.
+var setSeq atomic.Uint64
+
 // runCell runs s with g goroutines for d on the Zipf mix.
 func runCell(ctx context.Context, o *Options, s system, g int, d time.Duration, seed uint64, value []byte) (*cellStats, error) {
 	keys := make([]string, o.Keys)
@@ -406,8 +410,15 @@ func runCell(ctx context.Context, o *Options, s system, g int, d time.Duration, 
 					}
 					gets++
 				} else {
+					// Each set writes a value of its own (its first bytes a
+					// counter): a read and a write of one key that overlap
+					// are then told apart, as in an application.
+					v := append([]byte(nil), value...)
+					if len(v) >= 8 {
+						binary.BigEndian.PutUint64(v, setSeq.Add(1))
+					}
 					t0 := time.Now()
-					if err := s.set(ctx, k, value); err != nil {
+					if err := s.set(ctx, k, v); err != nil {
 						bad.CompareAndSwap(nil, &err)
 						return
 					}
