@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/dbcache/dbcache/internal/notmigrated"
 )
 
 // The errors callers branch on. Every error an operation returns either is
@@ -35,11 +37,27 @@ var (
 	// ErrClosed is returned by every operation on a closed Cache.
 	ErrClosed = errors.New("dbcache: cache is closed")
 
-	// ErrNotMigrated is returned when the cache table does not exist: run the
-	// migrations first (`dbcache migrate up`, or migrations.New(pool,
-	// nil).Up(ctx) from github.com/dbcache/dbcache/migrations).
-	ErrNotMigrated = errors.New("dbcache: cache table not found: run the migrations first (`dbcache migrate up`, or migrations.New(pool, nil).Up(ctx))")
+	// ErrNotMigrated is returned when the schema is not migrated as far as
+	// this version needs: the cache table does not exist (the error is then
+	// ErrNotMigrated itself, wrapped), or it predates a migration this
+	// version needs (the error then matches ErrSchemaBehind too). Run the
+	// migrations (`dbcache migrate up`, or migrations.New(pool,
+	// nil).Up(ctx) from github.com/dbcache/dbcache/migrations). The culling
+	// and migrations packages' errors for the same cases
+	// (culling.ErrTableNotFound, culling.ErrMigrationNeeded,
+	// migrations.ErrNoTable) match it too: one errors.Is covers them all.
+	ErrNotMigrated = notmigrated.Err
+
+	// ErrSchemaBehind is returned when the cache table exists but predates
+	// a migration this version needs (SchemaVersion: the written_at column
+	// of migration 4), for example after a `dbcache migrate down`: run the
+	// migrations. It matches ErrNotMigrated too.
+	ErrSchemaBehind = notmigrated.Behind
 )
+
+// SchemaVersion is the lowest migration version (package migrations) whose
+// schema this package's statements work with.
+const SchemaVersion = 4
 
 // InvalidKeyError is the error for a key the cache refuses. It matches
 // ErrInvalidKey (errors.Is), and errors.As gives the key the caller passed
@@ -88,6 +106,8 @@ func (c *Cache) wrapErr(op string, err error) error {
 		switch pgErr.Code {
 		case "42P01": // undefined_table
 			return fmt.Errorf("dbcache: %s: %w: %w", op, ErrNotMigrated, err)
+		case "42703": // undefined_column: the schema was migrated down under a running cache
+			return fmt.Errorf("dbcache: %s: %w: %w", op, ErrSchemaBehind, err)
 		case "22021": // invalid byte sequence
 			// Validation catches these first; this is the backstop.
 			return fmt.Errorf("dbcache: %s: %w: %w", op, ErrInvalidKey, err)
