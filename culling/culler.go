@@ -124,6 +124,12 @@ var (
 	// once; what it removed so far stays removed.
 	ErrLockLost = errors.New("culling: lost the culler lock (its connection failed)")
 
+	// ErrHookPanicked is returned when Config.OnProgress panicked during a
+	// pass: the pass stops there, releases its lock as after any error, and
+	// keeps what it removed. The panic goes no further than the pass, so a
+	// started Culler's worker carries on with its next pass.
+	ErrHookPanicked = errors.New("culling: Config.OnProgress panicked")
+
 	// ErrMigrationNeeded is returned when the configuration needs a
 	// migration the schema lacks: Config.MaxAge needs migrations 004 and
 	// 005 (the written_at column and its index).
@@ -603,11 +609,11 @@ func (c *Culler) logError(ctx context.Context, err error) {
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
 		// Stopping; nothing went wrong.
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
-		c.cfg.Logger.WarnContext(ctx, "culling.Culler: pass timed out; the next pass continues where it stopped",
+		c.log(ctx, slog.LevelWarn, "culling.Culler: pass timed out; the next pass continues where it stopped",
 			"pass_timeout", c.cfg.PassTimeout, "error", err)
 	case ctx.Err() != nil:
 		// The worker's context ended mid-pass: also a stop.
 	default:
-		c.cfg.Logger.ErrorContext(ctx, "culling.Culler: pass failed", "error", err)
+		c.log(ctx, slog.LevelError, "culling.Culler: pass failed", "error", err)
 	}
 }
