@@ -187,3 +187,48 @@ func TestPgBouncerRefusesSearchPath(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, err.Error(), "unsupported startup parameter")
 }
+
+// The profile's database has its defaults: every schema of a run with
+// DBCACHE_TEST_DB_PROFILE lives in it. Run here on the profiles a process
+// can ask for.
+func TestProfiles(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		env, isolation, first string
+	}{
+		{"repeatable-read", "repeatable read", "B"},
+		{"icu", "read committed", "a"},
+		{"icu,serializable", "serializable", "a"},
+	} {
+		t.Run(tc.env, func(t *testing.T) {
+			t.Parallel()
+			p, err := dbtest.ParseProfile(tc.env)
+			require.NoError(t, err)
+			s := dbtest.SchemaWith(t, p)
+			s.Migrate(t)
+			pool := s.Pool(t)
+			var iso, first string
+			require.NoError(t, pool.QueryRow(ctxT(t), `SELECT current_setting('transaction_isolation'),
+				(SELECT k FROM unnest(ARRAY['B', 'a']) AS k ORDER BY k LIMIT 1)`).Scan(&iso, &first))
+			require.Equal(t, tc.isolation, iso)
+			require.Equal(t, tc.first, first)
+			require.Zero(t, dbtest.Count(t, pool))
+		})
+	}
+	_, err := dbtest.ParseProfile("icu,read-uncommitted")
+	require.ErrorContains(t, err, "read-uncommitted")
+}
+
+// A run with a profile puts every schema in the profile's database.
+func TestRunProfile(t *testing.T) {
+	t.Parallel()
+	p, err := dbtest.RunProfile()
+	require.NoError(t, err)
+	pool := dbtest.Pool(t)
+	var iso string
+	require.NoError(t, pool.QueryRow(ctxT(t), `SELECT current_setting('transaction_isolation')`).Scan(&iso))
+	if p.Isolation != "" {
+		require.Equal(t, p.Isolation, iso)
+	}
+	t.Logf("profile %+v: sessions start at %s", p, iso)
+}
