@@ -17,6 +17,17 @@ import (
 	"github.com/dbcache/dbcache/migrations"
 )
 
+// readCommitted opens a pool on the schema whose sessions run at READ
+// COMMITTED whatever the database's default, as the cache's writes do: the
+// test's own writers and bookkeeping, beside a culler on the database's
+// default.
+func readCommitted(t *testing.T, s *dbtest.Schema) *pgxpool.Pool {
+	t.Helper()
+	cfg := s.PoolConfig(t)
+	cfg.ConnConfig.RuntimeParams["default_transaction_isolation"] = "read committed"
+	return dbtest.NewPool(t, cfg)
+}
+
 // rewriters runs 4 writers that rewrite random rows among the first n keys
 // named prefix00000001… with stmt ($1 the key) until the returned stop is
 // called; stop waits for them and returns how many rows they rewrote (it
@@ -88,7 +99,7 @@ func TestWritersAtTheFront(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		c, _ := newCuller(t, b.pool, &culling.Config{MaxEntries: culling.NoLimit})
-		stop := rewriters(t, b.schema.Pool(t), "old", due, `UPDATE `+table+` SET value = '\x01' WHERE key = $1`)
+		stop := rewriters(t, readCommitted(t, b.schema), "old", due, `UPDATE `+table+` SET value = '\x01' WHERE key = $1`)
 		defer stop()
 		for i := range passes {
 			insert(t, b.pool, "old", due, "now() - interval '1 minute' - g * interval '1 ms'")
@@ -104,7 +115,7 @@ func TestWritersAtTheFront(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		c, _ := newCuller(t, b.pool, &culling.Config{MaxEntries: kept, CullFrequency: 100})
-		stop := rewriters(t, b.schema.Pool(t), "k", due+kept, `UPDATE `+table+` SET value = '\x01' WHERE key = $1`)
+		stop := rewriters(t, readCommitted(t, b.schema), "k", due+kept, `UPDATE `+table+` SET value = '\x01' WHERE key = $1`)
 		defer stop()
 		for i := range passes {
 			insert(t, b.pool, "k", due+kept, "now() + interval '1 hour' + g * interval '1 ms'")
@@ -112,7 +123,7 @@ func TestWritersAtTheFront(t *testing.T) {
 			require.NoError(t, err, "pass %d", i)
 			require.EqualValues(t, due, res.Culled, "pass %d", i)
 			require.Equal(t, names("k", due+1, due+kept), keys(t, b.pool), "pass %d: the latest in eviction order stay", i)
-			dbtest.Exec(t, b.pool, "DELETE FROM "+table)
+			dbtest.Exec(t, readCommitted(t, b.schema), "DELETE FROM "+table)
 		}
 		require.Positive(t, stop(), "the writers rewrote rows")
 		require.Zero(t, c.Health().ConsecutiveFailures)
@@ -122,7 +133,7 @@ func TestWritersAtTheFront(t *testing.T) {
 		b := setup(t)
 		c, _ := newCuller(t, b.pool, &culling.Config{MaxEntries: kept, CullFrequency: 100})
 		// A rewrite moves the row past every row inserted below.
-		stop := rewriters(t, b.schema.Pool(t), "k", due, `UPDATE `+table+` SET value = '\x01', expires = now() + interval '1 day' WHERE key = $1`)
+		stop := rewriters(t, readCommitted(t, b.schema), "k", due, `UPDATE `+table+` SET value = '\x01', expires = now() + interval '1 day' WHERE key = $1`)
 		defer stop()
 		var moved, rewrites int64
 		for i := range passes {
@@ -142,7 +153,7 @@ func TestWritersAtTheFront(t *testing.T) {
 				require.Contains(t, after, k, "pass %d", i)
 			}
 			moved += int64(len(after))
-			dbtest.Exec(t, b.pool, "DELETE FROM "+table)
+			dbtest.Exec(t, readCommitted(t, b.schema), "DELETE FROM "+table)
 		}
 		rewrites = stop()
 		require.Positive(t, rewrites, "the writers rewrote rows")
