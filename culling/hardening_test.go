@@ -570,8 +570,10 @@ func TestStopCancelsAStuckBatch(t *testing.T) {
 		})
 	}})
 	require.NoError(t, c.Start(ctx))
+	var stuckPID int32
 	require.Eventually(t, func() bool {
-		return dbtest.Exec(t, b.pool, `SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND wait_event = 'PgSleep'`, app) > 0
+		err := b.pool.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event = 'PgSleep'`, app).Scan(&stuckPID)
+		return err == nil
 	}, waitTimeout, 5*time.Millisecond, "the batch is stuck in the trigger")
 
 	sctx, cancel := context.WithTimeout(ctx, waitTimeout)
@@ -579,6 +581,9 @@ func TestStopCancelsAStuckBatch(t *testing.T) {
 	require.NoError(t, c.Stop(sctx))
 	require.Zero(t, dbtest.Exec(t, b.pool, `SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND state <> 'idle'`, app),
 		"no statement of the pass is left running")
+	require.Eventually(t, func() bool {
+		return dbtest.Exec(t, b.pool, `SELECT 1 FROM pg_stat_activity WHERE pid = $1`, stuckPID) == 0
+	}, waitTimeout, 5*time.Millisecond, "the connection that had a cancel request was closed, not returned to the pool")
 	require.Zero(t, c.Health().ConsecutiveFailures, "a stopped pass is not a failure")
 	dbtest.Exec(t, b.pool, "DROP TRIGGER slow ON "+migrations.Table)
 	other, _ := newCuller(t, b.schema.Pool(t), nil)

@@ -182,8 +182,8 @@ func movedKeys(t *testing.T, pool *pgxpool.Pool) map[string]bool {
 // open) neither stalls a pass nor is removed under it: the batch that
 // reaches it gives up after its lock_timeout, the pass takes that stretch
 // one row at a time, steps over the held row and removes the rest; the
-// held row waits for the next pass. Writers of the other rows are never
-// kept waiting by the culler for longer than that timeout.
+// held row waits for the next pass. Writers of the other rows wait for the
+// culler's batch, never for the held row's transaction.
 func TestHeldRowIsSteppedOver(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -201,8 +201,33 @@ func TestHeldRowIsSteppedOver(t *testing.T) {
 		require.NoError(t, err)
 	}
 
+	// A writer of the rows around the first held one (locked by a batch
+	// before it reaches the held row) waits at most for that batch, never
+	// for the held row's transaction: all its statements return while that
+	// transaction is still open.
+	writer := readCommitted(t, b.schema)
+	wrote := make(chan error, 1)
+	passDone := make(chan struct{})
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-passDone:
+				wrote <- nil
+				return
+			default:
+			}
+			k := fmt.Sprintf("old%08d", 1+i%6) // 1…6, before old00000007
+			if _, err := writer.Exec(ctx, "UPDATE "+migrations.Table+" SET value = '\\x03' WHERE key = $1", k); err != nil {
+				wrote <- err
+				return
+			}
+		}
+	}()
+
 	c, _ := newCuller(t, b.schema.Pool(t), &culling.Config{BatchSize: 500, MaxEntries: culling.NoLimit})
 	res := runOnce(t, c)
+	close(passDone)
+	require.NoError(t, waitFor(t, wrote), "the writer finished while the held rows' transaction is open")
 	require.EqualValues(t, 3000-len(held), res.ExpiredRemoved)
 	require.Equal(t, held, keys(t, b.pool), "only the held rows are left")
 
