@@ -81,9 +81,9 @@
 // them with CullAll), soonest to expire first, entries with one expiry in
 // key order, and never-expiring entries last. With one timeout for every
 // entry that order is FIFO; Django removes the lexicographically smallest
-// keys instead. Before it removes a live entry a pass confirms exactly, with
-// a walk of at most MaxEntries+1 index entries, that the table is over the
-// limit, and it never goes below the limit, whatever PostgreSQL's row
+// keys instead. Before it removes a live entry a pass confirms, with a walk
+// of the index back from the end of eviction order, that the table is over
+// the limit, and it never goes below the limit, whatever PostgreSQL's row
 // estimate says. Each batch resumes where the previous one stopped, so a
 // pass costs what it removes even while another transaction holds an old
 // snapshot.
