@@ -175,7 +175,9 @@ type Config struct {
 	Interval time.Duration
 
 	// Logger receives one line per pass (Info when it removed rows, Debug
-	// otherwise) and errors of started passes. Defaults to slog.Default().
+	// otherwise) and errors of started passes; never a key or a value. A
+	// line whose handler panics is lost, and nothing else. Defaults to
+	// slog.Default().
 	Logger *slog.Logger
 
 	// MaxAge, when set, is the oldest an entry may be: no entry whose
@@ -210,7 +212,8 @@ type Config struct {
 	// OnProgress, if set, is called during every pass that holds the lock:
 	// before counting, after every batch and at the end. It runs on the
 	// pass's goroutine and must not block; it exists so a command can draw a
-	// progress bar. Defaults to nil.
+	// progress bar. If it panics, the pass stops with ErrHookPanicked.
+	// Defaults to nil.
 	OnProgress func(Progress)
 
 	// PassTimeout bounds each pass, in RunOnce as in a started Culler. -1

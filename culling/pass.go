@@ -116,7 +116,9 @@ type PassResult struct {
 // docs/culling.md). On error the result still holds what was removed before
 // it; removed rows stay removed. Returns ErrTableNotFound when the cache
 // table is missing, ErrNoPrivilege when the role may not cull it, and
-// ErrMigrationNeeded when MaxAge is set on a schema without written_at.
+// ErrMigrationNeeded when MaxAge is set on a schema without written_at,
+// ErrLockLost when the lock went with its connection mid-pass, and
+// ErrHookPanicked when Config.OnProgress panicked.
 // RunOnce needs no Start and may run alongside a started Culler (the two
 // take turns on the lock).
 func (c *Culler) RunOnce(ctx context.Context) (*PassResult, error) {
