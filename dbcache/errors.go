@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/dbcache/dbcache/internal/notmigrated"
+	"github.com/dbcache/dbcache/internal/pooler"
 )
 
 // The errors callers branch on. Every error an operation returns either is
@@ -53,6 +54,23 @@ var (
 	// of migration 4), for example after a `dbcache migrate down`: run the
 	// migrations. It matches ErrNotMigrated too.
 	ErrSchemaBehind = notmigrated.Behind
+
+	// ErrQueryMode is returned when the pool's query mode
+	// (ConnConfig.DefaultQueryExecMode) cannot work through the connection
+	// pooler in front of the server. Behind a transaction pooler
+	// (PgBouncer's pool_mode = transaction), describe_exec describes a
+	// statement in one transaction and runs it in the next, which may reach
+	// another server connection: it fails, or runs with another statement's
+	// description; New refuses it when it finds such a pooler. pgx's default,
+	// cache_statement, prepares named statements, which a pooler that does
+	// not keep them (PgBouncer before 1.21, or without
+	// max_prepared_statements) loses or finds already there on the next
+	// server connection: those errors (SQLSTATE 26000, 42P05) come back as
+	// ErrQueryMode, wrapping the server's. Either way: set
+	// default_query_exec_mode=cache_describe in the connection string (or
+	// exec, or simple_protocol), or ConnConfig.DefaultQueryExecMode.
+	ErrQueryMode = errors.New("dbcache: the pool's query mode does not work through the connection pooler in front of the server: " +
+		"set default_query_exec_mode=cache_describe in the connection string (or exec, or simple_protocol)")
 )
 
 // SchemaVersion is the lowest migration version (package migrations) whose
@@ -100,6 +118,9 @@ func (c *Cache) wrapErr(op string, err error) error {
 	}
 	if c.s.closed.Load() {
 		return ErrClosed
+	}
+	if pooler.LostPreparedStatement(err) {
+		return fmt.Errorf("dbcache: %s: %w: %w", op, ErrQueryMode, err)
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
