@@ -150,6 +150,12 @@ them (to look at them with stats, or to cull them).`,
 				lc.ValueSize = -1 // loadgen's "empty values"; 0 would mean its default
 			}
 			lc.KeyPrefix = benchKeyPrefix
+			if err := cf.validate(); err != nil {
+				return err
+			}
+			if err := a.useAppQueryMode(ctx); err != nil {
+				return err
+			}
 			o, err := a.openStore(ctx, cmd, &cf, int32(lc.Concurrency))
 			if err != nil {
 				return err

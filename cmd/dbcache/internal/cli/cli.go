@@ -163,6 +163,9 @@ type globalFlags struct {
 	// opTimeout is the cache's client-side bound on each operation
 	// (dbcache.Config.OpTimeout), set by openCache; -1 for none.
 	opTimeout time.Duration
+	// pgxDefaultMode leaves pgx's default query mode to the pools (see
+	// useAppQueryMode).
+	pgxDefaultMode bool
 }
 
 func newApp(config *Config) *app {

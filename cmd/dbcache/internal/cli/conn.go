@@ -183,8 +183,8 @@ func (a *app) poolConfig(maxConns int32) (*pgxpool.Config, error) {
 	// statements of pgx's default mode are lost or collide): a command runs
 	// a few statements, and the mode makes no difference to it. bench,
 	// which measures what an application's pool would do, asks for pgx's
-	// default on a direct connection (benchQueryMode).
-	if !a.queryModeSet() {
+	// default on a direct connection (useAppQueryMode).
+	if !a.queryModeSet() && !a.g.pgxDefaultMode {
 		cc.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
 	}
 	cfg.MaxConns = max(maxConns, 1)
@@ -346,4 +346,40 @@ func (a *app) miss(key string, jsonObj any) error {
 	}
 	fmt.Fprintf(a.errw, "dbcache: miss: no live entry for key %q\n", key)
 	return errMissExit
+}
+
+// useAppQueryMode makes the command's pools use pgx's default query mode
+// (cache_statement), as an application's pool with the same connection
+// string would, when every server is reached directly; behind a pooler
+// that mode loses its prepared statements, and the command keeps its own.
+// It connects once to each server to find out. bench calls it: it measures
+// what the application would see.
+func (a *app) useAppQueryMode(ctx context.Context) error {
+	if a.queryModeSet() {
+		return nil
+	}
+	dsns := []string{a.g.databaseURL}
+	if a.sharded() {
+		dsns = dsns[:0]
+		for _, sh := range a.shards {
+			dsns = append(dsns, sh.dsn)
+		}
+	}
+	for _, dsn := range dsns {
+		s := *a
+		s.g.databaseURL = dsn
+		cfg, err := s.poolConfig(1)
+		if err != nil {
+			return err
+		}
+		conn, err := pgx.ConnectConfig(ctx, cfg.ConnConfig)
+		if err != nil {
+			return err
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closePoolWait)
+		_ = conn.Close(cctx)
+		cancel()
+	}
+	a.g.pgxDefaultMode = !a.conns.pooled.Load()
+	return nil
 }

@@ -205,9 +205,9 @@ date is success. With --dry-run, list what would run and run nothing; add
 				return err
 			}
 			defer closePool(st.pool)
-			if st.dirty {
-				return a.dirtyError(&migrations.DirtyError{Version: int(st.version)})
-			}
+			// A dirty flag read before the migration lock may be another
+			// migrator's, in the middle of its run: the migrator checks it
+			// again once it holds the lock, and only that answer counts.
 			if dr.dryRun {
 				plan, err := st.m.PendingMigrations(ctx)
 				if err != nil {
