@@ -237,16 +237,17 @@ func New(cfg *Config) (*Compressor, error) {
 // Compress returns data in a frame, compressed when it is at least MinSize
 // long and compressing makes it shorter.
 func (c *Compressor) Compress(data []byte) []byte {
+	sum := checksum(data)
 	if len(data) >= c.minSize && len(data) > 0 {
 		out := make([]byte, 0, headerSize+len(data)/2)
-		out = appendHeader(out, byte(c.alg), data)
+		out = appendHeader(out, byte(c.alg), sum)
 		out = c.compressChunks(out, c.alg, data)
 		if len(out) < headerSize+len(data) {
 			return out
 		}
 	}
 	out := make([]byte, 0, headerSize+len(data))
-	out = appendHeader(out, stored, data)
+	out = appendHeader(out, stored, sum)
 	return append(out, data...)
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"slices"
 
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
@@ -43,10 +44,10 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 func checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
 // appendHeader appends a version 1 header for a value of algorithm alg
-// (stored for none) whose decoded bytes are value.
-func appendHeader(dst []byte, alg byte, value []byte) []byte {
+// (stored for none) whose decoded bytes have the checksum sum.
+func appendHeader(dst []byte, alg byte, sum uint32) []byte {
 	dst = append(dst, magic0, magic1, magic2, formatVersion, alg)
-	return binary.LittleEndian.AppendUint32(dst, checksum(value))
+	return binary.LittleEndian.AppendUint32(dst, sum)
 }
 
 // isFrame reports whether data starts with the magic.
@@ -54,19 +55,28 @@ func isFrame(data []byte) bool {
 	return len(data) >= 3 && data[0] == magic0 && data[1] == magic1 && data[2] == magic2
 }
 
-// compressChunks appends data's chunks, compressed with alg, to dst.
+// compressChunks appends data's chunks, compressed with alg, to dst. Each
+// chunk is compressed in place, after room for its length: chunkSize
+// compresses to less than 2 MiB, whose uvarint is at most 3 bytes.
 func (c *Compressor) compressChunks(dst []byte, alg Algorithm, data []byte) []byte {
-	var scratch []byte
+	const room = 3
 	for len(data) > 0 {
 		n := min(len(data), c.chunk)
+		start := len(dst)
 		switch alg {
 		case S2:
-			scratch = s2.Encode(scratch[:cap(scratch)], data[:n])
+			need := room + s2.MaxEncodedLen(n)
+			dst = slices.Grow(dst, need)
+			enc := s2.Encode(dst[start+room:start+need], data[:n])
+			dst = dst[:start+room+len(enc)]
 		case Zstd:
-			scratch = c.zenc.EncodeAll(data[:n], scratch[:0])
+			dst = c.zenc.EncodeAll(data[:n], append(dst, make([]byte, room)...))
 		}
-		dst = binary.AppendUvarint(dst, uint64(len(scratch)))
-		dst = append(dst, scratch...)
+		var lb [binary.MaxVarintLen64]byte
+		k := binary.PutUvarint(lb[:], uint64(len(dst)-start-room))
+		copy(dst[start+k:], dst[start+room:])
+		dst = dst[:len(dst)-(room-k)]
+		copy(dst[start:], lb[:k])
 		data = data[n:]
 	}
 	return dst
