@@ -137,7 +137,14 @@ const (
 // version or algorithm), that were damaged (a chunk that does not decode,
 // a checksum that does not match), or that decompress to more than
 // Config.MaxDecodedSize. The error's text never holds the value's bytes.
-var ErrCorrupt = errors.New("compression: value does not decompress")
+var ErrCorrupt error = corruptError{}
+
+// corruptError is ErrCorrupt's type: its ErrorCode, "corrupt", is what
+// metrics, spans and logs record of it (a dbcache.ErrorCoder).
+type corruptError struct{}
+
+func (corruptError) Error() string     { return "compression: value does not decompress" }
+func (corruptError) ErrorCode() string { return "corrupt" }
 
 var (
 	errTooLarge = errors.New("decodes to more than MaxDecodedSize")

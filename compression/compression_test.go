@@ -9,6 +9,7 @@ import (
 
 	"github.com/dbcache/dbcache/codec"
 	"github.com/dbcache/dbcache/compression"
+	"github.com/dbcache/dbcache/dbcache"
 )
 
 func newC(t testing.TB, cfg *compression.Config) *compression.Compressor {
@@ -102,6 +103,7 @@ func TestCorrupt(t *testing.T) {
 	} {
 		_, err := c.Decompress(bad)
 		require.ErrorIs(t, err, compression.ErrCorrupt, name)
+		require.Equal(t, "corrupt", dbcache.ErrorCode(err), "what telemetry records of it")
 	}
 	// A bomb: a megabyte of zeros compresses to almost nothing; a reader
 	// limited to 64 KB refuses it rather than allocate it.

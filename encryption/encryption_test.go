@@ -33,6 +33,7 @@ func requireDecrypt(t *testing.T, err error, reason string) {
 	var de *encryption.DecryptError
 	require.ErrorAs(t, err, &de)
 	require.Equal(t, reason, de.Reason)
+	require.Equal(t, "decrypt", dbcache.ErrorCode(err), "what telemetry records of it")
 }
 
 func TestRoundTripAndRotation(t *testing.T) {

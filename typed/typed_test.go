@@ -336,3 +336,65 @@ func TestNew(t *testing.T) {
 	_, err := typed.New[user](nil, nil)
 	require.Error(t, err)
 }
+
+// The decode-error log line holds no key and no stored byte by default,
+// only the count and the error's code; LogKeys adds the key and the
+// codec's error.
+func TestDecodeErrorLogCarriesNoKey(t *testing.T) {
+	t.Parallel()
+	for _, logKeys := range []bool{false, true} {
+		b := setup(t)
+		ctx := ctxT(t)
+		require.NoError(t, b.store.Set(ctx, "user:carol@example.com", []byte(`{"id":"secret-value"}`), dbcache.DefaultTimeout))
+		users, err := typed.New[user](b.store, &typed.Config[user]{Logger: b.log, LogKeys: logKeys})
+		require.NoError(t, err)
+		_, err = users.Get(ctx, "user:carol@example.com")
+		require.ErrorIs(t, err, typed.ErrDecode)
+		require.Equal(t, "decode", dbcache.ErrorCode(err))
+		logged := b.logs.String()
+		require.Contains(t, logged, "error_code=decode")
+		if logKeys {
+			require.Contains(t, logged, "carol@example.com")
+		} else {
+			require.NotContains(t, logged, "carol", logged)
+			require.NotContains(t, logged, "secret", logged)
+		}
+	}
+}
+
+// A struct with no field in common with the stored JSON: the JSON codec
+// decodes it to the zero value (its documented rules); JSONStrict makes it
+// a decode error, a miss with MissOnDecodeError, which GetOrSetFunc
+// refills.
+func TestChangedStructStrictJSON(t *testing.T) {
+	t.Parallel()
+	type account struct {
+		Email string `json:"email"`
+	}
+	b := setup(t)
+	ctx := ctxT(t)
+	old, err := typed.New[user](b.store, nil)
+	require.NoError(t, err)
+	require.NoError(t, old.Set(ctx, "u", user{ID: 1, Name: "ann"}, dbcache.DefaultTimeout))
+
+	loose, err := typed.New[account](b.store, &typed.Config[account]{Logger: b.log})
+	require.NoError(t, err)
+	got, err := loose.Get(ctx, "u")
+	require.NoError(t, err)
+	require.Zero(t, got)
+
+	strict, err := typed.New[account](b.store, &typed.Config[account]{Codec: codec.JSONStrict[account](), Logger: b.log})
+	require.NoError(t, err)
+	_, err = strict.Get(ctx, "u")
+	require.ErrorIs(t, err, typed.ErrDecode)
+	asMiss, err := typed.New[account](b.store, &typed.Config[account]{Codec: codec.JSONStrict[account](), MissOnDecodeError: true, Logger: b.log})
+	require.NoError(t, err)
+	_, err = asMiss.Get(ctx, "u")
+	require.ErrorIs(t, err, dbcache.ErrMiss)
+	got, err = asMiss.GetOrSetFunc(ctx, "u", func(context.Context) (account, error) { return account{Email: "ann@example.com"}, nil }, dbcache.DefaultTimeout)
+	require.NoError(t, err)
+	require.Equal(t, account{Email: "ann@example.com"}, got)
+	got, err = strict.Get(ctx, "u")
+	require.NoError(t, err)
+	require.Equal(t, "ann@example.com", got.Email)
+}
