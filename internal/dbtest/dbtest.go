@@ -81,7 +81,8 @@ func Image() string {
 }
 
 // Main runs the package's tests and then removes anything this package
-// started (the throwaway server, schemas). Call it from TestMain:
+// started (the throwaway server, schemas); in a process Start made, it runs
+// that process's role instead. Call it from TestMain:
 //
 //	func TestMain(m *testing.M) { dbtest.Main(m) }
 //
@@ -97,6 +98,11 @@ func Main(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	// A process Start made runs its role, not the tests: it starts no
+	// server and makes no schema (the test gave it what it needs).
+	if code, ok := runRole(); ok {
+		return code
+	}
 	// Deferred, so it runs however m.Run returns; a test that panics kills
 	// the process before, and pgserver's reaper removes the server then.
 	defer cleanup()
