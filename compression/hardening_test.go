@@ -120,6 +120,42 @@ func TestDecompressBombs(t *testing.T) {
 	}
 }
 
+// A frame that really decodes to a lot (zeros compress a thousandfold, so
+// a few kilobytes do) makes a read allocate what it decodes: the read
+// stops once it passes MaxDecodedSize, and holds at most twice the limit
+// (plus a chunk) at its peak; a value at the limit decodes within the same
+// bound. Format 0 values, with ReadOneByteFrames, likewise (plus, for
+// zstd, the window the frame declares).
+//
+// Not parallel: allocated reads the process's allocation counter.
+func TestDecompressRealBombs(t *testing.T) {
+	const limit = 4 << 20
+	bound := uint64(2*limit + 2*compression.ChunkSize)
+	r := newC(t, &compression.Config{MaxDecodedSize: limit, ReadOneByteFrames: true})
+	for _, alg := range []compression.Algorithm{compression.S2, compression.Zstd} {
+		w := newC(t, &compression.Config{Algorithm: alg})
+		for _, size := range []int{limit, 4 * limit} {
+			zeros := make([]byte, size)
+			for name, data := range map[string][]byte{"format 1": w.Compress(zeros), "format 0": format0(byte(alg), zeros)} {
+				require.Less(t, len(data), size/100, "%s %s: a bomb", alg, name)
+				var err error
+				n := allocated(3, func() { _, err = r.Decompress(data) })
+				if size > limit {
+					require.ErrorIs(t, err, compression.ErrCorrupt, "%s %s of %d", alg, name, size)
+				} else {
+					require.NoError(t, err, "%s %s of %d", alg, name, size)
+				}
+				t.Logf("%s %s decoding to %d (limit %d): %d bytes per read", alg, name, size, limit, n)
+				want := bound
+				if name == "format 0" && alg == compression.Zstd {
+					want += 10 << 20 // the stream's window, up to 8 MiB as the frame declares
+				}
+				require.LessOrEqual(t, n, want, "%s %s of %d: %d bytes per read", alg, name, size, n)
+			}
+		}
+	}
+}
+
 // The default limit is at most 64 MiB, and a value over the limit is
 // refused, for every algorithm.
 func TestMaxDecodedSize(t *testing.T) {

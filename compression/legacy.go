@@ -65,14 +65,29 @@ func (c *Compressor) legacyZstd(body []byte) ([]byte, error) {
 		return nil, fmt.Errorf("format 0 zstd: %w", err)
 	}
 	defer func() { _ = d.Reset(nil) }() // drop the reference to body
-	var out bytes.Buffer
-	if _, err := io.Copy(&out, io.LimitReader(d, int64(c.maxSize)+1)); err != nil {
-		return nil, fmt.Errorf("format 0 zstd: %w", err)
+	// The output grows as the stream decodes, as format 1's does (see
+	// grow), up to one byte past the limit, which is the error.
+	out := make([]byte, 0, min(64<<10, c.maxSize+1))
+	for {
+		if len(out) == cap(out) {
+			if len(out) > c.maxSize {
+				return nil, errTooLarge
+			}
+			out = grow(out, 1, c.maxSize+1)
+		}
+		n, err := d.Read(out[len(out):cap(out)])
+		out = out[:len(out)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("format 0 zstd: %w", err)
+		}
 	}
-	if out.Len() > c.maxSize {
+	if len(out) > c.maxSize {
 		return nil, errTooLarge
 	}
-	return out.Bytes(), nil
+	return out, nil
 }
 
 func (c *Compressor) legacyDecoder() (*zstd.Decoder, error) {
