@@ -37,8 +37,9 @@
 //	dbcache_culler_consecutive_failures        passes failed since the last success
 //	dbcache_culler_last_success_timestamp_seconds, dbcache_culler_last_error_timestamp_seconds
 //
-// and, with Config.Pool, read at each scrape (tablestats.Size: bounded
-// walks and the catalog, a few milliseconds at any table size):
+// and, with Config.Pool, read at each scrape (tablestats.Size: the catalog
+// and walks of at most Config.CountLimit + 1 rows, whatever the table's
+// size, bounded in time by Config.TableTimeout):
 //
 //	dbcache_table_rows                         rows, live or expired (exact up to
 //	                                           Config.CountLimit, the statistics above)
