@@ -40,22 +40,24 @@
 // lengths and, for every algorithm (stored values too), the checksum of
 // what it decoded. A truncated value or a flipped bit is an error matching
 // ErrCorrupt, not a value that was never stored: over every truncation and
-// every single-bit flip of the sample values of the tests, for each
-// algorithm, none decodes. CRC-32C detects every error of up to 32
-// consecutive bits; other damage passes it with a chance of one in 2^32.
-// It is a check against damage, not against forgery: with encryption,
-// AES-GCM authenticates the bytes.
+// every single-bit flip of the tests' sample values, for each algorithm,
+// none decodes. CRC-32C detects every change to the decoded value confined
+// to 32 consecutive bits; other damage goes unseen with a chance of one in
+// 2^32. It is a check against damage, not against forgery: with
+// encryption, AES-GCM authenticates the bytes.
 //
 // A read allocates what it decodes, not what the frame says it holds: the
 // value is decoded into a buffer that grows as the chunks decode, no chunk
 // may claim more than 256 KiB, and the read fails once the value passes
-// Config.MaxDecodedSize (64 MiB by default). A crafted frame that claims
-// a gigabyte and holds little makes a read allocate at most 256 KiB more
-// than it really decodes. A read that does decode up to the limit holds
-// at most twice MaxDecodedSize at its peak (the buffer and the one it
-// grew out of), so N concurrent reads can hold up to N × 2 ×
-// MaxDecodedSize: 12.5 GiB for 100 reads at the default. Set
-// MaxDecodedSize near the largest value the application stores.
+// Config.MaxDecodedSize (64 MiB by default). So a crafted frame that
+// claims a gigabyte and holds little makes a read allocate no more than
+// 512 KiB beyond what it really decodes, whatever MaxDecodedSize is. A
+// frame can still decode to the limit for real (a few kilobytes of
+// compressed zeros do), and a read then holds at most twice MaxDecodedSize
+// at its peak (the buffer and the one it grew out of): a server whose
+// cache serves N concurrent reads of crafted values can be made to
+// allocate about N × 2 × MaxDecodedSize, 12.5 GiB for 100 reads at the default.
+// Set MaxDecodedSize near the largest value the application stores.
 //
 // # Values without a frame
 //

@@ -219,6 +219,7 @@ func TestDamageNeverDecodes(t *testing.T) {
 			bad[i/8] ^= 1 << (i % 8)
 			try(bad)
 		}
+		t.Logf("%s: %d of %d damaged frames (%d bytes) decoded to another value", s.name, silent, tries, len(packed))
 		require.Zero(t, silent, "%s: %d of %d damaged frames (%d bytes) decoded to another value", s.name, silent, tries, len(packed))
 	}
 }
