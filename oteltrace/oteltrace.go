@@ -34,8 +34,7 @@
 // caller's key (ErrNotInteger's and an invalid key's name it) and
 // whatever a loader or the database put in it. Config.RecordErrorText is
 // the opt-in that adds the texts (span.RecordError, and the status
-// description), for applications whose spans stay within what may see
-// keys.
+// description), for applications whose spans may hold keys.
 //
 // # With pgx's own tracing
 //
