@@ -3,6 +3,8 @@ package typed_test
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/dbcache/dbcache/codec"
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/dbtest"
 	"github.com/dbcache/dbcache/typed"
 )
 
@@ -397,4 +400,53 @@ func TestChangedStructStrictJSON(t *testing.T) {
 	got, err = strict.Get(ctx, "u")
 	require.NoError(t, err)
 	require.Equal(t, "ann@example.com", got.Email)
+}
+
+// A new Version or KeyPrefix for a changed type is the clean switch: the
+// old and the new type, writing the same keys into one table at once,
+// never read each other's entries.
+func TestVersionSeparatesTypes(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.Pool(t)
+	ctx := ctxT(t)
+	logs := &dbtest.LogBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	store, err := dbcache.New(ctx, pool, &dbcache.Config{Logger: log})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = store.Close() })
+	other, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "v2app", Logger: log})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = other.Close() })
+	b := &testBundle{store: store, logs: logs, log: log}
+	for name, newStore := range map[string]dbcache.Store{"version": b.store.WithVersion(2), "prefix": other} {
+		oldUsers, err := typed.New[user](b.store, &typed.Config[user]{Logger: b.log})
+		require.NoError(t, err)
+		newUsers, err := typed.New[userV2](newStore, &typed.Config[userV2]{Logger: b.log})
+		require.NoError(t, err)
+		var wg sync.WaitGroup
+		for i := range 50 {
+			key := name + ":" + strconv.Itoa(i)
+			wg.Go(func() {
+				if err := oldUsers.Set(ctx, key, user{ID: i, Name: "old"}, dbcache.DefaultTimeout); err != nil {
+					t.Error(err)
+				}
+			})
+			wg.Go(func() {
+				if err := newUsers.Set(ctx, key, userV2{ID: "new"}, dbcache.DefaultTimeout); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		for i := range 50 {
+			key := name + ":" + strconv.Itoa(i)
+			o, err := oldUsers.Get(ctx, key)
+			require.NoError(t, err, name)
+			require.Equal(t, user{ID: i, Name: "old"}, o)
+			n, err := newUsers.Get(ctx, key)
+			require.NoError(t, err, name)
+			require.Equal(t, userV2{ID: "new"}, n)
+		}
+		require.Zero(t, oldUsers.Stats().DecodeErrors+newUsers.Stats().DecodeErrors, name)
+	}
 }
