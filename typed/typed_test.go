@@ -300,6 +300,20 @@ func TestCodecPanics(t *testing.T) {
 	var ee *typed.EncodeError
 	require.ErrorAs(t, err, &ee)
 	require.ErrorContains(t, err, "bang")
+	// In GetOrSetFunc the codec encodes on the cache's goroutine (the load
+	// shared by the callers): its panic reaches every caller as an error,
+	// and the process lives on.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			_, err := users.GetOrSetFunc(ctx, "shared", func(context.Context) (user, error) { return user{ID: 1}, nil }, dbcache.DefaultTimeout)
+			var ee *typed.EncodeError
+			if !errors.As(err, &ee) {
+				t.Errorf("want an EncodeError, got %v", err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func TestBuiltinCodecs(t *testing.T) {
