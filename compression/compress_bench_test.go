@@ -14,21 +14,29 @@ import (
 	"github.com/dbcache/dbcache/internal/benchpair"
 )
 
+type benchValue struct {
+	name string
+	v    []byte
+}
+
+// benchValues are the values the client-side benchmarks measure: JSON of
+// 1, 10 and 100 KB, and 10 KB that is already compressed.
+func benchValues() []benchValue {
+	return []benchValue{
+		{"json-1k", jsonValue(1<<10, 1)},
+		{"json-10k", jsonValue(10<<10, 1)},
+		{"json-100k", jsonValue(100<<10, 1)},
+		{"compressed-10k", randomValue(10<<10, 1)},
+	}
+}
+
 // BenchmarkCompress measures the client side alone, without a database:
 // the CPU a value's compression and decompression cost, and the ratio
 // (ratio = value bytes ÷ stored bytes, header included).
 //
 //	go test -run '^$' -bench Compress ./compression/
 func BenchmarkCompress(b *testing.B) {
-	kinds := []struct {
-		name string
-		v    []byte
-	}{
-		{"json-1k", jsonValue(1<<10, 1)},
-		{"json-10k", jsonValue(10<<10, 1)},
-		{"json-100k", jsonValue(100<<10, 1)},
-		{"compressed-10k", randomValue(10<<10, 1)},
-	}
+	kinds := benchValues()
 	for _, k := range kinds {
 		for _, alg := range []compression.Algorithm{compression.S2, compression.Zstd} {
 			c, err := compression.New(&compression.Config{Algorithm: alg})
@@ -113,15 +121,7 @@ func BenchmarkChunkRatio(b *testing.B) {
 //
 //	go test -run '^$' -bench FrameCost -benchtime 20000x ./compression/
 func BenchmarkFrameCost(b *testing.B) {
-	kinds := []struct {
-		name string
-		v    []byte
-	}{
-		{"json-1k", jsonValue(1<<10, 1)},
-		{"json-10k", jsonValue(10<<10, 1)},
-		{"json-100k", jsonValue(100<<10, 1)},
-		{"compressed-10k", randomValue(10<<10, 1)},
-	}
+	kinds := benchValues()
 	zenc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
 	if err != nil {
 		b.Fatal(err)
