@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/golang-migrate/migrate/v4/database"
 	"github.com/stretchr/testify/require"
@@ -128,4 +130,28 @@ func TestPgBouncerRefusedParameterNamesTheFix(t *testing.T) {
 		requireCode(t, 1, r)
 		requireErrorLine(t, r, "unsupported startup parameter: "+tc.param, "remove "+tc.param+" from the connection string", tc.want)
 	}
+}
+
+// Behind PgBouncer the server's statement_timeout is not set (a session
+// setting would stay on a server connection other clients get next): a
+// statement that waits (here on a row another session holds) meets the
+// command's own bound, the statement timeout plus 2 s, fails with a
+// timeout, and is cancelled on the server then: nothing is left waiting,
+// and the write never happens once the row is free.
+func TestPgBouncerSlowStatementCancelled(t *testing.T) {
+	t.Parallel()
+	b, _ := setupBouncer(t)
+	b.ok(t, "migrate", "up")
+	b.ok(t, "set", "k", "v")
+	tx, holder := holdLock(t, b, `SELECT 1 FROM dbcache_entries WHERE key = ':1:k' FOR UPDATE`)
+	r := b.run(t, opts{}, "set", "k", "w", "--statement-timeout", "1s", "--json")
+	requireCode(t, 1, r)
+	e := lastJSONError(t, r)
+	require.Equal(t, "timeout", e["error"], "stderr: %s", r.stderr)
+	require.Contains(t, e["message"], "behind a connection pooler the server's statement_timeout is not set")
+	require.Eventually(t, func() bool {
+		return scalar[int](t, b.pool, `SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY (pg_blocking_pids(pid))`, holder) == 0
+	}, 30*time.Second, 5*time.Millisecond, "the statement still waits on the server")
+	require.NoError(t, tx.Rollback(context.Background()))
+	require.Equal(t, "v", b.ok(t, "get", "k"), "the cancelled write never ran")
 }

@@ -108,7 +108,9 @@ func Run(ctx context.Context, cfg *Config) int {
 	root.SetOut(a.out)
 	root.SetErr(a.errw)
 	err := root.ExecuteContext(ctx)
-	return a.report(a.explainSchema(ctx, err))
+	code := a.report(a.explainSchema(ctx, err))
+	a.conns.waitCancels()
+	return code
 }
 
 // app is one run's state: the streams, the global flags and the logger.

@@ -271,6 +271,12 @@ func (a *app) describe(err error) errorReport {
 	case errors.Is(err, context.DeadlineExceeded) && a.g.opTimeout > 0:
 		r.Code = CodeTimeout
 		r.Message += fmt.Sprintf(" (no answer from the server within %s: %s)", a.g.opTimeout, a.answerBound())
+	case errors.As(err, &pgErr) && pgErr.Code == "57014" && strings.Contains(pgErr.Message, "user request") && a.g.opTimeout > 0:
+		// No signal came (that case is above): the command cancelled the
+		// statement itself, at its answer bound (behind a pooler, where the
+		// server's statement_timeout is not set, a slow statement meets it).
+		r.Code, r.SQLState = CodeTimeout, pgErr.Code
+		r.Message += fmt.Sprintf(" (the command cancelled it after %s: %s)", a.g.opTimeout, a.answerBound())
 	case errors.As(err, &pgErr):
 		r.Code, r.SQLState = CodeDatabase, pgErr.Code
 		if pgErr.Code == "57014" && strings.Contains(pgErr.Message, "statement timeout") {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -24,9 +25,12 @@ import (
 // the server does not take, fails once it has made no progress for the
 // statement timeout plus OpTimeoutGrace (answerConn). A working server
 // always answers sooner: it reports a statement that runs past the
-// statement timeout itself, within that timeout. An idle connection waits
-// on nothing (pgx reads only when it expects an answer), so a lock held
-// across a culling pass, or a pooled connection at rest, is never cut.
+// statement timeout itself, within that timeout. Behind a pooler, where the
+// command cannot set the server's statement_timeout, a read still waiting a
+// second before the bound asks the server to cancel the statement, whose
+// answer then comes within the bound. An idle connection waits on nothing
+// (pgx reads only when it expects an answer), so a lock held across a
+// culling pass, or a pooled connection at rest, is never cut.
 
 // answerConn is a connection on which a read or write that makes no
 // progress for longer than bound fails: the connection is closed and the
@@ -38,7 +42,19 @@ type answerConn struct {
 	armed  atomic.Bool
 	fired  atomic.Bool
 	rt, wt *time.Timer
+	// ct fires cancelLead before rt: a read still waiting then asks the
+	// server to cancel the statement (onStall), whose answer can still
+	// come within the bound. Behind a pooler, where the server's
+	// statement_timeout is not set, that is what stops a slow statement on
+	// the server; and closing the connection would not (the pooler keeps
+	// the server connection busy, and forgets the client's cancel key).
+	ct      *time.Timer
+	onStall atomic.Pointer[func()]
 }
+
+// cancelLead is how long before giving up on a read the connection asks
+// the server to cancel the statement.
+const cancelLead = time.Second
 
 // writeChunk is how much of a write must be taken within the bound: a
 // large value is written in chunks, each with a bound of its own, so a
@@ -51,7 +67,17 @@ func newAnswerConn(c net.Conn, bound time.Duration) *answerConn {
 	ac.rt.Stop()
 	ac.wt = time.AfterFunc(time.Hour, ac.fire)
 	ac.wt.Stop()
+	ac.ct = time.AfterFunc(time.Hour, ac.stall)
+	ac.ct.Stop()
 	return ac
+}
+
+// stall asks the server to cancel the statement a read has waited on for
+// the bound less cancelLead.
+func (c *answerConn) stall() {
+	if f := c.onStall.Load(); f != nil {
+		(*f)()
+	}
 }
 
 // fire gives up on the connection: closing it ends the call waiting on it.
@@ -71,7 +97,11 @@ func (c *answerConn) Read(b []byte) (int, error) {
 		return 0, &noAnswerError{bound: c.bound}
 	}
 	c.rt.Reset(c.bound)
+	if c.bound > cancelLead {
+		c.ct.Reset(c.bound - cancelLead)
+	}
 	n, err := c.Conn.Read(b)
+	c.ct.Stop()
 	c.rt.Stop()
 	if err != nil && c.fired.Load() {
 		err = &noAnswerError{bound: c.bound}
@@ -104,6 +134,7 @@ func (c *answerConn) Write(b []byte) (int, error) {
 }
 
 func (c *answerConn) Close() error {
+	c.ct.Stop()
 	c.rt.Stop()
 	c.wt.Stop()
 	return c.Conn.Close()
@@ -144,6 +175,21 @@ type connState struct {
 	// the connection was told it talks to (PgBouncer hands out keys of its
 	// own, and moves a client between server connections).
 	pooled atomic.Bool
+	// cancels are the cancel requests sent for statements a connection
+	// waited on too long, which the command waits for (briefly) before it
+	// exits.
+	cancels sync.WaitGroup
+}
+
+// waitCancels waits, at most cancelAnswerWait, for the cancel requests in
+// flight to reach the server.
+func (st *connState) waitCancels() {
+	done := make(chan struct{})
+	go func() { st.cancels.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(cancelAnswerWait):
+	}
 }
 
 // sqlSession runs once per connection, right after it is set up: it tells
@@ -178,6 +224,16 @@ func sessionSetup(cc *pgconn.Config, bound time.Duration, statementTimeout *stri
 	prev := cc.AfterConnect
 	cc.AfterConnect = func(ctx context.Context, pc *pgconn.PgConn) error {
 		if ac := answerConnOf(pc.Conn()); ac != nil {
+			cancel := func() {
+				st.cancels.Add(1)
+				go func() {
+					defer st.cancels.Done()
+					ctx, stop := context.WithTimeout(context.Background(), cancelAnswerWait)
+					defer stop()
+					_ = pc.CancelRequest(ctx)
+				}()
+			}
+			ac.onStall.Store(&cancel)
 			ac.arm()
 		}
 		var timeout []byte
