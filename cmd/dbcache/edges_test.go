@@ -15,6 +15,8 @@ import (
 	"github.com/golang-migrate/migrate/v4/database"
 	"github.com/stretchr/testify/require"
 
+	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/dbtest"
 	"github.com/dbcache/dbcache/migrations"
 )
 
@@ -290,4 +292,85 @@ func TestDocsVersionExample(t *testing.T) {
 	require.NotNil(t, m, "docs/cli.md has a `dbcache version` example")
 	require.Equal(t, strconv.Itoa(int(migrations.Latest())), string(m[1]))
 	require.True(t, strings.HasSuffix(run(t, opts{}, "version").stdout, "schema version "+string(m[1])+"\n"))
+}
+
+// touch never brings an expired entry back: the entry is there, expired by
+// the database's clock, and touch finds no live entry, changes nothing and
+// exits 3.
+func TestTouchNeverRevives(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	dbtest.Exec(t, b.pool, `INSERT INTO dbcache_entries (key, value, expires) VALUES (':1:old', 'v', now() - interval '1 second')`)
+	before := scalar[time.Time](t, b.pool, `SELECT expires FROM dbcache_entries WHERE key = ':1:old'`)
+	r := b.run(t, opts{}, "touch", "old", "--ttl", "1h")
+	requireCode(t, 3, r)
+	require.Equal(t, "not found\n", r.stdout)
+	require.True(t, before.Equal(scalar[time.Time](t, b.pool, `SELECT expires FROM dbcache_entries WHERE key = ':1:old'`)), "the expiry is unchanged")
+	requireCode(t, 3, b.run(t, opts{}, "get", "old"))
+}
+
+// --ttl 65m stores exactly what the library's Revalidate(5m, 1h) stores:
+// both entries expire 65 minutes after the statement that wrote them
+// (written_at is that statement's time).
+func TestTTLSeedsRevalidate(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	c, err := dbcache.New(t.Context(), b.pool, nil)
+	require.NoError(t, err)
+	require.NoError(t, c.Set(t.Context(), "lib", []byte("v"), dbcache.Revalidate(5*time.Minute, time.Hour)))
+	b.ok(t, "set", "cli", "v", "--ttl", "65m")
+	for _, k := range []string{":1:lib", ":1:cli"} {
+		require.Equal(t, "01:05:00", scalar[string](t, b.pool, `SELECT (expires - written_at)::text FROM dbcache_entries WHERE key = $1`, k), k)
+	}
+}
+
+// The answer bound cuts no connection at rest: a cull --every whose passes
+// are further apart (4 s) than the bound (the statement timeout, 1s, plus
+// 2 s) reuses its idle connections, the lock connection among them, and
+// its long first pass (6,000 batches, the lock connection idle between its
+// heartbeats) keeps its lock: every pass succeeds.
+func TestAnswerBoundCutsNoIdleConnection(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	dbtest.Exec(t, b.pool, `INSERT INTO dbcache_entries (key, value, expires)
+SELECT 'k' || i, 'v', now() - interval '1 hour' FROM generate_series(1, 30000) AS i`)
+	p := start(t, b, "cull", "--every", "4s", "--batch-size", "5", "--statement-timeout", "1s", "--json")
+	lines := 0
+	for lines < 3 {
+		select {
+		case <-p.done:
+			r := p.wait(t, time.Minute)
+			require.FailNow(t, "cull --every ended", "stdout %q, stderr %q", r.stdout, r.stderr)
+		case <-time.After(100 * time.Millisecond):
+		}
+		p.mu.Lock()
+		lines = strings.Count(p.stdout.String(), "\n")
+		p.mu.Unlock()
+	}
+	require.NoError(t, p.cmd.Process.Signal(os.Interrupt))
+	r := p.wait(t, time.Minute)
+	requireCode(t, 0, r)
+	passes := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	for i, line := range passes {
+		var pass map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &pass), line)
+		if i < 3 {
+			require.NotContains(t, pass, "error", "pass %d: %s", i+1, line)
+		}
+	}
+	var first map[string]any
+	require.NoError(t, json.Unmarshal([]byte(passes[0]), &first))
+	require.EqualValues(t, 30000, first["expired_removed"])
+}
+
+// More than 100 failed requests stop a bench with exit 1 and the first
+// error: here every incr meets a counter that is not an integer.
+func TestBenchStoppedByErrors(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	dbtest.Exec(t, b.pool, `INSERT INTO dbcache_entries (key, value, expires) SELECT ':1:bench:' || i || ':n', 'x', NULL FROM generate_series(0, 9) i`)
+	r := b.run(t, opts{}, "bench", "--ops", "incr", "--keyspace", "10", "--prefill=false", "-n", "5000", "-c", "2")
+	requireCode(t, 1, r)
+	require.Contains(t, r.stdout, "first error: ")
+	require.Contains(t, r.stdout, "not an integer")
 }
