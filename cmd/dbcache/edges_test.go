@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -373,4 +374,35 @@ func TestBenchStoppedByErrors(t *testing.T) {
 	requireCode(t, 1, r)
 	require.Contains(t, r.stdout, "first error: ")
 	require.Contains(t, r.stdout, "not an integer")
+}
+
+// A second signal kills the command at once: a cull whose batch waits on a
+// locked table would stop cleanly after the first, once the batch gives up
+// (seconds later); signalled again, it dies of the signal.
+func TestSecondSignalKills(t *testing.T) {
+	t.Parallel()
+	b := setup(t, true)
+	fill(t, b, "old", 5, "now() - interval '1 second'")
+	_, holder := holdLock(t, b, `LOCK TABLE dbcache_entries IN ACCESS EXCLUSIVE MODE`)
+	p := start(t, b, "cull")
+	waitBlockedBy(t, b, holder)
+	exited := make(chan error, 1)
+	go func() { <-p.done; exited <- p.cmd.Wait() }()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(time.Minute)
+	for {
+		require.NoError(t, p.cmd.Process.Signal(os.Interrupt))
+		select {
+		case <-exited:
+			ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus)
+			require.True(t, ok)
+			require.True(t, ws.Signaled(), "it exited on its own (code %d) instead of dying of the second signal", p.cmd.ProcessState.ExitCode())
+			require.Equal(t, syscall.SIGINT, ws.Signal())
+			return
+		case <-tick.C:
+		case <-deadline:
+			require.FailNow(t, "still running a minute after the signals")
+		}
+	}
 }
