@@ -158,3 +158,24 @@ func TestPgBouncerWorkingModes(t *testing.T) {
 		}
 	}
 }
+
+// FastCommit through PgBouncer leaves nothing behind on the server
+// connection: its synchronous_commit off is SET LOCAL inside each write's
+// own transaction, so the next client on that one server connection finds
+// the server's default.
+func TestPgBouncerFastCommitLeavesNoSetting(t *testing.T) {
+	t.Parallel()
+	s := dbtest.NewSchema(t)
+	s.Migrate(t)
+	ctx := t.Context()
+	b := dbtest.NewPgBouncer(t, &dbtest.PgBouncerConfig{PoolSize: 1})
+	c, err := dbcache.New(ctx, bouncerPool(t, b, s, pgx.QueryExecModeCacheDescribe, 2, "dbcache-test"), &dbcache.Config{Schema: s.Name, FastCommit: true})
+	require.NoError(t, err)
+	for i := range 20 {
+		require.NoError(t, c.Set(ctx, fmt.Sprintf("k%d", i), []byte("v"), dbcache.DefaultTimeout))
+	}
+	other := bouncerPool(t, b, s, pgx.QueryExecModeSimpleProtocol, 1, "dbcache-test")
+	var setting string
+	require.NoError(t, other.QueryRow(ctx, `SHOW synchronous_commit`).Scan(&setting))
+	require.Equal(t, "on", setting, "another client on the one server connection")
+}
