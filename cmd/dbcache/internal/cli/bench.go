@@ -119,7 +119,9 @@ plus a counter per key when the mix has incr or decr.
 When the run ends (or is interrupted) bench removes every key it may have
 written, so it leaves the cache as it found it, except that it overwrites
 and then removes entries that were already under those keys. --keep leaves
-them (to look at them with stats, or to cull them).`,
+them (to look at them with stats, or to cull them). Each batch of that
+cleanup is tried up to three times; if one still fails, bench exits 1 and
+says which keys may be left and how to remove them.`,
 		Example: `  dbcache bench
   dbcache bench --ops get:9,set:1 -c 16 --duration 30s
   dbcache bench --ops get_many,set_many --batch-size 50 -n 10000 --json`,
