@@ -1,6 +1,7 @@
 package dbcache
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -98,4 +99,78 @@ func (c *Cache) wrapErr(op string, err error) error {
 		}
 	}
 	return fmt.Errorf("dbcache: %s: %w", op, err)
+}
+
+// ErrorCoder is implemented by errors that name their own ErrorCode: the
+// layers above this package (typed's decode errors, compression,
+// encryption) give theirs that way, without this package knowing them.
+type ErrorCoder interface {
+	// ErrorCode returns a stable, lower-case code (letters, digits and _).
+	ErrorCode() string
+}
+
+// ErrorCode classifies err by a stable, low-cardinality code, for metrics,
+// spans and logs. They record the code rather than err's text, which can
+// hold keys (an invalid key's error names it, ErrNotInteger's names its
+// key) and what a loader or the database put in their errors. The codes,
+// in the order they are tried:
+//
+//	""                  err is nil
+//	canceled            the caller's context was cancelled
+//	invalid_key         ErrInvalidKey
+//	not_integer         ErrNotInteger
+//	overflow            ErrOverflow
+//	closed              ErrClosed
+//	not_migrated        ErrNotMigrated
+//	prefix_unsupported  ErrPrefixUnsupported
+//	loader_panic        a *LoaderPanicError
+//	hook_panic          a *HookPanicError
+//	loader              a *LoaderError: the loader's own error
+//	(its own code)      an error in err's chain that is an ErrorCoder
+//	timeout             an operation or pool wait ran out of time
+//	transient           any other IsTransient error (connection lost, server
+//	                    shutting down, deadlock, too many connections)
+//	database            any other PostgreSQL error (permission, SQL)
+//	other               anything else
+func ErrorCode(err error) string {
+	var (
+		panicked *LoaderPanicError
+		hook     *HookPanicError
+		loader   *LoaderError
+		coder    ErrorCoder
+		pgErr    *pgconn.PgError
+	)
+	switch {
+	case err == nil:
+		return ""
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, ErrInvalidKey):
+		return "invalid_key"
+	case errors.Is(err, ErrNotInteger):
+		return "not_integer"
+	case errors.Is(err, ErrOverflow):
+		return "overflow"
+	case errors.Is(err, ErrClosed):
+		return "closed"
+	case errors.Is(err, ErrNotMigrated):
+		return "not_migrated"
+	case errors.Is(err, ErrPrefixUnsupported):
+		return "prefix_unsupported"
+	case errors.As(err, &panicked):
+		return "loader_panic"
+	case errors.As(err, &hook):
+		return "hook_panic"
+	case errors.As(err, &loader):
+		return "loader"
+	case errors.As(err, &coder):
+		return coder.ErrorCode()
+	case errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err):
+		return "timeout"
+	case IsTransient(err):
+		return "transient"
+	case errors.As(err, &pgErr):
+		return "database"
+	}
+	return "other"
 }
