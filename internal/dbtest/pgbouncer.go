@@ -1,7 +1,6 @@
 package dbtest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -79,26 +77,7 @@ type PgBouncer struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{}
-	log    *syncBuffer
-}
-
-// syncBuffer is a bytes.Buffer safe for a child process's output and a
-// reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	log    *LogBuffer
 }
 
 // PgBouncerBinary returns the pgbouncer binary to run, or an error saying
@@ -178,19 +157,9 @@ func NewPgBouncer(tb testing.TB, cfg *PgBouncerConfig) *PgBouncer {
 }
 
 func startPgBouncer(bin string, c PgBouncerConfig, server *pgconn.Config) (*PgBouncer, error) {
-	cred, err := unprivileged()
-	if err != nil {
-		return nil, err
-	}
 	dir, err := os.MkdirTemp("", "dbcache-pgbouncer-")
 	if err != nil {
 		return nil, err
-	}
-	if cred != nil {
-		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
-			_ = os.RemoveAll(dir)
-			return nil, err
-		}
 	}
 	host, port, err := net.SplitHostPort(c.Target)
 	if err != nil {
@@ -207,7 +176,7 @@ func startPgBouncer(bin string, c PgBouncerConfig, server *pgconn.Config) (*PgBo
 			lastErr = err
 			continue
 		}
-		if err := b.run(bin, cred, c, host, port, p); err != nil {
+		if err := b.run(bin, c, host, port, p); err != nil {
 			lastErr = err
 			continue
 		}
@@ -215,27 +184,6 @@ func startPgBouncer(bin string, c PgBouncerConfig, server *pgconn.Config) (*PgBo
 	}
 	_ = os.RemoveAll(dir)
 	return nil, fmt.Errorf("start pgbouncer: %w", lastErr)
-}
-
-// unprivileged is who runs PgBouncer, which refuses to run as root: this
-// process's user, unless that is root; then "postgres", else "nobody".
-func unprivileged() (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	for _, name := range []string{"postgres", "nobody"} {
-		u, err := user.Lookup(name)
-		if err != nil {
-			continue
-		}
-		uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
-		gid, err2 := strconv.ParseUint(u.Gid, 10, 32)
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
-	}
-	return nil, errors.New("running as root, and there is no postgres or nobody user to run pgbouncer as")
 }
 
 // freeLowPort returns a loopback port that is free now, outside the
@@ -263,7 +211,7 @@ func quoteConnValue(v string) string {
 
 // run writes the configuration for port and starts PgBouncer on it,
 // returning once it accepts connections.
-func (b *PgBouncer) run(bin string, cred *syscall.Credential, c PgBouncerConfig, host, port string, listen uint16) error {
+func (b *PgBouncer) run(bin string, c PgBouncerConfig, host, port string, listen uint16) error {
 	// "*" passes every database name through to the server's database of
 	// that name; the server user is fixed, so clients need no auth file.
 	target := fmt.Sprintf("host=%s port=%s user=%s", quoteConnValue(host), port, quoteConnValue(b.user))
@@ -290,18 +238,17 @@ log_disconnections = 0
 	if err := os.WriteFile(conf, []byte(ini), 0o600); err != nil {
 		return err
 	}
-	if cred != nil {
-		if err := os.Chown(conf, int(cred.Uid), int(cred.Gid)); err != nil {
-			return err
-		}
+	// PgBouncer refuses to run as root: run it as the servers' user, who
+	// must be able to read its directory and configuration.
+	runAs, err := unprivileged(b.dir, conf)
+	if err != nil {
+		return err
 	}
-	log := &syncBuffer{}
+	log := &LogBuffer{}
 	cmd := exec.Command(bin, conf)
 	cmd.Dir = b.dir
 	cmd.Stdout, cmd.Stderr = log, log
-	// Its own process group, so a terminal's Ctrl-C reaches the test
-	// binary only; killed with it if the test binary dies.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred, Pdeathsig: syscall.SIGKILL}
+	runAs(cmd)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("run %s: %w", bin, err)
 	}
