@@ -18,9 +18,14 @@
 //
 // Decode gets whatever the table holds: a value written by an older
 // version of the program, by another program, or damaged. It must return an
-// error for bytes it cannot decode, never panic and never return a value
-// that was not encoded. typed.Cache also recovers a panic in Decode and
-// reports it as a decode error, as a last line of defence.
+// error for bytes it cannot decode and never panic. What it can tell from
+// the bytes is its own: a format with a checksum (compression) or an
+// authentication tag (encryption) catches damaged values (their docs say
+// how surely); JSON and gob refuse what does not parse as T, but a value
+// another type wrote can parse as T (JSON's rules are in JSON's doc;
+// JSONStrict refuses more).
+// typed.Cache also recovers a panic in Decode and reports it as a decode
+// error, as a last line of defence.
 package codec
 
 import (
@@ -29,6 +34,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
+	"reflect"
+	"slices"
 )
 
 // Codec encodes values of type T to bytes and decodes them back. Its
@@ -37,16 +46,20 @@ type Codec[T any] interface {
 	// Encode returns the bytes to store for v under the caller's key.
 	Encode(key string, v T) ([]byte, error)
 	// Decode returns the value that data, stored under key, encodes. It
-	// returns an error, never a panic or a made-up value, for bytes it
-	// cannot decode.
+	// returns an error, not a panic, for bytes it cannot decode.
 	Decode(key string, data []byte) (T, error)
 }
 
 // JSON returns the JSON codec (encoding/json) for T: the default of
-// typed.Cache, readable by any language and by `dbcache get`. A stored value
-// that is not valid JSON for T (a field whose type changed, trailing bytes)
-// is an error; JSON's own rules apply otherwise (unknown fields are
-// ignored, missing ones keep their zero value).
+// typed.Cache, readable by any language and by `dbcache get`. It follows
+// JSON's rules, and so detects only part of what a changed type does to
+// stored values. A stored value is an error when it is not valid JSON,
+// has bytes after the value, or holds a field whose JSON type does not
+// fit T's field (a string where T has an int). It is not an error when it
+// has fields T lacks (they are ignored), lacks fields T has (they keep
+// their zero value), shares no field at all with T (it decodes to T's
+// zero value), or is null for a struct T (the zero value too). For those,
+// use JSONStrict.
 func JSON[T any]() Codec[T] { return jsonCodec[T]{} }
 
 type jsonCodec[T any] struct{}
@@ -64,6 +77,77 @@ func (jsonCodec[T]) Decode(_ string, data []byte) (T, error) {
 	if err := json.Unmarshal(data, &v); err != nil {
 		var zero T
 		return zero, fmt.Errorf("codec: json: %w", err)
+	}
+	return v, nil
+}
+
+// JSONStrict returns a JSON codec for T that refuses the stored values JSON
+// lets through but T's own Encode never writes: a field T does not have,
+// at any depth (json.Decoder.DisallowUnknownFields); a missing top-level
+// field that Encode always writes (one without omitempty, when T or what
+// it points to is a struct); and null, unless T is a pointer, map, slice
+// or interface. So a struct with no field in common with the stored JSON,
+// a renamed field and a removed one are errors. It cannot detect a
+// missing field inside a nested struct, a missing omitempty field, or a
+// value written by another type that has the same field names and JSON
+// types. It costs a second parse of each stored value's top level. It
+// encodes exactly as JSON does, so values move between the two codecs.
+func JSONStrict[T any]() Codec[T] {
+	c := strictJSON[T]{nullable: true}
+	t := reflect.TypeFor[T]()
+	switch t.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Interface:
+	default:
+		c.nullable = false
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() == reflect.Struct {
+		// The fields Encode always writes are those of the zero value's
+		// encoding: omitempty ones are left out of it, as are the fields
+		// of a nil embedded pointer.
+		if b, err := json.Marshal(reflect.New(t).Interface()); err == nil {
+			var fields map[string]json.RawMessage
+			if json.Unmarshal(b, &fields) == nil {
+				c.required = slices.Sorted(maps.Keys(fields))
+			}
+		}
+	}
+	return c
+}
+
+type strictJSON[T any] struct {
+	required []string // top-level fields Encode always writes
+	nullable bool     // null is a T
+}
+
+func (strictJSON[T]) Encode(k string, v T) ([]byte, error) { return jsonCodec[T]{}.Encode(k, v) }
+
+func (c strictJSON[T]) Decode(_ string, data []byte) (T, error) {
+	var v, zero T
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		return zero, fmt.Errorf("codec: json: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return zero, errors.New("codec: json: trailing bytes after the value")
+	}
+	isNull := bytes.Equal(bytes.TrimSpace(data), []byte("null"))
+	if isNull && !c.nullable {
+		return zero, fmt.Errorf("codec: json: null is not a %s", reflect.TypeFor[T]())
+	}
+	if len(c.required) > 0 && !isNull {
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal(data, &fields); err != nil {
+			return zero, fmt.Errorf("codec: json: %w", err)
+		}
+		for _, f := range c.required {
+			if _, ok := fields[f]; !ok {
+				return zero, fmt.Errorf("codec: json: the stored value has no field %q, which Encode always writes (another type wrote it)", f)
+			}
+		}
 	}
 	return v, nil
 }

@@ -116,6 +116,12 @@ func FuzzDecode(f *testing.F) {
 			require.NoError(t, err)
 		}
 		_, _ = codec.JSON[map[string]any]().Decode("k", data)
+		if v, err := codec.JSONStrict[user]().Decode("k", data); err == nil {
+			// What the strict codec accepts, JSON reads the same.
+			loose, err := codec.JSON[user]().Decode("k", data)
+			require.NoError(t, err)
+			require.Equal(t, loose, v)
+		}
 		if v, err := codec.Gob[user]().Decode("k", data); err == nil {
 			_, err := codec.Gob[user]().Encode("k", v)
 			require.NoError(t, err)
@@ -124,4 +130,70 @@ func FuzzDecode(f *testing.F) {
 		_, _ = codec.Bytes().Decode("k", data)
 		_, _ = codec.String().Decode("k", data)
 	})
+}
+
+// What JSON lets through and JSONStrict refuses: a struct with no field in
+// common with the stored JSON, a missing field Encode always writes, an
+// unknown field at any depth, null for a struct. Both refuse what does
+// not parse; JSONStrict reads everything JSON writes.
+func TestJSONStrict(t *testing.T) {
+	t.Parallel()
+	type inner struct{ A, B int }
+	type doc struct {
+		ID    int      `json:"id"`
+		Name  string   `json:"name,omitempty"`
+		Inner inner    `json:"inner"`
+		Tags  []string `json:"tags"`
+		Note  *string  `json:"note,omitempty"`
+	}
+	type other struct {
+		Email string `json:"email"`
+	}
+	note := "n"
+	for _, v := range []doc{{}, {ID: 1, Name: "x", Inner: inner{1, 2}, Tags: []string{"a"}, Note: &note}} {
+		b, err := codec.JSON[doc]().Encode("k", v)
+		require.NoError(t, err)
+		got, err := codec.JSONStrict[doc]().Decode("k", b)
+		require.NoError(t, err, "%s", b)
+		require.Equal(t, v, got)
+	}
+	ob, err := codec.JSON[other]().Encode("k", other{Email: "carol@example.com"})
+	require.NoError(t, err)
+	// JSON, by its documented rules: no field in common is T's zero value.
+	got, err := codec.JSON[doc]().Decode("k", ob)
+	require.NoError(t, err)
+	require.Zero(t, got)
+	_, err = codec.JSON[doc]().Decode("k", []byte("null"))
+	require.NoError(t, err)
+	for name, bad := range map[string]string{
+		"no field in common":   string(ob),
+		"empty object":         `{}`,
+		"missing field":        `{"id":1,"inner":{"A":1,"B":2}}`,
+		"unknown field":        `{"id":1,"inner":{"A":1,"B":2},"tags":null,"email":"x"}`,
+		"unknown nested field": `{"id":1,"inner":{"A":1,"C":2},"tags":null}`,
+		"null":                 `null`,
+		"trailing":             `{"id":1,"inner":{"A":1,"B":2},"tags":null} {}`,
+		"wrong type":           `{"id":"1","inner":{"A":1,"B":2},"tags":null}`,
+		"not json":             `{"id":1,`,
+	} {
+		_, err := codec.JSONStrict[doc]().Decode("k", []byte(bad))
+		require.Error(t, err, name)
+	}
+	// A missing omitempty field is what Encode writes for its zero value.
+	_, err = codec.JSONStrict[doc]().Decode("k", []byte(`{"id":1,"inner":{"A":1,"B":2},"tags":null}`))
+	require.NoError(t, err)
+	// null is a nil pointer, map or slice.
+	p, err := codec.JSONStrict[*doc]().Decode("k", []byte("null"))
+	require.NoError(t, err)
+	require.Nil(t, p)
+	_, err = codec.JSONStrict[*doc]().Decode("k", ob)
+	require.Error(t, err, "a pointer's struct is checked too")
+	m, err := codec.JSONStrict[map[string]int]().Decode("k", []byte(`{"any":1}`))
+	require.NoError(t, err)
+	require.Equal(t, map[string]int{"any": 1}, m)
+	n, err := codec.JSONStrict[int]().Decode("k", []byte(`7`))
+	require.NoError(t, err)
+	require.Equal(t, 7, n)
+	_, err = codec.JSONStrict[int]().Decode("k", []byte(`null`))
+	require.Error(t, err)
 }

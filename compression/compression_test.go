@@ -1,13 +1,15 @@
 package compression_test
 
 import (
-	"bytes"
+	"encoding/binary"
+	"hash/crc32"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/dbcache/dbcache/codec"
 	"github.com/dbcache/dbcache/compression"
+	"github.com/dbcache/dbcache/dbcache"
 )
 
 func newC(t testing.TB, cfg *compression.Config) *compression.Compressor {
@@ -34,20 +36,40 @@ func TestRoundTrip(t *testing.T) {
 				got, err := c.Decompress(packed)
 				require.NoError(t, err, "%s %s", alg, name)
 				require.Equal(t, v, got, "%s %s", alg, name)
-				// Never more than one byte longer than the value.
-				require.LessOrEqual(t, len(packed), len(v)+1, "%s %s", alg, name)
+				// Never more than the frame's header longer than the value.
+				require.LessOrEqual(t, len(packed), len(v)+compression.Overhead, "%s %s", alg, name)
 			}
 		}
 	}
-	// Small values and incompressible ones are stored as they are.
+	// Small values and incompressible ones are stored as they are, after
+	// the header: magic, version, algorithm 0 and the value's CRC-32C.
 	c := newC(t, nil)
-	require.Equal(t, append([]byte{0}, `{"id":1}`...), c.Compress([]byte(`{"id":1}`)))
+	small := []byte(`{"id":1}`)
+	require.Equal(t, small, c.Compress(small)[compression.Overhead:])
+	require.Equal(t, []byte{0xFF, 'D', 'C', 1, 0}, c.Compress(small)[:5])
+	require.Equal(t, crc32.Checksum(small, crc32.MakeTable(crc32.Castagnoli)), binary.LittleEndian.Uint32(c.Compress(small)[5:9]))
 	rnd := randomValue(10_000, 3)
-	require.Equal(t, append([]byte{0}, rnd...), c.Compress(rnd))
+	require.Equal(t, rnd, c.Compress(rnd)[compression.Overhead:])
 	// JSON shrinks.
 	j := jsonValue(10_000, 2)
 	require.Less(t, len(c.Compress(j)), len(j)/2)
-	require.Equal(t, byte(compression.Zstd), c.Compress(j)[0])
+	require.Equal(t, byte(compression.Zstd), c.Compress(j)[4])
+}
+
+// Values of many chunks round-trip, for both algorithms, and a reader
+// reads chunks of any size up to the most one chunk may decode to.
+func TestChunks(t *testing.T) {
+	t.Parallel()
+	j := jsonValue(3*compression.ChunkSize+1000, 8)
+	for _, alg := range []compression.Algorithm{compression.Zstd, compression.S2} {
+		for _, size := range []int{1000, compression.ChunkSize} {
+			w := newC(t, &compression.Config{Algorithm: alg})
+			compression.SetChunkSize(w, size)
+			got, err := newC(t, nil).Decompress(w.Compress(j))
+			require.NoError(t, err, "%s chunks of %d", alg, size)
+			require.Equal(t, j, got)
+		}
+	}
 }
 
 // A reader decodes values of every algorithm, whatever it writes.
@@ -70,14 +92,18 @@ func TestCorrupt(t *testing.T) {
 	j := jsonValue(5000, 4)
 	packed := c.Compress(j)
 	for name, bad := range map[string][]byte{
-		"empty":          nil,
-		"unknown header": append([]byte{9}, packed[1:]...),
-		"plain json":     j,
-		"truncated":      packed[:len(packed)/2],
-		"s2 garbage":     {byte(compression.S2), 0xff, 0xff, 0xff},
+		"empty":             nil,
+		"no magic":          append([]byte{9}, packed[1:]...),
+		"unknown version":   append([]byte{0xFF, 'D', 'C', 2}, packed[4:]...),
+		"unknown algorithm": append([]byte{0xFF, 'D', 'C', 1, 3}, packed[5:]...),
+		"header only":       packed[:compression.Overhead],
+		"plain json":        j,
+		"truncated":         packed[:len(packed)/2],
+		"s2 garbage":        {0xFF, 'D', 'C', 1, byte(compression.S2), 0, 0, 0, 0, 3, 0xff, 0xff, 0xff},
 	} {
 		_, err := c.Decompress(bad)
 		require.ErrorIs(t, err, compression.ErrCorrupt, name)
+		require.Equal(t, "corrupt", dbcache.ErrorCode(err), "what telemetry records of it")
 	}
 	// A bomb: a megabyte of zeros compresses to almost nothing; a reader
 	// limited to 64 KB refuses it rather than allocate it.
@@ -99,7 +125,7 @@ func TestConfig(t *testing.T) {
 	w := compression.Wrap(codec.String(), nil)
 	_, err := w.Encode("k", "v")
 	require.Error(t, err)
-	_, err = w.Decode("k", []byte{0, 'v'})
+	_, err = w.Decode("k", newC(t, nil).Compress([]byte("v")))
 	require.Error(t, err)
 }
 
@@ -117,23 +143,32 @@ func TestWrap(t *testing.T) {
 }
 
 // FuzzDecompress: arbitrary bytes decompress or fail with ErrCorrupt,
-// never panic, and never produce more than MaxDecodedSize.
+// never panic, never produce more than MaxDecodedSize, and what decodes
+// is a value that compresses and decodes back to itself. The seeds are
+// the crafted frames of hardening_test.go.
 func FuzzDecompress(f *testing.F) {
 	c := newC(f, &compression.Config{MaxDecodedSize: 1 << 20})
+	legacy := newC(f, &compression.Config{MaxDecodedSize: 1 << 20, ReadOneByteFrames: true})
 	j := jsonValue(2000, 6)
 	f.Add(c.Compress(j))
 	f.Add(newC(f, &compression.Config{Algorithm: compression.S2}).Compress(j))
+	f.Add(c.Compress(nil))
 	f.Add([]byte{0, 'x'})
 	f.Add([]byte{2})
+	for _, seed := range craftedFrames() {
+		f.Add(seed.data)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		out, err := c.Decompress(data)
-		if err != nil {
-			require.ErrorIs(t, err, compression.ErrCorrupt)
-			return
-		}
-		require.LessOrEqual(t, len(out), 1<<20)
-		if len(data) > 0 && data[0] == 0 {
-			require.True(t, bytes.Equal(out, data[1:]))
+		for _, r := range []*compression.Compressor{c, legacy} {
+			out, err := r.Decompress(data)
+			if err != nil {
+				require.ErrorIs(t, err, compression.ErrCorrupt)
+				continue
+			}
+			require.LessOrEqual(t, len(out), 1<<20)
+			again, err := c.Decompress(c.Compress(out))
+			require.NoError(t, err)
+			require.Equal(t, out, again)
 		}
 	})
 }

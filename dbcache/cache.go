@@ -118,6 +118,10 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	}
 	ctx, cancel := cache.bound(ctx)
 	defer cancel()
+	if err := checkQueryMode(ctx, pool); err != nil {
+		s.bgCancel()
+		return nil, err
+	}
 	var (
 		oid        int64
 		isolation  string
@@ -125,7 +129,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	)
 	if err := pool.QueryRow(ctx, qCheck, s.q.table).Scan(&oid, &isolation, &hasWritten); err != nil {
 		s.bgCancel()
-		return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
+		return nil, fmt.Errorf("dbcache: check for the cache table: %w", wrapQueryMode(err))
 	}
 	s.wrapWrites.Store(isolation != "read committed")
 	s.tableOID = oid
@@ -156,7 +160,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	}
 	if !hasWritten {
 		s.bgCancel()
-		return nil, fmt.Errorf("%w: the cache table predates migration 4 (written_at), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrNotMigrated)
+		return nil, fmt.Errorf("%w: the cache table predates migration %d (written_at), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrSchemaBehind, SchemaVersion)
 	}
 	return cache, nil
 }
@@ -257,15 +261,15 @@ func nonNil(b []byte) []byte {
 // Get returns the value stored under key, or ErrMiss if there is no live
 // entry. An empty stored value is a hit with a non-nil empty slice.
 func (c *Cache) Get(ctx context.Context, key string) (_ []byte, err error) {
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return nil, err
+	}
 	ctx, tr := c.trace(ctx, OpGet, 1)
 	if tr != nil {
 		defer func() { tr.read(err) }()
 	}
 	if err := c.checkOpen(); err != nil {
-		return nil, err
-	}
-	k, err := c.key(ctx, key)
-	if err != nil {
 		return nil, err
 	}
 	ctx, cancel := c.bound(ctx)
@@ -299,15 +303,15 @@ func (c *Cache) get(ctx context.Context, k string) ([]byte, error) {
 // Set stores value under key, replacing any entry, expiring as timeout says.
 // A timeout of TTL(d <= 0) leaves nothing a Get can see.
 func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeout) (err error) {
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return err
+	}
 	ctx, tr := c.trace(ctx, OpSet, 1)
 	if tr != nil {
 		defer func() { tr.wrote(1, 1, err) }()
 	}
 	if err := c.checkOpen(); err != nil {
-		return err
-	}
-	k, err := c.key(ctx, key)
-	if err != nil {
 		return err
 	}
 	ctx, cancel := c.bound(ctx)
@@ -332,15 +336,15 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 // of concurrent Adds of a key returns true. With TTL(d <= 0) it returns what
 // Django returns (true when no live entry exists) and stores nothing visible.
 func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeout) (stored bool, err error) {
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return false, err
+	}
 	ctx, tr := c.trace(ctx, OpAdd, 1)
 	if tr != nil {
 		defer func() { tr.wrote(1, b2i(stored), err) }()
 	}
 	if err := c.checkOpen(); err != nil {
-		return false, err
-	}
-	k, err := c.key(ctx, key)
-	if err != nil {
 		return false, err
 	}
 	ctx, cancel := c.bound(ctx)
@@ -363,15 +367,15 @@ func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeo
 // An expired entry stays expired (false): Touch never brings a value back.
 // TTL(d <= 0) expires the entry at once and returns true.
 func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (ok bool, err error) {
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return false, err
+	}
 	ctx, tr := c.trace(ctx, OpTouch, 1)
 	if tr != nil {
 		defer func() { tr.found(ok, err) }()
 	}
 	if err := c.checkOpen(); err != nil {
-		return false, err
-	}
-	k, err := c.key(ctx, key)
-	if err != nil {
 		return false, err
 	}
 	ctx, cancel := c.bound(ctx)
@@ -389,15 +393,15 @@ func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (ok bool
 // Delete removes key and reports whether a live entry was removed. An expired
 // entry is removed too, but reported as absent (false).
 func (c *Cache) Delete(ctx context.Context, key string) (wasLive bool, err error) {
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return false, err
+	}
 	ctx, tr := c.trace(ctx, OpDelete, 1)
 	if tr != nil {
 		defer func() { tr.found(wasLive, err) }()
 	}
 	if err := c.checkOpen(); err != nil {
-		return false, err
-	}
-	k, err := c.key(ctx, key)
-	if err != nil {
 		return false, err
 	}
 	ctx, cancel := c.bound(ctx)
@@ -417,15 +421,15 @@ func (c *Cache) Delete(ctx context.Context, key string) (wasLive bool, err error
 
 // HasKey reports whether key has a live entry.
 func (c *Cache) HasKey(ctx context.Context, key string) (ok bool, err error) {
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return false, err
+	}
 	ctx, tr := c.trace(ctx, OpHasKey, 1)
 	if tr != nil {
 		defer func() { tr.found(ok, err) }()
 	}
 	if err := c.checkOpen(); err != nil {
-		return false, err
-	}
-	k, err := c.key(ctx, key)
-	if err != nil {
 		return false, err
 	}
 	ctx, cancel := c.bound(ctx)
@@ -446,15 +450,15 @@ func (c *Cache) HasKey(ctx context.Context, key string) (ok bool, err error) {
 // hand there is nothing to protect from a stampede: GetOrSet is a read and,
 // on a miss, one write.)
 func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout Timeout) (_ []byte, err error) {
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return nil, err
+	}
 	ctx, tr := c.trace(ctx, OpGetOrSet, 1)
 	if tr != nil {
 		defer func() { tr.finish(err) }()
 	}
 	if err := c.checkOpen(); err != nil {
-		return nil, err
-	}
-	k, err := c.key(ctx, key)
-	if err != nil {
 		return nil, err
 	}
 	rctx, cancel := c.bound(ctx)
@@ -489,15 +493,15 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 // With a Revalidate timeout, a stale entry is returned at once and
 // refreshed in the background (see Revalidate).
 func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout Timeout) (_ []byte, err error) {
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return nil, err
+	}
 	ctx, tr := c.trace(ctx, OpGetOrSet, 1)
 	if tr != nil {
 		defer func() { tr.finish(err) }()
 	}
 	if err := c.checkOpen(); err != nil {
-		return nil, err
-	}
-	k, err := c.key(ctx, key)
-	if err != nil {
 		return nil, err
 	}
 	rctx, cancel := c.bound(ctx)
@@ -531,15 +535,23 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.
 // result would not fit in an int64; in those cases nothing changes. The
 // entry keeps its expiry. Concurrent Incrs never lose an update.
 func (c *Cache) Incr(ctx context.Context, key string, delta int64) (n int64, err error) {
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return 0, err
+	}
 	ctx, tr := c.trace(ctx, OpIncr, 1)
 	if tr != nil {
 		defer func() { tr.read(err) }()
 	}
-	return c.incr(ctx, "incr", key, strconv.FormatInt(delta, 10))
+	return c.incr(ctx, "incr", key, k, strconv.FormatInt(delta, 10))
 }
 
 // Decr subtracts delta from the integer stored under key; see Incr.
 func (c *Cache) Decr(ctx context.Context, key string, delta int64) (n int64, err error) {
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return 0, err
+	}
 	ctx, tr := c.trace(ctx, OpDecr, 1)
 	if tr != nil {
 		defer func() { tr.read(err) }()
@@ -548,15 +560,12 @@ func (c *Cache) Decr(ctx context.Context, key string, delta int64) (n int64, err
 	if delta == math.MinInt64 { // -MinInt64 does not fit in an int64
 		neg = "9223372036854775808"
 	}
-	return c.incr(ctx, "decr", key, neg)
+	return c.incr(ctx, "decr", key, k, neg)
 }
 
-func (c *Cache) incr(ctx context.Context, op, key, delta string) (int64, error) {
+// incr runs Incr and Decr on k, key's made and validated key.
+func (c *Cache) incr(ctx context.Context, op, key, k, delta string) (int64, error) {
 	if err := c.checkOpen(); err != nil {
-		return 0, err
-	}
-	k, err := c.key(ctx, key)
-	if err != nil {
 		return 0, err
 	}
 	ctx, cancel := c.bound(ctx)
@@ -621,14 +630,19 @@ func parseInt(b []byte) (int64, bool) {
 // version. Whatever the new version held is replaced. It returns ErrMiss if
 // the key has no live entry at the current version.
 func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (to int, err error) {
+	from, err := c.key(ctx, key)
+	if err != nil {
+		return 0, err
+	}
 	ctx, tr := c.trace(ctx, OpIncrVersion, 1)
 	if tr != nil {
 		defer func() { tr.read(err) }()
 	}
-	return c.incrVersion(ctx, key, delta)
+	return c.incrVersion(ctx, key, from, delta)
 }
 
-func (c *Cache) incrVersion(ctx context.Context, key string, delta int) (int, error) {
+// incrVersion moves from, key's made and validated key, by delta versions.
+func (c *Cache) incrVersion(ctx context.Context, key, from string, delta int) (int, error) {
 	if err := c.checkOpen(); err != nil {
 		return 0, err
 	}
@@ -636,10 +650,6 @@ func (c *Cache) incrVersion(ctx context.Context, key string, delta int) (int, er
 		return 0, fmt.Errorf("%w: version %d %+d", ErrOverflow, c.version, delta)
 	}
 	to := c.version + delta
-	from, err := c.key(ctx, key)
-	if err != nil {
-		return 0, err
-	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
 	if delta == 0 {
@@ -681,6 +691,10 @@ func (c *Cache) incrVersion(ctx context.Context, key string, delta int) (int, er
 
 // DecrVersion moves the entry to version - delta; see IncrVersion.
 func (c *Cache) DecrVersion(ctx context.Context, key string, delta int) (to int, err error) {
+	from, err := c.key(ctx, key)
+	if err != nil {
+		return 0, err
+	}
 	ctx, tr := c.trace(ctx, OpDecrVersion, 1)
 	if tr != nil {
 		defer func() { tr.read(err) }()
@@ -688,12 +702,16 @@ func (c *Cache) DecrVersion(ctx context.Context, key string, delta int) (to int,
 	if delta == math.MinInt {
 		return 0, fmt.Errorf("%w: version delta %d", ErrOverflow, delta)
 	}
-	return c.incrVersion(ctx, key, -delta)
+	return c.incrVersion(ctx, key, from, -delta)
 }
 
 // GetMany returns the live entries among keys, in one query, keyed by the
 // caller's keys. Missing keys are absent from the map.
 func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]byte, err error) {
+	ks, err := c.keys(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
 	ctx, tr := c.trace(ctx, OpGetMany, len(keys))
 	if tr != nil {
 		defer func() { tr.many(len(keys), len(out), err) }()
@@ -704,10 +722,6 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]by
 	out = make(map[string][]byte, len(keys))
 	if len(keys) == 0 {
 		return out, nil
-	}
-	ks, err := c.keys(ctx, keys)
-	if err != nil {
-		return nil, err
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
@@ -748,20 +762,20 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]by
 // success, and every key when it returns an error, since the batch is one
 // statement. Concurrent SetManys over overlapping keys never deadlock.
 func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Timeout) (failed []string, err error) {
+	keys := allKeys(items)
+	ks, err := c.keys(ctx, keys)
+	if err != nil {
+		return keys, err
+	}
 	ctx, tr := c.trace(ctx, OpSetMany, len(items))
 	if tr != nil {
 		defer func() { tr.wrote(len(items), len(items)-len(failed), err) }()
 	}
 	if err := c.checkOpen(); err != nil {
-		return allKeys(items), err
+		return keys, err
 	}
 	if len(items) == 0 {
 		return nil, nil
-	}
-	keys := allKeys(items)
-	ks, err := c.keys(ctx, keys)
-	if err != nil {
-		return keys, err
 	}
 	made := ks.made
 	values := make([][]byte, len(made))
@@ -795,6 +809,10 @@ func allKeys(items map[string][]byte) []string {
 // DeleteMany removes keys in one statement and returns how many live entries
 // it removed.
 func (c *Cache) DeleteMany(ctx context.Context, keys []string) (n int, err error) {
+	ks, err := c.keys(ctx, keys)
+	if err != nil {
+		return 0, err
+	}
 	ctx, tr := c.trace(ctx, OpDeleteMany, len(keys))
 	if tr != nil {
 		defer func() { tr.many(len(keys), n, err) }()
@@ -804,10 +822,6 @@ func (c *Cache) DeleteMany(ctx context.Context, keys []string) (n int, err error
 	}
 	if len(keys) == 0 {
 		return 0, nil
-	}
-	ks, err := c.keys(ctx, keys)
-	if err != nil {
-		return 0, err
 	}
 	made := ks.made
 	// Sorted, so concurrent batches lock rows in one order.

@@ -57,7 +57,8 @@ type KeyCheck int
 
 const (
 	// KeyCheckWarn logs a warning through the Logger, as Django warns with
-	// CacheKeyWarning, and stores the key. The default.
+	// CacheKeyWarning (quoting the key only with Config.LogKeys), and
+	// stores the key. The default.
 	KeyCheckWarn KeyCheck = iota
 	// KeyCheckError returns ErrInvalidKey and writes nothing, as Django's
 	// memcached backends raise InvalidCacheKey.
@@ -159,7 +160,19 @@ type Config struct {
 	// to LoadWaitDefault.
 	LoadWait time.Duration
 
-	// Logger receives key warnings. Defaults to slog.Default().
+	// LogKeys lets the cache's log lines name keys and carry what can
+	// hold keys or values: the memcached key warning quotes the key, as
+	// Django's does; a failed background refresh gives its key and its
+	// error's text (a loader's error is the loader's own); a recovered
+	// panic gives the value panicked with. Defaults to false: no log line
+	// of the cache holds a key or a value, and errors appear as their
+	// ErrorCode (a fail-open line keeps the transient error's text, which
+	// is about the connection: a refused dial, a timeout).
+	LogKeys bool
+
+	// Logger receives key warnings, failed background refreshes, and, at
+	// most one line every ten seconds each, fail-open and recovered
+	// panics. Defaults to slog.Default().
 	Logger *slog.Logger
 
 	// OpTimeout bounds every database round trip an operation makes when the
@@ -173,9 +186,13 @@ type Config struct {
 
 	// OnWrite, if set, is called after every write that may have added
 	// entries (Set, Add that stored, SetMany, GetOrSet that stored) with the
-	// number of entries written. It runs on the caller's goroutine and must
-	// not block: it exists so a culling worker can be nudged
-	// (culling.Culler.NoteWrites) without this package importing it.
+	// number of entries written. It runs on the goroutine that wrote and
+	// must not block: it exists so a culling worker can be nudged
+	// (culling.Culler.NoteWrites) without this package importing it. That
+	// goroutine is the caller's, where a panic propagates, or, for the
+	// load GetOrSetFunc shares between callers and for background
+	// refreshes, the cache's, where a panic is recovered and the waiting
+	// callers get a *HookPanicError.
 	OnWrite func(n int)
 
 	// Schema is the schema that holds the cache table. Defaults to "", which

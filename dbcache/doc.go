@@ -83,7 +83,8 @@
 // invalid UTF-8, more than MaxKeyBytes bytes) is ErrInvalidKey and nothing is
 // written. A key memcached could not store (over 250 characters, spaces or
 // control characters) is logged as a warning through log/slog, as Django
-// warns; Config.KeyCheck turns that into an error or off.
+// warns (quoting the key only with Config.LogKeys); Config.KeyCheck turns
+// that into an error or off.
 //
 // # Concurrency and async
 //

@@ -54,27 +54,39 @@ func (c *Cache) ValidateKey(ctx context.Context, madeKey string) error {
 	if c.s.cfg.KeyCheck == KeyCheckOff {
 		return nil
 	}
-	msg := memcachedKeyWarning(madeKey)
+	if c.s.cfg.KeyCheck == KeyCheckError {
+		if msg := memcachedKeyWarning(madeKey, true); msg != "" {
+			return &InvalidKeyError{MadeKey: madeKey, Reason: msg}
+		}
+		return nil
+	}
+	// The log line quotes the key only with Config.LogKeys.
+	msg := memcachedKeyWarning(madeKey, c.s.cfg.LogKeys)
 	if msg == "" {
 		return nil
 	}
-	if c.s.cfg.KeyCheck == KeyCheckError {
-		return &InvalidKeyError{MadeKey: madeKey, Reason: msg}
+	if c.s.cfg.LogKeys {
+		c.s.cfg.Logger.WarnContext(ctx, "dbcache: "+msg, "key", madeKey)
+	} else {
+		c.s.cfg.Logger.WarnContext(ctx, "dbcache: "+msg)
 	}
-	c.s.cfg.Logger.WarnContext(ctx, "dbcache: "+msg, "key", madeKey)
 	return nil
 }
 
 // memcachedKeyWarning is Django's memcache_key_warnings: the message for the
-// first portability problem of key, or "". Lengths count characters (runes),
-// as Django does.
-func memcachedKeyWarning(key string) string {
+// first portability problem of key, or "", quoting the key when quote is
+// set. Lengths count characters (runes), as Django does.
+func memcachedKeyWarning(key string, quote bool) string {
+	q := ""
+	if quote {
+		q = fmt.Sprintf(": %q", key)
+	}
 	if n := utf8.RuneCountInString(key); n > MemcachedMaxKeyLength {
-		return fmt.Sprintf("Cache key will cause errors if used with memcached: %q (longer than %d)", key, MemcachedMaxKeyLength)
+		return fmt.Sprintf("Cache key will cause errors if used with memcached%s (longer than %d)", q, MemcachedMaxKeyLength)
 	}
 	for _, r := range key {
 		if r < 33 || r == 127 {
-			return fmt.Sprintf("Cache key contains characters that will cause errors if used with memcached: %q", key)
+			return "Cache key contains characters that will cause errors if used with memcached" + q
 		}
 	}
 	return ""

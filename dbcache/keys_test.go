@@ -57,10 +57,11 @@ func TestKeyWarnings(t *testing.T) {
 	}
 }
 
-// test_invalid_with_version_key_length: the warning quotes the made key.
+// test_invalid_with_version_key_length: the warning quotes the made key
+// (with LogKeys: by default no log line holds a key).
 func TestKeyWarningQuotesMadeKey(t *testing.T) {
 	t.Parallel()
-	b := setup(t, nil)
+	b := setup(t, &dbcache.Config{LogKeys: true})
 	key := strings.Repeat("a", 248)
 	_, err := b.cache.Get(ctxT(t), key)
 	require.ErrorIs(t, err, dbcache.ErrMiss)

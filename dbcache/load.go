@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -37,7 +38,9 @@ import (
 // process that hangs mid-load (stopped, deadlocked) releases the lock: the
 // server ends the session. A loader that panics is recovered and its panic
 // returned as a *LoaderPanicError; the lock is released with the
-// transaction.
+// transaction. A panic in anything else the flight's goroutine runs (a
+// LoadTracer, Config.OnWrite) is recovered too, and the waiting callers
+// get a *HookPanicError.
 
 const (
 	// LoadWaitDefault is the default for Config.LoadWait: long enough for a
@@ -65,6 +68,27 @@ type LoaderPanicError struct {
 
 func (e *LoaderPanicError) Error() string {
 	return fmt.Sprintf("dbcache: get_or_set: loader panicked: %v", e.Value)
+}
+
+// HookPanicError is returned to the callers waiting on work the cache runs
+// on a goroutine of its own (the shared load of GetOrSetFunc) when
+// something other than the loader panicked there: a LoadTracer's
+// TraceLoad, Config.OnWrite, the Logger's handler. A panic on a goroutine
+// the caller does not own would end the process, so the cache recovers
+// it, counts it in Stats.Panics, logs it (see Config.LogKeys) and returns
+// this; the goroutine's lock and connection are released as it unwinds.
+// What was done before the panic stays done: a loaded value is stored
+// when OnWrite panics (it runs after the write), not when TraceLoad does
+// (it runs before).
+type HookPanicError struct {
+	// Value is what was panicked with.
+	Value any
+	// Stack is the panicking goroutine's stack.
+	Stack []byte
+}
+
+func (e *HookPanicError) Error() string {
+	return fmt.Sprintf("dbcache: get_or_set: a hook panicked on the cache's goroutine: %v", e.Value)
 }
 
 // LoaderError is returned by GetOrSetFunc when its loader returned an
@@ -177,7 +201,9 @@ func (c *Cache) runLoaderFor(ctx context.Context, refresh bool, load func(contex
 	start := time.Now()
 	defer func() {
 		if r := recover(); r != nil {
-			v, err = nil, &LoaderPanicError{Value: r, Stack: debug.Stack()}
+			pe := &LoaderPanicError{Value: r, Stack: debug.Stack()}
+			c.notePanic(ctx, "loader", r, pe.Stack)
+			v, err = nil, pe
 		}
 		if c.s.cfg.Tracer != nil {
 			c.traceLoad(ctx, refresh, start, err)
@@ -190,6 +216,46 @@ func (c *Cache) runLoaderFor(ctx context.Context, refresh bool, load func(contex
 	return nonNil(v), nil
 }
 
+// recovered, deferred at the top of work on one of the cache's own
+// goroutines, turns a panic there into a *HookPanicError in *err (what the
+// goroutine returns to the callers waiting on it), counted and logged.
+func (c *Cache) recovered(ctx context.Context, where string, err *error) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	stack := debug.Stack()
+	c.notePanic(ctx, where, r, stack)
+	*err = &HookPanicError{Value: r, Stack: stack}
+}
+
+// panicLogEvery bounds how often recovered panics are logged: a hook that
+// panics on every call must not flood the log.
+const panicLogEvery = 10 * time.Second
+
+// notePanic counts a recovered panic and logs it at a bounded rate, with
+// the panic's type and stack; its value only with Config.LogKeys (a value
+// can hold anything), or when the runtime raised it (an index out of
+// range, a nil map).
+func (c *Cache) notePanic(ctx context.Context, where string, value any, stack []byte) {
+	c.s.stats.panics.Add(1)
+	pending := c.s.stats.panicUnlogged.Add(1)
+	now := time.Now().UnixNano()
+	last := c.s.stats.panicLogged.Load()
+	if now-last < int64(panicLogEvery) || !c.s.stats.panicLogged.CompareAndSwap(last, now) {
+		return
+	}
+	c.s.stats.panicUnlogged.Add(-pending)
+	attrs := []any{"where", where, "panics", pending, "value_type", fmt.Sprintf("%T", value), "stack", string(stack)}
+	var re runtime.Error
+	if c.s.cfg.LogKeys {
+		attrs = append(attrs, "value", fmt.Sprint(value))
+	} else if e, ok := value.(error); ok && errors.As(e, &re) {
+		attrs = append(attrs, "value", re.Error())
+	}
+	c.s.cfg.Logger.ErrorContext(ctx, "dbcache: recovered a panic on the cache's goroutine; the callers waiting on it get an error", attrs...)
+}
+
 // loadOnce is GetOrSetFunc after a miss: one flight per made key in this
 // process.
 func (c *Cache) loadOnce(ctx context.Context, k string, load func(context.Context) ([]byte, error), timeout Timeout) ([]byte, error) {
@@ -198,7 +264,11 @@ func (c *Cache) loadOnce(ctx context.Context, k string, load func(context.Contex
 		// there; no other goroutine or process can share it.
 		return c.loadAndStore(ctx, k, load, timeout)
 	}
-	f := c.s.flights.join(ctx, k, func(fctx context.Context) ([]byte, error) {
+	f := c.s.flights.join(ctx, k, func(fctx context.Context) (_ []byte, err error) {
+		// The flight's goroutine is the cache's: nothing may panic out
+		// of it (a loader's panic is already an error; this is for the
+		// hooks it calls).
+		defer c.recovered(fctx, "get_or_set load", &err)
 		return c.loadShared(fctx, k, load, timeout)
 	})
 	return c.s.flights.wait(ctx, k, f)
@@ -398,13 +468,23 @@ func (c *Cache) refreshStale(ctx context.Context, k string, load func(context.Co
 			delete(c.s.refreshing, k)
 			c.s.refreshMu.Unlock()
 		}()
-		err := c.refresh(valuesOnly{Context: rctx, values: ctx}, k, load, timeout)
+		err := c.refreshRecovered(valuesOnly{Context: rctx, values: ctx}, k, load, timeout)
 		if err != nil && rctx.Err() == nil {
 			c.s.stats.refreshFailures.Add(1)
-			c.s.cfg.Logger.WarnContext(ctx, "dbcache: stale-while-revalidate refresh failed; serving the stale value until it expires",
-				"key", k, "error", err)
+			attrs := []any{"error_code", ErrorCode(err)}
+			if c.s.cfg.LogKeys {
+				attrs = append(attrs, "key", k, "error", err)
+			}
+			c.s.cfg.Logger.WarnContext(ctx, "dbcache: stale-while-revalidate refresh failed; serving the stale value until it expires", attrs...)
 		}
 	}()
+}
+
+// refreshRecovered is refresh on the refresh's own goroutine: a panic
+// there is recovered (see recovered) and is the refresh's error.
+func (c *Cache) refreshRecovered(ctx context.Context, k string, load func(context.Context) ([]byte, error), timeout Timeout) (err error) {
+	defer c.recovered(ctx, "get_or_set refresh", &err)
+	return c.refresh(ctx, k, load, timeout)
 }
 
 func (c *Cache) refresh(ctx context.Context, k string, load func(context.Context) ([]byte, error), timeout Timeout) error {

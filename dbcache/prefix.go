@@ -62,15 +62,15 @@ func remainingTimeout(d time.Duration) Timeout {
 // -2, as values the rest of the API takes: TTL's result can be passed to
 // Set to keep an expiry).
 func (c *Cache) TTL(ctx context.Context, key string) (_ Timeout, err error) {
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return Timeout{}, err
+	}
 	ctx, tr := c.trace(ctx, OpTTL, 1)
 	if tr != nil {
 		defer func() { tr.read(err) }()
 	}
 	if err := c.checkOpen(); err != nil {
-		return Timeout{}, err
-	}
-	k, err := c.key(ctx, key)
-	if err != nil {
 		return Timeout{}, err
 	}
 	ctx, cancel := c.bound(ctx)
@@ -94,15 +94,15 @@ func (c *Cache) TTL(ctx context.Context, key string) (_ Timeout, err error) {
 // GetWithTTL is Get that also returns the entry's remaining lifetime, as
 // TTL reports it, read in the same statement.
 func (c *Cache) GetWithTTL(ctx context.Context, key string) (_ []byte, _ Timeout, err error) {
+	k, err := c.key(ctx, key)
+	if err != nil {
+		return nil, Timeout{}, err
+	}
 	ctx, tr := c.trace(ctx, OpGet, 1)
 	if tr != nil {
 		defer func() { tr.read(err) }()
 	}
 	if err := c.checkOpen(); err != nil {
-		return nil, Timeout{}, err
-	}
-	k, err := c.key(ctx, key)
-	if err != nil {
 		return nil, Timeout{}, err
 	}
 	ctx, cancel := c.bound(ctx)
@@ -178,15 +178,15 @@ func upperBound(p string) string {
 // the caller's key at the end of the stored key. In a WithTx view every
 // batch runs in the transaction.
 func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (total int, err error) {
+	lo, hi, err := c.prefixRange(prefix)
+	if err != nil {
+		return 0, err
+	}
 	ctx, tr := c.trace(ctx, OpDeletePrefix, 1)
 	if tr != nil {
 		defer func() { tr.mark(total, 0, 0); tr.finish(err) }()
 	}
 	if err := c.checkOpen(); err != nil {
-		return 0, err
-	}
-	lo, hi, err := c.prefixRange(prefix)
-	if err != nil {
 		return 0, err
 	}
 	for from := lo; ; {
@@ -227,11 +227,13 @@ func (c *Cache) deletePrefixBatch(ctx context.Context, from, to string) (live, r
 // the sequence with (", err). Same KeyFunc rule as DeletePrefix.
 func (c *Cache) Keys(ctx context.Context, prefix string) iter.Seq2[string, error] {
 	return func(yield func(string, error) bool) {
+		lo, hi, err := c.prefixRange(prefix)
+		if err != nil {
+			yield("", err)
+			return
+		}
 		ctx, tr := c.trace(ctx, OpKeys, 1)
-		var (
-			n   int
-			err error
-		)
+		var n int
 		if tr != nil {
 			defer func() { tr.mark(n, 0, 0); tr.finish(err) }()
 		}
@@ -244,11 +246,6 @@ func (c *Cache) Keys(ctx context.Context, prefix string) iter.Seq2[string, error
 			return yield(k, e)
 		}
 		if err = c.checkOpen(); err != nil {
-			emit("", err)
-			return
-		}
-		lo, hi, err := c.prefixRange(prefix)
-		if err != nil {
 			emit("", err)
 			return
 		}

@@ -16,10 +16,17 @@ type Stats struct {
 	// Refreshes counts background refreshes of stale entries
 	// (Revalidate), and RefreshFailures those whose loader or write failed.
 	Refreshes, RefreshFailures int64
+	// Panics counts panics the cache recovered: in loaders (returned as
+	// *LoaderPanicError) and in hooks it ran on a goroutine of its own
+	// (returned as *HookPanicError, or counted as a failed refresh).
+	Panics int64
 }
 
 type stats struct {
-	failOpen, loads, loadWaits, refreshes, refreshFailures atomic.Int64
+	failOpen, loads, loadWaits, refreshes, refreshFailures, panics atomic.Int64
+
+	panicLogged   atomic.Int64 // UnixNano of the last panic's log line
+	panicUnlogged atomic.Int64 // panics since then
 }
 
 // Stats returns the cache's counters.
@@ -31,5 +38,6 @@ func (c *Cache) Stats() Stats {
 		LoadWaits:       s.loadWaits.Load(),
 		Refreshes:       s.refreshes.Load(),
 		RefreshFailures: s.refreshFailures.Load(),
+		Panics:          s.panics.Load(),
 	}
 }

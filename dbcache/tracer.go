@@ -15,18 +15,31 @@ import (
 // operation pays one nil check.
 //
 // Both methods run on the caller's goroutine, synchronously, and must not
-// block: they are on the hot path of every operation.
+// block: they are on the hot path of every operation. A panic in either
+// propagates to the caller, as any panic on its goroutine does; the
+// operation holds nothing then (TraceOpStart runs before it takes a
+// connection, TraceOpEnd after it has released it).
+//
+// What a Tracer records leaves the process: an OpEnd's Err can name a key
+// in its text (ErrNotInteger's does), so record ErrorCode(Err), as
+// prommetrics and oteltrace do, unless the application opts in.
 type Tracer interface {
-	// TraceOpStart is called when an operation starts, after its keys are
-	// validated. The context it returns is the one the operation runs
-	// with (a span can live in it) and is the one TraceOpEnd gets.
+	// TraceOpStart is called when an operation starts, after its keys
+	// (and a prefix) are validated: an operation refused for an invalid
+	// key is not traced, neither TraceOpStart nor TraceOpEnd. The context
+	// it returns is the one the operation runs with (a span can live in
+	// it) and is the one TraceOpEnd gets.
 	TraceOpStart(ctx context.Context, op OpStart) context.Context
-	// TraceOpEnd is called when the operation returns.
+	// TraceOpEnd is called when the operation returns, once for each
+	// TraceOpStart.
 	TraceOpEnd(ctx context.Context, op OpEnd)
 }
 
 // LoadTracer is an optional extension of Tracer: TraceLoad is called after
-// each loader run of GetOrSetFunc, in the goroutine that ran it.
+// each loader run of GetOrSetFunc, in the goroutine that ran it. That is
+// often a goroutine of the cache's (the load shared by concurrent callers,
+// a background refresh): a panic there is recovered, counted in
+// Stats.Panics and returned to the waiting callers as a *HookPanicError.
 type LoadTracer interface {
 	TraceLoad(ctx context.Context, load LoadEnd)
 }
@@ -75,7 +88,8 @@ type OpEnd struct {
 	// fail-open).
 	Stored, NotStored int
 	// Err is the error the operation returned to its caller; ErrMiss is
-	// not an error here, it is a miss.
+	// not an error here, it is a miss. Its text can hold the caller's key:
+	// record ErrorCode(Err).
 	Err error
 	// FailedOpen is the transient error Config.FailOpen swallowed (Err is
 	// then nil), or nil.

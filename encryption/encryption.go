@@ -92,6 +92,10 @@ func (e *DecryptError) Error() string {
 // Is reports whether target is ErrDecrypt.
 func (e *DecryptError) Is(target error) bool { return target == ErrDecrypt }
 
+// ErrorCode is "decrypt": what metrics, spans and logs record of it (a
+// dbcache.ErrorCoder).
+func (e *DecryptError) ErrorCode() string { return "decrypt" }
+
 // Key is one encryption key.
 type Key struct {
 	// ID names the key in every value it encrypts; 1 or more, unique in

@@ -2,6 +2,12 @@
 // dbcache.Config.Tracer, which takes one: metrics and tracing together,
 // say. It is pgx's multitracer for dbcache's hooks.
 //
+// A panic in one tracer does not keep the others from ending what they
+// started: every TraceOpEnd and TraceLoad runs, and a TraceOpStart that
+// panics ends the spans of the tracers before it; the first panic then
+// goes on to dbcache, which lets it reach the caller on the caller's own
+// goroutine and recovers it on its own (see dbcache.Tracer).
+//
 //	cache, err := dbcache.New(ctx, pool, &dbcache.Config{
 //		Tracer: multitracer.New(metrics, oteltrace.New(nil)),
 //	})
@@ -9,6 +15,7 @@ package multitracer
 
 import (
 	"context"
+	"runtime/debug"
 
 	"github.com/dbcache/dbcache/dbcache"
 )
@@ -38,24 +45,58 @@ func New(tracers ...dbcache.Tracer) *Tracer {
 	return t
 }
 
-// TraceOpStart implements dbcache.Tracer.
+// TraceOpStart implements dbcache.Tracer. When one of the tracers panics,
+// those before it have started (a span, say): each gets its TraceOpEnd,
+// with an OpEnd whose Err is a *dbcache.HookPanicError, so nothing they
+// started is left open; then the panic goes on, as dbcache.Tracer says.
 func (t *Tracer) TraceOpStart(ctx context.Context, op dbcache.OpStart) context.Context {
+	started := 0
+	defer func() {
+		if started == len(t.tracers) {
+			return
+		}
+		r := recover()
+		end := dbcache.OpEnd{OpStart: op, Err: &dbcache.HookPanicError{Value: r, Stack: debug.Stack()}}
+		each(t.tracers[:started], func(tr dbcache.Tracer) { tr.TraceOpEnd(ctx, end) })
+		if r != nil {
+			panic(r)
+		}
+	}()
 	for _, tr := range t.tracers {
 		ctx = tr.TraceOpStart(ctx, op)
+		started++
 	}
 	return ctx
 }
 
-// TraceOpEnd implements dbcache.Tracer.
+// TraceOpEnd implements dbcache.Tracer. Every tracer's TraceOpEnd is
+// called, even when one before it panics, so each ends what it started;
+// the first panic then goes on.
 func (t *Tracer) TraceOpEnd(ctx context.Context, op dbcache.OpEnd) {
-	for _, tr := range t.tracers {
-		tr.TraceOpEnd(ctx, op)
-	}
+	each(t.tracers, func(tr dbcache.Tracer) { tr.TraceOpEnd(ctx, op) })
 }
 
-// TraceLoad implements dbcache.LoadTracer.
+// TraceLoad implements dbcache.LoadTracer. Every tracer's TraceLoad is
+// called, even when one before it panics; the first panic then goes on.
 func (t *Tracer) TraceLoad(ctx context.Context, l dbcache.LoadEnd) {
-	for _, lt := range t.loads {
-		lt.TraceLoad(ctx, l)
+	each(t.loads, func(lt dbcache.LoadTracer) { lt.TraceLoad(ctx, l) })
+}
+
+// each calls f on every tracer, and then re-panics with the first panic
+// any of them raised.
+func each[T any](tracers []T, f func(T)) {
+	var first any
+	for _, tr := range tracers {
+		func() {
+			defer func() {
+				if r := recover(); r != nil && first == nil {
+					first = r
+				}
+			}()
+			f(tr)
+		}()
+	}
+	if first != nil {
+		panic(first)
 	}
 }

@@ -55,3 +55,75 @@ func TestFanOut(t *testing.T) {
 	empty.TraceOpEnd(context.Background(), dbcache.OpEnd{})
 	empty.TraceLoad(context.Background(), dbcache.LoadEnd{})
 }
+
+// boom panics in the hook its field names.
+type boom struct{ in string }
+
+func (b boom) TraceOpStart(ctx context.Context, _ dbcache.OpStart) context.Context {
+	if b.in == "start" {
+		panic("boom start")
+	}
+	return ctx
+}
+
+func (b boom) TraceOpEnd(context.Context, dbcache.OpEnd) {
+	if b.in == "end" {
+		panic("boom end")
+	}
+}
+
+func (b boom) TraceLoad(context.Context, dbcache.LoadEnd) {
+	if b.in == "load" {
+		panic("boom load")
+	}
+}
+
+// spans counts what a tracer started and ended, as a span-making tracer
+// would.
+type spans struct{ started, ended, loads int }
+
+func (s *spans) TraceOpStart(ctx context.Context, _ dbcache.OpStart) context.Context {
+	s.started++
+	return ctx
+}
+func (s *spans) TraceOpEnd(_ context.Context, e dbcache.OpEnd) { s.ended++ }
+func (s *spans) TraceLoad(context.Context, dbcache.LoadEnd)    { s.loads++ }
+
+func recovered(f func()) (r any) {
+	defer func() { r = recover() }()
+	f()
+	return nil
+}
+
+// A tracer that panics leaves no other tracer's span unended: in
+// TraceOpEnd and TraceLoad every tracer still runs, and a TraceOpStart
+// that panics ends the spans of the tracers before it. The panic goes on.
+func TestPanicEndsOtherSpans(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	start := dbcache.OpStart{Op: dbcache.OpGet, Keys: 1}
+
+	before, after := &spans{}, &spans{}
+	mt := multitracer.New(before, boom{"end"}, after)
+	c := mt.TraceOpStart(ctx, start)
+	require.Equal(t, "boom end", recovered(func() { mt.TraceOpEnd(c, dbcache.OpEnd{OpStart: start}) }))
+	require.Equal(t, 1, before.ended)
+	require.Equal(t, 1, after.ended, "the tracer after the panicking one ended its span")
+
+	before, after = &spans{}, &spans{}
+	mt = multitracer.New(before, boom{"load"}, after)
+	require.Equal(t, "boom load", recovered(func() { mt.TraceLoad(ctx, dbcache.LoadEnd{}) }))
+	require.Equal(t, 1, before.loads)
+	require.Equal(t, 1, after.loads)
+
+	before, after = &spans{}, &spans{}
+	mt = multitracer.New(before, boom{"start"}, after)
+	require.Equal(t, "boom start", recovered(func() { mt.TraceOpStart(ctx, start) }))
+	require.Equal(t, 1, before.started)
+	require.Equal(t, 1, before.ended, "the span started before the panic was ended")
+	require.Zero(t, after.started)
+
+	// Two panics: both tracers ran, the first panic goes on.
+	mt = multitracer.New(boom{"end"}, boom{"end"})
+	require.Equal(t, "boom end", recovered(func() { mt.TraceOpEnd(ctx, dbcache.OpEnd{}) }))
+}

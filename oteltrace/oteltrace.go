@@ -18,12 +18,23 @@
 //	dbcache.hits, dbcache.misses, dbcache.stored, dbcache.not_stored
 //	                   its outcome (see dbcache.OpEnd), when not zero
 //
-// An error sets the span's status to Error and is recorded as an event; an
-// error that Config.FailOpen swallowed is an event "dbcache.fail_open"
-// with the error, and the status stays unset. Each loader run of
+// An error sets the span's status to Error, described by its
+// dbcache.ErrorCode (not_integer, invalid_key, loader, timeout, …), which
+// is also the span's error.type attribute; an error that Config.FailOpen
+// swallowed is an event "dbcache.fail_open" with that code as its
+// error.type, and the status stays unset. Each loader run of
 // GetOrSetFunc is a span "dbcache load" (attribute dbcache.refresh for a
 // stale-while-revalidate refresh), a child of the operation's span (a
 // refresh's outlives it).
+//
+// # Keys and values
+//
+// No span carries a key or a value: spans hold the operation's name and
+// counts, and errors by their code, because an error's text can hold the
+// caller's key (ErrNotInteger's and an invalid key's name it) and
+// whatever a loader or the database put in it. Config.RecordErrorText is
+// the opt-in that adds the texts (span.RecordError, and the status
+// description), for applications whose spans may hold keys.
 //
 // # With pgx's own tracing
 //
@@ -58,6 +69,13 @@ type Config struct {
 	// when a process has several. Defaults to none.
 	Attributes []attribute.KeyValue
 
+	// RecordErrorText also records each error's text: an exception event
+	// (span.RecordError) and the status description, on operation and
+	// load spans and in fail-open events. The texts can hold keys and
+	// values (see the package doc). Defaults to false: errors are recorded
+	// by their dbcache.ErrorCode only.
+	RecordErrorText bool
+
 	// TracerProvider makes the spans. Defaults to otel.GetTracerProvider()
 	// at New.
 	TracerProvider trace.TracerProvider
@@ -66,8 +84,9 @@ type Config struct {
 // Tracer is a dbcache.Tracer and dbcache.LoadTracer that makes spans. It
 // is safe for concurrent use.
 type Tracer struct {
-	tracer trace.Tracer
-	attrs  []attribute.KeyValue
+	tracer   trace.Tracer
+	attrs    []attribute.KeyValue
+	withText bool
 }
 
 // New returns a Tracer.
@@ -80,8 +99,9 @@ func New(cfg *Config) *Tracer {
 		c.TracerProvider = otel.GetTracerProvider()
 	}
 	return &Tracer{
-		tracer: c.TracerProvider.Tracer(ScopeName),
-		attrs:  append([]attribute.KeyValue{attribute.String("db.system.name", "postgresql")}, c.Attributes...),
+		tracer:   c.TracerProvider.Tracer(ScopeName),
+		attrs:    append([]attribute.KeyValue{attribute.String("db.system.name", "postgresql")}, c.Attributes...),
+		withText: c.RecordErrorText,
 	}
 }
 
@@ -113,13 +133,30 @@ func (t *Tracer) TraceOpEnd(ctx context.Context, e dbcache.OpEnd) {
 		}
 	}
 	if e.FailedOpen != nil {
-		span.AddEvent("dbcache.fail_open", trace.WithAttributes(attribute.String("error", e.FailedOpen.Error())))
+		attrs := []attribute.KeyValue{attribute.String("error.type", dbcache.ErrorCode(e.FailedOpen))}
+		if t.withText {
+			attrs = append(attrs, attribute.String("error", e.FailedOpen.Error()))
+		}
+		span.AddEvent("dbcache.fail_open", trace.WithAttributes(attrs...))
 	}
-	if e.Err != nil {
-		span.RecordError(e.Err)
-		span.SetStatus(codes.Error, e.Err.Error())
-	}
+	t.recordError(span, e.Err)
 	span.End()
+}
+
+// recordError sets the span's status for err (nil: none): its code, and
+// its text only with Config.RecordErrorText.
+func (t *Tracer) recordError(span trace.Span, err error) {
+	if err == nil {
+		return
+	}
+	code := dbcache.ErrorCode(err)
+	span.SetAttributes(attribute.String("error.type", code))
+	if t.withText {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+		return
+	}
+	span.SetStatus(codes.Error, code)
 }
 
 // TraceLoad implements dbcache.LoadTracer: a span for the loader run that
@@ -129,9 +166,6 @@ func (t *Tracer) TraceLoad(ctx context.Context, l dbcache.LoadEnd) {
 	attrs := append(append([]attribute.KeyValue{}, t.attrs...), attribute.Bool("dbcache.refresh", l.Refresh))
 	_, span := t.tracer.Start(ctx, "dbcache load", trace.WithSpanKind(trace.SpanKindInternal),
 		trace.WithTimestamp(end.Add(-l.Duration)), trace.WithAttributes(attrs...))
-	if l.Err != nil {
-		span.RecordError(l.Err)
-		span.SetStatus(codes.Error, l.Err.Error())
-	}
+	t.recordError(span, l.Err)
 	span.End(trace.WithTimestamp(end))
 }

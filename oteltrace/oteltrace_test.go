@@ -3,6 +3,7 @@ package oteltrace_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,7 +77,12 @@ func TestSpans(t *testing.T) {
 	_, err = cache.GetMany(ctx, []string{"a", "b"})
 	require.NoError(t, err)
 	_, err = cache.Get(ctx, "bad\x00key")
-	require.Error(t, err)
+	require.ErrorIs(t, err, dbcache.ErrInvalidKey)
+	_, err = cache.Incr(ctx, "a", 1)
+	require.NoError(t, err)
+	require.NoError(t, cache.Set(ctx, "word", []byte("x"), dbcache.DefaultTimeout))
+	_, err = cache.Incr(ctx, "word", 1)
+	require.ErrorIs(t, err, dbcache.ErrNotInteger)
 	_, err = cache.GetOrSetFunc(ctx, "g", func(context.Context) ([]byte, error) {
 		time.Sleep(5 * time.Millisecond)
 		return []byte("v"), nil
@@ -86,7 +92,7 @@ func TestSpans(t *testing.T) {
 
 	spans := rec.Ended()
 	set := byName(spans, "dbcache set")
-	require.Len(t, set, 1)
+	require.Len(t, set, 2) // "a", then "word"
 	require.Equal(t, root.SpanContext().SpanID(), set[0].Parent().SpanID())
 	require.Equal(t, trace.SpanKindInternal, set[0].SpanKind())
 	a := attrs(set[0])
@@ -117,10 +123,14 @@ func TestSpans(t *testing.T) {
 	require.Equal(t, 1, underMany)
 	require.Equal(t, 1, underSet)
 
-	get := byName(spans, "dbcache get")
-	require.Len(t, get, 1)
-	require.Equal(t, codes.Error, get[0].Status().Code)
-	require.NotEmpty(t, get[0].Events(), "the error is recorded")
+	// A refused key makes no span; an error sets the status, by its code.
+	require.Empty(t, byName(spans, "dbcache get"))
+	incr := byName(spans, "dbcache incr")
+	require.Len(t, incr, 2)
+	require.Equal(t, codes.Unset, incr[0].Status().Code)
+	require.Equal(t, codes.Error, incr[1].Status().Code)
+	require.Equal(t, "not_integer", incr[1].Status().Description)
+	require.Equal(t, "not_integer", attrs(incr[1])["error.type"].AsString())
 
 	// The loader run is a span under get_or_set, dated from its start.
 	gos := byName(spans, "dbcache get_or_set")
@@ -168,7 +178,99 @@ func TestFailOpenAndLoadError(t *testing.T) {
 	require.Equal(t, codes.Unset, last.Status().Code, "swallowed: not an error to the caller")
 	require.Len(t, last.Events(), 1)
 	require.Equal(t, "dbcache.fail_open", last.Events()[0].Name)
+	require.Equal(t, []attribute.KeyValue{attribute.String("error.type", "timeout")}, last.Events()[0].Attributes)
 }
+
+// spanText is everything a span carries as text: name, attributes, status,
+// events and their attributes.
+func spanText(s sdktrace.ReadOnlySpan) string {
+	var b strings.Builder
+	b.WriteString(s.Name() + " " + s.Status().Description)
+	for _, kv := range s.Attributes() {
+		b.WriteString(" " + string(kv.Key) + "=" + kv.Value.Emit())
+	}
+	for _, e := range s.Events() {
+		b.WriteString(" " + e.Name)
+		for _, kv := range e.Attributes {
+			b.WriteString(" " + string(kv.Key) + "=" + kv.Value.Emit())
+		}
+	}
+	return b.String()
+}
+
+// No span carries a key or a value by default, though the errors' texts
+// do (a value that is not an integer names its key; a loader's error and
+// panic hold what it put in them): errors are recorded by their code.
+// RecordErrorText is the opt-in that adds the texts.
+func TestSpansCarryNoKeys(t *testing.T) {
+	t.Parallel()
+	const key = "user:carol@example.com"
+	for _, withText := range []bool{false, true} {
+		rec := tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+		pool := dbtest.Pool(t)
+		ctx := context.Background()
+		cache, err := dbcache.New(ctx, pool, &dbcache.Config{
+			Tracer: oteltrace.New(&oteltrace.Config{TracerProvider: tp, RecordErrorText: withText}),
+		})
+		require.NoError(t, err)
+		defer cache.Close()
+		require.NoError(t, cache.Set(ctx, key, []byte("secret-value"), dbcache.DefaultTimeout))
+		_, err = cache.Incr(ctx, key, 1)
+		require.ErrorContains(t, err, key, "the error's text names the key")
+		_, err = cache.GetOrSetFunc(ctx, "l", func(context.Context) ([]byte, error) {
+			return nil, errors.New("no row for " + key)
+		}, dbcache.DefaultTimeout)
+		require.ErrorContains(t, err, key)
+		_, err = cache.GetOrSetFunc(ctx, "p", func(context.Context) ([]byte, error) { panic("bad " + key) }, dbcache.DefaultTimeout)
+		require.ErrorContains(t, err, key)
+		var all strings.Builder
+		for _, s := range rec.Ended() {
+			all.WriteString(spanText(s) + "\n")
+		}
+		text := all.String()
+		for _, code := range []string{"not_integer", "loader", "loader_panic"} {
+			require.Contains(t, text, "error.type="+code)
+		}
+		if withText {
+			require.Contains(t, text, key)
+		} else {
+			require.NotContains(t, text, key, text)
+			require.NotContains(t, text, "secret-value")
+		}
+	}
+}
+
+// A tracer that panics in TraceOpEnd after oteltrace (in a multitracer)
+// propagates to the caller, as on any caller's goroutine, and oteltrace's
+// span is ended all the same.
+func TestPanickingTracerLeavesNoSpan(t *testing.T) {
+	t.Parallel()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	pool := dbtest.Pool(t)
+	ctx := context.Background()
+	for _, order := range []string{"panic first", "panic last"} {
+		tracers := []dbcache.Tracer{oteltrace.New(&oteltrace.Config{TracerProvider: tp}), panicEnd{}}
+		if order == "panic first" {
+			tracers[0], tracers[1] = tracers[1], tracers[0]
+		}
+		cache, err := dbcache.New(ctx, pool, &dbcache.Config{Tracer: multitracer.New(tracers...)})
+		require.NoError(t, err)
+		func() {
+			defer func() { require.Equal(t, "trace end", recover(), order) }()
+			_, _ = cache.Get(ctx, "k")
+		}()
+		cache.Close()
+	}
+	require.Len(t, byName(rec.Ended(), "dbcache get"), 2, "both spans ended")
+	require.Zero(t, pool.Stat().AcquiredConns())
+}
+
+type panicEnd struct{}
+
+func (panicEnd) TraceOpStart(ctx context.Context, _ dbcache.OpStart) context.Context { return ctx }
+func (panicEnd) TraceOpEnd(context.Context, dbcache.OpEnd)                           { panic("trace end") }
 
 // With metrics too: each tracer sees every operation, and the spans are
 // unchanged.

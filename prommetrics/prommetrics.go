@@ -37,8 +37,9 @@
 //	dbcache_culler_consecutive_failures        passes failed since the last success
 //	dbcache_culler_last_success_timestamp_seconds, dbcache_culler_last_error_timestamp_seconds
 //
-// and, with Config.Pool, read at each scrape (tablestats.Size: bounded
-// walks and the catalog, a few milliseconds at any table size):
+// and, with Config.Pool, read at each scrape (tablestats.Size: the catalog
+// and walks of at most Config.CountLimit + 1 rows, whatever the table's
+// size, bounded in time by Config.TableTimeout):
 //
 //	dbcache_table_rows                         rows, live or expired (exact up to
 //	                                           Config.CountLimit, the statistics above)
@@ -70,7 +71,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -353,8 +353,9 @@ func (c *Collector) TraceLoad(_ context.Context, l dbcache.LoadEnd) {
 	c.loadDuration.WithLabelValues(trigger).Observe(l.Duration.Seconds())
 }
 
-// ErrorKind classifies an operation's error for the kind label, with
-// dbcache's sentinels and dbcache.IsTransient:
+// ErrorKind classifies an operation's error for the kind label: it is
+// dbcache.ErrorCode, so a series never carries an error's text (which can
+// name a key):
 //
 //	canceled            the caller's context was cancelled
 //	invalid_key         dbcache.ErrInvalidKey
@@ -364,46 +365,15 @@ func (c *Collector) TraceLoad(_ context.Context, l dbcache.LoadEnd) {
 //	not_migrated        dbcache.ErrNotMigrated
 //	prefix_unsupported  dbcache.ErrPrefixUnsupported
 //	loader_panic        a *dbcache.LoaderPanicError
+//	hook_panic          a *dbcache.HookPanicError
 //	loader              a *dbcache.LoaderError: the loader's own error
+//	(its own code)      an error that is a dbcache.ErrorCoder
 //	timeout             an operation or pool wait ran out of time
 //	transient           any other dbcache.IsTransient error (connection lost,
 //	                    server shutting down, deadlock, too many connections)
 //	database            any other PostgreSQL error (permission, SQL)
 //	other               anything else
-func ErrorKind(err error) string {
-	var (
-		panicked *dbcache.LoaderPanicError
-		loader   *dbcache.LoaderError
-		pgErr    *pgconn.PgError
-	)
-	switch {
-	case errors.Is(err, context.Canceled):
-		return "canceled"
-	case errors.Is(err, dbcache.ErrInvalidKey):
-		return "invalid_key"
-	case errors.Is(err, dbcache.ErrNotInteger):
-		return "not_integer"
-	case errors.Is(err, dbcache.ErrOverflow):
-		return "overflow"
-	case errors.Is(err, dbcache.ErrClosed):
-		return "closed"
-	case errors.Is(err, dbcache.ErrNotMigrated):
-		return "not_migrated"
-	case errors.Is(err, dbcache.ErrPrefixUnsupported):
-		return "prefix_unsupported"
-	case errors.As(err, &panicked):
-		return "loader_panic"
-	case errors.As(err, &loader):
-		return "loader"
-	case errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err):
-		return "timeout"
-	case dbcache.IsTransient(err):
-		return "transient"
-	case errors.As(err, &pgErr):
-		return "database"
-	}
-	return "other"
-}
+func ErrorKind(err error) string { return dbcache.ErrorCode(err) }
 
 // OnProgress returns a culling.Config.OnProgress hook that records each
 // pass that ran to its end and then calls next (nil for none), for a

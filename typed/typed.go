@@ -24,7 +24,7 @@
 // dbcache.ErrMiss, GetMany leaves the key out, and GetOrSet and
 // GetOrSetFunc delete the entry and store a new value (loaded again, for
 // GetOrSetFunc). Either way it is counted in Stats and logged (at most one
-// line every ten seconds). When a type changes incompatibly, a new
+// line every ten seconds, with no key or value unless Config.LogKeys). When a type changes incompatibly, a new
 // dbcache.Config.Version or KeyPrefix for the new code is the clean
 // switch: old and new processes then never read each other's entries.
 package typed
@@ -67,6 +67,17 @@ func (e *DecodeError) Unwrap() error { return e.Err }
 // Is reports whether target is ErrDecode.
 func (e *DecodeError) Is(target error) bool { return target == ErrDecode }
 
+// ErrorCode is the code of the codec's error when it has one (compression's
+// "corrupt", encryption's "decrypt"), else "decode": what metrics, spans
+// and logs record of it (a dbcache.ErrorCoder).
+func (e *DecodeError) ErrorCode() string {
+	var c dbcache.ErrorCoder
+	if errors.As(e.Err, &c) {
+		return c.ErrorCode()
+	}
+	return "decode"
+}
+
 // EncodeError is a value the codec could not encode; nothing was stored.
 type EncodeError struct {
 	// Key is the caller's key the value was for.
@@ -82,10 +93,19 @@ func (e *EncodeError) Error() string {
 // Unwrap returns the codec's error.
 func (e *EncodeError) Unwrap() error { return e.Err }
 
+// ErrorCode is "encode" (a dbcache.ErrorCoder).
+func (e *EncodeError) ErrorCode() string { return "encode" }
+
 // Config configures a Cache. A nil *Config means all defaults.
 type Config[T any] struct {
 	// Codec encodes and decodes values. Defaults to codec.JSON[T]().
 	Codec codec.Codec[T]
+
+	// LogKeys adds the key and the codec's error text (which can quote the
+	// stored bytes) to the decode-error log line. Defaults to false: the
+	// line gives the count and the error's code (decode, corrupt,
+	// decrypt), and no key or value.
+	LogKeys bool
 
 	// Logger receives a warning when stored values do not decode (at most
 	// one line every ten seconds, with the count since the last).
@@ -107,10 +127,11 @@ type Stats struct {
 
 // Cache is a typed view of a dbcache.Store. It is safe for concurrent use.
 type Cache[T any] struct {
-	store  dbcache.Store
-	codec  codec.Codec[T]
-	log    *slog.Logger
-	asMiss bool
+	store   dbcache.Store
+	codec   codec.Codec[T]
+	log     *slog.Logger
+	asMiss  bool
+	logKeys bool
 
 	decodeErrors atomic.Int64
 	logged       atomic.Int64 // UnixNano of the last decode-error log line
@@ -139,7 +160,7 @@ func New[T any](store dbcache.Store, cfg *Config[T]) (*Cache[T], error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	return &Cache[T]{store: store, codec: c.Codec, log: c.Logger, asMiss: c.MissOnDecodeError}, nil
+	return &Cache[T]{store: store, codec: c.Codec, log: c.Logger, asMiss: c.MissOnDecodeError, logKeys: c.LogKeys}, nil
 }
 
 // Store returns the byte-level store under the cache, for the operations
@@ -185,8 +206,11 @@ func (c *Cache[T]) noteDecodeError(ctx context.Context, key string, err error) {
 	last := c.logged.Load()
 	if now-last >= int64(logEvery) && c.logged.CompareAndSwap(last, now) {
 		c.unlogged.Add(-pending)
-		c.log.WarnContext(ctx, "typed: stored values do not decode (a changed type, or bytes another program wrote)",
-			"key", key, "count", pending, "as_miss", c.asMiss, "error", err)
+		attrs := []any{"count", pending, "as_miss", c.asMiss, "error_code", dbcache.ErrorCode(err)}
+		if c.logKeys {
+			attrs = append(attrs, "key", key, "error", err)
+		}
+		c.log.WarnContext(ctx, "typed: stored values do not decode (a changed type, or bytes another program wrote)", attrs...)
 	}
 }
 

@@ -3,6 +3,8 @@ package typed_test
 import (
 	"context"
 	"errors"
+	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/dbcache/dbcache/codec"
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/dbtest"
 	"github.com/dbcache/dbcache/typed"
 )
 
@@ -297,6 +300,20 @@ func TestCodecPanics(t *testing.T) {
 	var ee *typed.EncodeError
 	require.ErrorAs(t, err, &ee)
 	require.ErrorContains(t, err, "bang")
+	// In GetOrSetFunc the codec encodes on the cache's goroutine (the load
+	// shared by the callers): its panic reaches every caller as an error,
+	// and the process lives on.
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			_, err := users.GetOrSetFunc(ctx, "shared", func(context.Context) (user, error) { return user{ID: 1}, nil }, dbcache.DefaultTimeout)
+			var ee *typed.EncodeError
+			if !errors.As(err, &ee) {
+				t.Errorf("want an EncodeError, got %v", err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func TestBuiltinCodecs(t *testing.T) {
@@ -335,4 +352,115 @@ func TestNew(t *testing.T) {
 	t.Parallel()
 	_, err := typed.New[user](nil, nil)
 	require.Error(t, err)
+}
+
+// The decode-error log line holds no key and no stored byte by default,
+// only the count and the error's code; LogKeys adds the key and the
+// codec's error.
+func TestDecodeErrorLogCarriesNoKey(t *testing.T) {
+	t.Parallel()
+	for _, logKeys := range []bool{false, true} {
+		b := setup(t)
+		ctx := ctxT(t)
+		require.NoError(t, b.store.Set(ctx, "user:carol@example.com", []byte(`{"id":"secret-value"}`), dbcache.DefaultTimeout))
+		users, err := typed.New[user](b.store, &typed.Config[user]{Logger: b.log, LogKeys: logKeys})
+		require.NoError(t, err)
+		_, err = users.Get(ctx, "user:carol@example.com")
+		require.ErrorIs(t, err, typed.ErrDecode)
+		require.Equal(t, "decode", dbcache.ErrorCode(err))
+		logged := b.logs.String()
+		require.Contains(t, logged, "error_code=decode")
+		if logKeys {
+			require.Contains(t, logged, "carol@example.com")
+		} else {
+			require.NotContains(t, logged, "carol", logged)
+			require.NotContains(t, logged, "secret", logged)
+		}
+	}
+}
+
+// A struct with no field in common with the stored JSON: the JSON codec
+// decodes it to the zero value (its documented rules); JSONStrict makes it
+// a decode error, a miss with MissOnDecodeError, which GetOrSetFunc
+// refills.
+func TestChangedStructStrictJSON(t *testing.T) {
+	t.Parallel()
+	type account struct {
+		Email string `json:"email"`
+	}
+	b := setup(t)
+	ctx := ctxT(t)
+	old, err := typed.New[user](b.store, nil)
+	require.NoError(t, err)
+	require.NoError(t, old.Set(ctx, "u", user{ID: 1, Name: "ann"}, dbcache.DefaultTimeout))
+
+	loose, err := typed.New[account](b.store, &typed.Config[account]{Logger: b.log})
+	require.NoError(t, err)
+	got, err := loose.Get(ctx, "u")
+	require.NoError(t, err)
+	require.Zero(t, got)
+
+	strict, err := typed.New[account](b.store, &typed.Config[account]{Codec: codec.JSONStrict[account](), Logger: b.log})
+	require.NoError(t, err)
+	_, err = strict.Get(ctx, "u")
+	require.ErrorIs(t, err, typed.ErrDecode)
+	asMiss, err := typed.New[account](b.store, &typed.Config[account]{Codec: codec.JSONStrict[account](), MissOnDecodeError: true, Logger: b.log})
+	require.NoError(t, err)
+	_, err = asMiss.Get(ctx, "u")
+	require.ErrorIs(t, err, dbcache.ErrMiss)
+	got, err = asMiss.GetOrSetFunc(ctx, "u", func(context.Context) (account, error) { return account{Email: "ann@example.com"}, nil }, dbcache.DefaultTimeout)
+	require.NoError(t, err)
+	require.Equal(t, account{Email: "ann@example.com"}, got)
+	got, err = strict.Get(ctx, "u")
+	require.NoError(t, err)
+	require.Equal(t, "ann@example.com", got.Email)
+}
+
+// A new Version or KeyPrefix for a changed type is the clean switch: the
+// old and the new type, writing the same keys into one table at once,
+// never read each other's entries.
+func TestVersionSeparatesTypes(t *testing.T) {
+	t.Parallel()
+	pool := dbtest.Pool(t)
+	ctx := ctxT(t)
+	logs := &dbtest.LogBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	store, err := dbcache.New(ctx, pool, &dbcache.Config{Logger: log})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = store.Close() })
+	other, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "v2app", Logger: log})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = other.Close() })
+	b := &testBundle{store: store, logs: logs, log: log}
+	for name, newStore := range map[string]dbcache.Store{"version": b.store.WithVersion(2), "prefix": other} {
+		oldUsers, err := typed.New[user](b.store, &typed.Config[user]{Logger: b.log})
+		require.NoError(t, err)
+		newUsers, err := typed.New[userV2](newStore, &typed.Config[userV2]{Logger: b.log})
+		require.NoError(t, err)
+		var wg sync.WaitGroup
+		for i := range 50 {
+			key := name + ":" + strconv.Itoa(i)
+			wg.Go(func() {
+				if err := oldUsers.Set(ctx, key, user{ID: i, Name: "old"}, dbcache.DefaultTimeout); err != nil {
+					t.Error(err)
+				}
+			})
+			wg.Go(func() {
+				if err := newUsers.Set(ctx, key, userV2{ID: "new"}, dbcache.DefaultTimeout); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		for i := range 50 {
+			key := name + ":" + strconv.Itoa(i)
+			o, err := oldUsers.Get(ctx, key)
+			require.NoError(t, err, name)
+			require.Equal(t, user{ID: i, Name: "old"}, o)
+			n, err := newUsers.Get(ctx, key)
+			require.NoError(t, err, name)
+			require.Equal(t, userV2{ID: "new"}, n)
+		}
+		require.Zero(t, oldUsers.Stats().DecodeErrors+newUsers.Stats().DecodeErrors, name)
+	}
 }

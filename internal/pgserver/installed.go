@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -118,10 +119,11 @@ func compareVersions(a, b string) int {
 	return strings.Compare(a, b)
 }
 
-// serverUser is who runs initdb and postgres: this process's user, unless
-// that is root, which PostgreSQL refuses; then "postgres", else "nobody".
+// ServerUser is who runs initdb and postgres (and, for internal/dbtest,
+// PgBouncer): this process's user, unless that is root, which PostgreSQL
+// and PgBouncer refuse; then "postgres", else "nobody".
 // nil means this process's user.
-func serverUser() (*syscall.Credential, error) {
+func ServerUser() (*syscall.Credential, error) {
 	if os.Geteuid() != 0 {
 		return nil, nil
 	}
@@ -138,7 +140,7 @@ func serverUser() (*syscall.Credential, error) {
 		// No supplementary groups: none of root's.
 		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 	}
-	return nil, unavailablef("running as root, and there is no postgres or nobody user to run PostgreSQL as")
+	return nil, unavailablef("running as root, and there is no postgres or nobody user to run PostgreSQL or PgBouncer as")
 }
 
 // localInstance is a server run from the installation, in its own
@@ -166,7 +168,7 @@ func startInstalled(ctx context.Context, cfg Config) (s *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cred, err := serverUser()
+	cred, err := ServerUser()
 	if err != nil {
 		return nil, err
 	}
@@ -390,13 +392,24 @@ func readPostmasterPID(data string) (pid int, status string) {
 	return pid, status
 }
 
-func freePort() (uint16, error) {
-	ln, err := net.Listen("tcp", loopback+":0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
+func freePort() (uint16, error) { return FreePort() }
+
+// FreePort returns a loopback port that is free now, outside the kernel's
+// ephemeral range (32768-60999 on Linux), from which the machine's
+// outgoing connections and ":0" listeners take theirs: a client that
+// redials a stopped server on an ephemeral port can be given that very
+// port as its own source port and connect to itself.
+func FreePort() (uint16, error) {
+	for range 100 {
+		p := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", net.JoinHostPort(loopback, strconv.Itoa(p)))
+		if err != nil {
+			continue
+		}
+		_ = ln.Close()
+		return uint16(p), nil
 	}
-	defer ln.Close()
-	return uint16(ln.Addr().(*net.TCPAddr).Port), nil
+	return 0, errors.New("find a free port: none free in 20000-31999")
 }
 
 // running returns the postmaster and its exit channel, or nil if it is not
