@@ -450,3 +450,40 @@ func TestNoKeysInTelemetry(t *testing.T) {
 	require.Contains(t, loud.keys, madeKey(key))
 	loud.mu.Unlock()
 }
+
+// A read that begins after a write (or another read) of the key through
+// this process has returned does not join a store read that began before
+// it: that read may return the value from before the write.
+func TestReadAfterOwnWriteJoinsNoOlderRead(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, nil)
+	var held *heldStore
+	a := e.procWith(t, steady(), func(c *dbcache.Cache) dbcache.Store {
+		held = &heldStore{Cache: c, key: "k", entered: make(chan struct{}), release: make(chan struct{})}
+		return held
+	})
+	ctx := ctxT(t)
+	require.NoError(t, a.cache.Set(ctx, "k", []byte("v1"), dbcache.Forever))
+	first := make(chan string, 1)
+	go func() {
+		v, err := a.near.Get(ctx, "k")
+		require.NoError(t, err)
+		first <- string(v)
+	}()
+	select {
+	case <-held.entered:
+	case <-time.After(90 * time.Second):
+		t.Fatal("the first read never reached the store")
+	}
+	// DefaultTimeout: the Set drops the key's copy, so the next read goes
+	// to the store.
+	require.NoError(t, a.near.Set(ctx, "k", []byte("v2"), dbcache.DefaultTimeout))
+	v, err := a.near.Get(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, "v2", string(v), "its own write, not the older read's answer")
+	close(held.release)
+	require.Equal(t, "v1", <-first)
+	v, err = a.near.Get(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, "v2", string(v))
+}

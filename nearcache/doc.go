@@ -76,7 +76,8 @@
 // more than MaxStaleness before it began, with durable or FastCommit
 // writes, with a synchronous standby slow to confirm, and while the feed
 // lags. A read joins another's store read only if that read began within
-// MaxStaleness before it. Lost feeds (the connection closed or silent for
+// MaxStaleness before it and no read or write of the key through the
+// process has ended since. Lost feeds (the connection closed or silent for
 // FeedTimeout, the server restarted, the slot dropped, the publication
 // dropped, the table replaced or made unlogged) drop every copy at once;
 // reads go to the store until the feed is back, which it retries by itself.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"iter"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -227,8 +228,8 @@ type flight struct {
 }
 
 // read is fill shared among the goroutines reading mk at once. A caller
-// joins a read in flight only if that read began within MaxStaleness
-// before the caller did: a write that returned before the caller began,
+// joins a read in flight only if no read or write of mk has ended since it
+// began (see seal) and it began within MaxStaleness before the caller did: a write that returned before the caller began,
 // more than MaxStaleness before it, returned before such a read began too,
 // so the read saw it. Otherwise (a read held up, on the network or by a
 // busy server) the caller starts a newer one. The shared read runs
@@ -275,7 +276,7 @@ func (c *Cache) fly(ctx context.Context, key, mk string, f *flight) {
 		c.flightsMu.Unlock()
 		close(f.done)
 	}()
-	f.v, f.ttl, f.err = c.fill(ctx, key, mk, f.start)
+	f.v, f.ttl, f.err = c.fill(context.WithValue(ctx, flightKey{}, f), key, mk, f.start)
 }
 
 // fill reads key from the store with its remaining lifetime and its
@@ -298,7 +299,40 @@ func (c *Cache) fill(ctx context.Context, key, mk string, start time.Time) ([]by
 		}
 	}
 	c.filled(c.local.endFill(tok, r), r.found)
+	c.seal(mk, flightOf(ctx))
 	return v, ttl, err
+}
+
+type flightKey struct{}
+
+// flightOf is the flight a fill runs for, if any.
+func flightOf(ctx context.Context) *flight {
+	f, _ := ctx.Value(flightKey{}).(*flight)
+	return f
+}
+
+// seal keeps readers from joining the store read of mk in flight (but
+// except): a read or a write of mk has just ended, and a read that began
+// before it ended may return something older than it did, which a caller
+// that begins after must not get (monotonic reads, own writes). Callers
+// already waiting on it still get its answer; it just leaves the map.
+func (c *Cache) seal(mk string, except *flight) {
+	c.flightsMu.Lock()
+	if f := c.flights[mk]; f != nil && f != except {
+		delete(c.flights, mk)
+	}
+	c.flightsMu.Unlock()
+}
+
+// sealAll is seal for every key starting with prefix.
+func (c *Cache) sealAll(prefix string) {
+	c.flightsMu.Lock()
+	for mk := range c.flights {
+		if strings.HasPrefix(mk, prefix) {
+			delete(c.flights, mk)
+		}
+	}
+	c.flightsMu.Unlock()
 }
 
 func (c *Cache) filled(outcome int, found bool) {
@@ -388,7 +422,9 @@ func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 	if err == nil && !ok {
 		// A copy held (a heartbeat late) is older than this answer: a
 		// later Get must not find what this said is gone.
-		c.local.invalidate(c.makeKey(key))
+		mk := c.makeKey(key)
+		c.local.invalidate(mk)
+		c.seal(mk, nil)
 	}
 	return ok, err
 }
@@ -448,6 +484,7 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 			}
 		}
 		c.filled(c.local.endFill(toks[i], r), r.found)
+		c.seal(toks[i].key, nil)
 	}
 	if err != nil {
 		return nil, err
@@ -518,6 +555,7 @@ func (c *Cache) writing(mks ...string) (done func()) {
 		n := 0
 		for _, t := range toks {
 			_, dropped := c.local.endWrite(t, false, nil, time.Time{}, 0)
+			c.seal(t.key, nil)
 			n += b2i(dropped)
 		}
 		c.cnt.invalidations.Add(int64(len(mks)))
@@ -565,6 +603,7 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout dbcac
 		expires = start.Add(d)
 	}
 	kept, dropped := c.local.endWrite(tok, err == nil, bytes.Clone(nonNil(value)), expires, c.since(time.Now()))
+	c.seal(mk, nil)
 	if kept {
 		c.cnt.writesKept.Add(1)
 		return err
@@ -712,6 +751,7 @@ func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int, error) {
 	}
 	n, err := c.store.DeletePrefix(ctx, prefix)
 	dropped := c.local.invalidatePrefix(c.makeKey(prefix))
+	c.sealAll(c.makeKey(prefix))
 	c.cnt.invalidations.Add(int64(dropped))
 	if t := c.cfg.Tracer; t != nil {
 		t.TraceInvalidate(Invalidation{Cause: CauseClear, Keys: dropped, Dropped: dropped})
@@ -727,6 +767,7 @@ func (c *Cache) Clear(ctx context.Context) error {
 	}
 	err := c.store.Clear(ctx)
 	n := c.local.flush()
+	c.sealAll("")
 	c.cnt.flushes.Add(1)
 	if t := c.cfg.Tracer; t != nil {
 		t.TraceInvalidate(Invalidation{Cause: CauseClear, Dropped: n})
