@@ -139,18 +139,24 @@ func TestWALConfirmed(t *testing.T) {
 		_, _, ok := slotLag(t, conn, stalled.appName)
 		return !ok
 	})
+	droppedAt := time.Since(frozen)
 	close(stop)
 	<-sampled
 	var maxUnconfirmed, maxStalled int64
 	var gone time.Duration
+	seenUp := false
 	for _, s := range samples {
 		if s.at < time.Since(frozen)-time.Since(wrote) { // while writing
 			maxUnconfirmed = max(maxUnconfirmed, s.runUnconfirmed)
 		}
 		maxStalled = max(maxStalled, s.stall)
-		if !s.stallUp && gone == 0 {
+		seenUp = seenUp || s.stallUp
+		if seenUp && !s.stallUp && gone == 0 {
 			gone = s.at
 		}
+	}
+	if gone == 0 {
+		gone = droppedAt
 	}
 	t.Logf("while writing %s of WAL in %s: the running reader's unconfirmed WAL at most %s; the stalled reader retained up to %s, its slot dropped %s after its network froze (wal_sender_timeout = FeedTimeout = %s)",
 		mb(end-begin), wrote.Sub(frozen).Round(100*time.Millisecond), mb(maxUnconfirmed), mb(maxStalled), gone.Round(100*time.Millisecond), feedTimeout)
