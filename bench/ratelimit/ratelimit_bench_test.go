@@ -8,7 +8,7 @@
 //	go test ./bench/ratelimit -run '^$' -bench . -benchtime 3s -count 3
 //
 // Redis is a redis-server this benchmark starts on a free loopback port
-// (no persistence: --save ”), when the binary is installed
+// (no snapshots, no append-only file), when the binary is installed
 // (apt-get install redis-server); without it only ratelimit is measured.
 // PostgreSQL is DBCACHE_TEST_DATABASE_URL, or a throwaway server
 // (internal/dbtest). docs/ratelimit.md has figures and how to read them.
