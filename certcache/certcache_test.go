@@ -140,6 +140,7 @@ func TestCraftedLargeRowIsNotRead(t *testing.T) {
 	before := proxy.BytesFromServer()
 	_, err := c.Get(ctx, "big")
 	require.ErrorIs(t, err, certcache.ErrTooLarge)
+	require.False(t, errors.Is(err, autocert.ErrCacheMiss), "too large is not a miss")
 	require.ErrorContains(t, err, "8388608 bytes")
 	require.Less(t, proxy.BytesFromServer()-before, int64(64<<10), "the 8 MiB value never crossed the wire")
 }

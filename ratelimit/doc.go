@@ -18,11 +18,11 @@
 // Each check is GCRA (the generic cell rate algorithm, redis_rate's
 // choice): a key's state is one time, its theoretical arrival time; a check
 // of n units is admitted while that time plus n emission intervals T
-// (Period / Rate, rounded up to a whole nanosecond) is at most now plus
-// Burst × T, and moves the time on by n × T. For one key checked with one
+// (Period / Rate, rounded up to a whole nanosecond) is no later than now
+// plus Burst × T, and moves the time on by n × T. For one key checked with one
 // Limit, the units admitted whose Result.At lies in any interval [a, b] of
-// the database's clock total at most Burst + ⌊(b − a) / T⌋. So a window of
-// length Period holds at most Burst + Rate − 1 units, and with Burst 1 at
+// the database's clock total at most Burst + ⌊(b − a) / T⌋. So a window
+// [a, a + Period) holds at most Burst + Rate − 1 units, and with Burst 1 at
 // most Rate: a strict sliding window. docs/ratelimit.md proves it step by
 // step, and says what a Sweep and a crash can change.
 //

@@ -131,6 +131,9 @@ func TestProcessesNeverExceedBound(t *testing.T) {
 	res := hammerProcesses(t, s.Pool(t), job, 8)
 	requireBound(t, res, limit)
 	require.Positive(t, res.Denied, "the limit was hit")
+	// The corollary, checked directly: Burst + Rate - 1 in a window of
+	// one Period.
+	requireWindow(t, res.Admitted, limit.Period, limit.Burst+limit.Rate-1)
 }
 
 // The same with FastCommit (the bound does not depend on durability while

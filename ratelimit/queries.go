@@ -40,8 +40,9 @@ import "strings"
 //
 // A denial decided from the snapshot is right for the newest version too:
 // tat never decreases (Sweep removes only rows whose tat has long passed,
-// and a denial means tat > now). So a denial writes nothing and takes no
-// lock; only admissions lock and write the row.
+// and a denial means tat > now). So such a denial writes nothing and takes
+// no lock; only admissions, and the few checks the snapshot admits that
+// find the units gone on the newest version, lock the row.
 const (
 	qCheck = `WITH c AS MATERIALIZED (
     SELECT (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint AS now
