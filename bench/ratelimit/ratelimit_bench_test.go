@@ -16,8 +16,10 @@ package ratelimitbench
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"sync"
@@ -32,7 +34,16 @@ import (
 	"github.com/dbcache/dbcache/ratelimit"
 )
 
-func TestMain(m *testing.M) { dbtest.Main(m) }
+// TestMain starts the test server (dbtest.Main) only when benchmarks run:
+// the package has no tests, and `go test ./...` should not start a server
+// for it.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
+		os.Exit(m.Run())
+	}
+	dbtest.Main(m)
+}
 
 // keys is how many keys the admitted workload cycles through: each check
 // of a key finds it well within its limit.
