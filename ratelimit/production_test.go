@@ -81,7 +81,9 @@ func TestBoundUnderProductionSettings(t *testing.T) {
 // changed nothing.
 func TestSerializationFailureSwitchesToReadCommitted(t *testing.T) {
 	t.Parallel()
-	s := dbtest.NewSchema(t)
+	// A database whose default is READ COMMITTED, whatever the run's
+	// profile: New sees that default.
+	s := dbtest.SchemaWith(t, dbtest.Profile{Collation: dbtest.CollationC})
 	s.Migrate(t)
 	cfg := s.PoolConfig(t)
 	cfg.MaxConns = 4
