@@ -1,5 +1,5 @@
 // Package prommetrics exports a dbcache cache's operations, its loaders,
-// its culler and its table as Prometheus metrics
+// its culler, its table and its rate limiters' checks as Prometheus metrics
 // (github.com/prometheus/client_golang). It hooks in through
 // dbcache.Config.Tracer, so the core imports no metrics library, and it is
 // in its own package so that only programs that use it build
@@ -10,6 +10,7 @@
 //	cache, err := dbcache.New(ctx, pool, &dbcache.Config{Tracer: metrics})
 //	culler, err := culling.New(pool, &culling.Config{OnProgress: metrics.OnProgress(nil)})
 //	metrics.WatchCuller(culler)
+//	logins, err := ratelimit.New(ctx, pool, &ratelimit.Config{Name: "login", Tracer: metrics})
 //
 // # Metrics
 //
@@ -28,6 +29,14 @@
 //	                                           (over MaxEntries or MaxBytes), aged_out (MaxAge)
 //	dbcache_cull_bytes_culled_total            bytes culled to stay under MaxBytes
 //	dbcache_cull_pass_duration_seconds         histogram of passes that ran
+//
+// and, for a ratelimit.Limiter whose Config.Tracer is the Collector, one
+// series per limiter (limiter is ratelimit.Config.Name, never a key):
+//
+//	dbcache_ratelimit_checks_total{limiter, result}  checks; result: allowed,
+//	                                           rejected, error
+//	dbcache_ratelimit_check_duration_seconds{limiter}  histogram of each check's
+//	                                           wall time
 //
 // and, once WatchCuller has named a Culler, read from its Health() at each
 // scrape (memory only):
@@ -76,6 +85,7 @@ import (
 
 	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/ratelimit"
 	"github.com/dbcache/dbcache/tablestats"
 )
 
@@ -137,8 +147,9 @@ type Config struct {
 	TableTimeout time.Duration
 }
 
-// Collector is a prometheus.Collector and a dbcache.Tracer (and
-// LoadTracer): register it, and set it as the cache's Config.Tracer. It is
+// Collector is a prometheus.Collector, a dbcache.Tracer (and LoadTracer)
+// and a ratelimit.Tracer: register it, and set it as the cache's (and the
+// limiters') Config.Tracer. It is
 // safe for concurrent use, and one Collector may trace several caches
 // (their operations add up).
 type Collector struct {
@@ -156,6 +167,9 @@ type Collector struct {
 	removed      *prometheus.CounterVec
 	culledBytes  prometheus.Counter
 	passDuration prometheus.Histogram
+
+	checks        *prometheus.CounterVec
+	checkDuration *prometheus.HistogramVec
 
 	// byOp holds each operation's series, resolved once: the hot path
 	// does one map read instead of hashing label values.
@@ -258,6 +272,12 @@ func New(cfg *Config) (*Collector, error) {
 		Help: "Bytes culled to keep the table under MaxBytes by passes observed in this process."})
 	col.passDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "cull_pass_duration_seconds", ConstLabels: cl,
 		Help: "Wall time of culling passes that ran (not skipped) in this process.", Buckets: c.CullBuckets})
+	col.checks = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "ratelimit_checks_total", ConstLabels: cl,
+		Help: "Rate-limit checks by limiter (ratelimit.Config.Name) and result: allowed, rejected, error (the check may or may not have counted)."},
+		[]string{"limiter", "result"})
+	col.checkDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "ratelimit_check_duration_seconds", ConstLabels: cl,
+		Help: "Wall time of rate-limit checks.", Buckets: c.OpBuckets},
+		[]string{"limiter"})
 	for _, reason := range []string{"expired", "culled", "aged_out"} {
 		col.removed.WithLabelValues(reason)
 	}
@@ -351,6 +371,21 @@ func (c *Collector) TraceLoad(_ context.Context, l dbcache.LoadEnd) {
 	}
 	c.loads.WithLabelValues(trigger, result).Inc()
 	c.loadDuration.WithLabelValues(trigger).Observe(l.Duration.Seconds())
+}
+
+// TraceCheck implements ratelimit.Tracer: set the Collector as a
+// Limiter's Config.Tracer to count its checks, rejections included. The
+// series are labelled with the limiter's Config.Name, never with a key.
+func (c *Collector) TraceCheck(_ context.Context, e ratelimit.CheckEnd) {
+	result := "allowed"
+	switch {
+	case e.Err != nil:
+		result = "error"
+	case !e.Result.Allowed:
+		result = "rejected"
+	}
+	c.checks.WithLabelValues(e.Name, result).Inc()
+	c.checkDuration.WithLabelValues(e.Name).Observe(e.Duration.Seconds())
 }
 
 // ErrorKind classifies an operation's error for the kind label: it is
@@ -487,7 +522,7 @@ func (c *Collector) WatchCuller(cu *culling.Culler) { c.culler.Store(cu) }
 
 func (c *Collector) collectors() []prometheus.Collector {
 	return []prometheus.Collector{c.ops, c.keys, c.errs, c.duration, c.loads, c.loadDuration,
-		c.passes, c.removed, c.culledBytes, c.passDuration}
+		c.passes, c.removed, c.culledBytes, c.passDuration, c.checks, c.checkDuration}
 }
 
 func (c *Collector) collectHealth(ch chan<- prometheus.Metric, h culling.Health) {

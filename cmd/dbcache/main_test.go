@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dbcache/dbcache/internal/dbtest"
+	"github.com/dbcache/dbcache/migrations"
 )
 
 // These tests build the dbcache binary once and run it as a user would:
@@ -201,4 +202,31 @@ func scalar[T any](t *testing.T, pool *pgxpool.Pool, sql string, args ...any) T 
 	var v T
 	require.NoError(t, pool.QueryRow(context.Background(), sql, args...).Scan(&v), sql)
 	return v
+}
+
+// The embedded migrations' versions, for expected outputs that name them,
+// so a new migration changes no test that is not about it.
+
+// versionBefore returns the version below v (0 below the first).
+func versionBefore(v uint) uint {
+	prev := uint(0)
+	for _, x := range migrations.Versions() {
+		if x >= v {
+			break
+		}
+		prev = x
+	}
+	return prev
+}
+
+// stepsAbove returns how many migrations a down must revert, from the
+// latest, to reach version v.
+func stepsAbove(v uint) int {
+	n := 0
+	for _, x := range migrations.Versions() {
+		if x > v {
+			n++
+		}
+	}
+	return n
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -39,10 +40,10 @@ func TestPgBouncerEveryCommand(t *testing.T) {
 	b, _ := setupBouncer(t)
 	r := b.run(t, opts{}, "migrate", "status")
 	requireCode(t, 4, r)
-	require.Equal(t, "migrated up from version 0 to 5\n", b.ok(t, "migrate", "up"))
-	require.Equal(t, "version 5 (up to date)\n", b.ok(t, "migrate", "version"))
-	require.Contains(t, b.ok(t, "migrate", "status"), "version 5, up to date")
-	require.Equal(t, 5, scalar[int](t, b.pool, `SELECT version FROM dbcache_schema_migrations`), "migrated in the schema, not public")
+	require.Equal(t, fmt.Sprintf("migrated up from version 0 to %d\n", migrations.Latest()), b.ok(t, "migrate", "up"))
+	require.Equal(t, fmt.Sprintf("version %d (up to date)\n", migrations.Latest()), b.ok(t, "migrate", "version"))
+	require.Contains(t, b.ok(t, "migrate", "status"), fmt.Sprintf("version %d, up to date", migrations.Latest()))
+	require.Equal(t, int(migrations.Latest()), scalar[int](t, b.pool, `SELECT version FROM dbcache_schema_migrations`), "migrated in the schema, not public")
 
 	require.Equal(t, "OK\n", b.ok(t, "set", "k", "v"))
 	require.Equal(t, "v", b.ok(t, "get", "k"))
@@ -68,9 +69,10 @@ SELECT 'old' || i, 'v', now() - interval '1 minute' FROM generate_series(1, 500)
 	require.Equal(t, "unlogged (was logged)\n", b.ok(t, "migrate", "persistence", "unlogged", "--yes"))
 	require.Equal(t, "unlogged\n", b.ok(t, "migrate", "persistence"))
 	require.Equal(t, "cleared\n", b.ok(t, "clear", "--yes"))
-	require.Equal(t, "migrated down from version 5 to 4\n", b.ok(t, "migrate", "down", "--yes"))
-	require.Equal(t, "forced version 5 (was 4); nothing was run\n", b.ok(t, "migrate", "force", "5"))
-	require.Equal(t, "migrated down from version 5 to 0; dropped the cache table, which held 0 entries\n", b.ok(t, "migrate", "down", "--all", "--yes"))
+	latest, prev := migrations.Latest(), versionBefore(migrations.Latest())
+	require.Equal(t, fmt.Sprintf("migrated down from version %d to %d\n", latest, prev), b.ok(t, "migrate", "down", "--yes"))
+	require.Equal(t, fmt.Sprintf("forced version %d (was %d); nothing was run\n", latest, prev), b.ok(t, "migrate", "force", strconv.Itoa(int(latest))))
+	require.Equal(t, fmt.Sprintf("migrated down from version %d to 0; dropped the cache table, which held 0 entries\n", latest), b.ok(t, "migrate", "down", "--all", "--yes"))
 	require.False(t, scalar[bool](t, b.pool, `SELECT to_regclass('dbcache_entries') IS NOT NULL`))
 }
 
@@ -96,12 +98,12 @@ func TestPgBouncerConcurrentMigrateUp(t *testing.T) {
 	applied := 0
 	for _, o := range outs {
 		require.True(t, strings.HasPrefix(o, "0 "), "%q", outs)
-		if strings.Contains(o, "migrated up from version 0 to 5") {
+		if strings.Contains(o, fmt.Sprintf("migrated up from version 0 to %d", migrations.Latest())) {
 			applied++
 		}
 	}
 	require.Equal(t, 1, applied, "%q", outs)
-	require.Equal(t, "version 5 (up to date)\n", b.ok(t, "migrate", "version"))
+	require.Equal(t, fmt.Sprintf("version %d (up to date)\n", migrations.Latest()), b.ok(t, "migrate", "version"))
 	id, err := database.GenerateAdvisoryLockId(scalar[string](t, b.pool, `SELECT current_database()`), b.schema.Name, migrations.MigrationsTable)
 	require.NoError(t, err)
 	require.Zero(t, scalar[int](t, b.pool, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'

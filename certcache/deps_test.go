@@ -1,0 +1,30 @@
+package certcache_test
+
+import (
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// The README's "What your build pulls in" is true for certcache: pgx and
+// what pgx needs, and golang.org/x/crypto with golang.org/x/net for
+// autocert.
+func TestDependencies(t *testing.T) {
+	t.Parallel()
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{if .Module}}{{.Module.Path}}{{end}}", "github.com/dbcache/dbcache/certcache").Output()
+	require.NoError(t, err)
+	var mods []string
+	for _, m := range strings.Fields(string(out)) {
+		if m != "github.com/dbcache/dbcache" && !slices.Contains(mods, m) {
+			mods = append(mods, m)
+		}
+	}
+	slices.Sort(mods)
+	require.Equal(t, []string{
+		"github.com/jackc/pgpassfile", "github.com/jackc/pgservicefile", "github.com/jackc/pgx/v5",
+		"github.com/jackc/puddle/v2", "golang.org/x/crypto", "golang.org/x/net", "golang.org/x/sync", "golang.org/x/text",
+	}, mods)
+}
