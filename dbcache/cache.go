@@ -28,6 +28,7 @@ type dbtx interface {
 // shared is the state every view of one cache shares.
 type shared struct {
 	cfg      Config
+	keyCheck KeyValidator
 	pool     *pgxpool.Pool
 	ownsPool bool
 	closed   atomic.Bool
@@ -95,7 +96,8 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	s := &shared{cfg: c, pool: pool, q: newQueries(c.Schema, c.FastCommit), qTx: newQueries(c.Schema, false)}
+	s := &shared{cfg: c, pool: pool, q: newQueries(c.Schema, c.FastCommit), qTx: newQueries(c.Schema, false),
+		keyCheck: KeyValidator{Check: c.KeyCheck, LogKeys: c.LogKeys, Logger: c.Logger}}
 	if c.OpTimeout > 0 {
 		s.deadlines = newDeadlines(c.OpTimeout)
 	}
