@@ -181,7 +181,7 @@ func Open(ctx context.Context, dsn string, cfg *Config) (*Cache, error) {
 
 // Close closes the cache: every later operation, on every view, returns
 // ErrClosed. It cancels the background refreshes of stale entries
-// (Revalidate) and waits for them to return, which they do as soon as their
+// (GetOrRevalidate) and waits for them to return, which they do as soon as their
 // loader honours its context. It closes the pool only if Open created it.
 // Calling it again is a no-op.
 func (c *Cache) Close() error {
@@ -299,7 +299,7 @@ func (c *Cache) get(ctx context.Context, k string) ([]byte, error) {
 }
 
 // Set stores value under key, replacing any entry, expiring as timeout says.
-// A timeout of TTL(d <= 0) leaves nothing a Get can see.
+// A timeout of ExpiresIn(d <= 0) leaves nothing a Get can see.
 func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeout) (err error) {
 	k, err := c.key(ctx, key)
 	if err != nil {
@@ -331,7 +331,7 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 
 // Add stores value under key only if the key has no live entry, and reports
 // whether it did. An expired entry is taken over. Exactly one of any number
-// of concurrent Adds of a key returns true. With TTL(d <= 0) it returns what
+// of concurrent Adds of a key returns true. With ExpiresIn(d <= 0) it returns what
 // Django returns (true when no live entry exists) and stores nothing visible.
 func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeout) (stored bool, err error) {
 	k, err := c.key(ctx, key)
@@ -363,7 +363,7 @@ func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeo
 
 // Touch gives a live entry a new expiry and reports whether there was one.
 // An expired entry stays expired (false): Touch never brings a value back.
-// TTL(d <= 0) expires the entry at once and returns true.
+// ExpiresIn(d <= 0) expires the entry at once and returns true.
 func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (ok bool, err error) {
 	k, err := c.key(ctx, key)
 	if err != nil {
@@ -443,7 +443,7 @@ func (c *Cache) HasKey(ctx context.Context, key string) (ok bool, err error) {
 
 // GetOrSet returns the value stored under key; on a miss it stores value
 // (as Add would) and returns it. Between concurrent callers the first stored
-// value wins and every caller returns it. With TTL(d <= 0) value is returned
+// value wins and every caller returns it. With ExpiresIn(d <= 0) value is returned
 // and nothing a read can see is stored, as Django does. (With a value in
 // hand there is nothing to protect from a stampede: GetOrSet is a read and,
 // on a miss, one write.)
@@ -487,10 +487,26 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 // connection, for at most LoadWait, then loads it itself. The loader gets
 // a context with the first caller's values, cancelled only when every
 // caller waiting on it has gone; it is not bounded by Config.OpTimeout.
-//
-// With a Revalidate timeout, a stale entry is returned at once and
-// refreshed in the background (see Revalidate).
-func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout Timeout) (_ []byte, err error) {
+func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load LoadFunc, timeout Timeout) ([]byte, error) {
+	return c.getOrLoad(ctx, key, load, timeout)
+}
+
+// GetOrRevalidate is GetOrSetFunc with stale-while-revalidate: an entry it
+// stores is fresh for fresh, then stale for up to stale more, and then
+// expired. A fresh entry is returned as it is; a stale one is returned at
+// once while one background refresh runs (one across every process sharing
+// the table), and an expired one is loaded as on a miss. The entry's
+// expiry is fresh + stale, as every other operation sees it: the
+// database's clock decides when the entry expires, and, from the remaining
+// lifetime, whether it is stale. Negative durations count as 0: stale <= 0
+// is GetOrSetFunc with ExpiresIn(fresh), and fresh <= 0 makes every hit
+// refresh. A failed refresh is logged and counted (Stats.RefreshFailures),
+// and the stale value keeps being served until it expires.
+func (c *Cache) GetOrRevalidate(ctx context.Context, key string, load LoadFunc, fresh, stale time.Duration) ([]byte, error) {
+	return c.getOrLoad(ctx, key, load, revalidate(fresh, stale))
+}
+
+func (c *Cache) getOrLoad(ctx context.Context, key string, load LoadFunc, timeout Timeout) (_ []byte, err error) {
 	k, err := c.key(ctx, key)
 	if err != nil {
 		return nil, err
@@ -502,9 +518,12 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
+	if load == nil {
+		return nil, errors.New("dbcache: get_or_set: load is nil")
+	}
 	rctx, cancel := c.bound(ctx)
 	var v []byte
-	if stale, ok := timeout.Stale(); ok {
+	if stale, ok := timeout.staleFor(); ok {
 		var remaining time.Duration
 		v, remaining, err = c.getRemaining(rctx, k)
 		if err == nil && remaining != remainingForever && remaining <= stale && c.onPool() {

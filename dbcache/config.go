@@ -101,8 +101,8 @@ type Config struct {
 	CoalesceSets int
 
 	// DefaultTimeout is the timeout for calls that pass DefaultTimeout.
-	// Forever makes entries never expire by default; TTL(0) makes them expire
-	// at once (Django's TIMEOUT=0). Defaults to TTL(DefaultTimeoutDefault).
+	// Forever makes entries never expire by default; ExpiresIn(0) makes them expire
+	// at once (Django's TIMEOUT=0). Defaults to ExpiresIn(DefaultTimeoutDefault).
 	DefaultTimeout Timeout
 
 	// FailOpen makes the cache degrade instead of failing while the
@@ -219,7 +219,7 @@ func (c *Config) withDefaults() Config {
 		out = *c
 	}
 	if out.DefaultTimeout.IsDefault() {
-		out.DefaultTimeout = TTL(DefaultTimeoutDefault)
+		out.DefaultTimeout = ExpiresIn(DefaultTimeoutDefault)
 	}
 	if out.KeyFunc == nil {
 		out.KeyFunc = DefaultKeyFunc

@@ -38,7 +38,7 @@
 // # Timeouts
 //
 // A Timeout is DefaultTimeout (the zero value: Config.DefaultTimeout, 300 s
-// unless configured), Forever (Django's None) or TTL(d). TTL(d) with d <= 0
+// unless configured), Forever (Django's None) or ExpiresIn(d). ExpiresIn(d) with d <= 0
 // expires at once, as Django's 0 and negative timeouts do: Set stores nothing
 // a Get can see, Add returns true when it would have stored, Touch expires a
 // live entry. The database's clock decides expiry, never the application's,

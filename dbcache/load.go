@@ -444,7 +444,7 @@ func (c *Cache) waitForLoad(ctx context.Context, k string, lockKey int64, deadli
 // process holding it is already refreshing). A failed refresh is logged and
 // counted, and the stale value keeps being served until it expires.
 func (c *Cache) refreshStale(ctx context.Context, k string, load func(context.Context) ([]byte, error), timeout Timeout) {
-	stale, _ := timeout.Stale()
+	stale, _ := timeout.staleFor()
 	c.s.refreshMu.Lock()
 	if c.s.refreshing == nil {
 		c.s.refreshing = map[string]bool{}
@@ -525,7 +525,7 @@ func (c *Cache) refresh(ctx context.Context, k string, load func(context.Context
 	rctx, rcancel := c.bound(ctx)
 	_, remaining, err := c.getRemaining(rctx, k)
 	rcancel()
-	stale, _ := timeout.Stale()
+	stale, _ := timeout.staleFor()
 	if err == nil && (remaining < 0 || remaining > stale) {
 		return nil
 	}
