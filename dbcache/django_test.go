@@ -784,6 +784,51 @@ func TestMakeKeyDefault(t *testing.T) {
 	require.Equal(t, "p:3:foo", p.MakeKey("foo"))
 }
 
+// Django's VERSION = 0: Config.VersionZero configures it (Version's zero
+// value is the default, 1), its entries are apart from version 1's, and it
+// is refused beside another Version.
+func TestConfigVersionZero(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := ctxT(t)
+	zero := setupOn(t, b.pool, &dbcache.Config{VersionZero: true}).cache
+	require.Equal(t, ":0:foo", zero.MakeKey("foo"))
+	require.Equal(t, 0, zero.Version())
+	require.Equal(t, ":1:foo", b.cache.MakeKey("foo"), "Version 0 is the default, 1")
+	require.NoError(t, zero.Set(ctx, "k", []byte("zero"), dbcache.DefaultTimeout))
+	requireMiss(t, b.cache, "k")
+	require.Equal(t, "zero", mustGet(t, b.cache.WithVersion(0), "k"))
+	v, err := zero.IncrVersion(ctx, "k", 1)
+	require.NoError(t, err)
+	require.Equal(t, 1, v)
+	require.Equal(t, "zero", mustGet(t, b.cache, "k"))
+
+	_, err = dbcache.New(ctx, b.pool, &dbcache.Config{VersionZero: true, Version: 2})
+	require.ErrorContains(t, err, "VersionZero")
+}
+
+// One rule for Config's numbers: 0 is the documented default, -1 is off,
+// below that is refused with the field's name.
+func TestConfigZeroAndOff(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := ctxT(t)
+	for _, cfg := range []dbcache.Config{{CoalesceGets: -1}, {CoalesceSets: -1}, {LoadLocks: -1}, {OpTimeout: -1}} {
+		c, err := dbcache.New(ctx, b.pool, &cfg)
+		require.NoError(t, err, "%+v", cfg)
+		require.NoError(t, c.Set(ctx, "k", []byte("v"), dbcache.DefaultTimeout))
+		require.Equal(t, "v", mustGet(t, c, "k"))
+		require.NoError(t, c.Close())
+	}
+	for field, cfg := range map[string]dbcache.Config{
+		"CoalesceGets": {CoalesceGets: -2}, "CoalesceSets": {CoalesceSets: -2},
+		"LoadLocks": {LoadLocks: -2}, "OpTimeout": {OpTimeout: -2}, "LoadWait": {LoadWait: -1},
+	} {
+		_, err := dbcache.New(ctx, b.pool, &cfg)
+		require.ErrorContains(t, err, "Config."+field)
+	}
+}
+
 func TestGetOrSet(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
