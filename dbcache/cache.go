@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dbcache/dbcache/internal/flight"
 )
 
 // dbtx is what the cache needs from the database: both *pgxpool.Pool and
@@ -52,7 +54,7 @@ type shared struct {
 	// flights are GetOrSetFunc loads in progress, by made key; loadLocks
 	// has a slot per cross-process load lock a flight may hold (nil when
 	// Config.LoadLocks is -1).
-	flights   flights
+	flights   flight.Group
 	loadLocks chan struct{}
 
 	// Background refreshes of stale entries: at most one per made key,
