@@ -124,6 +124,12 @@ var (
 	// once; what it removed so far stays removed.
 	ErrLockLost = errors.New("culling: lost the culler lock (its connection failed)")
 
+	// ErrHookPanicked is returned when Config.OnProgress panicked during a
+	// pass: the pass stops there, releases its lock as after any error, and
+	// keeps what it removed. The panic goes no further than the pass, so a
+	// started Culler's worker carries on with its next pass.
+	ErrHookPanicked = errors.New("culling: Config.OnProgress panicked")
+
 	// ErrMigrationNeeded is returned when the configuration needs a
 	// migration the schema lacks: Config.MaxAge needs migrations 004 and
 	// 005 (the written_at column and its index).
@@ -169,7 +175,9 @@ type Config struct {
 	Interval time.Duration
 
 	// Logger receives one line per pass (Info when it removed rows, Debug
-	// otherwise) and errors of started passes. Defaults to slog.Default().
+	// otherwise) and errors of started passes; never a key or a value. A
+	// line whose handler panics is lost, and nothing else. Defaults to
+	// slog.Default().
 	Logger *slog.Logger
 
 	// MaxAge, when set, is the oldest an entry may be: no entry whose
@@ -204,7 +212,8 @@ type Config struct {
 	// OnProgress, if set, is called during every pass that holds the lock:
 	// before counting, after every batch and at the end. It runs on the
 	// pass's goroutine and must not block; it exists so a command can draw a
-	// progress bar. Defaults to nil.
+	// progress bar. If it panics, the pass stops with ErrHookPanicked.
+	// Defaults to nil.
 	OnProgress func(Progress)
 
 	// PassTimeout bounds each pass, in RunOnce as in a started Culler. -1
@@ -603,11 +612,11 @@ func (c *Culler) logError(ctx context.Context, err error) {
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
 		// Stopping; nothing went wrong.
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
-		c.cfg.Logger.WarnContext(ctx, "culling.Culler: pass timed out; the next pass continues where it stopped",
+		c.log(ctx, slog.LevelWarn, "culling.Culler: pass timed out; the next pass continues where it stopped",
 			"pass_timeout", c.cfg.PassTimeout, "error", err)
 	case ctx.Err() != nil:
 		// The worker's context ended mid-pass: also a stop.
 	default:
-		c.cfg.Logger.ErrorContext(ctx, "culling.Culler: pass failed", "error", err)
+		c.log(ctx, slog.LevelError, "culling.Culler: pass failed", "error", err)
 	}
 }

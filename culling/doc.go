@@ -52,7 +52,27 @@
 // transaction on its own connection, so it ends with that transaction: a
 // culler that fails or dies mid-pass loses the lock and nothing else, as the
 // batches it committed stay committed. Every statement runs at READ
-// COMMITTED, whatever the session's default isolation level.
+// COMMITTED, whatever the session's default isolation level. Each batch
+// checks, in its own statement, that the lock transaction still holds the
+// lock, by the transaction's ID as the server reports it, so a Culler runs
+// behind PgBouncer in transaction pooling; a pass whose lock is gone stops
+// with ErrLockLost.
+//
+// # Writers
+//
+// Batches read their rows without locking them and delete each by its
+// key, re-checking in the DELETE that it is still due, so a row a writer
+// rewrites during a pass is judged by what the writer committed: rewritten
+// with a later expiry, it has moved to the end of eviction order and
+// stays. A row a writer holds for longer than 50 ms is stepped over and
+// left for the next pass. See docs/culling.md.
+//
+// # Hooks and logs
+//
+// A Config.OnProgress that panics fails its pass with ErrHookPanicked, and
+// a Config.Logger whose handler panics loses its line: neither reaches the
+// goroutine of a started Culler. The culler logs counts, durations and
+// errors, and no key or value.
 //
 // # Order and semantics
 //
@@ -61,9 +81,9 @@
 // them with CullAll), soonest to expire first, entries with one expiry in
 // key order, and never-expiring entries last. With one timeout for every
 // entry that order is FIFO; Django removes the lexicographically smallest
-// keys instead. Before it removes a live entry a pass confirms exactly, with
-// a walk of at most MaxEntries+1 index entries, that the table is over the
-// limit, and it never goes below the limit, whatever PostgreSQL's row
+// keys instead. Before it removes a live entry a pass confirms, with a walk
+// of the index back from the end of eviction order, that the table is over
+// the limit, and it never goes below the limit, whatever PostgreSQL's row
 // estimate says. Each batch resumes where the previous one stopped, so a
 // pass costs what it removes even while another transaction holds an old
 // snapshot.

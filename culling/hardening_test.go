@@ -368,7 +368,7 @@ func TestIsolationDefault(t *testing.T) {
 				const rows = 20_000
 				insert(t, pool, "w", rows, "now() - interval '1 minute' - g * interval '1 ms'")
 				c, _ := newCuller(t, pool, &culling.Config{BatchSize: 20, MaxEntries: 1000})
-				writers := s.Pool(t)
+				writers := readCommitted(t, s) // as the cache's writes run, whatever the database's default
 				stop := make(chan struct{})
 				var wg sync.WaitGroup
 				var writes atomic.Int64
@@ -545,9 +545,11 @@ func TestHealth(t *testing.T) {
 	require.Zero(t, c.Health().ConsecutiveFailures)
 }
 
-// A batch stuck on a lock when the culler is stopped is cancelled on the
-// server after the grace period; Stop then returns with the lock released
-// and no statement of the pass left running.
+// A batch stuck on the server when the culler is stopped is cancelled on
+// the server after the grace period; Stop then returns with the lock
+// released and no statement of the pass left running. The batch is stuck
+// in a trigger that sleeps, not on a lock: a batch waiting on a lock gives
+// up on its own after its lock_timeout.
 func TestStopCancelsAStuckBatch(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -558,33 +560,32 @@ func TestStopCancelsAStuckBatch(t *testing.T) {
 	cfg.ConnConfig.RuntimeParams["application_name"] = app
 	pool := dbtest.NewPool(t, cfg)
 
-	// After the first batch, another session takes the table's strongest
-	// lock, so the next batch waits on it.
-	admin, err := b.pool.Acquire(ctx)
-	require.NoError(t, err)
-	defer admin.Release()
-	tx, err := admin.Begin(ctx)
-	require.NoError(t, err)
-	defer func() { _ = tx.Rollback(ctx) }()
+	// After the first batch, every deleted row sleeps for an hour.
 	var once sync.Once
 	c, _ := newCuller(t, pool, &culling.Config{BatchSize: 10, Interval: time.Hour, OnProgress: func(culling.Progress) {
 		once.Do(func() {
-			_, err := tx.Exec(ctx, "LOCK TABLE "+migrations.Table+" IN ACCESS EXCLUSIVE MODE")
-			require.NoError(t, err)
+			dbtest.Exec(t, b.pool, `CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS
+				$$ BEGIN PERFORM pg_sleep(3600); RETURN OLD; END $$`)
+			dbtest.Exec(t, b.pool, "CREATE TRIGGER slow BEFORE DELETE ON "+migrations.Table+" FOR EACH ROW EXECUTE FUNCTION slow()")
 		})
 	}})
 	require.NoError(t, c.Start(ctx))
+	var stuckPID int32
 	require.Eventually(t, func() bool {
-		return dbtest.Exec(t, b.pool, `SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'`, app) > 0
-	}, waitTimeout, 5*time.Millisecond, "the batch waits on the table lock")
+		err := b.pool.QueryRow(ctx, `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event = 'PgSleep'`, app).Scan(&stuckPID)
+		return err == nil
+	}, waitTimeout, 5*time.Millisecond, "the batch is stuck in the trigger")
 
 	sctx, cancel := context.WithTimeout(ctx, waitTimeout)
 	defer cancel()
 	require.NoError(t, c.Stop(sctx))
 	require.Zero(t, dbtest.Exec(t, b.pool, `SELECT 1 FROM pg_stat_activity WHERE application_name = $1 AND state <> 'idle'`, app),
 		"no statement of the pass is left running")
+	require.Eventually(t, func() bool {
+		return dbtest.Exec(t, b.pool, `SELECT 1 FROM pg_stat_activity WHERE pid = $1`, stuckPID) == 0
+	}, waitTimeout, 5*time.Millisecond, "the connection that had a cancel request was closed, not returned to the pool")
 	require.Zero(t, c.Health().ConsecutiveFailures, "a stopped pass is not a failure")
-	require.NoError(t, tx.Rollback(ctx))
+	dbtest.Exec(t, b.pool, "DROP TRIGGER slow ON "+migrations.Table)
 	other, _ := newCuller(t, b.schema.Pool(t), nil)
 	res := runOnce(t, other)
 	require.EqualValues(t, 90, res.ExpiredRemoved, "the stuck batch removed nothing")

@@ -116,7 +116,9 @@ type PassResult struct {
 // docs/culling.md). On error the result still holds what was removed before
 // it; removed rows stay removed. Returns ErrTableNotFound when the cache
 // table is missing, ErrNoPrivilege when the role may not cull it, and
-// ErrMigrationNeeded when MaxAge is set on a schema without written_at.
+// ErrMigrationNeeded when MaxAge is set on a schema without written_at,
+// ErrLockLost when the lock went with its connection mid-pass, and
+// ErrHookPanicked when Config.OnProgress panicked.
 // RunOnce needs no Start and may run alongside a started Culler (the two
 // take turns on the lock).
 func (c *Culler) RunOnce(ctx context.Context) (*PassResult, error) {
@@ -144,12 +146,7 @@ func (c *Culler) runPass(callerCtx context.Context, dry bool) (*PassResult, erro
 	}
 	p := &pass{c: c, ctx: ctx, dry: dry, begun: time.Now(), res: &PassResult{StartedAt: time.Now(), DryRun: dry}}
 	c.inPass.Add(1)
-	var err error
-	if dry {
-		err = p.runDry()
-	} else {
-		err = p.run()
-	}
+	err := p.guarded(dry)
 	p.res.Duration = time.Since(p.begun)
 	err = classify(err)
 	if err != nil {
@@ -167,6 +164,26 @@ func (c *Culler) runPass(callerCtx context.Context, dry bool) (*PassResult, erro
 	c.logPass(ctx, p.res)
 	return p.res, nil
 }
+
+// guarded runs the pass, turning a panic (from a hook, or a bug) into the
+// pass's error: a started worker's goroutine is the Culler's, and nothing
+// may crash the process from there. The pass's deferred release has run
+// by the time the panic reaches here, so the lock is released as after
+// any other error.
+func (p *pass) guarded(dry bool) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", errPanicked, r)
+		}
+	}()
+	if dry {
+		return p.runDry()
+	}
+	return p.run()
+}
+
+// errPanicked is the error of a pass that panicked.
+var errPanicked = errors.New("culling: the pass panicked")
 
 // classify maps the PostgreSQL errors a caller acts on to the package's
 // sentinels, keeping the original in the chain.
@@ -186,9 +203,16 @@ func classify(err error) error {
 	return err
 }
 
+// log logs through Config.Logger. A handler that panics loses its line
+// and nothing else: the culler's goroutine must not die of it.
+func (c *Culler) log(ctx context.Context, level slog.Level, msg string, args ...any) {
+	defer func() { _ = recover() }()
+	c.cfg.Logger.Log(ctx, level, msg, args...)
+}
+
 func (c *Culler) logPass(ctx context.Context, r *PassResult) {
 	if r.Skipped {
-		c.cfg.Logger.DebugContext(ctx, "culling.Culler: pass skipped; another culler holds the lock")
+		c.log(ctx, slog.LevelDebug, "culling.Culler: pass skipped; another culler holds the lock")
 		return
 	}
 	level := slog.LevelDebug
@@ -199,7 +223,7 @@ func (c *Culler) logPass(ctx context.Context, r *PassResult) {
 	if r.DryRun {
 		msg = "culling.Culler: dry run done (nothing removed)"
 	}
-	c.cfg.Logger.Log(ctx, level, msg,
+	c.log(ctx, level, msg,
 		slog.Int64("expired_removed", r.ExpiredRemoved),
 		slog.Int64("culled", r.Culled),
 		slog.Int64("count", r.Count),
@@ -234,6 +258,12 @@ const (
 // passConn is a pooled connection a pass holds.
 type passConn struct {
 	*pgxpool.Conn
+	// pid is the server backend the connection's statements run on, for
+	// waitReleased: read from the server (sqlLock, sqlServerPID) once a
+	// pass can, since behind a pooler the PID the client was given is the
+	// pooler's cancel key. Until then it is that client PID, right on a
+	// direct connection; 0 when the connection has no one backend (a
+	// transaction pooler's).
 	pid uint32
 	// cut is set once a cancel request was sent for a statement on the
 	// connection. A cancel request can arrive late and cancel whatever the
@@ -248,6 +278,9 @@ type passConn struct {
 func newPassConn(c *pgxpool.Conn) *passConn {
 	return &passConn{Conn: c, pid: c.Conn().PgConn().PID()}
 }
+
+// clientPID is the PID the server (or a pooler) gave the client.
+func (pc *passConn) clientPID() uint32 { return pc.Conn.Conn().PgConn().PID() }
 
 // done returns the connection to the pool, or closes it if a statement on
 // it was interrupted.
@@ -284,21 +317,31 @@ type pass struct {
 
 	lock     *passConn
 	lockTx   pgx.Tx
-	lockPID  uint32 // the lock transaction's backend, which batches check; 0 until locked
+	lockVXID string // the lock transaction's virtual ID, which batches check; "" until locked
 	lastBeat time.Time
 	work     *passConn
+	stepped  int64 // rows a batch could not remove for a writer's lock, stepped over
 }
 
-func (p *pass) progress(ph Phase) {
+// progress calls Config.OnProgress. A callback that panics fails the pass
+// with ErrHookPanicked (the lock is released as after any error), and
+// never the goroutine it runs on.
+func (p *pass) progress(ph Phase) (err error) {
 	if p.c.cfg.OnProgress == nil || p.dry {
-		return
+		return nil
 	}
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", ErrHookPanicked, r)
+		}
+	}()
 	r := p.res
 	p.c.cfg.OnProgress(Progress{
 		AgedOut: r.AgedOut, Count: r.Count, CountExact: r.CountExact, CullTarget: max(p.target, p.bytesRows),
 		Culled: r.Culled, CulledBytes: r.CulledBytes, Elapsed: time.Since(p.begun), ExpiredRemoved: r.ExpiredRemoved,
 		Phase: ph,
 	})
+	return nil
 }
 
 // stmt runs fn, one statement or one pipeline on pc, under a context the
@@ -443,6 +486,9 @@ func (p *pass) run() error {
 		return fmt.Errorf("culling: acquire a connection: %w", err)
 	}
 	p.work = newPassConn(work)
+	if err := p.workBackend(); err != nil {
+		return err
+	}
 
 	if err := p.sweep(); err != nil {
 		return err
@@ -461,8 +507,7 @@ func (p *pass) run() error {
 	}
 	p.finish()
 	p.record()
-	p.progress(PhaseDone)
-	return nil
+	return p.progress(PhaseDone)
 }
 
 func (p *pass) finish() {
@@ -502,6 +547,23 @@ func (p *pass) runDry() error {
 	return nil
 }
 
+// workBackend learns whether the work connection has a backend of its own:
+// on a direct connection the server's PID for it is the client's, and a
+// batch cut off mid-statement can be waited for by it (see release);
+// behind a transaction pooler each transaction may run on another backend,
+// none of which the pass can name.
+func (p *pass) workBackend() error {
+	var pid uint32
+	if err := p.tx(p.work, "", sqlServerPID, nil, func(r pgx.Row) error { return r.Scan(&pid) }); err != nil {
+		return fmt.Errorf("culling: read the work connection's backend: %w", err)
+	}
+	if pid != p.work.clientPID() {
+		pid = 0
+	}
+	p.work.pid = pid
+	return nil
+}
+
 // takeLock begins the lock transaction and tries the lock; p.res.Skipped
 // reports that another culler holds it.
 func (p *pass) takeLock() error {
@@ -527,6 +589,8 @@ func (p *pass) takeLock() error {
 		oid     *int64
 		locked  *bool
 		started time.Time
+		pid     uint32
+		vxid    *string
 	)
 	// The simple protocol matters here. With the extended protocol, the
 	// unnamed portal of a SELECT outlives its execution until the next
@@ -536,7 +600,7 @@ func (p *pass) takeLock() error {
 	// vacuumed, nor its index entries marked dead, until the pass ended.
 	if err := p.stmt(p.lock, func(ctx context.Context) error {
 		return p.lockTx.QueryRow(ctx, sqlLock, pgx.QueryExecModeSimpleProtocol,
-			c.table, lockKeySpace, idleTimeout).Scan(&oid, &locked, &started)
+			c.table, lockKeySpace, idleTimeout).Scan(&oid, &locked, &started, &pid, &vxid)
 	}); err != nil {
 		return fmt.Errorf("culling: take the culler lock: %w", err)
 	}
@@ -544,12 +608,17 @@ func (p *pass) takeLock() error {
 		return fmt.Errorf("%w: %s", ErrTableNotFound, c.table)
 	}
 	p.res.StartedAt, p.asOf = started, started
+	// The open transaction pins its backend, even behind a pooler.
+	p.lock.pid = pid
 	if locked == nil || !*locked {
 		p.res.Skipped = true
 		return nil
 	}
+	if vxid == nil {
+		return errors.New("culling: the lock transaction has no virtual transaction ID in pg_locks")
+	}
 	p.lastBeat = time.Now()
-	p.lockPID = p.lock.pid
+	p.lockVXID = *vxid
 	return nil
 }
 
@@ -585,11 +654,19 @@ func (p *pass) release() {
 		}
 		p.lock.done(ctx)
 	}
+	// A PID that is no backend's (a pooler's cancel key, read before the
+	// server could be asked) cannot be waited for.
+	if busyPID > math.MaxInt32 {
+		busyPID = 0
+	}
+	if lockPID > math.MaxInt32 {
+		lockPID = 0
+	}
 	if busyPID == 0 && lockPID == 0 {
 		return
 	}
 	if err := p.waitReleased(ctx, lockPID, busyPID); err != nil {
-		p.c.cfg.Logger.WarnContext(ctx, "culling.Culler: could not confirm that a closed connection released the culler lock; "+
+		p.c.log(ctx, slog.LevelWarn, "culling.Culler: could not confirm that a closed connection released the culler lock; "+
 			"the next pass may be skipped until the server ends that session", "pid", lockPID, "error", err)
 	}
 }
@@ -660,31 +737,127 @@ type cursor struct {
 // startTimed is before every row with an expiry; a key never sorts before "".
 var startTimed = cursor{expires: pgtype.Timestamptz{InfinityModifier: pgtype.NegativeInfinity, Valid: true}}
 
-// batchResult is what one batch delete did: the rows it locked, those it
-// picked of them to remove (see sqlCullBefore), those it removed, and
-// their bytes.
-type batchResult struct {
-	locked, picked, removed, bytes int64
-	next                           cursor
+// after is the first position past c: the same expiry and the next key in
+// the key column's C collation (the key followed by the smallest
+// character a text value can hold), so a batch that starts there reads
+// none of the rows up to c.
+func (c cursor) after() cursor {
+	return cursor{expires: c.expires, key: c.key + "\x01"}
 }
 
-// deleteBatch runs one of the batch deletes (see sqlSweep) with args.
-func (p *pass) deleteBatch(q string, args ...any) (batchResult, error) {
+// batchResult is what one batch delete did: the rows it read, those it
+// picked of them to remove (see the batch deletes), those it removed,
+// their bytes, whether the lock transaction still held the culler lock,
+// and the last row picked.
+type batchResult struct {
+	read, picked, removed, bytes int64
+	held                         bool
+	last                         cursor
+}
+
+// deleteBatch runs one of the batch deletes (see sqlSweep) over up to limit
+// rows, removing them unless remove is false, with args after the lock.
+func (p *pass) deleteBatch(q string, limit int64, remove bool, args []any) (batchResult, error) {
 	var (
 		b       batchResult
 		lastKey *string
 	)
-	err := p.tx(p.work, sqlBatchSettings, q, args, func(r pgx.Row) error {
-		return r.Scan(&b.locked, &b.picked, &b.removed, &b.bytes, &b.next.expires, &lastKey)
+	all := append([]any{limit, p.lockVXID, remove}, args...)
+	err := p.tx(p.work, sqlDeleteSettings, q, all, func(r pgx.Row) error {
+		return r.Scan(&b.read, &b.picked, &b.removed, &b.bytes, &b.held, &b.last.expires, &lastKey)
 	})
 	if lastKey != nil {
-		b.next.key = *lastKey
+		b.last.key = *lastKey
 	}
 	return b, err
 }
 
-// lockLost reports a batch that locked rows but removed none of them: the
-// lock transaction's backend no longer holds the culler lock.
+// stretch is one range of eviction order that one batch delete walks.
+type stretch struct {
+	q     string
+	start cursor
+	// args are the statement's arguments after the lock's: the range from
+	// cursor cur, and for a cull the budget.
+	args func(cur cursor) []any
+}
+
+// rowLockWait reports an error that says a batch waited too long for a
+// row lock (lock_timeout, see sqlDeleteSettings), or that PostgreSQL
+// chose it to break a deadlock with an application's transaction.
+func rowLockWait(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "55P03" || pgErr.Code == "40P01") // lock_not_available, deadlock_detected
+}
+
+// walk runs st's batches from its start, limit() rows each, until a batch
+// reads fewer rows than it asked for (the stretch is done) or enough()
+// says so. After each batch it calls took with what it did.
+//
+// A batch that waits longer than its lock_timeout (50 ms) on a row a
+// writer holds fails and removes nothing. The pass then halves the batch
+// and tries again from the same place, and keeps halving (a batch that
+// succeeds moves on, at the size that succeeded) until a batch of one row
+// fails: that row is the held one. It is stepped over (read without
+// deleting, the cursor put past it) and left for the next pass, like any
+// row a writer changes during a pass, and batches go back to full size.
+// One held row costs about log2(BatchSize) timeouts (0.5 s at the
+// default) and as many short batches, and never stops the pass. (A lock
+// on the table itself, an ALTER TABLE's, is waited for as by any
+// statement: pgx prepares a statement again after an error, and the
+// prepare, outside the batch's transaction, has no lock_timeout. A stop
+// or PassTimeout ends that wait, see stmt.)
+func (p *pass) walk(st stretch, what string, limit func() int64, enough func() bool, took func(batchResult) error) error {
+	cur := st.start
+	var capped int64 // after a timeout: the most rows a batch may take
+	for {
+		if enough() {
+			return nil
+		}
+		if err := p.heartbeat(false); err != nil {
+			return err
+		}
+		n := limit()
+		if capped > 0 {
+			n = min(n, capped)
+		}
+		b, err := p.deleteBatch(st.q, n, true, st.args(cur))
+		if err != nil && rowLockWait(err) && p.ctx.Err() == nil {
+			if n > 1 {
+				capped = n / 2
+				continue
+			}
+			if b, err = p.deleteBatch(st.q, 1, false, st.args(cur)); err != nil {
+				return fmt.Errorf("culling: %s: %w", what, err)
+			}
+			if !b.held {
+				return p.lockLost()
+			}
+			if b.read == 0 {
+				return nil
+			}
+			p.stepped++
+			capped = 0
+			cur = b.last.after()
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("culling: %s: %w", what, err)
+		}
+		if !b.held {
+			return p.lockLost()
+		}
+		if err := took(b); err != nil {
+			return err
+		}
+		if b.read < n {
+			return nil
+		}
+		cur = b.last.after()
+	}
+}
+
+// lockLost reports a batch that found the culler lock gone from its lock
+// transaction: another culler may be running, so the pass stops.
 func (p *pass) lockLost() error {
 	if err := p.heartbeat(true); err != nil {
 		return err
@@ -705,28 +878,18 @@ func (p *pass) sweep() error {
 // adding what each removed to *removed and reporting progress in phase ph.
 func (p *pass) removeBefore(q string, cutoff time.Time, ph Phase, removed *int64, what string) error {
 	batch := int64(p.c.cfg.BatchSize)
-	cur := startTimed
-	for {
-		if err := p.heartbeat(false); err != nil {
-			return err
-		}
-		b, err := p.deleteBatch(q, batch, p.lockPID, cutoff, cur.expires, cur.key)
-		if err != nil {
-			return fmt.Errorf("culling: %s: %w", what, err)
-		}
+	st := stretch{q: q, start: startTimed, args: func(cur cursor) []any { return []any{cutoff, cur.expires, cur.key} }}
+	if err := p.walk(st, what, func() int64 { return batch }, func() bool { return false }, func(b batchResult) error {
 		*removed += b.removed
 		if b.removed > 0 {
-			p.progress(ph)
+			return p.progress(ph)
 		}
-		if b.removed < b.picked {
-			return p.lockLost()
-		}
-		if b.locked < batch {
-			// Short: nothing is left in the range but rows writers hold.
-			return p.heartbeat(true)
-		}
-		cur = b.next
+		return nil
+	}); err != nil {
+		return err
 	}
+	// The range is done but for rows writers held or moved.
+	return p.heartbeat(true)
 }
 
 // count sets res.Count. It reads PostgreSQL's live-row statistic first,
@@ -740,7 +903,9 @@ func (p *pass) count() error {
 		// ones, whose statements have returned, are.
 		c.pending.Store(0)
 	}
-	p.progress(PhaseCount)
+	if err := p.progress(PhaseCount); err != nil {
+		return err
+	}
 
 	if p.res.ExpiredRemoved+p.res.AgedOut > 0 && !p.dry {
 		if err := p.flushStats(); err != nil {
@@ -837,14 +1002,6 @@ func (p *pass) flushStats() error {
 	return nil
 }
 
-// cullStep is one stretch of eviction order the cull walks with one
-// statement: rows with an expiry, or never-expiring rows.
-type cullStep struct {
-	q     string
-	start cursor
-	args  func(limit int64, cur cursor) []any // then the budget and the row count are appended
-}
-
 // cull removes rows in eviction order when the table holds more than
 // MaxEntries: max(count/CullFrequency, count − MaxEntries) of them, as
 // Django does (all of them with CullAll); and, when its size is over
@@ -895,31 +1052,42 @@ func (p *pass) cull() error {
 		p.bytesRows = p.rowsFor(p.bytesTarget)
 	}
 
-	var steps []cullStep
-	timed := func(q string) cullStep {
-		return cullStep{q: fmt.Sprintf(q, c.table), start: startTimed, args: func(limit int64, cur cursor) []any {
-			return []any{limit, p.lockPID, cur.expires, cur.key}
-		}}
+	// The byte budget, when MaxBytes calls for it, and the rows MaxEntries
+	// still calls for whatever their bytes: the last arguments of each
+	// cull statement.
+	budget := func() []any {
+		var left *int64
+		if bytesOver {
+			l := p.bytesTarget - p.res.CulledBytes
+			left = &l
+		}
+		return []any{left, max(p.target-p.res.Culled, 0)}
 	}
+	var steps []stretch
+	timed := stretch{q: fmt.Sprintf(sqlCullTimed, c.table), start: startTimed, args: func(cur cursor) []any {
+		return append([]any{cur.expires, cur.key}, budget()...)
+	}}
 	switch {
 	case bytesOver || !found: // everything may go, rows with an expiry first
-		steps = []cullStep{timed(sqlCullTimed), {q: fmt.Sprintf(sqlCullNull, c.table), args: func(limit int64, cur cursor) []any {
-			return []any{limit, p.lockPID, cur.key}
+		steps = []stretch{timed, {q: fmt.Sprintf(sqlCullNull, c.table), args: func(cur cursor) []any {
+			return append([]any{cur.key}, budget()...)
 		}}}
 	case bound.expires.Valid: // the boundary has an expiry
-		steps = []cullStep{{q: fmt.Sprintf(sqlCullBefore, c.table), start: startTimed, args: func(limit int64, cur cursor) []any {
-			return []any{limit, p.lockPID, cur.expires, cur.key, bound.expires, bound.key}
+		steps = []stretch{{q: fmt.Sprintf(sqlCullBefore, c.table), start: startTimed, args: func(cur cursor) []any {
+			return append([]any{cur.expires, cur.key, bound.expires, bound.key}, budget()...)
 		}}}
 	default: // the boundary never expires: every row with an expiry goes first
-		steps = []cullStep{timed(sqlCullTimed), {q: fmt.Sprintf(sqlCullNullBefore, c.table), args: func(limit int64, cur cursor) []any {
-			return []any{limit, p.lockPID, cur.key, bound.key}
+		steps = []stretch{timed, {q: fmt.Sprintf(sqlCullNullBefore, c.table), args: func(cur cursor) []any {
+			return append([]any{cur.key, bound.key}, budget()...)
 		}}}
 	}
 
 	if p.dry {
 		return p.dryCull(countOver, bytesOver, before, keep)
 	}
-	p.progress(PhaseCull)
+	if err := p.progress(PhaseCull); err != nil {
+		return err
+	}
 	defer func() {
 		if p.res.Culled > 0 {
 			_ = p.flushStats() // best effort: the rows are gone either way
@@ -929,48 +1097,26 @@ func (p *pass) cull() error {
 		return (!countOver || p.res.Culled >= p.target) && (!bytesOver || p.res.CulledBytes >= p.bytesTarget)
 	}
 	batch := int64(c.cfg.BatchSize)
+	want := func() int64 {
+		var want int64
+		if countOver {
+			want = p.target - p.res.Culled
+		}
+		if bytesOver {
+			// Batches shrink to about the rows the rest of the excess
+			// takes, so the last one overshoots by about a row, not by a
+			// batch of large values.
+			want = max(want, p.rowsFor(p.bytesTarget-p.res.CulledBytes))
+		}
+		return min(max(want, 1), batch)
+	}
 	for _, st := range steps {
-		cur := st.start
-		for {
-			if done() {
-				return nil
-			}
-			if err := p.heartbeat(false); err != nil {
-				return err
-			}
-			var want int64
-			if countOver {
-				want = p.target - p.res.Culled
-			}
-			if bytesOver {
-				// Batches shrink to about the rows the rest of the excess
-				// takes, so the last one overshoots by about a row, not by
-				// a batch of large values.
-				want = max(want, p.rowsFor(p.bytesTarget-p.res.CulledBytes))
-			}
-			want = min(max(want, 1), batch)
-			// The byte budget, when MaxBytes calls for it, and the rows
-			// MaxEntries still calls for whatever their bytes.
-			var budget *int64
-			rows := max(p.target-p.res.Culled, 0)
-			if bytesOver {
-				left := p.bytesTarget - p.res.CulledBytes
-				budget = &left
-			}
-			b, err := p.deleteBatch(st.q, append(st.args(want, cur), budget, rows)...)
-			if err != nil {
-				return fmt.Errorf("culling: cull: %w", err)
-			}
+		if err := p.walk(st, "cull", want, done, func(b batchResult) error {
 			p.res.Culled += b.removed
 			p.res.CulledBytes += b.bytes
-			p.progress(PhaseCull)
-			if b.removed < b.picked {
-				return p.lockLost()
-			}
-			if b.locked < want {
-				break // this stretch is done
-			}
-			cur = b.next
+			return p.progress(PhaseCull)
+		}); err != nil {
+			return err
 		}
 	}
 	if done() {
@@ -1119,7 +1265,7 @@ func (p *pass) record() {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42703" { // undefined_column: no migration 004
 		if c.warnedState.CompareAndSwap(false, true) {
-			c.cfg.Logger.WarnContext(p.ctx, "culling.Culler: "+StateTable+" lacks the columns of migration 004; "+
+			c.log(p.ctx, slog.LevelWarn, "culling.Culler: "+StateTable+" lacks the columns of migration 004; "+
 				"apply the migrations so `dbcache stats` can show the limits, the size and what MaxAge removed")
 		}
 		err = p.tx(p.work, sqlAsyncCommit, fmt.Sprintf(sqlRecord, c.state),
@@ -1130,10 +1276,10 @@ func (p *pass) record() {
 	}
 	if errors.As(err, &pgErr) && pgErr.Code == "42P01" { // undefined_table
 		if c.warnedState.CompareAndSwap(false, true) {
-			c.cfg.Logger.WarnContext(p.ctx, "culling.Culler: cannot record passes: "+StateTable+
+			c.log(p.ctx, slog.LevelWarn, "culling.Culler: cannot record passes: "+StateTable+
 				" is missing; apply the migrations (002) so `dbcache stats` can show the last cull")
 		}
 		return
 	}
-	c.cfg.Logger.WarnContext(p.ctx, "culling.Culler: cannot record the pass", "error", err)
+	c.log(p.ctx, slog.LevelWarn, "culling.Culler: cannot record the pass", "error", err)
 }

@@ -26,13 +26,31 @@ const (
 	// a uint32; subtracting 2^31 maps it one-to-one onto int4. now() is the
 	// transaction's start: the pass's "as of" time for the expiry sweep.
 	// $3, unless NULL, is the transaction's idle_in_transaction_session_timeout.
+	//
+	// It also returns, from the server, the backend running the transaction
+	// and the transaction's virtual ID, which the batches check the lock
+	// against (see the batch deletes): the PID a client was given is not the
+	// backend's behind a pooler (PgBouncer hands out its own cancel key),
+	// and the transaction is pinned to one backend for as long as it is
+	// open. Every transaction holds the lock on its own virtual ID, so that
+	// row of pg_locks is there whatever the order the columns are computed
+	// in.
 	sqlLock = `
 SELECT t.oid::int8,
        pg_try_advisory_xact_lock($2::int4, (t.oid::int8 - 2147483648)::int4),
-       now()
+       now(),
+       pg_backend_pid(),
+       (SELECT virtualtransaction FROM pg_locks
+         WHERE locktype = 'virtualxid' AND pid = pg_backend_pid() AND granted LIMIT 1)
   FROM (SELECT to_regclass($1) AS oid,
                CASE WHEN $3::text IS NOT NULL
                     THEN set_config('idle_in_transaction_session_timeout', $3::text, true) END) t`
+
+	// sqlServerPID is the backend that runs the transaction: a pass's work
+	// connection's, read once a pass, is the connection's own backend when
+	// its client PID says so (a direct connection) and anyone's behind a
+	// transaction pooler.
+	sqlServerPID = `SELECT pg_backend_pid()`
 
 	// sqlLockHeld reports whether backend $1 still holds the culler lock
 	// ($2, and the OID of table $3, whose int4 form shows in pg_locks as
@@ -83,6 +101,24 @@ SELECT set_config('synchronous_commit', 'off', true),
        set_config('enable_seqscan', 'off', true),
        set_config('enable_bitmapscan', 'off', true)`
 
+	// sqlDeleteSettings is sqlBatchSettings for the batch deletes, plus a
+	// lock_timeout of 50 ms for the rest of the transaction: a batch waits
+	// for a writer holding one of its rows (see the batch deletes), and a
+	// writer's statement holds a row for milliseconds, but an application's
+	// transaction can hold one for as long as it stays open. The rows the batch already deleted stay
+	// locked while it waits, so their writers would wait as long; the
+	// timeout bounds both, and it is shorter than deadlock_timeout (1 s by
+	// default), so against an application transaction that locks rows in
+	// another order the batch gives way first, without a deadlock error for
+	// the application. A writer's own statement rarely holds a row that
+	// long; one that does (a slow commit) is treated as a held row, and its
+	// row waits for the next pass, as a row it rewrites would.
+	sqlDeleteSettings = `
+SELECT set_config('synchronous_commit', 'off', true),
+       set_config('enable_seqscan', 'off', true),
+       set_config('enable_bitmapscan', 'off', true),
+       set_config('lock_timeout', '50ms', true)`
+
 	// sqlRowBytes is a row's size as MaxBytes counts it: its key and value
 	// as stored (after compression, in the table or its TOAST table;
 	// pg_column_size reads an out-of-line value's size from its pointer,
@@ -93,82 +129,104 @@ SELECT set_config('synchronous_commit', 'off', true),
 	// current transaction only (see runTx).
 	sqlAsyncCommit = `SELECT set_config('synchronous_commit', 'off', true)`
 
-	// The batch deletes. Each one locks up to $1 rows in eviction order
+	// The batch deletes. Each one reads up to $1 rows in eviction order
 	// (expires, then key, never-expiring NULLs last: the order of the
-	// (expires, key) index) starting at the cursor, removes them, and
-	// returns how many it locked and removed and the last (expires, key) it
-	// locked, where the next batch starts. Starting each batch there, not
-	// at the start of the range, is what keeps a pass's cost proportional
-	// to what it removes: the index entries of rows removed by earlier
-	// batches stay in the index until vacuum, and as long as any
-	// transaction holds an older snapshot not even a scan may mark them
-	// dead, so a batch that started over would read all of them again.
+	// (expires, key) index) from the cursor on, deletes them by key,
+	// re-checking in the DELETE itself that each is still due, and returns
+	// how many it read, picked to remove and removed, their bytes, whether
+	// the lock was held, and the last (expires, key) it picked, after which
+	// the next batch starts. Starting each batch there, not at the start of
+	// the range, is what keeps a pass's cost proportional to what it
+	// removes: the index entries of rows removed by earlier batches stay in
+	// the index until vacuum, and as long as any transaction holds an older
+	// snapshot not even a scan may mark them dead, so a batch that started
+	// over would read all of them again. The cursor compares with >=, and
+	// the pass moves it just past the last row picked (that key followed by
+	// \x01, the next string in the key column's C collation), so no batch
+	// reads a row twice.
 	//
-	// The cursor compares with >=: it is a row this pass removed, so the
-	// next batch reads one dead entry and never skips a live one.
+	// The read takes no row lock (Citus refuses FOR UPDATE in a query over
+	// several shards, and one form serves both). The DELETE finds each row
+	// by its key in the primary key index, so it locks rows in key order, as
+	// every statement of dbcache does, and cannot deadlock with them. A row
+	// a writer changed after the batch's snapshot is found in its newest
+	// version: PostgreSQL waits for the writer, then re-checks the DELETE's
+	// conditions on what the writer committed and removes the row only if
+	// it is still due. The conditions are the cut-off, not only the key:
+	// for the sweep, the row expired by the pass's start; for MaxAge, it was
+	// written before the cut-off; for the cull, it still lies in the stretch
+	// of eviction order the batch read (from the cursor to the last row
+	// picked), so a row a writer rewrote with a later expiry has moved to
+	// the end of eviction order and stays. Rows the DELETE leaves (rewritten
+	// out of the range, or removed by someone else) are behind the cursor:
+	// the next pass sees them as they are then. The batch's transaction sets
+	// lock_timeout (sqlDeleteSettings), so a row held by a long transaction
+	// fails the batch after that long instead of stalling the pass; the
+	// pass then halves the batch until it finds the held row, and steps
+	// over it (see pass.walk).
 	//
-	// Rows are locked with SKIP LOCKED, so a batch never waits on a writer
-	// holding one of them, and deleted by ctid, which the row lock pins:
-	// measured six times faster than joining back on the primary key. The
-	// delete also requires, in the same statement, that the lock
-	// transaction's backend ($2, its pid) still holds its advisory lock: if
-	// that backend died, the lock is gone, another culler may have started,
-	// and the batch deletes nothing; the pass then sees locked > removed
-	// and stops. (The lock transaction holds no other advisory lock, so
-	// the pid alone identifies it.) It also returns the stored bytes of the
-	// rows it removed (sqlRowBytes).
+	// The lock check: the held CTE, read once at the batch's start, reports
+	// whether the lock transaction ($2, its virtual transaction ID, read on
+	// the server) still holds an advisory lock. If that transaction ended
+	// (its backend died, its connection was cut), the lock is gone, another
+	// culler may have started, and the batch deletes nothing and says so:
+	// the pass stops with ErrLockLost. The virtual ID names one transaction
+	// for the server's lifetime, so no other backend's lock (a later culler,
+	// an application's) can pass for it, and it holds no other advisory
+	// lock. $3 false makes the batch read without deleting: how a pass
+	// finds the row it steps over.
+	//
+	// The bytes are those of the rows as the batch read them (sqlRowBytes):
+	// Citus refuses pg_column_size in a DELETE's RETURNING, and a row
+	// rewritten in the batch's milliseconds and still removed counts at the
+	// size it was read at.
 	//
 	// The cull statements take two more parameters, a byte budget and a
-	// row count, and remove only the first rows of the batch, in order,
-	// that the count calls for or that start before the budget is spent
-	// (no budget: all of them): a cull for MaxBytes then stops within one
-	// row of its target instead of within one batch. They return the rows
-	// locked, the rows picked and the rows removed.
-	//
-	// The last row is the largest locked (expires, key): the scan's order,
-	// except that a row a writer changed while the batch waited for it is
-	// rechecked and returned with its new values, which can place it later
-	// in the range; the next batch then starts there, and the rows it
-	// skipped wait for the next pass, like the rows writers hold.
+	// row count, and pick only the first rows of the batch, in order, that
+	// the count calls for or that start before the budget is spent (no
+	// budget: all of them): a cull for MaxBytes then stops within one row of
+	// its target instead of within one batch.
 
-	// sqlSweep removes rows that had expired at $3, from cursor ($4, $5).
+	// sqlSweep removes rows that had expired at $4, from cursor ($5, $6).
 	sqlSweep = `
-WITH batch AS MATERIALIZED (
-       SELECT ctid, expires, key FROM %[1]s
-        WHERE expires <= $3 AND (expires, key) >= ($4, $5)
+WITH held AS MATERIALIZED (
+       SELECT EXISTS (SELECT 1 FROM pg_locks
+                       WHERE locktype = 'advisory' AND granted AND virtualtransaction = $2) AS ok),
+     batch AS MATERIALIZED (
+       SELECT expires, key FROM %[1]s
+        WHERE expires <= $4 AND (expires, key) >= ($5, $6)
         ORDER BY expires, key
-        LIMIT $1
-          FOR UPDATE SKIP LOCKED),
+        LIMIT $1),
      gone AS (
        DELETE FROM %[1]s
-        WHERE ctid = ANY (ARRAY (SELECT ctid FROM batch))
-          AND EXISTS (SELECT 1 FROM pg_locks
-                       WHERE locktype = 'advisory' AND pid = $2 AND granted)
-       RETURNING ` + sqlRowBytes + ` AS bytes)
+        WHERE key = ANY (ARRAY (SELECT key FROM batch WHERE $3 AND (SELECT ok FROM held)))
+          AND expires <= $4
+       RETURNING key)
 SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM batch), (SELECT count(*) FROM gone),
-       (SELECT coalesce(sum(bytes), 0) FROM gone)::int8, last.expires, last.key
+       0::int8, (SELECT ok FROM held), last.expires, last.key
   FROM (SELECT 1) one
   LEFT JOIN (SELECT expires, key FROM batch ORDER BY expires DESC, key DESC LIMIT 1) last ON true`
 
-	// sqlAgeOut removes rows written before $3, from cursor (written_at $4,
-	// key $5), through the partial index on (written_at, key): its
+	// sqlAgeOut removes rows written before $4, from cursor (written_at $5,
+	// key $6), through the partial index on (written_at, key): its
 	// predicate is repeated here word for word so the planner uses it.
 	sqlAgeOut = `
-WITH batch AS MATERIALIZED (
-       SELECT ctid, written_at, key FROM %[1]s
+WITH held AS MATERIALIZED (
+       SELECT EXISTS (SELECT 1 FROM pg_locks
+                       WHERE locktype = 'advisory' AND granted AND virtualtransaction = $2) AS ok),
+     batch AS MATERIALIZED (
+       SELECT written_at, key FROM %[1]s
         WHERE (expires IS NULL OR expires - written_at > interval '1 hour')
-          AND written_at < $3 AND (written_at, key) >= ($4, $5)
+          AND written_at < $4 AND (written_at, key) >= ($5, $6)
         ORDER BY written_at, key
-        LIMIT $1
-          FOR UPDATE SKIP LOCKED),
+        LIMIT $1),
      gone AS (
        DELETE FROM %[1]s
-        WHERE ctid = ANY (ARRAY (SELECT ctid FROM batch))
-          AND EXISTS (SELECT 1 FROM pg_locks
-                       WHERE locktype = 'advisory' AND pid = $2 AND granted)
-       RETURNING ` + sqlRowBytes + ` AS bytes)
+        WHERE key = ANY (ARRAY (SELECT key FROM batch WHERE $3 AND (SELECT ok FROM held)))
+          AND written_at < $4
+       RETURNING key)
 SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM batch), (SELECT count(*) FROM gone),
-       (SELECT coalesce(sum(bytes), 0) FROM gone)::int8, last.written_at, last.key
+       0::int8, (SELECT ok FROM held), last.written_at, last.key
   FROM (SELECT 1) one
   LEFT JOIN (SELECT written_at, key FROM batch ORDER BY written_at DESC, key DESC LIMIT 1) last ON true`
 
@@ -179,109 +237,131 @@ SELECT count(*), coalesce(sum(` + sqlRowBytes + `), 0)::int8 FROM %[1]s
  WHERE (expires IS NULL OR expires - written_at > interval '1 hour') AND written_at < $1
    AND (expires IS NULL OR expires > $2)`
 
-	// sqlCullBefore culls rows with an expiry from cursor ($3, $4) up to,
-	// not including, the boundary ($5, $6), a row with an expiry.
+	// sqlCullBefore culls rows with an expiry from cursor ($4, $5) up to,
+	// not including, the boundary ($6, $7), a row with an expiry; $8 and $9
+	// are the byte budget and the row count.
 	sqlCullBefore = `
-WITH batch AS MATERIALIZED (
-       SELECT ctid, expires, key, ` + sqlRowBytes + ` AS b FROM %[1]s
-        WHERE (expires, key) >= ($3, $4) AND (expires, key) < ($5, $6)
+WITH held AS MATERIALIZED (
+       SELECT EXISTS (SELECT 1 FROM pg_locks
+                       WHERE locktype = 'advisory' AND granted AND virtualtransaction = $2) AS ok),
+     batch AS MATERIALIZED (
+       SELECT expires, key, ` + sqlRowBytes + ` AS b FROM %[1]s
+        WHERE (expires, key) >= ($4, $5) AND (expires, key) < ($6, $7)
         ORDER BY expires, key
-        LIMIT $1
-          FOR UPDATE SKIP LOCKED),
+        LIMIT $1),
      pick AS MATERIALIZED (
-       SELECT ctid, expires, key FROM (
-              SELECT ctid, expires, key, b,
+       SELECT expires, key, b FROM (
+              SELECT expires, key, b,
                      row_number() OVER w AS n, sum(b) OVER w AS run
                 FROM batch WINDOW w AS (ORDER BY expires, key ROWS UNBOUNDED PRECEDING)) r
-        WHERE $7::int8 IS NULL OR n <= $8 OR run - b < $7),
+        WHERE $8::int8 IS NULL OR n <= $9 OR run - b < $8),
+     last AS MATERIALIZED (
+       SELECT expires, key FROM pick ORDER BY expires DESC, key DESC LIMIT 1),
      gone AS (
        DELETE FROM %[1]s
-        WHERE ctid = ANY (ARRAY (SELECT ctid FROM pick))
-          AND EXISTS (SELECT 1 FROM pg_locks
-                       WHERE locktype = 'advisory' AND pid = $2 AND granted)
-       RETURNING ` + sqlRowBytes + ` AS bytes)
+        WHERE key = ANY (ARRAY (SELECT key FROM pick WHERE $3 AND (SELECT ok FROM held)))
+          AND (expires, key) >= ($4, $5)
+          AND (expires, key) <= ((SELECT expires FROM last), (SELECT key FROM last))
+       RETURNING key)
 SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM pick), (SELECT count(*) FROM gone),
-       (SELECT coalesce(sum(bytes), 0) FROM gone)::int8, last.expires, last.key
+       (SELECT coalesce(sum(p.b), 0) FROM pick p JOIN gone g ON g.key = p.key)::int8,
+       (SELECT ok FROM held), last.expires, last.key
   FROM (SELECT 1) one
-  LEFT JOIN (SELECT expires, key FROM pick ORDER BY expires DESC, key DESC LIMIT 1) last ON true`
+  LEFT JOIN last ON true`
 
-	// sqlCullTimed culls rows with an expiry from cursor ($3, $4) on, all
-	// of them: the boundary is a never-expiring row, or there is none.
+	// sqlCullTimed culls rows with an expiry from cursor ($4, $5) on, all
+	// of them: the boundary is a never-expiring row, or there is none. $6
+	// and $7 are the byte budget and the row count.
 	sqlCullTimed = `
-WITH batch AS MATERIALIZED (
-       SELECT ctid, expires, key, ` + sqlRowBytes + ` AS b FROM %[1]s
-        WHERE expires IS NOT NULL AND (expires, key) >= ($3, $4)
+WITH held AS MATERIALIZED (
+       SELECT EXISTS (SELECT 1 FROM pg_locks
+                       WHERE locktype = 'advisory' AND granted AND virtualtransaction = $2) AS ok),
+     batch AS MATERIALIZED (
+       SELECT expires, key, ` + sqlRowBytes + ` AS b FROM %[1]s
+        WHERE expires IS NOT NULL AND (expires, key) >= ($4, $5)
         ORDER BY expires, key
-        LIMIT $1
-          FOR UPDATE SKIP LOCKED),
+        LIMIT $1),
      pick AS MATERIALIZED (
-       SELECT ctid, expires, key FROM (
-              SELECT ctid, expires, key, b,
+       SELECT expires, key, b FROM (
+              SELECT expires, key, b,
                      row_number() OVER w AS n, sum(b) OVER w AS run
                 FROM batch WINDOW w AS (ORDER BY expires, key ROWS UNBOUNDED PRECEDING)) r
-        WHERE $5::int8 IS NULL OR n <= $6 OR run - b < $5),
+        WHERE $6::int8 IS NULL OR n <= $7 OR run - b < $6),
+     last AS MATERIALIZED (
+       SELECT expires, key FROM pick ORDER BY expires DESC, key DESC LIMIT 1),
      gone AS (
        DELETE FROM %[1]s
-        WHERE ctid = ANY (ARRAY (SELECT ctid FROM pick))
-          AND EXISTS (SELECT 1 FROM pg_locks
-                       WHERE locktype = 'advisory' AND pid = $2 AND granted)
-       RETURNING ` + sqlRowBytes + ` AS bytes)
+        WHERE key = ANY (ARRAY (SELECT key FROM pick WHERE $3 AND (SELECT ok FROM held)))
+          AND (expires, key) >= ($4, $5)
+          AND (expires, key) <= ((SELECT expires FROM last), (SELECT key FROM last))
+       RETURNING key)
 SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM pick), (SELECT count(*) FROM gone),
-       (SELECT coalesce(sum(bytes), 0) FROM gone)::int8, last.expires, last.key
+       (SELECT coalesce(sum(p.b), 0) FROM pick p JOIN gone g ON g.key = p.key)::int8,
+       (SELECT ok FROM held), last.expires, last.key
   FROM (SELECT 1) one
-  LEFT JOIN (SELECT expires, key FROM pick ORDER BY expires DESC, key DESC LIMIT 1) last ON true`
+  LEFT JOIN last ON true`
 
-	// sqlCullNullBefore culls never-expiring rows from cursor key $3 up to,
-	// not including, the boundary's key $4 (a never-expiring row).
+	// sqlCullNullBefore culls never-expiring rows from cursor key $4 up to,
+	// not including, the boundary's key $5 (a never-expiring row); $6 and
+	// $7 are the byte budget and the row count.
 	sqlCullNullBefore = `
-WITH batch AS MATERIALIZED (
-       SELECT ctid, expires, key, ` + sqlRowBytes + ` AS b FROM %[1]s
-        WHERE expires IS NULL AND key >= $3 AND key < $4
+WITH held AS MATERIALIZED (
+       SELECT EXISTS (SELECT 1 FROM pg_locks
+                       WHERE locktype = 'advisory' AND granted AND virtualtransaction = $2) AS ok),
+     batch AS MATERIALIZED (
+       SELECT expires, key, ` + sqlRowBytes + ` AS b FROM %[1]s
+        WHERE expires IS NULL AND key >= $4 AND key < $5
         ORDER BY expires, key
-        LIMIT $1
-          FOR UPDATE SKIP LOCKED),
+        LIMIT $1),
      pick AS MATERIALIZED (
-       SELECT ctid, expires, key FROM (
-              SELECT ctid, expires, key, b,
+       SELECT expires, key, b FROM (
+              SELECT expires, key, b,
+                     row_number() OVER w AS n, sum(b) OVER w AS run
+                FROM batch WINDOW w AS (ORDER BY expires, key ROWS UNBOUNDED PRECEDING)) r
+        WHERE $6::int8 IS NULL OR n <= $7 OR run - b < $6),
+     last AS MATERIALIZED (
+       SELECT expires, key FROM pick ORDER BY key DESC LIMIT 1),
+     gone AS (
+       DELETE FROM %[1]s
+        WHERE key = ANY (ARRAY (SELECT key FROM pick WHERE $3 AND (SELECT ok FROM held)))
+          AND expires IS NULL AND key >= $4 AND key <= (SELECT key FROM last)
+       RETURNING key)
+SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM pick), (SELECT count(*) FROM gone),
+       (SELECT coalesce(sum(p.b), 0) FROM pick p JOIN gone g ON g.key = p.key)::int8,
+       (SELECT ok FROM held), last.expires, last.key
+  FROM (SELECT 1) one
+  LEFT JOIN last ON true`
+
+	// sqlCullNull culls never-expiring rows from cursor key $4 on, all of
+	// them (there is no boundary: CullAll, or MaxBytes); $5 and $6 are the
+	// byte budget and the row count.
+	sqlCullNull = `
+WITH held AS MATERIALIZED (
+       SELECT EXISTS (SELECT 1 FROM pg_locks
+                       WHERE locktype = 'advisory' AND granted AND virtualtransaction = $2) AS ok),
+     batch AS MATERIALIZED (
+       SELECT expires, key, ` + sqlRowBytes + ` AS b FROM %[1]s
+        WHERE expires IS NULL AND key >= $4
+        ORDER BY expires, key
+        LIMIT $1),
+     pick AS MATERIALIZED (
+       SELECT expires, key, b FROM (
+              SELECT expires, key, b,
                      row_number() OVER w AS n, sum(b) OVER w AS run
                 FROM batch WINDOW w AS (ORDER BY expires, key ROWS UNBOUNDED PRECEDING)) r
         WHERE $5::int8 IS NULL OR n <= $6 OR run - b < $5),
+     last AS MATERIALIZED (
+       SELECT expires, key FROM pick ORDER BY key DESC LIMIT 1),
      gone AS (
        DELETE FROM %[1]s
-        WHERE ctid = ANY (ARRAY (SELECT ctid FROM pick))
-          AND EXISTS (SELECT 1 FROM pg_locks
-                       WHERE locktype = 'advisory' AND pid = $2 AND granted)
-       RETURNING ` + sqlRowBytes + ` AS bytes)
+        WHERE key = ANY (ARRAY (SELECT key FROM pick WHERE $3 AND (SELECT ok FROM held)))
+          AND expires IS NULL AND key >= $4 AND key <= (SELECT key FROM last)
+       RETURNING key)
 SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM pick), (SELECT count(*) FROM gone),
-       (SELECT coalesce(sum(bytes), 0) FROM gone)::int8, last.expires, last.key
+       (SELECT coalesce(sum(p.b), 0) FROM pick p JOIN gone g ON g.key = p.key)::int8,
+       (SELECT ok FROM held), last.expires, last.key
   FROM (SELECT 1) one
-  LEFT JOIN (SELECT expires, key FROM pick ORDER BY key DESC LIMIT 1) last ON true`
-
-	// sqlCullNull culls never-expiring rows from cursor key $3 on, all of
-	// them (there is no boundary: CullAll).
-	sqlCullNull = `
-WITH batch AS MATERIALIZED (
-       SELECT ctid, expires, key, ` + sqlRowBytes + ` AS b FROM %[1]s
-        WHERE expires IS NULL AND key >= $3
-        ORDER BY expires, key
-        LIMIT $1
-          FOR UPDATE SKIP LOCKED),
-     pick AS MATERIALIZED (
-       SELECT ctid, expires, key FROM (
-              SELECT ctid, expires, key, b,
-                     row_number() OVER w AS n, sum(b) OVER w AS run
-                FROM batch WINDOW w AS (ORDER BY expires, key ROWS UNBOUNDED PRECEDING)) r
-        WHERE $4::int8 IS NULL OR n <= $5 OR run - b < $4),
-     gone AS (
-       DELETE FROM %[1]s
-        WHERE ctid = ANY (ARRAY (SELECT ctid FROM pick))
-          AND EXISTS (SELECT 1 FROM pg_locks
-                       WHERE locktype = 'advisory' AND pid = $2 AND granted)
-       RETURNING ` + sqlRowBytes + ` AS bytes)
-SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM pick), (SELECT count(*) FROM gone),
-       (SELECT coalesce(sum(bytes), 0) FROM gone)::int8, last.expires, last.key
-  FROM (SELECT 1) one
-  LEFT JOIN (SELECT expires, key FROM pick ORDER BY key DESC LIMIT 1) last ON true`
+  LEFT JOIN last ON true`
 
 	// sqlBoundary walks the eviction order backwards from its end, over
 	// rows that had not expired at $1, and returns the row $2 + 1 from the

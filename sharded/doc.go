@@ -21,7 +21,11 @@
 // order, place the keys, so a server can move to another host without
 // moving a key, and adding or removing one moves only the keys it wins or
 // held (1/(N+1) or 1/N of them). The figures behind the choice of
-// rendezvous hashing are in docs/scale-out.md.
+// rendezvous hashing are in docs/scale-out.md. New refuses one cache table
+// under two names (the same host, port, database and schema, or the same
+// table as the server reports it once a shard opens), naming both shards:
+// each key would have two homes. Shards given as a *dbcache.Cache are not
+// compared.
 //
 // # The API
 //

@@ -104,6 +104,9 @@ func TestShardDown(t *testing.T) {
 	mustShardError(t, err, "b")
 	require.Empty(t, e.rows(t, "a"))
 	require.Empty(t, e.rows(t, "c"))
+	// Clear never fails open: with FailOpen too, b's failure is an error.
+	err = open.Clear(ctx)
+	mustShardError(t, err, "b")
 
 	// Nothing of b's went anywhere else meanwhile; back, b serves what it
 	// held, which nothing overwrote elsewhere.

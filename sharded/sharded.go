@@ -116,6 +116,10 @@ type state struct {
 	failOpenCount    atomic.Int64
 	failOpenLogged   atomic.Int64
 	failOpenUnlogged atomic.Int64
+
+	// identMu orders the checks that no two open shards reach one table
+	// (see identity.go).
+	identMu sync.Mutex
 }
 
 // routeVersion is the version the routing key is made at: any fixed value
@@ -134,6 +138,11 @@ type shard struct {
 	failOpen bool
 
 	cur atomic.Pointer[dbcache.Cache]
+	// ownPool is a DSN shard's pool, opened with its cache and closed
+	// with it; guarded by mu once New has returned.
+	ownPool *pgxpool.Pool
+	// ident is the table the shard's pool reaches, once known.
+	ident atomic.Pointer[identity]
 
 	mu      sync.Mutex
 	opening chan struct{} // non-nil while an open runs; closed when it ends
@@ -218,6 +227,9 @@ func New(ctx context.Context, shards []Shard, cfg *Config) (*Cache, error) {
 	if err := s.keyMaking(); err != nil {
 		return nil, err
 	}
+	if err := s.checkAddresses(); err != nil {
+		return nil, err
+	}
 	s.bg, s.bgCancel = context.WithCancel(context.Background())
 
 	// Open the Pool and DSN shards, in parallel.
@@ -228,8 +240,9 @@ func New(ctx context.Context, shards []Shard, cfg *Config) (*Cache, error) {
 			continue
 		}
 		wg.Go(func() {
-			cache, err := x.build(ctx)
+			cache, pool, err := x.build(ctx)
 			if err == nil {
+				x.ownPool = pool
 				x.cur.Store(cache)
 				return
 			}
@@ -256,6 +269,11 @@ func New(ctx context.Context, shards []Shard, cfg *Config) (*Cache, error) {
 		}
 	}
 	if err := s.checkOpened(); err != nil {
+		s.closeBuilt()
+		s.bgCancel()
+		return nil, err
+	}
+	if err := s.checkTables(ctx); err != nil {
 		s.closeBuilt()
 		s.bgCancel()
 		return nil, err
@@ -357,21 +375,77 @@ func versionOf(c dbcache.Config) int {
 	return dbcache.VersionDefault
 }
 
-// build opens the shard's cache.
-func (x *shard) build(ctx context.Context) (*dbcache.Cache, error) {
+// build opens the shard's cache, and for a DSN shard its pool (returned,
+// for the caller to close with the cache; nil for a Pool shard), as
+// dbcache.Open would.
+func (x *shard) build(ctx context.Context) (*dbcache.Cache, *pgxpool.Pool, error) {
 	if x.pool != nil {
-		return dbcache.New(ctx, x.pool, &x.cfg)
+		c, err := dbcache.New(ctx, x.pool, &x.cfg)
+		return c, nil, err
 	}
-	return dbcache.Open(ctx, x.dsn, &x.cfg)
+	pool, err := pgxpool.New(ctx, x.dsn)
+	if err != nil {
+		return nil, nil, fmt.Errorf("dbcache: open pool: %w", err)
+	}
+	c, err := dbcache.New(ctx, pool, &x.cfg)
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	return c, pool, nil
 }
 
-// closeBuilt closes the caches New built (a DSN shard's closes its pool).
+// poolOf is the pool a built shard's cache runs on.
+func (x *shard) poolOf(own *pgxpool.Pool) *pgxpool.Pool {
+	if x.pool != nil {
+		return x.pool
+	}
+	return own
+}
+
+// closeBuilt closes the caches New built, and the pools of DSN shards.
 func (s *state) closeBuilt() {
 	for _, x := range s.shards {
 		if c := x.cur.Load(); c != nil && !x.given {
 			_ = c.Close()
+			x.mu.Lock()
+			if x.ownPool != nil {
+				x.ownPool.Close()
+			}
+			x.mu.Unlock()
 		}
 	}
+}
+
+// checkTables reads, in parallel, the table each opened Pool or DSN shard
+// reaches, and refuses two shards on one table (see identity.go). A shard
+// whose identity cannot be read now (it went down since it opened) is not
+// compared.
+func (s *state) checkTables(ctx context.Context) error {
+	ids := make([]*identity, len(s.shards))
+	var wg sync.WaitGroup
+	for i, x := range s.shards {
+		if x.given || x.cur.Load() == nil {
+			continue
+		}
+		wg.Go(func() {
+			if id, err := identify(ctx, x.poolOf(x.ownPool), x.cfg.Schema); err == nil {
+				ids[i] = &id
+			}
+		})
+	}
+	wg.Wait()
+	s.identMu.Lock()
+	defer s.identMu.Unlock()
+	for i, x := range s.shards {
+		if ids[i] == nil {
+			continue
+		}
+		if err := s.conflict(x, *ids[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // cache returns the shard's cache, opening it if New could not: at most
@@ -415,7 +489,21 @@ func (c *Cache) open(ctx context.Context, x *shard) (*dbcache.Cache, error) {
 	x.mu.Unlock()
 	go func() {
 		defer s.opens.Done()
-		sc, err := x.build(s.bg)
+		sc, own, err := x.build(s.bg)
+		if err == nil {
+			// Not another shard's table under a second name (identity.go).
+			s.identMu.Lock()
+			if id, ierr := identify(s.bg, x.poolOf(own), x.cfg.Schema); ierr == nil {
+				if cerr := s.conflict(x, id); cerr != nil {
+					_ = sc.Close()
+					if own != nil {
+						own.Close()
+					}
+					sc, err = nil, cerr
+				}
+			}
+			s.identMu.Unlock()
+		}
 		x.mu.Lock()
 		defer x.mu.Unlock()
 		x.opening = nil
@@ -430,9 +518,13 @@ func (c *Cache) open(ctx context.Context, x *shard) (*dbcache.Cache, error) {
 		}
 		if s.closed.Load() {
 			_ = sc.Close()
+			if own != nil {
+				own.Close()
+			}
 			x.lastErr = dbcache.ErrClosed
 			return
 		}
+		x.ownPool = own
 		x.cur.Store(sc)
 		s.log.InfoContext(s.bg, "dbcache: shard opened", "shard", x.name)
 	}()

@@ -1,18 +1,29 @@
 // Package typed is dbcache's byte API for values of a Go type: a Cache[T]
-// over any dbcache.Store (a *dbcache.Cache, a sharded or near cache) that
-// encodes values with a codec.Codec[T], JSON unless configured otherwise.
+// over any dbcache.Store (a *dbcache.Cache, a sharded or near cache, a
+// memstore.Store) that encodes values with a codec.Codec[T], JSON unless
+// configured otherwise.
 //
 //	users, err := typed.New[User](cache, nil) // JSON
 //	err = users.Set(ctx, "user:42", User{ID: 42}, dbcache.ExpiresIn(time.Hour))
 //	u, err := users.Get(ctx, "user:42")       // dbcache.ErrMiss when absent
-//	u, err = users.GetOrSetFunc(ctx, "user:42", loadUser, dbcache.Revalidate(time.Minute, time.Hour))
+//	u, err = users.GetOrRevalidate(ctx, "user:42", loadUser, time.Minute, time.Hour)
+//	_, err = users.Delete(ctx, "user:42")
 //
-// Every operation of the byte API that carries values has its typed form:
-// Get, GetWithTTL, Set, Add, GetOrSet, GetOrSetFunc (with the byte API's
-// stampede protection, and stale-while-revalidate through a
-// dbcache.Revalidate timeout), GetMany and SetMany. The operations that
-// carry keys only (Delete, Touch, HasKey, TTL, Incr, …) are the Store's:
-// call them on Store().
+// Every operation of the core Store has its typed form: those that carry
+// values (Get, GetMany, Set, SetMany, Add, GetOrSet) encode and decode
+// them, and those that carry keys only (HasKey, Touch, Delete, DeleteMany)
+// are the Store's own. So are two optional capabilities, used when the
+// store has them: GetWithTTL (a dbcache.TTLReader) and the loaders,
+// GetOrSetFunc and GetOrRevalidate (a dbcache.Loader: the byte API's
+// stampede protection and stale-while-revalidate). A capability the store
+// lacks is an error matching errors.ErrUnsupported, except for
+// GetOrSetFunc, which then loads without stampede protection: a read, and
+// on a miss the loader and a GetOrSet, so the first stored value still
+// wins.
+//
+// Incr and Decr work on counters, the decimal integers the byte API's Incr
+// reads, not on values of T that a codec encoded: a Counter is the typed
+// form of a counter.
 //
 // # Values that no longer decode
 //

@@ -20,6 +20,12 @@
 // test ends; a pool from it has search_path set to that schema, so the code
 // under test finds its table the way an application's would. Schemas left by
 // killed runs are dropped when they are an hour old.
+//
+// DBCACHE_TEST_DB_PROFILE (EnvProfile) moves every schema of the run into a
+// database with production defaults (an ICU collation, a repeatable-read
+// default isolation), so a package's whole suite runs under them.
+// NewPgBouncer puts Debian's PgBouncer in transaction pooling in front of
+// the server.
 package dbtest
 
 import (
@@ -60,7 +66,11 @@ const (
 
 var (
 	serverOnce sync.Once
+	// serverURL is the database the run's schemas live in: the server's
+	// own (baseURL), or its profile's (EnvProfile).
 	serverURL  string
+	baseURL    string
+	runProfile Profile
 	serverErr  error
 	throwaway  *pgserver.Server
 	adminPool  *pgxpool.Pool
@@ -214,12 +224,27 @@ func server() (string, error) {
 			}
 			serverURL = throwaway.URL("")
 		}
+		if runProfile, serverErr = RunProfile(); serverErr != nil {
+			return
+		}
+		baseURL = serverURL
 		adminPool, serverErr = pgxpool.New(ctx, serverURL)
 		if serverErr != nil {
 			return
 		}
 		if serverErr = waitReady(ctx, adminPool); serverErr != nil {
 			return
+		}
+		if runProfile.suffix() != "" {
+			// Every schema of the run lives in the profile's database.
+			if serverURL, serverErr = profileDatabase(baseURL, runProfile); serverErr != nil {
+				serverErr = fmt.Errorf("%s: %w", EnvProfile, serverErr)
+				return
+			}
+			adminPool.Close()
+			if adminPool, serverErr = pgxpool.New(ctx, serverURL); serverErr != nil {
+				return
+			}
 		}
 		dropStaleSchemas(ctx)
 	})

@@ -118,10 +118,11 @@ func compareVersions(a, b string) int {
 	return strings.Compare(a, b)
 }
 
-// serverUser is who runs initdb and postgres: this process's user, unless
-// that is root, which PostgreSQL refuses; then "postgres", else "nobody".
+// ServerUser is who runs initdb and postgres (and, for internal/dbtest,
+// PgBouncer): this process's user, unless that is root, which PostgreSQL
+// and PgBouncer refuse; then "postgres", else "nobody".
 // nil means this process's user.
-func serverUser() (*syscall.Credential, error) {
+func ServerUser() (*syscall.Credential, error) {
 	if os.Geteuid() != 0 {
 		return nil, nil
 	}
@@ -138,7 +139,7 @@ func serverUser() (*syscall.Credential, error) {
 		// No supplementary groups: none of root's.
 		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 	}
-	return nil, unavailablef("running as root, and there is no postgres or nobody user to run PostgreSQL as")
+	return nil, unavailablef("running as root, and there is no postgres or nobody user to run PostgreSQL or PgBouncer as")
 }
 
 // localInstance is a server run from the installation, in its own
@@ -163,7 +164,7 @@ func startInstalled(ctx context.Context, cfg Config) (s *Server, err error) {
 	if err != nil {
 		return nil, err
 	}
-	cred, err := serverUser()
+	cred, err := ServerUser()
 	if err != nil {
 		return nil, err
 	}
