@@ -250,7 +250,7 @@ them (to look at them with stats, or to cull them).`,
 // size, and a counter of 0 beside each when counters is set (the mix has
 // incr or decr), benchBatch keys per statement. It returns the rows written;
 // progress shows them too.
-func (a *app) benchPrefill(ctx context.Context, cache store, c *loadgen.Config, timeout dbcache.Timeout, counters bool) (int64, error) {
+func (a *app) benchPrefill(ctx context.Context, cache dbcache.Store, c *loadgen.Config, timeout dbcache.Timeout, counters bool) (int64, error) {
 	value := make([]byte, max(c.ValueSize, 0))
 	for i := range value {
 		value[i] = 'a' + byte(i%26)
@@ -286,7 +286,7 @@ func (a *app) benchPrefill(ctx context.Context, cache store, c *loadgen.Config, 
 // benchCleanup removes every key bench may have written: the key space, and
 // the counters when counters is set. It returns how many live entries it
 // removed.
-func (a *app) benchCleanup(ctx context.Context, cache store, c *loadgen.Config, counters bool) (int64, error) {
+func (a *app) benchCleanup(ctx context.Context, cache dbcache.Store, c *loadgen.Config, counters bool) (int64, error) {
 	t := a.newTicker(true)
 	defer t.finish()
 	var removed int64

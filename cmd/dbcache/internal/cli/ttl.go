@@ -36,9 +36,8 @@ is {"key":…,"found":false} (exit 3).`,
 				return err
 			}
 			defer o.close()
-			cache := o.store
 			key := args[0]
-			ttl, err := cache.TTL(ctx, key)
+			ttl, err := o.ttl.TTL(ctx, key)
 			if errors.Is(err, dbcache.ErrMiss) {
 				type out struct {
 					keyJSON
