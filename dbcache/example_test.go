@@ -401,3 +401,52 @@ func ExampleConfig_failOpen() {
 	// true
 	// false
 }
+
+// Code that takes a Store finds what else the store can do by type
+// assertion; a *Cache has every capability.
+func ExampleStore_capabilities() {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-capabilities"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cache.Close()
+
+	var store dbcache.Store = cache
+	_ = store.Set(ctx, "session:1", []byte("a"), dbcache.ExpiresIn(time.Hour))
+	_ = store.Set(ctx, "session:2", []byte("b"), dbcache.Forever)
+	if r, ok := store.(dbcache.TTLReader); ok {
+		ttl, _ := r.TTL(ctx, "session:2")
+		fmt.Println("session:2 expires:", ttl)
+	}
+	if l, ok := store.(dbcache.KeyLister); ok {
+		n, err := l.DeletePrefix(ctx, "session:")
+		fmt.Println("deleted", n, err)
+	}
+	// Output:
+	// session:2 expires: forever
+	// deleted 2 <nil>
+}
+
+// Django's VERSION = 0 is Config.VersionZero: Version's zero value is the
+// default, 1.
+func ExampleConfig_versionZero() {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	zero, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-v0", VersionZero: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer zero.Close()
+	fmt.Println(zero.MakeKey("k"), zero.WithVersion(1).MakeKey("k"))
+	// Output: example-v0:0:k example-v0:1:k
+}
