@@ -25,13 +25,17 @@
 //
 // # What is served from memory
 //
-// Get, GetWithTTL, HasKey, GetOrSet and GetOrSetFunc are answered from a
-// copy when one is held (a hit), else by the store, and Get and GetWithTTL
+// Get, GetWithTTL, HasKey, GetOrSet, GetOrSetFunc and GetOrRevalidate (a
+// fresh copy only) are answered from a copy when one is held (a hit), else
+// by the store, and Get and GetWithTTL
 // (and GetMany for a single missing key) keep a copy of what they read.
 // GetMany serves the keys it holds and reads the rest in one query. Every
 // write through the layer is the store's, after which the written keys'
 // copies are dropped, so a process reads its own writes at once; TTL and
-// Keys are the store's.
+// Keys are the store's. The near cache is a dbcache.Store with the
+// capabilities it serves through its store (TTLReader, KeyLister,
+// Versioner, Loader), which New requires of it; it passes storetest's
+// suite.
 //
 // A copy never outlives its entry: it is read with its remaining lifetime
 // by the database's clock (Store.GetWithTTL) and expires that long after

@@ -21,6 +21,7 @@ import (
 // as the database's feed reports changes. It is safe for concurrent use.
 type Cache struct {
 	store   dbcache.Store
+	caps    capabilities
 	cfg     Config
 	makeKey func(string) string
 	target  target
@@ -39,11 +40,13 @@ type Cache struct {
 	wg     sync.WaitGroup
 }
 
-var _ dbcache.Store = (*Cache)(nil)
-
 // New returns a near cache in front of store, whose table is on pool's
 // database (pool runs the layer's heartbeats and checks; store's own
-// operations run as store runs them). It checks what the feed needs and
+// operations run as store runs them). store must have the capabilities
+// the layer serves through it (dbcache.TTLReader, KeyLister, Versioner and
+// Loader) and make keys (a dbcache.KeyMaker, or Config.MakeKey): a
+// *dbcache.Cache does; the error names what another store lacks. It
+// checks what the feed needs and
 // returns a clear error if the server cannot give it: ErrUnsupported
 // (wal_level is not logical, the table is UNLOGGED, PostgreSQL before
 // 14), ErrNoPublication (run Setup), dbcache.ErrNotMigrated, or the
@@ -61,11 +64,15 @@ func New(ctx context.Context, store dbcache.Store, pool *pgxpool.Pool, cfg *Conf
 	}
 	makeKey := c.MakeKey
 	if makeKey == nil {
-		mk, ok := store.(interface{ MakeKey(string) string })
+		mk, ok := store.(dbcache.KeyMaker)
 		if !ok {
-			return nil, fmt.Errorf("nearcache: the store (%T) has no MakeKey method: set Config.MakeKey", store)
+			return nil, fmt.Errorf("nearcache: the store (%T) is not a dbcache.KeyMaker: set Config.MakeKey", store)
 		}
 		makeKey = mk.MakeKey
+	}
+	caps, err := capabilitiesOf(store)
+	if err != nil {
+		return nil, err
 	}
 	t, err := resolve(ctx, pool, c.Schema)
 	if err != nil {
@@ -93,7 +100,7 @@ func New(ctx context.Context, store dbcache.Store, pool *pgxpool.Pool, cfg *Conf
 	if err != nil {
 		return nil, fmt.Errorf("nearcache: %w", err)
 	}
-	nc := &Cache{store: store, cfg: c, makeKey: makeKey, target: t, local: l, base: time.Now()}
+	nc := &Cache{store: store, caps: caps, cfg: c, makeKey: makeKey, target: t, local: l, base: time.Now()}
 	nc.feed = newFeed(nc, pool, repl)
 	bg, cancel := context.WithCancel(context.Background())
 	nc.cancel = cancel
@@ -229,7 +236,7 @@ func (c *Cache) read(ctx context.Context, key, mk string) ([]byte, dbcache.Timeo
 func (c *Cache) fill(ctx context.Context, key, mk string) ([]byte, dbcache.Timeout, error) {
 	tok := c.local.beginFill(mk)
 	start := time.Now()
-	v, ttl, err := c.store.GetWithTTL(ctx, key)
+	v, ttl, err := c.caps.ttl.GetWithTTL(ctx, key)
 	var expires time.Time
 	if err == nil && !ttl.IsForever() {
 		// The database measured the remaining lifetime after this read
@@ -256,7 +263,7 @@ func remaining(e *entry, now time.Time) dbcache.Timeout {
 	if e.expires.IsZero() {
 		return dbcache.Forever
 	}
-	return dbcache.TTL(max(e.expires.Sub(now), time.Microsecond))
+	return dbcache.ExpiresIn(max(e.expires.Sub(now), time.Microsecond))
 }
 
 // Get returns key's value: the local copy when there is one the feed has
@@ -372,26 +379,39 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 	return v, err
 }
 
-// GetOrSetFunc returns a coherent local copy when there is one (for a
-// dbcache.Revalidate timeout, only while the copy is fresh, so that the
-// store refreshes stale entries as it would without the layer); otherwise
+// GetOrSetFunc returns a coherent local copy when there is one; otherwise
 // it is the store's GetOrSetFunc, with its stampede protection, after
 // which the key's copy is dropped.
-func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout dbcache.Timeout) ([]byte, error) {
+func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load dbcache.LoadFunc, timeout dbcache.Timeout) ([]byte, error) {
+	return c.getOrLoad(ctx, key, 0, false, func() ([]byte, error) {
+		return c.caps.loader.GetOrSetFunc(ctx, key, load, timeout)
+	})
+}
+
+// GetOrRevalidate returns a coherent local copy while it is fresh (more
+// than stale of its lifetime left), so that the store refreshes stale
+// entries as it would without the layer; otherwise it is the store's
+// GetOrRevalidate, after which the key's copy is dropped.
+func (c *Cache) GetOrRevalidate(ctx context.Context, key string, load dbcache.LoadFunc, fresh, stale time.Duration) ([]byte, error) {
+	return c.getOrLoad(ctx, key, stale, true, func() ([]byte, error) {
+		return c.caps.loader.GetOrRevalidate(ctx, key, load, fresh, stale)
+	})
+}
+
+func (c *Cache) getOrLoad(ctx context.Context, key string, stale time.Duration, swr bool, viaStore func() ([]byte, error)) ([]byte, error) {
 	if c.closed.Load() {
 		return nil, dbcache.ErrClosed
 	}
 	mk := c.makeKey(key)
 	now := time.Now()
 	if e, ok := c.lookup(mk, now); ok {
-		stale, swr := timeout.Stale()
 		if !swr || e.expires.IsZero() || e.expires.Sub(now) > stale {
 			c.traceRead(ctx, dbcache.OpGetOrSet, 1, 0)
 			return clone(e.value), nil
 		}
 	}
 	c.traceRead(ctx, dbcache.OpGetOrSet, 0, 1)
-	v, err := c.store.GetOrSetFunc(ctx, key, load, timeout)
+	v, err := viaStore()
 	c.wrote(mk)
 	return v, err
 }
@@ -530,7 +550,7 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
-	v, err := c.store.IncrVersion(ctx, key, delta)
+	v, err := c.caps.versions.IncrVersion(ctx, key, delta)
 	c.wrote(c.makeKey(key))
 	return v, err
 }
@@ -540,7 +560,7 @@ func (c *Cache) DecrVersion(ctx context.Context, key string, delta int) (int, er
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
-	v, err := c.store.DecrVersion(ctx, key, delta)
+	v, err := c.caps.versions.DecrVersion(ctx, key, delta)
 	c.wrote(c.makeKey(key))
 	return v, err
 }
@@ -575,7 +595,7 @@ func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int, error) {
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
-	n, err := c.store.DeletePrefix(ctx, prefix)
+	n, err := c.caps.lister.DeletePrefix(ctx, prefix)
 	dropped := c.local.invalidatePrefix(c.makeKey(prefix))
 	c.cnt.invalidations.Add(int64(dropped))
 	if t := c.cfg.Tracer; t != nil {
@@ -603,7 +623,7 @@ func (c *Cache) TTL(ctx context.Context, key string) (dbcache.Timeout, error) {
 	if c.closed.Load() {
 		return dbcache.Timeout{}, dbcache.ErrClosed
 	}
-	return c.store.TTL(ctx, key)
+	return c.caps.ttl.TTL(ctx, key)
 }
 
 // Keys is the store's Keys.
@@ -611,5 +631,5 @@ func (c *Cache) Keys(ctx context.Context, prefix string) iter.Seq2[string, error
 	if c.closed.Load() {
 		return func(yield func(string, error) bool) { yield("", dbcache.ErrClosed) }
 	}
-	return c.store.Keys(ctx, prefix)
+	return c.caps.lister.Keys(ctx, prefix)
 }
