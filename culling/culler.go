@@ -16,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dbcache/dbcache/internal/notmigrated"
 )
 
 const (
@@ -133,7 +135,8 @@ var (
 	// ErrMigrationNeeded is returned when the configuration needs a
 	// migration the schema lacks: Config.MaxAge needs migrations 004 and
 	// 005 (the written_at column and its index).
-	ErrMigrationNeeded = errors.New("culling: the schema lacks a migration this configuration needs (apply the migrations)")
+	// It matches dbcache.ErrSchemaBehind and dbcache.ErrNotMigrated too.
+	ErrMigrationNeeded = notmigrated.New("culling: the schema lacks a migration this configuration needs (apply the migrations)", notmigrated.Behind)
 
 	// ErrNoPass is returned by LastPass when no pass has been recorded yet.
 	ErrNoPass = errors.New("culling: no culling pass recorded yet")
@@ -145,7 +148,8 @@ var (
 
 	// ErrTableNotFound is returned when the cache table (or, for LastPass,
 	// the state table) does not exist: apply the migrations first.
-	ErrTableNotFound = errors.New("culling: table not found (apply the migrations first)")
+	// It matches dbcache.ErrNotMigrated too.
+	ErrTableNotFound = notmigrated.New("culling: table not found (apply the migrations first)", notmigrated.Err)
 )
 
 // Config configures a Culler. A nil *Config means all defaults. Fields are

@@ -122,6 +122,10 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	}
 	ctx, cancel := cache.bound(ctx)
 	defer cancel()
+	if err := checkQueryMode(ctx, pool); err != nil {
+		s.bgCancel()
+		return nil, err
+	}
 	var (
 		oid        int64
 		isolation  string
@@ -129,7 +133,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	)
 	if err := pool.QueryRow(ctx, qCheck, s.q.table).Scan(&oid, &isolation, &hasWritten); err != nil {
 		s.bgCancel()
-		return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
+		return nil, fmt.Errorf("dbcache: check for the cache table: %w", wrapQueryMode(err))
 	}
 	s.wrapWrites.Store(isolation != "read committed")
 	s.tableOID = oid
@@ -160,7 +164,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	}
 	if !hasWritten {
 		s.bgCancel()
-		return nil, fmt.Errorf("%w: the cache table predates migration 4 (written_at), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrNotMigrated)
+		return nil, fmt.Errorf("%w: the cache table predates migration %d (written_at), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrSchemaBehind, SchemaVersion)
 	}
 	return cache, nil
 }

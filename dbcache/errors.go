@@ -7,6 +7,9 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/dbcache/dbcache/internal/notmigrated"
+	"github.com/dbcache/dbcache/internal/pooler"
 )
 
 // The errors callers branch on. Every error an operation returns either is
@@ -36,11 +39,44 @@ var (
 	// ErrClosed is returned by every operation on a closed Cache.
 	ErrClosed = errors.New("dbcache: cache is closed")
 
-	// ErrNotMigrated is returned when the cache table does not exist: run the
-	// migrations first (`dbcache migrate up`, or migrations.New(pool,
-	// nil).Up(ctx) from github.com/dbcache/dbcache/migrations).
-	ErrNotMigrated = errors.New("dbcache: cache table not found: run the migrations first (`dbcache migrate up`, or migrations.New(pool, nil).Up(ctx))")
+	// ErrNotMigrated is returned when the schema is not migrated as far as
+	// this version needs: the cache table does not exist (the error is then
+	// ErrNotMigrated itself, wrapped), or it predates a migration this
+	// version needs (the error then matches ErrSchemaBehind too). Run the
+	// migrations (`dbcache migrate up`, or migrations.New(pool,
+	// nil).Up(ctx) from github.com/dbcache/dbcache/migrations). The culling
+	// and migrations packages' errors for the same cases
+	// (culling.ErrTableNotFound, culling.ErrMigrationNeeded,
+	// migrations.ErrNoTable) match it too: one errors.Is covers them all.
+	ErrNotMigrated = notmigrated.Err
+
+	// ErrSchemaBehind is returned when the cache table exists but predates
+	// a migration this version needs (SchemaVersion: the written_at column
+	// of migration 4), for example after a `dbcache migrate down`: run the
+	// migrations. It matches ErrNotMigrated too.
+	ErrSchemaBehind = notmigrated.Behind
+
+	// ErrQueryMode is returned when the pool's query mode
+	// (ConnConfig.DefaultQueryExecMode) cannot work through the connection
+	// pooler in front of the server. Behind a transaction pooler
+	// (PgBouncer's pool_mode = transaction), describe_exec describes a
+	// statement in one transaction and runs it in the next, which may reach
+	// another server connection: it fails, or runs with another statement's
+	// description; New refuses it when it finds such a pooler. pgx's default,
+	// cache_statement, prepares named statements, which a pooler that does
+	// not keep them (PgBouncer before 1.21, or without
+	// max_prepared_statements) loses or finds already there on the next
+	// server connection: those errors (SQLSTATE 26000, 42P05) come back as
+	// ErrQueryMode, wrapping the server's. Either way: set
+	// default_query_exec_mode=cache_describe in the connection string (or
+	// exec, or simple_protocol), or ConnConfig.DefaultQueryExecMode.
+	ErrQueryMode = errors.New("dbcache: the pool's query mode does not work through the connection pooler in front of the server: " +
+		"set default_query_exec_mode=cache_describe in the connection string (or exec, or simple_protocol)")
 )
+
+// SchemaVersion is the lowest migration version (package migrations) whose
+// schema this package's statements work with.
+const SchemaVersion = 4
 
 // InvalidKeyError is the error for a key the cache refuses. It matches
 // ErrInvalidKey (errors.Is), and errors.As gives the key the caller passed
@@ -84,11 +120,16 @@ func (c *Cache) wrapErr(op string, err error) error {
 	if c.s.closed.Load() {
 		return ErrClosed
 	}
+	if pooler.LostPreparedStatement(err) {
+		return fmt.Errorf("dbcache: %s: %w: %w", op, ErrQueryMode, err)
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		switch pgErr.Code {
 		case "42P01": // undefined_table
 			return fmt.Errorf("dbcache: %s: %w: %w", op, ErrNotMigrated, err)
+		case "42703": // undefined_column: the schema was migrated down under a running cache
+			return fmt.Errorf("dbcache: %s: %w: %w", op, ErrSchemaBehind, err)
 		case "22021": // invalid byte sequence
 			// Validation catches these first; this is the backstop.
 			return fmt.Errorf("dbcache: %s: %w: %w", op, ErrInvalidKey, err)

@@ -3,9 +3,13 @@ package dbcache
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dbcache/dbcache/internal/pooler"
 )
 
 // How statements reach the database: every round trip bounded in time, and
@@ -146,4 +150,79 @@ func (c *Cache) rowOnPool(ctx context.Context, sql string, args []any, dest []an
 		return err
 	}
 	return scanErr
+}
+
+// checkQueryMode refuses, at New, a query mode that cannot work through the
+// pooler in front of the server: describe_exec behind a transaction pooler
+// (see ErrQueryMode). Other modes cost nothing here.
+func checkQueryMode(ctx context.Context, pool *pgxpool.Pool) error {
+	if pool.Config().ConnConfig.DefaultQueryExecMode != pgx.QueryExecModeDescribeExec {
+		return nil
+	}
+	behind, err := transactionPooled(ctx, pool)
+	if err != nil {
+		return fmt.Errorf("dbcache: check for a connection pooler: %w", wrapQueryMode(err))
+	}
+	if behind {
+		return fmt.Errorf("%w (describe_exec describes each statement in one transaction and runs it in the next, "+
+			"and the transaction pooler in front of this server may hand the two to different server connections)", ErrQueryMode)
+	}
+	return nil
+}
+
+// wrapQueryMode marks a lost or colliding prepared statement as ErrQueryMode.
+func wrapQueryMode(err error) error {
+	if pooler.LostPreparedStatement(err) {
+		return fmt.Errorf("%w: %w", ErrQueryMode, err)
+	}
+	return err
+}
+
+// transactionPooled reports whether the pool's connections reach the server
+// through a transaction pooler, as far as it can tell: true is certain, false
+// may be a pooler it could not catch. A connection that reaches its backend
+// directly runs its statements on the backend whose key the server sent at
+// startup; behind a pooler the key is the pooler's. In transaction pooling
+// (unlike session pooling) the server connection a statement ran on goes
+// back to the pooler when it ends, so a statement on another client
+// connection, or the next on the same one, can run on it: PgBouncer hands
+// out the most recently used server connection first. Seeing one server
+// backend answer two client connections, or one client connection get two
+// backends, proves transaction pooling; it looks three times.
+func transactionPooled(ctx context.Context, pool *pgxpool.Pool) (bool, error) {
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer conn.Release()
+	backend := func(q interface {
+		QueryRow(context.Context, string, ...any) pgx.Row
+	}) (uint32, error) {
+		var pid uint32
+		err := q.QueryRow(ctx, "SELECT pg_backend_pid()", pgx.QueryExecModeSimpleProtocol).Scan(&pid)
+		return pid, err
+	}
+	first, err := backend(conn)
+	if err != nil || first == conn.Conn().PgConn().PID() {
+		return false, err
+	}
+	other, err := pgx.ConnectConfig(ctx, pool.Config().ConnConfig)
+	if err != nil {
+		return false, err
+	}
+	defer other.Close(context.WithoutCancel(ctx))
+	for range 3 {
+		mine, err := backend(conn)
+		if err != nil {
+			return false, err
+		}
+		theirs, err := backend(other)
+		if err != nil {
+			return false, err
+		}
+		if mine != first || theirs == mine {
+			return true, nil
+		}
+	}
+	return false, nil
 }

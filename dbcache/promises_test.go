@@ -153,3 +153,71 @@ func TestNoStatementCarriesTheApplicationClock(t *testing.T) {
 		}
 	}
 }
+
+// inFlight counts the statements running at once on a pool, and the most
+// there ever were.
+type inFlight struct {
+	mu       sync.Mutex
+	now, max int
+}
+
+func (f *inFlight) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	f.mu.Lock()
+	f.now++
+	f.max = max(f.max, f.now)
+	f.mu.Unlock()
+	return ctx
+}
+
+func (f *inFlight) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {
+	f.mu.Lock()
+	f.now--
+	f.mu.Unlock()
+}
+
+// CoalesceGets: n bounds the Get queries in flight at n, however many
+// goroutines ask, on a pool with more connections than that; a lone Get
+// never waits for a batch, and at the default (the pool's MaxConns) Gets
+// that would not have queued for a connection are never coalesced.
+func TestCoalesceGetsBounds(t *testing.T) {
+	t.Parallel()
+	s := dbtest.NewSchema(t)
+	s.Migrate(t)
+	newCache := func(conns int32, coalesce int) (*testBundle, *inFlight) {
+		f := &inFlight{}
+		cfg := s.PoolConfig(t)
+		cfg.MaxConns = conns
+		cfg.ConnConfig.Tracer = f
+		return setupOn(t, newPool(t, cfg), &dbcache.Config{CoalesceGets: coalesce}), f
+	}
+	ctx := ctxT(t)
+	hammer := func(c *dbcache.Cache, goroutines int) {
+		var wg sync.WaitGroup
+		for g := range goroutines {
+			wg.Go(func() {
+				for i := range 50 {
+					_, _ = c.Get(ctx, fmt.Sprintf("k%d", (g+i)%10))
+				}
+			})
+		}
+		wg.Wait()
+	}
+	b, f := newCache(6, 2)
+	require.NoError(t, b.cache.Set(ctx, "k1", []byte("v"), dbcache.Forever))
+	f.mu.Lock()
+	f.max = 0
+	f.mu.Unlock()
+	hammer(b.cache, 16)
+	require.LessOrEqual(t, f.max, 2, "Get queries in flight with CoalesceGets 2")
+	require.Positive(t, dbcache.CoalescedBatches(b.cache))
+
+	lone, _ := newCache(2, 1)
+	for i := range 100 {
+		_, _ = lone.cache.Get(ctx, fmt.Sprintf("k%d", i))
+	}
+	require.Zero(t, dbcache.CoalescedBatches(lone.cache), "a lone Get waited for a batch")
+
+	def, _ := newCache(4, 0)
+	hammer(def.cache, 4)
+	require.Zero(t, dbcache.CoalescedBatches(def.cache), "at the default, Gets that never queued for a connection were coalesced")
+}

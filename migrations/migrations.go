@@ -15,15 +15,27 @@
 //
 // # Concurrency and time limits
 //
-// golang-migrate serialises migrators with a PostgreSQL advisory lock whose
-// wait has no limit of its own. [Migrator] bounds it: every connection it opens
-// carries lock_timeout = [Config.LockTimeout], so a second migrator waits at
-// most that long and then returns [ErrLockTimeout] instead of hanging.
+// Migrators serialise on a PostgreSQL advisory lock, held by a transaction
+// left open for the whole run. [Migrator] bounds the wait for it: the
+// transaction that takes it sets lock_timeout = [Config.LockTimeout], so a
+// second migrator waits at most that long and then returns [ErrLockTimeout]
+// instead of hanging. Every statement also carries the caller's deadline as
+// its statement_timeout.
+//
+// # Connection poolers
+//
+// The Migrator keeps no state in the session: search_path ([Config.Schema]),
+// lock_timeout and statement_timeout are set inside each transaction
+// (set_config(…, true)), the lock is a transaction-level one and the
+// migrations table is named with its schema. So it runs through PgBouncer in
+// transaction pooling, which refuses such settings as startup parameters and
+// moves a client between server connections from one transaction to the
+// next. A connection config that does carry a refused startup parameter fails
+// with an error that names it and the way out.
 package migrations
 
 import (
 	"context"
-	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
@@ -37,12 +49,12 @@ import (
 
 	"github.com/golang-migrate/migrate/v4"
 	"github.com/golang-migrate/migrate/v4/database"
-	pgxmigrate "github.com/golang-migrate/migrate/v4/database/pgx/v5"
 	"github.com/golang-migrate/migrate/v4/source/iofs"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/dbcache/dbcache/internal/pooler"
 )
 
 // FS holds the migration files, for applications that run golang-migrate
@@ -167,36 +179,65 @@ func NewFromConnConfig(connConfig *pgx.ConnConfig, cfg *Config) (*Migrator, erro
 	return &Migrator{connConfig: connConfig.Copy(), cfg: c}, nil
 }
 
+// Result says what one UpResult, DownResult or DownAllResult call did, for
+// a caller that reports it.
+type Result struct {
+	// From is the version the call found once it held the migration lock:
+	// a migrator that waited for another finds that one's work done, and
+	// runs nothing.
+	From uint
+	// To is the version it left: From when it ran nothing.
+	To uint
+	// DroppedEntries is how many entries the cache table held when the
+	// call dropped it (reverting migration 1), counted in the transaction
+	// that dropped it, under the lock the drop takes; nil when the call
+	// dropped no table.
+	DroppedEntries *int64
+}
+
 // Up applies every pending migration. Already up to date is success.
 func (m *Migrator) Up(ctx context.Context) error {
+	_, err := m.UpResult(ctx)
+	return err
+}
+
+// UpResult is Up, and reports what it did.
+func (m *Migrator) UpResult(ctx context.Context) (Result, error) {
 	if m.cfg.Schema != "" {
 		if err := m.createSchema(ctx); err != nil {
-			return err
+			return Result{}, err
 		}
 	}
 	creates := false
 	if m.cfg.Unlogged {
 		_, err := m.Persistence(ctx)
 		if err != nil && !errors.Is(err, ErrNoTable) {
-			return err
+			return Result{}, err
 		}
 		creates = errors.Is(err, ErrNoTable)
 	}
-	if err := m.run(ctx, func(mg *migrate.Migrate) error { return mg.Up() }); err != nil {
-		return err
+	res, err := m.run(ctx, func(mg *migrate.Migrate) error { return mg.Up() })
+	if err != nil {
+		return res, err
 	}
 	if creates {
 		// A fresh, empty table: the rewrite costs nothing.
-		return m.SetPersistence(ctx, Unlogged)
+		return res, m.SetPersistence(ctx, Unlogged)
 	}
-	return nil
+	return res, nil
 }
 
 // Down reverts steps migrations (at least one). Nothing left to revert is
 // success.
 func (m *Migrator) Down(ctx context.Context, steps int) error {
+	_, err := m.DownResult(ctx, steps)
+	return err
+}
+
+// DownResult is Down, and reports what it did.
+func (m *Migrator) DownResult(ctx context.Context, steps int) (Result, error) {
 	if steps < 1 {
-		return fmt.Errorf("migrations: Down needs at least one step, got %d", steps)
+		return Result{}, fmt.Errorf("migrations: Down needs at least one step, got %d", steps)
 	}
 	return m.run(ctx, func(mg *migrate.Migrate) error {
 		v, _, err := mg.Version()
@@ -206,18 +247,25 @@ func (m *Migrator) Down(ctx context.Context, steps int) error {
 		if err != nil {
 			return err
 		}
-		if applied := appliedCount(v); steps > applied {
-			steps = applied
+		n := steps
+		if applied := appliedCount(v); n > applied {
+			n = applied
 		}
-		if steps == 0 {
+		if n == 0 {
 			return nil
 		}
-		return mg.Steps(-steps)
+		return mg.Steps(-n)
 	})
 }
 
 // DownAll reverts every migration, dropping the cache table.
 func (m *Migrator) DownAll(ctx context.Context) error {
+	_, err := m.DownAllResult(ctx)
+	return err
+}
+
+// DownAllResult is DownAll, and reports what it did.
+func (m *Migrator) DownAllResult(ctx context.Context) (Result, error) {
 	return m.run(ctx, func(mg *migrate.Migrate) error { return mg.Down() })
 }
 
@@ -228,12 +276,13 @@ func (m *Migrator) Force(ctx context.Context, version int) error {
 	if version != 0 && !hasVersion(uint(version)) {
 		return fmt.Errorf("%w: %d (known: %v)", ErrNoSuchVersion, version, Versions())
 	}
-	return m.run(ctx, func(mg *migrate.Migrate) error {
+	_, err := m.run(ctx, func(mg *migrate.Migrate) error {
 		if version == 0 {
 			return mg.Force(-1) // golang-migrate's "no version"
 		}
 		return mg.Force(version)
 	})
+	return err
 }
 
 // Version returns the applied version (0 when none) and whether a failed
@@ -243,24 +292,19 @@ func (m *Migrator) Force(ctx context.Context, version int) error {
 // that does not exist yet is at version 0; an empty Config.Schema with no
 // existing schema on the search_path is ErrNoSchema.
 func (m *Migrator) Version(ctx context.Context) (version uint, dirty bool, err error) {
-	conn, err := pgx.ConnectConfig(ctx, m.sessionConfig(ctx))
+	conn, err := m.connect(ctx)
 	if err != nil {
-		return 0, false, fmt.Errorf("migrations: connect: %w", err)
+		return 0, false, err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	var schema *string
-	var searchPath string
-	if err := conn.QueryRow(ctx, `SELECT current_schema(), current_setting('search_path')`).Scan(&schema, &searchPath); err != nil {
-		return 0, false, fmt.Errorf("migrations: read the session's schema: %w", translate(err))
+	defer closeConn(ctx, conn)
+	schema, err := m.resolveSchema(ctx, conn)
+	if err != nil {
+		return 0, false, err
 	}
-	if schema == nil {
-		if m.cfg.Schema != "" {
-			return 0, false, nil // Up has not created it yet: nothing applied
-		}
-		return 0, false, noSchemaError(searchPath)
-	}
-	// golang-migrate keeps its table in current_schema().
-	table := pgx.Identifier{*schema, MigrationsTable}.Sanitize()
+	// golang-migrate keeps its table in the schema it migrates; a
+	// Config.Schema that does not exist yet has none (to_regclass is then
+	// NULL): nothing applied.
+	table := pgx.Identifier{schema, MigrationsTable}.Sanitize()
 	var exists bool
 	if err := conn.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, table).Scan(&exists); err != nil {
 		return 0, false, fmt.Errorf("migrations: look up %s: %w", table, translate(err))
@@ -343,33 +387,26 @@ func appliedCount(v uint) int {
 	return n
 }
 
-func (m *Migrator) schemaExists(ctx context.Context) (bool, error) {
-	conn, err := pgx.ConnectConfig(ctx, m.sessionConfig(ctx))
-	if err != nil {
-		return false, fmt.Errorf("migrations: connect: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	var exists bool
-	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, m.cfg.Schema).Scan(&exists); err != nil {
-		return false, fmt.Errorf("migrations: look up schema %q: %w", m.cfg.Schema, err)
-	}
-	return exists, nil
-}
-
 func (m *Migrator) createSchema(ctx context.Context) error {
+	conn, err := m.connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer closeConn(ctx, conn)
 	// A plain CREATE SCHEMA IF NOT EXISTS can still fail with a unique
 	// violation when two migrators race, so check first and accept a racing
 	// creator's success.
-	exists, err := m.schemaExists(ctx)
-	if err != nil || exists {
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, m.cfg.Schema).Scan(&exists); err != nil {
+		return fmt.Errorf("migrations: look up schema %q: %w", m.cfg.Schema, err)
+	}
+	if exists {
+		return nil
+	}
+	err = m.inTx(ctx, conn, "", func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{m.cfg.Schema}.Sanitize())
 		return err
-	}
-	conn, err := pgx.ConnectConfig(ctx, m.sessionConfig(ctx))
-	if err != nil {
-		return fmt.Errorf("migrations: connect: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	_, err = conn.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgx.Identifier{m.cfg.Schema}.Sanitize())
+	})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
 		return nil
@@ -380,23 +417,14 @@ func (m *Migrator) createSchema(ctx context.Context) error {
 	return nil
 }
 
-// sessionConfig is the connection config for one migration session:
-// search_path pinned to the schema, and lock and statement waits bounded.
-func (m *Migrator) sessionConfig(ctx context.Context) *pgx.ConnConfig {
+// sessionConfig is the connection config for the migrator's sessions: the
+// caller's, with an application_name and a connect timeout. It adds no
+// other startup parameter: what a session needs is set per transaction
+// (inTx), which a pooler in transaction mode accepts and keeps.
+func (m *Migrator) sessionConfig() *pgx.ConnConfig {
 	cc := m.connConfig.Copy()
 	if cc.RuntimeParams == nil {
 		cc.RuntimeParams = map[string]string{}
-	}
-	if m.cfg.Schema != "" {
-		cc.RuntimeParams["search_path"] = pgx.Identifier{m.cfg.Schema}.Sanitize()
-	}
-	// lock_timeout also applies to pg_advisory_lock, which is how
-	// golang-migrate's otherwise unbounded lock wait gets its limit.
-	cc.RuntimeParams["lock_timeout"] = strconv.FormatInt(m.cfg.LockTimeout.Milliseconds(), 10)
-	if dl, ok := ctx.Deadline(); ok {
-		if ms := time.Until(dl).Milliseconds(); ms > 0 {
-			cc.RuntimeParams["statement_timeout"] = strconv.FormatInt(ms, 10)
-		}
 	}
 	if _, ok := cc.RuntimeParams["application_name"]; !ok {
 		cc.RuntimeParams["application_name"] = "dbcache-migrate"
@@ -407,33 +435,124 @@ func (m *Migrator) sessionConfig(ctx context.Context) *pgx.ConnConfig {
 	return cc
 }
 
-// run opens a golang-migrate instance on a fresh connection, runs fn and
-// translates golang-migrate's errors into this package's.
-func (m *Migrator) run(ctx context.Context, fn func(*migrate.Migrate) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	db := stdlib.OpenDB(*m.sessionConfig(ctx))
-	defer db.Close()
-	db.SetMaxOpenConns(2)
-	// golang-migrate pings without a context; ping here first so an
-	// unreachable server fails within ctx.
-	if err := db.PingContext(ctx); err != nil {
-		return fmt.Errorf("migrations: connect: %w", err)
-	}
-	if err := checkSchema(ctx, db); err != nil {
-		return err
-	}
-	mg, err := newMigrate(db)
+// connect opens one of the migrator's sessions.
+func (m *Migrator) connect(ctx context.Context) (*pgx.Conn, error) {
+	conn, err := pgx.ConnectConfig(ctx, m.sessionConfig())
 	if err != nil {
-		return translate(err)
+		if name, ok := pooler.RefusedStartupParam(err); ok {
+			return nil, fmt.Errorf("migrations: connect: %w (the server, or a connection pooler in front of it such as PgBouncer, refuses the startup parameter %s: "+
+				"remove it from the connection string or ConnConfig.RuntimeParams; the Migrator sets search_path (Config.Schema), lock_timeout and statement_timeout inside each transaction)", err, name)
+		}
+		return nil, fmt.Errorf("migrations: connect: %w", err)
+	}
+	return conn, nil
+}
+
+// closeConn closes a migrator's session, waiting at most closeWait for the
+// server to hear the goodbye.
+func closeConn(ctx context.Context, conn *pgx.Conn) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeWait)
+	defer cancel()
+	_ = conn.Close(cctx)
+}
+
+// resolveSchema is the schema migrations run in: Config.Schema, else the
+// session's current_schema(), the first existing schema of its
+// search_path (ErrNoSchema when none exists).
+func (m *Migrator) resolveSchema(ctx context.Context, conn *pgx.Conn) (string, error) {
+	if m.cfg.Schema != "" {
+		return m.cfg.Schema, nil
+	}
+	var schema *string
+	var searchPath string
+	if err := conn.QueryRow(ctx, `SELECT current_schema(), current_setting('search_path')`).Scan(&schema, &searchPath); err != nil {
+		return "", fmt.Errorf("migrations: read the session's schema: %w", translate(err))
+	}
+	if schema == nil {
+		return "", noSchemaError(searchPath)
+	}
+	return *schema, nil
+}
+
+// sqlSettings sets, for the current transaction only: search_path to $1
+// unless it is empty, lock_timeout to $2, and statement_timeout to $3
+// unless it is empty (the session's own applies then).
+const sqlSettings = `SELECT CASE WHEN $1::text <> '' THEN set_config('search_path', $1::text, true) END,
+       set_config('lock_timeout', $2::text, true),
+       CASE WHEN $3::text <> '' THEN set_config('statement_timeout', $3::text, true) END`
+
+// beginTx begins a READ COMMITTED transaction on conn with the migrator's
+// settings for it: search_path to Config.Schema (when set and searchPath is
+// not ""), lock_timeout to Config.LockTimeout, and statement_timeout to
+// what is left of ctx's deadline, if it has one.
+func (m *Migrator) beginTx(ctx context.Context, conn *pgx.Conn, searchPath string) (pgx.Tx, error) {
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
+	if err != nil {
+		return nil, err
+	}
+	path := ""
+	if m.cfg.Schema != "" && searchPath != "" {
+		path = pgx.Identifier{m.cfg.Schema}.Sanitize()
+	}
+	stmt := ""
+	if dl, ok := ctx.Deadline(); ok {
+		stmt = strconv.FormatInt(max(time.Until(dl).Milliseconds(), 1), 10)
+	}
+	if _, err := tx.Exec(ctx, sqlSettings, path, strconv.FormatInt(m.cfg.LockTimeout.Milliseconds(), 10), stmt); err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeWait)
+		_ = tx.Rollback(rctx)
+		cancel()
+		return nil, err
+	}
+	return tx, nil
+}
+
+// inTx runs fn in a transaction begun by beginTx, and commits it.
+func (m *Migrator) inTx(ctx context.Context, conn *pgx.Conn, searchPath string, fn func(pgx.Tx) error) error {
+	tx, err := m.beginTx(ctx, conn, searchPath)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeWait)
+		_ = tx.Rollback(rctx)
+		cancel()
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// lockTimeoutSlack is how much longer than Config.LockTimeout golang-migrate
+// itself waits for the lock: the server's lock_timeout ends the wait first,
+// and the waiting statement with it.
+const lockTimeoutSlack = 5 * time.Second
+
+// run runs fn over a golang-migrate instance on this package's driver and
+// translates golang-migrate's errors into this package's.
+func (m *Migrator) run(ctx context.Context, fn func(*migrate.Migrate) error) (Result, error) {
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	d, err := m.openDriver(ctx)
+	if err != nil {
+		return Result{}, err
+	}
+	src, err := iofs.New(FS, ".")
+	if err != nil {
+		_ = d.Close()
+		return Result{}, translate(err)
+	}
+	mg, err := migrate.NewWithInstance("iofs", src, "dbcache", d)
+	if err != nil {
+		_ = d.Close()
+		return Result{}, translate(err)
 	}
 	defer mg.Close()
-	mg.LockTimeout = m.cfg.LockTimeout
+	mg.LockTimeout = m.cfg.LockTimeout + lockTimeoutSlack
 	mg.Log = migrateLogger{ctx: ctx, log: m.cfg.Logger}
 
 	// golang-migrate takes no context: ask it to stop between migrations
-	// when ctx ends.
+	// when ctx ends (the driver's statements end with ctx themselves).
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -443,45 +562,19 @@ func (m *Migrator) run(ctx context.Context, fn func(*migrate.Migrate) error) err
 		case <-done:
 		}
 	}()
-	if err := fn(mg); err != nil {
+	err = fn(mg)
+	res := d.res
+	if err != nil {
 		if errors.Is(err, migrate.ErrNoChange) {
-			return nil
+			return res, nil
 		}
-		return translate(err)
+		return res, translate(err)
 	}
-	return ctx.Err()
-}
-
-// checkSchema makes sure the session has a schema to work in.
-// golang-migrate reads current_schema() into a string, and a search_path whose
-// schemas do not exist makes that NULL: its error ("converting NULL to string
-// is unsupported") says nothing of the cause.
-func checkSchema(ctx context.Context, db *sql.DB) error {
-	var current sql.NullString
-	var searchPath string
-	if err := db.QueryRowContext(ctx, `SELECT current_schema(), current_setting('search_path')`).Scan(&current, &searchPath); err != nil {
-		return fmt.Errorf("migrations: read the session's schema: %w", err)
-	}
-	if !current.Valid {
-		return noSchemaError(searchPath)
-	}
-	return nil
+	return res, ctx.Err()
 }
 
 func noSchemaError(searchPath string) error {
 	return fmt.Errorf("%w: no schema on the search_path (%s) exists; create one, or set Config.Schema (Up creates it)", ErrNoSchema, searchPath)
-}
-
-func newMigrate(db *sql.DB) (*migrate.Migrate, error) {
-	drv, err := pgxmigrate.WithInstance(db, &pgxmigrate.Config{MigrationsTable: MigrationsTable})
-	if err != nil {
-		return nil, err
-	}
-	src, err := iofs.New(FS, ".")
-	if err != nil {
-		return nil, err
-	}
-	return migrate.NewWithInstance("iofs", src, "pgx5", drv)
 }
 
 // translate maps golang-migrate's error types to this package's errors so

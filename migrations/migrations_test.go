@@ -225,3 +225,30 @@ func TestFSWithOwnGolangMigrate(t *testing.T) {
 	require.False(t, dirty)
 	require.Equal(t, migrations.Latest(), v)
 }
+
+// An application's own golang-migrate table in the same schema is left
+// alone: dbcache's migrations are recorded in MigrationsTable only, and an
+// application at version 42, dirty or not, neither blocks nor moves.
+func TestAppSchemaMigrationsUntouched(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.NewSchema(t)
+	pool := s.Pool(t)
+	dbtest.Exec(t, pool, `CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL)`)
+	dbtest.Exec(t, pool, `INSERT INTO schema_migrations VALUES (42, true)`)
+	m := newMigrator(t, s, nil)
+	require.NoError(t, m.Up(ctx))
+	require.NoError(t, m.Down(ctx, 1))
+	require.NoError(t, m.Up(ctx))
+	var v int64
+	var dirty bool
+	require.NoError(t, pool.QueryRow(ctx, `SELECT version, dirty FROM schema_migrations`).Scan(&v, &dirty))
+	require.EqualValues(t, 42, v)
+	require.True(t, dirty)
+	var n int
+	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM schema_migrations`).Scan(&n))
+	require.Equal(t, 1, n)
+	got, _, err := m.Version(ctx)
+	require.NoError(t, err)
+	require.Equal(t, migrations.Latest(), got)
+}

@@ -7,6 +7,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/dbcache/dbcache/internal/notmigrated"
 )
 
 // Persistence says how PostgreSQL writes the cache table.
@@ -25,24 +27,30 @@ const (
 )
 
 // ErrNoTable is returned by Persistence and SetPersistence when the cache
-// table does not exist: run Up first.
-var ErrNoTable = errors.New("migrations: the cache table does not exist (run the migrations first)")
+// table does not exist: run Up first. It matches dbcache.ErrNotMigrated too.
+var ErrNoTable = notmigrated.New("migrations: the cache table does not exist (run the migrations first)", notmigrated.Err)
 
 const sqlPersistence = `SELECT c.relpersistence FROM pg_class c WHERE c.oid = to_regclass($1)`
 
 // Persistence reports whether the cache table is logged or unlogged.
 func (m *Migrator) Persistence(ctx context.Context) (Persistence, error) {
-	conn, err := pgx.ConnectConfig(ctx, m.sessionConfig(ctx))
+	conn, err := m.connect(ctx)
 	if err != nil {
-		return "", fmt.Errorf("migrations: connect: %w", err)
+		return "", err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	return persistence(ctx, conn)
+	defer closeConn(ctx, conn)
+	schema, err := m.resolveSchema(ctx, conn)
+	if err != nil {
+		return "", err
+	}
+	return persistence(ctx, conn, schema)
 }
 
-func persistence(ctx context.Context, conn *pgx.Conn) (Persistence, error) {
+func persistence(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, schema string) (Persistence, error) {
 	var p string
-	err := conn.QueryRow(ctx, sqlPersistence, pgx.Identifier{Table}.Sanitize()).Scan(&p)
+	err := q.QueryRow(ctx, sqlPersistence, pgx.Identifier{schema, Table}.Sanitize()).Scan(&p)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return "", ErrNoTable
@@ -62,31 +70,37 @@ func persistence(ctx context.Context, conn *pgx.Conn) (Persistence, error) {
 // writes the whole table to the WAL (and so to standbys). The wait for the
 // lock is bounded by Config.LockTimeout. Already so is a no-op.
 func (m *Migrator) SetPersistence(ctx context.Context, p Persistence) error {
-	var stmt string
+	var verb string
 	switch p {
 	case Logged:
-		stmt = "ALTER TABLE " + pgx.Identifier{Table}.Sanitize() + " SET LOGGED"
+		verb = " SET LOGGED"
 	case Unlogged:
-		stmt = "ALTER TABLE " + pgx.Identifier{Table}.Sanitize() + " SET UNLOGGED"
+		verb = " SET UNLOGGED"
 	default:
 		return fmt.Errorf("migrations: persistence %q is neither %q nor %q", p, Logged, Unlogged)
 	}
-	conn, err := pgx.ConnectConfig(ctx, m.sessionConfig(ctx))
+	conn, err := m.connect(ctx)
 	if err != nil {
-		return fmt.Errorf("migrations: connect: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	cur, err := persistence(ctx, conn)
-	if err != nil || cur == p {
 		return err
 	}
-	if _, err := conn.Exec(ctx, stmt); err != nil {
-		if isLockTimeout(err) {
-			return fmt.Errorf("%w (waiting to rewrite the cache table as %s)", ErrLockTimeout, p)
-		}
-		return fmt.Errorf("migrations: set the cache table %s: %w", p, err)
+	defer closeConn(ctx, conn)
+	schema, err := m.resolveSchema(ctx, conn)
+	if err != nil {
+		return err
 	}
-	return nil
+	return m.inTx(ctx, conn, "", func(tx pgx.Tx) error {
+		cur, err := persistence(ctx, tx, schema)
+		if err != nil || cur == p {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "ALTER TABLE "+pgx.Identifier{schema, Table}.Sanitize()+verb); err != nil {
+			if isLockTimeout(err) {
+				return fmt.Errorf("%w (waiting to rewrite the cache table as %s)", ErrLockTimeout, p)
+			}
+			return fmt.Errorf("migrations: set the cache table %s: %w", p, err)
+		}
+		return nil
+	})
 }
 
 func isLockTimeout(err error) bool {

@@ -89,8 +89,15 @@ func TestDemo(t *testing.T) {
 	t.Run("ConfiguredDatabase", func(t *testing.T) {
 		t.Parallel()
 		pool := setup(t, false).pool
-		r := runDemo(t, []string{"DATABASE_URL=" + dbtest.URL(t)})
+		// An existing cache the demo must not touch, named by
+		// DBCACHE_SCHEMA, which the demo ignores.
+		existing := setup(t, true)
+		dbtest.Exec(t, existing.pool, `INSERT INTO dbcache_entries (key, value, expires) SELECT 'keep' || i, 'v', NULL FROM generate_series(1, 5) i`)
+		r := runDemo(t, []string{"DATABASE_URL=" + dbtest.URL(t), "DBCACHE_SCHEMA=" + existing.schema.Name})
 		requireTour(t, r)
+		require.Equal(t, 5, scalar[int](t, existing.pool, `SELECT count(*) FROM dbcache_entries WHERE key LIKE 'keep%' AND expires IS NULL`),
+			"the existing cache is untouched")
+		require.Equal(t, 5, scalar[int](t, existing.pool, `SELECT count(*) FROM dbcache_entries`))
 		require.Contains(t, r.stdout, "Using the configured database")
 		m := regexp.MustCompile(`Dropped schema (dbcache_demo_\d+_\d+)\.`).FindStringSubmatch(r.stdout)
 		require.NotNil(t, m, r.stdout)

@@ -381,7 +381,7 @@ func TestMigrateDownNeedsYes(t *testing.T) {
 		require.Equal(t, int(latest), scalar[int](t, b.pool, `SELECT version FROM dbcache_schema_migrations`), "%v: nothing reverted", args)
 	}
 	require.Equal(t, "migrated down from version 5 to 4\n", b.ok(t, "migrate", "down", "--yes"))
-	require.Equal(t, "migrated down from version 4 to 0\n", b.ok(t, "migrate", "down", "--all", "-y"))
+	require.Equal(t, "migrated down from version 4 to 0; dropped the cache table, which held 0 entries\n", b.ok(t, "migrate", "down", "--all", "-y"))
 }
 
 func TestMigrateStatusAndDryRun(t *testing.T) {

@@ -1,6 +1,13 @@
 // Command dbcache administers a dbcache cache in PostgreSQL: migrations,
 // cache operations, stats, culling, a load generator and a demo. Run
 // `dbcache --help`, or see docs/cli.md.
+//
+// Every error is one line on stderr starting "dbcache: " (under --json, one
+// JSON object), never a stack trace. Every answer from the server is waited
+// for at most the statement timeout plus 2 s, whatever runs the statement,
+// so a server or network that stops answering fails the command with a
+// timeout rather than hanging it. SIGINT or SIGTERM stops a command cleanly;
+// a second signal kills it at once.
 package main
 
 import (

@@ -34,12 +34,12 @@ func TestMigrate(t *testing.T) {
 	require.Equal(t, "migrated down from version 5 to 4\n", b.ok(t, "migrate", "down", "--yes"))
 	require.Equal(t, "version 4 (latest 5: 1 pending; run `dbcache migrate up --schema "+b.schema.Name+"`)\n",
 		b.run(t, opts{}, "migrate", "version").stdout)
-	require.Equal(t, map[string]any{"from": 4.0, "to": 0.0, "latest": latest}, b.json(t, 0, "migrate", "down", "--steps", "5", "--yes"))
+	require.Equal(t, map[string]any{"from": 4.0, "to": 0.0, "latest": latest, "dropped_entries": 1.0}, b.json(t, 0, "migrate", "down", "--steps", "5", "--yes"))
 	require.Equal(t, "already at version 0; nothing to revert\n", b.ok(t, "migrate", "down", "-y"))
 	require.False(t, scalar[bool](t, b.pool, `SELECT to_regclass('dbcache_entries') IS NOT NULL`), "the table is gone")
 
 	require.Equal(t, map[string]any{"from": 0.0, "to": latest, "latest": latest}, b.json(t, 0, "migrate", "up"))
-	require.Equal(t, "migrated down from version 5 to 0\n", b.ok(t, "migrate", "down", "--all", "--yes"))
+	require.Equal(t, "migrated down from version 5 to 0; dropped the cache table, which held 0 entries\n", b.ok(t, "migrate", "down", "--all", "--yes"))
 	b.ok(t, "migrate", "up")
 
 	r = b.run(t, opts{}, "migrate", "down", "--all", "--steps", "2")

@@ -2,9 +2,7 @@ package dbtest
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -20,6 +18,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dbcache/dbcache/internal/pgserver"
 )
 
 const (
@@ -171,7 +171,7 @@ func startPgBouncer(bin string, c PgBouncerConfig, server *pgconn.Config) (*PgBo
 	// agent's server, another test's PgBouncer): try a few.
 	var lastErr error
 	for range 8 {
-		p, err := freeLowPort()
+		p, err := pgserver.FreePort()
 		if err != nil {
 			lastErr = err
 			continue
@@ -184,22 +184,6 @@ func startPgBouncer(bin string, c PgBouncerConfig, server *pgconn.Config) (*PgBo
 	}
 	_ = os.RemoveAll(dir)
 	return nil, fmt.Errorf("start pgbouncer: %w", lastErr)
-}
-
-// freeLowPort returns a loopback port that is free now, outside the
-// kernel's ephemeral range (32768-60999), from which the machine's clients
-// and ":0" listeners take theirs.
-func freeLowPort() (uint16, error) {
-	for range 50 {
-		p := 20000 + rand.IntN(12000)
-		ln, err := net.Listen("tcp", net.JoinHostPort(loopback, strconv.Itoa(p)))
-		if err != nil {
-			continue
-		}
-		_ = ln.Close()
-		return uint16(p), nil
-	}
-	return 0, errors.New("no free loopback port in 20000-31999")
 }
 
 const loopback = "127.0.0.1"

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -388,13 +389,24 @@ func readPostmasterPID(data string) (pid int, status string) {
 	return pid, status
 }
 
-func freePort() (uint16, error) {
-	ln, err := net.Listen("tcp", loopback+":0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
+func freePort() (uint16, error) { return FreePort() }
+
+// FreePort returns a loopback port that is free now, outside the kernel's
+// ephemeral range (32768-60999 on Linux), from which the machine's
+// outgoing connections and ":0" listeners take theirs: a client that
+// redials a stopped server on an ephemeral port can be given that very
+// port as its own source port and connect to itself.
+func FreePort() (uint16, error) {
+	for range 100 {
+		p := 20000 + rand.IntN(12000)
+		ln, err := net.Listen("tcp", net.JoinHostPort(loopback, strconv.Itoa(p)))
+		if err != nil {
+			continue
+		}
+		_ = ln.Close()
+		return uint16(p), nil
 	}
-	defer ln.Close()
-	return uint16(ln.Addr().(*net.TCPAddr).Port), nil
+	return 0, errors.New("find a free port: none free in 20000-31999")
 }
 
 // running returns the postmaster and its exit channel, or nil if it is not

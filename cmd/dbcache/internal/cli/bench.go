@@ -21,16 +21,19 @@ const benchKeyPrefix = "bench:"
 
 // benchJSON is bench's --json output.
 type benchJSON struct {
-	Ops            string          `json:"ops"`
-	Concurrency    int             `json:"concurrency"`
-	ValueSize      int             `json:"value_size"`
-	KeySpace       int             `json:"keyspace"`
-	BatchSize      int             `json:"batch_size"`
-	DurationLimit  float64         `json:"duration_limit_seconds"`
-	RequestsLimit  int64           `json:"requests_limit"`
-	Prefilled      bool            `json:"prefilled"`
-	PrefillRows    int64           `json:"prefill_rows"`
-	Removed        int64           `json:"removed"`
+	Ops           string  `json:"ops"`
+	Concurrency   int     `json:"concurrency"`
+	ValueSize     int     `json:"value_size"`
+	KeySpace      int     `json:"keyspace"`
+	BatchSize     int     `json:"batch_size"`
+	DurationLimit float64 `json:"duration_limit_seconds"`
+	RequestsLimit int64   `json:"requests_limit"`
+	Prefilled     bool    `json:"prefilled"`
+	PrefillRows   int64   `json:"prefill_rows"`
+	Removed       int64   `json:"removed"`
+	// Left is the most entries of bench's that the cleanup could not
+	// remove (0 when it removed them all, or with --keep).
+	Left           int64           `json:"left"`
 	Kept           bool            `json:"kept"`
 	ElapsedSeconds float64         `json:"elapsed_seconds"`
 	Interrupted    bool            `json:"interrupted"`
@@ -73,6 +76,17 @@ func toBenchOp(r loadgen.OpResult) benchOpResult {
 // goes ahead after an interrupt too.
 const benchCleanupTimeout = time.Minute
 
+// benchCleanupAttempts is how many times the cleanup tries one batch of
+// keys: a failure on a network that drops a connection, or on a statement
+// that waited too long for a row lock, is retried after a pause
+// (benchCleanupPause, doubling). Once one batch still fails, the cleanup
+// stops (the server is likely gone) and reports that batch and those
+// after it as left.
+const (
+	benchCleanupAttempts = 3
+	benchCleanupPause    = 250 * time.Millisecond
+)
+
 // benchBatch is how many keys one prefill or cleanup statement covers.
 const benchBatch = 500
 
@@ -105,7 +119,9 @@ plus a counter per key when the mix has incr or decr.
 When the run ends (or is interrupted) bench removes every key it may have
 written, so it leaves the cache as it found it, except that it overwrites
 and then removes entries that were already under those keys. --keep leaves
-them (to look at them with stats, or to cull them).`,
+them (to look at them with stats, or to cull them). Each batch of that
+cleanup is tried up to three times; if one still fails, bench exits 1 and
+says which keys may be left and how to remove them.`,
 		Example: `  dbcache bench
   dbcache bench --ops get:9,set:1 -c 16 --duration 30s
   dbcache bench --ops get_many,set_many --batch-size 50 -n 10000 --json`,
@@ -117,10 +133,14 @@ them (to look at them with stats, or to cull them).`,
 				return err
 			}
 			// -n alone means "until that many requests"; the default time
-			// limit applies only when neither is given.
+			// limit applies only when neither is given. --duration 0 means
+			// no time limit, which needs -n.
 			lc.Duration = duration
 			if lc.Requests > 0 && !cmd.Flags().Changed("duration") {
 				lc.Duration = 0
+			}
+			if cmd.Flags().Changed("duration") && duration == 0 && lc.Requests == 0 {
+				return usagef("--duration 0 means no time limit: give -n/--requests too, or a positive --duration")
 			}
 			if lc.Duration < 0 || lc.Requests < 0 || lc.Concurrency < 1 || lc.KeySpace < 1 || lc.ValueSize < 0 {
 				return usagef("--duration, --requests and --value-size must not be negative; --concurrency and --keyspace must be at least 1")
@@ -132,6 +152,12 @@ them (to look at them with stats, or to cull them).`,
 				lc.ValueSize = -1 // loadgen's "empty values"; 0 would mean its default
 			}
 			lc.KeyPrefix = benchKeyPrefix
+			if err := cf.validate(); err != nil {
+				return err
+			}
+			if err := a.useAppQueryMode(ctx); err != nil {
+				return err
+			}
 			o, err := a.openStore(ctx, cmd, &cf, int32(lc.Concurrency))
 			if err != nil {
 				return err
@@ -159,18 +185,17 @@ them (to look at them with stats, or to cull them).`,
 
 			// bench removes what it may have written once the run ends: also
 			// after an interrupt, or a failure part way through the prefill.
-			var removed int64
+			var (
+				removed int64
+				left    *benchLeft
+			)
 			cleanup := func() {
 				if !writes || keep {
 					return
 				}
 				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), benchCleanupTimeout)
 				defer cancel()
-				n, err := a.benchCleanup(cctx, cache, &full, counters)
-				removed = n
-				if err != nil {
-					a.log.WarnContext(cctx, "bench: could not remove all its keys", "removed", n, "err", err)
-				}
+				removed, left = a.benchCleanup(cctx, cache, &full, counters)
 			}
 
 			var prefillRows int64
@@ -178,6 +203,7 @@ them (to look at them with stats, or to cull them).`,
 				prefillRows, err = a.benchPrefill(ctx, cache, &full, timeout, counters)
 				if err != nil {
 					cleanup()
+					a.sayLeft(ctx, left, &full, counters, &cf, cmd)
 					return err
 				}
 			}
@@ -200,14 +226,21 @@ them (to look at them with stats, or to cull them).`,
 			res, runErr := loadgen.Run(ctx, &lc)
 			t.finish()
 			cleanup()
+			// A cleanup that left keys fails the command (after the
+			// results, which say what was left), unless the run failed
+			// already: its error is the one reported.
+			if runErr == nil && left != nil {
+				runErr = left.err
+			}
 			if res == nil {
+				a.sayLeft(ctx, left, &full, counters, &cf, cmd)
 				return runErr
 			}
 			if a.g.json {
 				out := benchJSON{
 					Ops: mix, Concurrency: full.Concurrency, ValueSize: full.ValueSize, KeySpace: full.KeySpace,
 					BatchSize: full.BatchSize, DurationLimit: full.Duration.Seconds(), RequestsLimit: full.Requests,
-					Prefilled: prefill, PrefillRows: prefillRows, Removed: removed, Kept: keep && writes,
+					Prefilled: prefill, PrefillRows: prefillRows, Removed: removed, Left: left.rows(), Kept: keep && writes,
 					ElapsedSeconds: res.Elapsed.Seconds(), Interrupted: res.Interrupted,
 					FirstError: res.FirstError, Total: toBenchOp(res.Total),
 				}
@@ -224,6 +257,8 @@ them (to look at them with stats, or to cull them).`,
 			case keep && writes:
 				a.println("kept the keys bench wrote (bench:0 … bench:%d%s, under the key prefix and version)", full.KeySpace-1,
 					map[bool]string{true: " and their :n counters", false: ""}[counters])
+			case left != nil:
+				a.println("%s", a.leftLine(left, &full, counters, &cf, cmd))
 			case writes:
 				a.println("removed the %s entries bench wrote (--keep leaves them)", humanCount(removed))
 			}
@@ -283,31 +318,111 @@ func (a *app) benchPrefill(ctx context.Context, cache dbcache.Store, c *loadgen.
 	return rows, nil
 }
 
+// benchLeft is what the cleanup could not remove: the key space from
+// index from on (each key with its counter when counters), and why.
+type benchLeft struct {
+	from, keys int // the first key left, and how many keys from there
+	perKey     int // rows per key: 2 with counters
+	err        error
+}
+
+// rows is how many entries may be left: nil leaves none.
+func (l *benchLeft) rows() int64 {
+	if l == nil {
+		return 0
+	}
+	return int64(l.keys * l.perKey)
+}
+
 // benchCleanup removes every key bench may have written: the key space, and
-// the counters when counters is set. It returns how many live entries it
-// removed.
-func (a *app) benchCleanup(ctx context.Context, cache dbcache.Store, c *loadgen.Config, counters bool) (int64, error) {
+// the counters when counters is set, benchBatch keys per statement, each
+// batch tried up to benchCleanupAttempts times. It returns how many live
+// entries it removed, and what it left (nil when nothing).
+func (a *app) benchCleanup(ctx context.Context, cache dbcache.Store, c *loadgen.Config, counters bool) (int64, *benchLeft) {
 	t := a.newTicker(true)
 	defer t.finish()
+	perKey := 1
+	if counters {
+		perKey = 2
+	}
 	var removed int64
 	for start := 0; start < c.KeySpace; start += benchBatch {
 		end := min(start+benchBatch, c.KeySpace)
-		keys := make([]string, 0, 2*(end-start))
+		keys := make([]string, 0, perKey*(end-start))
 		for i := start; i < end; i++ {
 			keys = append(keys, c.Key(i))
 			if counters {
 				keys = append(keys, c.Key(i)+dbcacheload.CounterSuffix)
 			}
 		}
-		n, err := cache.DeleteMany(ctx, keys)
-		removed += int64(n)
+		var err error
+		pause := benchCleanupPause
+		for attempt := 1; ; attempt++ {
+			var n int
+			n, err = cache.DeleteMany(ctx, keys)
+			if err == nil {
+				removed += int64(n)
+				break
+			}
+			if attempt == benchCleanupAttempts || ctx.Err() != nil {
+				break
+			}
+			a.log.WarnContext(ctx, "bench: removing its keys failed; trying again", "attempt", attempt, "err", errorLine(err, a.g.connectTimeout))
+			select {
+			case <-ctx.Done():
+			case <-time.After(pause):
+			}
+			pause *= 2
+		}
 		if err != nil {
-			return removed, fmt.Errorf("bench: remove its keys: %w", err)
+			return removed, &benchLeft{from: start, keys: c.KeySpace - start, perKey: perKey,
+				err: fmt.Errorf("bench: remove its keys: %w", err)}
 		}
 		t.update(int64(c.KeySpace), int64(end), "removing bench keys",
 			fmt.Sprintf("bench: removed %s entries so far", humanCount(removed)))
 	}
 	return removed, nil
+}
+
+// sayLeft says what the cleanup left, if anything, where the results go
+// (under --json, where no results were printed, as a log line).
+func (a *app) sayLeft(ctx context.Context, l *benchLeft, c *loadgen.Config, counters bool, cf *cacheFlags, cmd *cobra.Command) {
+	switch {
+	case l == nil:
+	case a.g.json:
+		a.log.ErrorContext(ctx, a.leftLine(l, c, counters, cf, cmd), "left", l.rows())
+	default:
+		a.println("%s", a.leftLine(l, c, counters, cf, cmd))
+	}
+}
+
+// leftLine says which of bench's keys the cleanup left, and how to remove
+// them.
+func (a *app) leftLine(l *benchLeft, c *loadgen.Config, counters bool, cf *cacheFlags, cmd *cobra.Command) string {
+	what := fmt.Sprintf("%s … %s", c.Key(l.from), c.Key(l.from+l.keys-1))
+	if counters {
+		what += " and their :n counters"
+	}
+	flags := ""
+	if cf.prefix != "" {
+		flags += " --key-prefix " + shellQuote(cf.prefix)
+	}
+	if cmd.Flags().Changed("key-version") {
+		flags += fmt.Sprintf(" --key-version %d", cf.version)
+	}
+	return fmt.Sprintf("could not remove all the keys bench wrote: up to %s left (%s, under the key prefix and version); "+
+		"`dbcache delete-prefix %s --yes%s%s` removes them (and any other key starting %s)",
+		countOf(l.rows(), "entry", "entries"), what, benchKeyPrefix, flags, a.schemaFlag(), benchKeyPrefix)
+}
+
+// shellQuote quotes s for a shell, unless it needs no quotes.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r == '-' || r == '_' || r == ':' || r == '.' || r == '/' || (r >= '0' && r <= '9') || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z'))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 func (a *app) printBench(mix string, c *loadgen.Config, prefill bool, res *loadgen.Result) {

@@ -161,16 +161,19 @@ when the entry never expires), as the ttl command reports it.`,
 		Example: `  dbcache get greeting
   dbcache get --key-prefix myapp --key-version 2 user:42 > user42.bin
   if v=$(dbcache get flag 2>/dev/null); then echo "flag=$v"; fi`,
-		Args: cobra.ExactArgs(1),
+		Args: keyArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			key, _, err := a.key(cmd, &cf, args, nil)
+			if err != nil {
+				return err
+			}
 			o, err := a.openStore(ctx, cmd, &cf, 1)
 			if err != nil {
 				return err
 			}
 			defer o.close()
 			cache := o.store
-			key := args[0]
 			var (
 				v   []byte
 				ttl dbcache.Timeout
@@ -205,6 +208,7 @@ when the entry never expires), as the ttl command reports it.`,
 		},
 	}
 	cf.add(cmd.Flags())
+	cf.addKeyFile(cmd.Flags())
 	return cmd
 }
 
@@ -225,8 +229,9 @@ so, and stores nothing a get can see), otherwise seconds or a duration.`,
 		Example: `  dbcache set greeting "hello, world"
   dbcache set session:42 token --ttl 30m
   dbcache set config --ttl never < config.json
-  printf 'a\0b' | dbcache set binary`,
-		Args: cobra.RangeArgs(1, 2),
+  printf 'a\0b' | dbcache set binary
+  dbcache set --key-file key.bin "value"`,
+		Args: keyArgs(1),
 	}
 	if add {
 		cmd.Use = "add KEY [VALUE]"
@@ -242,7 +247,11 @@ entry is taken over). Exits 3 when the key exists and nothing was stored.
 		if err != nil {
 			return err
 		}
-		value, err := a.readValue(args, 1)
+		key, rest, err := a.key(cmd, &cf, args, func(rest []string) bool { return len(rest) == 0 })
+		if err != nil {
+			return err
+		}
+		value, err := a.readValue(rest, 0)
 		if err != nil {
 			return err
 		}
@@ -252,7 +261,6 @@ entry is taken over). Exits 3 when the key exists and nothing was stored.
 		}
 		defer o.close()
 		cache := o.store
-		key := args[0]
 		// A TTL of zero or less stores nothing a get can see (Django's
 		// timeout 0): say so rather than "OK".
 		atOnce := expiresAtOnce(timeout)
@@ -296,6 +304,7 @@ entry is taken over). Exits 3 when the key exists and nothing was stored.
 		return err
 	}
 	cf.add(cmd.Flags())
+	cf.addKeyFile(cmd.Flags())
 	cmd.Flags().StringVar(&ttl, "ttl", "default", ttlHelp)
 	return cmd
 }
@@ -315,10 +324,14 @@ func (a *app) boolCommand(use, short, long, example, field, yes, no string, with
 		Short:   short,
 		Long:    long,
 		Example: example,
-		Args:    cobra.ExactArgs(1),
+		Args:    keyArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			timeout, err := parseTTL(ttl)
+			if err != nil {
+				return err
+			}
+			key, _, err := a.key(cmd, &cf, args, nil)
 			if err != nil {
 				return err
 			}
@@ -328,7 +341,6 @@ func (a *app) boolCommand(use, short, long, example, field, yes, no string, with
 			}
 			defer o.close()
 			cache := o.store
-			key := args[0]
 			ok, err := run(cmd, cache, key, timeout)
 			if err != nil {
 				return keyError(err, key)
@@ -359,6 +371,7 @@ func (a *app) boolCommand(use, short, long, example, field, yes, no string, with
 		},
 	}
 	cf.add(cmd.Flags())
+	cf.addKeyFile(cmd.Flags())
 	if withTTL {
 		cmd.Flags().StringVar(&ttl, "ttl", "default", ttlHelp)
 	}
@@ -414,17 +427,21 @@ its expiry. DELTA may be negative (dbcache ` + name + ` KEY -5) and must fit a
 64-bit integer. Exits 3 when KEY has no live entry, 1 when the value is not
 an integer or the result would overflow int64.`,
 		Example: "  dbcache " + name + " visits\n  dbcache " + name + " visits 10\n  dbcache " + name + " visits -5",
-		Args:    cobra.RangeArgs(1, 2),
+		Args:    keyArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			key, rest, err := a.key(cmd, &cf, args, nil)
+			if err != nil {
+				return err
+			}
 			delta := int64(1)
-			if len(args) == 2 {
-				d, err := strconv.ParseInt(args[1], 10, 64)
+			if len(rest) == 1 {
+				d, err := strconv.ParseInt(rest[0], 10, 64)
 				switch {
 				case errors.Is(err, strconv.ErrRange):
-					return usagef("DELTA %q is out of range: it must fit a 64-bit integer (%d to %d)", args[1], int64(math.MinInt64), int64(math.MaxInt64))
+					return usagef("DELTA %q is out of range: it must fit a 64-bit integer (%d to %d)", rest[0], int64(math.MinInt64), int64(math.MaxInt64))
 				case err != nil:
-					return usagef("DELTA %q is not an integer", args[1])
+					return usagef("DELTA %q is not an integer", rest[0])
 				}
 				delta = d
 			}
@@ -434,7 +451,6 @@ an integer or the result would overflow int64.`,
 			}
 			defer o.close()
 			cache := o.store
-			key := args[0]
 			var n int64
 			if up {
 				n, err = cache.Incr(ctx, key, delta)
@@ -464,6 +480,7 @@ an integer or the result would overflow int64.`,
 		},
 	}
 	cf.add(cmd.Flags())
+	cf.addKeyFile(cmd.Flags())
 	return cmd
 }
 
@@ -501,6 +518,9 @@ needs --yes (without it: exit 2).`,
 				}
 			}
 			if err := cache.Clear(ctx); err != nil {
+				if a.sharded() {
+					return a.partlyCleared(err)
+				}
 				return err
 			}
 			if a.g.json {
@@ -512,6 +532,51 @@ needs --yes (without it: exit 2).`,
 	}
 	cmd.Flags().BoolVarP(&yes, "yes", "y", false, "do not ask for confirmation")
 	return cmd
+}
+
+// partlyCleared reports a clear of several servers that failed on some of
+// them: which servers were cleared (each server's clear is its own), then
+// the error, naming the others.
+func (a *app) partlyCleared(err error) error {
+	failed := map[string]bool{}
+	var walk func(error)
+	walk = func(e error) {
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, x := range j.Unwrap() {
+				walk(x)
+			}
+			return
+		}
+		if name := shardOf(e); name != "" {
+			failed[name] = true
+		}
+	}
+	walk(err)
+	if len(failed) == 0 {
+		return err // not a server's failure: nothing to tell apart
+	}
+	var cleared, notCleared []string
+	for _, sh := range a.shards {
+		if failed[sh.name] {
+			notCleared = append(notCleared, sh.name)
+		} else {
+			cleared = append(cleared, sh.name)
+		}
+	}
+	if a.g.json {
+		if werr := a.writeJSON(struct {
+			Cleared       bool     `json:"cleared"`
+			ClearedShards []string `json:"cleared_shards"`
+			FailedShards  []string `json:"failed_shards"`
+		}{false, append([]string{}, cleared...), notCleared}); werr != nil {
+			return werr
+		}
+		return err
+	}
+	if len(cleared) > 0 {
+		a.println("cleared %d of %d servers (%s); not %s", len(cleared), len(a.shards), strings.Join(cleared, ", "), strings.Join(notCleared, ", "))
+	}
+	return err
 }
 
 // entryCount is what a confirmation prompt says is at stake.

@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -107,7 +108,9 @@ func Run(ctx context.Context, cfg *Config) int {
 	root.SetOut(a.out)
 	root.SetErr(a.errw)
 	err := root.ExecuteContext(ctx)
-	return a.report(err)
+	code := a.report(a.explainSchema(ctx, err))
+	a.conns.waitCancels()
+	return code
 }
 
 // app is one run's state: the streams, the global flags and the logger.
@@ -131,6 +134,16 @@ type app struct {
 	// shards are the servers of a sharded cache: --database-url given
 	// more than once (see shards.go); nil for a single server.
 	shards []shardSpec
+	// conns is what the command learned about its connections (shared by
+	// the copies of app made per server).
+	conns *connState
+	// connected is set once the command has reached its server: a
+	// connection that times out after that is a server that stopped
+	// answering.
+	connected bool
+	// needVersion is the migration version the command needs, for the
+	// message of a schema behind it (dbcache.SchemaVersion unless set).
+	needVersion uint
 }
 
 type globalFlags struct {
@@ -152,12 +165,15 @@ type globalFlags struct {
 	// opTimeout is the cache's client-side bound on each operation
 	// (dbcache.Config.OpTimeout), set by openCache; -1 for none.
 	opTimeout time.Duration
+	// pgxDefaultMode leaves pgx's default query mode to the pools (see
+	// useAppQueryMode).
+	pgxDefaultMode bool
 }
 
 func newApp(config *Config) *app {
 	// A copy, so filling in defaults never changes the caller's Config.
 	cfg := *config
-	a := &app{cfg: &cfg, stdin: cfg.Stdin, out: cfg.Out, errw: cfg.Err}
+	a := &app{cfg: &cfg, stdin: cfg.Stdin, out: cfg.Out, errw: cfg.Err, conns: &connState{}}
 	if a.stdin == nil {
 		a.stdin = strings.NewReader("")
 	}
@@ -366,6 +382,24 @@ func renamedFlag(cmd *cobra.Command, err error) error {
 type cacheFlags struct {
 	prefix  string
 	version int
+	// keyFile is --key-file, on the commands that take a KEY.
+	keyFile string
+}
+
+// validate refuses a --key-prefix PostgreSQL cannot store in a key, before
+// connecting: every key made with it would be refused, and the library's
+// error would name the key, which is fine.
+func (f *cacheFlags) validate() error {
+	why := ""
+	switch {
+	case !utf8.ValidString(f.prefix):
+		why = "not valid UTF-8 (PostgreSQL text cannot hold it)"
+	case strings.IndexByte(f.prefix, 0) >= 0:
+		why = "contains a NUL byte (PostgreSQL text cannot hold it)"
+	default:
+		return nil
+	}
+	return &usageError{err: fmt.Errorf("invalid --key-prefix %s: %s", shortKey(f.prefix), why), code: CodeInvalidKey}
 }
 
 func (f *cacheFlags) add(fs *pflag.FlagSet) {

@@ -10,6 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
@@ -115,6 +116,12 @@ func (a *app) dsn() string {
 	return a.cfg.Getenv(EnvDatabaseURL)
 }
 
+// queryModeSet reports whether the connection string names pgx's query
+// mode (default_query_exec_mode), which the command then leaves alone.
+func (a *app) queryModeSet() bool {
+	return strings.Contains(a.dsn(), "default_query_exec_mode")
+}
+
 // poolConfig parses the connection string and applies the CLI's session
 // settings. maxConns bounds the pool (bench needs one per worker).
 func (a *app) poolConfig(maxConns int32) (*pgxpool.Config, error) {
@@ -133,16 +140,22 @@ func (a *app) poolConfig(maxConns int32) (*pgxpool.Config, error) {
 	if cc.RuntimeParams == nil {
 		cc.RuntimeParams = map[string]string{}
 	}
+	// application_name is a startup parameter PgBouncer accepts; the
+	// statement timeout is not sent as one (PgBouncer refuses it) but set
+	// once connected, and only on a direct connection (sessionSetup).
 	if _, ok := cc.RuntimeParams["application_name"]; !ok {
 		cc.RuntimeParams["application_name"] = ApplicationName
 	}
 	// The cache bounds each operation on the client too, for a server that
-	// stops answering: a little longer than the statement timeout, so a slow
-	// statement is reported by the server, and not at all when the
-	// statement timeout is off.
+	// stops answering, and so does the connection itself (answerConn): a
+	// little longer than the statement timeout, so a slow statement is
+	// reported by the server, and not at all when the statement timeout is
+	// off.
 	a.g.opTimeout = -1
+	var timeout *string
 	if v, ok := cc.RuntimeParams["statement_timeout"]; a.g.statementTimeoutSet || !ok {
-		cc.RuntimeParams["statement_timeout"] = strconv.FormatInt(a.g.statementTimeout.Milliseconds(), 10)
+		ms := strconv.FormatInt(a.g.statementTimeout.Milliseconds(), 10)
+		timeout = &ms
 		a.g.statementTimeoutInForce = a.g.statementTimeout.String()
 		if a.g.statementTimeout > 0 {
 			a.g.opTimeout = a.g.statementTimeout + OpTimeoutGrace
@@ -151,6 +164,7 @@ func (a *app) poolConfig(maxConns int32) (*pgxpool.Config, error) {
 		// PostgreSQL reads a bare number as milliseconds; other forms
 		// ("1min") are left to the server, and the client waits the
 		// default statement timeout's bound.
+		timeout = &v
 		a.g.statementTimeoutInForce = v
 		a.g.opTimeout = StatementTimeoutDefault + OpTimeoutGrace
 		if ms, err := strconv.ParseInt(v, 10, 64); err == nil {
@@ -160,6 +174,18 @@ func (a *app) poolConfig(maxConns int32) (*pgxpool.Config, error) {
 				a.g.opTimeout = time.Duration(ms)*time.Millisecond + OpTimeoutGrace
 			}
 		}
+	}
+	delete(cc.RuntimeParams, "statement_timeout")
+	sessionSetup(&cc.Config, a.g.opTimeout, timeout, a.conns)
+	// The query mode: the connection string's, if it names one. Otherwise
+	// one that works both directly and behind a transaction pooler (which
+	// moves a client between server connections, so the named prepared
+	// statements of pgx's default mode are lost or collide): a command runs
+	// a few statements, and the mode makes no difference to it. bench,
+	// which measures what an application's pool would do, asks for pgx's
+	// default on a direct connection (useAppQueryMode).
+	if !a.queryModeSet() && !a.g.pgxDefaultMode {
+		cc.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
 	}
 	cfg.MaxConns = max(maxConns, 1)
 	cfg.MinConns = 0
@@ -189,6 +215,7 @@ func (a *app) openPool(ctx context.Context, maxConns int32) (*pgxpool.Pool, erro
 		closePool(pool)
 		return nil, err
 	}
+	a.connected = true
 	a.log.DebugContext(ctx, "connected", "host", cfg.ConnConfig.Host, "port", cfg.ConnConfig.Port,
 		"database", cfg.ConnConfig.Database, "user", cfg.ConnConfig.User, "schema", a.g.schema)
 	return pool, nil
@@ -217,6 +244,9 @@ func closePool(pool *pgxpool.Pool) {
 // openCache connects and opens the cache with the command's key flags.
 // The caller closes the pool.
 func (a *app) openCache(ctx context.Context, cmd *cobra.Command, cf *cacheFlags, maxConns int32) (*dbcache.Cache, *pgxpool.Pool, error) {
+	if err := cf.validate(); err != nil {
+		return nil, nil, err
+	}
 	pool, err := a.openPool(ctx, maxConns)
 	if err != nil {
 		return nil, nil, err
@@ -316,4 +346,40 @@ func (a *app) miss(key string, jsonObj any) error {
 	}
 	fmt.Fprintf(a.errw, "dbcache: miss: no live entry for key %q\n", key)
 	return errMissExit
+}
+
+// useAppQueryMode makes the command's pools use pgx's default query mode
+// (cache_statement), as an application's pool with the same connection
+// string would, when every server is reached directly; behind a pooler
+// that mode loses its prepared statements, and the command keeps its own.
+// It connects once to each server to find out. bench calls it: it measures
+// what the application would see.
+func (a *app) useAppQueryMode(ctx context.Context) error {
+	if a.queryModeSet() {
+		return nil
+	}
+	dsns := []string{a.g.databaseURL}
+	if a.sharded() {
+		dsns = dsns[:0]
+		for _, sh := range a.shards {
+			dsns = append(dsns, sh.dsn)
+		}
+	}
+	for _, dsn := range dsns {
+		s := *a
+		s.g.databaseURL = dsn
+		cfg, err := s.poolConfig(1)
+		if err != nil {
+			return err
+		}
+		conn, err := pgx.ConnectConfig(ctx, cfg.ConnConfig)
+		if err != nil {
+			return err
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closePoolWait)
+		_ = conn.Close(cctx)
+		cancel()
+	}
+	a.g.pgxDefaultMode = !a.conns.pooled.Load()
+	return nil
 }

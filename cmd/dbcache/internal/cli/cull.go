@@ -23,14 +23,16 @@ type passJSON struct {
 	DurationSeconds float64   `json:"duration_seconds"`
 	ExpiredRemoved  int64     `json:"expired_removed"`
 	Culled          int64     `json:"culled"`
-	Count           int64     `json:"count"`
-	CountExact      bool      `json:"count_exact"`
-	Remaining       int64     `json:"remaining"`
-	Skipped         bool      `json:"skipped"`
-	Interrupted     bool      `json:"interrupted"`
-	DryRun          bool      `json:"dry_run"`
-	AgedOut         int64     `json:"aged_out"`
-	CulledBytes     int64     `json:"culled_bytes"`
+	// Count and Remaining are null when the pass ended before it counted
+	// the table (interrupted or failed early).
+	Count       *int64 `json:"count"`
+	CountExact  bool   `json:"count_exact"`
+	Remaining   *int64 `json:"remaining"`
+	Skipped     bool   `json:"skipped"`
+	Interrupted bool   `json:"interrupted"`
+	DryRun      bool   `json:"dry_run"`
+	AgedOut     int64  `json:"aged_out"`
+	CulledBytes int64  `json:"culled_bytes"`
 	// Size and RemainingSize are null unless --max-bytes is given.
 	Size          *int64 `json:"size"`
 	SizeExact     bool   `json:"size_exact"`
@@ -94,6 +96,10 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 			switch {
 			case every < 0:
 				return usagef("--every must not be negative, got %s", every)
+			case batchSize < 1:
+				return usagef("--batch-size must be at least 1, got %d", batchSize)
+			case passTimeout < 0:
+				return usagef("--pass-timeout must not be negative (0 means no limit), got %s", passTimeout)
 			case limited && maxEntries < 1:
 				return usagef("--max-entries must be at least 1, got %d (leave it out to remove only expired entries)", maxEntries)
 			case cullFrequency < 0:
@@ -123,6 +129,9 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 			if limited {
 				limit = maxEntries
 			}
+			if ageLimit > 0 {
+				a.needVersion = maxAgeVersion
+			}
 			freq := cullFrequency
 			if freq == 0 {
 				// Django's CULL_FREQUENCY = 0; culling spells it CullAll
@@ -138,7 +147,11 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 			}
 			defer pool.Close()
 
-			r := &cullRun{a: a, dryRun: dryRun, aged: ageLimit > 0, sized: bytesLimit > 0}
+			r := &cullRun{a: a, dryRun: dryRun, aged: ageLimit > 0, sized: bytesLimit > 0, passTimeout: passTimeout}
+			libTimeout := passTimeout
+			if libTimeout == 0 {
+				libTimeout = -1 // culling's "no limit"; its 0 is "the default"
+			}
 			culler, err := culling.New(pool, &culling.Config{
 				BatchSize:     batchSize,
 				CullFrequency: freq,
@@ -148,11 +161,11 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 				MaxEntries:    limit,
 				NudgeEvery:    -1,
 				OnProgress:    r.onProgress,
-				PassTimeout:   passTimeout,
+				PassTimeout:   libTimeout,
 				Schema:        a.g.schema,
 			})
 			if err != nil {
-				return &usageError{err: err}
+				return &usageError{err: flagNames(err)}
 			}
 			stopMetrics, err := r.serveMetrics(metricsAddr, every, pool, culler)
 			if err != nil {
@@ -167,7 +180,7 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 	f.IntVar(&maxEntries, "max-entries", 0, "most entries to keep (Django's MAX_ENTRIES); without it only expired entries are removed")
 	f.IntVar(&cullFrequency, "cull-frequency", culling.CullFrequencyDefault, "over --max-entries, remove 1/N of the entries; 0 removes all (Django's CULL_FREQUENCY)")
 	f.IntVar(&batchSize, "batch-size", culling.BatchSizeDefault, "most rows one DELETE removes")
-	f.DurationVar(&passTimeout, "pass-timeout", culling.PassTimeoutDefault, "bound on one pass")
+	f.DurationVar(&passTimeout, "pass-timeout", culling.PassTimeoutDefault, "bound on one pass (0: no limit)")
 	f.BoolVar(&dryRun, "dry-run", false, "report what a pass would remove, and remove nothing")
 	f.StringVar(&maxBytes, "max-bytes", "", "most bytes the entries may take (2GB, 500MiB, bytes); over it, cull in eviction order")
 	f.StringVar(&maxAge, "max-age", "", "remove every entry written longer ago than this (720h, 30d; at least 1h)")
@@ -178,13 +191,15 @@ on stderr every 5s otherwise. One result line per pass on stdout (with
 // cullRun is one cull command's state: the progress display and whether a
 // stop was asked for.
 type cullRun struct {
-	a      *app
-	dryRun bool
-	aged   bool // --max-age was given
-	sized  bool // --max-bytes was given
+	a           *app
+	dryRun      bool
+	aged        bool // --max-age was given
+	sized       bool // --max-bytes was given
+	passTimeout time.Duration
 
 	mu      sync.Mutex
 	tick    *ticker
+	counted bool                   // the pass in progress has counted the table
 	metrics *prommetrics.Collector // --metrics-addr; nil without
 }
 
@@ -192,6 +207,9 @@ type cullRun struct {
 func (r *cullRun) onProgress(p culling.Progress) {
 	r.mu.Lock()
 	t := r.tick
+	if p.Phase == culling.PhaseCull || p.Phase == culling.PhaseDone {
+		r.counted = true
+	}
 	r.mu.Unlock()
 	if t == nil {
 		return
@@ -216,6 +234,7 @@ func (r *cullRun) loop(ctx context.Context, culler *culling.Culler, every time.D
 		// was removed.
 		r.mu.Lock()
 		r.tick = r.a.newTicker(true)
+		r.counted = false
 		r.mu.Unlock()
 
 		var (
@@ -238,7 +257,11 @@ func (r *cullRun) loop(ctx context.Context, culler *culling.Culler, every time.D
 		if interrupted {
 			err = nil
 		}
-		if perr := r.print(pass, every > 0, res, err, interrupted); perr != nil {
+		err = r.passTimedOut(ctx, err)
+		r.mu.Lock()
+		counted := r.counted || (err == nil && !interrupted)
+		r.mu.Unlock()
+		if perr := r.print(pass, every > 0, res, err, interrupted, counted); perr != nil {
 			return perr
 		}
 		switch {
@@ -262,8 +285,21 @@ func (r *cullRun) loop(ctx context.Context, culler *culling.Culler, every time.D
 	}
 }
 
+// passTimedOut says a pass that ran past --pass-timeout in those terms: it
+// is the pass's own bound that ended it (the server answered throughout),
+// not the statement timeout nor a silent server.
+func (r *cullRun) passTimedOut(ctx context.Context, err error) error {
+	var na *noAnswerError
+	if err == nil || r.passTimeout <= 0 || ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) || errors.As(err, &na) {
+		return err
+	}
+	return &codedError{code: CodePassTimeout, err: withCause(fmt.Sprintf(
+		"the pass ran past --pass-timeout (%s) and stopped; what it removed stays removed: run cull again to go on, or raise --pass-timeout",
+		r.passTimeout), err)}
+}
+
 // print writes one pass's result line.
-func (r *cullRun) print(pass int, numbered bool, res *culling.PassResult, err error, interrupted bool) error {
+func (r *cullRun) print(pass int, numbered bool, res *culling.PassResult, err error, interrupted, counted bool) error {
 	a := r.a
 	if res == nil {
 		res = &culling.PassResult{}
@@ -271,11 +307,14 @@ func (r *cullRun) print(pass int, numbered bool, res *culling.PassResult, err er
 	if a.g.json {
 		pj := passJSON{
 			Pass: pass, StartedAt: res.StartedAt, DurationSeconds: res.Duration.Seconds(),
-			ExpiredRemoved: res.ExpiredRemoved, Culled: res.Culled, Count: res.Count,
-			CountExact: res.CountExact, Remaining: res.Remaining, Skipped: res.Skipped, Interrupted: interrupted,
+			ExpiredRemoved: res.ExpiredRemoved, Culled: res.Culled,
+			CountExact: res.CountExact, Skipped: res.Skipped, Interrupted: interrupted,
 			DryRun: res.DryRun, AgedOut: res.AgedOut, CulledBytes: res.CulledBytes, SizeExact: res.SizeExact,
 		}
-		if r.sized {
+		if counted || res.Skipped {
+			pj.Count, pj.Remaining = &res.Count, &res.Remaining
+		}
+		if r.sized && (counted || res.Skipped) {
 			pj.Size, pj.RemainingSize = &res.Size, &res.RemainingSize
 		}
 		if err != nil {
@@ -290,14 +329,17 @@ func (r *cullRun) print(pass int, numbered bool, res *culling.PassResult, err er
 	switch {
 	case res.Skipped:
 		a.println("%sskipped: another culler is running a pass", prefix)
-	case err != nil:
-		if numbered {
-			a.println("%sfailed after removing %s expired and culling %s: %s", prefix,
-				humanCount(res.ExpiredRemoved), humanCount(res.Culled), errorLine(err, a.g.connectTimeout))
-		}
+	case err != nil && numbered:
+		a.println("%sfailed after removing %s expired%s and culling %s: %s", prefix,
+			humanCount(res.ExpiredRemoved), r.agedText(res), humanCount(res.Culled), errorLine(err, a.g.connectTimeout))
+	case err != nil && (res.ExpiredRemoved+res.AgedOut+res.Culled > 0 || midPass(err)):
+		// The error follows on stderr; what was removed before it stays
+		// removed, and is said here.
+		a.println("failed after removing %s expired%s and culling %s; what was removed stays removed", humanCount(res.ExpiredRemoved),
+			r.agedText(res), humanCount(res.Culled))
 	case interrupted:
-		a.println("%sinterrupted after removing %s expired and culling %s", prefix,
-			humanCount(res.ExpiredRemoved), humanCount(res.Culled))
+		a.println("%sinterrupted after removing %s expired%s and culling %s", prefix,
+			humanCount(res.ExpiredRemoved), r.agedText(res), humanCount(res.Culled))
 	case res.DryRun:
 		a.println("%sdry run: would remove %s expired%s and cull %s%s; %s entries would be left (%s)%s; nothing was removed", prefix,
 			humanCount(res.ExpiredRemoved), r.agedText(res), humanCount(res.Culled), r.bytesText(res),
@@ -385,4 +427,27 @@ func parseAge(s string) (time.Duration, error) {
 		return time.Duration(v * float64(24*time.Hour)), nil
 	}
 	return time.ParseDuration(t)
+}
+
+// flagNames says a culling configuration error in the command's terms: the
+// flag, not the library's Config field.
+func flagNames(err error) error {
+	msg := err.Error()
+	for field, flag := range map[string]string{
+		"Config.BatchSize": "--batch-size", "Config.CullFrequency": "--cull-frequency", "Config.MaxAge": "--max-age",
+		"Config.MaxBytes": "--max-bytes", "Config.MaxEntries": "--max-entries", "Config.PassTimeout": "--pass-timeout",
+		"Config.Schema": "--schema", "Config.Interval": "--every",
+	} {
+		msg = strings.ReplaceAll(msg, field, flag)
+	}
+	return withCause(strings.TrimPrefix(msg, "culling: "), err)
+}
+
+// midPass reports an error that can end a pass part way, after it removed
+// rows: the server stopped answering, or the pass ran out of time.
+func midPass(err error) bool {
+	var na *noAnswerError
+	var ce *codedError
+	return errors.As(err, &na) || (errors.As(err, &ce) && ce.code == CodePassTimeout) ||
+		errors.Is(err, context.DeadlineExceeded)
 }

@@ -11,8 +11,8 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/pooler"
 	"github.com/dbcache/dbcache/migrations"
 )
 
@@ -43,7 +43,10 @@ const (
 	// CodeTimeout: the server stopped answering: no reply within the
 	// statement timeout plus OpTimeoutGrace (exit 1).
 	CodeTimeout = "timeout"
-	// CodeNotMigrated: there is no cache table in the schema (exit 1).
+	// CodePassTimeout: a culling pass ran past --pass-timeout (exit 1).
+	CodePassTimeout = "pass_timeout"
+	// CodeNotMigrated: there is no cache table in the schema, or the
+	// schema is behind the command (exit 1).
 	CodeNotMigrated = "not_migrated"
 	// CodeNoSchema: no schema on the search_path exists (exit 1).
 	CodeNoSchema = "no_schema"
@@ -203,13 +206,30 @@ func (a *app) describe(err error) errorReport {
 	var pe *pgconn.ParseConfigError
 	var conn *pgconn.ConnectError
 	var pgErr *pgconn.PgError
+	var na *noAnswerError
+	var behind *schemaBehindError
 	switch {
 	case errors.As(err, &ce):
 		r.Code = ce.code
-	case a.ctx != nil && a.ctx.Err() != nil, errors.Is(err, context.Canceled):
-		// A failure once a signal arrived is the signal's doing.
+	case a.ctx != nil && a.ctx.Err() != nil:
+		// A failure once a signal arrived is the signal's doing. (A
+		// cancellation without one is not an interruption: the culler,
+		// for one, gives up a statement by cancelling it.)
 		r.Code = CodeInterrupted
-	case errors.Is(err, dbcache.ErrNotMigrated), errors.Is(err, culling.ErrTableNotFound):
+	case errors.As(err, &na):
+		r.Code = CodeTimeout
+		if strings.Contains(r.Message, na.Error()) {
+			r.Message = strings.Replace(r.Message, na.Error(), na.Error()+": "+a.answerBound(), 1)
+		} else {
+			r.Message += " (" + na.Error() + ": " + a.answerBound() + ")"
+		}
+	case errors.As(err, &behind):
+		r.Code = CodeNotMigrated
+		r.Message = behind.msg
+	case errors.Is(err, dbcache.ErrSchemaBehind):
+		r.Code = CodeNotMigrated
+		r.Message += fmt.Sprintf(" (run `dbcache migrate up%s`)", a.schemaFlag())
+	case errors.Is(err, dbcache.ErrNotMigrated):
 		// The library's message speaks to Go programmers; say it in the
 		// command's terms.
 		where := "on the search_path"
@@ -235,6 +255,14 @@ func (a *app) describe(err error) errorReport {
 		r.Code = CodeInvalidDatabaseURL
 	case errors.As(err, &conn):
 		r.Code = CodeConnect
+		if name, ok := pooler.RefusedStartupParam(err); ok {
+			r.Message += refusedParamHint(name)
+		}
+		if a.connected && (errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err)) {
+			// Connected once, the server then stopped answering a new
+			// connection: the server is gone, not misconfigured.
+			r.Code = CodeTimeout
+		}
 		if !a.connectionConfigured() {
 			r.Code = CodeNotConfigured
 			r.Message = "no database configured: pass --database-url or set " + EnvDatabaseURL +
@@ -242,9 +270,13 @@ func (a *app) describe(err error) errorReport {
 		}
 	case errors.Is(err, context.DeadlineExceeded) && a.g.opTimeout > 0:
 		r.Code = CodeTimeout
-		r.Message += fmt.Sprintf(" (no answer from the server within %s: the statement timeout, %s, plus %s; "+
-			"the server or the network stopped answering, or raise --statement-timeout)",
-			a.g.opTimeout, a.statementTimeoutInForce(), OpTimeoutGrace)
+		r.Message += fmt.Sprintf(" (no answer from the server within %s: %s)", a.g.opTimeout, a.answerBound())
+	case errors.As(err, &pgErr) && pgErr.Code == "57014" && strings.Contains(pgErr.Message, "user request") && a.g.opTimeout > 0:
+		// No signal came (that case is above): the command cancelled the
+		// statement itself, at its answer bound (behind a pooler, where the
+		// server's statement_timeout is not set, a slow statement meets it).
+		r.Code, r.SQLState = CodeTimeout, pgErr.Code
+		r.Message += fmt.Sprintf(" (the command cancelled it after %s: %s)", a.g.opTimeout, a.answerBound())
 	case errors.As(err, &pgErr):
 		r.Code, r.SQLState = CodeDatabase, pgErr.Code
 		if pgErr.Code == "57014" && strings.Contains(pgErr.Message, "statement timeout") {
@@ -332,4 +364,30 @@ func (a *app) statementTimeoutInForce() string {
 		return a.g.statementTimeoutInForce
 	}
 	return a.g.statementTimeout.String()
+}
+
+// answerBound says what the answer bound is and what to do about it.
+func (a *app) answerBound() string {
+	why := "the server or the network stopped answering, or raise --statement-timeout"
+	if a.conns != nil && a.conns.pooled.Load() {
+		// Behind a pooler the command cannot set the server's
+		// statement_timeout, so a slow statement meets this bound rather
+		// than the server's own report.
+		why = "the server or the network stopped answering, or a statement ran that long (behind a connection pooler the server's " +
+			"statement_timeout is not set, and this is the bound): raise --statement-timeout"
+	}
+	return fmt.Sprintf("the statement timeout, %s, plus %s; %s", a.statementTimeoutInForce(), OpTimeoutGrace, why)
+}
+
+// refusedParamHint says what to do about a startup parameter a pooler
+// refused: " (…)".
+func refusedParamHint(name string) string {
+	hint := " (a connection pooler such as PgBouncer in transaction mode accepts no such setting at connect time: remove " + name + " from the connection string"
+	switch strings.ToLower(name) {
+	case "search_path", "options":
+		hint += "; pass --schema NAME for the cache's schema, which the command names in every statement"
+	case "statement_timeout":
+		hint += "; --statement-timeout bounds the command's statements"
+	}
+	return hint + ")"
 }

@@ -46,6 +46,9 @@ type migrateResult struct {
 	From   uint `json:"from"`
 	To     uint `json:"to"`
 	Latest uint `json:"latest"`
+	// DroppedEntries is how many entries the cache table held when migrate
+	// down dropped it; absent when it dropped none.
+	DroppedEntries *int64 `json:"dropped_entries,omitempty"`
 }
 
 // migrateState is where the schema stands, read before a migrate command
@@ -101,28 +104,42 @@ func (a *app) readMigrateState(ctx context.Context) (st *migrateState, err error
 	return st, nil
 }
 
-// migrateStep runs step between two version reads and reports the move.
-func (a *app) migrateStep(ctx context.Context, st *migrateState, verb string, step func(context.Context, *migrations.Migrator) error) error {
+// migrateStep runs step and reports what it did. Up and down report the
+// version they found once they held the migration lock, so of several
+// migrators started at once, the ones that waited say they found the work
+// done; force reports the version read before it.
+func (a *app) migrateStep(ctx context.Context, st *migrateState, verb string, step func(context.Context, *migrations.Migrator) (*migrations.Result, error)) error {
 	from, dirty := st.version, st.dirty
-	if err := step(ctx, st.m); err != nil {
+	res, err := step(ctx, st.m)
+	if err != nil {
 		return a.dirtyError(err)
 	}
 	to, _, err := st.m.Version(ctx)
 	if err != nil {
 		return err
 	}
+	var dropped *int64
+	if res != nil {
+		from, dropped = res.From, res.DroppedEntries
+	}
 	if a.g.json {
-		return a.writeJSON(migrateResult{From: from, To: to, Latest: migrations.Latest()})
+		return a.writeJSON(migrateResult{From: from, To: to, Latest: migrations.Latest(), DroppedEntries: dropped})
+	}
+	droppedText := ""
+	if dropped != nil {
+		droppedText = fmt.Sprintf("; dropped the cache table, which held %s", countOf(*dropped, "entry", "entries"))
 	}
 	switch {
 	case verb == "force":
 		a.println("forced version %d (was %d%s); nothing was run", to, from, map[bool]string{true: ", dirty", false: ""}[dirty])
+	case from == to && verb == "up" && from != st.version:
+		a.println("already at version %d (up to date: another migrator applied them while this one waited for its lock)", to)
 	case from == to && verb == "up":
 		a.println("already at version %d (up to date)", to)
 	case from == to:
 		a.println("already at version %d; nothing to revert", to)
 	default:
-		a.println("migrated %s from version %d to %d", verb, from, to)
+		a.println("migrated %s from version %d to %d%s", verb, from, to, droppedText)
 	}
 	return nil
 }
@@ -188,9 +205,9 @@ date is success. With --dry-run, list what would run and run nothing; add
 				return err
 			}
 			defer closePool(st.pool)
-			if st.dirty {
-				return a.dirtyError(&migrations.DirtyError{Version: int(st.version)})
-			}
+			// A dirty flag read before the migration lock may be another
+			// migrator's, in the middle of its run: the migrator checks it
+			// again once it holds the lock, and only that answer counts.
 			if dr.dryRun {
 				plan, err := st.m.PendingMigrations(ctx)
 				if err != nil {
@@ -198,7 +215,10 @@ date is success. With --dry-run, list what would run and run nothing; add
 				}
 				return a.printPlan(st, "up", plan, dr.showSQL)
 			}
-			return a.migrateStep(ctx, st, "up", func(ctx context.Context, m *migrations.Migrator) error { return m.Up(ctx) })
+			return a.migrateStep(ctx, st, "up", func(ctx context.Context, m *migrations.Migrator) (*migrations.Result, error) {
+				res, err := m.UpResult(ctx)
+				return &res, err
+			})
 		},
 	}
 	dr.add(cmd, "up")
@@ -273,11 +293,15 @@ add --show-sql for the SQL.`,
 					return err
 				}
 			}
-			return a.migrateStep(ctx, st, "down", func(ctx context.Context, m *migrations.Migrator) error {
+			return a.migrateStep(ctx, st, "down", func(ctx context.Context, m *migrations.Migrator) (*migrations.Result, error) {
+				var res migrations.Result
+				var err error
 				if all {
-					return m.DownAll(ctx)
+					res, err = m.DownAllResult(ctx)
+				} else {
+					res, err = m.DownResult(ctx, steps)
 				}
-				return m.Down(ctx, steps)
+				return &res, err
 			})
 		},
 	}
@@ -658,7 +682,9 @@ checked (and repaired by hand if needed), or after applying the SQL of
 			if !st.exists && a.g.schema != "" {
 				return fmt.Errorf("schema %q does not exist: nothing to force", a.g.schema)
 			}
-			err = a.migrateStep(ctx, st, "force", func(ctx context.Context, m *migrations.Migrator) error { return m.Force(ctx, n) })
+			err = a.migrateStep(ctx, st, "force", func(ctx context.Context, m *migrations.Migrator) (*migrations.Result, error) {
+				return nil, m.Force(ctx, n)
+			})
 			if errors.Is(err, migrations.ErrNoSuchVersion) {
 				return &usageError{err: err}
 			}

@@ -152,6 +152,9 @@ func (a *app) openStore(ctx context.Context, cmd *cobra.Command, cf *cacheFlags,
 		}
 		return (&openedStore{store: cache, pools: []namedPool{{pool: pool}}}).withCapabilities()
 	}
+	if err := cf.validate(); err != nil {
+		return nil, err
+	}
 	o := &openedStore{}
 	var shards []sharded.Shard
 	for _, sh := range a.shards {

@@ -28,15 +28,18 @@ ttl_seconds to the microsecond, and null when never_expires is true; a miss
 is {"key":…,"found":false} (exit 3).`,
 		Example: `  dbcache ttl session:42
   dbcache ttl session:42 --json | jq .ttl_seconds`,
-		Args: cobra.ExactArgs(1),
+		Args: keyArgs(0),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			key, _, err := a.key(cmd, &cf, args, nil)
+			if err != nil {
+				return err
+			}
 			o, err := a.openStore(ctx, cmd, &cf, 1)
 			if err != nil {
 				return err
 			}
 			defer o.close()
-			key := args[0]
 			ttl, err := o.ttl.TTL(ctx, key)
 			if errors.Is(err, dbcache.ErrMiss) {
 				type out struct {
@@ -62,6 +65,7 @@ is {"key":…,"found":false} (exit 3).`,
 		},
 	}
 	cf.add(cmd.Flags())
+	cf.addKeyFile(cmd.Flags())
 	return cmd
 }
 
