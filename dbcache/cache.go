@@ -600,7 +600,7 @@ func (c *Cache) incr(ctx context.Context, op, key, k, delta string) (int64, erro
 		var v []byte
 		err := c.rowWrite(ctx, c.q.incr, []any{k, delta}, &v)
 		if err == nil {
-			n, ok := parseInt(v)
+			n, ok := ParseInteger(v)
 			if !ok {
 				return 0, fmt.Errorf("dbcache: %s: database returned %q", op, v)
 			}
@@ -622,7 +622,7 @@ func (c *Cache) incr(ctx context.Context, op, key, k, delta string) (int64, erro
 			}
 			return 0, c.wrapErr(op, err)
 		}
-		cur, ok := parseInt(v)
+		cur, ok := ParseInteger(v)
 		if !ok {
 			return 0, fmt.Errorf("%w: key %q", ErrNotInteger, key)
 		}
@@ -634,18 +634,6 @@ func (c *Cache) incr(ctx context.Context, op, key, k, delta string) (int64, erro
 			return 0, fmt.Errorf("dbcache: %s: key %q kept changing", op, key)
 		}
 	}
-}
-
-// parseInt reads b as Redis INCR does: the canonical decimal form of an int64.
-func parseInt(b []byte) (int64, bool) {
-	if len(b) == 0 || len(b) > 20 {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(string(b), 10, 64)
-	if err != nil || strconv.FormatInt(n, 10) != string(b) {
-		return 0, false
-	}
-	return n, true
 }
 
 // IncrVersion moves the entry for key from the view's version to version +

@@ -33,7 +33,6 @@ import (
 	"iter"
 	"log/slog"
 	"math"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -318,44 +317,44 @@ func (s *state) put(k string, value []byte, timeout dbcache.Timeout, now time.Ti
 // never nil (an empty value is a hit).
 func copyOf(v []byte) []byte { return append([]byte{}, v...) }
 
-// Get returns the value stored under key, or dbcache.ErrMiss.
-func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
+// with is every single-key operation's frame: key made and validated
+// (ErrInvalidKey before ErrClosed, as a Cache orders them), the store open,
+// then f under the lock with the made key and the store's clock.
+func (s *Store) with(ctx context.Context, key string, f func(st *state, k string, now time.Time) error) error {
 	k, err := s.key(ctx, key)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := s.checkOpen(); err != nil {
-		return nil, err
+		return err
 	}
 	st := s.s
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	e, ok := st.get(k, st.now())
-	if !ok {
-		return nil, dbcache.ErrMiss
-	}
-	return copyOf(e.value), nil
+	return f(st, k, st.now())
+}
+
+// Get returns the value stored under key, or dbcache.ErrMiss.
+func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
+	v, _, err := s.GetWithTTL(ctx, key)
+	return v, err
 }
 
 // GetWithTTL is Get that also returns the entry's remaining lifetime, as
 // TTL reports it.
-func (s *Store) GetWithTTL(ctx context.Context, key string) ([]byte, dbcache.Timeout, error) {
-	k, err := s.key(ctx, key)
+func (s *Store) GetWithTTL(ctx context.Context, key string) (v []byte, ttl dbcache.Timeout, err error) {
+	err = s.with(ctx, key, func(st *state, k string, now time.Time) error {
+		e, ok := st.get(k, now)
+		if !ok {
+			return dbcache.ErrMiss
+		}
+		v, ttl = copyOf(e.value), remaining(e, now)
+		return nil
+	})
 	if err != nil {
 		return nil, dbcache.Timeout{}, err
 	}
-	if err := s.checkOpen(); err != nil {
-		return nil, dbcache.Timeout{}, err
-	}
-	st := s.s
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	now := st.now()
-	e, ok := st.get(k, now)
-	if !ok {
-		return nil, dbcache.Timeout{}, dbcache.ErrMiss
-	}
-	return copyOf(e.value), remaining(e, now), nil
+	return v, ttl, nil
 }
 
 // remaining is e's remaining lifetime: Forever, or ExpiresIn(d) with d at
@@ -409,18 +408,10 @@ func (s *Store) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 // Set stores value under key, replacing any entry. A timeout that expires
 // at once leaves nothing a Get can see.
 func (s *Store) Set(ctx context.Context, key string, value []byte, timeout dbcache.Timeout) error {
-	k, err := s.key(ctx, key)
-	if err != nil {
-		return err
-	}
-	if err := s.checkOpen(); err != nil {
-		return err
-	}
-	st := s.s
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	st.put(k, value, timeout, st.now())
-	return nil
+	return s.with(ctx, key, func(st *state, k string, now time.Time) error {
+		st.put(k, value, timeout, now)
+		return nil
+	})
 }
 
 // SetMany stores every item, all or nothing: a key it refuses fails the
@@ -453,43 +444,33 @@ func (s *Store) SetMany(ctx context.Context, items map[string][]byte, timeout db
 // Add stores value under key only if the key has no live entry, and
 // reports whether it did (true too for a timeout that expires at once,
 // which stores nothing visible, as Django's add returns).
-func (s *Store) Add(ctx context.Context, key string, value []byte, timeout dbcache.Timeout) (bool, error) {
-	k, err := s.key(ctx, key)
-	if err != nil {
-		return false, err
-	}
-	if err := s.checkOpen(); err != nil {
-		return false, err
-	}
-	st := s.s
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	now := st.now()
-	if _, ok := st.get(k, now); ok {
-		return false, nil
-	}
-	st.put(k, value, timeout, now)
-	return true, nil
+func (s *Store) Add(ctx context.Context, key string, value []byte, timeout dbcache.Timeout) (stored bool, err error) {
+	err = s.with(ctx, key, func(st *state, k string, now time.Time) error {
+		if _, live := st.get(k, now); !live {
+			st.put(k, value, timeout, now)
+			stored = true
+		}
+		return nil
+	})
+	return stored && err == nil, err
 }
 
 // GetOrSet returns the value stored under key; on a miss it stores value
 // and returns it (with a timeout that expires at once, it returns value
 // and stores nothing visible).
-func (s *Store) GetOrSet(ctx context.Context, key string, value []byte, timeout dbcache.Timeout) ([]byte, error) {
-	k, err := s.key(ctx, key)
+func (s *Store) GetOrSet(ctx context.Context, key string, value []byte, timeout dbcache.Timeout) (v []byte, err error) {
+	err = s.with(ctx, key, func(st *state, k string, now time.Time) error {
+		v = st.getOrSet(k, value, timeout, now)
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	if err := s.checkOpen(); err != nil {
-		return nil, err
-	}
-	return s.s.getOrSet(k, value, timeout), nil
+	return v, nil
 }
 
-func (s *state) getOrSet(k string, value []byte, timeout dbcache.Timeout) []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	now := s.now()
+// getOrSet is GetOrSet on the made key k. The caller holds mu.
+func (s *state) getOrSet(k string, value []byte, timeout dbcache.Timeout, now time.Time) []byte {
 	if e, ok := s.get(k, now); ok {
 		return copyOf(e.value)
 	}
@@ -500,24 +481,15 @@ func (s *state) getOrSet(k string, value []byte, timeout dbcache.Timeout) []byte
 // Touch gives a live entry a new expiry and reports whether there was
 // one; an expired entry stays expired. A timeout that expires at once
 // expires the entry and returns true.
-func (s *Store) Touch(ctx context.Context, key string, timeout dbcache.Timeout) (bool, error) {
-	k, err := s.key(ctx, key)
-	if err != nil {
-		return false, err
-	}
-	if err := s.checkOpen(); err != nil {
-		return false, err
-	}
-	st := s.s
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	now := st.now()
-	e, ok := st.get(k, now)
-	if !ok {
-		return false, nil
-	}
-	st.put(k, e.value, timeout, now)
-	return true, nil
+func (s *Store) Touch(ctx context.Context, key string, timeout dbcache.Timeout) (live bool, err error) {
+	err = s.with(ctx, key, func(st *state, k string, now time.Time) error {
+		var e entry
+		if e, live = st.get(k, now); live {
+			st.put(k, e.value, timeout, now)
+		}
+		return nil
+	})
+	return live && err == nil, err
 }
 
 // Incr adds delta to the integer stored under key (the decimal ASCII
@@ -534,22 +506,25 @@ func (s *Store) Decr(ctx context.Context, key string, delta int64) (int64, error
 	return s.incr(ctx, key, delta, true)
 }
 
-func (s *Store) incr(ctx context.Context, key string, delta int64, negate bool) (int64, error) {
-	k, err := s.key(ctx, key)
+func (s *Store) incr(ctx context.Context, key string, delta int64, negate bool) (n int64, err error) {
+	err = s.with(ctx, key, func(st *state, k string, now time.Time) error {
+		n, err = st.incr(key, k, now, delta, negate)
+		return err
+	})
 	if err != nil {
 		return 0, err
 	}
-	if err := s.checkOpen(); err != nil {
-		return 0, err
-	}
-	st := s.s
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	e, ok := st.get(k, st.now())
+	return n, nil
+}
+
+// incr is Incr (Decr when negate) on key's made key k. The caller holds
+// mu.
+func (st *state) incr(key, k string, now time.Time, delta int64, negate bool) (int64, error) {
+	e, ok := st.get(k, now)
 	if !ok {
 		return 0, dbcache.ErrMiss
 	}
-	cur, ok := parseInt(e.value)
+	cur, ok := dbcache.ParseInteger(e.value)
 	if !ok {
 		return 0, fmt.Errorf("%w: key %q", dbcache.ErrNotInteger, key)
 	}
@@ -573,19 +548,6 @@ func (s *Store) incr(ctx context.Context, key string, delta int64, negate bool) 
 	}
 	st.entries[k] = entry{value: strconv.AppendInt(nil, n, 10), expires: e.expires}
 	return n, nil
-}
-
-// parseInt reads b as Redis INCR does: the canonical decimal form of an
-// int64.
-func parseInt(b []byte) (int64, bool) {
-	if len(b) == 0 || len(b) > 20 {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(string(b), 10, 64)
-	if err != nil || strconv.FormatInt(n, 10) != string(b) {
-		return 0, false
-	}
-	return n, true
 }
 
 // IncrVersion moves the entry for key from the view's version to version
@@ -655,20 +617,30 @@ func (s *Store) DeleteMany(ctx context.Context, keys []string) (int, error) {
 	if err := s.checkOpen(); err != nil {
 		return 0, err
 	}
-	st := s.s
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	now := st.now()
+	return s.s.remove(slices.Values(made)), nil
+}
+
+// remove deletes the entries of the made keys in keys, expired ones
+// too, and returns how many were live.
+func (s *state) remove(keys iter.Seq[string]) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
 	n := 0
-	for _, k := range made {
-		if e, ok := st.entries[k]; ok {
-			if e.live(now) {
-				n++
-			}
-			delete(st.entries, k)
+	for k := range keys {
+		if e, ok := s.entries[k]; ok {
+			n += b2i(e.live(now))
+			delete(s.entries, k)
 		}
 	}
-	return n, nil
+	return n
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // Clear removes every entry: every prefix and version, every view's.
@@ -747,20 +719,14 @@ func (s *Store) DeletePrefix(ctx context.Context, prefix string) (int, error) {
 	if err := s.checkOpen(); err != nil {
 		return 0, err
 	}
-	st := s.s
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	now := st.now()
-	n := 0
-	for k, e := range st.entries {
-		if strings.HasPrefix(k, lo) {
-			if e.live(now) {
-				n++
+	return s.s.remove(func(yield func(string) bool) {
+		// remove holds the lock while it ranges over this sequence.
+		for k := range s.s.entries {
+			if strings.HasPrefix(k, lo) && !yield(k) {
+				return
 			}
-			delete(st.entries, k)
 		}
-	}
-	return n, nil
+	}), nil
 }
 
 // GetOrSetFunc is GetOrSet with a loader: load runs only on a miss, once
@@ -811,30 +777,17 @@ func (s *Store) getOrLoad(ctx context.Context, key string, load dbcache.LoadFunc
 		return v, nil
 	}
 	return st.flights.Do(ctx, k, func(fctx context.Context) ([]byte, error) {
-		v, err := runLoader(fctx, load)
+		v, err := dbcache.RunLoader(fctx, load)
 		if err != nil {
 			return nil, err
 		}
 		if err := s.checkOpen(); err != nil {
 			return nil, err
 		}
-		return st.getOrSet(k, v, timeout), nil
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		return st.getOrSet(k, v, timeout, st.now()), nil
 	})
-}
-
-// runLoader calls load, turning its error into a *dbcache.LoaderError and
-// a panic into a *dbcache.LoaderPanicError.
-func runLoader(ctx context.Context, load dbcache.LoadFunc) (v []byte, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			v, err = nil, &dbcache.LoaderPanicError{Value: r, Stack: debug.Stack()}
-		}
-	}()
-	v, err = load(ctx)
-	if err != nil {
-		return nil, &dbcache.LoaderError{Err: err}
-	}
-	return v, nil
 }
 
 // refresh reloads a stale entry in the background, at most one refresh
@@ -859,7 +812,7 @@ func (s *state) refresh(ctx context.Context, k string, load dbcache.LoadFunc, ti
 			delete(s.refreshing, k)
 			s.refreshMu.Unlock()
 		}()
-		v, err := runLoader(valuesOnly{Context: s.bgCtx, values: ctx}, load)
+		v, err := dbcache.RunLoader(valuesOnly{Context: s.bgCtx, values: ctx}, load)
 		if err != nil {
 			if s.bgCtx.Err() == nil {
 				attrs := []any{"error_code", dbcache.ErrorCode(err)}

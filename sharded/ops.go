@@ -121,7 +121,10 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 // of this process and, through an advisory lock on the key's server, once
 // across processes.
 func (c *Cache) GetOrSetFunc(ctx context.Context, key string, f dbcache.LoadFunc, timeout dbcache.Timeout) ([]byte, error) {
-	failedOpen := func() ([]byte, error) { return load(ctx, f) }
+	// Under FailOpen on a shard that could not be opened, the loader's
+	// value is returned and nothing stored; its error or panic reads as
+	// the shard cache's would.
+	failedOpen := func() ([]byte, error) { return dbcache.RunLoader(ctx, f) }
 	return onShard(ctx, c, key, dbcache.OpGetOrSet, failedOpen, func(sc *dbcache.Cache) ([]byte, error) {
 		return sc.GetOrSetFunc(ctx, key, f, timeout)
 	})
@@ -132,7 +135,7 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, f dbcache.LoadFunc
 // background refresh of a stale entry across processes, on the key's
 // server.
 func (c *Cache) GetOrRevalidate(ctx context.Context, key string, f dbcache.LoadFunc, fresh, stale time.Duration) ([]byte, error) {
-	failedOpen := func() ([]byte, error) { return load(ctx, f) }
+	failedOpen := func() ([]byte, error) { return dbcache.RunLoader(ctx, f) }
 	return onShard(ctx, c, key, dbcache.OpGetOrSet, failedOpen, func(sc *dbcache.Cache) ([]byte, error) {
 		return sc.GetOrRevalidate(ctx, key, f, fresh, stale)
 	})

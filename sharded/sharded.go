@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -755,20 +754,4 @@ func (c *Cache) degrade(ctx context.Context, x *shard, op string, err error) boo
 			"shard", x.name, "op", op, "failures", pending, "error", err)
 	}
 	return true
-}
-
-// load runs a loader for GetOrSetFunc on a shard that could not be opened,
-// under FailOpen: its value is returned and nothing stored, and its error
-// or panic reads as the shard cache's would.
-func load(ctx context.Context, f func(context.Context) ([]byte, error)) (v []byte, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			v, err = nil, &dbcache.LoaderPanicError{Value: r, Stack: debug.Stack()}
-		}
-	}()
-	v, err = f(ctx)
-	if err != nil {
-		return nil, &dbcache.LoaderError{Err: err}
-	}
-	return v, nil
 }

@@ -33,8 +33,8 @@ func (c *Counter) Get(ctx context.Context, key string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	n, err := strconv.ParseInt(string(b), 10, 64)
-	if err != nil || strconv.FormatInt(n, 10) != string(b) {
+	n, ok := dbcache.ParseInteger(b)
+	if !ok {
 		return 0, &DecodeError{Key: key, Err: dbcache.ErrNotInteger}
 	}
 	return n, nil

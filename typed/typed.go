@@ -47,7 +47,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"runtime/debug"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -434,24 +433,11 @@ func (c *Cache[T]) loadPlain(ctx context.Context, key string, load dbcache.LoadF
 	if !errors.Is(err, dbcache.ErrMiss) {
 		return b, err
 	}
-	v, err := runLoader(ctx, load)
+	v, err := dbcache.RunLoader(ctx, load)
 	if err != nil {
 		return nil, err
 	}
 	return c.store.GetOrSet(ctx, key, v, timeout)
-}
-
-func runLoader(ctx context.Context, load dbcache.LoadFunc) (v []byte, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			v, err = nil, &dbcache.LoaderPanicError{Value: r, Stack: debug.Stack()}
-		}
-	}()
-	v, err = load(ctx)
-	if err != nil {
-		return nil, &dbcache.LoaderError{Err: err}
-	}
-	return v, nil
 }
 
 // unsupported is the error of an operation whose capability the store
