@@ -54,6 +54,8 @@
 //	Versioner      IncrVersion, DecrVersion
 //	KeyMaker       MakeKey, ValidateKey: the stored form of a key
 //	Loader         GetOrSetFunc, GetOrRevalidate: read-through loading
+//	SnapshotReader GetWithSnapshot, GetManyWithSnapshot: reads with their
+//	               statement's snapshot (one server's: the near cache's)
 //	io.Closer      Close
 //
 //	if l, ok := store.(dbcache.KeyLister); ok {

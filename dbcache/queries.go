@@ -299,6 +299,7 @@ type queries struct {
 	getMany, setMany, deleteMany, clearBatch, setBatch                 string
 	getRemaining, ttl, loadPoll                                        string
 	deletePrefixBatch, keysPage                                        string
+	getSnapshot, getManySnapshot                                       string // snapshot.go
 	table                                                              string
 }
 
@@ -340,5 +341,7 @@ func newQueries(schema string, fast bool) *queries {
 		loadPoll:          fill(qLoadPoll),
 		deletePrefixBatch: write(qDeletePrefixBatch, qDeletePrefixBatchFast),
 		keysPage:          fill(qKeysPage),
+		getSnapshot:       fill(qGetSnapshot),
+		getManySnapshot:   fill(qGetManySnapshot),
 	}
 }

@@ -18,8 +18,8 @@ import (
 // safe for concurrent use. What only some stores can do is an optional
 // capability, a small interface of its own found by type assertion (as
 // pgx finds a BatchTracer on a QueryTracer): TTLReader, KeyLister,
-// Versioner, KeyMaker and Loader. Closing is io.Closer's, found the same
-// way. Views (WithVersion, WithTx) stay on the concrete types: a
+// Versioner, KeyMaker, Loader and SnapshotReader. Closing is io.Closer's,
+// found the same way. Views (WithVersion, WithTx) stay on the concrete types: a
 // transaction belongs to one server.
 //
 // A store that wraps another (a layer) keeps one rule, so that a type
@@ -133,10 +133,11 @@ type Loader interface {
 }
 
 var (
-	_ Store     = (*Cache)(nil)
-	_ TTLReader = (*Cache)(nil)
-	_ KeyLister = (*Cache)(nil)
-	_ Versioner = (*Cache)(nil)
-	_ KeyMaker  = (*Cache)(nil)
-	_ Loader    = (*Cache)(nil)
+	_ Store          = (*Cache)(nil)
+	_ SnapshotReader = (*Cache)(nil)
+	_ TTLReader      = (*Cache)(nil)
+	_ KeyLister      = (*Cache)(nil)
+	_ Versioner      = (*Cache)(nil)
+	_ KeyMaker       = (*Cache)(nil)
+	_ Loader         = (*Cache)(nil)
 )

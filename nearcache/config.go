@@ -89,6 +89,11 @@ type Config struct {
 	// Tracer sees the layer's hits, misses, invalidations and the feed's
 	// state, for metrics. It must not block. Defaults to nil.
 	Tracer Tracer
+
+	// TraceKeys lets the Tracer see stored keys (Invalidation.Key). Keys
+	// can be personal data (an email in a session key), so by default no
+	// key reaches the Tracer or the Logger. Defaults to false.
+	TraceKeys bool
 }
 
 func (c *Config) withDefaults() Config {

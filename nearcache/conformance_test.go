@@ -40,8 +40,11 @@ func TestNewRequiresCapabilities(t *testing.T) {
 	_, err = nearcache.New(ctx, coreOnly{mem}, pool, nil)
 	require.ErrorContains(t, err, "dbcache.KeyMaker")
 	_, err = nearcache.New(ctx, coreOnly{mem}, pool, &nearcache.Config{MakeKey: mem.MakeKey})
+	require.ErrorContains(t, err, "dbcache.SnapshotReader")
+	p := e.proc(t, nil)
+	_, err = nearcache.New(ctx, snapshotsOnly{p.cache, p.cache}, pool, &nearcache.Config{MakeKey: p.cache.MakeKey})
 	require.ErrorContains(t, err, "is not a dbcache.TTLReader")
-	var s dbcache.Store = e.proc(t, nil).near
+	var s dbcache.Store = p.near
 	for name, ok := range map[string]bool{
 		"TTLReader": is[dbcache.TTLReader](s), "KeyLister": is[dbcache.KeyLister](s),
 		"Versioner": is[dbcache.Versioner](s), "Loader": is[dbcache.Loader](s),
@@ -53,6 +56,13 @@ func TestNewRequiresCapabilities(t *testing.T) {
 
 // coreOnly is a store with the core's methods and nothing more.
 type coreOnly struct{ dbcache.Store }
+
+// snapshotsOnly is a store with the core's methods and the
+// snapshot-carrying read, and no other capability.
+type snapshotsOnly struct {
+	dbcache.Store
+	dbcache.SnapshotReader
+}
 
 func is[C any](s dbcache.Store) bool {
 	_, ok := s.(C)

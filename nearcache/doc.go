@@ -9,8 +9,9 @@
 //
 // The feed reads the cache table by logical decoding, so the server needs
 // wal_level = logical, the feed's role the REPLICATION attribute (or
-// superuser), and the table a publication, created once by Setup (a role
-// that owns the table):
+// superuser; on a managed server, the provider's replication role), and
+// the table a publication, created once by Setup (a role that owns the
+// table):
 //
 //	err := nearcache.Setup(ctx, pool, nil)                 // once: CREATE PUBLICATION … FOR TABLE dbcache_entries (key)
 //	cache, err := dbcache.New(ctx, pool, nil)
@@ -21,27 +22,32 @@
 // New refuses what cannot feed a near cache, with one clear error:
 // ErrUnsupported (wal_level is not logical, an UNLOGGED table, whose writes
 // logical decoding never sees, a server before PostgreSQL 14),
-// ErrNoPublication, or the server's refusal of a replication connection.
+// ErrNoPublication, ErrNoReplication (the feed's role may not replicate),
+// a store that does not return its reads' snapshots
+// (dbcache.SnapshotReader), or the server's refusal of a replication
+// connection, naming the setting that ran out (53300: max_wal_senders;
+// 53400: max_replication_slots).
 //
 // # What is served from memory
 //
-// Get, GetWithTTL, HasKey, GetOrSet, GetOrSetFunc and GetOrRevalidate (a
-// fresh copy only) are answered from a copy when one is held (a hit), else
-// by the store, and Get and GetWithTTL
-// (and GetMany for a single missing key) keep a copy of what they read.
-// GetMany serves the keys it holds and reads the rest in one query. Every
-// write through the layer is the store's, after which the written keys'
-// copies are dropped, so a process reads its own writes at once; TTL and
-// Keys are the store's. The near cache is a dbcache.Store with the
-// capabilities it serves through its store (TTLReader, KeyLister,
-// Versioner, Loader), which New requires of it; it passes storetest's
-// suite.
+// Get, GetWithTTL, HasKey, GetMany, GetOrSet, GetOrSetFunc and
+// GetOrRevalidate (while the copy is fresh) are answered from a copy when
+// one is held (a hit), else by the store, and Get, GetWithTTL and GetMany
+// keep a copy of what they read when the checks below allow. Every write
+// through the layer is the store's, after which the written keys' copies
+// are dropped (a Set keeps the value it wrote, unless another write of the
+// key through the layer was in flight), so a process reads its own writes
+// at once: with no other writer, its next read of a key after its writes
+// of it have returned is what the database holds, whatever their
+// interleaving. TTL and Keys are the store's. The near cache is a
+// dbcache.Store with the capabilities it serves through its store
+// (TTLReader, KeyLister, Versioner, Loader), which New requires of it; it
+// passes storetest's suite.
 //
 // A copy never outlives its entry: it is read with its remaining lifetime
-// by the database's clock (Store.GetWithTTL) and expires that long after
-// the read began, by the local monotonic clock, so an offset between the
-// application's and the database's clocks cannot extend it. Misses are not
-// kept.
+// by the database's clock and expires that long after the read began, by
+// the local monotonic clock, so an offset between the application's and
+// the database's clocks cannot extend it. Misses are not kept.
 //
 // # Coherence
 //
@@ -49,39 +55,55 @@
 // the publication's key column): every committed insert, update, delete
 // and truncate of the table reaches every process, in commit order, once
 // its WAL is flushed, whoever wrote it (dbcache, the culler, an operator's
-// SQL). Writes in a caller's transaction (WithTx on the store) reach it
-// when they commit, and rolled-back ones never. Dropping a copy on a
-// change races with a read that fetched the old value before it: a read
-// registers before it goes to the store, and a change's invalidation turns
-// it away, so such a read keeps no copy.
+// SQL), with its transaction's id. Writes in a caller's transaction (WithTx
+// on the store) reach it when they commit, and rolled-back ones never.
 //
-// The staleness bound is proven, not assumed: every HeartbeatInterval the
-// layer commits a logical message into the WAL (one statement on the pool)
-// and waits for it on the feed; when it arrives, every write that returned
-// before it was sent has been applied. Copies are served only while the
-// newest heartbeat to arrive was sent within MaxStaleness (1 s by
-// default); otherwise reads go to the store. So a read through the layer
-// sees every write that returned more than MaxStaleness before it began,
-// on a loaded machine, with FastCommit writes (which the feed sees only
-// once the WAL writer or a heartbeat flushes them), and while the feed
-// lags. Lost feeds (the connection closed or silent for FeedTimeout, the
-// server restarted, the slot dropped, the publication dropped, the table
-// replaced or made unlogged) drop every copy at once; reads go to the store
-// until the feed is back, which it retries by itself.
+// A commit is flushed, and so delivered, before it is visible to other
+// sessions (for the whole wait of a synchronous standby), so a read can
+// fetch the old value after the feed announced the new one. A copy is
+// therefore kept only if the statement that read it provably saw every
+// change the feed has announced for its key: the read returns its
+// statement's snapshot (dbcache.SnapshotReader), and the copy is kept only
+// if the transaction of the key's newest announced change had ended in it;
+// otherwise the caller gets the value and nothing is kept
+// (Stats.FillsUnseen). A TRUNCATE, a change whose key the feed cannot read
+// and the transactions running when a feed session starts must have ended
+// in the snapshot of any fill that keeps a copy. docs/nearcache.md says
+// why this is correct, step by step.
+//
+// The staleness bound: every HeartbeatInterval the layer commits a logical
+// message into the WAL (one statement on the pool) and waits for it on the
+// feed; when it arrives, every write that returned before it was sent has
+// been delivered. Copies are served only while the newest heartbeat to
+// arrive was sent within MaxStaleness (1 s by default); otherwise reads go
+// to the store. So a read through the layer sees every write that returned
+// more than MaxStaleness before it began, with durable or FastCommit
+// writes, with a synchronous standby slow to confirm, and while the feed
+// lags. A read joins another's store read only if that read began within
+// MaxStaleness before it and no read or write of the key through the
+// process has ended since. Lost feeds (the connection closed or silent for
+// FeedTimeout, the server restarted, the slot dropped, the publication
+// dropped, the table replaced or made unlogged) drop every copy at once;
+// reads go to the store until the feed is back, which it retries by itself.
 //
 // # Memory
 //
 // Copies are bounded by MaxBytes (64 MiB by default), counting keys,
 // values and a fixed per-entry overhead; values over MaxEntryBytes are
-// never copied. Eviction is W-TinyLFU (github.com/maypok86/otter), which
-// keeps more of a skewed workload's hot keys than an LRU does.
+// not copied. Eviction is W-TinyLFU (github.com/maypok86/otter), which
+// keeps more of a skewed workload's hot keys than an LRU does. The
+// transaction ids the feed remembers are forgotten once a heartbeat's
+// snapshot shows them ended, so they follow the keys changed in the last
+// heartbeat interval, not the key space.
 //
 // # Metrics
 //
 // Stats returns the layer's counters (hits, misses, hit ratio, fills,
-// invalidations, flushes, the feed's state and restarts, entries, bytes,
-// the current staleness); Config.Tracer sees each read's hits and misses,
-// each invalidation and the feed's state changes, for a metrics library to
-// count. The store's own dbcache.Tracer still sees every operation that
-// reaches the database.
+// fills refused and those refused by the visibility check, invalidations,
+// flushes, the feed's state and restarts, recovered panics, entries,
+// bytes, the current staleness); Config.Tracer sees each read's hits and
+// misses, each invalidation and the feed's state changes, for a metrics
+// library to count. No key reaches the Tracer or the Logger unless
+// Config.TraceKeys is set. The store's own dbcache.Tracer still sees every
+// operation that reaches the database.
 package nearcache

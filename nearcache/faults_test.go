@@ -210,7 +210,9 @@ func TestRefusals(t *testing.T) {
 		var pgErr *pgconn.PgError
 		require.True(t, errors.As(err, &pgErr), "%v", err)
 		require.Equal(t, "42501", pgErr.Code)
-		require.ErrorContains(t, err, "replication role")
+		require.ErrorIs(t, err, nearcache.ErrNoReplication)
+		require.ErrorContains(t, err, "REPLICATION attribute")
+		require.ErrorContains(t, err, "rds_replication")
 	})
 	t.Run("bad config", func(t *testing.T) {
 		t.Parallel()

@@ -16,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dbcache/dbcache/dbcache"
 )
 
 // The feed: the cache table's changes, read by logical decoding.
@@ -42,17 +44,35 @@ import (
 // (connection closed, silent for FeedTimeout, the table replaced, the
 // publication dropped) drops every copy at once and reconnects with
 // backoff, and copies are stored again only once a new slot exists.
+//
+// Each transaction's changes arrive between its Begin, which carries its
+// top-level transaction id (32 bits, widened to the 64-bit xid8 with the
+// epoch of a recent snapshot), and its Commit; the feed never asks for
+// in-progress transactions to be streamed (proto_version 1, no
+// streaming), so every change arrives with the id of a committed
+// transaction. The id of each key's newest change is remembered (see
+// local.go), so that a fill whose snapshot had not seen it end keeps
+// nothing.
 
 // qHeartbeat writes a heartbeat into the WAL, in its own transaction,
 // committed with its WAL flushed locally (synchronous_commit = local for
 // this transaction only: a role whose default is off would otherwise leave
-// it to the WAL writer), and in the same statement checks that the table
-// is the one the feed follows, still logged, and still published.
+// it to the WAL writer, and a synchronous standby slow to confirm would
+// hold it), and in the same statement checks that the table is the one the
+// feed follows, still logged, and still published, and returns its
+// snapshot, which prunes the remembered transaction ids.
 const qHeartbeat = `SELECT coalesce((SELECT c.oid::bigint FROM pg_class c WHERE c.oid = to_regclass($3) AND c.relpersistence = 'p'), 0),
        EXISTS (SELECT 1 FROM pg_publication p WHERE p.pubname = $4
                AND (p.puballtables OR EXISTS (SELECT 1 FROM pg_publication_rel r WHERE r.prpubid = p.oid AND r.prrelid = to_regclass($3)))),
-       pg_logical_emit_message(true, $1, $2) IS NOT NULL
+       pg_logical_emit_message(true, $1, $2) IS NOT NULL,
+       pg_current_snapshot()::text
 FROM (SELECT set_config('synchronous_commit', 'local', true)) AS s`
+
+// qSnapshot is a snapshot taken once a feed session's slot exists: the
+// transactions running in it may have committed before the slot's
+// consistent point (their changes never delivered) and still be
+// invisible, so every kept fill must see them end.
+const qSnapshot = `SELECT pg_current_snapshot()::text`
 
 // statusInterval is how often the feed tells the server how far it has
 // read, so the slot's WAL can be recycled.
@@ -74,6 +94,9 @@ type feed struct {
 	// confirmed is when (c.since) the newest heartbeat the feed has
 	// received was sent; 0 when none since the feed last came up.
 	confirmed atomic.Int64
+	// epochRef is a recent full transaction id (a snapshot's xmax), to
+	// widen the feed's 32-bit ids.
+	epochRef atomic.Uint64
 
 	hbMu   sync.Mutex
 	hbSeq  uint64
@@ -87,9 +110,11 @@ type feed struct {
 	// error it failed with.
 	firstOnce sync.Once
 	first     chan error
-	// lastFailLog is when a failed restart was last logged (run's
-	// goroutine only).
+	// lastFailLog is when a failed restart was last logged, wasUp whether
+	// a session was ever up (New returns the first one's failure itself)
+	// (run's goroutine only).
 	lastFailLog time.Time
+	wasUp       bool
 }
 
 func newFeed(c *Cache, pool *pgxpool.Pool, repl *pgconn.Config) *feed {
@@ -136,21 +161,22 @@ func (f *feed) down(err error) {
 	if !wasUp {
 		// A start that failed: said once every ten seconds at most while
 		// the feed stays down.
-		if f.sessions.Load() > 0 && !f.c.closed.Load() && time.Since(f.lastFailLog) > 10*time.Second {
+		if f.wasUp && !f.c.closed.Load() && time.Since(f.lastFailLog) > 10*time.Second {
 			f.lastFailLog = time.Now()
 			f.c.cfg.Logger.Warn("nearcache: feed still down; reads go to the database", "err", err)
 		}
 		return
 	}
+	f.wasUp = true
 	f.c.cnt.flushes.Add(1)
 	if errors.Is(err, context.Canceled) && f.c.closed.Load() {
 		return // Close
 	}
 	f.c.cfg.Logger.Warn("nearcache: feed lost; every local copy dropped, reads go to the database until it is back", "err", err, "dropped", n)
-	if t := f.c.cfg.Tracer; t != nil {
+	f.c.traceFeed(func(t Tracer) {
 		t.TraceInvalidate(Invalidation{Cause: CauseFeedLost, Dropped: n})
 		t.TraceFeed(false, err)
-	}
+	})
 }
 
 // session runs one feed session: connect, create a temporary slot, stream.
@@ -165,7 +191,7 @@ func (f *feed) session(parent context.Context) (err error) {
 	defer cancel()
 	conn, err := pgconn.ConnectConfig(sctx, f.replCfg)
 	if err != nil {
-		return fmt.Errorf("nearcache: feed: connect for replication: %w", err)
+		return explainStart(fmt.Errorf("nearcache: feed: connect for replication: %w", err))
 	}
 	defer func() {
 		cctx, ccancel := context.WithTimeout(context.WithoutCancel(parent), time.Second)
@@ -180,7 +206,23 @@ func (f *feed) session(parent context.Context) (err error) {
 	if _, err := pglogrepl.CreateReplicationSlot(sctx, conn, slot, "pgoutput", pglogrepl.CreateReplicationSlotOptions{
 		Temporary: true, SnapshotAction: "NOEXPORT_SNAPSHOT", Mode: pglogrepl.LogicalReplication,
 	}); err != nil {
-		return fmt.Errorf("nearcache: feed: create a temporary replication slot: %w", cause(ctx, err))
+		return explainStart(fmt.Errorf("nearcache: feed: create a temporary replication slot: %w", cause(ctx, err)))
+	}
+	// Transactions running now may have committed before the slot's
+	// consistent point, so their changes will never be delivered, and
+	// still be invisible (waiting for a synchronous standby): table-wide,
+	// until they end or the feed delivers their commit.
+	var snapText string
+	if err := f.pool.QueryRow(sctx, qSnapshot).Scan(&snapText); err != nil {
+		return fmt.Errorf("nearcache: feed: take a snapshot: %w", cause(ctx, err))
+	}
+	start, err := dbcache.ParseSnapshot(snapText)
+	if err != nil {
+		return fmt.Errorf("nearcache: feed: %w", err)
+	}
+	f.epochRef.Store(start.Xmax)
+	for _, x := range start.Xip {
+		f.c.local.tableWide(x, tableStart)
 	}
 	if err := pglogrepl.StartReplication(sctx, conn, slot, 0, pglogrepl.StartReplicationOptions{
 		Mode: pglogrepl.LogicalReplication,
@@ -201,9 +243,7 @@ func (f *feed) session(parent context.Context) (err error) {
 		f.c.cnt.feedRestarts.Add(1)
 		f.c.cfg.Logger.Info("nearcache: feed back up", "slot", slot)
 	}
-	if t := f.c.cfg.Tracer; t != nil {
-		t.TraceFeed(true, nil)
-	}
+	f.c.traceFeed(func(t Tracer) { t.TraceFeed(true, nil) })
 	f.firstOnce.Do(func() { f.first <- nil })
 	return f.stream(ctx, conn, slot)
 }
@@ -221,8 +261,7 @@ func (f *feed) stream(ctx context.Context, conn *pgconn.PgConn, slot string) err
 	var (
 		pos        pglogrepl.LSN // read up to here
 		lastStatus time.Time
-		keyIdx     = -1
-		commitTime time.Time
+		tx         = txState{keyIdx: -1}
 	)
 	for {
 		if time.Since(lastStatus) >= statusInterval {
@@ -274,7 +313,7 @@ func (f *feed) stream(ctx context.Context, conn *pgconn.PgConn, slot string) err
 				if err != nil {
 					return fmt.Errorf("nearcache: feed: decode: %w", err)
 				}
-				if err := f.apply(m, slot, &keyIdx, &commitTime); err != nil {
+				if err := f.apply(m, slot, &tx); err != nil {
 					return err
 				}
 				pos = max(pos, xld.WALStart)
@@ -287,43 +326,62 @@ func (f *feed) stream(ctx context.Context, conn *pgconn.PgConn, slot string) err
 	}
 }
 
+// txState is what the stream remembers between messages: the table's key
+// column, and the transaction being applied.
+type txState struct {
+	keyIdx     int
+	xid        uint64 // widened
+	commitTime time.Time
+}
+
+// widen makes a 32-bit transaction id the 64-bit one within 2^31 of ref
+// (PostgreSQL keeps every id in use that close to the newest).
+func widen(x uint32, ref uint64) uint64 {
+	return uint64(int64(ref) + int64(int32(x-uint32(ref))))
+}
+
 // apply applies one decoded message.
-func (f *feed) apply(m pglogrepl.Message, slot string, keyIdx *int, commitTime *time.Time) error {
+func (f *feed) apply(m pglogrepl.Message, slot string, tx *txState) error {
 	oid := f.c.target.oid
 	switch m := m.(type) {
 	case *pglogrepl.BeginMessage:
-		*commitTime = m.CommitTime
+		tx.commitTime = m.CommitTime
+		tx.xid = widen(m.Xid, f.epochRef.Load())
+	case *pglogrepl.CommitMessage:
+		f.c.local.committed(tx.xid)
+		tx.xid = 0
 	case *pglogrepl.RelationMessage:
 		if m.RelationID != oid {
 			return nil
 		}
-		*keyIdx = -1
+		tx.keyIdx = -1
 		for i, col := range m.Columns {
 			if col.Name == "key" {
-				*keyIdx = i
+				tx.keyIdx = i
 			}
 		}
-		if *keyIdx < 0 {
+		if tx.keyIdx < 0 {
 			return errors.New("nearcache: feed: the published table has no key column")
 		}
 	case *pglogrepl.InsertMessage:
 		if m.RelationID == oid {
-			f.changed(m.Tuple, *keyIdx, *commitTime)
+			f.changed(m.Tuple, tx)
 		}
 	case *pglogrepl.UpdateMessage:
 		if m.RelationID == oid {
 			if m.OldTuple != nil {
-				f.changed(m.OldTuple, *keyIdx, *commitTime)
+				f.changed(m.OldTuple, tx)
 			}
-			f.changed(m.NewTuple, *keyIdx, *commitTime)
+			f.changed(m.NewTuple, tx)
 		}
 	case *pglogrepl.DeleteMessage:
 		if m.RelationID == oid {
-			f.changed(m.OldTuple, *keyIdx, *commitTime)
+			f.changed(m.OldTuple, tx)
 		}
 	case *pglogrepl.TruncateMessage:
 		for _, id := range m.RelationIDs {
 			if id == oid {
+				f.c.local.tableWide(tx.xid, tableTruncate)
 				f.flush()
 			}
 		}
@@ -335,29 +393,33 @@ func (f *feed) apply(m pglogrepl.Message, slot string, keyIdx *int, commitTime *
 	return nil
 }
 
-// changed invalidates the key of a changed row. A key the feed cannot read
-// (a key stored out of line and unchanged, which pgoutput leaves out)
-// drops everything: correct, if costly, and not something dbcache's keys
-// (at most 2 KB, inline) should ever cause.
-func (f *feed) changed(t *pglogrepl.TupleData, keyIdx int, commitTime time.Time) {
-	if t == nil || keyIdx < 0 || keyIdx >= len(t.Columns) || t.Columns[keyIdx].DataType != pglogrepl.TupleDataTypeText {
+// changed invalidates the key of a changed row and remembers its
+// transaction. A key the feed cannot read (a key stored out of line and
+// unchanged, which pgoutput leaves out) drops everything and makes the
+// transaction table-wide: correct, if costly, and not something dbcache's
+// keys (at most 2 KB, inline) should ever cause.
+func (f *feed) changed(t *pglogrepl.TupleData, tx *txState) {
+	if t == nil || tx.keyIdx < 0 || tx.keyIdx >= len(t.Columns) || t.Columns[tx.keyIdx].DataType != pglogrepl.TupleDataTypeText {
+		f.c.local.tableWide(tx.xid, tableTruncate)
 		f.flush()
 		return
 	}
-	key := string(t.Columns[keyIdx].Data)
-	dropped := f.c.local.changed(key)
+	key := string(t.Columns[tx.keyIdx].Data)
+	dropped := f.c.local.changed(key, tx.xid)
 	f.c.cnt.invalidations.Add(1)
-	if tr := f.c.cfg.Tracer; tr != nil {
-		tr.TraceInvalidate(Invalidation{Cause: CauseFeed, Keys: 1, Dropped: b2i(dropped), Lag: time.Since(commitTime), Key: key})
-	}
+	f.c.traceFeed(func(tr Tracer) {
+		inv := Invalidation{Cause: CauseFeed, Keys: 1, Dropped: b2i(dropped), Lag: time.Since(tx.commitTime)}
+		if f.c.cfg.TraceKeys {
+			inv.Key = key
+		}
+		tr.TraceInvalidate(inv)
+	})
 }
 
 func (f *feed) flush() {
 	n := f.c.local.flush()
 	f.c.cnt.flushes.Add(1)
-	if tr := f.c.cfg.Tracer; tr != nil {
-		tr.TraceInvalidate(Invalidation{Cause: CauseTruncate, Dropped: n})
-	}
+	f.c.traceFeed(func(tr Tracer) { tr.TraceInvalidate(Invalidation{Cause: CauseTruncate, Dropped: n}) })
 }
 
 func b2i(b bool) int {
@@ -393,11 +455,12 @@ func (f *feed) heartbeat(ctx context.Context, slot string) {
 	ctx, cancel := context.WithTimeout(ctx, f.c.cfg.FeedTimeout)
 	defer cancel()
 	var (
-		oid     int64
-		covered bool
-		emitted bool
+		oid      int64
+		covered  bool
+		emitted  bool
+		snapText string
 	)
-	err := f.pool.QueryRow(ctx, qHeartbeat, slot, strconv.FormatUint(seq, 10), f.c.target.table, f.c.target.publication).Scan(&oid, &covered, &emitted)
+	err := f.pool.QueryRow(ctx, qHeartbeat, slot, strconv.FormatUint(seq, 10), f.c.target.table, f.c.target.publication).Scan(&oid, &covered, &emitted, &snapText)
 	if err != nil {
 		// Not fatal by itself: without heartbeats the copies stop being
 		// served after MaxStaleness, and a dead server ends the feed too.
@@ -406,6 +469,10 @@ func (f *feed) heartbeat(ctx context.Context, slot string) {
 			f.c.cfg.Logger.Debug("nearcache: heartbeat failed", "err", err)
 		}
 		return
+	}
+	if snap, err := dbcache.ParseSnapshot(snapText); err == nil {
+		f.epochRef.Store(snap.Xmax)
+		f.c.local.prune(snap)
 	}
 	var why error
 	switch {

@@ -162,6 +162,13 @@ func steady() *nearcache.Config {
 
 func (e *env) proc(t testing.TB, cfg *nearcache.Config) *proc {
 	t.Helper()
+	return e.procWith(t, cfg, nil)
+}
+
+// procWith is proc with the near cache in front of wrap(cache) (wrap nil:
+// the cache itself).
+func (e *env) procWith(t testing.TB, cfg *nearcache.Config, wrap func(*dbcache.Cache) dbcache.Store) *proc {
+	t.Helper()
 	p := &proc{pool: e.pool(t), trace: &recorder{}}
 	var err error
 	p.cache, err = dbcache.New(ctxT(t), p.pool, &dbcache.Config{OpTimeout: 30 * time.Second})
@@ -173,6 +180,7 @@ func (e *env) proc(t testing.TB, cfg *nearcache.Config) *proc {
 	}
 	if c.Tracer == nil {
 		c.Tracer = p.trace
+		c.TraceKeys = true // the recorder counts invalidations by key
 	}
 	if c.Replication == nil {
 		// A name of its own, so a test can find its walsender.
@@ -196,7 +204,11 @@ func (e *env) proc(t testing.TB, cfg *nearcache.Config) *proc {
 		c.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	startMu.Lock() // slot creation waits for open transactions: one at a time is quicker
-	p.near, err = nearcache.New(ctxT(t), p.cache, p.pool, &c)
+	var store dbcache.Store = p.cache
+	if wrap != nil {
+		store = wrap(p.cache)
+	}
+	p.near, err = nearcache.New(ctxT(t), store, p.pool, &c)
 	startMu.Unlock()
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = p.near.Close() })

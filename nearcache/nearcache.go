@@ -6,12 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"golang.org/x/sync/singleflight"
 
 	"github.com/dbcache/dbcache/dbcache"
 )
@@ -21,6 +22,7 @@ import (
 // as the database's feed reports changes. It is safe for concurrent use.
 type Cache struct {
 	store   dbcache.Store
+	reader  dbcache.SnapshotReader
 	caps    capabilities
 	cfg     Config
 	makeKey func(string) string
@@ -30,30 +32,37 @@ type Cache struct {
 	cnt     counters
 	// flights shares one store read among the goroutines that miss the
 	// same key at once: a hot key just invalidated is read once, not by
-	// every reader.
-	flights singleflight.Group
+	// every reader. A read joins one only if it began within MaxStaleness
+	// (see read).
+	flightsMu sync.Mutex
+	flights   map[string]*flight
 	// sets serialises the Sets of one key through the layer.
-	sets   keyLocks
-	closed atomic.Bool
-	base   time.Time // the origin of since
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	sets     keyLocks
+	closed   atomic.Bool
+	base     time.Time // the origin of since
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	panicLog sync.Once
 }
 
 // New returns a near cache in front of store, whose table is on pool's
 // database (pool runs the layer's heartbeats and checks; store's own
-// operations run as store runs them). store must have the capabilities
-// the layer serves through it (dbcache.TTLReader, KeyLister, Versioner and
-// Loader) and make keys (a dbcache.KeyMaker, or Config.MakeKey): a
-// *dbcache.Cache does; the error names what another store lacks. It
+// operations run as store runs them, on the same server). store must be a
+// dbcache.SnapshotReader (a *dbcache.Cache is): the layer keeps a copy
+// only when the snapshot of the statement that read it proves it saw
+// every change the feed delivered. It must also have the capabilities the
+// layer serves through it (dbcache.TTLReader, KeyLister, Versioner and
+// Loader) and make keys (a dbcache.KeyMaker, or Config.MakeKey); a
+// *dbcache.Cache does, and the error names what another store lacks. New
 // checks what the feed needs and
-// returns a clear error if the server cannot give it: ErrUnsupported
+// returns one clear error if the server cannot give it: ErrUnsupported
 // (wal_level is not logical, the table is UNLOGGED, PostgreSQL before
-// 14), ErrNoPublication (run Setup), dbcache.ErrNotMigrated, or the
-// server's refusal of a replication connection (the role needs the
-// REPLICATION attribute). It then starts the feed and waits, at most
-// Config.StartTimeout, for its first session. Close stops the feed; the
-// store and the pool stay open.
+// 14), ErrNoPublication (run Setup), ErrNoReplication (the feed's role
+// lacks the REPLICATION attribute), dbcache.ErrNotMigrated, or the
+// server's refusal of a replication connection (53300: every
+// max_wal_senders in use; 53400: every max_replication_slots in use). It
+// then starts the feed and waits, at most Config.StartTimeout, for its
+// first session. Close stops the feed; the store and the pool stay open.
 func New(ctx context.Context, store dbcache.Store, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	if store == nil || pool == nil {
 		return nil, errors.New("nearcache: store and pool are required")
@@ -69,6 +78,10 @@ func New(ctx context.Context, store dbcache.Store, pool *pgxpool.Pool, cfg *Conf
 			return nil, fmt.Errorf("nearcache: the store (%T) is not a dbcache.KeyMaker: set Config.MakeKey", store)
 		}
 		makeKey = mk.MakeKey
+	}
+	reader, ok := store.(dbcache.SnapshotReader)
+	if !ok {
+		return nil, fmt.Errorf("nearcache: the store (%T) does not return its reads' snapshots (dbcache.SnapshotReader), which the layer needs to prove a copy is not older than a change; put the near cache directly in front of a *dbcache.Cache", store)
 	}
 	caps, err := capabilitiesOf(store)
 	if err != nil {
@@ -96,11 +109,18 @@ func New(ctx context.Context, store dbcache.Store, pool *pgxpool.Pool, cfg *Conf
 	if repl.RuntimeParams["application_name"] == "" {
 		repl.RuntimeParams["application_name"] = "dbcache-nearcache"
 	}
+	if repl.RuntimeParams["wal_sender_timeout"] == "" {
+		// The walsender ends a session whose process stopped confirming
+		// (hung, paused, cut off) after this long, and its temporary
+		// slot, with the WAL it retains, goes with it: FeedTimeout rather
+		// than the server's 60 s (the feed confirms every second).
+		repl.RuntimeParams["wal_sender_timeout"] = strconv.FormatInt(c.FeedTimeout.Milliseconds(), 10)
+	}
 	l, err := newLocal(c.MaxBytes, c.MaxEntryBytes)
 	if err != nil {
 		return nil, fmt.Errorf("nearcache: %w", err)
 	}
-	nc := &Cache{store: store, caps: caps, cfg: c, makeKey: makeKey, target: t, local: l, base: time.Now()}
+	nc := &Cache{store: store, reader: reader, caps: caps, cfg: c, makeKey: makeKey, target: t, local: l, base: time.Now(), flights: map[string]*flight{}}
 	nc.feed = newFeed(nc, pool, repl)
 	bg, cancel := context.WithCancel(context.Background())
 	nc.cancel = cancel
@@ -147,6 +167,8 @@ func (c *Cache) Stats() Stats {
 		Fills:         c.cnt.fills.Load(),
 		WritesKept:    c.cnt.writesKept.Load(),
 		FillsRefused:  c.cnt.fillsRefused.Load(),
+		FillsUnseen:   c.cnt.fillsUnseen.Load(),
+		Panics:        c.cnt.panics.Load(),
 		Invalidations: c.cnt.invalidations.Load(),
 		Flushes:       c.cnt.flushes.Load(),
 		Bypassed:      c.cnt.bypassed.Load(),
@@ -201,60 +223,151 @@ func (c *Cache) lookup(mk string, now time.Time) (*entry, bool) {
 	return e, true
 }
 
-type filled struct {
-	v   []byte
-	ttl dbcache.Timeout
+// flight is one store read shared by the goroutines that miss a key at
+// once.
+type flight struct {
+	began int64     // c.since when it was sent
+	start time.Time // the same, for expiries
+	done  chan struct{}
+	v     []byte
+	ttl   dbcache.Timeout
+	err   error
 }
 
-// read is fill shared among the goroutines reading mk at once. The shared
-// read runs without the first caller's cancellation (the store bounds it
-// by its own time limit), so one caller giving up fails no other; each
-// caller still returns as soon as its own context ends, and gets a value
-// of its own.
+// read is fill shared among the goroutines reading mk at once. A caller
+// joins a read in flight only if no read or write of mk has ended since it
+// began (see seal) and it began within MaxStaleness before the caller did: a write that returned before the caller began,
+// more than MaxStaleness before it, returned before such a read began too,
+// so the read saw it. Otherwise (a read held up, on the network or by a
+// busy server) the caller starts a newer one. The shared read runs
+// without the first caller's cancellation (the store bounds it by its own
+// time limit), so one caller giving up fails no other; each caller still
+// returns as soon as its own context ends, and gets a value of its own.
 func (c *Cache) read(ctx context.Context, key, mk string) ([]byte, dbcache.Timeout, error) {
-	ch := c.flights.DoChan(mk, func() (any, error) {
-		v, ttl, err := c.fill(context.WithoutCancel(ctx), key, mk)
-		return filled{v, ttl}, err
-	})
+	now := time.Now()
+	at := c.since(now)
+	c.flightsMu.Lock()
+	f := c.flights[mk]
+	if f == nil || at-f.began >= int64(c.cfg.MaxStaleness) {
+		f = &flight{began: at, start: now, done: make(chan struct{})}
+		c.flights[mk] = f
+		go c.fly(context.WithoutCancel(ctx), key, mk, f)
+	}
+	c.flightsMu.Unlock()
 	select {
-	case r := <-ch:
-		f, _ := r.Val.(filled)
-		if r.Err != nil {
-			return nil, dbcache.Timeout{}, r.Err
-		}
-		if r.Shared {
-			return clone(f.v), f.ttl, nil
-		}
-		return f.v, f.ttl, nil
+	case <-f.done:
 	case <-ctx.Done():
 		return nil, dbcache.Timeout{}, ctx.Err()
 	}
+	if f.err != nil {
+		return nil, dbcache.Timeout{}, f.err
+	}
+	ttl := f.ttl
+	if d, ok := ttl.Duration(); ok {
+		// Counted down from the read's start, for a caller that joined
+		// later: never longer than the database's.
+		ttl = dbcache.ExpiresIn(max(time.Until(f.start.Add(d)), time.Microsecond))
+	}
+	return clone(f.v), ttl, nil
 }
 
-// fill reads key from the store with its remaining lifetime, and keeps a
-// copy unless the key changed meanwhile.
-func (c *Cache) fill(ctx context.Context, key, mk string) ([]byte, dbcache.Timeout, error) {
+// fly runs a shared read, on a goroutine of the layer's: a panic in the
+// store (its tracer, say) is recovered and returned to every caller as
+// ErrPanic.
+func (c *Cache) fly(ctx context.Context, key, mk string, f *flight) {
+	defer func() {
+		c.flightsMu.Lock()
+		if c.flights[mk] == f {
+			delete(c.flights, mk)
+		}
+		c.flightsMu.Unlock()
+		close(f.done)
+	}()
+	f.v, f.ttl, f.err = c.fill(context.WithValue(ctx, flightKey{}, f), key, mk, f.start)
+}
+
+// fill reads key from the store with its remaining lifetime and its
+// statement's snapshot, and keeps a copy if the local store's checks allow
+// (see local.endFill); start is when the read began.
+func (c *Cache) fill(ctx context.Context, key, mk string, start time.Time) ([]byte, dbcache.Timeout, error) {
 	tok := c.local.beginFill(mk)
-	start := time.Now()
-	v, ttl, err := c.caps.ttl.GetWithTTL(ctx, key)
-	var expires time.Time
-	if err == nil && !ttl.IsForever() {
-		// The database measured the remaining lifetime after this read
-		// began, so counting it from start never outlives the entry,
-		// whatever the offset between the clocks.
-		d, _ := ttl.Duration()
-		expires = start.Add(d)
+	v, ttl, snap, err := c.storeRead(ctx, key, tok.snapshot)
+	r := fillResult{snap: snap}
+	if err == nil {
+		r.found, r.value = true, v
+		if len(v) <= c.cfg.MaxEntryBytes {
+			r.value = bytes.Clone(v) // the caller owns v
+		}
+		if d, ok := ttl.Duration(); ok {
+			// The database measured the remaining lifetime after this
+			// read began, so counting it from start never outlives the
+			// entry, whatever the offset between the clocks.
+			r.expires = start.Add(d)
+		}
 	}
-	var copied []byte
-	if err == nil && len(v) <= c.cfg.MaxEntryBytes {
-		copied = bytes.Clone(v) // the caller owns v
+	c.filled(c.local.endFill(tok, r), r.found)
+	c.seal(mk, flightOf(ctx))
+	return v, ttl, err
+}
+
+type flightKey struct{}
+
+// flightOf is the flight a fill runs for, if any.
+func flightOf(ctx context.Context) *flight {
+	f, _ := ctx.Value(flightKey{}).(*flight)
+	return f
+}
+
+// seal keeps readers from joining the store read of mk in flight (but
+// except): a read or a write of mk has just ended, and a read that began
+// before it ended may return something older than it did, which a caller
+// that begins after must not get (monotonic reads, own writes). Callers
+// already waiting on it still get its answer; it just leaves the map.
+func (c *Cache) seal(mk string, except *flight) {
+	c.flightsMu.Lock()
+	if f := c.flights[mk]; f != nil && f != except {
+		delete(c.flights, mk)
 	}
-	if c.local.endFill(tok, err == nil && copied != nil, copied, expires) {
+	c.flightsMu.Unlock()
+}
+
+// sealAll is seal for every key starting with prefix.
+func (c *Cache) sealAll(prefix string) {
+	c.flightsMu.Lock()
+	for mk := range c.flights {
+		if strings.HasPrefix(mk, prefix) {
+			delete(c.flights, mk)
+		}
+	}
+	c.flightsMu.Unlock()
+}
+
+func (c *Cache) filled(outcome int, found bool) {
+	switch {
+	case outcome == fillKept:
 		c.cnt.fills.Add(1)
-	} else if err == nil {
+	case outcome == fillUnseen:
+		c.cnt.fillsUnseen.Add(1)
+		c.cnt.fillsRefused.Add(1)
+	case found:
 		c.cnt.fillsRefused.Add(1)
 	}
-	return v, ttl, err
+}
+
+// storeRead is the store's GetWithSnapshot, or its GetWithTTL when the
+// fill needs no snapshot, a panic in either recovered as an error (it runs
+// on the layer's goroutine).
+func (c *Cache) storeRead(ctx context.Context, key string, snapshot bool) (v []byte, ttl dbcache.Timeout, snap dbcache.Snapshot, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			v, ttl, snap, err = nil, dbcache.Timeout{}, dbcache.Snapshot{}, c.panicked("the store's read", r)
+		}
+	}()
+	if snapshot {
+		return c.reader.GetWithSnapshot(ctx, key)
+	}
+	v, ttl, err = c.caps.ttl.GetWithTTL(ctx, key)
+	return v, ttl, dbcache.Snapshot{}, err
 }
 
 func clone(v []byte) []byte { return append([]byte{}, v...) }
@@ -312,14 +425,20 @@ func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 		return true, nil
 	}
 	c.traceRead(ctx, dbcache.OpHasKey, 0, 1)
-	return c.store.HasKey(ctx, key)
+	ok, err := c.store.HasKey(ctx, key)
+	if err == nil && !ok {
+		// A copy held (a heartbeat late) is older than this answer: a
+		// later Get must not find what this said is gone.
+		mk := c.makeKey(key)
+		c.local.invalidate(mk)
+		c.seal(mk, nil)
+	}
+	return ok, err
 }
 
 // GetMany returns the live entries among keys: those with a coherent
-// local copy from memory, the rest from the store in one GetMany. A lone
-// key read from the store is kept as Get keeps it; several are not (the
-// Store interface reads many keys without their expiries, and a copy
-// whose expiry is unknown could outlive its entry).
+// local copy from memory, the rest from the store in one statement
+// (GetManyWithSnapshot), each kept as Get keeps it.
 func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, error) {
 	if c.closed.Load() {
 		return nil, dbcache.ErrClosed
@@ -327,10 +446,12 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 	out := make(map[string][]byte, len(keys))
 	now := time.Now()
 	var rest []string
+	asked := make(map[string]struct{}, len(keys))
 	for _, k := range keys {
-		if _, dup := out[k]; dup {
+		if _, dup := asked[k]; dup {
 			continue
 		}
+		asked[k] = struct{}{}
 		if e, ok := c.lookup(c.makeKey(k), now); ok {
 			out[k] = clone(e.value)
 		} else {
@@ -351,19 +472,39 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 		}
 		return out, nil
 	}
-	got, err := c.store.GetMany(ctx, rest)
+	// Every key read is a fill: one statement, one snapshot for all.
+	toks := make([]fillToken, len(rest))
+	for i, k := range rest {
+		toks[i] = c.local.beginFill(c.makeKey(k))
+	}
+	start := time.Now()
+	got, snap, err := c.reader.GetManyWithSnapshot(ctx, rest)
+	for i, k := range rest {
+		r := fillResult{snap: snap}
+		if e, ok := got[k]; ok && err == nil {
+			r.found, r.value = true, e.Value
+			if len(e.Value) <= c.cfg.MaxEntryBytes {
+				r.value = bytes.Clone(e.Value)
+			}
+			if d, ok := e.TTL.Duration(); ok {
+				r.expires = start.Add(d)
+			}
+		}
+		c.filled(c.local.endFill(toks[i], r), r.found)
+		c.seal(toks[i].key, nil)
+	}
 	if err != nil {
 		return nil, err
 	}
-	for k, v := range got {
-		out[k] = v
+	for k, e := range got {
+		out[k] = e.Value
 	}
 	return out, nil
 }
 
 // GetOrSet returns a coherent local copy when there is one; otherwise it
-// is the store's GetOrSet, after which the key's copy is dropped (it may
-// have been written).
+// is the store's GetOrSet, a write of the key through the layer (the
+// key's copy is dropped when it returns).
 func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout dbcache.Timeout) ([]byte, error) {
 	if c.closed.Load() {
 		return nil, dbcache.ErrClosed
@@ -374,14 +515,15 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 		return clone(e.value), nil
 	}
 	c.traceRead(ctx, dbcache.OpGetOrSet, 0, 1)
+	done := c.writing(mk)
 	v, err := c.store.GetOrSet(ctx, key, value, timeout)
-	c.wrote(mk)
+	done()
 	return v, err
 }
 
 // GetOrSetFunc returns a coherent local copy when there is one; otherwise
-// it is the store's GetOrSetFunc, with its stampede protection, after
-// which the key's copy is dropped.
+// it is the store's GetOrSetFunc, with its stampede protection, a write of
+// the key through the layer (the key's copy is dropped when it returns).
 func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load dbcache.LoadFunc, timeout dbcache.Timeout) ([]byte, error) {
 	return c.getOrLoad(ctx, key, 0, false, func() ([]byte, error) {
 		return c.caps.loader.GetOrSetFunc(ctx, key, load, timeout)
@@ -391,7 +533,7 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load dbcache.LoadF
 // GetOrRevalidate returns a coherent local copy while it is fresh (more
 // than stale of its lifetime left), so that the store refreshes stale
 // entries as it would without the layer; otherwise it is the store's
-// GetOrRevalidate, after which the key's copy is dropped.
+// GetOrRevalidate, a write of the key through the layer.
 func (c *Cache) GetOrRevalidate(ctx context.Context, key string, load dbcache.LoadFunc, fresh, stale time.Duration) ([]byte, error) {
 	return c.getOrLoad(ctx, key, stale, true, func() ([]byte, error) {
 		return c.caps.loader.GetOrRevalidate(ctx, key, load, fresh, stale)
@@ -411,28 +553,39 @@ func (c *Cache) getOrLoad(ctx context.Context, key string, stale time.Duration, 
 		}
 	}
 	c.traceRead(ctx, dbcache.OpGetOrSet, 0, 1)
+	done := c.writing(mk)
 	v, err := viaStore()
-	c.wrote(mk)
+	done()
 	return v, err
 }
 
-// wrote drops the copy of a key written through the layer, so this process
-// reads its own write at once (other processes' copies go through the
-// feed). It runs after the write returns, whatever its outcome: a fill that
-// read the old value before the write is turned away, one that stored it
-// is removed.
-func (c *Cache) wrote(mks ...string) {
-	n := 0
-	for _, mk := range mks {
-		n += b2i(c.local.invalidate(mk))
+// writing registers a write of the made keys mks through the layer, before
+// it is sent, and returns what to call when it has returned, whatever its
+// outcome: the keys' copies are dropped, and fills in flight for them store
+// nothing (they may have read the value from before the write), so this
+// process reads its own write at once; other processes' copies go through
+// the feed. A Set of one of the keys in flight meanwhile keeps no copy:
+// the two writes' commit order is unknown.
+func (c *Cache) writing(mks ...string) (done func()) {
+	toks := make([]writeToken, len(mks))
+	for i, mk := range mks {
+		toks[i] = c.local.beginWrite(mk)
 	}
-	c.cnt.invalidations.Add(int64(len(mks)))
-	if t := c.cfg.Tracer; t != nil {
-		key := ""
-		if len(mks) == 1 {
-			key = mks[0]
+	return func() {
+		n := 0
+		for _, t := range toks {
+			_, dropped := c.local.endWrite(t, false, nil, time.Time{}, 0)
+			c.seal(t.key, nil)
+			n += b2i(dropped)
 		}
-		t.TraceInvalidate(Invalidation{Cause: CauseWrite, Keys: len(mks), Dropped: n, Key: key})
+		c.cnt.invalidations.Add(int64(len(mks)))
+		if t := c.cfg.Tracer; t != nil {
+			inv := Invalidation{Cause: CauseWrite, Keys: len(mks), Dropped: n}
+			if len(mks) == 1 && c.cfg.TraceKeys {
+				inv.Key = mks[0]
+			}
+			t.TraceInvalidate(inv)
+		}
 	}
 }
 
@@ -443,7 +596,8 @@ func (c *Cache) wrote(mks ...string) {
 // Sets of one key through the layer run one at a time (the database runs
 // them so anyway, on the row's lock), so that each keeps its copy. With
 // DefaultTimeout (the store's default is not known here) or TTL(d <= 0),
-// or when the key changed meanwhile, the key's copy is dropped instead.
+// when another write of the key through the layer was in flight, or when
+// the key changed meanwhile, the key's copy is dropped instead.
 func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout dbcache.Timeout) error {
 	if c.closed.Load() {
 		return dbcache.ErrClosed
@@ -451,8 +605,9 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout dbcac
 	mk := c.makeKey(key)
 	d, ttl := timeout.Duration()
 	if !(timeout.IsForever() || (ttl && d > 0)) || len(value) > c.cfg.MaxEntryBytes {
+		done := c.writing(mk)
 		err := c.store.Set(ctx, key, value, timeout)
-		c.wrote(mk)
+		done()
 		return err
 	}
 	unlock, err := c.sets.lock(ctx, mk)
@@ -467,13 +622,19 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout dbcac
 	if ttl {
 		expires = start.Add(d)
 	}
-	if c.local.endWrite(tok, err == nil, bytes.Clone(nonNil(value)), expires, c.since(time.Now())) {
+	kept, dropped := c.local.endWrite(tok, err == nil, bytes.Clone(nonNil(value)), expires, c.since(time.Now()))
+	c.seal(mk, nil)
+	if kept {
 		c.cnt.writesKept.Add(1)
 		return err
 	}
 	c.cnt.invalidations.Add(1)
 	if t := c.cfg.Tracer; t != nil {
-		t.TraceInvalidate(Invalidation{Cause: CauseWrite, Keys: 1, Key: mk})
+		inv := Invalidation{Cause: CauseWrite, Keys: 1, Dropped: b2i(dropped)}
+		if c.cfg.TraceKeys {
+			inv.Key = mk
+		}
+		t.TraceInvalidate(inv)
 	}
 	return err
 }
@@ -485,27 +646,30 @@ func nonNil(b []byte) []byte {
 	return b
 }
 
-// Add is the store's Add; the key's copy is dropped.
+// Add is the store's Add, a write of the key through the layer.
 func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout dbcache.Timeout) (bool, error) {
 	if c.closed.Load() {
 		return false, dbcache.ErrClosed
 	}
+	done := c.writing(c.makeKey(key))
 	ok, err := c.store.Add(ctx, key, value, timeout)
-	c.wrote(c.makeKey(key))
+	done()
 	return ok, err
 }
 
-// Touch is the store's Touch; the key's copy is dropped (its expiry moved).
+// Touch is the store's Touch, a write of the key through the layer (its
+// expiry moved).
 func (c *Cache) Touch(ctx context.Context, key string, timeout dbcache.Timeout) (bool, error) {
 	if c.closed.Load() {
 		return false, dbcache.ErrClosed
 	}
+	done := c.writing(c.makeKey(key))
 	ok, err := c.store.Touch(ctx, key, timeout)
-	c.wrote(c.makeKey(key))
+	done()
 	return ok, err
 }
 
-// SetMany is the store's SetMany; the keys' copies are dropped.
+// SetMany is the store's SetMany, a write of the keys through the layer.
 func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout dbcache.Timeout) ([]string, error) {
 	if c.closed.Load() {
 		keys := make([]string, 0, len(items))
@@ -514,89 +678,100 @@ func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout db
 		}
 		return keys, dbcache.ErrClosed
 	}
-	failed, err := c.store.SetMany(ctx, items, timeout)
 	mks := make([]string, 0, len(items))
 	for k := range items {
 		mks = append(mks, c.makeKey(k))
 	}
-	c.wrote(mks...)
+	done := c.writing(mks...)
+	failed, err := c.store.SetMany(ctx, items, timeout)
+	done()
 	return failed, err
 }
 
-// Incr is the store's Incr; the key's copy is dropped.
+// Incr is the store's Incr, a write of the key through the layer.
 func (c *Cache) Incr(ctx context.Context, key string, delta int64) (int64, error) {
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
+	done := c.writing(c.makeKey(key))
 	n, err := c.store.Incr(ctx, key, delta)
-	c.wrote(c.makeKey(key))
+	done()
 	return n, err
 }
 
-// Decr is the store's Decr; the key's copy is dropped.
+// Decr is the store's Decr, a write of the key through the layer.
 func (c *Cache) Decr(ctx context.Context, key string, delta int64) (int64, error) {
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
+	done := c.writing(c.makeKey(key))
 	n, err := c.store.Decr(ctx, key, delta)
-	c.wrote(c.makeKey(key))
+	done()
 	return n, err
 }
 
-// IncrVersion is the store's IncrVersion; the key's copy is dropped. (The
-// entry's new version is another view's key: a near cache in front of that
-// view learns of it from the feed.)
+// IncrVersion is the store's IncrVersion, a write of the key through the
+// layer. (The entry's new version is another view's key: a near cache in
+// front of that view learns of it from the feed.)
 func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, error) {
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
+	done := c.writing(c.makeKey(key))
 	v, err := c.caps.versions.IncrVersion(ctx, key, delta)
-	c.wrote(c.makeKey(key))
+	done()
 	return v, err
 }
 
-// DecrVersion is the store's DecrVersion; the key's copy is dropped.
+// DecrVersion is the store's DecrVersion, a write of the key through the
+// layer.
 func (c *Cache) DecrVersion(ctx context.Context, key string, delta int) (int, error) {
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
+	done := c.writing(c.makeKey(key))
 	v, err := c.caps.versions.DecrVersion(ctx, key, delta)
-	c.wrote(c.makeKey(key))
+	done()
 	return v, err
 }
 
-// Delete is the store's Delete; the key's copy is dropped.
+// Delete is the store's Delete, a write of the key through the layer.
 func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
 	if c.closed.Load() {
 		return false, dbcache.ErrClosed
 	}
+	done := c.writing(c.makeKey(key))
 	ok, err := c.store.Delete(ctx, key)
-	c.wrote(c.makeKey(key))
+	done()
 	return ok, err
 }
 
-// DeleteMany is the store's DeleteMany; the keys' copies are dropped.
+// DeleteMany is the store's DeleteMany, a write of the keys through the
+// layer.
 func (c *Cache) DeleteMany(ctx context.Context, keys []string) (int, error) {
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
-	n, err := c.store.DeleteMany(ctx, keys)
 	mks := make([]string, len(keys))
 	for i, k := range keys {
 		mks[i] = c.makeKey(k)
 	}
-	c.wrote(mks...)
+	done := c.writing(mks...)
+	n, err := c.store.DeleteMany(ctx, keys)
+	done()
 	return n, err
 }
 
-// DeletePrefix is the store's DeletePrefix; the copies of every key with
-// the prefix are dropped.
+// DeletePrefix is the store's DeletePrefix; when it returns, the copies of
+// every key with the prefix are dropped, and fills and Sets of such keys in
+// flight keep nothing.
 func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int, error) {
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
 	n, err := c.caps.lister.DeletePrefix(ctx, prefix)
 	dropped := c.local.invalidatePrefix(c.makeKey(prefix))
+	c.sealAll(c.makeKey(prefix))
 	c.cnt.invalidations.Add(int64(dropped))
 	if t := c.cfg.Tracer; t != nil {
 		t.TraceInvalidate(Invalidation{Cause: CauseClear, Keys: dropped, Dropped: dropped})
@@ -604,13 +779,15 @@ func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int, error) {
 	return n, err
 }
 
-// Clear is the store's Clear; every copy is dropped.
+// Clear is the store's Clear; when it returns, every copy is dropped, and
+// fills and Sets in flight keep nothing.
 func (c *Cache) Clear(ctx context.Context) error {
 	if c.closed.Load() {
 		return dbcache.ErrClosed
 	}
 	err := c.store.Clear(ctx)
 	n := c.local.flush()
+	c.sealAll("")
 	c.cnt.flushes.Add(1)
 	if t := c.cfg.Tracer; t != nil {
 		t.TraceInvalidate(Invalidation{Cause: CauseClear, Dropped: n})

@@ -67,7 +67,7 @@ func (p otterPolicy) get(k string) bool {
 }
 
 func (p otterPolicy) set(k string, v []byte) {
-	p.l.endFill(p.l.beginFill(k), true, v, time.Time{})
+	keepFill(p.l, k, v)
 }
 
 type ristrettoPolicy struct {

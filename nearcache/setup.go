@@ -26,7 +26,32 @@ var (
 	// ErrNoPublication is wrapped by New's error when the publication the
 	// feed reads is missing or does not cover the table: run Setup.
 	ErrNoPublication = errors.New("nearcache: no publication of the cache table for the feed (run nearcache.Setup once)")
+	// ErrNoReplication is wrapped by New's error when the server refuses
+	// the feed's replication connection for want of a privilege: the role
+	// lacks the REPLICATION attribute (42501), or pg_hba.conf has no
+	// replication entry for it (28000). The server's own error is wrapped
+	// too.
+	ErrNoReplication = errors.New("nearcache: the feed's role may not open a replication connection: give it the REPLICATION attribute (ALTER ROLE … WITH REPLICATION; on Amazon RDS and Aurora grant rds_replication, on other managed servers the provider's replication role) or set Config.Replication to a role that has it")
 )
+
+// explainStart makes a feed start's failure one clear error: the
+// privilege the role lacks, or the server setting that ran out, with the
+// server's own error wrapped.
+func explainStart(err error) error {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return err
+	}
+	switch pgErr.Code {
+	case "42501", "28000": // insufficient_privilege; invalid_authorization_specification (pg_hba.conf)
+		return fmt.Errorf("%w: %w", ErrNoReplication, err)
+	case "53300": // too_many_connections: every walsender in use
+		return fmt.Errorf("nearcache: the server has no walsender free for the feed (each process with a near cache holds one: raise max_wal_senders, and max_connections, past them plus whatever else replicates): %w", err)
+	case "53400": // configuration_limit_exceeded: every replication slot in use
+		return fmt.Errorf("nearcache: the server has no replication slot free for the feed (each process with a near cache holds one temporary slot: raise max_replication_slots past them plus whatever else replicates): %w", err)
+	}
+	return err
+}
 
 // identRE is what a schema or publication name may look like.
 var identRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)

@@ -2,15 +2,22 @@ package nearcache
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 )
 
 // Tracer sees what the layer does, for metrics: set Config.Tracer. Its
-// methods run synchronously (TraceRead on the caller's goroutine, the others
-// on the feed's) and must not block. The store's own dbcache.Tracer still
-// sees every operation that reaches the database; this one sees the reads
-// that did not.
+// methods run synchronously (TraceRead, and TraceInvalidate for a write
+// through the layer, on the caller's goroutine; the others on the feed's)
+// and must not block. A panic on the feed's goroutine is recovered, logged
+// once and counted (Stats.Panics), and the feed goes on; one on the
+// caller's goroutine propagates to the caller, after the operation has
+// finished (no lock held). The store's own dbcache.Tracer still sees every
+// operation that reaches the database; this one sees the reads that did
+// not. No key reaches it unless Config.TraceKeys is set.
 type Tracer interface {
 	// TraceRead is called after each read through the layer (Get,
 	// GetWithTTL, GetMany, HasKey, GetOrSet, GetOrSetFunc) with how many
@@ -35,7 +42,8 @@ type Invalidation struct {
 	// Keys is how many keys were named (for a single-key cause, 1);
 	// Dropped how many copies were actually held and dropped.
 	Keys, Dropped int
-	// Key is the stored key, for a single-key cause.
+	// Key is the stored key, for a single-key cause, when Config.TraceKeys
+	// is set; empty otherwise.
 	Key string
 	// Lag is, for CauseFeed, the time from the change's commit (by the
 	// database's clock) to its arrival (by the local clock): a rough
@@ -58,9 +66,16 @@ type Stats struct {
 	// memory, or passed to the store. HitRatio is Hits/(Hits+Misses).
 	Hits, Misses int64
 	// Fills counts copies stored after a miss; FillsRefused the reads
-	// whose value was not kept because the key changed (or the feed
-	// broke) while they ran, or the value was over MaxEntryBytes.
+	// that found a value and did not keep it: the key changed, another
+	// read or write of it ended, or the feed broke while they ran, the
+	// value was over MaxEntryBytes, or the visibility check refused it.
 	Fills, FillsRefused int64
+	// FillsUnseen counts the reads among FillsRefused whose statement's
+	// snapshot had not seen a change the feed had delivered for the key
+	// (or a table-wide one) end: the change was committed in the WAL but
+	// not yet visible, as while its transaction waits for a synchronous
+	// standby, so the read may have returned the value from before it.
+	FillsUnseen int64
 	// WritesKept counts Sets through the layer whose value was kept as
 	// the key's copy.
 	WritesKept int64
@@ -78,6 +93,10 @@ type Stats struct {
 	// values and per-entry overhead) against Config.MaxBytes.
 	Entries int
 	Bytes   uint64
+	// Panics counts panics recovered on the layer's own goroutines: a
+	// Tracer called by the feed, the store's read shared by several
+	// callers (those callers get an error wrapping ErrPanic).
+	Panics int64
 	// Staleness is how long ago the newest confirmed heartbeat was sent:
 	// every write committed before then has been applied. Reads are
 	// served from memory while it is under Config.MaxStaleness.
@@ -93,5 +112,36 @@ func (s Stats) HitRatio() float64 {
 }
 
 type counters struct {
-	hits, misses, fills, fillsRefused, writesKept, invalidations, flushes, bypassed, feedRestarts atomic.Int64
+	hits, misses, fills, fillsRefused, fillsUnseen, writesKept, invalidations, flushes, bypassed, feedRestarts, panics atomic.Int64
+}
+
+// ErrPanic is wrapped by the error a caller gets when a callback the layer
+// ran for it on its own goroutine (the store's read shared by several
+// callers) panicked.
+var ErrPanic = errors.New("nearcache: a callback panicked")
+
+// panicked records a panic recovered on the layer's goroutine: counted,
+// logged once (its type and stack, not its value, which may hold a key),
+// and returned as an error wrapping ErrPanic.
+func (c *Cache) panicked(where string, r any) error {
+	c.cnt.panics.Add(1)
+	c.panicLog.Do(func() {
+		c.cfg.Logger.Error("nearcache: recovered a panic on the layer's goroutine; later ones are only counted (Stats.Panics)",
+			"where", where, "panic_type", fmt.Sprintf("%T", r), "stack", string(debug.Stack()))
+	})
+	return fmt.Errorf("%w: %s", ErrPanic, where)
+}
+
+// traceFeed calls the Tracer from the feed's goroutine, recovering a panic.
+func (c *Cache) traceFeed(f func(Tracer)) {
+	t := c.cfg.Tracer
+	if t == nil {
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			_ = c.panicked("the Tracer, called by the feed", r)
+		}
+	}()
+	f(t)
 }

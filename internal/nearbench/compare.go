@@ -2,9 +2,11 @@ package nearbench
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +17,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/nearbench/nearcachev0"
 	"github.com/dbcache/dbcache/nearcache"
 )
 
@@ -83,6 +86,26 @@ func Compare(ctx context.Context, o *Options) error {
 		nearSystem("near cache", near, ttl),
 		nearSystem("near cache, FastCommit writes", nearFast, ttl),
 	}
+	if o.Before {
+		// The near cache before its copies were checked against their
+		// reads' snapshots, in the same run, interleaved round by round.
+		before, err := nearcachev0.New(ctx, plain, pool, nil)
+		if err != nil {
+			return err
+		}
+		defer before.Close()
+		beforeFast, err := nearcachev0.New(ctx, fast, pool, nil)
+		if err != nil {
+			return err
+		}
+		defer beforeFast.Close()
+		// Each beside its twin, so that a pair's rounds run back to back
+		// (the rotation below keeps them adjacent, and swaps which goes
+		// first every round of the two).
+		systems = []system{systems[0],
+			systems[1], nearV0System("near cache"+beforeSuffix, before, ttl),
+			systems[2], nearV0System("near cache, FastCommit writes"+beforeSuffix, beforeFast, ttl)}
+	}
 	if o.RedisAddr != "" {
 		rs, closeRedis, err := redisSystems(ctx, o)
 		if err != nil {
@@ -106,6 +129,7 @@ func Compare(ctx context.Context, o *Options) error {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 	}
+	var beforeAfter []string
 	for _, g := range o.Concurrency {
 		// Every system's connections open.
 		for _, s := range systems {
@@ -117,10 +141,20 @@ func Compare(ctx context.Context, o *Options) error {
 			}
 		}
 		res := map[string]*cellStats{}
+		perRound := map[string][]float64{} // gets/s of each round
+		var roundLoads []string
 		rounds := max(o.Rounds, 1)
 		for round := range rounds {
-			for i := range systems {
-				s := systems[(i+round)%len(systems)]
+			roundLoads = append(roundLoads, load())
+			order := slices.Clone(systems)
+			if o.Before && round%2 == 1 {
+				// Twins swap places every other round: neither always
+				// runs first.
+				order[1], order[2] = order[2], order[1]
+				order[3], order[4] = order[4], order[3]
+			}
+			for i := range order {
+				s := order[(i+round)%len(order)]
 				o.logf("g=%d round %d: %s", g, round, s.name)
 				r, err := runCell(ctx, o, s, g, o.Duration/time.Duration(rounds), uint64(round), value)
 				if err != nil {
@@ -136,6 +170,9 @@ func Compare(ctx context.Context, o *Options) error {
 				acc.wall += r.wall
 				acc.getsTime += r.getsTime
 				acc.samples = append(acc.samples, r.samples...)
+				if r.getsTime > 0 {
+					perRound[s.name] = append(perRound[s.name], float64(r.gets)/r.getsTime.Seconds()*float64(g))
+				}
 			}
 		}
 		rate := func(name string) float64 {
@@ -161,9 +198,56 @@ func Compare(ctx context.Context, o *Options) error {
 			fmt.Fprintf(o.Out, "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", g, s.name, fmtRate(rate(s.name)), fmtDur(p50), fmtDur(p99),
 				fmtRate(float64(r.ops)/r.wall.Seconds()), ratio("redis"), ratio("rueidis client-side caching"), hit, load())
 		}
+		if o.Before {
+			beforeAfter = append(beforeAfter, beforeAfterRows(g, perRound, roundLoads)...)
+		}
 	}
 	fmt.Fprintln(o.Out)
+	if len(beforeAfter) > 0 {
+		fmt.Fprintf(o.Out, "#### Before and after, round by round\n\nGets/s of the near cache before its copies were checked against their reads' snapshots and after, in the same rounds (interleaved); the ratio is after ÷ before per round, and the verdict is on their median.\n\n")
+		fmt.Fprintln(o.Out, "| goroutines | writes | gets/s before, per round | gets/s after, per round | after ÷ before, per round | median | load avg per round |")
+		fmt.Fprintln(o.Out, "|---|---|---|---|---|---|---|")
+		for _, row := range beforeAfter {
+			fmt.Fprintln(o.Out, row)
+		}
+		fmt.Fprintln(o.Out)
+	}
 	return nil
+}
+
+// beforeSuffix names a system's before-the-change twin.
+const beforeSuffix = " (before)"
+
+// beforeAfterRows compares each near cache with its twin from before, per
+// round.
+func beforeAfterRows(g int, perRound map[string][]float64, loads []string) []string {
+	var rows []string
+	for _, name := range []string{"near cache", "near cache, FastCommit writes"} {
+		after, before := perRound[name], perRound[name+beforeSuffix]
+		n := min(len(after), len(before))
+		if n == 0 {
+			continue
+		}
+		var b, a, ratios []string
+		var rs []float64
+		for i := range n {
+			b = append(b, fmtRate(before[i]))
+			a = append(a, fmtRate(after[i]))
+			rs = append(rs, after[i]/before[i])
+			ratios = append(ratios, fmt.Sprintf("%.2f", after[i]/before[i]))
+		}
+		slices.Sort(rs)
+		med := rs[len(rs)/2]
+		if len(rs)%2 == 0 {
+			med = (rs[len(rs)/2-1] + rs[len(rs)/2]) / 2
+		}
+		writes := "durable"
+		if strings.Contains(name, "FastCommit") {
+			writes = "FastCommit"
+		}
+		rows = append(rows, fmt.Sprintf("| %d | %s | %s | %s | %s | **%.2f×** | %s |", g, writes, strings.Join(b, ", "), strings.Join(a, ", "), strings.Join(ratios, ", "), med, strings.Join(loads, ", ")))
+	}
+	return rows
 }
 
 // warm reads every key once, on 16 goroutines.
@@ -197,11 +281,32 @@ func nearSystem(name string, c *nearcache.Cache, ttl dbcache.Timeout) system {
 		stats: func() string {
 			s := c.Stats()
 			h, m, by := s.Hits-last.Hits, s.Misses-last.Misses, s.Bypassed-last.Bypassed
+			ref, unseen := s.FillsRefused-last.FillsRefused, s.FillsUnseen-last.FillsUnseen
 			last = s
 			if h+m == 0 {
 				return "–"
 			}
-			return fmt.Sprintf("%.3f (%.3f bypassed)", float64(h)/float64(h+m), float64(by)/float64(h+m))
+			return fmt.Sprintf("%.3f (%.3f bypassed; fills refused %.3f, unseen %.3f)", float64(h)/float64(h+m), float64(by)/float64(h+m),
+				float64(ref)/float64(h+m), float64(unseen)/float64(h+m))
+		},
+	}
+}
+
+// nearV0System is nearSystem for the near cache from before.
+func nearV0System(name string, c *nearcachev0.Cache, ttl dbcache.Timeout) system {
+	var last nearcachev0.Stats
+	return system{
+		name: name,
+		get:  func(ctx context.Context, k string) error { _, err := c.Get(ctx, k); return err },
+		set:  func(ctx context.Context, k string, v []byte) error { return c.Set(ctx, k, v, ttl) },
+		stats: func() string {
+			s := c.Stats()
+			h, m, by, ref := s.Hits-last.Hits, s.Misses-last.Misses, s.Bypassed-last.Bypassed, s.FillsRefused-last.FillsRefused
+			last = s
+			if h+m == 0 {
+				return "–"
+			}
+			return fmt.Sprintf("%.3f (%.3f bypassed; fills refused %.3f)", float64(h)/float64(h+m), float64(by)/float64(h+m), float64(ref)/float64(h+m))
 		},
 	}
 }
@@ -258,6 +363,9 @@ func redisSystems(ctx context.Context, o *Options) ([]system, func(), error) {
 	}, closeAll, nil
 }
 
+// setSeq numbers the sets' values.
+var setSeq atomic.Uint64
+
 // runCell runs s with g goroutines for d on the Zipf mix.
 func runCell(ctx context.Context, o *Options, s system, g int, d time.Duration, seed uint64, value []byte) (*cellStats, error) {
 	keys := make([]string, o.Keys)
@@ -302,8 +410,15 @@ func runCell(ctx context.Context, o *Options, s system, g int, d time.Duration, 
 					}
 					gets++
 				} else {
+					// Each set writes a value of its own (its first bytes a
+					// counter): a read and a write of one key that overlap
+					// are then told apart, as in an application.
+					v := append([]byte(nil), value...)
+					if len(v) >= 8 {
+						binary.BigEndian.PutUint64(v, setSeq.Add(1))
+					}
 					t0 := time.Now()
-					if err := s.set(ctx, k, value); err != nil {
+					if err := s.set(ctx, k, v); err != nil {
 						bad.CompareAndSwap(nil, &err)
 						return
 					}

@@ -151,6 +151,9 @@ type localInstance struct {
 	cred *syscall.Credential
 	// settings are Config.Settings as postgres arguments (-c name=value).
 	settings []string
+	// standby is set for a streaming standby (standby.go), which reports
+	// itself "standby", not "ready", once it accepts connections.
+	standby bool
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -352,7 +355,7 @@ func (l *localInstance) startOn(ctx context.Context, port uint16) error {
 	}()
 	l.cmd, l.exited = cmd, exited
 	for {
-		if pid, status := readPostmasterPID(filepath.Join(l.root, dataDir)); pid == cmd.Process.Pid && status == "ready" {
+		if pid, status := readPostmasterPID(filepath.Join(l.root, dataDir)); pid == cmd.Process.Pid && (status == "ready" || (l.standby && status == "standby")) {
 			return nil
 		}
 		select {
