@@ -40,7 +40,6 @@ func main() {
 	flag.DurationVar(&o.LatencyDuration, "latency-d", 5*time.Second, "how long each invalidation-latency run writes")
 	flag.IntVar(&o.LatencyWriters, "latency-writers", 4, "goroutines writing during the latency runs")
 	maxConns := flag.Int("conns", 16, "pgx pool size")
-	flag.BoolVar(&o.Before, "before", true, "compare also the near cache from before its copies were checked against their reads' snapshots (compare)")
 	flag.Parse()
 	o.MaxConns = int32(*maxConns)
 	for _, f := range strings.Split(conc, ",") {

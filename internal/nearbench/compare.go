@@ -17,7 +17,6 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/dbcache/dbcache/dbcache"
-	"github.com/dbcache/dbcache/internal/nearbench/nearcachev0"
 	"github.com/dbcache/dbcache/nearcache"
 )
 
@@ -86,26 +85,6 @@ func Compare(ctx context.Context, o *Options) error {
 		nearSystem("near cache", near, ttl),
 		nearSystem("near cache, FastCommit writes", nearFast, ttl),
 	}
-	if o.Before {
-		// The near cache before its copies were checked against their
-		// reads' snapshots, in the same run, interleaved round by round.
-		before, err := nearcachev0.New(ctx, plain, pool, nil)
-		if err != nil {
-			return err
-		}
-		defer before.Close()
-		beforeFast, err := nearcachev0.New(ctx, fast, pool, nil)
-		if err != nil {
-			return err
-		}
-		defer beforeFast.Close()
-		// Each beside its twin, so that a pair's rounds run back to back
-		// (the rotation below keeps them adjacent, and swaps which goes
-		// first every round of the two).
-		systems = []system{systems[0],
-			systems[1], nearV0System("near cache"+beforeSuffix, before, ttl),
-			systems[2], nearV0System("near cache, FastCommit writes"+beforeSuffix, beforeFast, ttl)}
-	}
 	if o.RedisAddr != "" {
 		rs, closeRedis, err := redisSystems(ctx, o)
 		if err != nil {
@@ -129,7 +108,6 @@ func Compare(ctx context.Context, o *Options) error {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 	}
-	var beforeAfter []string
 	for _, g := range o.Concurrency {
 		// Every system's connections open.
 		for _, s := range systems {
@@ -141,18 +119,9 @@ func Compare(ctx context.Context, o *Options) error {
 			}
 		}
 		res := map[string]*cellStats{}
-		perRound := map[string][]float64{} // gets/s of each round
-		var roundLoads []string
 		rounds := max(o.Rounds, 1)
 		for round := range rounds {
-			roundLoads = append(roundLoads, load())
 			order := slices.Clone(systems)
-			if o.Before && round%2 == 1 {
-				// Twins swap places every other round: neither always
-				// runs first.
-				order[1], order[2] = order[2], order[1]
-				order[3], order[4] = order[4], order[3]
-			}
 			for i := range order {
 				s := order[(i+round)%len(order)]
 				o.logf("g=%d round %d: %s", g, round, s.name)
@@ -170,9 +139,6 @@ func Compare(ctx context.Context, o *Options) error {
 				acc.wall += r.wall
 				acc.getsTime += r.getsTime
 				acc.samples = append(acc.samples, r.samples...)
-				if r.getsTime > 0 {
-					perRound[s.name] = append(perRound[s.name], float64(r.gets)/r.getsTime.Seconds()*float64(g))
-				}
 			}
 		}
 		rate := func(name string) float64 {
@@ -198,56 +164,9 @@ func Compare(ctx context.Context, o *Options) error {
 			fmt.Fprintf(o.Out, "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", g, s.name, fmtRate(rate(s.name)), fmtDur(p50), fmtDur(p99),
 				fmtRate(float64(r.ops)/r.wall.Seconds()), ratio("redis"), ratio("rueidis client-side caching"), hit, load())
 		}
-		if o.Before {
-			beforeAfter = append(beforeAfter, beforeAfterRows(g, perRound, roundLoads)...)
-		}
 	}
 	fmt.Fprintln(o.Out)
-	if len(beforeAfter) > 0 {
-		fmt.Fprintf(o.Out, "#### Before and after, round by round\n\nGets/s of the near cache before its copies were checked against their reads' snapshots and after, in the same rounds (interleaved); the ratio is after ÷ before per round, and the verdict is on their median.\n\n")
-		fmt.Fprintln(o.Out, "| goroutines | writes | gets/s before, per round | gets/s after, per round | after ÷ before, per round | median | load avg per round |")
-		fmt.Fprintln(o.Out, "|---|---|---|---|---|---|---|")
-		for _, row := range beforeAfter {
-			fmt.Fprintln(o.Out, row)
-		}
-		fmt.Fprintln(o.Out)
-	}
 	return nil
-}
-
-// beforeSuffix names a system's before-the-change twin.
-const beforeSuffix = " (before)"
-
-// beforeAfterRows compares each near cache with its twin from before, per
-// round.
-func beforeAfterRows(g int, perRound map[string][]float64, loads []string) []string {
-	var rows []string
-	for _, name := range []string{"near cache", "near cache, FastCommit writes"} {
-		after, before := perRound[name], perRound[name+beforeSuffix]
-		n := min(len(after), len(before))
-		if n == 0 {
-			continue
-		}
-		var b, a, ratios []string
-		var rs []float64
-		for i := range n {
-			b = append(b, fmtRate(before[i]))
-			a = append(a, fmtRate(after[i]))
-			rs = append(rs, after[i]/before[i])
-			ratios = append(ratios, fmt.Sprintf("%.2f", after[i]/before[i]))
-		}
-		slices.Sort(rs)
-		med := rs[len(rs)/2]
-		if len(rs)%2 == 0 {
-			med = (rs[len(rs)/2-1] + rs[len(rs)/2]) / 2
-		}
-		writes := "durable"
-		if strings.Contains(name, "FastCommit") {
-			writes = "FastCommit"
-		}
-		rows = append(rows, fmt.Sprintf("| %d | %s | %s | %s | %s | **%.2f×** | %s |", g, writes, strings.Join(b, ", "), strings.Join(a, ", "), strings.Join(ratios, ", "), med, strings.Join(loads, ", ")))
-	}
-	return rows
 }
 
 // warm reads every key once, on 16 goroutines.
@@ -288,25 +207,6 @@ func nearSystem(name string, c *nearcache.Cache, ttl dbcache.Timeout) system {
 			}
 			return fmt.Sprintf("%.3f (%.3f bypassed; fills refused %.3f, unseen %.3f)", float64(h)/float64(h+m), float64(by)/float64(h+m),
 				float64(ref)/float64(h+m), float64(unseen)/float64(h+m))
-		},
-	}
-}
-
-// nearV0System is nearSystem for the near cache from before.
-func nearV0System(name string, c *nearcachev0.Cache, ttl dbcache.Timeout) system {
-	var last nearcachev0.Stats
-	return system{
-		name: name,
-		get:  func(ctx context.Context, k string) error { _, err := c.Get(ctx, k); return err },
-		set:  func(ctx context.Context, k string, v []byte) error { return c.Set(ctx, k, v, ttl) },
-		stats: func() string {
-			s := c.Stats()
-			h, m, by, ref := s.Hits-last.Hits, s.Misses-last.Misses, s.Bypassed-last.Bypassed, s.FillsRefused-last.FillsRefused
-			last = s
-			if h+m == 0 {
-				return "–"
-			}
-			return fmt.Sprintf("%.3f (%.3f bypassed; fills refused %.3f)", float64(h)/float64(h+m), float64(by)/float64(h+m), float64(ref)/float64(h+m))
 		},
 	}
 }

@@ -56,10 +56,6 @@ type Options struct {
 	LatencyWriters  int
 	// MaxConns is each pgx pool's size.
 	MaxConns int32
-	// Before adds the near cache from before its copies were checked
-	// against their reads' snapshots (nearcachev0) to the comparison, for
-	// a before-and-after table.
-	Before bool
 	// Out receives the report (markdown); Log progress lines.
 	Out, Log io.Writer
 }
