@@ -126,7 +126,7 @@ func runStorage(b *testing.B, values [][]byte, alg compression.Algorithm, column
 	b.ResetTimer()
 	lsn0, srv0, cpu0, t0 := lsn(), backendCPU(pid), benchpair.ProcessCPU(), time.Now()
 	for i := range b.N {
-		if err := cache.Set(ctx, key(i), values[i%len(values)], dbcache.TTL(time.Hour)); err != nil {
+		if err := cache.Set(ctx, key(i), values[i%len(values)], dbcache.ExpiresIn(time.Hour)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -202,7 +202,7 @@ func TestNoDeadlockWithBulkWriters(t *testing.T) {
 				for _, k := range keysOf(rng) {
 					items[k] = []byte("v")
 				}
-				if _, err := cache.SetMany(ctx, items, dbcache.TTL(time.Minute)); err != nil {
+				if _, err := cache.SetMany(ctx, items, dbcache.ExpiresIn(time.Minute)); err != nil {
 					errs <- err
 					return
 				}
@@ -218,7 +218,7 @@ func TestNoDeadlockWithBulkWriters(t *testing.T) {
 		for k := range rows {
 			items[strconv.Itoa(k)] = []byte("v")
 		}
-		_, err := cache.SetMany(ctx, items, dbcache.TTL(time.Duration(i+1)*time.Minute))
+		_, err := cache.SetMany(ctx, items, dbcache.ExpiresIn(time.Duration(i+1)*time.Minute))
 		require.NoError(t, err)
 		_, err = c.RunOnce(ctx)
 		var pgErr *pgconn.PgError

@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dbcache/dbcache/internal/flight"
 )
 
 // dbtx is what the cache needs from the database: both *pgxpool.Pool and
@@ -28,6 +30,7 @@ type dbtx interface {
 // shared is the state every view of one cache shares.
 type shared struct {
 	cfg      Config
+	keyCheck KeyValidator
 	pool     *pgxpool.Pool
 	ownsPool bool
 	closed   atomic.Bool
@@ -51,7 +54,7 @@ type shared struct {
 	// flights are GetOrSetFunc loads in progress, by made key; loadLocks
 	// has a slot per cross-process load lock a flight may hold (nil when
 	// Config.LoadLocks is -1).
-	flights   flights
+	flights   flight.Group
 	loadLocks chan struct{}
 
 	// Background refreshes of stale entries: at most one per made key,
@@ -95,7 +98,8 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
-	s := &shared{cfg: c, pool: pool, q: newQueries(c.Schema, c.FastCommit), qTx: newQueries(c.Schema, false)}
+	s := &shared{cfg: c, pool: pool, q: newQueries(c.Schema, c.FastCommit), qTx: newQueries(c.Schema, false),
+		keyCheck: KeyValidator{Check: c.KeyCheck, LogKeys: c.LogKeys, Logger: c.Logger}}
 	if c.OpTimeout > 0 {
 		s.deadlines = newDeadlines(c.OpTimeout)
 	}
@@ -183,7 +187,7 @@ func Open(ctx context.Context, dsn string, cfg *Config) (*Cache, error) {
 
 // Close closes the cache: every later operation, on every view, returns
 // ErrClosed. It cancels the background refreshes of stale entries
-// (Revalidate) and waits for them to return, which they do as soon as their
+// (GetOrRevalidate) and waits for them to return, which they do as soon as their
 // loader honours its context. It closes the pool only if Open created it.
 // Calling it again is a no-op.
 func (c *Cache) Close() error {
@@ -301,7 +305,7 @@ func (c *Cache) get(ctx context.Context, k string) ([]byte, error) {
 }
 
 // Set stores value under key, replacing any entry, expiring as timeout says.
-// A timeout of TTL(d <= 0) leaves nothing a Get can see.
+// A timeout of ExpiresIn(d <= 0) leaves nothing a Get can see.
 func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeout) (err error) {
 	k, err := c.key(ctx, key)
 	if err != nil {
@@ -333,7 +337,7 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 
 // Add stores value under key only if the key has no live entry, and reports
 // whether it did. An expired entry is taken over. Exactly one of any number
-// of concurrent Adds of a key returns true. With TTL(d <= 0) it returns what
+// of concurrent Adds of a key returns true. With ExpiresIn(d <= 0) it returns what
 // Django returns (true when no live entry exists) and stores nothing visible.
 func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeout) (stored bool, err error) {
 	k, err := c.key(ctx, key)
@@ -365,7 +369,7 @@ func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeo
 
 // Touch gives a live entry a new expiry and reports whether there was one.
 // An expired entry stays expired (false): Touch never brings a value back.
-// TTL(d <= 0) expires the entry at once and returns true.
+// ExpiresIn(d <= 0) expires the entry at once and returns true.
 func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (ok bool, err error) {
 	k, err := c.key(ctx, key)
 	if err != nil {
@@ -445,7 +449,7 @@ func (c *Cache) HasKey(ctx context.Context, key string) (ok bool, err error) {
 
 // GetOrSet returns the value stored under key; on a miss it stores value
 // (as Add would) and returns it. Between concurrent callers the first stored
-// value wins and every caller returns it. With TTL(d <= 0) value is returned
+// value wins and every caller returns it. With ExpiresIn(d <= 0) value is returned
 // and nothing a read can see is stored, as Django does. (With a value in
 // hand there is nothing to protect from a stampede: GetOrSet is a read and,
 // on a miss, one write.)
@@ -489,10 +493,26 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 // connection, for at most LoadWait, then loads it itself. The loader gets
 // a context with the first caller's values, cancelled only when every
 // caller waiting on it has gone; it is not bounded by Config.OpTimeout.
-//
-// With a Revalidate timeout, a stale entry is returned at once and
-// refreshed in the background (see Revalidate).
-func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout Timeout) (_ []byte, err error) {
+func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load LoadFunc, timeout Timeout) ([]byte, error) {
+	return c.getOrLoad(ctx, key, load, timeout)
+}
+
+// GetOrRevalidate is GetOrSetFunc with stale-while-revalidate: an entry it
+// stores is fresh for fresh, then stale for up to stale more, and then
+// expired. A fresh entry is returned as it is; a stale one is returned at
+// once while one background refresh runs (one across every process sharing
+// the table), and an expired one is loaded as on a miss. The entry's
+// expiry is fresh + stale, as every other operation sees it: the
+// database's clock decides when the entry expires, and, from the remaining
+// lifetime, whether it is stale. Negative durations count as 0: stale <= 0
+// is GetOrSetFunc with ExpiresIn(fresh), and fresh <= 0 makes every hit
+// refresh. A failed refresh is logged and counted (Stats.RefreshFailures),
+// and the stale value keeps being served until it expires.
+func (c *Cache) GetOrRevalidate(ctx context.Context, key string, load LoadFunc, fresh, stale time.Duration) ([]byte, error) {
+	return c.getOrLoad(ctx, key, load, revalidate(fresh, stale))
+}
+
+func (c *Cache) getOrLoad(ctx context.Context, key string, load LoadFunc, timeout Timeout) (_ []byte, err error) {
 	k, err := c.key(ctx, key)
 	if err != nil {
 		return nil, err
@@ -504,9 +524,12 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
+	if load == nil {
+		return nil, errors.New("dbcache: get_or_set: load is nil")
+	}
 	rctx, cancel := c.bound(ctx)
 	var v []byte
-	if stale, ok := timeout.Stale(); ok {
+	if stale, ok := timeout.staleFor(); ok {
 		var remaining time.Duration
 		v, remaining, err = c.getRemaining(rctx, k)
 		if err == nil && remaining != remainingForever && remaining <= stale && c.onPool() {
@@ -577,7 +600,7 @@ func (c *Cache) incr(ctx context.Context, op, key, k, delta string) (int64, erro
 		var v []byte
 		err := c.rowWrite(ctx, c.q.incr, []any{k, delta}, &v)
 		if err == nil {
-			n, ok := parseInt(v)
+			n, ok := ParseInteger(v)
 			if !ok {
 				return 0, fmt.Errorf("dbcache: %s: database returned %q", op, v)
 			}
@@ -599,7 +622,7 @@ func (c *Cache) incr(ctx context.Context, op, key, k, delta string) (int64, erro
 			}
 			return 0, c.wrapErr(op, err)
 		}
-		cur, ok := parseInt(v)
+		cur, ok := ParseInteger(v)
 		if !ok {
 			return 0, fmt.Errorf("%w: key %q", ErrNotInteger, key)
 		}
@@ -611,18 +634,6 @@ func (c *Cache) incr(ctx context.Context, op, key, k, delta string) (int64, erro
 			return 0, fmt.Errorf("dbcache: %s: key %q kept changing", op, key)
 		}
 	}
-}
-
-// parseInt reads b as Redis INCR does: the canonical decimal form of an int64.
-func parseInt(b []byte) (int64, bool) {
-	if len(b) == 0 || len(b) > 20 {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(string(b), 10, 64)
-	if err != nil || strconv.FormatInt(n, 10) != string(b) {
-		return 0, false
-	}
-	return n, true
 }
 
 // IncrVersion moves the entry for key from the view's version to version +

@@ -80,7 +80,7 @@ func TestIncrKeepsExpiry(t *testing.T) {
 	b := setup(t, nil)
 	ctx := ctxT(t)
 	require.NoError(t, b.cache.Set(ctx, "forever", []byte("1"), dbcache.Forever))
-	require.NoError(t, b.cache.Set(ctx, "hour", []byte("1"), dbcache.TTL(time.Hour)))
+	require.NoError(t, b.cache.Set(ctx, "hour", []byte("1"), dbcache.ExpiresIn(time.Hour)))
 	var before time.Time
 	require.NoError(t, b.pool.QueryRow(ctx, `SELECT expires FROM dbcache_entries WHERE key = ':1:hour'`).Scan(&before))
 	_, err := b.cache.Incr(ctx, "forever", 1)
@@ -119,7 +119,7 @@ func TestConcurrentAddExactlyOneWins(t *testing.T) {
 			pool := b.pool
 			ctx := ctxT(t)
 			if expiredFirst {
-				require.NoError(t, b.cache.Set(ctx, "lock", []byte("stale"), dbcache.TTL(time.Second)))
+				require.NoError(t, b.cache.Set(ctx, "lock", []byte("stale"), dbcache.ExpiresIn(time.Second)))
 				travel(t, pool, time.Hour)
 			}
 			var wins atomic.Int32
@@ -415,7 +415,7 @@ func TestOneRoundTripEach(t *testing.T) {
 				return tracer.n.Load() - before
 			}
 			require.EqualValues(t, 1, count(func() { _, _ = b.cache.SetMany(ctx, items, dbcache.DefaultTimeout) }))
-			require.NoError(t, b.cache.Set(ctx, "k0", []byte("x"), dbcache.TTL(-time.Second))) // one expired among them
+			require.NoError(t, b.cache.Set(ctx, "k0", []byte("x"), dbcache.ExpiresIn(-time.Second))) // one expired among them
 			require.EqualValues(t, 1, count(func() {
 				got, err := b.cache.GetMany(ctx, keys)
 				require.NoError(t, err)

@@ -71,6 +71,13 @@ const (
 // Config configures a Cache. The zero value (or a nil *Config) is Django's
 // defaults: 300 s timeout, version 1, no prefix, table in the search_path
 // schema.
+//
+// Every field follows one rule, as every Config of dbcache's packages does
+// (culling, nearcache, sharded, memstore): its zero value is its documented
+// default (an exported XxxDefault constant where the default is a fixed
+// number); -1 turns a feature off or lifts a bound, where that means
+// something; and where every value of a field means something (Version) an
+// explicit field says the zero value is meant (VersionZero).
 type Config struct {
 	// CoalesceGets is the most Get queries the cache runs on the pool at
 	// once; a Get that arrives while that many are running waits, and the
@@ -89,20 +96,22 @@ type Config struct {
 	// off: every Get is its own query.
 	CoalesceGets int
 
-	// CoalesceSets, when positive, is the most Set statements the cache runs
-	// on the pool at once; a Set that arrives while that many are running
-	// waits, and the waiting Sets are written together by one multi-row
-	// upsert as soon as a running one finishes. A lone Set never waits.
-	// Each caller still gets exactly its own result: nil once the batch
-	// committed, the batch's error otherwise; two Sets of one key keep their
-	// order. Under concurrency, PostgreSQL's per-statement and per-commit
-	// cost is shared by many rows. Sets in a WithTx view are never
-	// coalesced. Defaults to 0: off.
+	// CoalesceSets, when positive, turns Set coalescing on: it is the most
+	// Set statements the cache runs on the pool at once; a Set that
+	// arrives while that many are running waits, and the waiting Sets are
+	// written together by one multi-row upsert as soon as a running one
+	// finishes. A lone Set never waits. Each caller still gets exactly its
+	// own result: nil once the batch committed, the batch's error
+	// otherwise; two Sets of one key keep their order. Under concurrency,
+	// PostgreSQL's per-statement and per-commit cost is shared by many
+	// rows. Sets in a WithTx view are never coalesced. Defaults to 0: off,
+	// since a batch's error is then the error of every Set in it, a trade for the
+	// application to make; -1 is off too, as for CoalesceGets.
 	CoalesceSets int
 
 	// DefaultTimeout is the timeout for calls that pass DefaultTimeout.
-	// Forever makes entries never expire by default; TTL(0) makes them expire
-	// at once (Django's TIMEOUT=0). Defaults to TTL(DefaultTimeoutDefault).
+	// Forever makes entries never expire by default; ExpiresIn(0) makes them expire
+	// at once (Django's TIMEOUT=0). Defaults to ExpiresIn(DefaultTimeoutDefault).
 	DefaultTimeout Timeout
 
 	// FailOpen makes the cache degrade instead of failing while the
@@ -204,10 +213,14 @@ type Config struct {
 	// block. Defaults to nil: no tracing, at the cost of one nil check.
 	Tracer Tracer
 
-	// Version is the default key version. Defaults to VersionDefault (1):
-	// 0 means the default, as Django's VERSION does; a view at version 0 is
-	// WithVersion(0).
+	// Version is the default key version, as Django's VERSION. Defaults
+	// to VersionDefault (1); for version 0, set VersionZero.
 	Version int
+
+	// VersionZero makes 0 the default key version (Django's VERSION = 0),
+	// which Version cannot say, its zero value being the default. Version
+	// must then be 0. Defaults to false.
+	VersionZero bool
 }
 
 var schemaRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
@@ -219,7 +232,7 @@ func (c *Config) withDefaults() Config {
 		out = *c
 	}
 	if out.DefaultTimeout.IsDefault() {
-		out.DefaultTimeout = TTL(DefaultTimeoutDefault)
+		out.DefaultTimeout = ExpiresIn(DefaultTimeoutDefault)
 	}
 	if out.KeyFunc == nil {
 		out.KeyFunc = DefaultKeyFunc
@@ -227,7 +240,7 @@ func (c *Config) withDefaults() Config {
 	if out.Logger == nil {
 		out.Logger = slog.Default()
 	}
-	if out.Version == 0 {
+	if out.Version == 0 && !out.VersionZero {
 		out.Version = VersionDefault
 	}
 	if out.OpTimeout == 0 {
@@ -244,8 +257,11 @@ func (c *Config) validate() error {
 	if c.Schema != "" && !schemaRE.MatchString(c.Schema) {
 		errs = append(errs, fmt.Errorf("dbcache: Config.Schema %q is not a valid schema name (letters, digits, _ and $, at most 63)", c.Schema))
 	}
-	if c.CoalesceSets < 0 {
-		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceSets %d is negative (0 turns coalescing off)", c.CoalesceSets))
+	if c.CoalesceSets < -1 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceSets %d is negative (0 and -1 leave coalescing off)", c.CoalesceSets))
+	}
+	if c.VersionZero && c.Version != 0 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.VersionZero is set with Config.Version %d: set one or the other", c.Version))
 	}
 	if c.CoalesceGets < -1 {
 		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceGets %d is negative (-1 turns coalescing off; 0 means the pool's MaxConns)", c.CoalesceGets))

@@ -118,7 +118,7 @@ func TestDeleteExpiredReportsAbsent(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
-	require.NoError(t, b.cache.Set(ctx, "k", []byte("v"), dbcache.TTL(time.Second)))
+	require.NoError(t, b.cache.Set(ctx, "k", []byte("v"), dbcache.ExpiresIn(time.Second)))
 	travel(t, b.pool, time.Hour)
 	ok, err := b.cache.Delete(ctx, "k")
 	require.NoError(t, err)
@@ -244,9 +244,9 @@ func TestExpiration(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
-	require.NoError(t, b.cache.Set(ctx, "expire1", []byte("very quickly"), dbcache.TTL(time.Second)))
-	require.NoError(t, b.cache.Set(ctx, "expire2", []byte("very quickly"), dbcache.TTL(time.Second)))
-	require.NoError(t, b.cache.Set(ctx, "expire3", []byte("very quickly"), dbcache.TTL(time.Second)))
+	require.NoError(t, b.cache.Set(ctx, "expire1", []byte("very quickly"), dbcache.ExpiresIn(time.Second)))
+	require.NoError(t, b.cache.Set(ctx, "expire2", []byte("very quickly"), dbcache.ExpiresIn(time.Second)))
+	require.NoError(t, b.cache.Set(ctx, "expire3", []byte("very quickly"), dbcache.ExpiresIn(time.Second)))
 	travel(t, b.pool, 2*time.Second)
 	requireMiss(t, b.cache, "expire1")
 	ok, err := b.cache.Add(ctx, "expire2", []byte("newvalue"), dbcache.DefaultTimeout)
@@ -265,7 +265,7 @@ func TestSubSecondTimeoutOnRealClock(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
-	require.NoError(t, b.cache.Set(ctx, "k", []byte("v"), dbcache.TTL(200*time.Millisecond)))
+	require.NoError(t, b.cache.Set(ctx, "k", []byte("v"), dbcache.ExpiresIn(200*time.Millisecond)))
 	var expires time.Time
 	require.NoError(t, b.pool.QueryRow(ctx, `SELECT expires FROM dbcache_entries`).Scan(&expires))
 	for {
@@ -286,8 +286,8 @@ func TestTouch(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
-	require.NoError(t, b.cache.Set(ctx, "expire1", []byte("very quickly"), dbcache.TTL(time.Second)))
-	ok, err := b.cache.Touch(ctx, "expire1", dbcache.TTL(4*time.Second))
+	require.NoError(t, b.cache.Set(ctx, "expire1", []byte("very quickly"), dbcache.ExpiresIn(time.Second)))
+	ok, err := b.cache.Touch(ctx, "expire1", dbcache.ExpiresIn(4*time.Second))
 	require.NoError(t, err)
 	require.True(t, ok)
 	travel(t, b.pool, 2*time.Second)
@@ -297,7 +297,7 @@ func TestTouch(t *testing.T) {
 	ok, _ = b.cache.HasKey(ctx, "expire1")
 	require.False(t, ok)
 
-	require.NoError(t, b.cache.Set(ctx, "expire2", []byte("very quickly"), dbcache.TTL(time.Second)))
+	require.NoError(t, b.cache.Set(ctx, "expire2", []byte("very quickly"), dbcache.ExpiresIn(time.Second)))
 	ok, err = b.cache.Touch(ctx, "expire2", dbcache.DefaultTimeout)
 	require.NoError(t, err)
 	require.True(t, ok)
@@ -316,7 +316,7 @@ func TestTouchExpiredDoesNotRevive(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
-	require.NoError(t, b.cache.Set(ctx, "k", []byte("stale"), dbcache.TTL(time.Second)))
+	require.NoError(t, b.cache.Set(ctx, "k", []byte("stale"), dbcache.ExpiresIn(time.Second)))
 	travel(t, b.pool, time.Hour)
 	ok, err := b.cache.Touch(ctx, "k", dbcache.Forever)
 	require.NoError(t, err)
@@ -379,7 +379,7 @@ func TestSetManyExpiration(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
-	_, err := b.cache.SetMany(ctx, map[string][]byte{"key1": []byte("spam"), "key2": []byte("eggs")}, dbcache.TTL(time.Second))
+	_, err := b.cache.SetMany(ctx, map[string][]byte{"key1": []byte("spam"), "key2": []byte("eggs")}, dbcache.ExpiresIn(time.Second))
 	require.NoError(t, err)
 	travel(t, b.pool, 2*time.Second)
 	requireMiss(t, b.cache, "key1")
@@ -433,7 +433,7 @@ func TestLongTimeout(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
-	long := dbcache.TTL(30*24*time.Hour + time.Second)
+	long := dbcache.ExpiresIn(30*24*time.Hour + time.Second)
 	require.NoError(t, b.cache.Set(ctx, "key1", []byte("eggs"), long))
 	require.Equal(t, "eggs", mustGet(t, b.cache, "key1"))
 	ok, err := b.cache.Add(ctx, "key2", []byte("ham"), long)
@@ -461,7 +461,7 @@ func TestForeverTimeout(t *testing.T) {
 	require.Equal(t, "eggs", mustGet(t, b.cache, "key1"))
 	require.Equal(t, "sausage", mustGet(t, b.cache, "key3"))
 
-	require.NoError(t, b.cache.Set(ctx, "key5", []byte("belgian fries"), dbcache.TTL(time.Second)))
+	require.NoError(t, b.cache.Set(ctx, "key5", []byte("belgian fries"), dbcache.ExpiresIn(time.Second)))
 	ok, err = b.cache.Touch(ctx, "key5", dbcache.Forever)
 	require.NoError(t, err)
 	require.True(t, ok)
@@ -489,26 +489,26 @@ func TestZeroAndNegativeTimeout(t *testing.T) {
 			t.Parallel()
 			b := setup(t, nil)
 			ctx := ctxT(t)
-			require.NoError(t, b.cache.Set(ctx, "key1", []byte("eggs"), dbcache.TTL(d)))
+			require.NoError(t, b.cache.Set(ctx, "key1", []byte("eggs"), dbcache.ExpiresIn(d)))
 			requireMiss(t, b.cache, "key1")
-			ok, err := b.cache.Add(ctx, "key2", []byte("ham"), dbcache.TTL(d))
+			ok, err := b.cache.Add(ctx, "key2", []byte("ham"), dbcache.ExpiresIn(d))
 			require.NoError(t, err)
 			require.True(t, ok)
 			requireMiss(t, b.cache, "key2")
-			_, err = b.cache.SetMany(ctx, map[string][]byte{"key3": []byte("sausage"), "key4": []byte("lobster")}, dbcache.TTL(d))
+			_, err = b.cache.SetMany(ctx, map[string][]byte{"key3": []byte("sausage"), "key4": []byte("lobster")}, dbcache.ExpiresIn(d))
 			require.NoError(t, err)
 			requireMiss(t, b.cache, "key3")
 			requireMiss(t, b.cache, "key4")
 
 			require.NoError(t, b.cache.Set(ctx, "key5", []byte("belgian fries"), dbcache.DefaultTimeout))
-			ok, err = b.cache.Touch(ctx, "key5", dbcache.TTL(d))
+			ok, err = b.cache.Touch(ctx, "key5", dbcache.ExpiresIn(d))
 			require.NoError(t, err)
 			require.True(t, ok)
 			requireMiss(t, b.cache, "key5")
 
 			// A live key: add with a zero timeout returns false and changes nothing.
 			require.NoError(t, b.cache.Set(ctx, "live", []byte("x"), dbcache.DefaultTimeout))
-			ok, err = b.cache.Add(ctx, "live", []byte("y"), dbcache.TTL(d))
+			ok, err = b.cache.Add(ctx, "live", []byte("y"), dbcache.ExpiresIn(d))
 			require.NoError(t, err)
 			require.False(t, ok)
 			require.Equal(t, "x", mustGet(t, b.cache, "live"))
@@ -516,10 +516,10 @@ func TestZeroAndNegativeTimeout(t *testing.T) {
 	}
 }
 
-// Config.DefaultTimeout TTL(0): Django's TIMEOUT=0 caches nothing.
+// Config.DefaultTimeout ExpiresIn(0): Django's TIMEOUT=0 caches nothing.
 func TestConfigDefaultZero(t *testing.T) {
 	t.Parallel()
-	b := setup(t, &dbcache.Config{DefaultTimeout: dbcache.TTL(0)})
+	b := setup(t, &dbcache.Config{DefaultTimeout: dbcache.ExpiresIn(0)})
 	ctx := ctxT(t)
 	require.NoError(t, b.cache.Set(ctx, "k", []byte("v"), dbcache.DefaultTimeout))
 	requireMiss(t, b.cache, "k")
@@ -529,7 +529,7 @@ func TestFloatTimeout(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
-	require.NoError(t, b.cache.Set(ctx, "key1", []byte("spam"), dbcache.TTL(100200*time.Millisecond)))
+	require.NoError(t, b.cache.Set(ctx, "key1", []byte("spam"), dbcache.ExpiresIn(100200*time.Millisecond)))
 	require.Equal(t, "spam", mustGet(t, b.cache, "key1"))
 	var secs float64
 	require.NoError(t, b.pool.QueryRow(ctx, `SELECT extract(epoch FROM expires - now()) FROM dbcache_entries`).Scan(&secs))
@@ -545,7 +545,7 @@ func TestNonUTCSessionTimeZone(t *testing.T) {
 	cfg := b.pool.Config()
 	cfg.ConnConfig.RuntimeParams["timezone"] = "Pacific/Chatham"
 	other := setupOn(t, newPool(t, cfg), nil).cache
-	require.NoError(t, other.Set(ctx, "k", []byte("v"), dbcache.TTL(time.Hour)))
+	require.NoError(t, other.Set(ctx, "k", []byte("v"), dbcache.ExpiresIn(time.Hour)))
 	require.Equal(t, "v", mustGet(t, b.cache, "k"))
 	travel(t, b.pool, 59*time.Minute)
 	require.Equal(t, "v", mustGet(t, other, "k"))
@@ -706,7 +706,7 @@ func TestIncrVersion(t *testing.T) {
 	b := setup(t, nil)
 	ctx := ctxT(t)
 	c2 := b.cache.WithVersion(2)
-	require.NoError(t, c2.Set(ctx, "answer", []byte("42"), dbcache.TTL(time.Hour)))
+	require.NoError(t, c2.Set(ctx, "answer", []byte("42"), dbcache.ExpiresIn(time.Hour)))
 	v, err := c2.IncrVersion(ctx, "answer", 1)
 	require.NoError(t, err)
 	require.Equal(t, 3, v)
@@ -734,7 +734,7 @@ func TestIncrVersion(t *testing.T) {
 	require.Equal(t, 7, v)
 
 	// An expired entry is absent: nothing to move.
-	require.NoError(t, c2.Set(ctx, "old", []byte("x"), dbcache.TTL(time.Second)))
+	require.NoError(t, c2.Set(ctx, "old", []byte("x"), dbcache.ExpiresIn(time.Second)))
 	travel(t, b.pool, time.Hour)
 	_, err = c2.IncrVersion(ctx, "old", 1)
 	require.ErrorIs(t, err, dbcache.ErrMiss)
@@ -782,6 +782,51 @@ func TestMakeKeyDefault(t *testing.T) {
 	require.Equal(t, ":2:foo", b.cache.WithVersion(2).MakeKey("foo"))
 	p := setupOn(t, b.pool, &dbcache.Config{KeyPrefix: "p", Version: 3}).cache
 	require.Equal(t, "p:3:foo", p.MakeKey("foo"))
+}
+
+// Django's VERSION = 0: Config.VersionZero configures it (Version's zero
+// value is the default, 1), its entries are apart from version 1's, and it
+// is refused beside another Version.
+func TestConfigVersionZero(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := ctxT(t)
+	zero := setupOn(t, b.pool, &dbcache.Config{VersionZero: true}).cache
+	require.Equal(t, ":0:foo", zero.MakeKey("foo"))
+	require.Equal(t, 0, zero.Version())
+	require.Equal(t, ":1:foo", b.cache.MakeKey("foo"), "Version 0 is the default, 1")
+	require.NoError(t, zero.Set(ctx, "k", []byte("zero"), dbcache.DefaultTimeout))
+	requireMiss(t, b.cache, "k")
+	require.Equal(t, "zero", mustGet(t, b.cache.WithVersion(0), "k"))
+	v, err := zero.IncrVersion(ctx, "k", 1)
+	require.NoError(t, err)
+	require.Equal(t, 1, v)
+	require.Equal(t, "zero", mustGet(t, b.cache, "k"))
+
+	_, err = dbcache.New(ctx, b.pool, &dbcache.Config{VersionZero: true, Version: 2})
+	require.ErrorContains(t, err, "VersionZero")
+}
+
+// One rule for Config's numbers: 0 is the documented default, -1 is off,
+// below that is refused with the field's name.
+func TestConfigZeroAndOff(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := ctxT(t)
+	for _, cfg := range []dbcache.Config{{CoalesceGets: -1}, {CoalesceSets: -1}, {LoadLocks: -1}, {OpTimeout: -1}} {
+		c, err := dbcache.New(ctx, b.pool, &cfg)
+		require.NoError(t, err, "%+v", cfg)
+		require.NoError(t, c.Set(ctx, "k", []byte("v"), dbcache.DefaultTimeout))
+		require.Equal(t, "v", mustGet(t, c, "k"))
+		require.NoError(t, c.Close())
+	}
+	for field, cfg := range map[string]dbcache.Config{
+		"CoalesceGets": {CoalesceGets: -2}, "CoalesceSets": {CoalesceSets: -2},
+		"LoadLocks": {LoadLocks: -2}, "OpTimeout": {OpTimeout: -2}, "LoadWait": {LoadWait: -1},
+	} {
+		_, err := dbcache.New(ctx, b.pool, &cfg)
+		require.ErrorContains(t, err, "Config."+field)
+	}
 }
 
 func TestGetOrSet(t *testing.T) {
@@ -852,7 +897,7 @@ func TestGetOrSetZeroTimeoutReturnsValueStoresNothing(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
-	v, err := b.cache.GetOrSet(ctx, "k", []byte("v"), dbcache.TTL(0))
+	v, err := b.cache.GetOrSet(ctx, "k", []byte("v"), dbcache.ExpiresIn(0))
 	require.NoError(t, err)
 	require.Equal(t, "v", string(v))
 	requireMiss(t, b.cache, "k")
@@ -863,7 +908,7 @@ func TestExpiredRowIsAbsentEverywhere(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
-	require.NoError(t, b.cache.Set(ctx, "n", []byte("5"), dbcache.TTL(time.Second)))
+	require.NoError(t, b.cache.Set(ctx, "n", []byte("5"), dbcache.ExpiresIn(time.Second)))
 	travel(t, b.pool, time.Hour)
 
 	requireMiss(t, b.cache, "n")

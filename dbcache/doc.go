@@ -35,14 +35,56 @@
 // errors.Is. Django's per-call version argument is a view:
 // cache.WithVersion(2).Get(ctx, key).
 //
+// # The Store and its capabilities
+//
+// Store is the core every cache implements: Get, GetMany, HasKey, Set,
+// SetMany, Add, GetOrSet, Touch, Incr, Decr, Delete, DeleteMany and Clear.
+// Code that takes a Store works with a *Cache, the sharded cache (package
+// sharded), the near cache (package nearcache) and the in-memory Store
+// (package memstore), which unit tests use instead of PostgreSQL; package
+// storetest is the conformance suite every one of them passes, and a
+// user's own Store can run.
+//
+// What only some stores can do is an optional capability, a small
+// interface found by type assertion, as pgx finds a BatchTracer on a
+// QueryTracer:
+//
+//	TTLReader      GetWithTTL, TTL: an entry's remaining lifetime
+//	KeyLister      Keys, DeletePrefix: the entries of a caller key prefix
+//	Versioner      IncrVersion, DecrVersion
+//	KeyMaker       MakeKey, ValidateKey: the stored form of a key
+//	Loader         GetOrSetFunc, GetOrRevalidate: read-through loading
+//	SnapshotReader GetWithSnapshot, GetManyWithSnapshot: reads with their
+//	               statement's snapshot (one server's: the near cache's)
+//	io.Closer      Close
+//
+//	if l, ok := store.(dbcache.KeyLister); ok {
+//		n, err := l.DeletePrefix(ctx, "session:")
+//	}
+//
+// *Cache has every one. A layer over another store keeps one rule, so that
+// an assertion never lies: it has a capability's methods only if it serves
+// the capability whatever store it wraps, implementing it itself or
+// requiring it of the store it is given (with an error at construction
+// naming what is missing), never with a method that fails for want of it;
+// it embeds what it does not change rather than forwarding it by hand.
+// Capabilities to come (compare-and-swap tokens) follow the same shape.
+//
+// Making and checking keys is public for stores of other kinds: KeyFunc
+// and DefaultKeyFunc make them, KeyValidator refuses and warns as a Cache
+// does, and KeyWarnings lists what memcached would object to.
+//
 // # Timeouts
 //
 // A Timeout is DefaultTimeout (the zero value: Config.DefaultTimeout, 300 s
-// unless configured), Forever (Django's None) or TTL(d). TTL(d) with d <= 0
-// expires at once, as Django's 0 and negative timeouts do: Set stores nothing
-// a Get can see, Add returns true when it would have stored, Touch expires a
-// live entry. The database's clock decides expiry, never the application's,
-// so application servers with skewed clocks agree.
+// unless configured), Forever (Django's None) or ExpiresIn(d). ExpiresIn(d)
+// with d <= 0 expires at once, as Django's 0 and negative timeouts do: Set
+// stores nothing a Get can see, Add returns true when it would have stored,
+// Touch expires a live entry. The database's clock decides expiry, never the
+// application's, so application servers with skewed clocks agree. A Timeout
+// is only an expiry; the reads of a remaining lifetime, Cache.TTL and
+// Cache.GetWithTTL, return one, so what they read can be written back.
+// Stale-while-revalidate is a way of reading, Cache.GetOrRevalidate.
 //
 // # Atomicity
 //
@@ -82,9 +124,21 @@
 // default) and then validated. A key PostgreSQL cannot store (a NUL byte,
 // invalid UTF-8, more than MaxKeyBytes bytes) is ErrInvalidKey and nothing is
 // written. A key memcached could not store (over 250 characters, spaces or
-// control characters) is logged as a warning through log/slog, as Django
-// warns (quoting the key only with Config.LogKeys); Config.KeyCheck turns
-// that into an error or off.
+// control characters) is logged as a warning through log/slog, one line
+// per problem as Django warns once per memcache_key_warnings message
+// (quoting the key only with Config.LogKeys); Config.KeyCheck turns that
+// into an error naming every problem, or off.
+//
+// # Configuration
+//
+// Every Config of dbcache and of its packages follows one rule: a field's
+// zero value is its documented default (an exported XxxDefault constant
+// where the default is a fixed number, as OpTimeoutDefault), -1 turns a
+// feature off or lifts a bound where that means something (CoalesceGets,
+// CoalesceSets, LoadLocks, OpTimeout), and where every value of a field
+// means something an explicit field says the zero value is meant:
+// VersionZero for Django's VERSION = 0, which Version's zero value (the
+// default, 1) cannot say.
 //
 // # Concurrency and async
 //

@@ -31,7 +31,7 @@ func Example() {
 	}
 	defer cache.Close()
 
-	if err := cache.Set(ctx, "greeting", []byte("hello"), dbcache.TTL(time.Minute)); err != nil {
+	if err := cache.Set(ctx, "greeting", []byte("hello"), dbcache.ExpiresIn(time.Minute)); err != nil {
 		panic(err)
 	}
 	v, err := cache.Get(ctx, "greeting")
@@ -58,8 +58,8 @@ func ExampleCache_Add() {
 	defer cache.Close()
 
 	// Add stores only if the key is absent: a cheap distributed lock.
-	first, _ := cache.Add(ctx, "lock:report", []byte("worker-1"), dbcache.TTL(30*time.Second))
-	second, _ := cache.Add(ctx, "lock:report", []byte("worker-2"), dbcache.TTL(30*time.Second))
+	first, _ := cache.Add(ctx, "lock:report", []byte("worker-1"), dbcache.ExpiresIn(30*time.Second))
+	second, _ := cache.Add(ctx, "lock:report", []byte("worker-2"), dbcache.ExpiresIn(30*time.Second))
 	owner, _ := cache.Get(ctx, "lock:report")
 	fmt.Println(first, second, string(owner))
 	// Output: true false worker-1
@@ -114,7 +114,7 @@ func ExampleCache_GetOrSetFunc() {
 		return []byte("expensive result"), nil
 	}
 	for range 2 {
-		v, err := cache.GetOrSetFunc(ctx, "report", load, dbcache.TTL(time.Hour))
+		v, err := cache.GetOrSetFunc(ctx, "report", load, dbcache.ExpiresIn(time.Hour))
 		fmt.Println(string(v), err)
 	}
 	// Output:
@@ -179,7 +179,7 @@ func ExampleCache_WithVersion() {
 	// 2 v1 layout
 }
 
-func ExampleTTL() {
+func ExampleExpiresIn() {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
 	if err != nil {
@@ -194,7 +194,7 @@ func ExampleTTL() {
 
 	_ = cache.Set(ctx, "a", []byte("x"), dbcache.DefaultTimeout) // Config.DefaultTimeout: 300 s
 	_ = cache.Set(ctx, "b", []byte("x"), dbcache.Forever)        // never expires
-	_ = cache.Set(ctx, "c", []byte("x"), dbcache.TTL(0))         // expires at once
+	_ = cache.Set(ctx, "c", []byte("x"), dbcache.ExpiresIn(0))   // expires at once
 
 	for _, k := range []string{"a", "b", "c"} {
 		ok, _ := cache.HasKey(ctx, k)
@@ -279,7 +279,7 @@ func ExampleCache_GetOrSetFunc_stampede() {
 	var wg sync.WaitGroup
 	for range 20 {
 		wg.Go(func() {
-			if _, err := cache.GetOrSetFunc(ctx, "report", load, dbcache.TTL(time.Hour)); err != nil {
+			if _, err := cache.GetOrSetFunc(ctx, "report", load, dbcache.ExpiresIn(time.Hour)); err != nil {
 				fmt.Println(err)
 			}
 		})
@@ -291,7 +291,7 @@ func ExampleCache_GetOrSetFunc_stampede() {
 
 // Stale while revalidate: fresh for a minute, then served stale for up to
 // an hour while one background refresh runs.
-func ExampleRevalidate() {
+func ExampleCache_GetOrRevalidate() {
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
 	if err != nil {
@@ -304,10 +304,9 @@ func ExampleRevalidate() {
 	}
 	defer cache.Close()
 
-	timeout := dbcache.Revalidate(time.Minute, time.Hour)
-	v, err := cache.GetOrSetFunc(ctx, "dashboard", func(context.Context) ([]byte, error) {
+	v, err := cache.GetOrRevalidate(ctx, "dashboard", func(context.Context) ([]byte, error) {
 		return []byte("rendered"), nil
-	}, timeout)
+	}, time.Minute, time.Hour)
 	fmt.Println(string(v), err)
 	ttl, _ := cache.TTL(ctx, "dashboard")
 	d, _ := ttl.Duration()
@@ -330,7 +329,7 @@ func ExampleCache_TTL() {
 	}
 	defer cache.Close()
 
-	_ = cache.Set(ctx, "session", []byte("s"), dbcache.TTL(30*time.Minute))
+	_ = cache.Set(ctx, "session", []byte("s"), dbcache.ExpiresIn(30*time.Minute))
 	_ = cache.Set(ctx, "config", []byte("c"), dbcache.Forever)
 
 	ttl, _ := cache.TTL(ctx, "session")
@@ -401,4 +400,53 @@ func ExampleConfig_failOpen() {
 	// Output:
 	// true
 	// false
+}
+
+// Code that takes a Store finds what else the store can do by type
+// assertion; a *Cache has every capability.
+func ExampleStore_capabilities() {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-capabilities"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cache.Close()
+
+	var store dbcache.Store = cache
+	_ = store.Set(ctx, "session:1", []byte("a"), dbcache.ExpiresIn(time.Hour))
+	_ = store.Set(ctx, "session:2", []byte("b"), dbcache.Forever)
+	if r, ok := store.(dbcache.TTLReader); ok {
+		ttl, _ := r.TTL(ctx, "session:2")
+		fmt.Println("session:2 expires:", ttl)
+	}
+	if l, ok := store.(dbcache.KeyLister); ok {
+		n, err := l.DeletePrefix(ctx, "session:")
+		fmt.Println("deleted", n, err)
+	}
+	// Output:
+	// session:2 expires: forever
+	// deleted 2 <nil>
+}
+
+// Django's VERSION = 0 is Config.VersionZero: Version's zero value is the
+// default, 1.
+func ExampleConfig_versionZero() {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	zero, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-v0", VersionZero: true})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer zero.Close()
+	fmt.Println(zero.MakeKey("k"), zero.WithVersion(1).MakeKey("k"))
+	// Output: example-v0:0:k example-v0:1:k
 }

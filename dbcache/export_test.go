@@ -37,11 +37,4 @@ func SetsPending(c *Cache) int {
 
 // FlightWaiting reports how many callers wait on the in-process load of
 // key (0 when none is in flight).
-func FlightWaiting(c *Cache, key string) int {
-	c.s.flights.mu.Lock()
-	defer c.s.flights.mu.Unlock()
-	if f, ok := c.s.flights.m[c.MakeKey(key)]; ok {
-		return f.waiting
-	}
-	return 0
-}
+func FlightWaiting(c *Cache, key string) int { return c.s.flights.Waiting(c.MakeKey(key)) }

@@ -83,7 +83,7 @@ func TestBulkWritesNeverDeadlockAnyCollation(t *testing.T) {
 							if round%10 == 5 {
 								err = b.cache.Clear(ctx)
 							} else {
-								_, err = b.cache.SetMany(ctx, set, dbcache.TTL(time.Hour))
+								_, err = b.cache.SetMany(ctx, set, dbcache.ExpiresIn(time.Hour))
 							}
 						}
 						if !noDeadlock(t, fmt.Sprintf("worker %d round %d", w, round), err) {

@@ -179,11 +179,11 @@ func TestHookPanicsInRefresh(t *testing.T) {
 	tr := &panickyTracer{}
 	b := setup(t, &dbcache.Config{Tracer: tr})
 	ctx := ctxT(t)
-	timeout := dbcache.Revalidate(0, time.Hour) // every hit refreshes
-	_, err := b.cache.GetOrSet(ctx, "k", []byte("stale"), timeout)
+	fresh, stale := time.Duration(0), time.Hour // every hit refreshes
+	_, err := b.cache.GetOrSet(ctx, "k", []byte("stale"), dbcache.ExpiresIn(fresh+stale))
 	require.NoError(t, err)
 	tr.panicLoad.Store(true)
-	v, err := b.cache.GetOrSetFunc(ctx, "k", func(context.Context) ([]byte, error) { return []byte("fresh"), nil }, timeout)
+	v, err := b.cache.GetOrRevalidate(ctx, "k", func(context.Context) ([]byte, error) { return []byte("fresh"), nil }, fresh, stale)
 	require.NoError(t, err)
 	require.Equal(t, "stale", string(v))
 	waitFor(t, func() bool { return b.cache.Stats().RefreshFailures == 1 })
@@ -237,12 +237,12 @@ func TestLogsCarryNoKeys(t *testing.T) {
 		require.NoError(t, b.cache.Set(ctx, "user:"+secret, []byte("v"), dbcache.DefaultTimeout))
 		require.Equal(t, 1, logs.Count("will cause errors if used with memcached"))
 		// A failed refresh, whose loader's error names the key.
-		timeout := dbcache.Revalidate(0, time.Hour)
-		_, err := b.cache.GetOrSet(ctx, "r", []byte("stale"), timeout)
+		fresh, stale := time.Duration(0), time.Hour
+		_, err := b.cache.GetOrSet(ctx, "r", []byte("stale"), dbcache.ExpiresIn(fresh+stale))
 		require.NoError(t, err)
-		_, err = b.cache.GetOrSetFunc(ctx, "r", func(context.Context) ([]byte, error) {
+		_, err = b.cache.GetOrRevalidate(ctx, "r", func(context.Context) ([]byte, error) {
 			return nil, errors.New("no row for user:" + secret)
-		}, timeout)
+		}, fresh, stale)
 		require.NoError(t, err)
 		waitFor(t, func() bool { return b.cache.Stats().RefreshFailures == 1 })
 		waitFor(t, func() bool { return logs.Count("refresh failed") == 1 })

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"unicode/utf8"
 )
@@ -15,13 +16,35 @@ func (c *Cache) MakeKey(key string) string {
 }
 
 // ValidateKey checks a made key as every operation does: Django's
-// validate_key plus what PostgreSQL needs. It returns ErrInvalidKey (wrapped,
-// with the reason) for a key PostgreSQL cannot store: a NUL byte, invalid
-// UTF-8, or more than MaxKeyBytes bytes. A key memcached could not store
-// (over 250 characters, or a space or control character) is logged as a
-// warning, refused with ErrInvalidKey, or let through, as Config.KeyCheck
-// says.
+// validate_key plus what PostgreSQL needs (see KeyValidator, whose rules
+// it applies with Config.KeyCheck, Config.LogKeys and Config.Logger).
 func (c *Cache) ValidateKey(ctx context.Context, madeKey string) error {
+	return c.s.keyCheck.Validate(ctx, madeKey)
+}
+
+// KeyValidator validates made keys as a Cache does, so that a Store of
+// another kind (package memstore's, or one of a user's) refuses the keys a
+// Cache refuses and warns as it warns. The zero value is a Cache's
+// default: KeyCheckWarn, logging to slog.Default() without the key.
+type KeyValidator struct {
+	// Check says what to do with a key memcached could not store.
+	// Defaults to KeyCheckWarn.
+	Check KeyCheck
+	// LogKeys quotes the key in the warning, as Django's does. Defaults
+	// to false.
+	LogKeys bool
+	// Logger receives the warnings. Defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Validate returns an *InvalidKeyError (matching ErrInvalidKey) for a key
+// PostgreSQL cannot store: a NUL byte, invalid UTF-8, or more than
+// MaxKeyBytes bytes. A key memcached could not store (KeyWarnings has
+// something to say about it) is logged, one warning line per problem, as
+// Django warns once per memcache_key_warnings message; refused with
+// ErrInvalidKey, every problem in its Reason; or let through, as Check
+// says.
+func (v KeyValidator) Validate(ctx context.Context, madeKey string) error {
 	// The common key is ASCII: one pass over its bytes decides everything.
 	// Anything else takes the general path below.
 	ascii, control := true, false
@@ -39,10 +62,44 @@ func (c *Cache) ValidateKey(ctx context.Context, madeKey string) error {
 		if len(madeKey) > MaxKeyBytes {
 			return invalidKey(madeKey, fmt.Sprintf("%d bytes with the key prefix and version, over the %d-byte limit", len(madeKey), MaxKeyBytes))
 		}
-		if c.s.cfg.KeyCheck == KeyCheckOff || (!control && len(madeKey) <= MemcachedMaxKeyLength) {
+		if v.Check == KeyCheckOff || (!control && len(madeKey) <= MemcachedMaxKeyLength) {
 			return nil
 		}
+	} else if err := storable(madeKey); err != nil {
+		return err
 	}
+	if v.Check == KeyCheckOff {
+		return nil
+	}
+	warnings := KeyWarnings(madeKey)
+	if len(warnings) == 0 {
+		return nil
+	}
+	if v.Check == KeyCheckError {
+		reasons := make([]string, len(warnings))
+		for i, w := range warnings {
+			reasons[i] = w.Message(madeKey, true)
+		}
+		return &InvalidKeyError{MadeKey: madeKey, Reason: strings.Join(reasons, "; ")}
+	}
+	log := v.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	for _, w := range warnings {
+		// The log line quotes the key only with LogKeys.
+		if v.LogKeys {
+			log.WarnContext(ctx, "dbcache: "+w.Message(madeKey, true), "key", madeKey)
+		} else {
+			log.WarnContext(ctx, "dbcache: "+w.Message(madeKey, false))
+		}
+	}
+	return nil
+}
+
+// storable returns an *InvalidKeyError for a made key PostgreSQL cannot
+// store.
+func storable(madeKey string) error {
 	switch {
 	case !utf8.ValidString(madeKey):
 		return invalidKey(madeKey, "not valid UTF-8 (PostgreSQL text cannot hold it)")
@@ -51,45 +108,52 @@ func (c *Cache) ValidateKey(ctx context.Context, madeKey string) error {
 	case len(madeKey) > MaxKeyBytes:
 		return invalidKey(madeKey, fmt.Sprintf("%d bytes with the key prefix and version, over the %d-byte limit", len(madeKey), MaxKeyBytes))
 	}
-	if c.s.cfg.KeyCheck == KeyCheckOff {
-		return nil
-	}
-	if c.s.cfg.KeyCheck == KeyCheckError {
-		if msg := memcachedKeyWarning(madeKey, true); msg != "" {
-			return &InvalidKeyError{MadeKey: madeKey, Reason: msg}
-		}
-		return nil
-	}
-	// The log line quotes the key only with Config.LogKeys.
-	msg := memcachedKeyWarning(madeKey, c.s.cfg.LogKeys)
-	if msg == "" {
-		return nil
-	}
-	if c.s.cfg.LogKeys {
-		c.s.cfg.Logger.WarnContext(ctx, "dbcache: "+msg, "key", madeKey)
-	} else {
-		c.s.cfg.Logger.WarnContext(ctx, "dbcache: "+msg)
-	}
 	return nil
 }
 
-// memcachedKeyWarning is Django's memcache_key_warnings: the message for the
-// first portability problem of key, or "", quoting the key when quote is
-// set. Lengths count characters (runes), as Django does.
-func memcachedKeyWarning(key string, quote bool) string {
+// KeyWarning is one reason memcached could not store a key.
+type KeyWarning int
+
+const (
+	// KeyTooLong: more than MemcachedMaxKeyLength characters.
+	KeyTooLong KeyWarning = iota + 1
+	// KeyHasControlChars: a space, a control character or DEL.
+	KeyHasControlChars
+)
+
+// Message is Django's warning text for w about key, quoting the key when
+// quote is set (Django always quotes it; a Cache does only with
+// Config.LogKeys).
+func (w KeyWarning) Message(key string, quote bool) string {
 	q := ""
 	if quote {
 		q = fmt.Sprintf(": %q", key)
 	}
-	if n := utf8.RuneCountInString(key); n > MemcachedMaxKeyLength {
+	switch w {
+	case KeyTooLong:
 		return fmt.Sprintf("Cache key will cause errors if used with memcached%s (longer than %d)", q, MemcachedMaxKeyLength)
+	case KeyHasControlChars:
+		return "Cache key contains characters that will cause errors if used with memcached" + q
+	}
+	return "unknown key warning"
+}
+
+// KeyWarnings is Django's memcache_key_warnings: every reason memcached
+// could not store key, in Django's order (its length, then its
+// characters), none for a portable key. Lengths count characters (runes),
+// as Django does.
+func KeyWarnings(key string) []KeyWarning {
+	var out []KeyWarning
+	if utf8.RuneCountInString(key) > MemcachedMaxKeyLength {
+		out = append(out, KeyTooLong)
 	}
 	for _, r := range key {
 		if r < 33 || r == 127 {
-			return "Cache key contains characters that will cause errors if used with memcached" + q
+			out = append(out, KeyHasControlChars)
+			break
 		}
 	}
-	return ""
+	return out
 }
 
 // key makes and validates a key; an invalid one's error names the caller's

@@ -2,12 +2,14 @@ package dbcache_test
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/dbtest"
 )
 
 // everyOp runs each of Django's ten key-taking operations on key.
@@ -55,6 +57,46 @@ func TestKeyWarnings(t *testing.T) {
 			require.Equal(t, 10, b.logs.Count("level=WARN"))
 		})
 	}
+}
+
+// Django's memcache_key_warnings yields every problem of a key, and
+// validate_key warns once per problem: a key both too long and with a
+// space gets both warnings on every operation, and under KeyCheckError the
+// error names both.
+func TestKeyWarningsEveryProblem(t *testing.T) {
+	t.Parallel()
+	key := strings.Repeat("a b", 100) // 300 characters, with spaces
+	require.Equal(t, []dbcache.KeyWarning{dbcache.KeyTooLong, dbcache.KeyHasControlChars}, dbcache.KeyWarnings(key))
+	require.Equal(t, []dbcache.KeyWarning{dbcache.KeyHasControlChars}, dbcache.KeyWarnings("a\x00b\tc"))
+	require.Empty(t, dbcache.KeyWarnings(strings.Repeat("é", 250)), "250 characters are fine, whatever their bytes")
+	require.Equal(t, []dbcache.KeyWarning{dbcache.KeyTooLong}, dbcache.KeyWarnings(strings.Repeat("é", 251)))
+
+	b := setup(t, nil)
+	ctx := ctxT(t)
+	for op, err := range everyOp(ctx, b.cache, key) {
+		require.NoError(t, err, op)
+	}
+	require.Equal(t, 10, b.logs.Count("will cause errors if used with memcached (longer than 250)"), b.logs.String())
+	require.Equal(t, 10, b.logs.Count("Cache key contains characters that will cause errors"), b.logs.String())
+	require.Equal(t, 20, b.logs.Count("level=WARN"))
+
+	strict := setupOn(t, b.pool, &dbcache.Config{KeyCheck: dbcache.KeyCheckError}).cache
+	err := strict.Set(ctx, key, []byte("v"), dbcache.DefaultTimeout)
+	require.ErrorIs(t, err, dbcache.ErrInvalidKey)
+	var ik *dbcache.InvalidKeyError
+	require.ErrorAs(t, err, &ik)
+	require.Contains(t, ik.Reason, "(longer than 250)")
+	require.Contains(t, ik.Reason, "contains characters")
+
+	// The validator a Store of another kind uses says the same.
+	logs := &dbtest.LogBuffer{}
+	v := dbcache.KeyValidator{Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	require.NoError(t, v.Validate(ctx, key))
+	require.Equal(t, 2, logs.Count("level=WARN"))
+	require.NotContains(t, logs.String(), "a b", "no key without LogKeys")
+	require.ErrorIs(t, v.Validate(ctx, "nul\x00"), dbcache.ErrInvalidKey)
+	require.ErrorIs(t, (dbcache.KeyValidator{Check: dbcache.KeyCheckError}).Validate(ctx, key), dbcache.ErrInvalidKey)
+	require.NoError(t, (dbcache.KeyValidator{Check: dbcache.KeyCheckOff}).Validate(ctx, key))
 }
 
 // test_invalid_with_version_key_length: the warning quotes the made key

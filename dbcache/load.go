@@ -8,8 +8,6 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -18,11 +16,11 @@ import (
 // Stampede protection for GetOrSetFunc: the loader of a missing key runs
 // once, among the goroutines of one process and across processes.
 //
-// In a process, callers of one made key join one flight: the first starts
-// it, on its own goroutine, and everyone waits for its result (or their own
-// context). The flight's context carries the first caller's values and is
-// cancelled only when every caller waiting on it has left, so one caller
-// giving up never fails the others.
+// In a process, callers of one made key join one flight (internal/flight):
+// the first starts it, on its own goroutine, and everyone waits for its
+// result (or their own context). The flight's context carries the first
+// caller's values and is cancelled only when every caller waiting on it has
+// left, so one caller giving up never fails the others.
 //
 // Across processes, a flight takes a PostgreSQL transaction-level advisory
 // lock on a hash of the table and the made key, with pg_try_advisory_xact_lock
@@ -103,81 +101,6 @@ func (e *LoaderError) Error() string { return "dbcache: get_or_set: loader: " + 
 
 // Unwrap returns the loader's error.
 func (e *LoaderError) Unwrap() error { return e.Err }
-
-// flight is one in-process load of a made key.
-type flight struct {
-	done    chan struct{}
-	v       []byte
-	err     error
-	taken   atomic.Bool // the first receiver keeps v; the others copy it
-	ctx     context.Context
-	cancel  context.CancelFunc
-	waiting int // guarded by flights.mu
-}
-
-type flights struct {
-	mu sync.Mutex
-	m  map[string]*flight
-}
-
-// join returns the flight for key, starting it (start runs on its own
-// goroutine with the flight's context) when there is none.
-func (fs *flights) join(ctx context.Context, key string, start func(context.Context) ([]byte, error)) *flight {
-	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	if fs.m == nil {
-		fs.m = map[string]*flight{}
-	}
-	if f, ok := fs.m[key]; ok {
-		f.waiting++
-		return f
-	}
-	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	f := &flight{done: make(chan struct{}), ctx: fctx, cancel: cancel, waiting: 1}
-	fs.m[key] = f
-	go func() {
-		defer cancel()
-		f.v, f.err = start(fctx)
-		fs.mu.Lock()
-		if fs.m[key] == f {
-			delete(fs.m, key)
-		}
-		fs.mu.Unlock()
-		close(f.done)
-	}()
-	return f
-}
-
-// leave is a caller giving up on f; the last one to leave cancels it, and a
-// later caller starts a new flight.
-func (fs *flights) leave(key string, f *flight) {
-	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	f.waiting--
-	if f.waiting == 0 {
-		if fs.m[key] == f {
-			delete(fs.m, key)
-		}
-		f.cancel()
-	}
-}
-
-// wait returns the flight's result to one caller, who owns the slice.
-func (fs *flights) wait(ctx context.Context, key string, f *flight) ([]byte, error) {
-	select {
-	case <-f.done:
-		if f.err != nil {
-			return nil, f.err
-		}
-		if f.taken.CompareAndSwap(false, true) {
-			return f.v, nil
-		}
-		return append([]byte{}, f.v...), nil
-	case <-ctx.Done():
-		fs.leave(key, f)
-		return nil, ctx.Err()
-	}
-}
 
 // loadLockKey is the advisory lock key of a made key: FNV-1a 64 of the
 // salt, the table's OID (advisory locks are per database, and two caches
@@ -264,14 +187,13 @@ func (c *Cache) loadOnce(ctx context.Context, k string, load func(context.Contex
 		// there; no other goroutine or process can share it.
 		return c.loadAndStore(ctx, k, load, timeout)
 	}
-	f := c.s.flights.join(ctx, k, func(fctx context.Context) (_ []byte, err error) {
+	return c.s.flights.Do(ctx, k, func(fctx context.Context) (_ []byte, err error) {
 		// The flight's goroutine is the cache's: nothing may panic out
 		// of it (a loader's panic is already an error; this is for the
 		// hooks it calls).
 		defer c.recovered(fctx, "get_or_set load", &err)
 		return c.loadShared(fctx, k, load, timeout)
 	})
-	return c.s.flights.wait(ctx, k, f)
 }
 
 // loadAndStore runs the loader and stores its value unless another caller
@@ -444,7 +366,7 @@ func (c *Cache) waitForLoad(ctx context.Context, k string, lockKey int64, deadli
 // process holding it is already refreshing). A failed refresh is logged and
 // counted, and the stale value keeps being served until it expires.
 func (c *Cache) refreshStale(ctx context.Context, k string, load func(context.Context) ([]byte, error), timeout Timeout) {
-	stale, _ := timeout.Stale()
+	stale, _ := timeout.staleFor()
 	c.s.refreshMu.Lock()
 	if c.s.refreshing == nil {
 		c.s.refreshing = map[string]bool{}
@@ -525,7 +447,7 @@ func (c *Cache) refresh(ctx context.Context, k string, load func(context.Context
 	rctx, rcancel := c.bound(ctx)
 	_, remaining, err := c.getRemaining(rctx, k)
 	rcancel()
-	stale, _ := timeout.Stale()
+	stale, _ := timeout.staleFor()
 	if err == nil && (remaining < 0 || remaining > stale) {
 		return nil
 	}

@@ -65,7 +65,7 @@ func exercise(t *testing.T, c *dbcache.Cache) {
 	requireMiss(t, c, "gos")
 	require.Equal(t, "first", mustGet(t, c.WithVersion(2), "gos"))
 
-	failed, err := c.SetMany(ctx, map[string][]byte{"m1": []byte("v1"), "m2": {0, 255}}, dbcache.TTL(300e9))
+	failed, err := c.SetMany(ctx, map[string][]byte{"m1": []byte("v1"), "m2": {0, 255}}, dbcache.ExpiresIn(300e9))
 	require.NoError(t, err)
 	require.Empty(t, failed)
 	got, err := c.GetMany(ctx, []string{"m1", "m2", "nope"})

@@ -53,11 +53,11 @@ func remainingTimeout(d time.Duration) Timeout {
 	if d == remainingForever {
 		return Forever
 	}
-	return TTL(d)
+	return ExpiresIn(d)
 }
 
 // TTL returns the remaining lifetime of key's live entry by the database's
-// clock: Forever for an entry that never expires, TTL(d) with d > 0
+// clock: Forever for an entry that never expires, ExpiresIn(d) with d > 0
 // otherwise, and ErrMiss when there is no live entry (Redis's TTL -1 and
 // -2, as values the rest of the API takes: TTL's result can be passed to
 // Set to keep an expiry).
@@ -88,7 +88,7 @@ func (c *Cache) TTL(ctx context.Context, key string) (_ Timeout, err error) {
 	if us == nil {
 		return Forever, nil
 	}
-	return TTL(time.Duration(max(*us, 1)) * time.Microsecond), nil
+	return ExpiresIn(time.Duration(max(*us, 1)) * time.Microsecond), nil
 }
 
 // GetWithTTL is Get that also returns the entry's remaining lifetime, as

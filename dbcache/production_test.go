@@ -221,11 +221,11 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	cfg := &dbcache.Config{Logger: slog.New(slog.NewTextHandler(logs, nil))}
 	procs := processes(t, 3, 4, cfg)
 	ctx := ctxT(t)
-	timeout := dbcache.Revalidate(time.Hour, time.Hour)
+	fresh, stale := time.Hour, time.Hour
 	var runs atomic.Int64
 	gen := func(context.Context) ([]byte, error) { return []byte(fmt.Sprint("v", runs.Add(1))), nil }
 
-	v, err := procs[0].cache.GetOrSetFunc(ctx, "k", gen, timeout)
+	v, err := procs[0].cache.GetOrRevalidate(ctx, "k", gen, fresh, stale)
 	require.NoError(t, err)
 	require.Equal(t, "v1", string(v))
 	ttl, err := procs[0].cache.TTL(ctx, "k")
@@ -234,7 +234,7 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	require.Greater(t, d, 119*time.Minute, "expires after fresh + stale")
 
 	// Fresh: no load.
-	v, err = procs[1].cache.GetOrSetFunc(ctx, "k", gen, timeout)
+	v, err = procs[1].cache.GetOrRevalidate(ctx, "k", gen, fresh, stale)
 	require.NoError(t, err)
 	require.Equal(t, "v1", string(v))
 	require.EqualValues(t, 1, runs.Load())
@@ -248,7 +248,7 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	for _, p := range procs {
 		for range 10 {
 			wg.Go(func() {
-				v, err := p.cache.GetOrSetFunc(ctx, "k", slow, timeout)
+				v, err := p.cache.GetOrRevalidate(ctx, "k", slow, fresh, stale)
 				if err != nil || string(v) != "v1" {
 					t.Errorf("stale read: %q, %v", v, err)
 				}
@@ -265,19 +265,19 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	// and logged.
 	travel(t, procs[0].pool, 90*time.Minute)
 	failing := func(context.Context) ([]byte, error) { return nil, errors.New("backend down") }
-	v, err = procs[2].cache.GetOrSetFunc(ctx, "k", failing, timeout)
+	v, err = procs[2].cache.GetOrRevalidate(ctx, "k", failing, fresh, stale)
 	require.NoError(t, err)
 	require.Equal(t, "v2", string(v))
 	waitFor(t, func() bool { return procs[2].cache.Stats().RefreshFailures == 1 })
 	require.Contains(t, logs.String(), "error_code=loader")
 	require.NotContains(t, logs.String(), "backend down", "the loader's error text is logged only with LogKeys")
-	v, err = procs[2].cache.GetOrSetFunc(ctx, "k", failing, timeout)
+	v, err = procs[2].cache.GetOrRevalidate(ctx, "k", failing, fresh, stale)
 	require.NoError(t, err)
 	require.Equal(t, "v2", string(v), "still served stale")
 
 	// Past the stale period it is gone: the caller loads.
 	travel(t, procs[0].pool, time.Hour)
-	v, err = procs[0].cache.GetOrSetFunc(ctx, "k", gen, timeout)
+	v, err = procs[0].cache.GetOrRevalidate(ctx, "k", gen, fresh, stale)
 	require.NoError(t, err)
 	require.Equal(t, "v3", string(v))
 }
@@ -287,17 +287,17 @@ func TestCloseEndsRefreshes(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
-	timeout := dbcache.Revalidate(0, time.Hour) // every hit refreshes
-	_, err := b.cache.GetOrSet(ctx, "k", []byte("v"), timeout)
+	fresh, stale := time.Duration(0), time.Hour // every hit refreshes
+	_, err := b.cache.GetOrSet(ctx, "k", []byte("v"), dbcache.ExpiresIn(fresh+stale))
 	require.NoError(t, err)
 	entered := make(chan struct{})
 	var ended atomic.Bool
-	_, err = b.cache.GetOrSetFunc(ctx, "k", func(lctx context.Context) ([]byte, error) {
+	_, err = b.cache.GetOrRevalidate(ctx, "k", func(lctx context.Context) ([]byte, error) {
 		close(entered)
 		<-lctx.Done()
 		ended.Store(true)
 		return nil, lctx.Err()
-	}, timeout)
+	}, fresh, stale)
 	require.NoError(t, err)
 	<-entered
 	require.NoError(t, b.cache.Close())
@@ -442,8 +442,8 @@ func TestTTL(t *testing.T) {
 	b := setup(t, nil)
 	ctx := ctxT(t)
 	require.NoError(t, b.cache.Set(ctx, "forever", []byte("f"), dbcache.Forever))
-	require.NoError(t, b.cache.Set(ctx, "hour", []byte("h"), dbcache.TTL(time.Hour)))
-	require.NoError(t, b.cache.Set(ctx, "gone", []byte("g"), dbcache.TTL(-time.Second)))
+	require.NoError(t, b.cache.Set(ctx, "hour", []byte("h"), dbcache.ExpiresIn(time.Hour)))
+	require.NoError(t, b.cache.Set(ctx, "gone", []byte("g"), dbcache.ExpiresIn(-time.Second)))
 
 	ttl, err := b.cache.TTL(ctx, "forever")
 	require.NoError(t, err)
@@ -497,7 +497,7 @@ func TestDeletePrefix(t *testing.T) {
 	for _, k := range []string{"user", "users:1", "use", "session:1"} {
 		require.NoError(t, b.cache.Set(ctx, k, nil, dbcache.DefaultTimeout))
 	}
-	require.NoError(t, b.cache.Set(ctx, "user:expired", nil, dbcache.TTL(-time.Second)))
+	require.NoError(t, b.cache.Set(ctx, "user:expired", nil, dbcache.ExpiresIn(-time.Second)))
 	require.NoError(t, b.cache.WithVersion(2).Set(ctx, "user:1", nil, dbcache.DefaultTimeout))
 	require.NoError(t, other.cache.Set(ctx, "user:1", nil, dbcache.DefaultTimeout))
 
@@ -583,7 +583,7 @@ func TestKeys(t *testing.T) {
 	}
 	_, err := b.cache.SetMany(ctx, items, dbcache.DefaultTimeout)
 	require.NoError(t, err)
-	require.NoError(t, b.cache.Set(ctx, "item:expired", nil, dbcache.TTL(-time.Second)))
+	require.NoError(t, b.cache.Set(ctx, "item:expired", nil, dbcache.ExpiresIn(-time.Second)))
 	require.NoError(t, b.cache.Set(ctx, "other", nil, dbcache.DefaultTimeout))
 	var got []string
 	for k, err := range b.cache.Keys(ctx, "item:") {

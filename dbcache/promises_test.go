@@ -25,11 +25,11 @@ func TestReadsNeverWrite(t *testing.T) {
 	writer := setupOn(t, s.Pool(t), nil)
 	ctx := ctxT(t)
 	for i := range 20 {
-		require.NoError(t, writer.cache.Set(ctx, fmt.Sprintf("k%d", i), []byte("v"), dbcache.TTL(time.Hour)))
+		require.NoError(t, writer.cache.Set(ctx, fmt.Sprintf("k%d", i), []byte("v"), dbcache.ExpiresIn(time.Hour)))
 	}
 	require.NoError(t, writer.cache.Set(ctx, "forever", []byte("v"), dbcache.Forever))
 	travel(t, writer.pool, 2*time.Hour) // every k%d has expired
-	require.NoError(t, writer.cache.Set(ctx, "live", []byte("v"), dbcache.TTL(time.Hour)))
+	require.NoError(t, writer.cache.Set(ctx, "live", []byte("v"), dbcache.ExpiresIn(time.Hour)))
 
 	cfg := s.PoolConfig(t)
 	cfg.MaxConns = 2
@@ -112,7 +112,7 @@ func TestNoStatementCarriesTheApplicationClock(t *testing.T) {
 	cfg.ConnConfig.Tracer = tr
 	b := setupOn(t, newPool(t, cfg), &dbcache.Config{CoalesceSets: 2})
 	ctx := ctxT(t)
-	for _, timeout := range []dbcache.Timeout{dbcache.DefaultTimeout, dbcache.Forever, dbcache.TTL(time.Minute), dbcache.TTL(0), dbcache.TTL(-time.Second)} {
+	for _, timeout := range []dbcache.Timeout{dbcache.DefaultTimeout, dbcache.Forever, dbcache.ExpiresIn(time.Minute), dbcache.ExpiresIn(0), dbcache.ExpiresIn(-time.Second)} {
 		c := b.cache
 		_ = c.Set(ctx, "k", []byte("1"), timeout)
 		_, _ = c.Add(ctx, "a", []byte("1"), timeout)

@@ -217,7 +217,7 @@ func (c *Cache) GetWithSnapshot(ctx context.Context, key string) (_ []byte, _ Ti
 	if us == nil {
 		return nonNil(v), Forever, snap, nil
 	}
-	return nonNil(v), TTL(time.Duration(max(*us, 1)) * time.Microsecond), snap, nil
+	return nonNil(v), ExpiresIn(time.Duration(max(*us, 1)) * time.Microsecond), snap, nil
 }
 
 // GetManyWithSnapshot reads the live entries among keys with their
@@ -262,7 +262,7 @@ func (c *Cache) GetManyWithSnapshot(ctx context.Context, keys []string) (out map
 		}
 		ttl := Forever
 		if us != nil {
-			ttl = TTL(time.Duration(max(*us, 1)) * time.Microsecond)
+			ttl = ExpiresIn(time.Duration(max(*us, 1)) * time.Microsecond)
 		}
 		out[ks.first[i]] = Entry{Value: nonNil(v), TTL: ttl}
 		for _, orig := range ks.more[*k] {

@@ -53,7 +53,7 @@ func TestGetWithSnapshot(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
-	require.NoError(t, b.cache.Set(ctx, "k", []byte("v1"), dbcache.TTL(time.Hour)))
+	require.NoError(t, b.cache.Set(ctx, "k", []byte("v1"), dbcache.ExpiresIn(time.Hour)))
 	require.NoError(t, b.cache.Set(ctx, "f", []byte("f"), dbcache.Forever))
 	v, ttl, before, err := b.cache.GetWithSnapshot(ctx, "k")
 	require.NoError(t, err)

@@ -8,13 +8,13 @@ type Stats struct {
 	// FailOpen counts operations whose transient database failure
 	// Config.FailOpen turned into a miss or a skipped write.
 	FailOpen int64
-	// Loads counts loader calls by GetOrSetFunc (misses and refreshes).
+	// Loads counts loader calls by GetOrSetFunc and GetOrRevalidate (misses and refreshes).
 	Loads int64
 	// LoadWaits counts GetOrSetFunc flights that found another process
 	// loading the key and waited for its value.
 	LoadWaits int64
 	// Refreshes counts background refreshes of stale entries
-	// (Revalidate), and RefreshFailures those whose loader or write failed.
+	// (GetOrRevalidate), and RefreshFailures those whose loader or write failed.
 	Refreshes, RefreshFailures int64
 	// Panics counts panics the cache recovered: in loaders (returned as
 	// *LoaderPanicError) and in hooks it ran on a goroutine of its own

@@ -3,44 +3,141 @@ package dbcache
 import (
 	"context"
 	"iter"
+	"time"
 )
 
-// Store is the byte-level cache API: every operation of Cache that reads or
-// writes entries. *Cache implements it, and so do the caches built from
-// caches (a sharded cache over several servers, a near cache in front of
-// one), so that what is layered on top (typed values, metrics, the CLI)
-// works with any of them. Views (WithVersion, WithTx) stay on *Cache: a
-// transaction belongs to one server.
+// Store is the core byte-level cache API: the reads and writes every cache
+// implements. *Cache implements it, and so do the caches built from caches
+// (package sharded's over several servers, package nearcache's in front of
+// one) and package memstore's in-memory Store, so that what is layered on
+// top (typed values, metrics, the CLI) works with any of them. Package
+// storetest checks an implementation against dbcache's semantics.
 //
 // Implementations keep Cache's documented semantics and sentinel errors
 // (ErrMiss, ErrNotInteger, ErrOverflow, ErrInvalidKey, ErrClosed) and are
-// safe for concurrent use.
+// safe for concurrent use. What only some stores can do is an optional
+// capability, a small interface of its own found by type assertion (as
+// pgx finds a BatchTracer on a QueryTracer): TTLReader, KeyLister,
+// Versioner, KeyMaker, Loader and SnapshotReader. Closing is io.Closer's,
+// found the same way. Views (WithVersion, WithTx) stay on the concrete types: a
+// transaction belongs to one server.
+//
+// A store that wraps another (a layer) keeps one rule, so that a type
+// assertion never lies: it has a capability's methods only if it serves
+// that capability whatever store it wraps. It either implements the
+// capability itself or requires it of the store it is given, at
+// construction, with an error naming what is missing; it never has a
+// method that fails because the store under it lacks one. A layer that
+// changes only some operations embeds Store (or the capability) for the
+// rest instead of forwarding each by hand.
 type Store interface {
+	// Get returns the value stored under key, or ErrMiss.
 	Get(ctx context.Context, key string) ([]byte, error)
-	GetWithTTL(ctx context.Context, key string) ([]byte, Timeout, error)
-	TTL(ctx context.Context, key string) (Timeout, error)
-	HasKey(ctx context.Context, key string) (bool, error)
+	// GetMany returns the live entries among keys, keyed by the caller's
+	// keys; missing keys are absent from the map.
 	GetMany(ctx context.Context, keys []string) (map[string][]byte, error)
-	Keys(ctx context.Context, prefix string) iter.Seq2[string, error]
+	// HasKey reports whether key has a live entry.
+	HasKey(ctx context.Context, key string) (bool, error)
 
+	// Set stores value under key, replacing any entry.
 	Set(ctx context.Context, key string, value []byte, timeout Timeout) error
-	Add(ctx context.Context, key string, value []byte, timeout Timeout) (bool, error)
-	Touch(ctx context.Context, key string, timeout Timeout) (bool, error)
-	GetOrSet(ctx context.Context, key string, value []byte, timeout Timeout) ([]byte, error)
-	GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout Timeout) ([]byte, error)
+	// SetMany stores every item, all or nothing, and returns the keys it
+	// failed to store.
 	SetMany(ctx context.Context, items map[string][]byte, timeout Timeout) ([]string, error)
+	// Add stores value only if key has no live entry, and reports whether
+	// it did.
+	Add(ctx context.Context, key string, value []byte, timeout Timeout) (bool, error)
+	// GetOrSet returns the live value of key, or stores value (as Add)
+	// and returns what the entry then holds.
+	GetOrSet(ctx context.Context, key string, value []byte, timeout Timeout) ([]byte, error)
+	// Touch gives a live entry a new expiry and reports whether there was
+	// one.
+	Touch(ctx context.Context, key string, timeout Timeout) (bool, error)
 
+	// Incr adds delta to the integer stored under key and returns the
+	// result; Decr subtracts it.
 	Incr(ctx context.Context, key string, delta int64) (int64, error)
 	Decr(ctx context.Context, key string, delta int64) (int64, error)
-	IncrVersion(ctx context.Context, key string, delta int) (int, error)
-	DecrVersion(ctx context.Context, key string, delta int) (int, error)
 
+	// Delete removes key and reports whether a live entry was removed.
 	Delete(ctx context.Context, key string) (bool, error)
+	// DeleteMany removes keys and returns how many live entries it
+	// removed.
 	DeleteMany(ctx context.Context, keys []string) (int, error)
-	DeletePrefix(ctx context.Context, prefix string) (int, error)
+	// Clear removes every entry of the store.
 	Clear(ctx context.Context) error
-
-	Close() error
 }
 
-var _ Store = (*Cache)(nil)
+// TTLReader is an optional capability of a Store: reading an entry's
+// remaining lifetime, by the store's clock (the database's, for a Cache).
+// *Cache implements it.
+type TTLReader interface {
+	// GetWithTTL is Get that also returns the entry's remaining lifetime.
+	GetWithTTL(ctx context.Context, key string) ([]byte, Timeout, error)
+	// TTL returns the remaining lifetime of key's live entry: Forever,
+	// or ExpiresIn(d) with d > 0; ErrMiss when there is none.
+	TTL(ctx context.Context, key string) (Timeout, error)
+}
+
+// KeyLister is an optional capability of a Store: the entries of a caller
+// key prefix, listed or deleted, under the store's key prefix and version.
+// *Cache implements it.
+type KeyLister interface {
+	// Keys returns the caller keys of the live entries that start with
+	// prefix; an error ends the sequence.
+	Keys(ctx context.Context, prefix string) iter.Seq2[string, error]
+	// DeletePrefix removes every entry whose caller key starts with
+	// prefix and returns how many live entries it removed.
+	DeletePrefix(ctx context.Context, prefix string) (int, error)
+}
+
+// Versioner is an optional capability of a Store: moving an entry to
+// another key version (Django's incr_version and decr_version). *Cache
+// implements it.
+type Versioner interface {
+	// IncrVersion moves key's entry from the store's version to version
+	// + delta and returns the new version; ErrMiss when there is no live
+	// entry.
+	IncrVersion(ctx context.Context, key string, delta int) (int, error)
+	// DecrVersion moves it to version - delta.
+	DecrVersion(ctx context.Context, key string, delta int) (int, error)
+}
+
+// KeyMaker is an optional capability of a Store: how it makes the stored
+// key of a caller key, and validates it (Django's make_key and
+// validate_key). A layer that sees stored keys (the near cache reads them
+// from the database's feed) or shows them (the CLI) needs it. *Cache
+// implements it.
+type KeyMaker interface {
+	// MakeKey returns the stored key of key, without validating it.
+	MakeKey(key string) string
+	// ValidateKey checks a made key as every operation does, and returns
+	// an error matching ErrInvalidKey for one the store refuses.
+	ValidateKey(ctx context.Context, madeKey string) error
+}
+
+// LoadFunc makes the value of a missing key, for the loaders (Loader).
+type LoadFunc = func(ctx context.Context) ([]byte, error)
+
+// Loader is an optional capability of a Store: read-through loading with
+// stampede protection. *Cache implements it (see Cache.GetOrSetFunc and
+// Cache.GetOrRevalidate for what it promises).
+type Loader interface {
+	// GetOrSetFunc returns the live value of key, or runs load and stores
+	// its value, returning what the entry then holds.
+	GetOrSetFunc(ctx context.Context, key string, load LoadFunc, timeout Timeout) ([]byte, error)
+	// GetOrRevalidate is GetOrSetFunc with stale-while-revalidate: an
+	// entry it stores is fresh for fresh, then served stale for up to
+	// stale more while one refresh runs in the background.
+	GetOrRevalidate(ctx context.Context, key string, load LoadFunc, fresh, stale time.Duration) ([]byte, error)
+}
+
+var (
+	_ Store          = (*Cache)(nil)
+	_ SnapshotReader = (*Cache)(nil)
+	_ TTLReader      = (*Cache)(nil)
+	_ KeyLister      = (*Cache)(nil)
+	_ Versioner      = (*Cache)(nil)
+	_ KeyMaker       = (*Cache)(nil)
+	_ Loader         = (*Cache)(nil)
+)

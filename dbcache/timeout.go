@@ -8,10 +8,16 @@ import "time"
 //   - DefaultTimeout, the zero value: use the cache's Config.DefaultTimeout
 //     (Django's DEFAULT_TIMEOUT). A zero Timeout never silently means forever.
 //   - Forever: the entry never expires (Django's None).
-//   - TTL(d): the entry expires d after the database's clock at the time of
-//     the write. d <= 0 means it expires at once (Django's 0 and negative
-//     timeouts): a Set with it stores nothing a Get can see, Add still returns
-//     whether it would have stored, and Touch expires a live entry.
+//   - ExpiresIn(d): the entry expires d after the database's clock at the
+//     time of the write. d <= 0 means it expires at once (Django's 0 and
+//     negative timeouts): a Set with it stores nothing a Get can see, Add
+//     still returns whether it would have stored, and Touch expires a live
+//     entry.
+//
+// A Timeout is only an expiry: how an entry is read (stale-while-revalidate)
+// is the reader's choice, Cache.GetOrRevalidate. The reads of a remaining
+// lifetime (Cache.TTL, Cache.GetWithTTL) return Forever or ExpiresIn(d), so
+// what they return can be passed to a write to keep an expiry.
 //
 // Durations are kept to the microsecond (PostgreSQL's resolution); a positive
 // duration under a microsecond is rounded up to one.
@@ -27,6 +33,9 @@ const (
 	kindDefault timeoutKind = iota
 	kindForever
 	kindTTL
+	// kindRevalidate is the expiry GetOrRevalidate writes (fresh + stale)
+	// and reads staleness from; no exported constructor makes one, so no
+	// other operation ever sees it.
 	kindRevalidate
 )
 
@@ -39,20 +48,14 @@ var (
 	Forever = Timeout{kind: kindForever}
 )
 
-// TTL returns a Timeout of d from the time of the write; d <= 0 expires at
-// once.
-func TTL(d time.Duration) Timeout { return Timeout{d: d, kind: kindTTL} }
+// ExpiresIn returns a Timeout of d from the time of the write, by the
+// database's clock; d <= 0 expires at once.
+func ExpiresIn(d time.Duration) Timeout { return Timeout{d: d, kind: kindTTL} }
 
-// Revalidate returns a stale-while-revalidate Timeout: an entry written with
-// it is fresh for fresh, then stale for up to stale more, and then expired.
-// GetOrSetFunc returns a fresh entry as it is; a stale one it returns at
-// once while one background refresh runs (one across every process sharing
-// the table), and an expired one it loads as on a miss. To every other
-// operation it is TTL(fresh + stale): the database's clock decides when the
-// entry expires, and, from the remaining lifetime, whether it is stale.
-// Negative durations count as 0: stale <= 0 is TTL(fresh), and fresh <= 0
-// makes every GetOrSetFunc hit refresh.
-func Revalidate(fresh, stale time.Duration) Timeout {
+// revalidate is the expiry of an entry GetOrRevalidate stores: fresh +
+// stale from the write, with stale kept to read staleness by. Negative
+// durations count as 0.
+func revalidate(fresh, stale time.Duration) Timeout {
 	return Timeout{d: max(fresh, 0), stale: max(stale, 0), kind: kindRevalidate}
 }
 
@@ -62,8 +65,8 @@ func (t Timeout) IsDefault() bool { return t.kind == kindDefault }
 // IsForever reports whether t is Forever.
 func (t Timeout) IsForever() bool { return t.kind == kindForever }
 
-// Duration returns the TTL and true for a TTL timeout (fresh + stale for a
-// Revalidate one), and 0 and false for DefaultTimeout and Forever.
+// Duration returns d and true for ExpiresIn(d), and 0 and false for
+// DefaultTimeout and Forever.
 func (t Timeout) Duration() (time.Duration, bool) {
 	switch t.kind {
 	case kindTTL:
@@ -74,9 +77,9 @@ func (t Timeout) Duration() (time.Duration, bool) {
 	return 0, false
 }
 
-// Stale returns the stale period of a Revalidate timeout, and 0 and false
-// for any other.
-func (t Timeout) Stale() (time.Duration, bool) { return t.stale, t.kind == kindRevalidate }
+// staleFor returns the stale period of a GetOrRevalidate expiry, and 0 and
+// false for any other.
+func (t Timeout) staleFor() (time.Duration, bool) { return t.stale, t.kind == kindRevalidate }
 
 // String renders the timeout for logs and errors.
 func (t Timeout) String() string {

@@ -98,9 +98,9 @@ type OpEnd struct {
 	Duration time.Duration
 }
 
-// LoadEnd describes one loader run of GetOrSetFunc.
+// LoadEnd describes one loader run of GetOrSetFunc or GetOrRevalidate.
 type LoadEnd struct {
-	// Refresh reports a background refresh of a stale entry (Revalidate)
+	// Refresh reports a background refresh of a stale entry (GetOrRevalidate)
 	// rather than a load on a miss.
 	Refresh bool
 	// Err is the loader's error (a *LoaderPanicError for a panic).

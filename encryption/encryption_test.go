@@ -147,7 +147,7 @@ func TestAtRest(t *testing.T) {
 	kr := ring(t, encryption.Key{ID: 1, Secret: secret(5, 32)})
 	accounts, err := typed.New[account](store, &typed.Config[account]{Codec: encryption.Wrap(codec.JSON[account](), kr)})
 	require.NoError(t, err)
-	require.NoError(t, accounts.Set(ctx, "acct:ann", account{"ann", "DE89370400440532013000"}, dbcache.TTL(time.Hour)))
+	require.NoError(t, accounts.Set(ctx, "acct:ann", account{"ann", "DE89370400440532013000"}, dbcache.ExpiresIn(time.Hour)))
 	got, err := accounts.Get(ctx, "acct:ann")
 	require.NoError(t, err)
 	require.Equal(t, "DE89370400440532013000", got.IBAN)

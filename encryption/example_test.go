@@ -39,7 +39,7 @@ func ExampleWrap() {
 
 	before, _ := encryption.NewKeyring(key1)
 	sessions, _ := typed.New[Session](cache, &typed.Config[Session]{Codec: encryption.Wrap(codec.JSON[Session](), before)})
-	_ = sessions.Set(ctx, "session:abc", Session{UserID: 42, Token: "t0k3n"}, dbcache.TTL(time.Hour))
+	_ = sessions.Set(ctx, "session:abc", Session{UserID: 42, Token: "t0k3n"}, dbcache.ExpiresIn(time.Hour))
 
 	// Rotation: key 2 appended, so it encrypts new writes; key 1 still reads.
 	after, _ := encryption.NewKeyring(key1, key2)

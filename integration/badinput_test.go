@@ -151,7 +151,7 @@ func requireWorks(t *testing.T, c *dbcache.Cache, key, name string) {
 	v, err = c.GetOrSet(ctx, key, []byte("w"), dbcache.Forever)
 	require.NoError(t, err, name)
 	require.Equal(t, "v", string(v), name)
-	ok, err = c.Touch(ctx, key, dbcache.TTL(time.Hour))
+	ok, err = c.Touch(ctx, key, dbcache.ExpiresIn(time.Hour))
 	require.NoError(t, err, name)
 	require.True(t, ok, name)
 	got, err := c.GetMany(ctx, []string{key, "other"})
@@ -386,11 +386,11 @@ func TestBadInputTimeouts(t *testing.T) {
 		want expiry
 	}{
 		{"forever", dbcache.Forever, never},
-		{"max", dbcache.TTL(math.MaxInt64), far},
-		{"1ns", dbcache.TTL(1), expired}, // rounds up to 1µs, long gone by the next statement
-		{"0", dbcache.TTL(0), expired},
-		{"-1ns", dbcache.TTL(-1), expired},
-		{"min", dbcache.TTL(math.MinInt64), expired},
+		{"max", dbcache.ExpiresIn(math.MaxInt64), far},
+		{"1ns", dbcache.ExpiresIn(1), expired}, // rounds up to 1µs, long gone by the next statement
+		{"0", dbcache.ExpiresIn(0), expired},
+		{"-1ns", dbcache.ExpiresIn(-1), expired},
+		{"min", dbcache.ExpiresIn(math.MinInt64), expired},
 	}
 	requireExpiry := func(key string, want expiry, name string) {
 		t.Helper()
@@ -434,7 +434,7 @@ func TestBadInputTimeouts(t *testing.T) {
 		require.Empty(t, failed)
 		requireExpiry("many "+tc.name, tc.want, tc.name)
 
-		require.NoError(t, c.Set(ctx, "touch "+tc.name, []byte("v"), dbcache.TTL(time.Hour)))
+		require.NoError(t, c.Set(ctx, "touch "+tc.name, []byte("v"), dbcache.ExpiresIn(time.Hour)))
 		ok, err = c.Touch(ctx, "touch "+tc.name, tc.to)
 		require.NoError(t, err, tc.name)
 		require.True(t, ok, "%s: touch of a live entry", tc.name)

@@ -97,7 +97,7 @@ func newInstance(t *testing.T, cfg *pgxpool.Config, app string, ccfg culling.Con
 	var err error
 	in.culler, err = culling.New(in.pool, &ccfg)
 	require.NoError(t, err)
-	in.cache, _ = cacheOn(t, in.pool, &dbcache.Config{OnWrite: in.culler.NoteWrites, DefaultTimeout: dbcache.TTL(time.Hour)})
+	in.cache, _ = cacheOn(t, in.pool, &dbcache.Config{OnWrite: in.culler.NoteWrites, DefaultTimeout: dbcache.ExpiresIn(time.Hour)})
 	require.NoError(t, in.culler.Start(context.Background()))
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -131,7 +131,7 @@ func TestSharingCullersOneAtATime(t *testing.T) {
 					key := fmt.Sprintf("i%d-w%d-%d", i, w, n)
 					to := dbcache.DefaultTimeout
 					if n%5 == 0 {
-						to = dbcache.TTL(-time.Second) // an expired row for the sweep
+						to = dbcache.ExpiresIn(-time.Second) // an expired row for the sweep
 					}
 					if err := in.cache.Set(ctx, key, []byte(key), to); err != nil {
 						t.Errorf("set: %v", err)
@@ -205,7 +205,7 @@ func TestFaultCullerSurvivesRestart(t *testing.T) {
 			return err
 		})
 		eventually(t, "add expired rows", func() error {
-			_, err := in.cache.SetMany(ctx, map[string][]byte{prefix + "expired-1": nil, prefix + "expired-2": nil}, dbcache.TTL(-time.Minute))
+			_, err := in.cache.SetMany(ctx, map[string][]byte{prefix + "expired-1": nil, prefix + "expired-2": nil}, dbcache.ExpiresIn(-time.Minute))
 			return err
 		})
 	}

@@ -471,7 +471,10 @@ func TestFaultStatementTimeout(t *testing.T) {
 		"set":    func(ctx context.Context) error { return b.cache.Set(ctx, "k", []byte("2"), dbcache.Forever) },
 		"incr":   func(ctx context.Context) error { _, err := b.cache.Incr(ctx, "k", 1); return err },
 		"delete": func(ctx context.Context) error { _, err := b.cache.Delete(ctx, "k"); return err },
-		"touch":  func(ctx context.Context) error { _, err := b.cache.Touch(ctx, "k", dbcache.TTL(time.Hour)); return err },
+		"touch": func(ctx context.Context) error {
+			_, err := b.cache.Touch(ctx, "k", dbcache.ExpiresIn(time.Hour))
+			return err
+		},
 		"set_many": func(ctx context.Context) error {
 			_, err := b.cache.SetMany(ctx, map[string][]byte{"a": nil, "k": nil}, dbcache.Forever)
 			return err

@@ -84,7 +84,7 @@ func TestSecurityAppRoleDMLOnly(t *testing.T) {
 	ok, err := c.Add(ctx, "k", []byte("w"), dbcache.Forever)
 	require.NoError(t, err)
 	require.False(t, ok)
-	ok, err = c.Add(ctx, "n", []byte("1"), dbcache.TTL(time.Hour))
+	ok, err = c.Add(ctx, "n", []byte("1"), dbcache.ExpiresIn(time.Hour))
 	require.NoError(t, err)
 	require.True(t, ok)
 	n, err := c.Incr(ctx, "n", 41)
@@ -162,7 +162,7 @@ func TestSecurityReadOnlyRole(t *testing.T) {
 		"set":          func() error { return ro.Set(ctx, "k", []byte("8"), dbcache.Forever) },
 		"add":          func() error { _, err := ro.Add(ctx, "new", nil, dbcache.Forever); return err },
 		"get_or_set":   func() error { _, err := ro.GetOrSet(ctx, "new", []byte("x"), dbcache.Forever); return err },
-		"touch":        func() error { _, err := ro.Touch(ctx, "k", dbcache.TTL(time.Second)); return err },
+		"touch":        func() error { _, err := ro.Touch(ctx, "k", dbcache.ExpiresIn(time.Second)); return err },
 		"delete":       func() error { _, err := ro.Delete(ctx, "k"); return err },
 		"incr":         func() error { _, err := ro.Incr(ctx, "k", 1); return err },
 		"decr":         func() error { _, err := ro.Decr(ctx, "k", 1); return err },

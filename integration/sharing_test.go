@@ -63,7 +63,7 @@ func TestSharingAddRace(t *testing.T) {
 
 	// Half the keys start with an expired entry, which an Add takes over.
 	for k := 0; k < keys; k += 2 {
-		require.NoError(t, b.caches[k%2].Set(ctx, "add-"+strconv.Itoa(k), []byte("stale"), dbcache.TTL(-time.Second)))
+		require.NoError(t, b.caches[k%2].Set(ctx, "add-"+strconv.Itoa(k), []byte("stale"), dbcache.ExpiresIn(-time.Second)))
 	}
 	var (
 		mu      sync.Mutex
@@ -142,7 +142,7 @@ func TestSharingGetOrSetConvergence(t *testing.T) {
 
 	// Some keys start with an expired entry: never returned, taken over.
 	for k := 0; k < keys; k += 3 {
-		require.NoError(t, b.caches[0].Set(ctx, "gos-"+strconv.Itoa(k), []byte("stale"), dbcache.TTL(-time.Second)))
+		require.NoError(t, b.caches[0].Set(ctx, "gos-"+strconv.Itoa(k), []byte("stale"), dbcache.ExpiresIn(-time.Second)))
 	}
 	var (
 		mu    sync.Mutex

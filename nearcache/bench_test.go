@@ -20,7 +20,7 @@ func BenchmarkGet(b *testing.B) {
 	ctx := context.Background()
 	const keys = 100
 	for i := range keys {
-		if err := p.near.Set(ctx, "k"+strconv.Itoa(i), make([]byte, 100), dbcache.TTL(time.Hour)); err != nil {
+		if err := p.near.Set(ctx, "k"+strconv.Itoa(i), make([]byte, 100), dbcache.ExpiresIn(time.Hour)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -75,7 +75,7 @@ type Config struct {
 
 	// MakeKey makes the stored key of a caller key as the Store does, so
 	// the feed's stored keys find the local copies. Defaults to the Store's
-	// own MakeKey method (a *dbcache.Cache has one); a Store without one
+	// dbcache.KeyMaker (a *dbcache.Cache is one); a Store without one
 	// needs it set.
 	MakeKey func(key string) string
 

@@ -30,15 +30,19 @@
 //
 // # What is served from memory
 //
-// Get, GetWithTTL, HasKey, GetMany, GetOrSet and GetOrSetFunc are answered
-// from a copy when one is held (a hit), else by the store, and Get,
-// GetWithTTL and GetMany keep a copy of what they read when the checks
-// below allow. Every write through the layer is the store's, after which
-// the written keys' copies are dropped (a Set keeps the value it wrote,
-// unless another write of the key through the layer was in flight), so a
-// process reads its own writes at once: with no other writer, its next
-// read of a key after its writes of it have returned is what the database
-// holds, whatever their interleaving. TTL and Keys are the store's.
+// Get, GetWithTTL, HasKey, GetMany, GetOrSet, GetOrSetFunc and
+// GetOrRevalidate (while the copy is fresh) are answered from a copy when
+// one is held (a hit), else by the store, and Get, GetWithTTL and GetMany
+// keep a copy of what they read when the checks below allow. Every write
+// through the layer is the store's, after which the written keys' copies
+// are dropped (a Set keeps the value it wrote, unless another write of the
+// key through the layer was in flight), so a process reads its own writes
+// at once: with no other writer, its next read of a key after its writes
+// of it have returned is what the database holds, whatever their
+// interleaving. TTL and Keys are the store's. The near cache is a
+// dbcache.Store with the capabilities it serves through its store
+// (TTLReader, KeyLister, Versioner, Loader), which New requires of it; it
+// passes storetest's suite.
 //
 // A copy never outlives its entry: it is read with its remaining lifetime
 // by the database's clock and expires that long after the read began, by

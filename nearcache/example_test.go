@@ -47,7 +47,7 @@ func Example() {
 	}
 	defer near.Close()
 
-	if err := near.Set(ctx, "greeting", []byte("hello"), dbcache.TTL(time.Hour)); err != nil {
+	if err := near.Set(ctx, "greeting", []byte("hello"), dbcache.ExpiresIn(time.Hour)); err != nil {
 		log.Fatal(err)
 	}
 	// The first read fills the copy; the next ones are served from memory

@@ -23,6 +23,7 @@ import (
 type Cache struct {
 	store   dbcache.Store
 	reader  dbcache.SnapshotReader
+	caps    capabilities
 	cfg     Config
 	makeKey func(string) string
 	target  target
@@ -44,14 +45,16 @@ type Cache struct {
 	panicLog sync.Once
 }
 
-var _ dbcache.Store = (*Cache)(nil)
-
 // New returns a near cache in front of store, whose table is on pool's
 // database (pool runs the layer's heartbeats and checks; store's own
 // operations run as store runs them, on the same server). store must be a
 // dbcache.SnapshotReader (a *dbcache.Cache is): the layer keeps a copy
 // only when the snapshot of the statement that read it proves it saw
-// every change the feed delivered. New checks what the feed needs and
+// every change the feed delivered. It must also have the capabilities the
+// layer serves through it (dbcache.TTLReader, KeyLister, Versioner and
+// Loader) and make keys (a dbcache.KeyMaker, or Config.MakeKey); a
+// *dbcache.Cache does, and the error names what another store lacks. New
+// checks what the feed needs and
 // returns one clear error if the server cannot give it: ErrUnsupported
 // (wal_level is not logical, the table is UNLOGGED, PostgreSQL before
 // 14), ErrNoPublication (run Setup), ErrNoReplication (the feed's role
@@ -70,15 +73,19 @@ func New(ctx context.Context, store dbcache.Store, pool *pgxpool.Pool, cfg *Conf
 	}
 	makeKey := c.MakeKey
 	if makeKey == nil {
-		mk, ok := store.(interface{ MakeKey(string) string })
+		mk, ok := store.(dbcache.KeyMaker)
 		if !ok {
-			return nil, fmt.Errorf("nearcache: the store (%T) has no MakeKey method: set Config.MakeKey", store)
+			return nil, fmt.Errorf("nearcache: the store (%T) is not a dbcache.KeyMaker: set Config.MakeKey", store)
 		}
 		makeKey = mk.MakeKey
 	}
 	reader, ok := store.(dbcache.SnapshotReader)
 	if !ok {
 		return nil, fmt.Errorf("nearcache: the store (%T) does not return its reads' snapshots (dbcache.SnapshotReader), which the layer needs to prove a copy is not older than a change; put the near cache directly in front of a *dbcache.Cache", store)
+	}
+	caps, err := capabilitiesOf(store)
+	if err != nil {
+		return nil, err
 	}
 	t, err := resolve(ctx, pool, c.Schema)
 	if err != nil {
@@ -113,7 +120,7 @@ func New(ctx context.Context, store dbcache.Store, pool *pgxpool.Pool, cfg *Conf
 	if err != nil {
 		return nil, fmt.Errorf("nearcache: %w", err)
 	}
-	nc := &Cache{store: store, reader: reader, cfg: c, makeKey: makeKey, target: t, local: l, base: time.Now(), flights: map[string]*flight{}}
+	nc := &Cache{store: store, reader: reader, caps: caps, cfg: c, makeKey: makeKey, target: t, local: l, base: time.Now(), flights: map[string]*flight{}}
 	nc.feed = newFeed(nc, pool, repl)
 	bg, cancel := context.WithCancel(context.Background())
 	nc.cancel = cancel
@@ -259,7 +266,7 @@ func (c *Cache) read(ctx context.Context, key, mk string) ([]byte, dbcache.Timeo
 	if d, ok := ttl.Duration(); ok {
 		// Counted down from the read's start, for a caller that joined
 		// later: never longer than the database's.
-		ttl = dbcache.TTL(max(time.Until(f.start.Add(d)), time.Microsecond))
+		ttl = dbcache.ExpiresIn(max(time.Until(f.start.Add(d)), time.Microsecond))
 	}
 	return clone(f.v), ttl, nil
 }
@@ -359,7 +366,7 @@ func (c *Cache) storeRead(ctx context.Context, key string, snapshot bool) (v []b
 	if snapshot {
 		return c.reader.GetWithSnapshot(ctx, key)
 	}
-	v, ttl, err = c.store.GetWithTTL(ctx, key)
+	v, ttl, err = c.caps.ttl.GetWithTTL(ctx, key)
 	return v, ttl, dbcache.Snapshot{}, err
 }
 
@@ -369,7 +376,7 @@ func remaining(e *entry, now time.Time) dbcache.Timeout {
 	if e.expires.IsZero() {
 		return dbcache.Forever
 	}
-	return dbcache.TTL(max(e.expires.Sub(now), time.Microsecond))
+	return dbcache.ExpiresIn(max(e.expires.Sub(now), time.Microsecond))
 }
 
 // Get returns key's value: the local copy when there is one the feed has
@@ -514,19 +521,32 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 	return v, err
 }
 
-// GetOrSetFunc returns a coherent local copy when there is one (for a
-// dbcache.Revalidate timeout, only while the copy is fresh, so that the
-// store refreshes stale entries as it would without the layer); otherwise
+// GetOrSetFunc returns a coherent local copy when there is one; otherwise
 // it is the store's GetOrSetFunc, with its stampede protection, a write of
 // the key through the layer (the key's copy is dropped when it returns).
-func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) ([]byte, error), timeout dbcache.Timeout) ([]byte, error) {
+func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load dbcache.LoadFunc, timeout dbcache.Timeout) ([]byte, error) {
+	return c.getOrLoad(ctx, key, 0, false, func() ([]byte, error) {
+		return c.caps.loader.GetOrSetFunc(ctx, key, load, timeout)
+	})
+}
+
+// GetOrRevalidate returns a coherent local copy while it is fresh (more
+// than stale of its lifetime left), so that the store refreshes stale
+// entries as it would without the layer; otherwise it is the store's
+// GetOrRevalidate, a write of the key through the layer.
+func (c *Cache) GetOrRevalidate(ctx context.Context, key string, load dbcache.LoadFunc, fresh, stale time.Duration) ([]byte, error) {
+	return c.getOrLoad(ctx, key, stale, true, func() ([]byte, error) {
+		return c.caps.loader.GetOrRevalidate(ctx, key, load, fresh, stale)
+	})
+}
+
+func (c *Cache) getOrLoad(ctx context.Context, key string, stale time.Duration, swr bool, viaStore func() ([]byte, error)) ([]byte, error) {
 	if c.closed.Load() {
 		return nil, dbcache.ErrClosed
 	}
 	mk := c.makeKey(key)
 	now := time.Now()
 	if e, ok := c.lookup(mk, now); ok {
-		stale, swr := timeout.Stale()
 		if !swr || e.expires.IsZero() || e.expires.Sub(now) > stale {
 			c.traceRead(ctx, dbcache.OpGetOrSet, 1, 0)
 			return clone(e.value), nil
@@ -534,7 +554,7 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load func(context.
 	}
 	c.traceRead(ctx, dbcache.OpGetOrSet, 0, 1)
 	done := c.writing(mk)
-	v, err := c.store.GetOrSetFunc(ctx, key, load, timeout)
+	v, err := viaStore()
 	done()
 	return v, err
 }
@@ -698,7 +718,7 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 		return 0, dbcache.ErrClosed
 	}
 	done := c.writing(c.makeKey(key))
-	v, err := c.store.IncrVersion(ctx, key, delta)
+	v, err := c.caps.versions.IncrVersion(ctx, key, delta)
 	done()
 	return v, err
 }
@@ -710,7 +730,7 @@ func (c *Cache) DecrVersion(ctx context.Context, key string, delta int) (int, er
 		return 0, dbcache.ErrClosed
 	}
 	done := c.writing(c.makeKey(key))
-	v, err := c.store.DecrVersion(ctx, key, delta)
+	v, err := c.caps.versions.DecrVersion(ctx, key, delta)
 	done()
 	return v, err
 }
@@ -749,7 +769,7 @@ func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int, error) {
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
-	n, err := c.store.DeletePrefix(ctx, prefix)
+	n, err := c.caps.lister.DeletePrefix(ctx, prefix)
 	dropped := c.local.invalidatePrefix(c.makeKey(prefix))
 	c.sealAll(c.makeKey(prefix))
 	c.cnt.invalidations.Add(int64(dropped))
@@ -780,7 +800,7 @@ func (c *Cache) TTL(ctx context.Context, key string) (dbcache.Timeout, error) {
 	if c.closed.Load() {
 		return dbcache.Timeout{}, dbcache.ErrClosed
 	}
-	return c.store.TTL(ctx, key)
+	return c.caps.ttl.TTL(ctx, key)
 }
 
 // Keys is the store's Keys.
@@ -788,5 +808,5 @@ func (c *Cache) Keys(ctx context.Context, prefix string) iter.Seq2[string, error
 	if c.closed.Load() {
 		return func(yield func(string, error) bool) { yield("", dbcache.ErrClosed) }
 	}
-	return c.store.Keys(ctx, prefix)
+	return c.caps.lister.Keys(ctx, prefix)
 }

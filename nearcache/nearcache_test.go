@@ -47,10 +47,10 @@ func TestWriteInvalidatesOtherProcess(t *testing.T) {
 	e := newEnv(t, nil)
 	a, b := e.proc(t, steady()), e.proc(t, steady())
 	ctx := ctxT(t)
-	require.NoError(t, a.near.Set(ctx, "k", []byte("v1"), dbcache.TTL(time.Hour)))
+	require.NoError(t, a.near.Set(ctx, "k", []byte("v1"), dbcache.ExpiresIn(time.Hour)))
 	b.warm(t, "k", "v1")
 
-	require.NoError(t, a.near.Set(ctx, "k", []byte("v2"), dbcache.TTL(time.Hour)))
+	require.NoError(t, a.near.Set(ctx, "k", []byte("v2"), dbcache.ExpiresIn(time.Hour)))
 	eventually(t, "b's feed invalidates k", func() bool { return b.trace.invalidated(madeKey("k")) >= 2 })
 	v, hit := b.hit(t, "k")
 	require.Equal(t, "v2", string(v))
@@ -179,7 +179,7 @@ func TestReadOwnWrites(t *testing.T) {
 			return err
 		}, "2"},
 		{"decr", func() error { _, err := a.near.Decr(ctx, "k", 2); return err }, "0"},
-		{"touch", func() error { _, err := a.near.Touch(ctx, "k", dbcache.TTL(-1)); return err }, ""},
+		{"touch", func() error { _, err := a.near.Touch(ctx, "k", dbcache.ExpiresIn(-1)); return err }, ""},
 		{"get_or_set", func() error { _, err := a.near.GetOrSet(ctx, "k", []byte("v5"), dbcache.Forever); return err }, "v5"},
 		{"delete_many", func() error { _, err := a.near.DeleteMany(ctx, []string{"k"}); return err }, ""},
 		{"get_or_set_func", func() error {
@@ -277,7 +277,7 @@ func TestExpiryClearDeletePrefix(t *testing.T) {
 	a, b := e.proc(t, steady()), e.proc(t, steady())
 	ctx := ctxT(t)
 
-	require.NoError(t, a.near.Set(ctx, "short", []byte("v"), dbcache.TTL(700*time.Millisecond)))
+	require.NoError(t, a.near.Set(ctx, "short", []byte("v"), dbcache.ExpiresIn(700*time.Millisecond)))
 	b.warm(t, "short", "v")
 	_, ttl, err := b.near.GetWithTTL(ctx, "short")
 	require.NoError(t, err)
@@ -344,7 +344,7 @@ func TestReadsFromMemory(t *testing.T) {
 	e := newEnv(t, nil)
 	a := e.proc(t, steady())
 	ctx := ctxT(t)
-	require.NoError(t, a.near.Set(ctx, "k", []byte("v"), dbcache.TTL(time.Hour)))
+	require.NoError(t, a.near.Set(ctx, "k", []byte("v"), dbcache.ExpiresIn(time.Hour)))
 	a.warm(t, "k", "v")
 	hits := func() int64 { return a.near.Stats().Hits }
 
@@ -398,18 +398,18 @@ func TestReadsFromMemory(t *testing.T) {
 	require.Equal(t, "v", string(v))
 	loads := 0
 	load := func(context.Context) ([]byte, error) { loads++; return []byte("loaded"), nil }
-	v, err = a.near.GetOrSetFunc(ctx, "k", load, dbcache.TTL(time.Hour))
+	v, err = a.near.GetOrSetFunc(ctx, "k", load, dbcache.ExpiresIn(time.Hour))
 	require.NoError(t, err)
 	require.Equal(t, "v", string(v))
 	require.Zero(t, loads)
 	require.Equal(t, h+2, hits())
 
-	// A Revalidate entry in its stale period goes to the store, which
+	// An entry in GetOrRevalidate's stale period (here an hour's entry
+	// with an hour of staleness: stale at once) goes to the store, which
 	// returns it and refreshes it in the background.
-	require.NoError(t, a.near.Set(ctx, "swr", []byte("old"), dbcache.Revalidate(time.Millisecond, time.Hour)))
-	time.Sleep(5 * time.Millisecond)
+	require.NoError(t, a.near.Set(ctx, "swr", []byte("old"), dbcache.ExpiresIn(time.Hour)))
 	h = hits()
-	v, err = a.near.GetOrSetFunc(ctx, "swr", load, dbcache.Revalidate(time.Millisecond, time.Hour))
+	v, err = a.near.GetOrRevalidate(ctx, "swr", load, time.Millisecond, time.Hour)
 	require.NoError(t, err)
 	require.Equal(t, "old", string(v))
 	require.Equal(t, h, hits(), "not served from memory while stale")
@@ -422,7 +422,7 @@ func TestReadsFromMemory(t *testing.T) {
 	type user struct{ Name string }
 	users, err := typed.New[user](a.near, nil)
 	require.NoError(t, err)
-	require.NoError(t, users.Set(ctx, "u", user{"Ada"}, dbcache.TTL(time.Hour)))
+	require.NoError(t, users.Set(ctx, "u", user{"Ada"}, dbcache.ExpiresIn(time.Hour)))
 	h = hits()
 	u, err := users.Get(ctx, "u")
 	require.NoError(t, err)

@@ -23,8 +23,8 @@
 // is also the span's error.type attribute; an error that Config.FailOpen
 // swallowed is an event "dbcache.fail_open" with that code as its
 // error.type, and the status stays unset. Each loader run of
-// GetOrSetFunc is a span "dbcache load" (attribute dbcache.refresh for a
-// stale-while-revalidate refresh), a child of the operation's span (a
+// GetOrSetFunc and GetOrRevalidate is a span "dbcache load" (attribute
+// dbcache.refresh for a stale-while-revalidate refresh), a child of the operation's span (a
 // refresh's outlives it).
 //
 // # Keys and values

@@ -83,7 +83,9 @@ SELECT ':1:k' || i, $1::bytea, now() + interval '1 day' FROM generate_series(0, 
 			}
 		}},
 		{"set", func(c *dbcache.Cache) benchpair.Op {
-			return func(ctx context.Context, i int) error { return c.Set(ctx, keys[i%n], value, dbcache.TTL(time.Hour)) }
+			return func(ctx context.Context, i int) error {
+				return c.Set(ctx, keys[i%n], value, dbcache.ExpiresIn(time.Hour))
+			}
 		}},
 		{"get_many_100", func(c *dbcache.Cache) benchpair.Op {
 			return func(ctx context.Context, i int) error { _, err := c.GetMany(ctx, batches[i%len(batches)]); return err }

@@ -21,8 +21,8 @@
 //	dbcache_operation_keys_total{op, outcome}  keys; outcome: hit, miss, stored, not_stored
 //	dbcache_operation_errors_total{op, kind}   errors by kind (see ErrorKind)
 //	dbcache_operation_duration_seconds{op}     histogram of each operation's wall time
-//	dbcache_loads_total{trigger, result}       GetOrSetFunc loader runs; trigger: miss,
-//	                                           refresh; result: ok, error, panic
+//	dbcache_loads_total{trigger, result}       loader runs (GetOrSetFunc, GetOrRevalidate);
+//	                                           trigger: miss, refresh; result: ok, error, panic
 //	dbcache_load_duration_seconds{trigger}     histogram of loader runs
 //	dbcache_cull_passes_total{result}          culling passes; result: done, skipped, error
 //	dbcache_cull_rows_removed_total{reason}    rows removed; reason: expired, culled

@@ -3,12 +3,9 @@ package sharded
 import (
 	"context"
 	"errors"
-	"fmt"
 	"iter"
 	"slices"
-	"strings"
 	"sync"
-	"unicode/utf8"
 
 	"github.com/dbcache/dbcache/dbcache"
 )
@@ -67,36 +64,15 @@ func (c *Cache) split(keys []string) []part {
 // validate refuses, before any part runs, a key its shard's cache would
 // refuse, so that a bulk write with a bad key changes nothing, as on one
 // server: a made key PostgreSQL cannot store, and a key memcached could
-// not store when the shard's KeyCheck is KeyCheckError (asked of a Cache
-// given to New, whose KeyCheck is not known here; under KeyCheckWarn that
-// logs the key's warning here as well as in its shard).
+// not store when the shard's KeyCheck is KeyCheckError (see checkOnShard).
 func (c *Cache) validate(ctx context.Context, keys []string) error {
 	for _, k := range keys {
 		mk := c.MakeKey(k)
-		reason := ""
-		switch {
-		case !utf8.ValidString(mk):
-			reason = "not valid UTF-8 (PostgreSQL text cannot hold it)"
-		case strings.IndexByte(mk, 0) >= 0:
-			reason = "contains a NUL byte (PostgreSQL text cannot hold it)"
-		case len(mk) > dbcache.MaxKeyBytes:
-			reason = fmt.Sprintf("%d bytes with the key prefix and version, over the %d-byte limit", len(mk), dbcache.MaxKeyBytes)
+		err := (dbcache.KeyValidator{Check: dbcache.KeyCheckOff}).Validate(ctx, mk)
+		if err == nil && len(dbcache.KeyWarnings(mk)) > 0 {
+			err = c.checkOnShard(ctx, c.shardFor(k), mk)
 		}
-		if reason != "" {
-			return &dbcache.InvalidKeyError{Key: k, MadeKey: mk, Reason: reason}
-		}
-		if !memcachedUnsafe(mk) {
-			continue
-		}
-		x := c.shardFor(k)
-		if !x.given && x.cfg.KeyCheck != dbcache.KeyCheckError {
-			continue
-		}
-		sc := x.cur.Load()
-		if sc == nil {
-			continue // not open: its part fails, or is skipped, as a whole
-		}
-		if err := c.view(sc).ValidateKey(ctx, mk); err != nil {
+		if err != nil {
 			var ik *dbcache.InvalidKeyError
 			if errors.As(err, &ik) {
 				ik.Key = k
@@ -107,19 +83,22 @@ func (c *Cache) validate(ctx context.Context, keys []string) error {
 	return nil
 }
 
-// memcachedUnsafe reports whether dbcache's KeyCheck would have something
-// to say about a made key: over 250 characters, or a space or control
-// character.
-func memcachedUnsafe(mk string) bool {
-	if utf8.RuneCountInString(mk) > dbcache.MemcachedMaxKeyLength {
-		return true
-	}
-	for _, r := range mk {
-		if r < 33 || r == 127 {
-			return true
+// checkOnShard is a key memcached could not store, mk, checked as shard x
+// checks it: refused under x's KeyCheckError; asked of x's cache when the
+// Cache was given to New (its KeyCheck is not known here: under
+// KeyCheckWarn that logs the key's warning here as well as in its shard).
+func (c *Cache) checkOnShard(ctx context.Context, x *shard, mk string) error {
+	if !x.given {
+		if x.cfg.KeyCheck != dbcache.KeyCheckError {
+			return nil
 		}
+		return (dbcache.KeyValidator{Check: dbcache.KeyCheckError}).Validate(ctx, mk)
 	}
-	return false
+	sc := x.cur.Load()
+	if sc == nil {
+		return nil // not open: its part fails, or is skipped, as a whole
+	}
+	return c.view(sc).ValidateKey(ctx, mk)
 }
 
 // GetMany returns the live entries among keys, keyed by the caller's

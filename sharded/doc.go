@@ -29,9 +29,14 @@
 //
 // # The API
 //
-// *Cache implements dbcache.Store, the API of a single cache, so the
-// typed layer, metrics and the CLI work over it unchanged; WithVersion is
-// Django's version argument as on a single cache. The shard is picked from
+// *Cache implements dbcache.Store, the API of a single cache, and every
+// optional capability of a single cache that several servers can give
+// (dbcache.TTLReader, KeyLister, Versioner, KeyMaker and Loader, each
+// served by the key's shard or, for Keys and DeletePrefix, by every
+// shard), so the typed layer, metrics and the CLI work over it unchanged
+// and storetest's suite passes on it; not the snapshot-carrying read,
+// since a snapshot belongs to one server. WithVersion is Django's version
+// argument as on a single cache. The shard is picked from
 // the key prefix and the caller's key, never the version, so both versions
 // of IncrVersion are on one server and it stays one statement; two caches
 // with different key prefixes over the same servers spread independently.

@@ -42,7 +42,7 @@ func Example() {
 		items[k] = []byte("profile of " + k)
 	}
 	// One statement per shard, all at once.
-	if failed, err := cache.SetMany(ctx, items, dbcache.TTL(time.Hour)); err != nil {
+	if failed, err := cache.SetMany(ctx, items, dbcache.ExpiresIn(time.Hour)); err != nil {
 		log.Fatal(failed, err)
 	}
 	for _, k := range []string{"user:1", "user:2", "user:3", "user:4"} {

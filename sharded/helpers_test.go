@@ -145,7 +145,7 @@ func mustShardError(t *testing.T, err error, name string) *sharded.ShardError {
 	return se
 }
 
-var ttl = dbcache.TTL(time.Hour)
+var ttl = dbcache.ExpiresIn(time.Hour)
 
 // quiet is a logger for examples, whose output is compared.
 var quiet = slog.New(slog.DiscardHandler)

@@ -2,6 +2,7 @@ package sharded
 
 import (
 	"context"
+	"time"
 
 	"github.com/dbcache/dbcache/dbcache"
 )
@@ -119,10 +120,24 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 // protection: the loader of a missing key runs once across the goroutines
 // of this process and, through an advisory lock on the key's server, once
 // across processes.
-func (c *Cache) GetOrSetFunc(ctx context.Context, key string, f func(context.Context) ([]byte, error), timeout dbcache.Timeout) ([]byte, error) {
-	failedOpen := func() ([]byte, error) { return load(ctx, f) }
+func (c *Cache) GetOrSetFunc(ctx context.Context, key string, f dbcache.LoadFunc, timeout dbcache.Timeout) ([]byte, error) {
+	// Under FailOpen on a shard that could not be opened, the loader's
+	// value is returned and nothing stored; its error or panic reads as
+	// the shard cache's would.
+	failedOpen := func() ([]byte, error) { return dbcache.RunLoader(ctx, f) }
 	return onShard(ctx, c, key, dbcache.OpGetOrSet, failedOpen, func(sc *dbcache.Cache) ([]byte, error) {
 		return sc.GetOrSetFunc(ctx, key, f, timeout)
+	})
+}
+
+// GetOrRevalidate is GetOrSetFunc with stale-while-revalidate, as the
+// shard's cache runs it (see dbcache.Cache.GetOrRevalidate): one
+// background refresh of a stale entry across processes, on the key's
+// server.
+func (c *Cache) GetOrRevalidate(ctx context.Context, key string, f dbcache.LoadFunc, fresh, stale time.Duration) ([]byte, error) {
+	failedOpen := func() ([]byte, error) { return dbcache.RunLoader(ctx, f) }
+	return onShard(ctx, c, key, dbcache.OpGetOrSet, failedOpen, func(sc *dbcache.Cache) ([]byte, error) {
+		return sc.GetOrRevalidate(ctx, key, f, fresh, stale)
 	})
 }
 

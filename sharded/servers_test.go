@@ -160,7 +160,7 @@ func TestThreeServers(t *testing.T) {
 	for _, k := range someKeys("old", 90) {
 		expired[k] = nil
 	}
-	_, err = c.SetMany(ctx, expired, dbcache.TTL(-time.Second))
+	_, err = c.SetMany(ctx, expired, dbcache.ExpiresIn(-time.Second))
 	require.NoError(t, err)
 	var removed int64
 	for _, name := range names {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -85,7 +84,19 @@ type Cache struct {
 	versioned bool
 }
 
-var _ dbcache.Store = (*Cache)(nil)
+// Every capability of a single cache that several servers can give: each
+// is served by the key's shard (or by every shard, for Keys and
+// DeletePrefix), whose cache is a *dbcache.Cache, so the sharded cache has
+// them whatever its shards. Not dbcache.SnapshotReader: a snapshot belongs
+// to one server.
+var (
+	_ dbcache.Store     = (*Cache)(nil)
+	_ dbcache.TTLReader = (*Cache)(nil)
+	_ dbcache.KeyLister = (*Cache)(nil)
+	_ dbcache.Versioner = (*Cache)(nil)
+	_ dbcache.KeyMaker  = (*Cache)(nil)
+	_ dbcache.Loader    = (*Cache)(nil)
+)
 
 // state is what every view of one sharded cache shares.
 type state struct {
@@ -369,7 +380,7 @@ func keyFuncOf(c dbcache.Config) dbcache.KeyFunc {
 }
 
 func versionOf(c dbcache.Config) int {
-	if c.Version != 0 {
+	if c.Version != 0 || c.VersionZero {
 		return c.Version
 	}
 	return dbcache.VersionDefault
@@ -614,6 +625,27 @@ func (c *Cache) Version() int {
 // shard makes it.
 func (c *Cache) MakeKey(key string) string { return c.s.makeKey(key, c.Version()) }
 
+// ValidateKey checks a made key as the shards' caches check the keys they
+// are given: an error matching dbcache.ErrInvalidKey for a key PostgreSQL
+// cannot store, or for one memcached could not store when a shard's
+// KeyCheck is KeyCheckError. A made key does not say which shard holds
+// it, so a shard that would refuse it is enough. (The operations check
+// the key on its own shard: see each's doc.)
+func (c *Cache) ValidateKey(ctx context.Context, madeKey string) error {
+	if err := (dbcache.KeyValidator{Check: dbcache.KeyCheckOff}).Validate(ctx, madeKey); err != nil {
+		return err
+	}
+	if len(dbcache.KeyWarnings(madeKey)) == 0 {
+		return nil
+	}
+	for _, x := range c.s.shards {
+		if err := c.checkOnShard(ctx, x, madeKey); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Stats returns the shards' counters added up, with the operations this
 // package failed open itself (on a shard that was never opened).
 func (c *Cache) Stats() dbcache.Stats {
@@ -722,20 +754,4 @@ func (c *Cache) degrade(ctx context.Context, x *shard, op string, err error) boo
 			"shard", x.name, "op", op, "failures", pending, "error", err)
 	}
 	return true
-}
-
-// load runs a loader for GetOrSetFunc on a shard that could not be opened,
-// under FailOpen: its value is returned and nothing stored, and its error
-// or panic reads as the shard cache's would.
-func load(ctx context.Context, f func(context.Context) ([]byte, error)) (v []byte, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			v, err = nil, &dbcache.LoaderPanicError{Value: r, Stack: debug.Stack()}
-		}
-	}()
-	v, err = f(ctx)
-	if err != nil {
-		return nil, &dbcache.LoaderError{Err: err}
-	}
-	return v, nil
 }

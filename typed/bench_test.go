@@ -85,7 +85,7 @@ func BenchmarkTyped(b *testing.B) {
 			}
 		}
 		for i := range n {
-			if err := profiles.Set(ctx, keys[i], values[i], dbcache.TTL(time.Hour)); err != nil {
+			if err := profiles.Set(ctx, keys[i], values[i], dbcache.ExpiresIn(time.Hour)); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -100,10 +100,10 @@ func BenchmarkTyped(b *testing.B) {
 			b.Run(fmt.Sprintf("%s/set/g=%d", name, g), func(b *testing.B) {
 				benchpair.Run(b, g,
 					func(ctx context.Context, i int) error {
-						return profiles.Set(ctx, keys[i%n], values[i%n], dbcache.TTL(time.Hour))
+						return profiles.Set(ctx, keys[i%n], values[i%n], dbcache.ExpiresIn(time.Hour))
 					},
 					func(ctx context.Context, i int) error {
-						return store.Set(ctx, keys[i%n], raw[i%n], dbcache.TTL(time.Hour))
+						return store.Set(ctx, keys[i%n], raw[i%n], dbcache.ExpiresIn(time.Hour))
 					},
 				).Report(b, "raw")
 				reportLoad(b)

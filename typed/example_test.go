@@ -44,7 +44,7 @@ func Example() {
 	if err != nil {
 		panic(err)
 	}
-	if err := users.Set(ctx, "user:42", User{ID: 42, Name: "Ann"}, dbcache.TTL(time.Hour)); err != nil {
+	if err := users.Set(ctx, "user:42", User{ID: 42, Name: "Ann"}, dbcache.ExpiresIn(time.Hour)); err != nil {
 		panic(err)
 	}
 	u, err := users.Get(ctx, "user:42")
@@ -70,17 +70,58 @@ func ExampleCache_GetOrSetFunc() {
 		fmt.Println("loading user 7")
 		return User{ID: 7, Name: "Bob"}, nil // a query, an HTTP call, …
 	}
-	// Fresh for a minute, then served stale for up to an hour while one
-	// background load refreshes it.
-	timeout := dbcache.Revalidate(time.Minute, time.Hour)
-	u, err := users.GetOrSetFunc(ctx, "user:7", load, timeout)
+	u, err := users.GetOrSetFunc(ctx, "user:7", load, dbcache.ExpiresIn(time.Hour))
 	fmt.Println(u.Name, err)
-	u, err = users.GetOrSetFunc(ctx, "user:7", load, timeout) // a hit: no load
+	u, err = users.GetOrSetFunc(ctx, "user:7", load, dbcache.ExpiresIn(time.Hour)) // a hit: no load
 	fmt.Println(u.Name, err)
 	// Output:
 	// loading user 7
 	// Bob <nil>
 	// Bob <nil>
+}
+
+func ExampleCache_GetOrRevalidate() {
+	ctx := context.Background()
+	pool, cache := exampleStore("example-typed-revalidate")
+	defer pool.Close()
+	defer cache.Close()
+	_, _ = cache.Delete(ctx, "user:8")
+
+	users, _ := typed.New[User](cache, nil)
+	load := func(ctx context.Context) (User, error) {
+		fmt.Println("loading user 8")
+		return User{ID: 8, Name: "Cy"}, nil
+	}
+	// Fresh for a minute, then served stale for up to an hour while one
+	// background load refreshes it.
+	u, err := users.GetOrRevalidate(ctx, "user:8", load, time.Minute, time.Hour)
+	fmt.Println(u.Name, err)
+	u, err = users.GetOrRevalidate(ctx, "user:8", load, time.Minute, time.Hour) // fresh: no load
+	fmt.Println(u.Name, err)
+	// Output:
+	// loading user 8
+	// Cy <nil>
+	// Cy <nil>
+}
+
+// Counters are the byte API's decimal integers, which Incr reads, whatever
+// codec the typed caches of the same store use.
+func ExampleCounter() {
+	ctx := context.Background()
+	pool, cache := exampleStore("example-typed-counter")
+	defer pool.Close()
+	defer cache.Close()
+	_, _ = cache.Delete(ctx, "visits")
+
+	visits, _ := typed.NewCounter(cache)
+	_, _ = visits.Add(ctx, "visits", 0, dbcache.Forever)
+	n, err := visits.Incr(ctx, "visits", 1)
+	fmt.Println(n, err)
+	n, err = visits.Get(ctx, "visits")
+	fmt.Println(n, err)
+	// Output:
+	// 1 <nil>
+	// 1 <nil>
 }
 
 // A value stored by an older version of the type no longer decodes: a

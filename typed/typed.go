@@ -1,18 +1,29 @@
 // Package typed is dbcache's byte API for values of a Go type: a Cache[T]
-// over any dbcache.Store (a *dbcache.Cache, a sharded or near cache) that
-// encodes values with a codec.Codec[T], JSON unless configured otherwise.
+// over any dbcache.Store (a *dbcache.Cache, a sharded or near cache, a
+// memstore.Store) that encodes values with a codec.Codec[T], JSON unless
+// configured otherwise.
 //
 //	users, err := typed.New[User](cache, nil) // JSON
-//	err = users.Set(ctx, "user:42", User{ID: 42}, dbcache.TTL(time.Hour))
+//	err = users.Set(ctx, "user:42", User{ID: 42}, dbcache.ExpiresIn(time.Hour))
 //	u, err := users.Get(ctx, "user:42")       // dbcache.ErrMiss when absent
-//	u, err = users.GetOrSetFunc(ctx, "user:42", loadUser, dbcache.Revalidate(time.Minute, time.Hour))
+//	u, err = users.GetOrRevalidate(ctx, "user:42", loadUser, time.Minute, time.Hour)
+//	_, err = users.Delete(ctx, "user:42")
 //
-// Every operation of the byte API that carries values has its typed form:
-// Get, GetWithTTL, Set, Add, GetOrSet, GetOrSetFunc (with the byte API's
-// stampede protection, and stale-while-revalidate through a
-// dbcache.Revalidate timeout), GetMany and SetMany. The operations that
-// carry keys only (Delete, Touch, HasKey, TTL, Incr, …) are the Store's:
-// call them on Store().
+// Every operation of the core Store has its typed form: those that carry
+// values (Get, GetMany, Set, SetMany, Add, GetOrSet) encode and decode
+// them, and those that carry keys only (HasKey, Touch, Delete, DeleteMany)
+// are the Store's own. So are two optional capabilities, used when the
+// store has them: GetWithTTL (a dbcache.TTLReader) and the loaders,
+// GetOrSetFunc and GetOrRevalidate (a dbcache.Loader: the byte API's
+// stampede protection and stale-while-revalidate). A capability the store
+// lacks is an error matching errors.ErrUnsupported, except for
+// GetOrSetFunc, which then loads without stampede protection: a read, and
+// on a miss the loader and a GetOrSet, so the first stored value still
+// wins.
+//
+// Incr and Decr work on counters, the decimal integers the byte API's Incr
+// reads, not on values of T that a codec encoded: a Counter is the typed
+// form of a counter.
 //
 // # Values that no longer decode
 //
@@ -163,9 +174,31 @@ func New[T any](store dbcache.Store, cfg *Config[T]) (*Cache[T], error) {
 	return &Cache[T]{store: store, codec: c.Codec, log: c.Logger, asMiss: c.MissOnDecodeError, logKeys: c.LogKeys}, nil
 }
 
-// Store returns the byte-level store under the cache, for the operations
-// that carry no values (Delete, Touch, HasKey, TTL, Incr, Keys, …).
+// Store returns the byte-level store under the cache, for its optional
+// capabilities (TTL, Keys, DeletePrefix, IncrVersion, …) and its counters.
 func (c *Cache[T]) Store() dbcache.Store { return c.store }
+
+// HasKey reports whether key has a live entry. It decodes nothing: an
+// entry whose value no longer decodes is there.
+func (c *Cache[T]) HasKey(ctx context.Context, key string) (bool, error) {
+	return c.store.HasKey(ctx, key)
+}
+
+// Touch gives a live entry a new expiry and reports whether there was one
+// (see dbcache.Cache.Touch).
+func (c *Cache[T]) Touch(ctx context.Context, key string, timeout dbcache.Timeout) (bool, error) {
+	return c.store.Touch(ctx, key, timeout)
+}
+
+// Delete removes key and reports whether a live entry was removed.
+func (c *Cache[T]) Delete(ctx context.Context, key string) (bool, error) {
+	return c.store.Delete(ctx, key)
+}
+
+// DeleteMany removes keys and returns how many live entries it removed.
+func (c *Cache[T]) DeleteMany(ctx context.Context, keys []string) (int, error) {
+	return c.store.DeleteMany(ctx, keys)
+}
 
 // Stats returns the cache's counters.
 func (c *Cache[T]) Stats() Stats { return Stats{DecodeErrors: c.decodeErrors.Load()} }
@@ -236,9 +269,15 @@ func (c *Cache[T]) Get(ctx context.Context, key string) (T, error) {
 }
 
 // GetWithTTL is Get that also returns the entry's remaining lifetime (see
-// dbcache.Cache.GetWithTTL).
+// dbcache.Cache.GetWithTTL). The store must be a dbcache.TTLReader;
+// otherwise the error matches errors.ErrUnsupported.
 func (c *Cache[T]) GetWithTTL(ctx context.Context, key string) (T, dbcache.Timeout, error) {
-	b, ttl, err := c.store.GetWithTTL(ctx, key)
+	r, ok := c.store.(dbcache.TTLReader)
+	if !ok {
+		var zero T
+		return zero, dbcache.Timeout{}, unsupported("get_with_ttl", c.store, "dbcache.TTLReader")
+	}
+	b, ttl, err := r.GetWithTTL(ctx, key)
 	if err != nil {
 		var zero T
 		return zero, dbcache.Timeout{}, err
@@ -307,21 +346,49 @@ type loaded[T any] struct {
 }
 
 // GetOrSetFunc returns the value stored under key; on a miss it runs load
-// and stores its value, with the byte API's protection against stampedes
-// (one load per key across goroutines and processes) and, with a
-// dbcache.Revalidate timeout, stale-while-revalidate (see
-// dbcache.Cache.GetOrSetFunc). An error from load is returned (errors.Is
-// reaches it) and nothing is stored. The value this caller's load made is
-// returned as it is, without a decode, when it is the one stored.
+// and stores its value, with the store's protection against stampedes
+// when it is a dbcache.Loader (a *dbcache.Cache's: one load per key across
+// goroutines and processes; see dbcache.Cache.GetOrSetFunc). An error from
+// load is returned (errors.Is reaches it) and nothing is stored. The
+// value this caller's load made is returned as it is, without a decode,
+// when it is the one stored. A store that is not a Loader gets a read,
+// and on a miss the loader and a GetOrSet: the first stored value wins,
+// but concurrent callers that miss each run the loader.
 //
 // With MissOnDecodeError, a stored value that does not decode is deleted
 // and loaded again, once; if what is then stored still does not decode
 // (another process keeps writing an older type), the *DecodeError is
 // returned.
 func (c *Cache[T]) GetOrSetFunc(ctx context.Context, key string, load func(context.Context) (T, error), timeout dbcache.Timeout) (T, error) {
+	return c.getOrLoad(ctx, "get_or_set", key, load, func(l dbcache.Loader, loadBytes dbcache.LoadFunc) ([]byte, error) {
+		if l == nil {
+			return c.loadPlain(ctx, key, loadBytes, timeout)
+		}
+		return l.GetOrSetFunc(ctx, key, loadBytes, timeout)
+	})
+}
+
+// GetOrRevalidate is GetOrSetFunc with stale-while-revalidate: an entry it
+// stores is fresh for fresh, then returned stale, for up to stale more,
+// while one background load refreshes it (see
+// dbcache.Cache.GetOrRevalidate). The store must be a dbcache.Loader;
+// otherwise the error matches errors.ErrUnsupported.
+func (c *Cache[T]) GetOrRevalidate(ctx context.Context, key string, load func(context.Context) (T, error), fresh, stale time.Duration) (T, error) {
+	return c.getOrLoad(ctx, "get_or_revalidate", key, load, func(l dbcache.Loader, loadBytes dbcache.LoadFunc) ([]byte, error) {
+		if l == nil {
+			return nil, unsupported("get_or_revalidate", c.store, "dbcache.Loader")
+		}
+		return l.GetOrRevalidate(ctx, key, loadBytes, fresh, stale)
+	})
+}
+
+// getOrLoad is the typed side of both loaders: run the store's loader
+// (through via, given the store's Loader or nil) with load's values
+// encoded, and decode what it returns unless it is this caller's own.
+func (c *Cache[T]) getOrLoad(ctx context.Context, op, key string, load func(context.Context) (T, error), via func(dbcache.Loader, dbcache.LoadFunc) ([]byte, error)) (T, error) {
 	var zero T
 	if load == nil {
-		return zero, errors.New("typed: get_or_set: load is nil")
+		return zero, errors.New("typed: " + op + ": load is nil")
 	}
 	// The loader may run on another goroutine (the byte API's flight, or a
 	// background refresh that outlives this call), hence the atomic.
@@ -338,8 +405,9 @@ func (c *Cache[T]) GetOrSetFunc(ctx context.Context, key string, load func(conte
 		own.Store(&loaded[T]{v: v, b: b})
 		return b, nil
 	}
+	l, _ := c.store.(dbcache.Loader)
 	for attempt := 0; ; attempt++ {
-		got, err := c.store.GetOrSetFunc(ctx, key, loadBytes, timeout)
+		got, err := via(l, loadBytes)
 		if err != nil {
 			return zero, err
 		}
@@ -354,6 +422,28 @@ func (c *Cache[T]) GetOrSetFunc(ctx context.Context, key string, load func(conte
 			return zero, err
 		}
 	}
+}
+
+// loadPlain is GetOrSetFunc on a store that is not a dbcache.Loader: a
+// read, and on a miss the loader, then GetOrSet, so the first stored
+// value wins. Its errors read as a Loader's: the loader's own error is a
+// *dbcache.LoaderError, its panic a *dbcache.LoaderPanicError.
+func (c *Cache[T]) loadPlain(ctx context.Context, key string, load dbcache.LoadFunc, timeout dbcache.Timeout) ([]byte, error) {
+	b, err := c.store.Get(ctx, key)
+	if !errors.Is(err, dbcache.ErrMiss) {
+		return b, err
+	}
+	v, err := dbcache.RunLoader(ctx, load)
+	if err != nil {
+		return nil, err
+	}
+	return c.store.GetOrSet(ctx, key, v, timeout)
+}
+
+// unsupported is the error of an operation whose capability the store
+// lacks.
+func unsupported(op string, store dbcache.Store, capability string) error {
+	return fmt.Errorf("typed: %s: the store (%T) is not a %s: %w", op, store, capability, errors.ErrUnsupported)
 }
 
 // GetMany returns the values stored under keys, in one round trip; missing

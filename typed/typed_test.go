@@ -38,7 +38,7 @@ func TestOperations(t *testing.T) {
 	_, err = users.Get(ctx, "u1")
 	require.ErrorIs(t, err, dbcache.ErrMiss)
 
-	require.NoError(t, users.Set(ctx, "u1", ann, dbcache.TTL(time.Hour)))
+	require.NoError(t, users.Set(ctx, "u1", ann, dbcache.ExpiresIn(time.Hour)))
 	got, err := users.Get(ctx, "u1")
 	require.NoError(t, err)
 	require.Equal(t, ann, got)
@@ -133,30 +133,28 @@ func TestGetOrSetFunc(t *testing.T) {
 	require.Error(t, err)
 }
 
-// Stale-while-revalidate comes through dbcache.Revalidate: a stale entry
-// is returned at once and refreshed in the background with the typed
-// loader.
+// Stale-while-revalidate comes through GetOrRevalidate: a stale entry is
+// returned at once and refreshed in the background with the typed loader.
 func TestRevalidate(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	ctx := ctxT(t)
 	users, err := typed.New[user](b.store, nil)
 	require.NoError(t, err)
-	timeout := dbcache.Revalidate(time.Hour, time.Hour)
-	v, err := users.GetOrSetFunc(ctx, "k", func(context.Context) (user, error) { return user{ID: 1}, nil }, timeout)
+	v, err := users.GetOrRevalidate(ctx, "k", func(context.Context) (user, error) { return user{ID: 1}, nil }, time.Hour, time.Hour)
 	require.NoError(t, err)
 	require.Equal(t, 1, v.ID)
 
 	// Half an hour left of two: stale. Touch moves the expiry without
 	// waiting an hour; the database's clock still decides.
-	ok, err := b.store.Touch(ctx, "k", dbcache.TTL(30*time.Minute))
+	ok, err := b.store.Touch(ctx, "k", dbcache.ExpiresIn(30*time.Minute))
 	require.NoError(t, err)
 	require.True(t, ok)
 	refreshed := make(chan struct{})
-	v, err = users.GetOrSetFunc(ctx, "k", func(context.Context) (user, error) {
+	v, err = users.GetOrRevalidate(ctx, "k", func(context.Context) (user, error) {
 		defer close(refreshed)
 		return user{ID: 2}, nil
-	}, timeout)
+	}, time.Hour, time.Hour)
 	require.NoError(t, err)
 	require.Equal(t, 1, v.ID, "the stale value, at once")
 	<-refreshed

@@ -36,7 +36,8 @@ func TestLibraryDependencies(t *testing.T) {
 		"github.com/jackc/pgpassfile", "github.com/jackc/pgservicefile", "github.com/jackc/pgx/v5",
 		"github.com/jackc/puddle/v2", "golang.org/x/sync", "golang.org/x/text",
 	}
-	for _, pkg := range []string{"github.com/dbcache/dbcache/dbcache", "github.com/dbcache/dbcache/culling"} {
+	for _, pkg := range []string{"github.com/dbcache/dbcache/dbcache", "github.com/dbcache/dbcache/culling",
+		"github.com/dbcache/dbcache/memstore", "github.com/dbcache/dbcache/storetest"} {
 		mods := modules(t, pkg)
 		require.Contains(t, mods, "github.com/jackc/pgx/v5", pkg)
 		for _, m := range mods {

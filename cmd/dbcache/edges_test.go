@@ -311,15 +311,18 @@ func TestTouchNeverRevives(t *testing.T) {
 	requireCode(t, 3, b.run(t, opts{}, "get", "old"))
 }
 
-// --ttl 65m stores exactly what the library's Revalidate(5m, 1h) stores:
-// both entries expire 65 minutes after the statement that wrote them
-// (written_at is that statement's time).
+// --ttl 65m stores exactly what the library's GetOrRevalidate with 5m
+// fresh and 1h stale stores on a miss: both entries expire 65 minutes
+// after the statement that wrote them (written_at is that statement's
+// time).
 func TestTTLSeedsRevalidate(t *testing.T) {
 	t.Parallel()
 	b := setup(t, true)
 	c, err := dbcache.New(t.Context(), b.pool, nil)
 	require.NoError(t, err)
-	require.NoError(t, c.Set(t.Context(), "lib", []byte("v"), dbcache.Revalidate(5*time.Minute, time.Hour)))
+	v, err := c.GetOrRevalidate(t.Context(), "lib", func(context.Context) ([]byte, error) { return []byte("v"), nil }, 5*time.Minute, time.Hour)
+	require.NoError(t, err)
+	require.Equal(t, "v", string(v))
 	b.ok(t, "set", "cli", "v", "--ttl", "65m")
 	for _, k := range []string{":1:lib", ":1:cli"} {
 		require.Equal(t, "01:05:00", scalar[string](t, b.pool, `SELECT (expires - written_at)::text FROM dbcache_entries WHERE key = $1`, k), k)

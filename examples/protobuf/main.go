@@ -70,7 +70,7 @@ func run(ctx context.Context, dsn string) error {
 	if err != nil {
 		return err
 	}
-	if err := profiles.Set(ctx, "profile:1", p, dbcache.TTL(time.Hour)); err != nil {
+	if err := profiles.Set(ctx, "profile:1", p, dbcache.ExpiresIn(time.Hour)); err != nil {
 		return err
 	}
 	got, err := profiles.Get(ctx, "profile:1")

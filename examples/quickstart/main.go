@@ -48,7 +48,7 @@ func run(ctx context.Context, databaseURL string) error {
 	}
 	defer cache.Close() // never closes your pool
 
-	if err := cache.Set(ctx, "user:42", []byte(`{"name":"Ada"}`), dbcache.TTL(10*time.Minute)); err != nil {
+	if err := cache.Set(ctx, "user:42", []byte(`{"name":"Ada"}`), dbcache.ExpiresIn(10*time.Minute)); err != nil {
 		return err
 	}
 	v, err := cache.Get(ctx, "user:42")
@@ -62,7 +62,7 @@ func run(ctx context.Context, databaseURL string) error {
 	}
 
 	// Exactly one of any number of concurrent Adds wins: a lock with a lease.
-	won, err := cache.Add(ctx, "lock:report", []byte("worker-1"), dbcache.TTL(30*time.Second))
+	won, err := cache.Add(ctx, "lock:report", []byte("worker-1"), dbcache.ExpiresIn(30*time.Second))
 	if err != nil {
 		return err
 	}
@@ -81,7 +81,7 @@ func run(ctx context.Context, databaseURL string) error {
 	// The loader runs once however many callers (and processes) miss at once.
 	report, err := cache.GetOrSetFunc(ctx, "report", func(ctx context.Context) ([]byte, error) {
 		return []byte("expensive result"), nil
-	}, dbcache.TTL(time.Hour))
+	}, dbcache.ExpiresIn(time.Hour))
 	if err != nil {
 		return err
 	}

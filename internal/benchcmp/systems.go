@@ -77,10 +77,10 @@ func CacheSystem(name string, c *dbcache.Cache) System {
 			return fmt.Errorf("want a miss, got %w", err)
 		},
 		OpSet: func(ctx context.Context, r *loadgen.Request) error {
-			return c.Set(ctx, r.Key, r.Value, dbcache.TTL(ttl))
+			return c.Set(ctx, r.Key, r.Value, dbcache.ExpiresIn(ttl))
 		},
 		OpAdd: func(ctx context.Context, r *loadgen.Request) error {
-			return wantStored(c.Add(ctx, newAddKey(), r.Value, dbcache.TTL(ttl)))
+			return wantStored(c.Add(ctx, newAddKey(), r.Value, dbcache.ExpiresIn(ttl)))
 		},
 		OpIncr: func(ctx context.Context, r *loadgen.Request) error {
 			_, err := c.Incr(ctx, r.Key+counterSufx, 1)
@@ -91,7 +91,7 @@ func CacheSystem(name string, c *dbcache.Cache) System {
 			return err
 		},
 		OpTouch: func(ctx context.Context, r *loadgen.Request) error {
-			ok, err := c.Touch(ctx, r.Key, dbcache.TTL(ttl))
+			ok, err := c.Touch(ctx, r.Key, dbcache.ExpiresIn(ttl))
 			if err == nil && !ok {
 				return loadgen.ErrMiss
 			}
@@ -106,7 +106,7 @@ func CacheSystem(name string, c *dbcache.Cache) System {
 			for _, k := range r.Keys {
 				items[k] = r.Value
 			}
-			_, err := c.SetMany(ctx, items, dbcache.TTL(ttl))
+			_, err := c.SetMany(ctx, items, dbcache.ExpiresIn(ttl))
 			return err
 		},
 	}

@@ -473,12 +473,12 @@ func writeExpiries(ctx context.Context, e *procEnv) error {
 		k := own[r.IntN(len(own))]
 		d := time.Duration(100+r.IntN(300)) * time.Millisecond
 		if e.job.Case == "ttl" {
-			e.set(ctx, k, cs[g].next(k), dbcache.TTL(d))
+			e.set(ctx, k, cs[g].next(k), dbcache.ExpiresIn(d))
 		} else {
 			e.set(ctx, k, cs[g].next(k), dbcache.Forever)
 			pause(ctx, time.Duration(50+r.IntN(200))*time.Millisecond)
 			s := coherence.Now()
-			_, err := e.cache.Touch(opCtx(ctx), k, dbcache.TTL(d))
+			_, err := e.cache.Touch(opCtx(ctx), k, dbcache.ExpiresIn(d))
 			end := coherence.Now()
 			e.rec.Add(coherence.Op{Kind: coherence.Touch, Key: k, TTL: int64(d), Start: s, End: end, Outcome: outcome(err)})
 		}

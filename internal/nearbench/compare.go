@@ -78,7 +78,7 @@ func Compare(ctx context.Context, o *Options) error {
 		return err
 	}
 	defer nearFast.Close()
-	ttl := dbcache.TTL(24 * time.Hour)
+	ttl := dbcache.ExpiresIn(24 * time.Hour)
 	systems := []system{
 		{name: "dbcache", get: func(ctx context.Context, k string) error { _, err := plain.Get(ctx, k); return err },
 			set: func(ctx context.Context, k string, v []byte) error { return plain.Set(ctx, k, v, ttl) }},

@@ -248,7 +248,7 @@ func latency(ctx context.Context, o *Options, e *env, writer *dbcache.Cache, rpo
 			for time.Now().Before(deadline) {
 				// A new key each write, so each arrival is one write's.
 				k := "lat:" + run + ":" + strconv.FormatInt(seq.Add(1), 10)
-				if err := writer.Set(ctx, k, value, dbcache.TTL(time.Hour)); err != nil {
+				if err := writer.Set(ctx, k, value, dbcache.ExpiresIn(time.Hour)); err != nil {
 					firstErr.CompareAndSwap(nil, &err)
 					return
 				}
@@ -334,7 +334,7 @@ func writeFor(ctx context.Context, c *dbcache.Cache, g int, d time.Duration, key
 		wg.Go(func() {
 			r := rand.New(rand.NewPCG(uint64(i), uint64(start.UnixNano())))
 			for time.Now().Before(deadline) {
-				if err := c.Set(ctx, "key"+strconv.Itoa(r.IntN(keys)), value, dbcache.TTL(24*time.Hour)); err != nil {
+				if err := c.Set(ctx, "key"+strconv.Itoa(r.IntN(keys)), value, dbcache.ExpiresIn(24*time.Hour)); err != nil {
 					if !errors.Is(err, context.Canceled) {
 						firstErr.CompareAndSwap(nil, &err)
 					}

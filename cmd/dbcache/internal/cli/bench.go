@@ -285,7 +285,7 @@ says which keys may be left and how to remove them.`,
 // size, and a counter of 0 beside each when counters is set (the mix has
 // incr or decr), benchBatch keys per statement. It returns the rows written;
 // progress shows them too.
-func (a *app) benchPrefill(ctx context.Context, cache store, c *loadgen.Config, timeout dbcache.Timeout, counters bool) (int64, error) {
+func (a *app) benchPrefill(ctx context.Context, cache dbcache.Store, c *loadgen.Config, timeout dbcache.Timeout, counters bool) (int64, error) {
 	value := make([]byte, max(c.ValueSize, 0))
 	for i := range value {
 		value[i] = 'a' + byte(i%26)
@@ -338,7 +338,7 @@ func (l *benchLeft) rows() int64 {
 // the counters when counters is set, benchBatch keys per statement, each
 // batch tried up to benchCleanupAttempts times. It returns how many live
 // entries it removed, and what it left (nil when nothing).
-func (a *app) benchCleanup(ctx context.Context, cache store, c *loadgen.Config, counters bool) (int64, *benchLeft) {
+func (a *app) benchCleanup(ctx context.Context, cache dbcache.Store, c *loadgen.Config, counters bool) (int64, *benchLeft) {
 	t := a.newTicker(true)
 	defer t.finish()
 	perKey := 1

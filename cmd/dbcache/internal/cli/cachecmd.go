@@ -38,13 +38,13 @@ func parseTTL(s string) (dbcache.Timeout, error) {
 		if math.IsNaN(secs) || math.IsInf(secs, 0) || math.Abs(secs) > float64(math.MaxInt64/int64(time.Second)) {
 			return dbcache.Timeout{}, usagef("--ttl %q is out of range", s)
 		}
-		return dbcache.TTL(time.Duration(secs * float64(time.Second))), nil
+		return dbcache.ExpiresIn(time.Duration(secs * float64(time.Second))), nil
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
 		return dbcache.Timeout{}, usagef(`--ttl %q: want "default", "never", a number of seconds or a duration such as 90s or 5m`, s)
 	}
-	return dbcache.TTL(d), nil
+	return dbcache.ExpiresIn(d), nil
 }
 
 const ttlHelp = `expiry: "default" (300s), "never", seconds ("300", "0" = expire at once) or a duration ("5m")`
@@ -181,7 +181,7 @@ when the entry never expires), as the ttl command reports it.`,
 			// --json shows the remaining lifetime too, read in the same
 			// statement as the value.
 			if a.g.json {
-				v, ttl, err = cache.GetWithTTL(ctx, key)
+				v, ttl, err = o.ttl.GetWithTTL(ctx, key)
 			} else {
 				v, err = cache.Get(ctx, key)
 			}
@@ -315,7 +315,7 @@ func (a *app) addCommand() *cobra.Command { return a.storeCommand(true) }
 // boolCommand is a key command whose answer is yes or no (touch, delete,
 // has): "no" prints its word and exits 3.
 func (a *app) boolCommand(use, short, long, example, field, yes, no string, withTTL bool,
-	run func(cmd *cobra.Command, cache store, key string, timeout dbcache.Timeout) (bool, error),
+	run func(cmd *cobra.Command, cache dbcache.Store, key string, timeout dbcache.Timeout) (bool, error),
 ) *cobra.Command {
 	var cf cacheFlags
 	var ttl string
@@ -385,7 +385,7 @@ it at once). Exits 3 when KEY has no live entry: touch never brings an
 expired value back.`,
 		`  dbcache touch session:42 --ttl 30m`,
 		"touched", "touched", "not found", true,
-		func(cmd *cobra.Command, c store, key string, t dbcache.Timeout) (bool, error) {
+		func(cmd *cobra.Command, c dbcache.Store, key string, t dbcache.Timeout) (bool, error) {
 			return c.Touch(cmd.Context(), key, t)
 		})
 }
@@ -396,7 +396,7 @@ func (a *app) deleteCommand() *cobra.Command {
 too, but counts as absent).`,
 		`  dbcache delete session:42`,
 		"deleted", "deleted", "not found", false,
-		func(cmd *cobra.Command, c store, key string, _ dbcache.Timeout) (bool, error) {
+		func(cmd *cobra.Command, c dbcache.Store, key string, _ dbcache.Timeout) (bool, error) {
 			return c.Delete(cmd.Context(), key)
 		})
 }
@@ -407,7 +407,7 @@ func (a *app) hasCommand() *cobra.Command {
 otherwise.`,
 		`  dbcache has feature:beta && echo on`,
 		"exists", "true", "false", false,
-		func(cmd *cobra.Command, c store, key string, _ dbcache.Timeout) (bool, error) {
+		func(cmd *cobra.Command, c dbcache.Store, key string, _ dbcache.Timeout) (bool, error) {
 			return c.HasKey(cmd.Context(), key)
 		})
 }

@@ -73,12 +73,12 @@ func TestParseTTL(t *testing.T) {
 		"Never":   dbcache.Forever,
 		"none":    dbcache.Forever,
 		"forever": dbcache.Forever,
-		"0":       dbcache.TTL(0),
-		"-1":      dbcache.TTL(-time.Second),
-		"300":     dbcache.TTL(300 * time.Second),
-		"0.25":    dbcache.TTL(250 * time.Millisecond),
-		"5m":      dbcache.TTL(5 * time.Minute),
-		"1h30m":   dbcache.TTL(90 * time.Minute),
+		"0":       dbcache.ExpiresIn(0),
+		"-1":      dbcache.ExpiresIn(-time.Second),
+		"300":     dbcache.ExpiresIn(300 * time.Second),
+		"0.25":    dbcache.ExpiresIn(250 * time.Millisecond),
+		"5m":      dbcache.ExpiresIn(5 * time.Minute),
+		"1h30m":   dbcache.ExpiresIn(90 * time.Minute),
 	} {
 		got, err := parseTTL(in)
 		require.NoError(t, err, in)

@@ -7,6 +7,8 @@ import (
 	"strconv"
 
 	"github.com/spf13/cobra"
+
+	"github.com/dbcache/dbcache/dbcache"
 )
 
 // promptCountCap bounds how many keys the confirmation prompt of
@@ -75,9 +77,8 @@ prefix and version, so it is refused unless --all-keys says that is meant
 				return err
 			}
 			defer o.close()
-			cache := o.store
 			if !yes {
-				n, err := countPrefix(ctx, cache, prefix)
+				n, err := countPrefix(ctx, o.keys, prefix)
 				if err != nil {
 					return prefixError(err, prefix)
 				}
@@ -90,11 +91,11 @@ prefix and version, so it is refused unless --all-keys says that is meant
 				if cmd.Flags().Changed("key-version") {
 					version = cf.version
 				}
-				if err := a.confirm(deletePrefixQuestion(cache, prefix, n, cf.prefix, version)); err != nil {
+				if err := a.confirm(deletePrefixQuestion(o.maker, prefix, n, cf.prefix, version)); err != nil {
 					return err
 				}
 			}
-			n, err := cache.DeletePrefix(ctx, prefix)
+			n, err := o.keys.DeletePrefix(ctx, prefix)
 			if err != nil {
 				err = prefixError(err, prefix)
 				var ue *usageError
@@ -133,7 +134,7 @@ func (a *app) printDeleted(prefix string, n int, err error) error {
 
 // countPrefix counts the live entries under prefix, up to one past
 // promptCountCap.
-func countPrefix(ctx context.Context, cache store, prefix string) (int, error) {
+func countPrefix(ctx context.Context, cache dbcache.KeyLister, prefix string) (int, error) {
 	n := 0
 	for _, err := range cache.Keys(ctx, prefix) {
 		if err != nil {
@@ -150,7 +151,7 @@ func countPrefix(ctx context.Context, cache store, prefix string) (int, error) {
 // deletePrefixQuestion is the confirmation prompt: how many live entries,
 // which caller keys, and the stored keys they are (so the key prefix and
 // version in force are plain to see).
-func deletePrefixQuestion(cache store, prefix string, n int, keyPrefix string, version int) string {
+func deletePrefixQuestion(cache dbcache.KeyMaker, prefix string, n int, keyPrefix string, version int) string {
 	count := countOf(int64(n), "live entry", "live entries")
 	if n > promptCountCap {
 		count = fmt.Sprintf("more than %s live entries", humanCount(promptCountCap))

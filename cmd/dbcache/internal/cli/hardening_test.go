@@ -121,7 +121,7 @@ func TestWriteValueJSON(t *testing.T) {
 	for _, v := range [][]byte{[]byte(""), []byte("hello"), []byte(long), []byte("a\x00b\xff"), bytes.Repeat([]byte{0xff, 0}, 50_000)} {
 		var out bytes.Buffer
 		a := newApp(&Config{Out: &out})
-		require.NoError(t, a.writeValueJSON("k\"ey", v, dbcache.TTL(1500*time.Millisecond)))
+		require.NoError(t, a.writeValueJSON("k\"ey", v, dbcache.ExpiresIn(1500*time.Millisecond)))
 		var got struct {
 			Key      string `json:"key"`
 			Found    bool   `json:"found"`

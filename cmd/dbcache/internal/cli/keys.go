@@ -10,6 +10,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+
+	"github.com/dbcache/dbcache/dbcache"
 )
 
 // KeysLimitDefault is how many keys keys lists unless --limit says
@@ -62,8 +64,7 @@ as such a JSON string, one per line: decoded, it is the key exactly.`,
 				return err
 			}
 			defer o.close()
-			cache := o.store
-			return a.listKeys(ctx, cache, prefix, limit)
+			return a.listKeys(ctx, o.keys, prefix, limit)
 		},
 	}
 	cf.add(cmd.Flags())
@@ -74,7 +75,7 @@ as such a JSON string, one per line: decoded, it is the key exactly.`,
 // listKeys writes the keys as they come from the library's iterator, a
 // line at a time through a small buffer: the listing's memory does not grow
 // with the number of keys.
-func (a *app) listKeys(ctx context.Context, cache store, prefix string, limit int) error {
+func (a *app) listKeys(ctx context.Context, cache dbcache.KeyLister, prefix string, limit int) error {
 	w := bufio.NewWriter(a.out)
 	n, more := 0, false
 	for key, err := range cache.Keys(ctx, prefix) {

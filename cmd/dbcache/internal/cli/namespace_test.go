@@ -104,13 +104,13 @@ func TestHumanTTL(t *testing.T) {
 		850 * time.Microsecond:                    "850µs",
 		time.Microsecond:                          "1µs",
 	} {
-		require.Equal(t, want, humanTTL(dbcache.TTL(d)), "%s", d)
+		require.Equal(t, want, humanTTL(dbcache.ExpiresIn(d)), "%s", d)
 	}
 	require.Equal(t, "never", humanTTL(dbcache.Forever))
 
 	require.Equal(t, `"ttl_seconds":null,"never_expires":true`, ttlFields(dbcache.Forever))
-	require.Equal(t, `"ttl_seconds":299.999876,"never_expires":false`, ttlFields(dbcache.TTL(299999876*time.Microsecond)))
-	require.Equal(t, `"ttl_seconds":0.000001,"never_expires":false`, ttlFields(dbcache.TTL(time.Microsecond)))
+	require.Equal(t, `"ttl_seconds":299.999876,"never_expires":false`, ttlFields(dbcache.ExpiresIn(299999876*time.Microsecond)))
+	require.Equal(t, `"ttl_seconds":0.000001,"never_expires":false`, ttlFields(dbcache.ExpiresIn(time.Microsecond)))
 }
 
 func TestWriteValueJSONExpiry(t *testing.T) {
@@ -120,7 +120,7 @@ func TestWriteValueJSONExpiry(t *testing.T) {
 		secs  any
 		never bool
 	}{
-		{dbcache.TTL(1500 * time.Millisecond), 1.5, false},
+		{dbcache.ExpiresIn(1500 * time.Millisecond), 1.5, false},
 		{dbcache.Forever, nil, true},
 	} {
 		var out bytes.Buffer

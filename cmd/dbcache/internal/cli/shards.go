@@ -100,14 +100,6 @@ func redactDSN(s string) string {
 // sharded reports whether the command works on several servers.
 func (a *app) sharded() bool { return len(a.shards) > 1 }
 
-// store is what the cache commands use: the byte-level API and the stored
-// form of a key (for delete-prefix's prompt). A single *dbcache.Cache and a
-// *sharded.Cache are both one.
-type store interface {
-	dbcache.Store
-	MakeKey(key string) string
-}
-
 // namedPool is one server's pool ("" for the single server).
 type namedPool struct {
 	name string
@@ -115,10 +107,32 @@ type namedPool struct {
 }
 
 // openedStore is a cache command's cache and the pools under it, which
-// close() closes.
+// close() closes: the core Store, and the capabilities the commands use
+// beyond it (get --json and ttl read lifetimes, keys and delete-prefix
+// list a prefix, delete-prefix's prompt shows the stored form of a key).
+// A single *dbcache.Cache and a *sharded.Cache have every one.
 type openedStore struct {
-	store store
+	store dbcache.Store
+	ttl   dbcache.TTLReader
+	keys  dbcache.KeyLister
+	maker dbcache.KeyMaker
 	pools []namedPool
+}
+
+// withCapabilities fills in o's capabilities from its store, or says
+// which one the store lacks.
+func (o *openedStore) withCapabilities() (*openedStore, error) {
+	var ok [3]bool
+	o.ttl, ok[0] = o.store.(dbcache.TTLReader)
+	o.keys, ok[1] = o.store.(dbcache.KeyLister)
+	o.maker, ok[2] = o.store.(dbcache.KeyMaker)
+	for i, name := range []string{"dbcache.TTLReader", "dbcache.KeyLister", "dbcache.KeyMaker"} {
+		if !ok[i] {
+			o.close()
+			return nil, fmt.Errorf("the cache (%T) is not a %s", o.store, name)
+		}
+	}
+	return o, nil
 }
 
 func (o *openedStore) close() {
@@ -136,7 +150,7 @@ func (a *app) openStore(ctx context.Context, cmd *cobra.Command, cf *cacheFlags,
 		if err != nil {
 			return nil, err
 		}
-		return &openedStore{store: cache, pools: []namedPool{{pool: pool}}}, nil
+		return (&openedStore{store: cache, pools: []namedPool{{pool: pool}}}).withCapabilities()
 	}
 	if err := cf.validate(); err != nil {
 		return nil, err
@@ -182,7 +196,7 @@ func (a *app) openStore(ctx context.Context, cmd *cobra.Command, cf *cacheFlags,
 		c = c.WithVersion(cf.version)
 	}
 	o.store = c
-	return o, nil
+	return o.withCapabilities()
 }
 
 // withShard names the server an error came from.

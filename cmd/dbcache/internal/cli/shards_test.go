@@ -94,9 +94,9 @@ func TestShardsMigrateAndStats(t *testing.T) {
 	for i := range 30 {
 		items[fmt.Sprintf("k%d", i)] = []byte("v")
 	}
-	_, err := c.SetMany(ctx, items, dbcache.TTL(time.Hour))
+	_, err := c.SetMany(ctx, items, dbcache.ExpiresIn(time.Hour))
 	require.NoError(t, err)
-	_, err = c.SetMany(ctx, map[string][]byte{"gone1": nil, "gone2": nil, "gone3": nil}, dbcache.TTL(-time.Second))
+	_, err = c.SetMany(ctx, map[string][]byte{"gone1": nil, "gone2": nil, "gone3": nil}, dbcache.ExpiresIn(-time.Second))
 	require.NoError(t, err)
 
 	code, out, errOut = b.run(ctx, Config{}, "stats")

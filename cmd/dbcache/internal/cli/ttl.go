@@ -40,8 +40,7 @@ is {"key":…,"found":false} (exit 3).`,
 				return err
 			}
 			defer o.close()
-			cache := o.store
-			ttl, err := cache.TTL(ctx, key)
+			ttl, err := o.ttl.TTL(ctx, key)
 			if errors.Is(err, dbcache.ErrMiss) {
 				type out struct {
 					keyJSON
