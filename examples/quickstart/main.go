@@ -1,6 +1,6 @@
-// Command quickstart is the README's library quick start, kept where CI
-// builds and runs it (quickstart_test.go), so the README's code compiles and
-// works: DATABASE_URL=postgres://… go run ./examples/quickstart
+// Command quickstart is the README's example, kept where CI builds and runs
+// it (quickstart_test.go), so the README's code compiles and works:
+// DATABASE_URL=postgres://… go run ./examples/quickstart
 package main
 
 import (
@@ -33,7 +33,7 @@ func run(ctx context.Context, databaseURL string) error {
 	}
 	defer pool.Close()
 
-	// Once, at deploy or start-up: creates dbcache_entries in the pool's schema.
+	// Once, at deploy or start-up: creates the cache's table in the pool's schema.
 	m, err := migrations.New(pool, nil)
 	if err != nil {
 		return err
@@ -60,23 +60,6 @@ func run(ctx context.Context, databaseURL string) error {
 	default:
 		fmt.Printf("user:42 = %s\n", v)
 	}
-
-	// Exactly one of any number of concurrent Adds wins: a lock with a lease.
-	won, err := cache.Add(ctx, "lock:report", []byte("worker-1"), dbcache.ExpiresIn(30*time.Second))
-	if err != nil {
-		return err
-	}
-	fmt.Println("got the lock:", won)
-
-	hits, err := cache.Incr(ctx, "hits", 1) // atomic, keeps the expiry
-	if errors.Is(err, dbcache.ErrMiss) {
-		err = cache.Set(ctx, "hits", []byte("1"), dbcache.Forever)
-		hits = 1
-	}
-	if err != nil {
-		return err
-	}
-	fmt.Println("hits:", hits)
 
 	// The loader runs once however many callers (and processes) miss at once.
 	report, err := cache.GetOrSetFunc(ctx, "report", func(ctx context.Context) ([]byte, error) {

@@ -26,8 +26,6 @@ func TestQuickstart(t *testing.T) {
 		require.NoError(t, run(ctx, s.DSN(t)))
 	})
 	require.Equal(t, `user:42 = {"name":"Ada"}
-got the lock: true
-hits: 1
 report = expensive result
 deleted: true
 `, out)
