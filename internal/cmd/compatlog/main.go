@@ -119,7 +119,7 @@ func main() {
 	}
 }
 
-// parseParams reads `$1 = 'a', $2 = NULL, $3 = 'it”s'`.
+// parseParams reads `$1 = 'a', $2 = NULL`, a quote inside a value doubled.
 func parseParams(s string) ([]*string, error) {
 	var out []*string
 	for s != "" {
