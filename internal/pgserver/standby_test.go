@@ -57,11 +57,17 @@ func TestStandby(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// remote_apply: the commit returns once the standby has replayed it,
+	// so a read there sees it (on, the default, waits only for its flush).
+	_, err = p.Exec(ctx, "SET synchronous_commit = remote_apply")
+	require.NoError(t, err)
 	_, err = p.Exec(ctx, "INSERT INTO t VALUES (1)")
+	require.NoError(t, err)
+	_, err = p.Exec(ctx, "RESET synchronous_commit")
 	require.NoError(t, err)
 	var n int
 	require.NoError(t, s.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n))
-	require.Equal(t, 1, n, "a synchronous commit returned once the standby had it")
+	require.Equal(t, 1, n, "a remote_apply commit returned once the standby had replayed it")
 
 	pid, err := standby.WalReceiverPID(ctx)
 	require.NoError(t, err)
