@@ -22,8 +22,8 @@ import (
 	"github.com/dbcache/dbcache/internal/benchpair"
 	"github.com/dbcache/dbcache/internal/coherence"
 	"github.com/dbcache/dbcache/internal/dbtest"
+	"github.com/dbcache/dbcache/internal/migrations"
 	"github.com/dbcache/dbcache/internal/pgserver"
-	"github.com/dbcache/dbcache/migrations"
 	"github.com/dbcache/dbcache/nearcache"
 )
 
