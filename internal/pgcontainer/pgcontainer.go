@@ -1,4 +1,10 @@
-package pgserver
+// Package pgcontainer runs internal/pgserver's throwaway servers in Docker
+// containers, through testcontainers. It is a module of its own so that
+// testcontainers and Docker's client stay out of the library module's
+// graph: a program that imports it (for its init, which registers the
+// driver) can start containers: the dbcache CLI, the integration suite.
+// Not for library code.
+package pgcontainer
 
 import (
 	"context"
@@ -19,12 +25,27 @@ import (
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 	"github.com/testcontainers/testcontainers-go/wait"
+
+	"github.com/dbcache/dbcache/internal/pgserver"
 )
 
-// containerPassword is the superuser's password in containers. The
-// official image is told to trust connections (which only loopback can
-// make), so it is never checked there.
-const containerPassword = "postgres"
+func init() { pgserver.RegisterContainerDriver(driver{}) }
+
+// driver is pgserver's ContainerDriver.
+type driver struct{}
+
+func (driver) Start(ctx context.Context, cfg pgserver.Config, spawnReaper func(string) (func(), error)) (pgserver.StartedContainer, error) {
+	if noReaper {
+		spawnReaper = func(string) (func(), error) { return func() {}, nil }
+	}
+	return startContainer(ctx, cfg, spawnReaper)
+}
+
+// noReaper, set by a test, starts containers without a reaper: a run
+// killed together with its reaper.
+var noReaper bool
+
+func (driver) RemoveByID(ctx context.Context, id string) { removeContainerByID(ctx, id) }
 
 // labelOwner marks pgserver's containers with "<hostname>/<pid>" of the
 // process that started them, so the next Start can remove those of dead
@@ -59,22 +80,20 @@ func dockerClient(ctx context.Context, logger *slog.Logger) (cli *testcontainers
 
 var containerSweepOnce, tcLogOnce sync.Once
 
-func startContainer(ctx context.Context, cfg Config) (s *Server, err error) {
-	ctx, cancel := context.WithTimeout(ctx, cfg.StartTimeout)
-	defer cancel()
+func startContainer(ctx context.Context, cfg pgserver.Config, spawnReaper func(string) (func(), error)) (st pgserver.StartedContainer, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			s, err = nil, fmt.Errorf("testcontainers: %v", r)
+			st, err = pgserver.StartedContainer{}, fmt.Errorf("testcontainers: %v", r)
 		}
 	}()
 	cli, err := dockerClient(ctx, cfg.Logger)
 	if err != nil {
-		return nil, unavailablef("Docker is not reachable: %v", err)
+		return st, pgserver.Unavailablef("Docker is not reachable: %v", err)
 	}
 	containerSweepOnce.Do(func() { sweepStaleContainers(ctx, cli, labelOwner, cfg.Logger) })
 	if err := ensureImage(ctx, cli, cfg.Image, cfg.Logger); err != nil {
 		_ = cli.Close()
-		return nil, unavailablef("no image %s: %v (set %s to an image on this machine)", cfg.Image, err, EnvImage)
+		return st, pgserver.Unavailablef("no image %s: %v (set %s to an image on this machine)", cfg.Image, err, pgserver.EnvImage)
 	}
 	database := cfg.Database
 	if database == "" {
@@ -85,7 +104,7 @@ func startContainer(ctx context.Context, cfg Config) (s *Server, err error) {
 	var reaperMu sync.Mutex
 	stopReaper := func() {}
 	spawn := func(_ context.Context, c testcontainers.Container) error {
-		stop, err := spawnReaperFunc(reaperSpec{Container: c.GetContainerID()})
+		stop, err := spawnReaper(c.GetContainerID())
 		if err != nil {
 			cfg.Logger.Debug("pgserver: no reaper; a killed run leaves the container to the next one", "err", err)
 			return nil
@@ -96,14 +115,15 @@ func startContainer(ctx context.Context, cfg Config) (s *Server, err error) {
 		return nil
 	}
 	host, _ := os.Hostname()
-	settings, err := cfg.settingArgs()
+	settings, err := cfg.SettingArgs()
 	if err != nil {
-		return nil, err
+		_ = cli.Close()
+		return st, err
 	}
 	ctr, err := tcpostgres.Run(ctx, cfg.Image,
 		tcpostgres.WithDatabase(database),
-		tcpostgres.WithUsername(Superuser),
-		tcpostgres.WithPassword(containerPassword),
+		tcpostgres.WithUsername(pgserver.Superuser),
+		tcpostgres.WithPassword(pgserver.ContainerPassword),
 		testcontainers.WithEnv(map[string]string{
 			"POSTGRES_HOST_AUTH_METHOD": "trust",
 			// The cluster an installed server gets (initdb below): the
@@ -116,7 +136,7 @@ func startContainer(ctx context.Context, cfg Config) (s *Server, err error) {
 		// Published on loopback only (Docker's default is every interface).
 		testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
 			hc.PortBindings = network.PortMap{
-				network.MustParsePort("5432/tcp"): {{HostIP: netip.MustParseAddr(loopback), HostPort: "0"}},
+				network.MustParsePort("5432/tcp"): {{HostIP: netip.MustParseAddr(pgserver.Loopback), HostPort: "0"}},
 			}
 		}),
 		// The module's BasicWaitStrategies (the second "ready" log line,
@@ -135,7 +155,7 @@ func startContainer(ctx context.Context, cfg Config) (s *Server, err error) {
 	defer func() {
 		if err != nil {
 			if ctr != nil {
-				_ = inst.remove(context.WithoutCancel(ctx))
+				_ = inst.Remove(context.WithoutCancel(ctx))
 			}
 			_ = cli.Close()
 			reaperMu.Lock()
@@ -144,22 +164,22 @@ func startContainer(ctx context.Context, cfg Config) (s *Server, err error) {
 		}
 	}()
 	if err != nil {
-		return nil, fmt.Errorf("start a container from %s: %w", cfg.Image, err)
+		return st, fmt.Errorf("start a container from %s: %w", cfg.Image, err)
 	}
 	port, err := inst.mappedPort(ctx)
 	if err != nil {
-		return nil, err
+		return st, err
 	}
-	desc := fmt.Sprintf("a PostgreSQL container from %s (%.12s)", cfg.Image, ctr.GetContainerID())
-	s = newServer(Container, database, desc, inst, port)
 	reaperMu.Lock()
-	s.stopReaper = stopReaper
-	reaperMu.Unlock()
-	if err := s.waitReady(ctx); err != nil {
-		return nil, err
-	}
-	return s, nil
+	defer reaperMu.Unlock()
+	return pgserver.StartedContainer{
+		Instance:    inst,
+		Port:        port,
+		Description: fmt.Sprintf("a PostgreSQL container from %s (%.12s)", cfg.Image, ctr.GetContainerID()),
+		StopReaper:  stopReaper,
+	}, nil
 }
+
 
 // ensureImage pulls image once if the machine does not have it. One
 // attempt: testcontainers' own pull retries transient errors for up to 15
@@ -188,17 +208,17 @@ func (c *containerInstance) mappedPort(ctx context.Context) (uint16, error) {
 	return p.Num(), nil
 }
 
-// start starts the stopped container; Docker maps a new host port.
-func (c *containerInstance) start(ctx context.Context) (uint16, error) {
+// Start starts the stopped container; Docker maps a new host port.
+func (c *containerInstance) Start(ctx context.Context) (uint16, error) {
 	if err := c.ctr.Start(ctx); err != nil {
 		return 0, err
 	}
 	return c.mappedPort(ctx)
 }
 
-// shutdown sends SIGINT to the postmaster, PID 1 in the official image and
+// Shutdown sends SIGINT to the postmaster, PID 1 in the official image and
 // in CI's, through the shell: every image has one, not every one /bin/kill.
-func (c *containerInstance) shutdown(ctx context.Context) error {
+func (c *containerInstance) Shutdown(ctx context.Context) error {
 	code, _, err := c.ctr.Exec(ctx, []string{"sh", "-c", "kill -INT 1"})
 	if err != nil {
 		return fmt.Errorf("signal the postmaster: %w", err)
@@ -209,9 +229,9 @@ func (c *containerInstance) shutdown(ctx context.Context) error {
 	return c.waitStopped(ctx)
 }
 
-// crash SIGKILLs the container: every process at once. (Docker's stop
+// Crash SIGKILLs the container: every process at once. (Docker's stop
 // would send the image's stop signal first.)
-func (c *containerInstance) crash(ctx context.Context) error {
+func (c *containerInstance) Crash(ctx context.Context) error {
 	if _, err := c.cli.ContainerKill(ctx, c.ctr.GetContainerID(), client.ContainerKillOptions{Signal: "KILL"}); err != nil {
 		return err
 	}
@@ -235,14 +255,14 @@ func (c *containerInstance) waitStopped(ctx context.Context) error {
 	}
 }
 
-// remove kills and removes the container with its anonymous volume.
-func (c *containerInstance) remove(ctx context.Context) error {
+// Remove kills and removes the container with its anonymous volume.
+func (c *containerInstance) Remove(ctx context.Context) error {
 	err := c.ctr.Terminate(ctx, testcontainers.StopTimeout(0))
 	_ = c.cli.Close()
 	return err
 }
 
-func (c *containerInstance) logTail(ctx context.Context) string {
+func (c *containerInstance) LogTail(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	rc, err := c.ctr.Logs(ctx)
@@ -279,7 +299,7 @@ func sweepStaleContainers(ctx context.Context, cli *testcontainers.DockerClient,
 	for _, c := range res.Items {
 		h, pid, ok := strings.Cut(c.Labels[label], "/")
 		n, err := strconv.Atoi(pid)
-		if !ok || err != nil || h != host || alive(n) {
+		if !ok || err != nil || h != host || pgserver.ProcessAlive(n) {
 			continue
 		}
 		logger.Debug("pgserver: removing a stale container", "id", c.ID)

@@ -1,4 +1,7 @@
-package benchcmp
+// Package benchsql holds copies of the statements a default dbcache.Cache
+// runs, for benchmarks' raw pgx baselines (bench/internal/benchcmp), kept
+// here in the library module so a test of package dbcache can check them.
+package benchsql
 
 // Statements are the SQL a default dbcache.Cache runs on its pool (table on
 // the search_path), by operation, for the raw pgx baseline. They are copies:

@@ -20,11 +20,11 @@ import (
 
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/benchpair"
-	"github.com/dbcache/dbcache/internal/coherence"
 	"github.com/dbcache/dbcache/internal/dbtest"
 	"github.com/dbcache/dbcache/internal/migrations"
 	"github.com/dbcache/dbcache/internal/pgserver"
 	"github.com/dbcache/dbcache/nearcache"
+	"github.com/dbcache/dbcache/nearcache/internal/coherence"
 )
 
 // bound is the readers' MaxStaleness: the default.

@@ -17,9 +17,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dbcache/dbcache/dbcache"
-	"github.com/dbcache/dbcache/internal/coherence"
 	"github.com/dbcache/dbcache/internal/dbtest"
 	"github.com/dbcache/dbcache/nearcache"
+	"github.com/dbcache/dbcache/nearcache/internal/coherence"
 )
 
 // The processes of a history: writers and readers, each the test binary in
