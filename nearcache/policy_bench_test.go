@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
 )
 
 // Which local store: the layer's (otter's W-TinyLFU behind the fill

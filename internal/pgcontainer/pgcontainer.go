@@ -180,7 +180,6 @@ func startContainer(ctx context.Context, cfg pgserver.Config, spawnReaper func(s
 	}, nil
 }
 
-
 // ensureImage pulls image once if the machine does not have it. One
 // attempt: testcontainers' own pull retries transient errors for up to 15
 // minutes, and on a machine with no registry every error looks transient.
