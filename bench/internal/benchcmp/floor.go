@@ -87,7 +87,6 @@ func Floor(ctx context.Context, o *Options) error {
 		op, script string
 		builtin    []string // instead of a script
 		systems    []System
-		note       string
 	}
 	setFast := fastSet()
 	rowsToRun := []row{

@@ -42,7 +42,6 @@ type cellStats struct {
 	ops, gets      int64
 	wall, getsTime time.Duration // getsTime: summed over goroutines
 	samples        []time.Duration
-	err            error
 }
 
 // Compare runs the comparison and prints its table.
