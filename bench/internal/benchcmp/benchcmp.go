@@ -17,7 +17,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/loadgen"
+	"github.com/dbcache/dbcache/internal/quantile"
 	"github.com/dbcache/dbcache/migrations"
 )
 
@@ -97,17 +97,8 @@ func (r *cellResult) opsPerSec() float64 {
 }
 
 // P50 and P99 are the median over rounds of each round's percentile.
-func (r *cellResult) P50() time.Duration { return median(r.p50) }
-func (r *cellResult) P99() time.Duration { return median(r.p99) }
-
-func median(d []time.Duration) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
+func (r *cellResult) P50() time.Duration { return quantile.Percentile(r.p50, 50) }
+func (r *cellResult) P99() time.Duration { return quantile.Percentile(r.p99, 50) }
 
 // cell runs op on every system that has it, interleaved, and returns the
 // figures by system name.

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/loadgen"
+	"github.com/dbcache/dbcache/internal/quantile"
 )
 
 // Floor measures what the server itself allows, beside dbcache and Redis in
@@ -166,7 +166,7 @@ func Floor(ctx context.Context, o *Options) error {
 				merge(cache, res[cacheName])
 				merge(redisRes, res[sysRedis])
 			}
-			pg := median64(pgbTPS)
+			pg := quantile.Percentile(pgbTPS, 50)
 			cacheOps, redisOps := 0.0, 0.0
 			if cache != nil {
 				cacheOps = cache.opsPerSec()
@@ -215,15 +215,6 @@ func merge(into, r *cellResult) {
 	into.elapsed += r.elapsed
 	into.p50 = append(into.p50, r.p50...)
 	into.p99 = append(into.p99, r.p99...)
-}
-
-func median64(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func orDash(v float64) string {

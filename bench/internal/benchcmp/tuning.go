@@ -19,11 +19,28 @@ import (
 	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/loadgen"
+	"github.com/dbcache/dbcache/internal/quantile"
 )
 
-// Tuning runs the experiments behind docs/performance.md's decisions, each a
-// markdown table. pgbouncerDSN, when set, is a PgBouncer in transaction
-// pooling in front of o.DSN's database.
+// Tuning runs the experiments behind docs/performance.md's decisions (`go
+// run ./bench -suite tuning`, -steps to pick some), each a markdown table
+// measured beside its alternative in the same run:
+//
+//   - query-exec-modes: pgx's statement cache against describe-exec and the
+//     simple protocol (why the cache keeps pgx's default);
+//   - pgbouncer: the same operations through PgBouncer in transaction
+//     pooling (pgbouncerDSN, in front of o.DSN's database; skipped unset);
+//   - durability, group-commit: FastCommit's asynchronous commit against
+//     commit_delay and commit_siblings;
+//   - index-and-fillfactor: the culler's row-finding queries with and
+//     without the expires index, and the table's fillfactor;
+//   - pool-size: throughput against pool size on this machine;
+//   - bulk-paths: GetMany and SetMany against one statement per key;
+//   - coalescing: CoalesceGets against plain gets;
+//   - scale-and-culling-memory: a million entries and the culler's memory.
+//
+// It lives with the benchmarks (the bench module), not in the library: a
+// consumer of dbcache never compiles it.
 func Tuning(ctx context.Context, o *Options, pgbouncerDSN string) error {
 	steps := []struct {
 		name string
@@ -399,7 +416,7 @@ FROM generate_series(1, $1) AS i`, rows); err != nil {
 			}
 			ds = append(ds, time.Since(start))
 		}
-		return median(ds), nil
+		return quantile.Percentile(ds, 50), nil
 	}
 	fmt.Fprintf(o.Out, "#### The culler's row-finding queries on %s rows (10%% expired), median of 5\n\n| query | with expires index | without |\n|---|---|---|\n", human(rows))
 	with := make([]time.Duration, len(queries))

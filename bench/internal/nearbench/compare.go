@@ -17,6 +17,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/quantile"
 	"github.com/dbcache/dbcache/nearcache"
 )
 
@@ -149,7 +150,7 @@ func Compare(ctx context.Context, o *Options) error {
 		}
 		for _, s := range systems {
 			r := res[s.name]
-			p50, p99, _ := quantiles(r.samples)
+			p50, p99 := quantile.Percentile(r.samples, 50), quantile.Percentile(r.samples, 99)
 			ratio := func(other string) string {
 				if rate(other) == 0 {
 					return "–"

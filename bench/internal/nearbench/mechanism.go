@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/quantile"
 	"github.com/dbcache/dbcache/nearcache"
 )
 
@@ -118,7 +119,7 @@ func Mechanisms(ctx context.Context, o *Options) error {
 			if err != nil {
 				return fmt.Errorf("latency %s %s: %w", mech, mode, err)
 			}
-			p50, p99, mx := quantiles(res.lat)
+			p50, p99, mx := quantile.Percentile(res.lat, 50), quantile.Percentile(res.lat, 99), quantile.Percentile(res.lat, 100)
 			fmt.Fprintf(o.Out, "| %s, %s | %d | %d | %s | %s | %s | %d | %s |\n", mech, mode, res.writes, len(res.lat), fmtDur(p50), fmtDur(p99), fmtDur(mx), res.lost, load())
 		}
 	}

@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -144,15 +143,6 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expir
 	}
 	_, err = e.admin.Exec(ctx, `VACUUM ANALYZE `+pgx.Identifier{e.schema, "dbcache_entries"}.Sanitize())
 	return err
-}
-
-// quantiles returns the p50, p99 and max of d (sorted in place).
-func quantiles(d []time.Duration) (p50, p99, maxD time.Duration) {
-	if len(d) == 0 {
-		return 0, 0, 0
-	}
-	slices.Sort(d)
-	return d[len(d)/2], d[min(len(d)-1, len(d)*99/100)], d[len(d)-1]
 }
 
 func fmtDur(d time.Duration) string {

@@ -6,6 +6,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/dbcache/dbcache/internal/quantile"
 )
 
 // Violation is a read (or an Own pair) the promises rule out.
@@ -40,9 +42,7 @@ func (r *Report) Quantiles() (p50, p99, maxD time.Duration) {
 	if len(r.Staleness) == 0 {
 		return 0, 0, 0
 	}
-	d := slices.Clone(r.Staleness)
-	slices.Sort(d)
-	return d[len(d)/2], d[min(len(d)-1, len(d)*99/100)], d[len(d)-1]
+	return quantile.Percentile(r.Staleness, 50), quantile.Percentile(r.Staleness, 99), quantile.Percentile(r.Staleness, 100)
 }
 
 // Behind is how many reads returned something older than the newest write
