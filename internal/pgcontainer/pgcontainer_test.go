@@ -24,7 +24,10 @@ import (
 
 // These tests start servers in containers: the container path's faults,
 // removal and reaping (internal/pgserver's own tests show the installed
-// path's). They need Docker; CI runs them in its container pass.
+// path's). They need Docker: with DBCACHE_TEST_PG_SERVER=container (CI's
+// container pass) they fail without it; with =installed (a machine with
+// PostgreSQL and no Docker) they skip, and unset they skip when Docker
+// does not answer, as the PgBouncer tests skip without PgBouncer.
 
 // childEnv makes the test binary a child process that starts a container
 // and then dies without removing it (see TestMain). childLabelEnv is the
@@ -76,6 +79,28 @@ func containerID(s *pgserver.Server) string {
 	return d[i+1 : j]
 }
 
+// needDocker skips t where containers are not asked for and cannot run
+// (see the top of the file).
+func needDocker(t *testing.T) {
+	t.Helper()
+	cfg, err := pgserver.ConfigFromEnv(os.Getenv)
+	require.NoError(t, err)
+	switch cfg.Kind {
+	case pgserver.Container:
+		return
+	case pgserver.Installed:
+		t.Skipf("%s=installed: the container path is tested with =container", pgserver.EnvKind)
+	}
+	cli, err := dockerClient(ctxT(t), testLogger(t))
+	if err == nil {
+		_, err = cli.Ping(ctxT(t), client.PingOptions{})
+		_ = cli.Close()
+	}
+	if err != nil {
+		t.Skipf("Docker does not answer (%v); set %s=container to fail instead of skipping", err, pgserver.EnvKind)
+	}
+}
+
 func ctxT(t *testing.T) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -114,6 +139,7 @@ func exists(t *testing.T, id string) bool {
 // across a fast shutdown and a crash, and is gone after Remove.
 func TestContainerLifecycle(t *testing.T) {
 	t.Parallel()
+	needDocker(t)
 	ctx := ctxT(t)
 	s, err := pgserver.Start(ctx, pgserver.Config{Kind: pgserver.Container, Database: "lifecycle_db", Image: os.Getenv(pgserver.EnvImage), Logger: testLogger(t)})
 	require.NoError(t, err)
@@ -203,6 +229,7 @@ func answers(port int) bool {
 // it: its reaper (the same executable) removes it once the process is gone.
 func TestReaperRemovesContainerOfDeadProcess(t *testing.T) {
 	t.Parallel()
+	needDocker(t)
 	port, id := runChild(t, "panic", "org.dbcache.pgcontainer.test.panic."+strconv.Itoa(os.Getpid()))
 	deadline := time.Now().Add(2 * time.Minute)
 	for answers(port) || exists(t, id) {
@@ -215,6 +242,7 @@ func TestReaperRemovesContainerOfDeadProcess(t *testing.T) {
 // next sweep of its label removes it.
 func TestSweepRemovesStaleContainers(t *testing.T) {
 	t.Parallel()
+	needDocker(t)
 	label := "org.dbcache.pgcontainer.test.killed." + strconv.Itoa(os.Getpid())
 	port, id := runChild(t, "killed", label)
 	require.True(t, answers(port), "the killed run's container is still running")
