@@ -16,9 +16,9 @@ import (
 // (s = 1.1 over 100k keys, 100-byte values), each as a cache-aside: a get,
 // and on a miss a set. It reports the hit ratio and ns per access, at a
 // budget of 1% and 10% of the key space's bytes. The LRU lives here only:
-// the library imports otter alone. (ristretto was compared too until it
-// left the module, which keeps comparison-only dependencies out of a
-// nearcache user's module graph: docs/nearcache.md keeps its figures.)
+// the library imports otter alone. (ristretto is compared in the bench
+// module, bench/internal/nearbench's BenchmarkPolicy, which keeps it out
+// of a nearcache user's module graph.)
 
 const (
 	traceKeys  = 100_000
