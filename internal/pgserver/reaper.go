@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 )
@@ -30,8 +29,11 @@ type reaperSpec struct {
 // (RegisterContainerDriver, from the init of internal/pgcontainer, which
 // runs after this one): only a binary that links it starts containers.
 func init() {
-	if spec := os.Getenv(reaperEnv); spec != "" && !strings.Contains(spec, `"container"`) {
-		os.Exit(reap(spec))
+	if s := os.Getenv(reaperEnv); s != "" {
+		var spec reaperSpec
+		if json.Unmarshal([]byte(s), &spec) != nil || spec.Container == "" {
+			os.Exit(reap(s))
+		}
 	}
 }
 
