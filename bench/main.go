@@ -18,7 +18,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dbcache/dbcache/internal/benchcmp"
+	"github.com/dbcache/dbcache/bench/internal/benchcmp"
 )
 
 func main() {

@@ -19,7 +19,7 @@ import (
 	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/migrations"
+	"github.com/dbcache/dbcache/internal/migrations"
 )
 
 // NoteWrites, the cache's synchronous OnWrite hook, never blocks, even

@@ -16,7 +16,8 @@ import (
 
 	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/migrations"
+	"github.com/dbcache/dbcache/internal/migrations"
+	"github.com/dbcache/dbcache/internal/quantile"
 )
 
 const benchRows = 1_000_000
@@ -155,15 +156,6 @@ func (s *setters) halt(b *testing.B) map[string][]time.Duration {
 	return s.lats
 }
 
-func p99(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	ds = slices.Clone(ds)
-	slices.Sort(ds)
-	return ds[(len(ds)*99)/100]
-}
-
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // BenchmarkPass1M times culling passes over a 1M-row table next to a full
@@ -256,8 +248,8 @@ func BenchmarkPass1M(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportMetric(ms(loaded), "pass_loaded_ms")
-			b.ReportMetric(ms(p99(lats["idle"])), "set_p99_idle_ms")
-			b.ReportMetric(ms(p99(lats["pass"])), "set_p99_pass_ms")
+			b.ReportMetric(ms(quantile.Percentile(lats["idle"], 99)), "set_p99_idle_ms")
+			b.ReportMetric(ms(quantile.Percentile(lats["pass"], 99)), "set_p99_pass_ms")
 			b.ReportMetric(float64(len(lats["pass"])), "sets_in_pass")
 			b.ReportMetric(float64(res.Remaining-int64(dbtest.Count(b, pool))), "estimate_err")
 		})

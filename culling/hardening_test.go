@@ -16,7 +16,7 @@ import (
 
 	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/migrations"
+	"github.com/dbcache/dbcache/internal/migrations"
 )
 
 // holdSnapshot opens a REPEATABLE READ transaction on a connection of its

@@ -12,7 +12,7 @@ import (
 
 	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/migrations"
+	"github.com/dbcache/dbcache/internal/migrations"
 )
 
 // An OnProgress that panics cannot crash the process from the started

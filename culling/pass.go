@@ -6,15 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
-	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Phase names the step a pass is in, for Progress.
@@ -234,74 +230,6 @@ func (c *Culler) logPass(ctx context.Context, r *PassResult) {
 	)
 }
 
-const (
-	// stopGrace is how long a statement in progress when its pass is
-	// stopped (Stop, ctx, PassTimeout) may run on before the pass asks the
-	// server to cancel it. Batches take milliseconds; one that waits this
-	// long is stuck (on a lock taken by ALTER TABLE, say).
-	stopGrace = 2 * time.Second
-
-	// cancelGrace is how long a statement the server was asked to cancel
-	// may take to return before the pass closes its connection, and how
-	// long a cancel request itself may take.
-	cancelGrace = 3 * time.Second
-
-	// releaseWait bounds how long a pass waits, at its end, for the server
-	// to show that a connection it had to close no longer holds the lock or
-	// runs a batch.
-	releaseWait = 5 * time.Second
-
-	// releasePoll is how often it looks.
-	releasePoll = 10 * time.Millisecond
-)
-
-// passConn is a pooled connection a pass holds.
-type passConn struct {
-	*pgxpool.Conn
-	// pid is the server backend the connection's statements run on, for
-	// waitReleased: read from the server (sqlLock, sqlServerPID) once a
-	// pass can, since behind a pooler the PID the client was given is the
-	// pooler's cancel key. Until then it is that client PID, right on a
-	// direct connection; 0 when the connection has no one backend (a
-	// transaction pooler's).
-	pid uint32
-	// cut is set once a cancel request was sent for a statement on the
-	// connection. A cancel request can arrive late and cancel whatever the
-	// connection runs next, so it runs nothing more and is closed, never
-	// returned to the pool.
-	cut atomic.Bool
-	// abandoned is set when a statement was given up by closing the
-	// connection: the server may still be running it.
-	abandoned atomic.Bool
-}
-
-func newPassConn(c *pgxpool.Conn) *passConn {
-	return &passConn{Conn: c, pid: c.Conn().PgConn().PID()}
-}
-
-// clientPID is the PID the server (or a pooler) gave the client.
-func (pc *passConn) clientPID() uint32 { return pc.Conn.Conn().PgConn().PID() }
-
-// done returns the connection to the pool, or closes it if a statement on
-// it was interrupted.
-func (pc *passConn) done(ctx context.Context) {
-	if !pc.cut.Load() && !pc.abandoned.Load() {
-		pc.Release()
-		return
-	}
-	// Terminate: the server ends the session, and whatever it holds.
-	_ = pc.Hijack().Close(ctx)
-}
-
-// inflight is one statement in progress, for the stop watcher.
-type inflight struct {
-	mu       sync.Mutex
-	over     bool
-	finished chan struct{}
-}
-
-var errConnCut = errors.New("culling: the connection's statement was cancelled; it runs nothing more")
-
 type pass struct {
 	c   *Culler
 	ctx context.Context // ends on Stop, the caller's cancel and PassTimeout
@@ -342,123 +270,6 @@ func (p *pass) progress(ph Phase) (err error) {
 		Phase: ph,
 	})
 	return nil
-}
-
-// stmt runs fn, one statement or one pipeline on pc, under a context the
-// pass's own does not cancel. Cancelling a context in the middle of a
-// statement makes pgx close the connection at once, but the server notices
-// only later: its backend, its locks and a DELETE in flight would outlive
-// the pass, and the next culler would find the lock still held. So a
-// stopped pass lets the statement in progress finish (stopGrace), then asks
-// the server to cancel it and waits for the answer (cancelGrace), and only
-// then closes the connection. Once the pass's context has ended, stmt runs
-// nothing new.
-func (p *pass) stmt(pc *passConn, fn func(context.Context) error) error {
-	if err := p.ctx.Err(); err != nil {
-		return err
-	}
-	if pc.cut.Load() || pc.abandoned.Load() {
-		return errConnCut
-	}
-	sctx, abandon := context.WithCancel(context.WithoutCancel(p.ctx))
-	defer abandon()
-	st := &inflight{finished: make(chan struct{})}
-	stopWatch := context.AfterFunc(p.ctx, func() { interrupt(pc, st, abandon) })
-	err := fn(sctx)
-	st.mu.Lock()
-	st.over = true
-	st.mu.Unlock()
-	close(st.finished)
-	stopWatch()
-	return err
-}
-
-// interrupt runs when a pass is stopped while st runs on pc.
-func interrupt(pc *passConn, st *inflight, abandon context.CancelFunc) {
-	grace := time.NewTimer(stopGrace)
-	defer grace.Stop()
-	select {
-	case <-st.finished:
-		return
-	case <-grace.C:
-	}
-	// Mark the connection before sending: once stmt has seen over, no
-	// cancel request may follow, and once one may, stmt sees cut.
-	st.mu.Lock()
-	if st.over {
-		st.mu.Unlock()
-		return
-	}
-	pc.cut.Store(true)
-	st.mu.Unlock()
-	ctx, cancel := context.WithTimeout(context.Background(), cancelGrace)
-	_ = pc.Conn.Conn().PgConn().CancelRequest(ctx)
-	cancel()
-	hard := time.NewTimer(cancelGrace)
-	defer hard.Stop()
-	select {
-	case <-st.finished:
-	case <-hard.C:
-		pc.abandoned.Store(true)
-		abandon()
-	}
-}
-
-// runTx runs q in a transaction of its own at READ COMMITTED, preceded by
-// settings (if any) for that transaction only, all sent as one pipeline
-// (one round trip). scan reads q's row; with a nil scan q is executed and
-// its command tag returned. The settings end with the transaction, so
-// nothing outlives it on the pooled connection.
-//
-// sqlBatchSettings turns synchronous_commit off: a commit then returns
-// without waiting for its WAL to reach disk, which measured four to five
-// times faster per batch where a WAL flush costs about 5 ms. It is safe for
-// a cache: a crash can lose only the last fraction of a second of
-// deletions, and the rows that come back are removed by the next pass (or,
-// for the state row, the next pass records itself).
-func runTx(ctx context.Context, conn *pgx.Conn, settings, q string, args []any, scan func(pgx.Row) error) (pgconn.CommandTag, error) {
-	b := &pgx.Batch{}
-	b.Queue(sqlBegin)
-	if settings != "" {
-		b.Queue(settings)
-	}
-	b.Queue(q, args...)
-	b.Queue(sqlCommit)
-	br := conn.SendBatch(ctx, b)
-	_, err := br.Exec()
-	if err == nil && settings != "" {
-		_, err = br.Exec()
-	}
-	var tag pgconn.CommandTag
-	if err == nil {
-		if scan != nil {
-			err = scan(br.QueryRow())
-		} else {
-			tag, err = br.Exec()
-		}
-	}
-	if err == nil {
-		_, err = br.Exec()
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil && !conn.IsClosed() && conn.PgConn().TxStatus() != 'I' {
-		// The failed statement aborted the transaction, which stays open
-		// until it is ended.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelGrace)
-		_, _ = conn.Exec(rctx, sqlRollback)
-		cancel()
-	}
-	return tag, err
-}
-
-// tx runs q on pc through runTx, under stmt.
-func (p *pass) tx(pc *passConn, settings, q string, args []any, scan func(pgx.Row) error) error {
-	return p.stmt(pc, func(ctx context.Context) error {
-		_, err := runTx(ctx, pc.Conn.Conn(), settings, q, args, scan)
-		return err
-	})
 }
 
 // run is one pass. The lock is a transaction-level advisory lock held by an
@@ -544,187 +355,6 @@ func (p *pass) runDry() error {
 		return err
 	}
 	p.finish()
-	return nil
-}
-
-// workBackend learns whether the work connection has a backend of its own:
-// on a direct connection the server's PID for it is the client's, and a
-// batch cut off mid-statement can be waited for by it (see release);
-// behind a transaction pooler each transaction may run on another backend,
-// none of which the pass can name.
-func (p *pass) workBackend() error {
-	var pid uint32
-	if err := p.tx(p.work, "", sqlServerPID, nil, func(r pgx.Row) error { return r.Scan(&pid) }); err != nil {
-		return fmt.Errorf("culling: read the work connection's backend: %w", err)
-	}
-	if pid != p.work.clientPID() {
-		pid = 0
-	}
-	p.work.pid = pid
-	return nil
-}
-
-// takeLock begins the lock transaction and tries the lock; p.res.Skipped
-// reports that another culler holds it.
-func (p *pass) takeLock() error {
-	c := p.c
-	if err := p.stmt(p.lock, func(ctx context.Context) error {
-		tx, err := p.lock.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted})
-		p.lockTx = tx
-		return err
-	}); err != nil {
-		return fmt.Errorf("culling: begin the lock transaction: %w", err)
-	}
-	// A culler that hangs between statements (a stopped process, a stuck
-	// goroutine) must not keep every other culler out forever: the lock
-	// query also sets idle_in_transaction_session_timeout for the lock
-	// transaction, so the server ends the session, and the lock with it,
-	// once it has idled for longer than a pass may last.
-	var idleTimeout *string
-	if c.cfg.PassTimeout > 0 {
-		ms := strconv.FormatInt((c.cfg.PassTimeout + 30*time.Second).Milliseconds(), 10)
-		idleTimeout = &ms
-	}
-	var (
-		oid     *int64
-		locked  *bool
-		started time.Time
-		pid     uint32
-		vxid    *string
-	)
-	// The simple protocol matters here. With the extended protocol, the
-	// unnamed portal of a SELECT outlives its execution until the next
-	// Bind or the end of the transaction, and keeps its snapshot
-	// registered: the idle lock transaction would then hold back the xmin
-	// horizon for the whole pass, so no row the pass deletes could be
-	// vacuumed, nor its index entries marked dead, until the pass ended.
-	if err := p.stmt(p.lock, func(ctx context.Context) error {
-		return p.lockTx.QueryRow(ctx, sqlLock, pgx.QueryExecModeSimpleProtocol,
-			c.table, lockKeySpace, idleTimeout).Scan(&oid, &locked, &started, &pid, &vxid)
-	}); err != nil {
-		return fmt.Errorf("culling: take the culler lock: %w", err)
-	}
-	if oid == nil {
-		return fmt.Errorf("%w: %s", ErrTableNotFound, c.table)
-	}
-	p.res.StartedAt, p.asOf = started, started
-	// The open transaction pins its backend, even behind a pooler.
-	p.lock.pid = pid
-	if locked == nil || !*locked {
-		p.res.Skipped = true
-		return nil
-	}
-	if vxid == nil {
-		return errors.New("culling: the lock transaction has no virtual transaction ID in pg_locks")
-	}
-	p.lastBeat = time.Now()
-	p.lockVXID = *vxid
-	return nil
-}
-
-// release ends the pass's hold on the database: it returns or closes the
-// work connection, rolls back the lock transaction (which releases the
-// lock), and if a connection had to be closed instead, waits (bounded by
-// releaseWait) until the server shows its backend no longer holds the lock
-// or runs a batch. Then the next culler's pass can start at once.
-func (p *pass) release() {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(p.ctx), releaseWait)
-	defer cancel()
-	var busyPID, lockPID uint32
-	if p.work != nil {
-		if p.work.abandoned.Load() {
-			busyPID = p.work.pid
-		}
-		p.work.done(ctx)
-	}
-	if p.lock != nil {
-		interrupted := p.lock.cut.Load() || p.lock.abandoned.Load()
-		released := false
-		if p.lockTx != nil && !interrupted {
-			// The rollback runs even though the pass's context may have
-			// ended; if it fails, the connection is closed or left
-			// mid-transaction, and the pool destroys it either way.
-			released = p.lockTx.Rollback(ctx) == nil
-		}
-		if p.lockTx == nil && !interrupted {
-			released = true // no transaction, so no lock
-		}
-		if !released {
-			lockPID = p.lock.pid
-		}
-		p.lock.done(ctx)
-	}
-	// A PID that is no backend's (a pooler's cancel key, read before the
-	// server could be asked) cannot be waited for.
-	if busyPID > math.MaxInt32 {
-		busyPID = 0
-	}
-	if lockPID > math.MaxInt32 {
-		lockPID = 0
-	}
-	if busyPID == 0 && lockPID == 0 {
-		return
-	}
-	if err := p.waitReleased(ctx, lockPID, busyPID); err != nil {
-		p.c.log(ctx, slog.LevelWarn, "culling.Culler: could not confirm that a closed connection released the culler lock; "+
-			"the next pass may be skipped until the server ends that session", "pid", lockPID, "error", err)
-	}
-}
-
-// waitReleased waits until backend lockPID (unless 0) no longer holds the
-// culler lock and backend busyPID (unless 0) no longer holds a lock on the
-// cache table.
-func (p *pass) waitReleased(ctx context.Context, lockPID, busyPID uint32) error {
-	c := p.c
-	conn, err := c.pool.Acquire(ctx)
-	if err != nil {
-		return err
-	}
-	defer conn.Release()
-	for {
-		var held, busy bool
-		if lockPID != 0 {
-			if _, err := runTx(ctx, conn.Conn(), "", sqlLockHeld, []any{lockPID, lockKeySpace, c.table},
-				func(r pgx.Row) error { return r.Scan(&held) }); err != nil {
-				return err
-			}
-		}
-		if busyPID != 0 {
-			if _, err := runTx(ctx, conn.Conn(), "", sqlTableBusy, []any{busyPID, c.table},
-				func(r pgx.Row) error { return r.Scan(&busy) }); err != nil {
-				return err
-			}
-		}
-		if !held && !busy {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(releasePoll):
-		}
-	}
-}
-
-// heartbeat checks, at most once every heartbeatEvery (or at once with
-// force), that the lock's connection still holds its transaction; if it does
-// not, another culler may already be running, so the pass stops. Batches
-// themselves delete nothing once the lock is gone (see sqlSweep), so between
-// heartbeats a lost lock costs no more than a batch that finds nothing.
-func (p *pass) heartbeat(force bool) error {
-	if !force && time.Since(p.lastBeat) < heartbeatEvery {
-		return p.ctx.Err() // stop between batches
-	}
-	if err := p.stmt(p.lock, func(ctx context.Context) error {
-		_, err := p.lockTx.Exec(ctx, sqlHeartbeat, pgx.QueryExecModeSimpleProtocol)
-		return err
-	}); err != nil {
-		if p.ctx.Err() != nil {
-			return p.ctx.Err()
-		}
-		return fmt.Errorf("%w: %w", ErrLockLost, err)
-	}
-	p.lastBeat = time.Now()
 	return nil
 }
 
@@ -1029,18 +659,15 @@ func (p *pass) cull() error {
 	if !countOver && !bytesOver {
 		return nil
 	}
-	var (
-		keep   int64
-		found  bool
-		bound  cursor
-		before int64
-	)
+	var b boundary
 	if countOver {
 		var err error
-		if keep, found, bound, before, countOver, err = p.countBoundary(); err != nil {
+		if b, err = p.countBoundary(); err != nil {
 			return err
 		}
+		countOver = b.over
 	}
+	keep, found, bound, before := b.keep, b.found, b.at, b.before
 	if !countOver && !bytesOver {
 		return nil
 	}
@@ -1130,10 +757,32 @@ func (p *pass) cull() error {
 	return p.heartbeat(true)
 }
 
+// boundary is where the count cull stops (see cull and countBoundary).
+type boundary struct {
+	// keep is how many rows, from the end of eviction order, the cull
+	// keeps.
+	keep int64
+	// found reports whether the keep-th row from the end exists; at is
+	// that row when it does.
+	found bool
+	at    cursor
+	// before is how many rows come before at (counted up to what the
+	// pass needs).
+	before int64
+	// over is false when the table turned out not to be over MaxEntries.
+	over bool
+}
+
 // countBoundary confirms that the table is over MaxEntries and finds the
 // count cull's boundary (see cull). over is false when the table turned out
 // not to be over the limit; the count is then corrected.
-func (p *pass) countBoundary() (keep int64, found bool, bound cursor, before int64, over bool, err error) {
+func (p *pass) countBoundary() (boundary, error) {
+	var (
+		keep   int64
+		found  bool
+		bound  cursor
+		before int64
+	)
 	c := p.c
 	maxEntries := int64(c.cfg.MaxEntries)
 	if c.cfg.CullFrequency != CullAll {
@@ -1148,7 +797,7 @@ func (p *pass) countBoundary() (keep int64, found bool, bound cursor, before int
 		case errors.Is(err, pgx.ErrNoRows):
 			// Fewer than keep rows: under the limit (the count below says so).
 		case err != nil:
-			return 0, false, bound, 0, false, fmt.Errorf("culling: find the cull boundary: %w", err)
+			return boundary{}, fmt.Errorf("culling: find the cull boundary: %w", err)
 		default:
 			found, bound.key = true, *bKey
 		}
@@ -1163,15 +812,15 @@ func (p *pass) countBoundary() (keep int64, found bool, bound cursor, before int
 		keep, need = 0, maxEntries+1
 	}
 	if err := p.countBefore(found, bound, need, &before); err != nil {
-		return 0, false, bound, 0, false, err
+		return boundary{}, err
 	}
 	if walked := keep + min(before, maxEntries+1-keep); walked <= maxEntries {
 		// Not over the limit after all: the count was an estimate that had
 		// not caught up with deletions. The walk counted every row.
 		p.res.Count, p.res.CountExact = keep+before, true
-		return keep, found, bound, before, false, nil
+		return boundary{keep: keep, found: found, at: bound, before: before}, nil
 	}
-	return keep, found, bound, before, true, nil
+	return boundary{keep: keep, found: found, at: bound, before: before, over: true}, nil
 }
 
 // rowsFor is about how many rows hold bytes, at the mean size of the rows

@@ -14,7 +14,7 @@ import (
 
 	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/migrations"
+	"github.com/dbcache/dbcache/internal/migrations"
 )
 
 // exactSize is the cache's size as MaxBytes counts it, by a full scan.

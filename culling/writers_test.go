@@ -14,7 +14,7 @@ import (
 
 	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/migrations"
+	"github.com/dbcache/dbcache/internal/migrations"
 )
 
 // readCommitted opens a pool on the schema whose sessions run at READ

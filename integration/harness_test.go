@@ -18,6 +18,8 @@ import (
 
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/dbtest"
+	// Containers for the suite's servers (pgserver.Start).
+	_ "github.com/dbcache/dbcache/internal/pgcontainer"
 	"github.com/dbcache/dbcache/internal/pgserver"
 )
 

@@ -54,23 +54,24 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	schema "github.com/dbcache/dbcache/internal/migrations"
 	"github.com/dbcache/dbcache/internal/pooler"
 )
 
 // FS holds the migration files, for applications that run golang-migrate
-// themselves (source "iofs", path ".").
-//
-//go:embed *.sql
-var FS embed.FS
+// themselves (source "iofs", path "."). The files live in the library
+// module (internal/migrations), whose own tests apply them without
+// golang-migrate; this module adds golang-migrate and the Migrator.
+var FS embed.FS = schema.FS
 
 const (
 	// Table is the name of the cache table the migrations create.
-	Table = "dbcache_entries"
+	Table = schema.Table
 
 	// MigrationsTable is where dbcache records its applied migrations. It is
 	// distinct from golang-migrate's default schema_migrations so dbcache never
 	// collides with the application's own migrations (nor waits on their lock).
-	MigrationsTable = "dbcache_schema_migrations"
+	MigrationsTable = schema.MigrationsTable
 
 	// LockTimeoutDefault is the default for Config.LockTimeout.
 	LockTimeoutDefault = 15 * time.Second

@@ -10,12 +10,12 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dbcache/dbcache/dbcache"
-	"github.com/dbcache/dbcache/migrations"
 	"github.com/dbcache/dbcache/nearcache"
 )
 
 // A near cache in front of a dbcache.Cache, on a server with wal_level =
-// logical (DATABASE_URL: the tests' throwaway server).
+// logical and a migrated schema (see package migrations; DATABASE_URL: the
+// tests' throwaway server, which TestMain migrates).
 func Example() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -24,13 +24,6 @@ func Example() {
 		log.Fatal(err)
 	}
 	defer pool.Close()
-	m, err := migrations.New(pool, nil)
-	if err != nil {
-		log.Fatal(err)
-	}
-	if err := m.Up(ctx); err != nil {
-		log.Fatal(err)
-	}
 	// Once per table, by a role that owns it: the publication the feed reads.
 	if err := nearcache.Setup(ctx, pool, nil); err != nil {
 		log.Fatal(err)

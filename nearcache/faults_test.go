@@ -13,8 +13,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/migrations"
 	"github.com/dbcache/dbcache/internal/pgserver"
-	"github.com/dbcache/dbcache/migrations"
 	"github.com/dbcache/dbcache/nearcache"
 )
 

@@ -604,8 +604,7 @@ func (l *local) invalidatePrefix(prefix string) int {
 }
 
 // len is the number of copies, bytes their weight.
-func (l *local) len() int           { return l.cache.EstimatedSize() }
-func (l *local) bytes() uint64      { return l.cache.WeightedSize() }
-func (l *local) close()             { l.cache.InvalidateAll(); l.cache.StopAllGoroutines() }
-func (l *local) feedUp() bool       { return l.gen.Load()%2 == 1 }
-func (l *local) generation() uint64 { return l.gen.Load() }
+func (l *local) len() int      { return l.cache.EstimatedSize() }
+func (l *local) bytes() uint64 { return l.cache.WeightedSize() }
+func (l *local) close()        { l.cache.InvalidateAll(); l.cache.StopAllGoroutines() }
+func (l *local) feedUp() bool  { return l.gen.Load()%2 == 1 }

@@ -17,8 +17,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/migrations"
 	"github.com/dbcache/dbcache/internal/pgserver"
-	"github.com/dbcache/dbcache/migrations"
 	"github.com/dbcache/dbcache/nearcache"
 )
 
@@ -60,7 +60,25 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "nearcache tests: %v\n", err)
 		return 1
 	}
+	// The example's schema (the search_path's), migrated as an
+	// application would with the migrations package.
+	if err := migrateExampleSchema(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "nearcache tests: %v\n", err)
+		return 1
+	}
 	return m.Run()
+}
+
+func migrateExampleSchema(ctx context.Context) error {
+	cfg, err := pgx.ParseConfig(server.URL(""))
+	if err != nil {
+		return err
+	}
+	m, err := migrations.NewFromConnConfig(cfg, nil)
+	if err != nil {
+		return err
+	}
+	return m.Up(ctx)
 }
 
 func startServer(ctx context.Context) (*pgserver.Server, error) {

@@ -9,16 +9,16 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/dgraph-io/ristretto/v2"
 )
 
 // Which local store: the layer's (otter's W-TinyLFU behind the fill
-// protocol) against ristretto and a hand-written LRU, on a Zipf trace
+// protocol) against a hand-written LRU, on a Zipf trace
 // (s = 1.1 over 100k keys, 100-byte values), each as a cache-aside: a get,
 // and on a miss a set. It reports the hit ratio and ns per access, at a
-// budget of 1% and 10% of the key space's bytes. ristretto and the LRU
-// live here only: the library imports otter alone.
+// budget of 1% and 10% of the key space's bytes. The LRU lives here only:
+// the library imports otter alone. (ristretto is compared in the bench
+// module, bench/internal/nearbench's BenchmarkPolicy, which keeps it out
+// of a nearcache user's module graph.)
 
 const (
 	traceKeys  = 100_000
@@ -68,19 +68,6 @@ func (p otterPolicy) get(k string) bool {
 
 func (p otterPolicy) set(k string, v []byte) {
 	keepFill(p.l, k, v)
-}
-
-type ristrettoPolicy struct {
-	c *ristretto.Cache[string, []byte]
-}
-
-func (p ristrettoPolicy) get(k string) bool {
-	_, ok := p.c.Get(k)
-	return ok
-}
-
-func (p ristrettoPolicy) set(k string, v []byte) {
-	p.c.Set(k, v, int64(len(k)+len(v)+entryOverhead))
 }
 
 // lruPolicy is the hand-written baseline: a map and a list under one lock,
@@ -134,15 +121,6 @@ func newPolicy(tb testing.TB, name string, budget int) policy {
 		l.setFeed(true)
 		tb.Cleanup(l.close)
 		return otterPolicy{l}
-	case "ristretto":
-		c, err := ristretto.NewCache(&ristretto.Config[string, []byte]{
-			NumCounters: 10 * traceKeys, MaxCost: int64(budget), BufferItems: 64,
-		})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		tb.Cleanup(c.Close)
-		return ristrettoPolicy{c}
 	default:
 		return &lruPolicy{max: budget, ll: list.New(), items: map[string]*list.Element{}}
 	}
@@ -155,7 +133,7 @@ func BenchmarkPolicy(b *testing.B) {
 	full := traceKeys * (len(":1:user:99999") + traceValue + entryOverhead)
 	value := make([]byte, traceValue)
 	for _, pct := range []int{1, 10, 100} {
-		for _, name := range []string{"otter", "ristretto", "lru"} {
+		for _, name := range []string{"otter", "lru"} {
 			for _, g := range []int{1, 16} {
 				b.Run(fmt.Sprintf("budget=%d%%/%s/g=%d", pct, name, g), func(b *testing.B) {
 					p := newPolicy(b, name, full*pct/100)
@@ -165,9 +143,6 @@ func BenchmarkPolicy(b *testing.B) {
 						if !p.get(k) {
 							p.set(k, value)
 						}
-					}
-					if rp, ok := p.(ristrettoPolicy); ok {
-						rp.c.Wait()
 					}
 					var hits, n atomic.Int64
 					var next atomic.Int64

@@ -16,8 +16,8 @@ import (
 
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/dbtest"
+	"github.com/dbcache/dbcache/internal/migrations"
 	"github.com/dbcache/dbcache/internal/pgserver"
-	"github.com/dbcache/dbcache/migrations"
 	"github.com/dbcache/dbcache/nearcache"
 )
 

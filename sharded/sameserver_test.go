@@ -11,7 +11,7 @@ import (
 
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/dbtest"
-	"github.com/dbcache/dbcache/migrations"
+	"github.com/dbcache/dbcache/internal/migrations"
 	"github.com/dbcache/dbcache/sharded"
 )
 

@@ -20,7 +20,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dbcache/dbcache/internal/nearbench"
+	"github.com/dbcache/dbcache/bench/internal/nearbench"
 )
 
 func main() {

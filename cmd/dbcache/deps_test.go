@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// modules lists the modules (other than dbcache's own) whose packages
+// modules lists the modules (other than dbcache's own modules) whose packages
 // pkg's build compiles: what `go list -deps` says a user's build pulls in.
 func modules(t *testing.T, pkg string) []string {
 	t.Helper()
@@ -18,7 +18,7 @@ func modules(t *testing.T, pkg string) []string {
 	require.NoError(t, err, "go list -deps %s", pkg)
 	var mods []string
 	for _, m := range strings.Fields(string(out)) {
-		if m != "github.com/dbcache/dbcache" && !slices.Contains(mods, m) {
+		if !strings.HasPrefix(m, "github.com/dbcache/dbcache") && !slices.Contains(mods, m) {
 			mods = append(mods, m)
 		}
 	}
@@ -26,10 +26,10 @@ func modules(t *testing.T, pkg string) []string {
 	return mods
 }
 
-// The README's "What your build pulls in" is true: the library packages
+// docs/modules.md's "it compiles" column is true: the library packages
 // bring pgx (and what pgx needs) only; golang-migrate comes only with
-// migrations; cobra, the progress bar and testcontainers only with the
-// command.
+// migrations; each package with a dependency of its own brings that one;
+// cobra, the progress bar and testcontainers only with the command.
 func TestLibraryDependencies(t *testing.T) {
 	t.Parallel()
 	pgx := []string{
@@ -50,6 +50,32 @@ func TestLibraryDependencies(t *testing.T) {
 	for _, m := range mods {
 		require.Contains(t, withMigrate, m, "migrations pulls in %s", m)
 	}
+	// The other rows of docs/modules.md: each package compiles its own
+	// dependency besides pgx (codec and encryption not even pgx), and
+	// nothing else (the deps_test.go files of those packages did this,
+	// before depguard took over their import rules).
+	subset := func(pkg string, allowed ...string) []string {
+		mods := modules(t, "github.com/dbcache/dbcache/"+pkg)
+		for _, m := range mods {
+			require.True(t, slices.ContainsFunc(allowed, func(a string) bool { return m == a || strings.HasPrefix(m, a+"/") }),
+				"%s pulls in %s", pkg, m)
+		}
+		return mods
+	}
+	require.Empty(t, subset("codec"))
+	require.Empty(t, subset("encryption"))
+	for _, pkg := range []string{"typed", "tablestats", "multitracer", "sharded", "ratelimit"} {
+		subset(pkg, pgx...)
+	}
+	require.Contains(t, subset("compression", append([]string{"github.com/klauspost/compress"}, pgx...)...), "github.com/klauspost/compress")
+	require.Contains(t, subset("nearcache", append([]string{"github.com/jackc/pglogrepl", "github.com/jackc/pgio", "github.com/maypok86/otter/v2"}, pgx...)...),
+		"github.com/jackc/pglogrepl")
+	require.Contains(t, subset("certcache", append([]string{"golang.org/x/crypto", "golang.org/x/net"}, pgx...)...), "golang.org/x/crypto")
+	require.Contains(t, subset("prommetrics", append([]string{"github.com/prometheus", "github.com/beorn7/perks", "github.com/cespare/xxhash/v2",
+		"github.com/munnerz/goautoneg", "golang.org/x/sys", "google.golang.org/protobuf", "go.yaml.in/yaml"}, pgx...)...), "github.com/prometheus/client_golang")
+	require.Contains(t, subset("oteltrace", append([]string{"go.opentelemetry.io", "github.com/go-logr", "github.com/cespare/xxhash/v2"}, pgx...)...),
+		"go.opentelemetry.io/otel/trace")
+
 	cli := modules(t, "github.com/dbcache/dbcache/cmd/dbcache")
 	for _, m := range []string{"github.com/spf13/cobra", "github.com/schollz/progressbar/v3", "github.com/testcontainers/testcontainers-go"} {
 		require.Contains(t, cli, m)

@@ -76,7 +76,8 @@ func TestVersionCommit(t *testing.T) {
 	out, err := exec.Command("go", "version", "-m", binary(t)).Output()
 	require.NoError(t, err)
 	info := string(out)
-	mod := regexp.MustCompile(`(?m)^\tmod\tgithub\.com/dbcache/dbcache\t(\S+)`).FindStringSubmatch(info)
+	// The main module: the CLI's own.
+	mod := regexp.MustCompile(`(?m)^\tmod\tgithub\.com/dbcache/dbcache/cmd/dbcache\t(\S+)`).FindStringSubmatch(info)
 	require.NotNil(t, mod, info)
 	require.Equal(t, mod[1], v.Version)
 	rev := regexp.MustCompile(`(?m)^\tbuild\tvcs\.revision=(\S+)`).FindStringSubmatch(info)

@@ -4,8 +4,11 @@
 //
 // A server comes from one of two places:
 //
-//   - a container, through testcontainers, when Docker can run one: image
-//     $DBCACHE_TEST_PG_IMAGE, default postgres:16-alpine;
+//   - a container, through testcontainers, when Docker can run one and the
+//     program imports internal/pgcontainer (a module of its own, which
+//     registers its driver; the CLI and the integration suite do, the
+//     library's own tests do not): image $DBCACHE_TEST_PG_IMAGE, default
+//     postgres:16-alpine;
 //   - otherwise the PostgreSQL server installation found on the machine
 //     (initdb and postgres from $DBCACHE_TEST_PG_BINDIR, PATH, pg_config
 //     --bindir, /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin,
@@ -303,7 +306,7 @@ func (s *Server) URL(database string) string {
 	if s.kind == Container {
 		// Ignored under trust authentication, which the official image
 		// grants here; sent if a custom image asks for a password anyway.
-		pw = ":" + containerPassword
+		pw = ":" + ContainerPassword
 	}
 	return fmt.Sprintf("postgres://%s%s@%s:%d/%s?sslmode=disable", Superuser, pw, host, port, database)
 }

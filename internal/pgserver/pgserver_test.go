@@ -18,28 +18,20 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/moby/moby/client"
 	"github.com/stretchr/testify/require"
 )
 
-// These tests start servers the way the environment says (EnvKind: CI runs
-// them once with each kind; unset, whichever Start picks), so each kind's
-// faults, removal and reaping are shown on a machine that has it.
+// These tests start servers from the installed PostgreSQL (this package
+// alone runs no containers: internal/pgcontainer's tests show the container
+// path's faults, removal and reaping).
 
 // childEnv makes the test binary a child process that starts a server and
-// then dies without removing it (see TestMain). childLabelEnv is the label
-// its container gets: other processes' sweeps (the other test packages
-// starting servers meanwhile) do not look for it; its directory, under the
-// child's own TMPDIR, is likewise out of their sight.
-const (
-	childEnv      = "PGSERVER_TEST_CHILD"
-	childLabelEnv = "PGSERVER_TEST_LABEL"
-)
+// then dies without removing it (see TestMain). Its directory, under the
+// child's own TMPDIR, is out of other processes' sweeps (the other test
+// packages starting servers meanwhile).
+const childEnv = "PGSERVER_TEST_CHILD"
 
 func TestMain(m *testing.M) {
-	if l := os.Getenv(childLabelEnv); l != "" {
-		labelOwner = l
-	}
 	switch os.Getenv(childEnv) {
 	case "":
 		os.Exit(run(m))
@@ -66,6 +58,7 @@ func run(m *testing.M) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*DefaultStartTimeout)
 	defer cancel()
 	cfg, err := ConfigFromEnv(os.Getenv)
+	cfg.Kind = Installed
 	if err == nil {
 		live, err = Start(ctx, cfg)
 	}
@@ -80,6 +73,7 @@ func run(m *testing.M) int {
 // childStart starts a server from the environment and prints where it is.
 func childStart() *Server {
 	cfg, err := ConfigFromEnv(os.Getenv)
+	cfg.Kind = Installed
 	if err == nil {
 		var s *Server
 		if s, err = Start(context.Background(), cfg); err == nil {
@@ -96,11 +90,8 @@ func childStart() *Server {
 func where(s *Server) string {
 	_, port := s.Addr()
 	loc := ""
-	switch inst := s.inst.(type) {
-	case *localInstance:
+	if inst, ok := s.inst.(*localInstance); ok {
 		loc = inst.root
-	case *containerInstance:
-		loc = inst.ctr.GetContainerID()
 	}
 	return fmt.Sprintf("%s %d %s", s.Kind(), port, loc)
 }
@@ -109,6 +100,7 @@ func envConfig(t *testing.T) Config {
 	t.Helper()
 	cfg, err := ConfigFromEnv(os.Getenv)
 	require.NoError(t, err)
+	cfg.Kind = Installed
 	return cfg
 }
 
@@ -156,20 +148,7 @@ func TestServerLifecycle(t *testing.T) {
 	require.Equal(t, []string{"lifecycle_db", "postgres", "on", "UTF8", "C"}, []string{db, user, fsync, enc, coll})
 	var listen string
 	require.NoError(t, conn.QueryRow(ctx, `SELECT current_setting('listen_addresses')`).Scan(&listen))
-	switch inst := s.inst.(type) {
-	case *localInstance:
-		require.Equal(t, "127.0.0.1", listen, "only loopback")
-	case *containerInstance:
-		res, err := inst.cli.ContainerInspect(ctx, inst.ctr.GetContainerID(), containerInspectOptions)
-		require.NoError(t, err)
-		var hosts []string
-		for _, bindings := range res.Container.NetworkSettings.Ports {
-			for _, b := range bindings {
-				hosts = append(hosts, b.HostIP.String())
-			}
-		}
-		require.Equal(t, []string{"127.0.0.1"}, hosts, "published on loopback only")
-	}
+	require.Equal(t, "127.0.0.1", listen, "only loopback")
 	_, err = conn.Exec(ctx, `CREATE TABLE t (v text); INSERT INTO t VALUES ('before shutdown')`)
 	require.NoError(t, err)
 	tx, err := conn.Begin(ctx)
@@ -213,30 +192,18 @@ func TestServerLifecycle(t *testing.T) {
 	requireGone(t, s.Kind(), loc)
 }
 
-// requireGone checks that a server's directory or container no longer
-// exists.
+// requireGone checks that a server's directory no longer exists.
 func requireGone(t *testing.T, kind Kind, loc string) {
 	t.Helper()
-	switch kind {
-	case Installed:
-		_, err := os.Stat(loc)
-		require.ErrorIs(t, err, os.ErrNotExist, "the server's directory is removed")
-	case Container:
-		cli, err := dockerClient(ctxT(t), testLogger(t))
-		require.NoError(t, err)
-		defer cli.Close()
-		_, err = cli.ContainerInspect(ctxT(t), loc, containerInspectOptions)
-		require.Error(t, err, "the container is removed")
-	default:
-		t.Fatalf("unknown kind %q", kind)
-	}
+	require.Equal(t, Installed, kind)
+	_, err := os.Stat(loc)
+	require.ErrorIs(t, err, os.ErrNotExist, "the server's directory is removed")
 }
 
 // child is where a child process's server lives, out of other processes'
 // sight.
 type child struct {
-	tmp   string // its TMPDIR, readable by a server's OS user
-	label string // its containers' owner label
+	tmp string // its TMPDIR, readable by a server's OS user
 }
 
 func newChild(t *testing.T) child {
@@ -247,7 +214,7 @@ func newChild(t *testing.T) child {
 	require.NoError(t, err)
 	require.NoError(t, os.Chmod(tmp, 0o755))
 	t.Cleanup(func() { _ = os.RemoveAll(tmp) })
-	return child{tmp: tmp, label: "org.dbcache.pgserver.test." + filepath.Base(tmp)}
+	return child{tmp: tmp}
 }
 
 // runChild runs this test binary as a child that starts a server and dies
@@ -257,7 +224,7 @@ func (c child) run(t *testing.T, mode string) (kind Kind, port int, loc string) 
 	ctx, cancel := context.WithTimeout(ctxT(t), 4*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"="+mode, childLabelEnv+"="+c.label, "TMPDIR="+c.tmp)
+	cmd.Env = append(os.Environ(), childEnv+"="+mode, EnvKind+"="+string(Installed), "TMPDIR="+c.tmp)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
@@ -302,15 +269,8 @@ func TestReaperRemovesServerOfDeadProcess(t *testing.T) {
 		if answers(port) {
 			return false
 		}
-		if kind == Installed {
-			_, err := os.Stat(loc)
-			return errors.Is(err, os.ErrNotExist)
-		}
-		cli, err := dockerClient(ctxT(t), testLogger(t))
-		require.NoError(t, err)
-		defer cli.Close()
-		_, err = cli.ContainerInspect(ctxT(t), loc, containerInspectOptions)
-		return err != nil
+		_, err := os.Stat(loc)
+		return errors.Is(err, os.ErrNotExist)
 	})
 	requireGone(t, kind, loc)
 }
@@ -325,17 +285,8 @@ func TestSweepRemovesStaleServers(t *testing.T) {
 
 	ctx := ctxT(t)
 	// Sweeps of where this process's servers live, and of the child's.
-	switch kind {
-	case Installed:
-		sweepStaleDirs(os.TempDir(), testLogger(t))
-		sweepStaleDirs(c.tmp, testLogger(t))
-	case Container:
-		cli, err := dockerClient(ctx, testLogger(t))
-		require.NoError(t, err)
-		sweepStaleContainers(ctx, cli, labelOwner, testLogger(t))
-		sweepStaleContainers(ctx, cli, c.label, testLogger(t))
-		require.NoError(t, cli.Close())
-	}
+	sweepStaleDirs(os.TempDir(), testLogger(t))
+	sweepStaleDirs(c.tmp, testLogger(t))
 	requireGone(t, kind, loc)
 	require.False(t, answers(port))
 	conn, err := connect(ctx, live)
@@ -409,8 +360,6 @@ func TestAutoFallsBack(t *testing.T) {
 	require.ErrorContains(t, err, "container: ")
 	require.ErrorContains(t, err, "installed PostgreSQL: ")
 }
-
-var containerInspectOptions = client.ContainerInspectOptions{}
 
 // testLogger logs to the test.
 func testLogger(t *testing.T) *slog.Logger {

@@ -24,9 +24,16 @@ type reaperSpec struct {
 // spawnReaper. Running in init, before main or TestMain, lets any binary
 // that links pgserver (a test binary, the dbcache CLI) serve as the reaper
 // of the servers it starts, with nothing to install: it is the same file.
+//
+// A container's reaper waits instead for the container driver to register
+// (RegisterContainerDriver, from the init of internal/pgcontainer, which
+// runs after this one): only a binary that links it starts containers.
 func init() {
-	if spec := os.Getenv(reaperEnv); spec != "" {
-		os.Exit(reap(spec))
+	if s := os.Getenv(reaperEnv); s != "" {
+		var spec reaperSpec
+		if json.Unmarshal([]byte(s), &spec) != nil || spec.Container == "" {
+			os.Exit(reap(s))
+		}
 	}
 }
 

@@ -15,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
+	// Containers for the demo's throwaway server (pgserver.Start).
+	_ "github.com/dbcache/dbcache/internal/pgcontainer"
 	"github.com/dbcache/dbcache/internal/pgserver"
 )
 
