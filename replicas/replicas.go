@@ -137,7 +137,7 @@ type state struct {
 	samples []sample
 
 	decisions, standbyReads, primaryReads, fallbacks, conflicts atomic.Uint64
-	sampled, sampleErrors                                     atomic.Uint64
+	sampled, sampleErrors                                       atomic.Uint64
 
 	closeOnce sync.Once
 	stop      context.CancelFunc
