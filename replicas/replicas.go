@@ -29,9 +29,10 @@ type Config struct {
 	// each standby's: the one configuration of the cache, as for
 	// dbcache.New (the same key prefix, version, key function and schema
 	// on every server, or the standbys would read other keys). On the
-	// standbys' caches FailOpen, OnWrite and Tracer are left unset: a
+	// standbys' caches FailOpen, OnWrite and Tracer are left unset (a
 	// standby's failure is the router's to handle, by reading the
-	// primary. Defaults to dbcache's defaults.
+	// primary) and OpTimeout is this Config's. Defaults to dbcache's
+	// defaults.
 	Cache *dbcache.Config
 
 	// Logger gets a line when a standby stops or starts serving reads.
@@ -312,6 +313,18 @@ func (s *state) markDown(sb *standby, why error) {
 	}
 }
 
+// standbyCtx bounds a standby read by OpTimeout when the caller's
+// deadline is later: the standby cache applies OpTimeout itself only to a
+// context without one. A context without a deadline costs nothing here.
+func (c *Cache) standbyCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if d, ok := ctx.Deadline(); ok && time.Until(d) > c.s.cfg.OpTimeout {
+		return context.WithTimeout(ctx, c.s.cfg.OpTimeout)
+	}
+	return ctx, noop
+}
+
+func noop() {}
+
 // fallBack reports whether a standby read's error sends the read to the
 // primary: a transient failure (the standby down, slow, or cancelling the
 // read for a recovery conflict) while the caller's context lives. It
@@ -350,7 +363,9 @@ func (c *Cache) wrote() {
 // standby within the lag bound or else the primary.
 func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 	if i := c.pick(); i >= 0 {
-		v, err := c.standbys[i].Get(ctx, key)
+		sctx, cancel := c.standbyCtx(ctx)
+		v, err := c.standbys[i].Get(sctx, key)
+		cancel()
 		if !c.fallBack(ctx, i, err) {
 			return v, err
 		}
@@ -362,7 +377,9 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 // GetMany returns the live entries among keys, read as Get.
 func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, error) {
 	if i := c.pick(); i >= 0 {
-		v, err := c.standbys[i].GetMany(ctx, keys)
+		sctx, cancel := c.standbyCtx(ctx)
+		v, err := c.standbys[i].GetMany(sctx, keys)
+		cancel()
 		if !c.fallBack(ctx, i, err) {
 			return v, err
 		}
@@ -374,7 +391,9 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 // HasKey reports whether key has a live entry, read as Get.
 func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 	if i := c.pick(); i >= 0 {
-		v, err := c.standbys[i].HasKey(ctx, key)
+		sctx, cancel := c.standbyCtx(ctx)
+		v, err := c.standbys[i].HasKey(sctx, key)
+		cancel()
 		if !c.fallBack(ctx, i, err) {
 			return v, err
 		}
@@ -387,7 +406,9 @@ func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 // the clock of the server that answered.
 func (c *Cache) GetWithTTL(ctx context.Context, key string) ([]byte, dbcache.Timeout, error) {
 	if i := c.pick(); i >= 0 {
-		v, t, err := c.standbys[i].GetWithTTL(ctx, key)
+		sctx, cancel := c.standbyCtx(ctx)
+		v, t, err := c.standbys[i].GetWithTTL(sctx, key)
+		cancel()
 		if !c.fallBack(ctx, i, err) {
 			return v, t, err
 		}
@@ -400,7 +421,9 @@ func (c *Cache) GetWithTTL(ctx context.Context, key string) ([]byte, dbcache.Tim
 // GetWithTTL.
 func (c *Cache) TTL(ctx context.Context, key string) (dbcache.Timeout, error) {
 	if i := c.pick(); i >= 0 {
-		t, err := c.standbys[i].TTL(ctx, key)
+		sctx, cancel := c.standbyCtx(ctx)
+		t, err := c.standbys[i].TTL(sctx, key)
+		cancel()
 		if !c.fallBack(ctx, i, err) {
 			return t, err
 		}
