@@ -37,7 +37,7 @@ var (
 
 // shared returns the package's primary and its shared standby, started on
 // first use and removed when the process ends (pgserver's reaper).
-func shared(t *testing.T) (*pgserver.Server, *pgserver.Server) {
+func shared(t testing.TB) (*pgserver.Server, *pgserver.Server) {
 	t.Helper()
 	primaryOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*pgserver.DefaultStartTimeout)
@@ -53,7 +53,7 @@ func shared(t *testing.T) (*pgserver.Server, *pgserver.Server) {
 }
 
 // ctxT is a context bounding a test.
-func ctxT(t *testing.T) context.Context {
+func ctxT(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
@@ -61,7 +61,7 @@ func ctxT(t *testing.T) context.Context {
 
 // startStandby starts a standby of the primary of this test's own, with
 // opts, removed when the test ends.
-func startStandby(t *testing.T, primary *pgserver.Server, opts pgserver.StandbyOptions) *pgserver.Server {
+func startStandby(t testing.TB, primary *pgserver.Server, opts pgserver.StandbyOptions) *pgserver.Server {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), pgserver.DefaultStartTimeout)
 	defer cancel()
@@ -74,7 +74,7 @@ func startStandby(t *testing.T, primary *pgserver.Server, opts pgserver.StandbyO
 
 // newSchema makes and migrates a schema of the test's own on the primary,
 // dropped when the test ends.
-func newSchema(t *testing.T, primary *pgserver.Server) string {
+func newSchema(t testing.TB, primary *pgserver.Server) string {
 	t.Helper()
 	ctx := ctxT(t)
 	name := fmt.Sprintf("t%d_%d", os.Getpid(), schemaSeq.Add(1))
@@ -101,11 +101,17 @@ func newSchema(t *testing.T, primary *pgserver.Server) string {
 
 // poolOn opens a small pool on a server (or the DSN addr overrides) in
 // schema, closed when the test ends.
-func poolOn(t *testing.T, url, schema string) *pgxpool.Pool {
+func poolOn(t testing.TB, url, schema string) *pgxpool.Pool {
+	t.Helper()
+	return poolOnN(t, url, schema, 3)
+}
+
+// poolOnN is poolOn with n connections at most.
+func poolOnN(t testing.TB, url, schema string, n int32) *pgxpool.Pool {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(url)
 	require.NoError(t, err)
-	cfg.MaxConns = 3
+	cfg.MaxConns = n
 	cfg.ConnConfig.ConnectTimeout = 2 * time.Second
 	cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{schema}.Sanitize()
 	pool, err := pgxpool.NewWithConfig(ctxT(t), cfg)
@@ -116,7 +122,7 @@ func poolOn(t *testing.T, url, schema string) *pgxpool.Pool {
 
 // caughtUp waits until the standby has replayed everything the primary
 // has written so far.
-func caughtUp(t *testing.T, ctx context.Context, primary, standby *pgxpool.Pool) {
+func caughtUp(t testing.TB, ctx context.Context, primary, standby *pgxpool.Pool) {
 	t.Helper()
 	var lsn int64
 	require.NoError(t, primary.QueryRow(ctx, `SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint`).Scan(&lsn))
@@ -136,7 +142,7 @@ func caughtUp(t *testing.T, ctx context.Context, primary, standby *pgxpool.Pool)
 }
 
 // superExec runs sql as the superuser on a server.
-func superExec(t *testing.T, ctx context.Context, s *pgserver.Server, sql string) {
+func superExec(t testing.TB, ctx context.Context, s *pgserver.Server, sql string) {
 	t.Helper()
 	conn, err := pgx.Connect(ctx, s.URL(""))
 	require.NoError(t, err)
@@ -146,7 +152,7 @@ func superExec(t *testing.T, ctx context.Context, s *pgserver.Server, sql string
 }
 
 // eventually retries cond until it holds, under ctx.
-func eventually(t *testing.T, ctx context.Context, what string, cond func() bool) {
+func eventually(t testing.TB, ctx context.Context, what string, cond func() bool) {
 	t.Helper()
 	for !cond() {
 		select {
