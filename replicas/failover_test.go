@@ -273,5 +273,3 @@ func missing(t *testing.T, ctx context.Context, pool *pgxpool.Pool, keys []strin
 	}
 	return lost
 }
-
-
