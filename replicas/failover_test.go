@@ -273,3 +273,68 @@ func missing(t *testing.T, ctx context.Context, pool *pgxpool.Pool, keys []strin
 	}
 	return lost
 }
+
+// The culler's single-runner guarantee across a failover: a pass holds
+// its lock in a transaction on the old primary and runs its batches on a
+// second connection to the same server, so when that server goes, the
+// pass goes with it; it cannot go on against the promoted one, where
+// another culler's pass now takes the lock. Here one culler's pass is held
+// mid-pass (its progress hook blocks) over expired rows while a second
+// culler is skipped; after the failover the first pass fails having
+// removed nothing more, and only then does the second run, and remove
+// them.
+func TestCullerAcrossFailover(t *testing.T) {
+	t.Parallel()
+	p, s := failoverPair(t, true)
+	ctx := ctxT(t)
+	schema := newSchema(t, p)
+	pool := poolOnN(t, bothHosts(p, s), schema, 6)
+	c, err := dbcache.New(ctx, pool, nil)
+	require.NoError(t, err)
+	for i := range 200 {
+		require.NoError(t, c.Set(ctx, "k"+strconv.Itoa(i), []byte("v"), dbcache.ExpiresIn(time.Millisecond)))
+	}
+	count := func(pool *pgxpool.Pool) int {
+		var n int
+		require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM dbcache_entries`).Scan(&n))
+		return n
+	}
+	held, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	a, err := culling.New(pool, &culling.Config{BatchSize: 10, OnProgress: func(culling.Progress) {
+		once.Do(func() {
+			close(held)
+			<-release
+		})
+	}})
+	require.NoError(t, err)
+	b, err := culling.New(pool, &culling.Config{BatchSize: 10})
+	require.NoError(t, err)
+	type result struct {
+		r   *culling.PassResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		r, err := a.RunOnce(ctx)
+		done <- result{r, err}
+	}()
+	<-held
+	r, err := b.RunOnce(ctx)
+	require.NoError(t, err)
+	require.True(t, r.Skipped, "one culler at a time")
+
+	require.NoError(t, p.StopImmediate(ctx))
+	require.NoError(t, s.Promote(ctx))
+	close(release)
+	ra := <-done
+	require.Error(t, ra.err, "the held pass ends with its server")
+	t.Logf("the held pass: %v", ra.err)
+	ss := poolOn(t, s.URL(""), schema)
+	require.Equal(t, 200, count(ss), "the held pass removed nothing on the promoted server")
+	eventually(t, ctx, "the other culler runs on the promoted server", func() bool {
+		r, err := b.RunOnce(ctx)
+		return err == nil && !r.Skipped
+	})
+	require.Zero(t, count(ss))
+}
