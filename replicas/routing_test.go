@@ -297,7 +297,8 @@ func standbyWaits(t *testing.T, ctx context.Context, sb *pgserver.Server, schema
 }
 
 // A Config with a negative duration is refused, naming the field; MaxLag
-// -1 sends every read to the primary.
+// -1 sends every read to the primary; Close closes the cache and not the
+// pools; a server not in recovery, given as a standby, serves no read.
 func TestConfig(t *testing.T) {
 	t.Parallel()
 	primary, standby := shared(t)
@@ -325,6 +326,19 @@ func TestConfig(t *testing.T) {
 	require.NoError(t, c.Close())
 	_, err = c.Get(ctx, "k")
 	require.True(t, errors.Is(err, dbcache.ErrClosed), "%v", err)
+	require.NoError(t, c.Close(), "again")
+	require.NoError(t, pp.Ping(ctx), "New never closes the pools it is given")
+	require.NoError(t, sp.Ping(ctx))
+
+	// A server not in recovery, given as a standby, serves no read.
+	notStandby := router(t, pp, []*pgxpool.Pool{pp}, &replicas.Config{RefreshInterval: 10 * time.Millisecond})
+	for range 20 {
+		_, err := notStandby.Get(ctx, "k")
+		require.NoError(t, err)
+		time.Sleep(5 * time.Millisecond)
+	}
+	require.Zero(t, notStandby.Stats().StandbyReads)
+	require.Positive(t, notStandby.Stats().SampleErrors)
 }
 
 // ownWrites writes key through c and reads it back each time, the read
