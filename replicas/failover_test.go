@@ -19,6 +19,7 @@ import (
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/pgserver"
 	"github.com/dbcache/dbcache/nearcache"
+	"github.com/dbcache/dbcache/replicas"
 )
 
 // A failover as a managed PostgreSQL does one: the primary stopped at
@@ -95,6 +96,10 @@ func failover(t *testing.T, synchronous bool) {
 	near, err := nearcache.New(ctx, acked, pool, &nearcache.Config{MaxStaleness: 500 * time.Millisecond})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = near.Close() })
+	// A router over the same DSN as its primary, with the standby as its
+	// standby: once promoted, the standby is the primary and serves no read
+	// as a standby.
+	rt := router(t, pool, []*pgxpool.Pool{poolOn(t, s.URL(""), schema)}, &replicas.Config{RefreshInterval: 10 * time.Millisecond})
 	var passes atomic.Int64
 	culler, err := culling.New(pool, &culling.Config{Interval: 50 * time.Millisecond, MaxEntries: culling.NoLimit,
 		OnProgress: func(pr culling.Progress) {
@@ -250,6 +255,24 @@ func failover(t *testing.T, synchronous bool) {
 		return err == nil && string(v) == "after"
 	})
 	t.Logf("near cache: %+v", near.Stats())
+
+	// The same Cache's loader runs on the promoted server.
+	loads := 0
+	v, err := acked.GetOrSetFunc(ctx, "loaded", func(context.Context) ([]byte, error) {
+		loads++
+		return []byte("made"), nil
+	}, dbcache.Forever)
+	require.NoError(t, err)
+	require.Equal(t, "made", string(v))
+	require.Equal(t, 1, loads)
+	// The router reads the promoted server as its primary.
+	before := rt.Stats()
+	for range 20 {
+		v, err := rt.Get(ctx, "loaded")
+		require.NoError(t, err)
+		require.Equal(t, "made", string(v))
+	}
+	require.Equal(t, before.StandbyReads, rt.Stats().StandbyReads, "a promoted standby serves no read as a standby")
 	res, err := culler.RunOnce(ctx)
 	require.NoError(t, err)
 	t.Logf("culler pass after: %+v", res)

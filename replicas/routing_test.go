@@ -221,13 +221,13 @@ func TestStandbyDown(t *testing.T) {
 
 // A read cancelled on the standby for a recovery conflict (SQLSTATE
 // 40001) is run again on the primary and counted; the caller sees its
-// result. The standby cancels after max_standby_streaming_delay a read
-// that holds the table while the primary's ACCESS EXCLUSIVE lock
-// replays; the read is held mid-result by a frozen connection.
+// result. The standby (max_standby_streaming_delay 0) cancels a read that
+// holds the table when the primary's ACCESS EXCLUSIVE lock replays; the
+// read is held mid-result by a frozen connection.
 func TestRecoveryConflict(t *testing.T) {
 	t.Parallel()
 	primary, _ := shared(t)
-	sb := startStandby(t, primary, pgserver.StandbyOptions{Settings: map[string]string{"max_standby_streaming_delay": "100ms"}})
+	sb := startStandby(t, primary, pgserver.StandbyOptions{Settings: map[string]string{"max_standby_streaming_delay": "0"}})
 	ctx := ctxT(t)
 	schema := newSchema(t, primary)
 	host, port := sb.Addr()
@@ -269,9 +269,18 @@ func TestRecoveryConflict(t *testing.T) {
 		return standbyWaits(t, ctx, sb, schema, "ClientWrite") > 0
 	})
 	superExec(t, ctx, primary, "BEGIN; LOCK TABLE "+schema+".dbcache_entries IN ACCESS EXCLUSIVE MODE; COMMIT")
-	// The replayed lock waits max_standby_streaming_delay, then cancels
-	// the read; the error reaches the client once the result drains.
-	time.Sleep(300 * time.Millisecond)
+	// Replay waits for the lock the read holds and, with
+	// max_standby_streaming_delay 0, cancels the read at once; the error
+	// reaches the client once the result drains.
+	eventually(t, ctx, "replay waits for the read's lock", func() bool {
+		conn := superConn(t, ctx, sb)
+		defer conn.Close(ctx)
+		var waiting bool
+		require.NoError(t, conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted
+			AND mode = 'AccessExclusiveLock' AND relation = to_regclass($1))`, schema+".dbcache_entries").Scan(&waiting))
+		return waiting
+	})
+	time.Sleep(200 * time.Millisecond) // the cancel is sent as the wait begins
 	proxy.Thaw()
 	r := <-res
 	require.NoError(t, r.err)
@@ -305,6 +314,7 @@ func TestConfig(t *testing.T) {
 	ctx := ctxT(t)
 	schema := newSchema(t, primary)
 	pp, sp := poolOn(t, primary.URL(""), schema), poolOn(t, standby.URL(""), schema)
+	caughtUp(t, ctx, pp, sp)
 	for _, cfg := range []replicas.Config{{MaxLag: -2}, {OpTimeout: -1}, {RefreshInterval: -1}} {
 		_, err := replicas.New(ctx, pp, []*pgxpool.Pool{sp}, &cfg)
 		require.Error(t, err)
