@@ -266,13 +266,20 @@ func failover(t *testing.T, synchronous bool) {
 	require.Equal(t, "made", string(v))
 	require.Equal(t, 1, loads)
 	// The router reads the promoted server as its primary.
+	// It learns of the promotion at its next sample.
+	sampleErrors := rt.Stats().SampleErrors
+	eventually(t, ctx, "the router samples the promoted standby", func() bool {
+		_, err := rt.Get(ctx, "loaded")
+		require.NoError(t, err)
+		return rt.Stats().SampleErrors > sampleErrors
+	})
 	before := rt.Stats()
 	for range 20 {
 		v, err := rt.Get(ctx, "loaded")
 		require.NoError(t, err)
 		require.Equal(t, "made", string(v))
 	}
-	require.Equal(t, before.StandbyReads, rt.Stats().StandbyReads, "a promoted standby serves no read as a standby")
+	require.Equal(t, before.StandbyReads, rt.Stats().StandbyReads, "a promoted standby serves no read as a standby: %+v then %+v", before, rt.Stats())
 	res, err := culler.RunOnce(ctx)
 	require.NoError(t, err)
 	t.Logf("culler pass after: %+v", res)

@@ -279,7 +279,9 @@ func (c *Cache) pick() int {
 		return -1
 	}
 	now := s.now()
-	need := max(now-int64(s.cfg.MaxLag), s.wrote.Load())
+	// Writes before New were acknowledged before time 0: a standby covers
+	// them only once it covers a sample (covered >= 0).
+	need := max(now-int64(s.cfg.MaxLag), s.wrote.Load(), 0)
 	n := len(s.standbys)
 	first := int(s.next.Add(1))
 	for i := range n {

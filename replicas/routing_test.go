@@ -49,7 +49,9 @@ func servedByStandby(t *testing.T, ctx context.Context, c *replicas.Cache, key, 
 // With the standby's replay paused, another process's write stays
 // invisible there; every read through the router that returns the old
 // value began less than MaxLag after the write returned, and the reads
-// go to the primary once MaxLag has passed. This asserts no duration:
+// go to the primary once MaxLag has passed; a router made while replay is
+// paused serves the write made before it from the primary, its bound
+// notwithstanding. This asserts no duration:
 // the router decides from send times of its own statements, so a slow
 // machine only makes it send reads to the primary sooner.
 func TestLagBoundWithReplayPaused(t *testing.T) {
@@ -95,6 +97,17 @@ func TestLagBoundWithReplayPaused(t *testing.T) {
 	}
 	t.Logf("%d reads of the old value within the bound, then %d of the new; %+v", stale, fresh, c.Stats())
 	require.Positive(t, c.Stats().PrimaryReads)
+
+	// A router made now, with a bound of a minute, still has no sample
+	// the paused standby covers: the write before it was made is not
+	// served stale.
+	late := router(t, pp, []*pgxpool.Pool{sp}, &replicas.Config{MaxLag: time.Minute, RefreshInterval: 10 * time.Millisecond})
+	for range 50 {
+		v, err := late.Get(ctx, "k")
+		require.NoError(t, err)
+		require.Equal(t, "v2", string(v), "a write from before New served stale")
+	}
+	require.Zero(t, late.Stats().StandbyReads)
 }
 
 // A process reads its own writes at once, from any goroutine, though
