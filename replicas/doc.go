@@ -34,8 +34,10 @@
 // standby that has replayed that position has the write; a standby
 // covers the send time of the newest primary sample at or below its
 // replay position. A read begun at time r goes to a standby only if the
-// standby covers r - MaxLag, so a read from a standby sees every write
-// the primary acknowledged more than MaxLag before the read began. No
+// standby covers r - MaxLag (and some sample: writes made before New are
+// older than any time this clock can name), so a read from a standby sees
+// every write the primary acknowledged more than MaxLag before the read
+// began. No
 // server's clock enters this, and no two clocks are compared; a slow
 // sampler only sends more reads to the primary. Deciding costs a clock
 // read and a few atomic loads, with no round trip.
@@ -52,8 +54,9 @@
 //
 // A standby read that fails with a transient error (dbcache.IsTransient)
 // is run again on the primary, and the caller gets the primary's answer.
-// A standby read is bounded by Config.OpTimeout whatever the caller's
-// deadline. A read the standby cancels for a recovery conflict (SQLSTATE
+// A standby read other than Keys is bounded by Config.OpTimeout whatever
+// the caller's deadline (each page of Keys is bounded as a dbcache.Cache
+// bounds it: by the caller's deadline when there is one). A read the standby cancels for a recovery conflict (SQLSTATE
 // 40001: replay needed what the read held) is counted in
 // Stats.RecoveryConflicts and the standby stays in service; any other
 // failure takes the standby out of service until a sample sent after it

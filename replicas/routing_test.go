@@ -406,3 +406,39 @@ func ownWrites(ctx context.Context, c *replicas.Cache, key string) error {
 	}
 	return nil
 }
+
+// While the primary answers no sample, no standby can show it is within
+// the bound: once MaxLag has passed every read goes to the primary,
+// missing under FailOpen, and none reaches the standby.
+func TestPrimaryDown(t *testing.T) {
+	t.Parallel()
+	primary, standby := shared(t)
+	ctx := ctxT(t)
+	schema := newSchema(t, primary)
+	host, port := primary.Addr()
+	proxy := newProxy(t, host, port)
+	pp, sp := poolOn(t, proxy.url(primary), schema), poolOn(t, standby.URL(""), schema)
+	caughtUp(t, ctx, pp, sp)
+	const maxLag = 200 * time.Millisecond
+	c := router(t, pp, []*pgxpool.Pool{sp}, &replicas.Config{MaxLag: maxLag, RefreshInterval: 10 * time.Millisecond,
+		Cache: &dbcache.Config{FailOpen: true, OpTimeout: time.Second}})
+	require.NoError(t, writer(t, pp).Set(ctx, "k", []byte("v"), dbcache.Forever))
+	servedByStandby(t, ctx, c, "k", "v")
+	proxy.Down()
+	// Reads go on, to the standby within the bound; then to the primary.
+	eventually(t, ctx, "reads go to the primary", func() bool {
+		before := c.Stats().PrimaryReads
+		_, err := c.Get(ctx, "k")
+		require.True(t, err == nil || errors.Is(err, dbcache.ErrMiss), "%v", err)
+		return c.Stats().PrimaryReads > before
+	})
+	time.Sleep(maxLag) // past the bound from every sample the standby covered
+	before := c.Stats()
+	for range 20 {
+		_, err := c.Get(ctx, "k")
+		require.ErrorIs(t, err, dbcache.ErrMiss, "fail-open: a miss")
+	}
+	require.Equal(t, before.StandbyReads, c.Stats().StandbyReads)
+	proxy.Up(t)
+	servedByStandby(t, ctx, c, "k", "v")
+}
