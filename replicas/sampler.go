@@ -12,7 +12,16 @@ const (
 	// insert position, not the write position (pg_current_wal_lsn()): a
 	// FastCommit write returns once its commit record is inserted, before
 	// it is written, and the position must be past it.
-	qPrimaryLSN = `SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint`
+	//
+	// When the last record ended exactly at the end of a page, the insert
+	// position is reported past the next page's header (24 bytes, or 40
+	// on the first page of a segment), while replay reports the end of
+	// that record, the page boundary, and would never reach it on an idle
+	// primary. No record lies between the boundary and the header's end,
+	// so the boundary is the position to wait for.
+	qPrimaryLSN = `SELECT CASE WHEN l % seg = 40 THEN l - 40 WHEN l % blk = 24 THEN l - 24 ELSE l END
+FROM (SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint AS l, current_setting('wal_block_size')::bigint AS blk,
+             pg_size_bytes(current_setting('wal_segment_size')) AS seg) AS w`
 	// qStandbyLSN is a standby's replay position in bytes, or NULL when
 	// the server is not in recovery (a primary, or a promoted standby,
 	// which serves no read: it no longer follows the primary).
