@@ -197,14 +197,21 @@ func New(ctx context.Context, primary *pgxpool.Pool, standbys []*pgxpool.Pool, c
 	s := &state{cfg: c, epoch: time.Now(), pool: primary, done: make(chan struct{})}
 	cache := &Cache{s: s, primary: pc}
 	scfg := *c.Cache
-	scfg.FailOpen, scfg.OnWrite, scfg.Tracer = false, nil, nil
+	scfg.FailOpen, scfg.OnWrite, scfg.Tracer, scfg.OpTimeout = false, nil, nil, c.OpTimeout
+	fail := func(err error) (*Cache, error) {
+		_ = pc.Close()
+		for _, sb := range s.standbys {
+			_ = sb.cache.Close()
+		}
+		return nil, err
+	}
 	for i, pool := range standbys {
 		if pool == nil {
-			return nil, fmt.Errorf("replicas: standby %d: the pool is nil", i)
+			return fail(fmt.Errorf("replicas: standby %d: the pool is nil", i))
 		}
 		sc, err := dbcache.New(ctx, pool, &scfg)
 		if err != nil {
-			return nil, fmt.Errorf("replicas: standby %d: %w", i, err)
+			return fail(fmt.Errorf("replicas: standby %d: %w", i, err))
 		}
 		cc := pool.Config().ConnConfig
 		sb := &standby{name: fmt.Sprintf("%s:%d", cc.Host, cc.Port), pool: pool, cache: sc}
@@ -223,9 +230,9 @@ func New(ctx context.Context, primary *pgxpool.Pool, standbys []*pgxpool.Pool, c
 // now is the time since the state was made, by the monotonic clock.
 func (s *state) now() int64 { return int64(time.Since(s.epoch)) }
 
-// Primary returns the primary's cache, for what only it can do (WithTx, a
-// culler's OnWrite is set through Config.Cache). Writes made through it
-// bypass this Cache's read-your-writes tracking.
+// Primary returns the primary's cache, for what only the primary can do
+// (WithTx, GetWithSnapshot). Writes made through it are not this Cache's
+// own: its reads see them within MaxLag, not at once.
 func (c *Cache) Primary() *dbcache.Cache { return c.primary }
 
 // WithVersion returns a view of the cache at another default key version

@@ -174,8 +174,10 @@ func TestStandbyDown(t *testing.T) {
 	pp, sp := poolOn(t, primary.URL(""), schema), poolOn(t, proxy.url(sb), schema)
 	caughtUp(t, ctx, pp, sp)
 	const opTimeout = time.Second
-	c := router(t, pp, []*pgxpool.Pool{sp}, &replicas.Config{OpTimeout: opTimeout, RefreshInterval: 10 * time.Millisecond,
-		Cache: &dbcache.Config{OpTimeout: opTimeout}})
+	// Config.OpTimeout bounds the standby's reads: with the caller's
+	// deadline (the readers' context has two minutes) and without one (the
+	// background context of every other reader).
+	c := router(t, pp, []*pgxpool.Pool{sp}, &replicas.Config{OpTimeout: opTimeout, RefreshInterval: 10 * time.Millisecond})
 	w := writer(t, pp)
 	require.NoError(t, w.Set(ctx, "k", []byte("v"), dbcache.Forever))
 
@@ -185,7 +187,11 @@ func TestStandbyDown(t *testing.T) {
 		var wg sync.WaitGroup
 		start := time.Now()
 		done := make(chan struct{})
-		for range 3 {
+		for g := range 4 {
+			rctx := ctx
+			if g%2 == 1 {
+				rctx = context.Background()
+			}
 			wg.Go(func() {
 				for {
 					select {
@@ -193,7 +199,7 @@ func TestStandbyDown(t *testing.T) {
 						return
 					default:
 					}
-					v, err := c.Get(ctx, "k")
+					v, err := c.Get(rctx, "k")
 					if err != nil || string(v) != "v" {
 						t.Errorf("%s: read %q, %v", what, v, err)
 						return
