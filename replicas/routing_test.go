@@ -50,7 +50,8 @@ func servedByStandby(t *testing.T, ctx context.Context, c *replicas.Cache, key, 
 // With the standby's replay paused, another process's write stays
 // invisible there; every read through the router that returns the old
 // value began less than MaxLag after the write returned, and the reads
-// go to the primary once MaxLag has passed; a router made while replay is
+// go to the primary once MaxLag has passed, or to a second standby that
+// keeps up; a router made while replay is
 // paused serves the write made before it from the primary, its bound
 // notwithstanding. This asserts no duration:
 // the router decides from send times of its own statements, so a slow
@@ -98,6 +99,21 @@ func TestLagBoundWithReplayPaused(t *testing.T) {
 	}
 	t.Logf("%d reads of the old value within the bound, then %d of the new; %+v", stale, fresh, c.Stats())
 	require.Positive(t, c.Stats().PrimaryReads)
+
+	// With a second standby that keeps up, the reads past the bound go
+	// to it rather than to the primary.
+	_, shared2 := shared(t)
+	sp2 := poolOn(t, shared2.URL(""), schema)
+	caughtUp(t, ctx, pp, sp2)
+	both := router(t, pp, []*pgxpool.Pool{sp, sp2}, &replicas.Config{MaxLag: maxLag, RefreshInterval: 10 * time.Millisecond})
+	servedByStandby(t, ctx, both, "k", "v2") // the paused one has v1
+
+	for range 50 {
+		v, err := both.Get(ctx, "k")
+		require.NoError(t, err)
+		require.Equal(t, "v2", string(v), "the paused standby served past the bound")
+	}
+	t.Logf("two standbys, one paused: %+v", both.Stats())
 
 	// A router made now, with a bound of a minute, still has no sample
 	// the paused standby covers: the write before it was made is not
