@@ -154,6 +154,9 @@ type localInstance struct {
 	// standby is set for a streaming standby (standby.go), which reports
 	// itself "standby", not "ready", once it accepts connections.
 	standby bool
+	// env is added to the environment of the installation's programs
+	// (StandbyOptions.Env): LD_PRELOAD and FAKETIME for a shifted clock.
+	env []string
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -242,6 +245,9 @@ func serverVersion(ctx context.Context, bin string) string {
 func (l *localInstance) command(log *os.File, name string, args ...string) *exec.Cmd {
 	cmd := exec.Command(filepath.Join(l.bin, name), args...)
 	cmd.Dir = l.root
+	if l.env != nil {
+		cmd.Env = append(os.Environ(), l.env...)
+	}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: l.cred}
 	return cmd

@@ -31,6 +31,22 @@ var standbyNameRE = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
 // pg_reload_conf()). It returns once the standby answers queries; Remove
 // removes it, and its reaper does if this process dies first.
 func StartStandby(ctx context.Context, primary *Server, name string) (s *Server, err error) {
+	return StartStandbyWith(ctx, primary, name, StandbyOptions{})
+}
+
+// StandbyOptions are what StartStandbyWith may change of a standby.
+type StandbyOptions struct {
+	// Env is added to the environment the standby's programs run with
+	// (pg_basebackup and postgres): say, libfaketime's LD_PRELOAD and
+	// FAKETIME, for a standby whose clock is not the primary's.
+	Env []string
+	// Settings are server settings of the standby's own, each passed as
+	// postgres -c name=value after the primary's.
+	Settings map[string]string
+}
+
+// StartStandbyWith is StartStandby with opts.
+func StartStandbyWith(ctx context.Context, primary *Server, name string, opts StandbyOptions) (s *Server, err error) {
 	if !standbyNameRE.MatchString(name) {
 		return nil, fmt.Errorf("pgserver: standby name %q: want lower-case letters, digits and _", name)
 	}
@@ -42,7 +58,12 @@ func StartStandby(ctx context.Context, primary *Server, name string) (s *Server,
 	if err != nil {
 		return nil, err
 	}
-	inst := &localInstance{bin: p.bin, root: root, cred: p.cred, settings: p.settings, standby: true}
+	own, err := Config{Settings: opts.Settings}.settingArgs()
+	if err != nil {
+		return nil, err
+	}
+	inst := &localInstance{bin: p.bin, root: root, cred: p.cred, settings: append(append([]string(nil), p.settings...), own...),
+		standby: true, env: opts.Env}
 	stopReaper := func() {}
 	defer func() {
 		if err != nil {
