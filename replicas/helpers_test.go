@@ -14,8 +14,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dbcache/dbcache/internal/dbtest"
+	"github.com/dbcache/dbcache/internal/migrations"
 	"github.com/dbcache/dbcache/internal/pgserver"
-	"github.com/dbcache/dbcache/migrations"
 )
 
 func TestMain(m *testing.M) { dbtest.Main(m) }
@@ -161,4 +161,20 @@ func eventually(t testing.TB, ctx context.Context, what string, cond func() bool
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+}
+
+// privatePair starts a primary of the test's own and an asynchronous
+// standby of it, for tests whose WAL positions no other test may move.
+func privatePair(t *testing.T) (*pgserver.Server, *pgserver.Server) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*pgserver.DefaultStartTimeout)
+	defer cancel()
+	p, err := pgserver.Start(ctx, pgserver.Config{Kind: pgserver.Installed, Database: "dbcache_replicas_own",
+		Settings: map[string]string{"wal_level": "logical", "max_connections": "40"}})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = p.Remove(context.Background()) })
+	s, err := pgserver.StartStandby(ctx, p, fmt.Sprintf("own_%d_%d", os.Getpid(), standbySeq.Add(1)))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Remove(context.Background()) })
+	return p, s
 }

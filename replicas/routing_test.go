@@ -506,7 +506,7 @@ func TestPrimaryDown(t *testing.T) {
 // (another test's WAL would move the position).
 func TestIdleAtPageBoundary(t *testing.T) {
 	t.Parallel()
-	primary, sb := failoverPair(t, false)
+	primary, sb := privatePair(t)
 	ctx := ctxT(t)
 	schema := newSchema(t, primary)
 	pp, sp := poolOn(t, primary.URL(""), schema), poolOn(t, sb.URL(""), schema)

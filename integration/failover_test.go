@@ -1,4 +1,4 @@
-package replicas_test
+package integration_test
 
 import (
 	"context"
@@ -51,16 +51,16 @@ func failoverPair(t *testing.T, sync bool) (*pgserver.Server, *pgserver.Server) 
 		Settings: map[string]string{"wal_level": "logical", "max_connections": "40"}})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = p.Remove(context.Background()) })
-	name := fmt.Sprintf("fo_%d_%d", os.Getpid(), standbySeq.Add(1))
+	name := fmt.Sprintf("fo_%d_%d", os.Getpid(), foStandbySeq.Add(1))
 	s, err := pgserver.StartStandby(ctx, p, name)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Remove(context.Background()) })
 	if sync {
-		superExec(t, ctx, p, "ALTER SYSTEM SET synchronous_standby_names = '"+name+"'")
-		superExec(t, ctx, p, "SELECT pg_reload_conf()")
-		conn := superConn(t, ctx, p)
+		foSuperExec(t, ctx, p, "ALTER SYSTEM SET synchronous_standby_names = '"+name+"'")
+		foSuperExec(t, ctx, p, "SELECT pg_reload_conf()")
+		conn := foSuperConn(t, ctx, p)
 		defer conn.Close(ctx)
-		eventually(t, ctx, "the standby is synchronous", func() bool {
+		foEventually(t, ctx, "the standby is synchronous", func() bool {
 			var state string
 			err := conn.QueryRow(ctx, `SELECT coalesce((SELECT sync_state FROM pg_stat_replication WHERE application_name = $1), '')`, name).Scan(&state)
 			return err == nil && state == "sync"
@@ -80,11 +80,11 @@ func bothHosts(p, s *pgserver.Server) string {
 
 func failover(t *testing.T, synchronous bool) {
 	p, s := failoverPair(t, synchronous)
-	ctx := ctxT(t)
-	schema := newSchema(t, p)
-	pool := poolOnN(t, bothHosts(p, s), schema, 6)
+	ctx := foCtx(t)
+	schema := foNewSchema(t, p)
+	pool := foPoolOnN(t, bothHosts(p, s), schema, 6)
 	require.NoError(t, nearcache.Setup(ctx, pool, nil))
-	caughtUp(t, ctx, poolOn(t, p.URL(""), schema), poolOn(t, s.URL(""), schema))
+	foCaughtUp(t, ctx, foPoolOn(t, p.URL(""), schema), foPoolOn(t, s.URL(""), schema))
 
 	const opTimeout = time.Second
 	acked, err := dbcache.New(ctx, pool, &dbcache.Config{OpTimeout: opTimeout})
@@ -99,7 +99,7 @@ func failover(t *testing.T, synchronous bool) {
 	// A router over the same DSN as its primary, with the standby as its
 	// standby: once promoted, the standby is the primary and serves no read
 	// as a standby.
-	rt := router(t, pool, []*pgxpool.Pool{poolOn(t, s.URL(""), schema)}, &replicas.Config{RefreshInterval: 10 * time.Millisecond})
+	rt := foRouter(t, pool, []*pgxpool.Pool{foPoolOn(t, s.URL(""), schema)}, &replicas.Config{RefreshInterval: 10 * time.Millisecond})
 	var passes atomic.Int64
 	culler, err := culling.New(pool, &culling.Config{Interval: 50 * time.Millisecond, MaxEntries: culling.NoLimit,
 		OnProgress: func(pr culling.Progress) {
@@ -113,7 +113,7 @@ func failover(t *testing.T, synchronous bool) {
 
 	// The near cache holds a copy before the failover.
 	require.NoError(t, near.Set(ctx, "near", []byte("before"), dbcache.Forever))
-	eventually(t, ctx, "the near cache keeps a copy", func() bool {
+	foEventually(t, ctx, "the near cache keeps a copy", func() bool {
 		v, err := near.Get(ctx, "near")
 		return err == nil && string(v) == "before" && near.Stats().Entries > 0
 	})
@@ -202,7 +202,7 @@ func failover(t *testing.T, synchronous bool) {
 			time.Sleep(time.Millisecond)
 		}
 	})
-	eventually(t, ctx, "writes flow", func() bool {
+	foEventually(t, ctx, "writes flow", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(ackedKeys) > 200 && len(fastKeys) > 100
@@ -214,13 +214,13 @@ func failover(t *testing.T, synchronous bool) {
 	require.NoError(t, s.Promote(ctx))
 	promoted.Store(time.Now().UnixNano())
 	t.Logf("stopped to promoted: %v", time.Since(stopped))
-	eventually(t, ctx, "acknowledged writes resume", func() bool { return firstAfter[0].Load() > 0 })
-	eventually(t, ctx, "fail-open writes resume", func() bool { return openSucceeded.Load() > 0 })
-	eventually(t, ctx, "the culler passes on the promoted server", func() bool { return passes.Load() > passesBefore+2 })
+	foEventually(t, ctx, "acknowledged writes resume", func() bool { return firstAfter[0].Load() > 0 })
+	foEventually(t, ctx, "fail-open writes resume", func() bool { return openSucceeded.Load() > 0 })
+	foEventually(t, ctx, "the culler passes on the promoted server", func() bool { return passes.Load() > passesBefore+2 })
 	mu.Lock()
 	n := len(ackedKeys)
 	mu.Unlock()
-	eventually(t, ctx, "more writes after", func() bool {
+	foEventually(t, ctx, "more writes after", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(ackedKeys) > n+100
@@ -235,7 +235,7 @@ func failover(t *testing.T, synchronous bool) {
 	require.LessOrEqual(t, failedAfter.Load(), int64(pool.Config().MaxConns), "writes failing after the promotion")
 
 	// Row by row, on the promoted server.
-	ss := poolOn(t, s.URL(""), schema)
+	ss := foPoolOn(t, s.URL(""), schema)
 	lost := missing(t, ctx, ss, ackedKeys)
 	lostFast := missing(t, ctx, ss, fastKeys)
 	t.Logf("%s: %d of %d acknowledged writes lost, %d of %d FastCommit writes lost",
@@ -246,11 +246,11 @@ func failover(t *testing.T, synchronous bool) {
 
 	// The near cache: its feed's slot went with the old primary; it
 	// resubscribed on the new one, and a change made elsewhere reaches it.
-	eventually(t, ctx, "the feed resubscribes", func() bool { return near.Stats().FeedUp && near.Stats().FeedRestarts > 0 })
+	foEventually(t, ctx, "the feed resubscribes", func() bool { return near.Stats().FeedUp && near.Stats().FeedRestarts > 0 })
 	other, err := dbcache.New(ctx, ss, nil)
 	require.NoError(t, err)
 	require.NoError(t, other.Set(ctx, "near", []byte("after"), dbcache.Forever))
-	eventually(t, ctx, "the near cache sees the new primary's change", func() bool {
+	foEventually(t, ctx, "the near cache sees the new primary's change", func() bool {
 		v, err := near.Get(ctx, "near")
 		return err == nil && string(v) == "after"
 	})
@@ -268,7 +268,7 @@ func failover(t *testing.T, synchronous bool) {
 	// The router reads the promoted server as its primary.
 	// It learns of the promotion at its next sample.
 	sampleErrors := rt.Stats().SampleErrors
-	eventually(t, ctx, "the router samples the promoted standby", func() bool {
+	foEventually(t, ctx, "the router samples the promoted standby", func() bool {
 		_, err := rt.Get(ctx, "loaded")
 		require.NoError(t, err)
 		return rt.Stats().SampleErrors > sampleErrors
@@ -316,9 +316,9 @@ func missing(t *testing.T, ctx context.Context, pool *pgxpool.Pool, keys []strin
 func TestCullerAcrossFailover(t *testing.T) {
 	t.Parallel()
 	p, s := failoverPair(t, true)
-	ctx := ctxT(t)
-	schema := newSchema(t, p)
-	pool := poolOnN(t, bothHosts(p, s), schema, 6)
+	ctx := foCtx(t)
+	schema := foNewSchema(t, p)
+	pool := foPoolOnN(t, bothHosts(p, s), schema, 6)
 	c, err := dbcache.New(ctx, pool, nil)
 	require.NoError(t, err)
 	for i := range 200 {
@@ -359,7 +359,7 @@ func TestCullerAcrossFailover(t *testing.T) {
 	// nothing there.
 	require.NoError(t, p.StopImmediate(ctx))
 	require.NoError(t, s.Promote(ctx))
-	ss := poolOn(t, s.URL(""), schema)
+	ss := foPoolOn(t, s.URL(""), schema)
 	held0 := count(ss)
 	close(release)
 	ra := <-done
@@ -367,7 +367,7 @@ func TestCullerAcrossFailover(t *testing.T) {
 	t.Logf("the held pass: %v", ra.err)
 	require.Equal(t, held0, count(ss), "the held pass removed nothing on the promoted server")
 	require.Positive(t, held0)
-	eventually(t, ctx, "the other culler runs on the promoted server", func() bool {
+	foEventually(t, ctx, "the other culler runs on the promoted server", func() bool {
 		r, err := b.RunOnce(ctx)
 		return err == nil && !r.Skipped
 	})
