@@ -1,0 +1,270 @@
+package tags_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/dbtest"
+	"github.com/dbcache/dbcache/memstore"
+	"github.com/dbcache/dbcache/tags"
+)
+
+func requireValue(t *testing.T, tc *tags.Cache, key, want string) {
+	t.Helper()
+	v, err := tc.Get(ctxT(t), key)
+	require.NoError(t, err, key)
+	require.Equal(t, want, string(v), key)
+}
+
+func requireMiss(t *testing.T, tc *tags.Cache, key string) {
+	t.Helper()
+	_, err := tc.Get(ctxT(t), key)
+	require.ErrorIs(t, err, dbcache.ErrMiss, key)
+}
+
+// Invalidating a tag makes every entry carrying it a miss, and no other;
+// an entry written with the tag afterwards is a hit again.
+func TestInvalidate(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"dbcache", "memstore"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			var tc *tags.Cache
+			if name == "dbcache" {
+				tc = setup(t).tc
+			} else {
+				tc = memTags(t)
+			}
+			ctx := ctxT(t)
+			require.NoError(t, tc.Set(ctx, "a", []byte("A"), dbcache.Forever, "x"))
+			require.NoError(t, tc.Set(ctx, "b", []byte("B"), dbcache.ExpiresIn(time.Hour), "x", "y", "x"))
+			require.NoError(t, tc.Set(ctx, "c", []byte("C"), dbcache.Forever, "y"))
+			require.NoError(t, tc.Set(ctx, "d", []byte(""), dbcache.Forever))
+			for k, v := range map[string]string{"a": "A", "b": "B", "c": "C", "d": ""} {
+				requireValue(t, tc, k, v)
+			}
+			require.NoError(t, tc.Invalidate(ctx, "x"))
+			requireMiss(t, tc, "a")
+			requireMiss(t, tc, "b")
+			requireValue(t, tc, "c", "C")
+			requireValue(t, tc, "d", "")
+			got, err := tc.GetMany(ctx, []string{"a", "b", "c", "d", "missing"})
+			require.NoError(t, err)
+			require.Equal(t, map[string][]byte{"c": []byte("C"), "d": {}}, got)
+			_, _, err = tc.GetWithTTL(ctx, "b")
+			require.ErrorIs(t, err, dbcache.ErrMiss)
+			v, ttl, err := tc.GetWithTTL(ctx, "c")
+			require.NoError(t, err)
+			require.Equal(t, "C", string(v))
+			require.True(t, ttl.IsForever())
+
+			// Written again after the invalidation: a hit.
+			require.NoError(t, tc.Set(ctx, "a", []byte("A2"), dbcache.ExpiresIn(time.Hour), "x"))
+			requireValue(t, tc, "a", "A2")
+			_, ttl, err = tc.GetWithTTL(ctx, "a")
+			require.NoError(t, err)
+			d, ok := ttl.Duration()
+			require.True(t, ok && d > 0 && d <= time.Hour)
+
+			// Several tags in one call; a tag nothing carries.
+			require.NoError(t, tc.Invalidate(ctx, "y", "x", "never-used"))
+			requireMiss(t, tc, "a")
+			requireMiss(t, tc, "c")
+			requireValue(t, tc, "d", "")
+			require.NoError(t, tc.Invalidate(ctx))
+
+			require.NoError(t, tc.Delete(ctx, "d"))
+			requireMiss(t, tc, "d")
+			require.NoError(t, tc.Set(ctx, "e", []byte("E"), dbcache.Forever, "z"))
+			require.NoError(t, tc.Clear(ctx))
+			requireMiss(t, tc, "e")
+		})
+	}
+}
+
+// Bad input is a clear error, and nothing is written or invalidated.
+func TestBadInput(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t)
+	require.NoError(t, b.tc.Set(ctx, "k", []byte("before"), dbcache.Forever, "t"))
+	rows := dbtest.Count(t, b.pool)
+
+	many := make([]string, tags.MaxTags+1)
+	for i := range many {
+		many[i] = fmt.Sprintf("t%d", i)
+	}
+	for name, c := range map[string]struct {
+		tags []string
+		want error
+	}{
+		"empty":         {[]string{"ok", ""}, tags.ErrInvalidTag},
+		"too long":      {[]string{strings.Repeat("t", tags.MaxTagBytes+1)}, tags.ErrInvalidTag},
+		"space":         {[]string{"a b"}, tags.ErrInvalidTag},
+		"control":       {[]string{"a\x01"}, tags.ErrInvalidTag},
+		"nul":           {[]string{"a\x00"}, tags.ErrInvalidTag},
+		"not utf-8":     {[]string{"a\xff"}, tags.ErrInvalidTag},
+		"too many tags": {many, tags.ErrTooManyTags},
+	} {
+		err := b.tc.Set(ctx, "k", []byte("after"), dbcache.Forever, c.tags...)
+		require.ErrorIs(t, err, c.want, name)
+		if !errors.Is(c.want, tags.ErrTooManyTags) {
+			require.ErrorIs(t, b.tc.Invalidate(ctx, append([]string{"t"}, c.tags...)...), c.want, name)
+		}
+	}
+	requireValue(t, b.tc, "k", "before")
+	require.Equal(t, rows, dbtest.Count(t, b.pool), "nothing written")
+
+	// At the limits: MaxTags distinct tags (duplicates count once), each
+	// MaxTagBytes long.
+	full := make([]string, 0, 2*tags.MaxTags)
+	for i := range tags.MaxTags {
+		tg := fmt.Sprintf("%03d", i) + strings.Repeat("é", (tags.MaxTagBytes-3)/2)
+		full = append(full, tg, tg)
+	}
+	require.NoError(t, b.tc.Set(ctx, "full", []byte("v"), dbcache.Forever, full...))
+	requireValue(t, b.tc, "full", "v")
+	require.NoError(t, b.tc.Invalidate(ctx, many...), "invalidating more than MaxTags tags at once")
+	require.NoError(t, b.tc.Invalidate(ctx, full[len(full)-1]))
+	requireMiss(t, b.tc, "full")
+
+	// The tags' own key space is not the cache's.
+	for _, err := range []error{
+		b.tc.Set(ctx, tags.PrefixDefault+"t", []byte("v"), dbcache.Forever),
+		b.tc.Delete(ctx, tags.PrefixDefault+"t"),
+		func() error { _, err := b.tc.Get(ctx, tags.PrefixDefault+"t"); return err }(),
+		func() error { _, err := b.tc.GetMany(ctx, []string{"k", tags.PrefixDefault + "t"}); return err }(),
+	} {
+		require.ErrorIs(t, err, dbcache.ErrInvalidKey)
+	}
+	requireValue(t, b.tc, "k", "before")
+
+	// A key the cache refuses is its error.
+	require.ErrorIs(t, b.tc.Set(ctx, "nul\x00key", []byte("v"), dbcache.Forever, "t"), dbcache.ErrInvalidKey)
+
+	_, err := tags.New(nil, nil)
+	require.Error(t, err)
+	ms, err := memstore.New(nil)
+	require.NoError(t, err)
+	_, err = tags.New(coreOnly{ms}, nil)
+	require.ErrorContains(t, err, "dbcache.TTLReader")
+}
+
+func memTags(t *testing.T) *tags.Cache {
+	t.Helper()
+	ms, err := memstore.New(nil)
+	require.NoError(t, err)
+	tc, err := tags.New(ms, nil)
+	require.NoError(t, err)
+	return tc
+}
+
+// coreOnly is a Store with no capability.
+type coreOnly struct{ dbcache.Store }
+
+// A stored value whose header is damaged, byte by byte, or that was not
+// written by a tagged cache, is ErrCorrupt or a miss, never a value; a
+// tag's version damaged in the table is a miss, and the next write with
+// the tag replaces it.
+func TestCraftedBytes(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t)
+	require.NoError(t, b.tc.Set(ctx, "k", []byte("value"), dbcache.Forever, "alpha", "beta"))
+	made := b.cache.MakeKey("k")
+	var stored []byte
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT value FROM dbcache_entries WHERE key = $1`, made).Scan(&stored))
+	header := len(stored) - len("value")
+	put := func(v []byte) {
+		dbtest.Exec(t, b.pool, `UPDATE dbcache_entries SET value = $2 WHERE key = $1`, made, v)
+	}
+	check := func(what string) {
+		t.Helper()
+		v, err := b.tc.Get(ctx, "k")
+		if err == nil {
+			t.Fatalf("%s: read a value %q", what, v)
+		}
+		if !errors.Is(err, tags.ErrCorrupt) && !errors.Is(err, dbcache.ErrMiss) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		got, err := b.tc.GetMany(ctx, []string{"k"})
+		if err == nil && len(got) > 0 {
+			t.Fatalf("%s: GetMany read a value %q", what, got["k"])
+		}
+	}
+	for i := range header {
+		for _, bit := range []byte{0x01, 0x80} {
+			d := []byte(string(stored))
+			d[i] ^= bit
+			put(d)
+			check(fmt.Sprintf("byte %d ^ %#x", i, bit))
+		}
+	}
+	for n := range header {
+		put(stored[:n])
+		check(fmt.Sprintf("truncated to %d bytes", n))
+	}
+	// A section length that would read past the value, huge counts.
+	for _, d := range [][]byte{
+		append([]byte{0xDB, 0x74, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0}, make([]byte, 64)...),
+		[]byte("plain value written by another writer"),
+	} {
+		put(d)
+		check(fmt.Sprintf("%q", d))
+	}
+	put(stored)
+	requireValue(t, b.tc, "k", "value")
+
+	// A tag's version damaged or replaced in the table: a miss.
+	tagKey := b.cache.MakeKey(tags.PrefixDefault + "beta")
+	for _, v := range [][]byte{{}, []byte("short"), []byte("12345678"), []byte("123456789")} {
+		dbtest.Exec(t, b.pool, `UPDATE dbcache_entries SET value = $2 WHERE key = $1`, tagKey, v)
+		requireMiss(t, b.tc, "k")
+	}
+	dbtest.Exec(t, b.pool, `UPDATE dbcache_entries SET value = 'short' WHERE key = $1`, tagKey)
+	require.NoError(t, b.tc.Set(ctx, "k2", []byte("v2"), dbcache.Forever, "beta"))
+	requireValue(t, b.tc, "k2", "v2")
+	requireMiss(t, b.tc, "k")
+}
+
+// FuzzDecode: no stored value makes a read panic or allocate by what it
+// says, and every value read is one a write stored.
+func FuzzDecode(f *testing.F) {
+	store, err := memstore.New(nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	tc, err := tags.New(store, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := tc.Set(ctx, "seed", []byte("v"), dbcache.Forever, "a", "b"); err != nil {
+		f.Fatal(err)
+	}
+	seed, err := store.Get(ctx, "seed")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(seed)
+	f.Add([]byte{0xDB, 0x74, 0x01, 0, 0, 0, 1, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		if err := store.Set(ctx, "k", raw, dbcache.Forever); err != nil {
+			t.Fatal(err)
+		}
+		v, err := tc.Get(ctx, "k")
+		if err == nil && string(raw) == string(seed) && string(v) != "v" {
+			t.Fatalf("read %q", v)
+		}
+		if err == nil && string(raw) != string(seed) && !strings.HasSuffix(string(raw), string(v)) {
+			t.Fatalf("read %q, not a suffix of what was stored", v)
+		}
+	})
+}
