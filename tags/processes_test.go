@@ -415,5 +415,3 @@ func TestNearCacheInvalidate(t *testing.T) {
 	run := runHistory(t, u.String(), true, bound, 8*time.Second)
 	require.Positive(t, run.hits, "some reads were served from memory")
 }
-
-
