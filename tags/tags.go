@@ -20,8 +20,12 @@ const (
 	MaxTags = 32
 	// MaxTagBytes is the longest tag, in bytes.
 	MaxTagBytes = 128
-	// PrefixDefault is Config.Prefix's default.
-	PrefixDefault = "dbcache-tag:"
+	// PrefixDefault is Config.Prefix's default. It begins with "~", which
+	// sorts after ASCII letters and digits, so that a culler, which
+	// removes never-expiring entries last and those in key order, removes
+	// the tags' versions after the never-expiring entries whose keys are
+	// made of those.
+	PrefixDefault = "~dbcache-tag:"
 )
 
 var (
