@@ -4,12 +4,13 @@
 //   - versions (package tags): each entry's value carries its tags'
 //     versions, the versions are entries of the cache, a read checks them
 //     with a second read; invalidating a tag deletes its version;
+//
 //   - a tag table: rows (tag, key) with a primary key on (tag, key) and an
 //     index on key, written with the entry in one statement; a read is a
 //     plain Get; invalidating a tag deletes its entries and rows in one
 //     statement. Built here only, for the comparison.
 //
-//	go test ./bench/tags -run '^$' -bench . -benchtime 1x
+//     go test ./bench/tags -run '^$' -bench . -benchtime 1x
 //
 // PostgreSQL is DBCACHE_TEST_DATABASE_URL, or a throwaway server
 // (internal/dbtest). Figures depend on the machine and its load: compare
