@@ -95,6 +95,17 @@ func TestGocacheExpectations(t *testing.T) {
 	require.Equal(t, []byte("bytes"), v)
 	require.True(t, ttl > 6*time.Second && ttl <= time.Hour, "a Set's own expiration: %s", ttl)
 
+	// Other stores' options change nothing: the default expiration
+	// holds, and the tags' versions never expire.
+	require.NoError(t, s.Set(ctx, "other-options", "o", lib_store.WithCost(9), lib_store.WithSynchronousSet(),
+		lib_store.WithClientSideCaching(time.Second), lib_store.WithTagsTTL(time.Second), lib_store.WithTags([]string{"ttl-tag"})))
+	_, ttl, err = s.GetWithTTL(ctx, "other-options")
+	require.NoError(t, err)
+	require.True(t, ttl > 0 && ttl <= 6*time.Second, "the store's default expiration: %s", ttl)
+	var expiring int
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM dbcache_entries WHERE strpos(key, $1) > 0 AND expires IS NOT NULL`, tags.PrefixDefault).Scan(&expiring))
+	require.Zero(t, expiring, "the tags' versions never expire, whatever WithTagsTTL says")
+
 	forever := newStore(t, b.dbc)
 	require.NoError(t, forever.Set(ctx, "forever", "f"))
 	_, ttl, err = forever.GetWithTTL(ctx, "forever")

@@ -50,6 +50,9 @@ func TestCullingCountsTagStorage(t *testing.T) {
 		payload += int64(len(v))
 	}
 	require.EqualValues(t, 300+len(tagNames), rows, "the tags' versions are rows of the table")
+	var expiring int
+	require.NoError(t, b.pool.QueryRow(ctx, `SELECT count(*) FROM dbcache_entries WHERE strpos(key, $1) > 0 AND expires IS NOT NULL`, tags.PrefixDefault).Scan(&expiring))
+	require.Zero(t, expiring, "versions never expire")
 	est, err := culling.EstimateSize(ctx, b.pool, "", 0)
 	require.NoError(t, err)
 	require.True(t, est.Exact)
