@@ -6,8 +6,10 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"unicode"
 	"unicode/utf8"
 
@@ -49,14 +51,62 @@ type Config struct {
 	// Prefix+t. A key of the Cache's own that starts with Prefix is
 	// refused (dbcache.ErrInvalidKey). Defaults to PrefixDefault.
 	Prefix string
+
+	// Origin, for a Cache over a near cache (package nearcache), is the
+	// store the near cache is in front of (a *dbcache.Cache). A near
+	// cache serves each key within its staleness bound on its own, so a
+	// read through it can get an entry newer than its copy of a tag's
+	// version, which then does not match: with Origin set, such a
+	// mismatch is confirmed by reading the entry and its versions from
+	// Origin before it is a miss, so reads never go back to a miss after
+	// the value they saw. Origin must be a dbcache.TTLReader. Defaults to
+	// nil: a mismatch is a miss.
+	Origin dbcache.Store
 }
 
 // Cache is a tagged cache over a dbcache.Store. It is safe for concurrent
 // use.
 type Cache struct {
-	store  dbcache.Store
-	ttl    dbcache.TTLReader
-	prefix string
+	store     dbcache.Store
+	ttl       dbcache.TTLReader
+	prefix    string
+	origin    dbcache.Store // nil without Config.Origin
+	originTTL dbcache.TTLReader
+
+	// memo is, per key, the tags of the entry this Cache last wrote or
+	// read under it, so that the next read can fetch the entry and those
+	// tags' versions in one GetMany (one statement on a *dbcache.Cache)
+	// instead of two reads. It only guides what is fetched: a read
+	// checks the header it gets, and fetches the versions of any tag the
+	// memo did not name. At most memoMax keys; full, it starts again.
+	memoMu sync.Mutex
+	memo   map[string][]string
+}
+
+// memoMax bounds the memo: about 100 bytes a key plus its tags.
+const memoMax = 10_000
+
+func (c *Cache) remember(key string, tvs []tagVersion) {
+	ts := make([]string, len(tvs))
+	for i, tv := range tvs {
+		ts[i] = tv.tag
+	}
+	c.memoMu.Lock()
+	defer c.memoMu.Unlock()
+	if len(ts) == 0 {
+		delete(c.memo, key)
+		return
+	}
+	if c.memo == nil || len(c.memo) >= memoMax {
+		c.memo = make(map[string][]string)
+	}
+	c.memo[key] = ts
+}
+
+func (c *Cache) recall(key string) []string {
+	c.memoMu.Lock()
+	defer c.memoMu.Unlock()
+	return c.memo[key]
 }
 
 // New returns a tagged cache over store, which must also be a
@@ -78,7 +128,13 @@ func New(store dbcache.Store, cfg *Config) (*Cache, error) {
 	if c.Prefix == "" {
 		c.Prefix = PrefixDefault
 	}
-	return &Cache{store: store, ttl: ttl, prefix: c.Prefix}, nil
+	out := &Cache{store: store, ttl: ttl, prefix: c.Prefix, origin: c.Origin}
+	if c.Origin != nil {
+		if out.originTTL, ok = c.Origin.(dbcache.TTLReader); !ok {
+			return nil, fmt.Errorf("tags: Config.Origin (%T) is not a dbcache.TTLReader", c.Origin)
+		}
+	}
+	return out, nil
 }
 
 // Store returns the store the cache is over.
@@ -179,29 +235,93 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout dbcac
 	if err != nil {
 		return err
 	}
-	return c.store.Set(ctx, key, encode(tvs, value), timeout)
+	if err := c.store.Set(ctx, key, encode(tvs, value), timeout); err != nil {
+		return err
+	}
+	c.remember(key, tvs)
+	return nil
 }
 
 // Get returns the value stored under key, or dbcache.ErrMiss when there
 // is none or a tag it carries was invalidated since it was written. A
 // stored value that is not a tagged entry, or whose header is damaged, is
-// ErrCorrupt.
+// ErrCorrupt. A key this Cache last wrote or read with tags is read with
+// its tags' versions in one GetMany; any other, with a second read when
+// its entry has tags.
 func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 	if err := c.checkKey(key); err != nil {
 		return nil, err
+	}
+	if ts := c.recall(key); len(ts) > 0 {
+		keys := make([]string, 0, 1+len(ts))
+		keys = append(keys, key)
+		for _, t := range ts {
+			keys = append(keys, c.prefix+t)
+		}
+		got, err := c.store.GetMany(ctx, keys)
+		if err != nil {
+			return nil, err
+		}
+		raw, ok := got[key]
+		if !ok {
+			return nil, dbcache.ErrMiss
+		}
+		delete(got, key)
+		for _, k := range keys[1:] {
+			if _, ok := got[k]; !ok {
+				got[k] = nil // read, and absent: no version matches
+			}
+		}
+		return c.finish(ctx, key, raw, got)
 	}
 	raw, err := c.store.Get(ctx, key)
 	if err != nil {
 		return nil, err
 	}
+	return c.finish(ctx, key, raw, nil)
+}
+
+// finish decodes a stored value and checks its tags' versions against
+// current (read with it), reading those current lacks.
+func (c *Cache) finish(ctx context.Context, key string, raw []byte, current map[string][]byte) ([]byte, error) {
 	tvs, v, err := decode(raw)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.check(ctx, tvs); err != nil {
+	c.remember(key, tvs)
+	if err := c.check(ctx, c.store, tvs, current); err != nil {
+		if errors.Is(err, dbcache.ErrMiss) && c.origin != nil {
+			v, _, err := c.confirm(ctx, key, false)
+			return v, err
+		}
 		return nil, err
 	}
 	return v, nil
+}
+
+// confirm reads key and its versions from Origin (see Config.Origin).
+func (c *Cache) confirm(ctx context.Context, key string, withTTL bool) ([]byte, dbcache.Timeout, error) {
+	var (
+		raw []byte
+		ttl dbcache.Timeout
+		err error
+	)
+	if withTTL {
+		raw, ttl, err = c.originTTL.GetWithTTL(ctx, key)
+	} else {
+		raw, err = c.origin.Get(ctx, key)
+	}
+	if err != nil {
+		return nil, dbcache.Timeout{}, err
+	}
+	tvs, v, err := decode(raw)
+	if err != nil {
+		return nil, dbcache.Timeout{}, err
+	}
+	if err := c.check(ctx, c.origin, tvs, nil); err != nil {
+		return nil, dbcache.Timeout{}, err
+	}
+	return v, ttl, nil
 }
 
 // GetWithTTL is Get that also returns the entry's remaining lifetime, as
@@ -218,14 +338,19 @@ func (c *Cache) GetWithTTL(ctx context.Context, key string) ([]byte, dbcache.Tim
 	if err != nil {
 		return nil, dbcache.Timeout{}, err
 	}
-	if err := c.check(ctx, tvs); err != nil {
+	c.remember(key, tvs)
+	if err := c.check(ctx, c.store, tvs, nil); err != nil {
+		if errors.Is(err, dbcache.ErrMiss) && c.origin != nil {
+			return c.confirm(ctx, key, true)
+		}
 		return nil, dbcache.Timeout{}, err
 	}
 	return v, ttl, nil
 }
 
 // GetMany returns the live, valid entries among keys, keyed by the
-// caller's keys, in two reads of the store whatever the number of keys.
+// caller's keys, in one read of the store when this Cache last wrote or
+// read every one of them, and two otherwise, whatever the number of keys.
 // Any entry that is not a tagged entry or is damaged makes it ErrCorrupt.
 func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, error) {
 	for _, k := range keys {
@@ -233,55 +358,112 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 			return nil, err
 		}
 	}
-	raws, err := c.store.GetMany(ctx, keys)
+	out, invalid, err := c.getMany(ctx, c.store, keys, true)
+	if err != nil || len(invalid) == 0 || c.origin == nil {
+		return out, err
+	}
+	confirmed, _, err := c.getMany(ctx, c.origin, invalid, false)
 	if err != nil {
 		return nil, err
+	}
+	maps.Copy(out, confirmed)
+	return out, nil
+}
+
+// getMany reads keys and their versions from st, with the memo's tags in
+// the first read when memo is set, and returns the valid entries and the
+// keys whose entries did not match their versions.
+func (c *Cache) getMany(ctx context.Context, st dbcache.Store, keys []string, memo bool) (map[string][]byte, []string, error) {
+	want := slices.Clone(keys)
+	var memoTags []string
+	if memo {
+		for _, k := range keys {
+			for _, t := range c.recall(k) {
+				memoTags = append(memoTags, c.prefix+t)
+			}
+		}
+		slices.Sort(memoTags)
+		memoTags = slices.Compact(memoTags)
+	}
+	got, err := st.GetMany(ctx, append(want, memoTags...))
+	if err != nil {
+		return nil, nil, err
+	}
+	current := make(map[string][]byte, len(memoTags))
+	for _, k := range memoTags {
+		current[k] = got[k] // nil when absent: no version matches
 	}
 	type entry struct {
 		tvs []tagVersion
 		v   []byte
 	}
-	entries := make(map[string]entry, len(raws))
-	var tagKeys []string
-	for k, raw := range raws {
+	entries := make(map[string]entry, len(keys))
+	var missing []string
+	for _, k := range keys {
+		raw, ok := got[k]
+		if !ok {
+			continue
+		}
+		if _, done := entries[k]; done {
+			continue
+		}
 		tvs, v, err := decode(raw)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
+		}
+		if memo {
+			c.remember(k, tvs)
 		}
 		entries[k] = entry{tvs, v}
 		for _, tv := range tvs {
-			tagKeys = append(tagKeys, c.prefix+tv.tag)
+			if _, ok := current[c.prefix+tv.tag]; !ok {
+				missing = append(missing, c.prefix+tv.tag)
+			}
 		}
 	}
-	var current map[string][]byte
-	if len(tagKeys) > 0 {
-		slices.Sort(tagKeys)
-		if current, err = c.store.GetMany(ctx, slices.Compact(tagKeys)); err != nil {
-			return nil, fmt.Errorf("tags: read the tags' versions: %w", err)
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		missing = slices.Compact(missing)
+		more, err := st.GetMany(ctx, missing)
+		if err != nil {
+			return nil, nil, fmt.Errorf("tags: read the tags' versions: %w", err)
+		}
+		for _, k := range missing {
+			current[k] = more[k]
 		}
 	}
 	out := make(map[string][]byte, len(entries))
+	var invalid []string
 	for k, e := range entries {
 		if c.valid(e.tvs, current) {
 			out[k] = e.v
+		} else {
+			invalid = append(invalid, k)
 		}
 	}
-	return out, nil
+	return out, invalid, nil
 }
 
 // check returns dbcache.ErrMiss unless every tag still has the version
-// the entry was written with.
-func (c *Cache) check(ctx context.Context, tvs []tagVersion) error {
-	if len(tvs) == 0 {
-		return nil
+// the entry was written with, reading from st the versions current lacks.
+func (c *Cache) check(ctx context.Context, st dbcache.Store, tvs []tagVersion, current map[string][]byte) error {
+	var keys []string
+	for _, tv := range tvs {
+		k := c.prefix + tv.tag
+		if _, ok := current[k]; !ok {
+			keys = append(keys, k)
+		}
 	}
-	keys := make([]string, len(tvs))
-	for i, tv := range tvs {
-		keys[i] = c.prefix + tv.tag
-	}
-	current, err := c.store.GetMany(ctx, keys)
-	if err != nil {
-		return fmt.Errorf("tags: read the tags' versions: %w", err)
+	if len(keys) > 0 {
+		got, err := st.GetMany(ctx, keys)
+		if err != nil {
+			return fmt.Errorf("tags: read the tags' versions: %w", err)
+		}
+		if current == nil {
+			current = got
+		} else {
+			maps.Copy(current, got)
+		}
 	}
 	if !c.valid(tvs, current) {
 		return dbcache.ErrMiss
@@ -292,7 +474,7 @@ func (c *Cache) check(ctx context.Context, tvs []tagVersion) error {
 func (c *Cache) valid(tvs []tagVersion, current map[string][]byte) bool {
 	for _, tv := range tvs {
 		v, ok := current[c.prefix+tv.tag]
-		if !ok || !bytes.Equal(v, tv.version) {
+		if !ok || len(v) != versionBytes || !bytes.Equal(v, tv.version) {
 			return false
 		}
 	}

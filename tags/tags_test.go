@@ -89,6 +89,107 @@ func TestInvalidate(t *testing.T) {
 	}
 }
 
+// A Cache's memo of each key's tags (one GetMany for the entry and its
+// versions) only guides the read: another Cache rewriting the key with
+// other tags, or invalidating them, is seen as the header says.
+func TestMemoFollowsTheHeader(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ctx := ctxT(t)
+	other, err := tags.New(b.cache, nil)
+	require.NoError(t, err)
+	require.NoError(t, b.tc.Set(ctx, "k", []byte("v1"), dbcache.Forever, "x"))
+	requireValue(t, other, "k", "v1") // other remembers k's tags: x
+	require.NoError(t, b.tc.Set(ctx, "k", []byte("v2"), dbcache.Forever, "y"))
+	requireValue(t, other, "k", "v2")
+	require.NoError(t, b.tc.Invalidate(ctx, "x"))
+	requireValue(t, other, "k", "v2")
+	got, err := other.GetMany(ctx, []string{"k", "k"})
+	require.NoError(t, err)
+	require.Equal(t, map[string][]byte{"k": []byte("v2")}, got)
+	require.NoError(t, b.tc.Set(ctx, "k", []byte("v3"), dbcache.Forever, "y", "z"))
+	require.NoError(t, b.tc.Invalidate(ctx, "z"))
+	requireMiss(t, other, "k")
+	got, err = other.GetMany(ctx, []string{"k"})
+	require.NoError(t, err)
+	require.Empty(t, got)
+	require.NoError(t, b.tc.Set(ctx, "k", []byte("v4"), dbcache.Forever))
+	requireValue(t, other, "k", "v4")
+	require.NoError(t, b.tc.Set(ctx, "k", []byte("v5"), dbcache.Forever, "y"))
+	require.NoError(t, b.tc.Invalidate(ctx, "y"))
+	requireMiss(t, other, "k")
+	_, err = other.Get(ctx, "absent")
+	require.ErrorIs(t, err, dbcache.ErrMiss)
+}
+
+// staleVersions is a store that serves the tags' versions as they were
+// when frozen, and entries as they are: what a near cache can serve within
+// its bound after a version changed.
+type staleVersions struct {
+	*memstore.Store
+	frozen map[string][]byte
+}
+
+func (s *staleVersions) GetMany(ctx context.Context, keys []string) (map[string][]byte, error) {
+	out, err := s.Store.GetMany(ctx, keys)
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range keys {
+		if strings.HasPrefix(k, tags.PrefixDefault) {
+			delete(out, k)
+			if v, ok := s.frozen[k]; ok {
+				out[k] = v
+			}
+		}
+	}
+	return out, nil
+}
+
+// With Config.Origin, an entry newer than the near cache's copy of its
+// tag's version is confirmed from Origin, and is a hit; without it, a
+// miss. An invalidation is a miss either way.
+func TestOriginConfirmsAMismatch(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	ms, err := memstore.New(nil)
+	require.NoError(t, err)
+	direct, err := tags.New(ms, nil)
+	require.NoError(t, err)
+	require.NoError(t, direct.Set(ctx, "k", []byte("old"), dbcache.ExpiresIn(time.Hour), "t"))
+	frozen, err := ms.GetMany(ctx, []string{tags.PrefixDefault + "t"})
+	require.NoError(t, err)
+	near := &staleVersions{Store: ms, frozen: frozen}
+	require.NoError(t, direct.Invalidate(ctx, "t"))
+	require.NoError(t, direct.Set(ctx, "k", []byte("new"), dbcache.ExpiresIn(time.Hour), "t"))
+
+	plain, err := tags.New(near, nil)
+	require.NoError(t, err)
+	requireMiss(t, plain, "k")
+	confirmed, err := tags.New(near, &tags.Config{Origin: ms})
+	require.NoError(t, err)
+	requireValue(t, confirmed, "k", "new")
+	v, ttl, err := confirmed.GetWithTTL(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, "new", string(v))
+	d, ok := ttl.Duration()
+	require.True(t, ok && d > 0 && d <= time.Hour)
+	got, err := confirmed.GetMany(ctx, []string{"k", "missing"})
+	require.NoError(t, err)
+	require.Equal(t, map[string][]byte{"k": []byte("new")}, got)
+
+	require.NoError(t, direct.Invalidate(ctx, "t"))
+	requireMiss(t, confirmed, "k")
+	_, _, err = confirmed.GetWithTTL(ctx, "k")
+	require.ErrorIs(t, err, dbcache.ErrMiss)
+	got, err = confirmed.GetMany(ctx, []string{"k"})
+	require.NoError(t, err)
+	require.Empty(t, got)
+
+	_, err = tags.New(near, &tags.Config{Origin: coreOnly{ms}})
+	require.ErrorContains(t, err, "dbcache.TTLReader")
+}
+
 // Bad input is a clear error, and nothing is written or invalidated.
 func TestBadInput(t *testing.T) {
 	t.Parallel()
