@@ -15,14 +15,17 @@
 // store (under Config.Prefix, 8 random bytes, never expiring), so
 // Invalidate deletes the tags' versions in one write of the store (one
 // statement on a *dbcache.Cache) whatever the number of entries carrying
-// them, and a read checks an entry's versions against the current ones
-// with a second read of the store (one GetMany for all its tags): an
-// entry whose tag has another version, or none, is a miss. A write reads
-// its tags' versions (making a missing one, first stored wins) before it
-// writes the entry, so a write that races an invalidation of one of its
-// tags stores an entry that is already a miss. docs/tags.md has the
-// measurements against the other design (a table of tag rows, an index,
-// and a delete of the entries), and why this one.
+// them, and a read checks an entry's versions against the current ones:
+// an entry whose tag has another version, or none, is a miss. A Cache
+// remembers the tags of the keys it last wrote or read (up to 10,000
+// keys), and reads such a key with its versions in one GetMany (one
+// statement); another key costs a second read when its entry has tags. A
+// write reads its tags' versions (making a missing one, first stored
+// wins) before it writes the entry, so a write that races an
+// invalidation of one of its tags stores an entry that is already a
+// miss. docs/tags.md has the measurements against the other design (a
+// table of tag rows, an index, and a delete of the entries), and why this
+// one.
 //
 // Because versions are entries, everything that holds for entries holds
 // for them: a near cache (package nearcache) keeps its copies of them
@@ -34,14 +37,20 @@
 // read of the versions begins after the read itself began, so when that
 // is more than MaxStaleness after Invalidate returned it sees the version
 // deleted, or one made after, and neither matches an entry written
-// before (versions are random, 64 bits). A write through a near cache
-// reads the versions through it too, so one within MaxStaleness of
-// another process's Invalidate can store an entry that is already a
-// miss. A culler that removes a tag's version (versions never
-// expire, so they are culled with the never-expiring entries, after
-// those whose keys sort before "~") makes the entries carrying it misses,
-// never errors or other values. An invalidated entry's row stays in the
-// table, counted, until it expires, is overwritten or is culled.
+// before (versions are random, 64 bits). The near cache serves each key
+// within the bound on its own, so a read through it can also get an entry
+// newer than its copy of a tag's version: that is a miss, unless
+// Config.Origin names the store the near cache fronts, which then
+// confirms every mismatch. Reads through a near cache are not monotonic:
+// a read confirmed from Origin can be newer than a copy a later read is
+// served. A write through a near cache reads the versions through it too,
+// so one within MaxStaleness of another process's Invalidate can store an
+// entry that is already a miss. A culler that removes a tag's version
+// (versions never expire, so they are culled with the never-expiring
+// entries, after those whose keys sort before "~") makes the entries
+// carrying it misses, never errors or other values. An invalidated
+// entry's row stays in the table, counted, until it expires, is
+// overwritten or is culled.
 //
 // # Limits and errors
 //
