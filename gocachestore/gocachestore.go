@@ -8,7 +8,8 @@
 // It implements gocache's store.StoreInterface (Get, GetWithTTL, Set,
 // Delete, Invalidate, Clear, GetType) over any dbcache.Store that is also
 // a dbcache.TTLReader (a *dbcache.Cache, a near cache, a sharded cache),
-// through package tags, so gocache's tags work: a Set with
+// through package tags (FromTags takes a tags.Cache of your own: over a
+// near cache, one with tags.Config.Origin), so gocache's tags work: a Set with
 // store.WithTags(…) tags the entry, and an Invalidate with
 // store.WithInvalidateTags(…) makes every entry carrying one of the tags
 // a miss, in one write whatever their number (see docs/tags.md).
@@ -84,6 +85,16 @@ func New(store dbcache.Store, options ...lib_store.Option) (*Store, error) {
 	tc, err := tags.New(store, nil)
 	if err != nil {
 		return nil, fmt.Errorf("gocachestore: %w", err)
+	}
+	return &Store{tc: tc, options: lib_store.ApplyOptions(options...)}, nil
+}
+
+// FromTags returns a gocache store over a tagged cache, for one built with
+// a tags.Config of its own (Config.Origin, over a near cache, or another
+// Prefix). options are every Set's defaults.
+func FromTags(tc *tags.Cache, options ...lib_store.Option) (*Store, error) {
+	if tc == nil {
+		return nil, errors.New("gocachestore: the tagged cache is nil")
 	}
 	return &Store{tc: tc, options: lib_store.ApplyOptions(options...)}, nil
 }

@@ -214,6 +214,30 @@ func TestBadInput(t *testing.T) {
 	require.NoError(t, err)
 	_, err = gocachestore.New(struct{ dbcache.Store }{ms})
 	require.ErrorContains(t, err, "dbcache.TTLReader")
+	_, err = gocachestore.FromTags(nil)
+	require.Error(t, err)
+}
+
+// FromTags: a store over a tagged cache of the caller's, its Prefix kept.
+func TestFromTags(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	ms, err := memstore.New(nil)
+	require.NoError(t, err)
+	tc, err := tags.New(ms, &tags.Config{Prefix: "my-tags:"})
+	require.NoError(t, err)
+	s, err := gocachestore.FromTags(tc, lib_store.WithExpiration(time.Minute))
+	require.NoError(t, err)
+	require.NoError(t, s.Set(ctx, "k", "v", lib_store.WithTags([]string{"t"})))
+	_, ttl, err := s.GetWithTTL(ctx, "k")
+	require.NoError(t, err)
+	require.True(t, ttl > 0 && ttl <= time.Minute)
+	ok, err := ms.HasKey(ctx, "my-tags:t")
+	require.NoError(t, err)
+	require.True(t, ok, "the version under the caller's prefix")
+	require.NoError(t, s.Invalidate(ctx, lib_store.WithInvalidateTags([]string{"t"})))
+	_, err = s.Get(ctx, "k")
+	isNotFound(t, err)
 }
 
 // A stored value whose type byte is missing or unknown is an error, never

@@ -78,13 +78,18 @@ type Cache struct {
 	// tags' versions in one GetMany (one statement on a *dbcache.Cache)
 	// instead of two reads. It only guides what is fetched: a read
 	// checks the header it gets, and fetches the versions of any tag the
-	// memo did not name. At most memoMax keys; full, it starts again.
-	memoMu sync.Mutex
-	memo   map[string][]string
+	// memo did not name. At most memoMax keys and memoMaxBytes of keys
+	// and tags; full, it starts again.
+	memoMu    sync.Mutex
+	memo      map[string][]string
+	memoBytes int
 }
 
-// memoMax bounds the memo: about 100 bytes a key plus its tags.
-const memoMax = 10_000
+// memoMax and memoMaxBytes bound the memo.
+const (
+	memoMax      = 10_000
+	memoMaxBytes = 4 << 20
+)
 
 func (c *Cache) remember(key string, tvs []tagVersion) {
 	ts := make([]string, len(tvs))
@@ -93,14 +98,28 @@ func (c *Cache) remember(key string, tvs []tagVersion) {
 	}
 	c.memoMu.Lock()
 	defer c.memoMu.Unlock()
-	if len(ts) == 0 {
+	if old, ok := c.memo[key]; ok {
+		c.memoBytes -= memoSize(key, old)
 		delete(c.memo, key)
+	}
+	if len(ts) == 0 {
 		return
 	}
-	if c.memo == nil || len(c.memo) >= memoMax {
-		c.memo = make(map[string][]string)
+	n := memoSize(key, ts)
+	if c.memo == nil || len(c.memo) >= memoMax || c.memoBytes+n > memoMaxBytes {
+		c.memo, c.memoBytes = make(map[string][]string), 0
 	}
 	c.memo[key] = ts
+	c.memoBytes += n
+}
+
+// memoSize is what the memo counts for key and its tags.
+func memoSize(key string, ts []string) int {
+	n := len(key) + 16*len(ts)
+	for _, t := range ts {
+		n += len(t)
+	}
+	return n
 }
 
 func (c *Cache) recall(key string) []string {

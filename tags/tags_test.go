@@ -122,6 +122,35 @@ func TestMemoFollowsTheHeader(t *testing.T) {
 	require.ErrorIs(t, err, dbcache.ErrMiss)
 }
 
+// The memo of keys' tags stays within its bounds however many keys are
+// written, and an entry rewritten without tags leaves it.
+func TestMemoBounded(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	tc := memTags(t)
+	long := make([]string, tags.MaxTags)
+	for i := range long {
+		long[i] = fmt.Sprintf("%03d", i) + strings.Repeat("t", tags.MaxTagBytes-3)
+	}
+	for i := range 12_000 {
+		ts := []string{"a"}
+		if i%10 == 0 {
+			ts = long
+		}
+		require.NoError(t, tc.Set(ctx, fmt.Sprintf("k%d", i), []byte("v"), dbcache.Forever, ts...))
+		keys, bytes := tc.MemoLen()
+		require.LessOrEqual(t, keys, 10_000)
+		require.LessOrEqual(t, bytes, 4<<20)
+	}
+	keys, _ := tc.MemoLen()
+	require.Positive(t, keys)
+	require.NoError(t, tc.Set(ctx, "k11999", []byte("v"), dbcache.Forever))
+	after, _ := tc.MemoLen()
+	require.Equal(t, keys-1, after, "no tags, nothing to remember")
+	requireValue(t, tc, "k11999", "v")
+	requireValue(t, tc, "k11990", "v")
+}
+
 // staleVersions is a store that serves the tags' versions as they were
 // when frozen, and entries as they are: what a near cache can serve within
 // its bound after a version changed.
