@@ -65,6 +65,13 @@
 // package (Get, GetWithTTL, GetMany): the store's own Get returns the
 // header with the value.
 //
+// Every operation is a few operations of the store (a read at most two,
+// four with Config.Origin; a write two, and one more for each tag whose
+// version is missing or damaged), each
+// bounded as the store bounds it (a *dbcache.Cache by the context's
+// deadline or its Config.OpTimeout), so none hangs on a server that stops
+// answering.
+//
 // Package gocachestore puts this package behind eko/gocache's store
 // interface, its WithTags and WithInvalidateTags options included.
 package tags
