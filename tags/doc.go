@@ -43,9 +43,10 @@
 // Config.Origin names the store the near cache fronts, which then
 // confirms every mismatch. Reads through a near cache are not monotonic:
 // a read confirmed from Origin can be newer than a copy a later read is
-// served. A write through a near cache reads the versions through it too,
-// so one within MaxStaleness of another process's Invalidate can store an
-// entry that is already a miss. A culler that removes a tag's version
+// served. A write through a near cache without Config.Origin reads the
+// versions through it too, so one within MaxStaleness of another
+// process's Invalidate can store an entry that is already a miss; with
+// Origin it reads them from Origin. A culler that removes a tag's version
 // (versions never expire, so they are culled with the never-expiring
 // entries, after those whose keys sort before "~") makes the entries
 // carrying it misses, never errors or other values. An invalidated

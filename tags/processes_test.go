@@ -92,7 +92,7 @@ func runHist(ctx context.Context, arg string, reader bool) error {
 	defer cache.Close()
 	var store dbcache.Store = cache
 	var near *nearcache.Cache
-	if reader && j.Near {
+	if j.Near { // readers; writers too when told
 		if near, err = nearcache.New(ctx, cache, pool, &nearcache.Config{MaxStaleness: j.Bound}); err != nil {
 			return err
 		}
@@ -303,7 +303,7 @@ type historyRun struct {
 // runHistory runs 2 writer processes (4 groups each) and 2 reader
 // processes (4 goroutines each) on dsn, and checks their history with
 // bound.
-func runHistory(t *testing.T, dsn string, near, noOrigin bool, bound, d time.Duration) *historyRun {
+func runHistory(t *testing.T, dsn string, near, noOrigin, nearWriters bool, bound, d time.Duration) *historyRun {
 	ctx := ctxT(t)
 	pool, err := pgxpool.New(ctx, dsn)
 	require.NoError(t, err)
@@ -325,7 +325,8 @@ func runHistory(t *testing.T, dsn string, near, noOrigin bool, bound, d time.Dur
 	}
 	var procs []*histProc
 	for _, w := range []string{"w0", "w1"} {
-		procs = append(procs, startHist(t, "tags-writer", histJob{Proc: w, DSN: dsn, Groups: 4, Duration: d, Barrier: barrier}))
+		procs = append(procs, startHist(t, "tags-writer", histJob{Proc: w, DSN: dsn, Groups: 4, Duration: d, Barrier: barrier,
+			Near: nearWriters, Bound: bound}))
 	}
 	for _, r := range []string{"r0", "r1"} {
 		procs = append(procs, startHist(t, "tags-reader", histJob{Proc: r, DSN: dsn, Keys: keys, Goroutines: 4, Duration: d,
@@ -411,7 +412,7 @@ func TestProcessesInvalidate(t *testing.T) {
 	t.Parallel()
 	s := dbtest.NewSchema(t)
 	s.Migrate(t)
-	runHistory(t, s.DSN(t), false, false, 0, 6*time.Second)
+	runHistory(t, s.DSN(t), false, false, false, 0, 6*time.Second)
 }
 
 // logicalSettings: the near cache's feed needs logical decoding.
@@ -424,7 +425,7 @@ var logicalSettings = map[string]string{
 
 // TestNearCacheInvalidate: readers through near caches (bound
 // MaxStaleness), writers through the cache, with Config.Origin and
-// without: an invalidated tag's entries are misses in every reader within
+// without, then writers through near caches with Origin too: an invalidated tag's entries are misses in every reader within
 // the staleness bound, and no read returns a value older than the bound
 // allows or one never written, checked from the history. Through Origin
 // no miss is older than the bound allows either; without it a read can
@@ -436,11 +437,15 @@ func TestNearCacheInvalidate(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = srv.Remove(context.Background()) })
 	bound := 500 * time.Millisecond
-	for _, noOrigin := range []bool{false, true} {
-		schema := "tags_near_origin"
-		if noOrigin {
-			schema = "tags_near_no_origin"
-		}
+	for _, c := range []struct {
+		schema                string
+		noOrigin, nearWriters bool
+	}{
+		{"tags_near_origin", false, false},
+		{"tags_near_no_origin", true, false},
+		{"tags_near_writers", false, true}, // the writers through near caches with Origin too
+	} {
+		schema := c.schema
 		ccfg, err := pgx.ParseConfig(srv.URL(""))
 		require.NoError(t, err)
 		m, err := migrations.NewFromConnConfig(ccfg, &migrations.Config{Schema: schema})
@@ -455,7 +460,7 @@ func TestNearCacheInvalidate(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, nearcache.Setup(ctx, pool, nil))
 		pool.Close()
-		run := runHistory(t, u.String(), true, noOrigin, bound, 8*time.Second)
+		run := runHistory(t, u.String(), true, c.noOrigin, c.nearWriters, bound, 8*time.Second)
 		require.Positive(t, run.hits, "some reads were served from memory")
 	}
 }

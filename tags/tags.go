@@ -59,8 +59,9 @@ type Config struct {
 	// version, which then does not match: with Origin set, such a
 	// mismatch is confirmed by reading the entry and its versions from
 	// Origin before it is a miss, so reads never go back to a miss after
-	// the value they saw. Origin must be a dbcache.TTLReader. Defaults to
-	// nil: a mismatch is a miss.
+	// the value they saw; and writes read their tags' versions from
+	// Origin. Origin must be a dbcache.TTLReader. Defaults to nil: a
+	// mismatch is a miss.
 	Origin dbcache.Store
 }
 
@@ -201,16 +202,21 @@ func newVersion() []byte {
 
 // versions returns each tag's current version, making one for a tag
 // that has none. Two writers making one race through GetOrSet: both get
-// the first stored.
+// the first stored. With Config.Origin the versions are Origin's, so a
+// write through a near cache never uses a copy of a deleted version.
 func (c *Cache) versions(ctx context.Context, tags []string) ([]tagVersion, error) {
 	if len(tags) == 0 {
 		return nil, nil
+	}
+	st := c.store
+	if c.origin != nil {
+		st = c.origin
 	}
 	keys := make([]string, len(tags))
 	for i, t := range tags {
 		keys[i] = c.prefix + t
 	}
-	got, err := c.store.GetMany(ctx, keys)
+	got, err := st.GetMany(ctx, keys)
 	if err != nil {
 		return nil, fmt.Errorf("tags: read the tags' versions: %w", err)
 	}
@@ -218,7 +224,7 @@ func (c *Cache) versions(ctx context.Context, tags []string) ([]tagVersion, erro
 	for i, t := range tags {
 		v, ok := got[keys[i]]
 		if !ok {
-			if v, err = c.store.GetOrSet(ctx, keys[i], newVersion(), dbcache.Forever); err != nil {
+			if v, err = st.GetOrSet(ctx, keys[i], newVersion(), dbcache.Forever); err != nil {
 				return nil, fmt.Errorf("tags: make a tag's version: %w", err)
 			}
 		}
@@ -226,7 +232,7 @@ func (c *Cache) versions(ctx context.Context, tags []string) ([]tagVersion, erro
 			// Not a version (crafted, or another writer's): a new one.
 			// No entry can carry what is stored now, so none is lost.
 			v = newVersion()
-			if err := c.store.Set(ctx, keys[i], v, dbcache.Forever); err != nil {
+			if err := st.Set(ctx, keys[i], v, dbcache.Forever); err != nil {
 				return nil, fmt.Errorf("tags: replace a tag's damaged version: %w", err)
 			}
 		}
