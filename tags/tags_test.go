@@ -13,6 +13,7 @@ import (
 	"github.com/dbcache/dbcache/dbcache"
 	"github.com/dbcache/dbcache/internal/dbtest"
 	"github.com/dbcache/dbcache/memstore"
+	"github.com/dbcache/dbcache/sharded"
 	"github.com/dbcache/dbcache/tags"
 )
 
@@ -217,6 +218,41 @@ func TestOriginConfirmsAMismatch(t *testing.T) {
 
 	_, err = tags.New(near, &tags.Config{Origin: coreOnly{ms}})
 	require.ErrorContains(t, err, "dbcache.TTLReader")
+}
+
+// Over a sharded cache (two schemas as two servers), entries and their
+// tags' versions land on different shards, and invalidation still makes
+// every entry carrying the tag a miss.
+func TestOverSharded(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t)
+	sc, err := sharded.New(ctx, []sharded.Shard{{Name: "a", Pool: dbtest.Pool(t)}, {Name: "b", Pool: dbtest.Pool(t)}}, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = sc.Close() })
+	tc, err := tags.New(sc, nil)
+	require.NoError(t, err)
+	for i := range 40 {
+		require.NoError(t, tc.Set(ctx, fmt.Sprintf("k%d", i), []byte("v"), dbcache.Forever, fmt.Sprintf("t%d", i%4), "all"))
+	}
+	require.NoError(t, tc.Invalidate(ctx, "t1"))
+	keys := make([]string, 40)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("k%d", i)
+	}
+	got, err := tc.GetMany(ctx, keys)
+	require.NoError(t, err)
+	require.Len(t, got, 30)
+	for i := range 40 {
+		if i%4 == 1 {
+			requireMiss(t, tc, keys[i])
+		} else {
+			requireValue(t, tc, keys[i], "v")
+		}
+	}
+	require.NoError(t, tc.Invalidate(ctx, "all"))
+	got, err = tc.GetMany(ctx, keys)
+	require.NoError(t, err)
+	require.Empty(t, got)
 }
 
 // Bad input is a clear error, and nothing is written or invalidated.
