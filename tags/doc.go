@@ -23,7 +23,13 @@
 // write reads its tags' versions (making a missing one, first stored
 // wins) before it writes the entry, so a write that races an
 // invalidation of one of its tags stores an entry that is already a
-// miss. docs/tags.md has the measurements against the other design (a
+// miss. A read that misses has seen the entry, or its absence, and every
+// version it carries in one statement (of Config.Origin, when set): an
+// entry read before its versions could have been replaced in between by
+// one without a tag that was then invalidated, and never been absent, so
+// a mismatch found in two reads is read again in one (up to three times,
+// while the entry keeps being rewritten with other tags; then it is a
+// miss). docs/tags.md has the measurements against the other design (a
 // table of tag rows, an index, and a delete of the entries), and why this
 // one.
 //

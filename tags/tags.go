@@ -272,11 +272,15 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout dbcac
 // stored value that is not a tagged entry, or whose header is damaged, is
 // ErrCorrupt. A key this Cache last wrote or read with tags is read with
 // its tags' versions in one GetMany; any other, with a second read when
-// its entry has tags.
+// its entry has tags. A miss is what one statement saw (see settle).
 func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 	if err := c.checkKey(key); err != nil {
 		return nil, err
 	}
+	var (
+		raw     []byte
+		current map[string][]byte
+	)
 	if ts := c.recall(key); len(ts) > 0 {
 		keys := make([]string, 0, 1+len(ts))
 		keys = append(keys, key)
@@ -287,8 +291,8 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		raw, ok := got[key]
-		if !ok {
+		var ok bool
+		if raw, ok = got[key]; !ok {
 			return nil, dbcache.ErrMiss
 		}
 		delete(got, key)
@@ -297,56 +301,119 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 				got[k] = nil // read, and absent: no version matches
 			}
 		}
-		return c.finish(ctx, key, raw, got)
+		current = got
+	} else {
+		var err error
+		if raw, err = c.store.Get(ctx, key); err != nil {
+			return nil, err
+		}
 	}
-	raw, err := c.store.Get(ctx, key)
-	if err != nil {
-		return nil, err
-	}
-	return c.finish(ctx, key, raw, nil)
-}
-
-// finish decodes a stored value and checks its tags' versions against
-// current (read with it), reading those current lacks.
-func (c *Cache) finish(ctx context.Context, key string, raw []byte, current map[string][]byte) ([]byte, error) {
 	tvs, v, err := decode(raw)
 	if err != nil {
 		return nil, err
 	}
 	c.remember(key, tvs)
-	if err := c.check(ctx, c.store, tvs, current); err != nil {
-		if errors.Is(err, dbcache.ErrMiss) && c.origin != nil {
-			v, _, err := c.confirm(ctx, key, false)
-			return v, err
+	oneRead := c.covers(tvs, current)
+	if err := c.check(ctx, c.store, tvs, current); !errors.Is(err, dbcache.ErrMiss) {
+		if err != nil {
+			return nil, err
 		}
+		return v, nil
+	}
+	if oneRead && c.origin == nil {
+		return nil, dbcache.ErrMiss // one statement saw the entry and its versions
+	}
+	settled, err := c.settle(ctx, []string{key})
+	if err != nil {
 		return nil, err
 	}
-	return v, nil
+	if v, ok := settled[key]; ok {
+		return v, nil
+	}
+	return nil, dbcache.ErrMiss
 }
 
-// confirm reads key and its versions from Origin (see Config.Origin).
-func (c *Cache) confirm(ctx context.Context, key string, withTTL bool) ([]byte, dbcache.Timeout, error) {
-	var (
-		raw []byte
-		ttl dbcache.Timeout
-		err error
-	)
-	if withTTL {
-		raw, ttl, err = c.originTTL.GetWithTTL(ctx, key)
-	} else {
-		raw, err = c.origin.Get(ctx, key)
+// covers reports whether current holds every tag of tvs, read with the
+// entry.
+func (c *Cache) covers(tvs []tagVersion, current map[string][]byte) bool {
+	for _, tv := range tvs {
+		if _, ok := current[c.prefix+tv.tag]; !ok {
+			return false
+		}
 	}
-	if err != nil {
-		return nil, dbcache.Timeout{}, err
+	return true
+}
+
+// settleAttempts bounds settle's reads.
+const settleAttempts = 3
+
+// settle decides keys whose read did not match their versions, reading
+// each with its tags' versions in one GetMany, so that a miss is what one
+// statement saw: an entry read before its versions can have been replaced,
+// between the two reads, by one without a tag that was then invalidated,
+// and that entry was never absent. It reads from Config.Origin when set.
+// A key whose entry is rewritten with other tags before every one of
+// settleAttempts reads is a miss.
+func (c *Cache) settle(ctx context.Context, keys []string) (map[string][]byte, error) {
+	st := c.store
+	if c.origin != nil {
+		st = c.origin
 	}
-	tvs, v, err := decode(raw)
-	if err != nil {
-		return nil, dbcache.Timeout{}, err
+	out := map[string][]byte{}
+	tagsOf := map[string][]string{}
+	for _, k := range keys {
+		tagsOf[k] = c.recall(k)
 	}
-	if err := c.check(ctx, c.origin, tvs, nil); err != nil {
-		return nil, dbcache.Timeout{}, err
+	pending := keys
+	for attempt := 0; attempt < settleAttempts && len(pending) > 0; attempt++ {
+		req := slices.Clone(pending)
+		var tagKeys []string
+		for _, k := range pending {
+			for _, t := range tagsOf[k] {
+				tagKeys = append(tagKeys, c.prefix+t)
+			}
+		}
+		slices.Sort(tagKeys)
+		tagKeys = slices.Compact(tagKeys)
+		got, err := st.GetMany(ctx, append(req, tagKeys...))
+		if err != nil {
+			return nil, err
+		}
+		current := make(map[string][]byte, len(tagKeys))
+		for _, k := range tagKeys {
+			current[k] = got[k] // nil when absent: no version matches
+		}
+		var next []string
+		for _, k := range pending {
+			raw, ok := got[k]
+			if !ok {
+				continue // absent: a miss
+			}
+			tvs, v, err := decode(raw)
+			if err != nil {
+				return nil, err
+			}
+			c.remember(k, tvs)
+			if !c.covers(tvs, current) {
+				tagsOf[k] = tagNames(tvs)
+				next = append(next, k)
+				continue
+			}
+			if c.valid(tvs, current) {
+				out[k] = v
+			}
+		}
+		pending = next
 	}
-	return v, ttl, nil
+	return out, nil
+}
+
+func tagNames(tvs []tagVersion) []string {
+	out := make([]string, len(tvs))
+	for i, tv := range tvs {
+		out[i] = tv.tag
+	}
+	return out
 }
 
 // GetWithTTL is Get that also returns the entry's remaining lifetime, as
@@ -355,62 +422,77 @@ func (c *Cache) GetWithTTL(ctx context.Context, key string) ([]byte, dbcache.Tim
 	if err := c.checkKey(key); err != nil {
 		return nil, dbcache.Timeout{}, err
 	}
-	raw, ttl, err := c.ttl.GetWithTTL(ctx, key)
-	if err != nil {
-		return nil, dbcache.Timeout{}, err
-	}
-	tvs, v, err := decode(raw)
-	if err != nil {
-		return nil, dbcache.Timeout{}, err
-	}
-	c.remember(key, tvs)
-	if err := c.check(ctx, c.store, tvs, nil); err != nil {
-		if errors.Is(err, dbcache.ErrMiss) && c.origin != nil {
-			return c.confirm(ctx, key, true)
+	st, ttlr := c.store, c.ttl
+	for range settleAttempts {
+		raw, ttl, err := ttlr.GetWithTTL(ctx, key)
+		if err != nil {
+			return nil, dbcache.Timeout{}, err
 		}
-		return nil, dbcache.Timeout{}, err
+		tvs, v, err := decode(raw)
+		if err != nil {
+			return nil, dbcache.Timeout{}, err
+		}
+		c.remember(key, tvs)
+		err = c.check(ctx, st, tvs, nil)
+		if err == nil {
+			return v, ttl, nil
+		}
+		if !errors.Is(err, dbcache.ErrMiss) {
+			return nil, dbcache.Timeout{}, err
+		}
+		// A mismatch from two reads: settle it in one; a hit there means
+		// the entry changed, and is read again with its lifetime.
+		settled, err := c.settle(ctx, []string{key})
+		if err != nil {
+			return nil, dbcache.Timeout{}, err
+		}
+		if _, ok := settled[key]; !ok {
+			return nil, dbcache.Timeout{}, dbcache.ErrMiss
+		}
+		if c.origin != nil {
+			st, ttlr = c.origin, c.originTTL
+		}
 	}
-	return v, ttl, nil
+	return nil, dbcache.Timeout{}, dbcache.ErrMiss
 }
 
 // GetMany returns the live, valid entries among keys, keyed by the
 // caller's keys, in one read of the store when this Cache last wrote or
-// read every one of them, and two otherwise, whatever the number of keys.
-// Any entry that is not a tagged entry or is damaged makes it ErrCorrupt.
+// read every one of them, and two otherwise, whatever the number of keys,
+// and one more (of the keys that missed) to settle misses. Any entry that
+// is not a tagged entry or is damaged makes it ErrCorrupt.
 func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, error) {
 	for _, k := range keys {
 		if err := c.checkKey(k); err != nil {
 			return nil, err
 		}
 	}
-	out, invalid, err := c.getMany(ctx, c.store, keys, true)
-	if err != nil || len(invalid) == 0 || c.origin == nil {
+	out, invalid, err := c.getMany(ctx, keys)
+	if err != nil || len(invalid) == 0 {
 		return out, err
 	}
-	confirmed, _, err := c.getMany(ctx, c.origin, invalid, false)
+	settled, err := c.settle(ctx, invalid)
 	if err != nil {
 		return nil, err
 	}
-	maps.Copy(out, confirmed)
+	maps.Copy(out, settled)
 	return out, nil
 }
 
-// getMany reads keys and their versions from st, with the memo's tags in
-// the first read when memo is set, and returns the valid entries and the
-// keys whose entries did not match their versions.
-func (c *Cache) getMany(ctx context.Context, st dbcache.Store, keys []string, memo bool) (map[string][]byte, []string, error) {
+// getMany reads keys and their versions, with the memo's tags in the
+// first read, and returns the valid entries and the keys whose entries did
+// not match their versions in two reads (or, with Config.Origin, in any).
+func (c *Cache) getMany(ctx context.Context, keys []string) (map[string][]byte, []string, error) {
 	want := slices.Clone(keys)
 	var memoTags []string
-	if memo {
-		for _, k := range keys {
-			for _, t := range c.recall(k) {
-				memoTags = append(memoTags, c.prefix+t)
-			}
+	for _, k := range keys {
+		for _, t := range c.recall(k) {
+			memoTags = append(memoTags, c.prefix+t)
 		}
-		slices.Sort(memoTags)
-		memoTags = slices.Compact(memoTags)
 	}
-	got, err := st.GetMany(ctx, append(want, memoTags...))
+	slices.Sort(memoTags)
+	memoTags = slices.Compact(memoTags)
+	got, err := c.store.GetMany(ctx, append(want, memoTags...))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -419,8 +501,9 @@ func (c *Cache) getMany(ctx context.Context, st dbcache.Store, keys []string, me
 		current[k] = got[k] // nil when absent: no version matches
 	}
 	type entry struct {
-		tvs []tagVersion
-		v   []byte
+		tvs     []tagVersion
+		v       []byte
+		oneRead bool
 	}
 	entries := make(map[string]entry, len(keys))
 	var missing []string
@@ -436,10 +519,8 @@ func (c *Cache) getMany(ctx context.Context, st dbcache.Store, keys []string, me
 		if err != nil {
 			return nil, nil, err
 		}
-		if memo {
-			c.remember(k, tvs)
-		}
-		entries[k] = entry{tvs, v}
+		c.remember(k, tvs)
+		entries[k] = entry{tvs, v, c.covers(tvs, current)}
 		for _, tv := range tvs {
 			if _, ok := current[c.prefix+tv.tag]; !ok {
 				missing = append(missing, c.prefix+tv.tag)
@@ -449,7 +530,7 @@ func (c *Cache) getMany(ctx context.Context, st dbcache.Store, keys []string, me
 	if len(missing) > 0 {
 		slices.Sort(missing)
 		missing = slices.Compact(missing)
-		more, err := st.GetMany(ctx, missing)
+		more, err := c.store.GetMany(ctx, missing)
 		if err != nil {
 			return nil, nil, fmt.Errorf("tags: read the tags' versions: %w", err)
 		}
@@ -460,9 +541,10 @@ func (c *Cache) getMany(ctx context.Context, st dbcache.Store, keys []string, me
 	out := make(map[string][]byte, len(entries))
 	var invalid []string
 	for k, e := range entries {
-		if c.valid(e.tvs, current) {
+		switch {
+		case c.valid(e.tvs, current):
 			out[k] = e.v
-		} else {
+		case !e.oneRead || c.origin != nil:
 			invalid = append(invalid, k)
 		}
 	}
