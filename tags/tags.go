@@ -58,9 +58,8 @@ type Config struct {
 	// read through it can get an entry newer than its copy of a tag's
 	// version, which then does not match: with Origin set, such a
 	// mismatch is confirmed by reading the entry and its versions from
-	// Origin before it is a miss, so reads never go back to a miss after
-	// the value they saw; and writes read their tags' versions from
-	// Origin. Origin must be a dbcache.TTLReader. Defaults to nil: a
+	// Origin before it is a miss, so a miss is what one statement of
+	// Origin saw; and writes read their tags' versions from Origin. Origin must be a dbcache.TTLReader. Defaults to nil: a
 	// mismatch is a miss.
 	Origin dbcache.Store
 }
