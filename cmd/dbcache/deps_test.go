@@ -64,12 +64,13 @@ func TestLibraryDependencies(t *testing.T) {
 	}
 	require.Empty(t, subset("codec"))
 	require.Empty(t, subset("encryption"))
-	for _, pkg := range []string{"typed", "tablestats", "multitracer", "sharded", "ratelimit"} {
+	for _, pkg := range []string{"typed", "tablestats", "multitracer", "sharded", "replicas", "ratelimit", "tags"} {
 		subset(pkg, pgx...)
 	}
 	require.Contains(t, subset("compression", append([]string{"github.com/klauspost/compress"}, pgx...)...), "github.com/klauspost/compress")
 	require.Contains(t, subset("nearcache", append([]string{"github.com/jackc/pglogrepl", "github.com/jackc/pgio", "github.com/maypok86/otter/v2"}, pgx...)...),
 		"github.com/jackc/pglogrepl")
+	require.Contains(t, subset("gocachestore", append([]string{"github.com/eko/gocache/lib/v4", "golang.org/x/exp"}, pgx...)...), "github.com/eko/gocache/lib/v4")
 	require.Contains(t, subset("certcache", append([]string{"golang.org/x/crypto", "golang.org/x/net"}, pgx...)...), "golang.org/x/crypto")
 	require.Contains(t, subset("prommetrics", append([]string{"github.com/prometheus", "github.com/beorn7/perks", "github.com/cespare/xxhash/v2",
 		"github.com/munnerz/goautoneg", "golang.org/x/sys", "google.golang.org/protobuf", "go.yaml.in/yaml"}, pgx...)...), "github.com/prometheus/client_golang")

@@ -4,6 +4,7 @@ package pgserver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"syscall"
@@ -49,8 +50,8 @@ func (s *Server) Promote(ctx context.Context) error {
 	case err = <-done:
 	case <-ctx.Done():
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-		err = ctx.Err()
+		// The killed command reaped: its exit joins ctx's error.
+		err = errors.Join(ctx.Err(), <-done)
 	}
 	if err != nil {
 		return fmt.Errorf("pg_ctl promote: %w%s", err, l.logTail(ctx))
