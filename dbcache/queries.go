@@ -300,7 +300,8 @@ type queries struct {
 	getRemaining, ttl, loadPoll                                        string
 	deletePrefixBatch, keysPage                                        string
 	getSnapshot, getManySnapshot                                       string // snapshot.go
-	table                                                              string
+	leaseAcquire, leaseExtend, leaseRelease                            string // lease.go
+	table, leases                                                      string
 }
 
 // newQueries fills in the statements for the table in schema; with fast
@@ -311,7 +312,15 @@ func newQueries(schema string, fast bool) *queries {
 		ident = pgx.Identifier{schema, TableName}
 	}
 	table := ident.Sanitize()
-	fill := func(sql string) string { return strings.ReplaceAll(sql, "TABLE", table) }
+	leasesIdent := pgx.Identifier{LeasesTableName}
+	if schema != "" {
+		leasesIdent = pgx.Identifier{schema, LeasesTableName}
+	}
+	leases := leasesIdent.Sanitize()
+	// One pass, so a schema name holding TABLE or LEASES is never
+	// replaced within a name already filled in.
+	names := strings.NewReplacer("LEASES", leases, "TABLE", table)
+	fill := names.Replace
 	write := func(plain, fastForm string) string {
 		if fast {
 			return fill(fastForm)
@@ -320,6 +329,7 @@ func newQueries(schema string, fast bool) *queries {
 	}
 	return &queries{
 		table:      table,
+		leases:     leases,
 		get:        fill(qGet),
 		hasKey:     fill(qHasKey),
 		set:        write(qSet, qSetFast),
@@ -343,5 +353,9 @@ func newQueries(schema string, fast bool) *queries {
 		keysPage:          fill(qKeysPage),
 		getSnapshot:       fill(qGetSnapshot),
 		getManySnapshot:   fill(qGetManySnapshot),
+
+		leaseAcquire: fill(qLeaseAcquire),
+		leaseExtend:  fill(qLeaseExtend),
+		leaseRelease: fill(qLeaseRelease),
 	}
 }
