@@ -51,26 +51,24 @@ type shared struct {
 	// deadlines bounds operations by Config.OpTimeout; nil when off.
 	deadlines *deadlines
 
-	// flights are GetOrSetFunc loads in progress, by made key; loadLocks
-	// has a slot per cross-process load lock a flight may hold (nil when
-	// Config.LoadLocks is -1).
-	flights   flight.Group
-	loadLocks chan struct{}
+	// flights are GetOrSetFunc loads in progress, by made key; polls
+	// caps the statements of the flights waiting on another process's
+	// lease (Config.LoadPollRate; nil for no cap).
+	flights flight.Group
+	polls   *pollLimiter
 
 	// Background refreshes of stale entries: at most one per made key,
-	// under bgCtx, which Close cancels before it waits for them.
-	refreshMu  sync.Mutex
-	refreshing map[string]bool
-	background sync.WaitGroup
-	bgCtx      context.Context
-	bgCancel   context.CancelFunc
+	// under bgCtx, which Close cancels before it waits for them; and,
+	// by made key, when a failed one's back-off ends.
+	refreshMu    sync.Mutex
+	refreshing   map[string]bool
+	refreshAfter map[string]time.Time
+	background   sync.WaitGroup
+	bgCtx        context.Context
+	bgCancel     context.CancelFunc
 
 	stats stats
 	failOpenState
-
-	// tableOID identifies the table in its database, for advisory lock
-	// keys: two caches in two schemas of one database are two tables.
-	tableOID int64
 
 	// testBeforeGetOrSetWrite runs between GetOrSet's read and its write, so
 	// tests can make another writer win the race.
@@ -103,12 +101,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	if c.OpTimeout > 0 {
 		s.deadlines = newDeadlines(c.OpTimeout)
 	}
-	switch {
-	case c.LoadLocks > 0:
-		s.loadLocks = make(chan struct{}, c.LoadLocks)
-	case c.LoadLocks == 0:
-		s.loadLocks = make(chan struct{}, max(1, int(pool.Config().MaxConns)/4))
-	}
+	s.polls = newPollLimiter(c.LoadPollRate)
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	switch {
 	case c.CoalesceGets > 0:
@@ -136,7 +129,6 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		return nil, fmt.Errorf("dbcache: check for the cache table: %w", wrapQueryMode(err))
 	}
 	s.wrapWrites.Store(isolation != "read committed")
-	s.tableOID = oid
 	ok := oid != 0
 	if !ok && c.Schema == "" {
 		// search_path silently skips schemas the role may not use, so a
@@ -487,12 +479,17 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 //
 // The loader runs once per key however many callers miss at once: once
 // among the goroutines of this process, which all return its value, and
-// once across the processes sharing the table, through a PostgreSQL
-// advisory lock (see Config.LoadLocks and Config.LoadWait): a process that
-// finds another loading the key waits for its value, without holding a
-// connection, for at most LoadWait, then loads it itself. The loader gets
-// a context with the first caller's values, cancelled only when every
-// caller waiting on it has gone; it is not bounded by Config.OpTimeout.
+// once across the processes sharing the table, through the key's lease
+// (see Config.LoadLease and docs/loaders.md): a process that finds
+// another loading the key waits for its value, holding no connection, for
+// at most Config.LoadWait, then loads it itself. The loader's write is
+// fenced by its lease, so a loader that outlived its lease stores nothing
+// (its callers still get its value). The loader gets a context with the
+// first caller's values, cancelled only when every caller waiting on it
+// has gone; it is not bounded by Config.OpTimeout. With Config.FailOpen,
+// a transient failure of any of the cache's statements runs the loader
+// unprotected (shared among this process's callers only) and returns its
+// value unstored.
 func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load LoadFunc, timeout Timeout) ([]byte, error) {
 	return c.getOrLoad(ctx, key, load, timeout)
 }
@@ -543,9 +540,15 @@ func (c *Cache) getOrLoad(ctx context.Context, key string, load LoadFunc, timeou
 	case err == nil:
 		tr.mark(1, 0, 0)
 		return v, nil
-	case errors.Is(err, ErrMiss), c.degrade(ctx, "get_or_set", err):
+	case errors.Is(err, ErrMiss):
 		tr.mark(0, 1, 1)
 		return c.loadOnce(ctx, k, load, timeout)
+	case c.degrade(ctx, "get_or_set", err):
+		// The read failed open (a silent server takes all of OpTimeout
+		// to say so): ask the server nothing more, so the call answers
+		// within that one OpTimeout, plus the loader.
+		tr.mark(0, 1, 0)
+		return c.loadUnprotected(ctx, k, load)
 	default:
 		return nil, err
 	}

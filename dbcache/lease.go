@@ -172,16 +172,7 @@ func (c *Cache) ExtendLease(ctx context.Context, key string, token LeaseToken, t
 	if err := CheckLeaseTTL(ttl); err != nil {
 		return false, err
 	}
-	if err := c.checkOpen(); err != nil {
-		return false, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
-	tag, err := c.execWrite(ctx, c.q.leaseExtend, k, string(token), ttl.Microseconds())
-	if err != nil {
-		return false, c.wrapLeaseErr("extend_lease", err)
-	}
-	return tag.RowsAffected() == 1, nil
+	return c.extendLease(ctx, k, token, ttl)
 }
 
 // ReleaseLease ends the lease held with token (see Leaser).

@@ -656,9 +656,12 @@ func (c *Cache) Stats() dbcache.Stats {
 			st := sc.Stats()
 			t.FailOpen += st.FailOpen
 			t.Loads += st.Loads
+			t.JoinedWaits += st.JoinedWaits
 			t.LoadWaits += st.LoadWaits
+			t.LeaseExpiries += st.LeaseExpiries
 			t.Refreshes += st.Refreshes
 			t.RefreshFailures += st.RefreshFailures
+			t.RefreshBackoffs += st.RefreshBackoffs
 		}
 	}
 	t.FailOpen += c.s.failOpenCount.Load()
