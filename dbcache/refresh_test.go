@@ -1,0 +1,110 @@
+package dbcache_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/dbtest"
+)
+
+// A refresh loader that keeps failing, hammered by stale hits from three
+// processes (pools of 4, 20 goroutines each, 50 hits each): it runs once in
+// all, since a failed refresh holds the key's lease for RefreshRetry (an
+// hour here, longer than the test) and its process remembers the key;
+// every hit gets the stale value, and the skipped refreshes are counted.
+func TestRefreshBacksOffAcrossProcesses(t *testing.T) {
+	t.Parallel()
+	procs := processes(t, 3, 4, &dbcache.Config{RefreshRetry: time.Hour})
+	ctx := ctxT(t)
+	_, err := procs[0].cache.GetOrRevalidate(ctx, "k", func(context.Context) ([]byte, error) { return []byte("stale"), nil }, 0, time.Hour)
+	require.NoError(t, err)
+	var attempts atomic.Int64
+	failing := func(context.Context) ([]byte, error) {
+		attempts.Add(1)
+		return nil, errors.New("backend down")
+	}
+	var wg sync.WaitGroup
+	for _, p := range procs {
+		for range 20 {
+			wg.Go(func() {
+				for range 50 {
+					v, err := p.cache.GetOrRevalidate(ctx, "k", failing, 0, time.Hour)
+					if err != nil || string(v) != "stale" {
+						t.Errorf("a stale hit: %q, %v", v, err)
+						return
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	waitFor(t, func() bool {
+		var f int64
+		for _, p := range procs {
+			f += p.cache.Stats().RefreshFailures
+		}
+		return f == 1
+	})
+	require.EqualValues(t, 1, attempts.Load(), "a failing refresh ran more than once per RefreshRetry")
+	var backoffs int64
+	for _, p := range procs {
+		backoffs += p.cache.Stats().RefreshBackoffs
+	}
+	require.Positive(t, backoffs)
+	require.Equal(t, "stale", mustGet(t, procs[1].cache, "k"), "the stale value is served meanwhile")
+}
+
+// With FailOpen on a server gone silent, GetOrSetFunc and GetOrRevalidate
+// try one statement (their read), which OpTimeout bounds, and then run the
+// loader unprotected: its value comes back, stored nowhere, and nothing
+// else is asked of the server. Each statement that fails open counts once
+// in Stats.FailOpen, so one count per call is one OpTimeout per call (a
+// lease or a write tried after the read would be a second).
+func TestFailOpenGetOrSetFuncOneStatement(t *testing.T) {
+	t.Parallel()
+	s := dbtest.NewSchema(t)
+	s.Migrate(t)
+	host, port := serverAddr(t, s)
+	proxy := dbtest.NewProxy(t, host+":"+port)
+	pc := s.PoolConfig(t)
+	pc.ConnConfig.Host, pc.ConnConfig.Port = "127.0.0.1", proxy.Port()
+	pc.MaxConns = 4
+	b := setupOn(t, newPool(t, pc), &dbcache.Config{FailOpen: true, OpTimeout: 300 * time.Millisecond})
+	require.NoError(t, b.cache.Set(context.Background(), "warm", []byte("v"), dbcache.Forever))
+	proxy.Freeze()
+	for _, revalidate := range []bool{false, true} {
+		var v []byte
+		var err error
+		load := func(context.Context) ([]byte, error) { return []byte("loaded"), nil }
+		if revalidate {
+			v, err = b.cache.GetOrRevalidate(context.Background(), "k", load, time.Minute, time.Minute)
+		} else {
+			v, err = b.cache.GetOrSetFunc(context.Background(), "k", load, dbcache.Forever)
+		}
+		require.NoError(t, err)
+		require.Equal(t, "loaded", string(v))
+	}
+	require.EqualValues(t, 2, b.cache.Stats().FailOpen, "one statement failed open per call")
+	proxy.Thaw()
+	require.EqualValues(t, 2, b.cache.Stats().Loads)
+}
+
+// Bad loader settings are refused at New, naming the field.
+func TestLoaderConfigRefused(t *testing.T) {
+	t.Parallel()
+	for name, cfg := range map[string]dbcache.Config{
+		"LoadLease":    {LoadLease: time.Microsecond},
+		"LoadPollRate": {LoadPollRate: -2},
+		"RefreshRetry": {RefreshRetry: dbcache.LeaseTTLMax + time.Hour},
+	} {
+		_, err := dbcache.New(ctxT(t), dbtest.Pool(t), &cfg)
+		require.ErrorContains(t, err, "Config."+name, name)
+	}
+}
