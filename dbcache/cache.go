@@ -70,6 +70,11 @@ type shared struct {
 	stats stats
 	failOpenState
 
+	// checkErr is the error of the table check of a cache New started
+	// unchecked (FailOpen with the database away), once it failed other
+	// than transiently; nil until then, and for good once it succeeded.
+	checkErr atomic.Pointer[error]
+
 	// testBeforeGetOrSetWrite runs between GetOrSet's read and its write, so
 	// tests can make another writer win the race.
 	testBeforeGetOrSetWrite func()
@@ -88,6 +93,12 @@ type Cache struct {
 
 // New returns a cache over a pool the caller owns (Close never closes it).
 // It checks that the cache table exists, and returns ErrNotMigrated if not.
+// With Config.FailOpen, a database that does not answer (a transient
+// error: IsTransient) does not stop New: the cache starts unchecked, its
+// operations fail open while the database is away, and the table is
+// checked in the background once it answers (retried with back-off, 100
+// ms growing to 5 s, until Close); a check that then fails for another
+// reason (no table) is the error every operation returns.
 func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	if pool == nil {
 		return nil, errors.New("dbcache: pool is nil")
@@ -113,11 +124,31 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	if c.CoalesceSets > 0 {
 		s.sets = newSetCoalescer(cache, c.CoalesceSets)
 	}
-	ctx, cancel := cache.bound(ctx)
-	defer cancel()
-	if err := checkQueryMode(ctx, pool); err != nil {
+	err := cache.checkTable(ctx)
+	if err != nil && c.FailOpen && IsTransient(err) {
+		// The database is away: with FailOpen the application starts
+		// all the same, its operations failing open, and the table is
+		// checked as soon as the database answers.
+		c.Logger.WarnContext(ctx, "dbcache: the database did not answer at New; fail-open: starting unchecked, the cache table is checked once it answers", "error", err)
+		s.background.Add(1)
+		go cache.checkLater()
+		return cache, nil
+	}
+	if err != nil {
 		s.bgCancel()
 		return nil, err
+	}
+	return cache, nil
+}
+
+// checkTable checks the pool's query mode and the cache table, and learns
+// the session's default isolation.
+func (c *Cache) checkTable(ctx context.Context) error {
+	s, pool := c.s, c.s.pool
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	if err := checkQueryMode(ctx, pool); err != nil {
+		return err
 	}
 	var (
 		oid        int64
@@ -125,40 +156,72 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		hasWritten bool
 	)
 	if err := pool.QueryRow(ctx, qCheck, s.q.table).Scan(&oid, &isolation, &hasWritten); err != nil {
-		s.bgCancel()
-		return nil, fmt.Errorf("dbcache: check for the cache table: %w", wrapQueryMode(err))
+		return fmt.Errorf("dbcache: check for the cache table: %w", wrapQueryMode(err))
 	}
 	s.wrapWrites.Store(isolation != "read committed")
 	ok := oid != 0
-	if !ok && c.Schema == "" {
+	if !ok && s.cfg.Schema == "" {
 		// search_path silently skips schemas the role may not use, so a
 		// table that is there but out of reach looks missing: say so
 		// rather than send the operator to run migrations for nothing.
 		var hidden string
 		err := pool.QueryRow(ctx, qTableHidden, TableName).Scan(&hidden)
 		if err == nil {
-			s.bgCancel()
-			return nil, fmt.Errorf("dbcache: table %s is in schema %q on the search_path, but this role lacks USAGE on that schema (GRANT USAGE ON SCHEMA %s TO the role)",
+			return fmt.Errorf("dbcache: table %s is in schema %q on the search_path, but this role lacks USAGE on that schema (GRANT USAGE ON SCHEMA %s TO the role)",
 				TableName, hidden, pgx.Identifier{hidden}.Sanitize())
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			s.bgCancel()
-			return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
+			return fmt.Errorf("dbcache: check for the cache table: %w", err)
 		}
 	}
 	if !ok {
-		s.bgCancel()
 		where := "on the search_path"
-		if c.Schema != "" {
-			where = "in schema " + strconv.Quote(c.Schema)
+		if s.cfg.Schema != "" {
+			where = "in schema " + strconv.Quote(s.cfg.Schema)
 		}
-		return nil, fmt.Errorf("%w (no table %s %s)", ErrNotMigrated, TableName, where)
+		return fmt.Errorf("%w (no table %s %s)", ErrNotMigrated, TableName, where)
 	}
 	if !hasWritten {
-		s.bgCancel()
-		return nil, fmt.Errorf("%w: the cache table predates migration %d (written_at), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrSchemaBehind, SchemaVersion)
+		return fmt.Errorf("%w: the cache table predates migration %d (written_at), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrSchemaBehind, SchemaVersion)
 	}
-	return cache, nil
+	return nil
+}
+
+// checkLaterFirst and checkLaterMax space out the checks of a cache that
+// New started unchecked.
+const (
+	checkLaterFirst = 100 * time.Millisecond
+	checkLaterMax   = 5 * time.Second
+)
+
+// checkLater checks the table of a cache New started unchecked, retrying
+// with back-off while the database does not answer, until Close. A check
+// that fails otherwise (no table, a query mode the pooler breaks) is what
+// every operation returns from then on.
+func (c *Cache) checkLater() {
+	defer c.s.background.Done()
+	pause := checkLaterFirst
+	for {
+		t := time.NewTimer(pause)
+		select {
+		case <-c.s.bgCtx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		err := c.checkTable(c.s.bgCtx)
+		switch {
+		case err == nil:
+			return
+		case c.s.bgCtx.Err() != nil:
+			return
+		case !IsTransient(err):
+			c.s.checkErr.Store(&err)
+			c.s.cfg.Logger.Error("dbcache: the cache table check failed once the database answered; every operation returns this error", "error", err)
+			return
+		}
+		pause = min(pause*2, checkLaterMax)
+	}
 }
 
 // Open connects to the database at dsn (a libpq URL or key=value string)
@@ -228,6 +291,9 @@ func (c *Cache) degrade(ctx context.Context, op string, err error) bool {
 func (c *Cache) checkOpen() error {
 	if c.s.closed.Load() {
 		return ErrClosed
+	}
+	if err := c.s.checkErr.Load(); err != nil {
+		return *err
 	}
 	return nil
 }

@@ -108,3 +108,45 @@ func TestLoaderConfigRefused(t *testing.T) {
 		require.ErrorContains(t, err, "Config."+name, name)
 	}
 }
+
+// With FailOpen, New succeeds while the database is down: operations fail
+// open meanwhile, work once it is back, and the table is checked then; a
+// schema with no table is then ErrNotMigrated on every operation. Without
+// FailOpen, New still fails.
+func TestFailOpenNewWithDatabaseDown(t *testing.T) {
+	t.Parallel()
+	for _, migrated := range []bool{true, false} {
+		s := dbtest.NewSchema(t)
+		if migrated {
+			s.Migrate(t)
+		}
+		host, port := serverAddr(t, s)
+		proxy := dbtest.NewProxy(t, host+":"+port)
+		pc := s.PoolConfig(t)
+		pc.ConnConfig.Host, pc.ConnConfig.Port = "127.0.0.1", proxy.Port()
+		pc.MaxConns = 4
+		proxy.Down()
+		pool := newPool(t, pc)
+		_, err := dbcache.New(ctxT(t), pool, &dbcache.Config{OpTimeout: 300 * time.Millisecond})
+		require.Error(t, err, "without FailOpen New reports the database down")
+		c, err := dbcache.New(ctxT(t), pool, &dbcache.Config{FailOpen: true, OpTimeout: 300 * time.Millisecond})
+		require.NoError(t, err, "with FailOpen New starts with the database down")
+		t.Cleanup(func() { _ = c.Close() })
+		ctx := context.Background()
+		_, err = c.Get(ctx, "k")
+		require.ErrorIs(t, err, dbcache.ErrMiss, "a read fails open")
+		v, err := c.GetOrSetFunc(ctx, "k", func(context.Context) ([]byte, error) { return []byte("loaded"), nil }, dbcache.Forever)
+		require.NoError(t, err)
+		require.Equal(t, "loaded", string(v))
+		proxy.Up(t)
+		if migrated {
+			waitFor(t, func() bool { return c.Set(ctx, "k", []byte("v"), dbcache.Forever) == nil && mustGetOK(c, "k") })
+			continue
+		}
+		waitFor(t, func() bool {
+			_, err := c.Get(ctx, "k")
+			return errors.Is(err, dbcache.ErrNotMigrated)
+		})
+		require.ErrorIs(t, c.Set(ctx, "k", nil, dbcache.Forever), dbcache.ErrNotMigrated, "every operation says so, fail-open or not")
+	}
+}
