@@ -570,7 +570,9 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load LoadFunc, tim
 // lifetime, whether it is stale. Negative durations count as 0: stale <= 0
 // is GetOrSetFunc with ExpiresIn(fresh), and fresh <= 0 makes every hit
 // refresh. A failed refresh is logged and counted (Stats.RefreshFailures),
-// and the stale value keeps being served until it expires.
+// the key's refresh then waits Config.RefreshRetry in every process (the
+// failed refresh keeps the key's lease that long), and the stale value
+// keeps being served until it expires.
 func (c *Cache) GetOrRevalidate(ctx context.Context, key string, load LoadFunc, fresh, stale time.Duration) ([]byte, error) {
 	return c.getOrLoad(ctx, key, load, revalidate(fresh, stale))
 }
