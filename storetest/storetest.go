@@ -55,6 +55,12 @@ type Config struct {
 	// to nil: the versioning subtests do not run.
 	WithVersion func(s dbcache.Store, version int) dbcache.Store
 
+	// Sharing returns another store over s's data, as another process
+	// of the application would have it: its own cache (and pool, if it
+	// likes) over the same tables. Defaults to nil: the subtests of
+	// stores sharing their data (LoadOnceAcrossStores) do not run.
+	Sharing func(t *testing.T, s dbcache.Store) dbcache.Store
+
 	// Timeout bounds each subtest's operations. Defaults to a minute.
 	Timeout time.Duration
 }
