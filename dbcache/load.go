@@ -510,14 +510,22 @@ func (c *Cache) refreshStale(ctx context.Context, k string, load func(context.Co
 		c.s.refreshMu.Unlock()
 		if failed {
 			c.s.stats.refreshFailures.Add(1)
-			c.loadEvent(ctx, LoadRefreshFailed)
-			attrs := []any{"error_code", ErrorCode(err)}
-			if c.s.cfg.LogKeys {
-				attrs = append(attrs, "key", k, "error", err)
-			}
-			c.s.cfg.Logger.WarnContext(ctx, "dbcache: stale-while-revalidate refresh failed; serving the stale value until it expires", attrs...)
+			c.refreshFailed(ctx, k, err)
 		}
 	}()
+}
+
+// refreshFailed reports a failed refresh, on the refresh's goroutine: a
+// LoadEventTracer or a log handler that panics there is recovered.
+func (c *Cache) refreshFailed(ctx context.Context, k string, err error) {
+	var hookErr error
+	defer c.recovered(ctx, "get_or_set refresh", &hookErr)
+	c.loadEvent(ctx, LoadRefreshFailed)
+	attrs := []any{"error_code", ErrorCode(err)}
+	if c.s.cfg.LogKeys {
+		attrs = append(attrs, "key", k, "error", err)
+	}
+	c.s.cfg.Logger.WarnContext(ctx, "dbcache: stale-while-revalidate refresh failed; serving the stale value until it expires", attrs...)
 }
 
 // refreshAfterMax is the most keys the process remembers backing off: past
