@@ -320,22 +320,45 @@ func nonNil(b []byte) []byte {
 	return b
 }
 
+// opening is a one-key operation after its opening steps (begin): its
+// made key, its context (traced and bounded), its trace, and the bound's
+// cancel, which the operation defers.
+type opening struct {
+	k    string
+	ctx  context.Context
+	tr   *opTrace
+	done context.CancelFunc
+}
+
+// begin opens a one-key operation as every one of them opens, in this
+// order: make and validate the key (an invalid key is neither traced nor
+// run), start the trace, check the cache is open (a closed cache's
+// refusal is traced), and bound the context by OpTimeout. On an error the
+// operation returns it, still ending its trace (o.tr is nil when there is
+// none, and its methods are then no-ops); otherwise it defers o.done.
+func (c *Cache) begin(ctx context.Context, op, key string) (o opening, err error) {
+	o.done = noop
+	if o.k, err = c.key(ctx, key); err != nil {
+		return o, err
+	}
+	o.ctx, o.tr = c.trace(ctx, op, 1)
+	if err := c.checkOpen(); err != nil {
+		return o, err
+	}
+	o.ctx, o.done = c.bound(o.ctx)
+	return o, nil
+}
+
 // Get returns the value stored under key, or ErrMiss if there is no live
 // entry. An empty stored value is a hit with a non-nil empty slice.
 func (c *Cache) Get(ctx context.Context, key string) (_ []byte, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpGet, key)
+	defer func() { o.tr.read(err) }()
 	if err != nil {
 		return nil, err
 	}
-	ctx, tr := c.trace(ctx, OpGet, 1)
-	if tr != nil {
-		defer func() { tr.read(err) }()
-	}
-	if err := c.checkOpen(); err != nil {
-		return nil, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
+	defer o.done()
+	ctx, k := o.ctx, o.k
 	v, err := c.get(ctx, k)
 	if err != nil && !errors.Is(err, ErrMiss) && c.degrade(ctx, "get", err) {
 		return nil, ErrMiss
@@ -365,19 +388,13 @@ func (c *Cache) get(ctx context.Context, k string) ([]byte, error) {
 // Set stores value under key, replacing any entry, expiring as timeout says.
 // A timeout of ExpiresIn(d <= 0) leaves nothing a Get can see.
 func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeout) (err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpSet, key)
+	defer func() { o.tr.wrote(1, 1, err) }()
 	if err != nil {
 		return err
 	}
-	ctx, tr := c.trace(ctx, OpSet, 1)
-	if tr != nil {
-		defer func() { tr.wrote(1, 1, err) }()
-	}
-	if err := c.checkOpen(); err != nil {
-		return err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
+	defer o.done()
+	ctx, k := o.ctx, o.k
 	if c.s.sets != nil && c.onPool() {
 		err = c.s.sets.set(ctx, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout))
 	} else {
@@ -398,19 +415,13 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 // of concurrent Adds of a key returns true. With ExpiresIn(d <= 0) it returns what
 // Django returns (true when no live entry exists) and stores nothing visible.
 func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeout) (stored bool, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpAdd, key)
+	defer func() { o.tr.wrote(1, b2i(stored), err) }()
 	if err != nil {
 		return false, err
 	}
-	ctx, tr := c.trace(ctx, OpAdd, 1)
-	if tr != nil {
-		defer func() { tr.wrote(1, b2i(stored), err) }()
-	}
-	if err := c.checkOpen(); err != nil {
-		return false, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
+	defer o.done()
+	ctx, k := o.ctx, o.k
 	err = c.rowWrite(ctx, c.q.add, []any{k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)}, &stored)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
@@ -429,19 +440,13 @@ func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeo
 // An expired entry stays expired (false): Touch never brings a value back.
 // ExpiresIn(d <= 0) expires the entry at once and returns true.
 func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (ok bool, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpTouch, key)
+	defer func() { o.tr.found(ok, err) }()
 	if err != nil {
 		return false, err
 	}
-	ctx, tr := c.trace(ctx, OpTouch, 1)
-	if tr != nil {
-		defer func() { tr.found(ok, err) }()
-	}
-	if err := c.checkOpen(); err != nil {
-		return false, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
+	defer o.done()
+	ctx, k := o.ctx, o.k
 	tag, err := c.execWrite(ctx, c.q.touch, k, timeout.micros(c.s.cfg.DefaultTimeout))
 	if err != nil {
 		if c.degrade(ctx, "touch", err) {
@@ -455,19 +460,13 @@ func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (ok bool
 // Delete removes key and reports whether a live entry was removed. An expired
 // entry is removed too, but reported as absent (false).
 func (c *Cache) Delete(ctx context.Context, key string) (wasLive bool, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpDelete, key)
+	defer func() { o.tr.found(wasLive, err) }()
 	if err != nil {
 		return false, err
 	}
-	ctx, tr := c.trace(ctx, OpDelete, 1)
-	if tr != nil {
-		defer func() { tr.found(wasLive, err) }()
-	}
-	if err := c.checkOpen(); err != nil {
-		return false, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
+	defer o.done()
+	ctx, k := o.ctx, o.k
 	err = c.rowWrite(ctx, c.q.del, []any{k}, &wasLive)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
@@ -483,19 +482,13 @@ func (c *Cache) Delete(ctx context.Context, key string) (wasLive bool, err error
 
 // HasKey reports whether key has a live entry.
 func (c *Cache) HasKey(ctx context.Context, key string) (ok bool, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpHasKey, key)
+	defer func() { o.tr.found(ok, err) }()
 	if err != nil {
 		return false, err
 	}
-	ctx, tr := c.trace(ctx, OpHasKey, 1)
-	if tr != nil {
-		defer func() { tr.found(ok, err) }()
-	}
-	if err := c.checkOpen(); err != nil {
-		return false, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
+	defer o.done()
+	ctx, k := o.ctx, o.k
 	if err := c.db.QueryRow(ctx, c.q.hasKey, k).Scan(&ok); err != nil {
 		if c.degrade(ctx, "has_key", err) {
 			return false, nil
