@@ -56,6 +56,8 @@ type shared struct {
 	// lease (Config.LoadPollRate; nil for no cap).
 	flights flight.Group
 	polls   *pollLimiter
+	// noLeasesOnce logs once that the schema has no leases table.
+	noLeasesOnce sync.Once
 
 	// Background refreshes of stale entries: at most one per made key,
 	// under bgCtx, which Close cancels before it waits for them; and,

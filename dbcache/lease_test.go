@@ -1,6 +1,8 @@
 package dbcache_test
 
 import (
+	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,9 +50,9 @@ WHERE c.oid = to_regclass('dbcache_leases')`).Scan(&persistence, &collation))
 	require.Equal(t, []string{b.cache.MakeKey("k"), b.cache.WithVersion(2).MakeKey("k"), other.cache.MakeKey("k")}, keys)
 }
 
-// A schema migrated to before migration 8: the cache works, and a lease
-// is an error that says to migrate (ErrSchemaBehind), not a made-up
-// answer.
+// A schema migrated to before migration 8: the cache works, a lease is an
+// error that says to migrate (ErrSchemaBehind), not a made-up answer, and
+// the loaders load as one process would.
 func TestLeaseWithoutTable(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
@@ -65,6 +67,17 @@ func TestLeaseWithoutTable(t *testing.T) {
 	_, err = b.cache.ExtendLease(ctx, "k", dbcache.NewLeaseToken(), time.Minute)
 	require.ErrorIs(t, err, dbcache.ErrSchemaBehind)
 	require.NoError(t, b.cache.Set(ctx, "k", []byte("v"), dbcache.Forever))
+	// The loaders fall back to loading as one process would (a deploy
+	// ahead of its migration), and say so once.
+	v, err := b.cache.GetOrSetFunc(ctx, "new", func(context.Context) ([]byte, error) { return []byte("loaded"), nil }, dbcache.Forever)
+	require.NoError(t, err)
+	require.Equal(t, "loaded", string(v))
+	_, err = b.cache.GetOrRevalidate(ctx, "r", func(context.Context) ([]byte, error) { return []byte("1"), nil }, 0, time.Hour)
+	require.NoError(t, err)
+	_, err = b.cache.GetOrRevalidate(ctx, "r", func(context.Context) ([]byte, error) { return []byte("2"), nil }, 0, time.Hour)
+	require.NoError(t, err)
+	waitFor(t, func() bool { return mustGet(t, b.cache, "r") == "2" })
+	require.Equal(t, 1, strings.Count(b.logs.String(), "predates migration 8"))
 }
 
 // Under a repeatable-read session default, concurrent acquires of one key

@@ -296,6 +296,11 @@ func (c *Cache) loadShared(ctx context.Context, k string, load func(context.Cont
 		switch {
 		case errors.Is(err, errFailedOpen):
 			return c.runLoader(ctx, load)
+		case errors.Is(err, ErrSchemaBehind):
+			// No leases table yet (a deploy ahead of migration 8): load
+			// as a single process would, the first stored value winning.
+			c.warnNoLeases(ctx)
+			return c.loadAndStore(ctx, k, load, timeout)
 		case err != nil:
 			return nil, err
 		case lease.Acquired:
@@ -429,6 +434,13 @@ func (c *Cache) runLeased(ctx context.Context, k string, token LeaseToken, refre
 	close(done)
 	wg.Wait()
 	return v, gone, err
+}
+
+// warnNoLeases logs, once per cache, that the schema has no leases table.
+func (c *Cache) warnNoLeases(ctx context.Context) {
+	c.s.noLeasesOnce.Do(func() {
+		c.s.cfg.Logger.WarnContext(ctx, "dbcache: the schema predates migration 8 (dbcache_leases): GetOrSetFunc loads without cross-process protection until `dbcache migrate up`")
+	})
 }
 
 // leaseLost counts a loader that outlived its lease.
@@ -565,6 +577,24 @@ func (c *Cache) refresh(ctx context.Context, k string, load func(context.Context
 		lease, err = c.acquireLease(sctx, k, c.s.cfg.LoadLease)
 		return err
 	})
+	if errors.Is(err, ErrSchemaBehind) {
+		// No leases table yet: refresh as a single process would.
+		c.warnNoLeases(ctx)
+		c.s.stats.refreshes.Add(1)
+		value, err := c.runLoaderFor(ctx, true, load)
+		if err != nil {
+			return err
+		}
+		err = c.coordinate(ctx, func(sctx context.Context) error {
+			_, err := c.execWrite(sctx, c.q.set, k, value, timeout.micros(c.s.cfg.DefaultTimeout))
+			return err
+		})
+		if err != nil && !errors.Is(err, errFailedOpen) {
+			return c.wrapErr("get_or_set", err)
+		}
+		c.wrote(1)
+		return nil
+	}
 	if err != nil {
 		if errors.Is(err, errFailedOpen) {
 			return nil // the database is away; the stale value stands
