@@ -150,3 +150,39 @@ func TestFailOpenNewWithDatabaseDown(t *testing.T) {
 		require.ErrorIs(t, c.Set(ctx, "k", nil, dbcache.Forever), dbcache.ErrNotMigrated, "every operation says so, fail-open or not")
 	}
 }
+
+// panickyEvents is a Tracer whose TraceLoadEvent panics.
+type panickyEvents struct{}
+
+func (panickyEvents) TraceOpStart(ctx context.Context, _ dbcache.OpStart) context.Context { return ctx }
+func (panickyEvents) TraceOpEnd(context.Context, dbcache.OpEnd)                           {}
+func (panickyEvents) TraceLoadEvent(_ context.Context, e dbcache.LoadEvent) {
+	if e == dbcache.LoadRefreshFailed || e == dbcache.LoadLeaseWait {
+		panic("boom " + string(e))
+	}
+}
+
+// A LoadEventTracer that panics on the cache's own goroutines (a failed
+// background refresh, a load waiting on another process's lease): the
+// process survives, the panic is counted, and the waiting callers get a
+// *HookPanicError rather than a lost goroutine.
+func TestLoadEventTracerPanics(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &dbcache.Config{Tracer: panickyEvents{}, RefreshRetry: time.Hour})
+	other := setupOn(t, b.pool, nil)
+	ctx := ctxT(t)
+	_, err := b.cache.GetOrRevalidate(ctx, "r", func(context.Context) ([]byte, error) { return []byte("v"), nil }, 0, time.Hour)
+	require.NoError(t, err)
+	_, err = b.cache.GetOrRevalidate(ctx, "r", func(context.Context) ([]byte, error) { return nil, errors.New("down") }, 0, time.Hour)
+	require.NoError(t, err)
+	waitFor(t, func() bool { return b.cache.Stats().Panics == 1 })
+
+	lease, err := other.cache.AcquireLease(ctx, "k", time.Minute)
+	require.NoError(t, err)
+	_, err = b.cache.GetOrSetFunc(ctx, "k", func(context.Context) ([]byte, error) { return []byte("v"), nil }, dbcache.Forever)
+	var hp *dbcache.HookPanicError
+	require.ErrorAs(t, err, &hp)
+	require.EqualValues(t, 2, b.cache.Stats().Panics)
+	_, err = other.cache.ReleaseLease(ctx, "k", lease.Token)
+	require.NoError(t, err)
+}
