@@ -624,41 +624,33 @@ func (c *Cache) getOrLoad(ctx context.Context, key string, load LoadFunc, timeou
 // result would not fit in an int64; in those cases nothing changes. The
 // entry keeps its expiry. Concurrent Incrs never lose an update.
 func (c *Cache) Incr(ctx context.Context, key string, delta int64) (n int64, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpIncr, key)
+	defer func() { o.tr.read(err) }()
 	if err != nil {
 		return 0, err
 	}
-	ctx, tr := c.trace(ctx, OpIncr, 1)
-	if tr != nil {
-		defer func() { tr.read(err) }()
-	}
-	return c.incr(ctx, "incr", key, k, strconv.FormatInt(delta, 10))
+	defer o.done()
+	return c.incr(o.ctx, "incr", key, o.k, strconv.FormatInt(delta, 10))
 }
 
 // Decr subtracts delta from the integer stored under key; see Incr.
 func (c *Cache) Decr(ctx context.Context, key string, delta int64) (n int64, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpDecr, key)
+	defer func() { o.tr.read(err) }()
 	if err != nil {
 		return 0, err
 	}
-	ctx, tr := c.trace(ctx, OpDecr, 1)
-	if tr != nil {
-		defer func() { tr.read(err) }()
-	}
+	defer o.done()
 	neg := strconv.FormatInt(-delta, 10)
 	if delta == math.MinInt64 { // -MinInt64 does not fit in an int64
 		neg = "9223372036854775808"
 	}
-	return c.incr(ctx, "decr", key, k, neg)
+	return c.incr(o.ctx, "decr", key, o.k, neg)
 }
 
-// incr runs Incr and Decr on k, key's made and validated key.
+// incr runs Incr and Decr on k, key's made and validated key, in an
+// opened operation (begin).
 func (c *Cache) incr(ctx context.Context, op, key, k, delta string) (int64, error) {
-	if err := c.checkOpen(); err != nil {
-		return 0, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
 	// The UPDATE is the whole operation. When it changes nothing, a second
 	// read says why; if the entry changed in between so that the UPDATE
 	// would now succeed, try again.
