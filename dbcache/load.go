@@ -406,6 +406,10 @@ func (c *Cache) runLeased(ctx context.Context, k string, token LeaseToken, refre
 		gone bool
 	)
 	wg.Go(func() {
+		// The cache's own goroutine: a hook that panics here (a
+		// LoadEventTracer) is recovered and counted.
+		var hookErr error
+		defer c.recovered(ctx, "get_or_set lease renewal", &hookErr)
 		every := c.s.cfg.LoadLease / 3
 		t := time.NewTimer(every)
 		defer t.Stop()
