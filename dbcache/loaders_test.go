@@ -3,12 +3,10 @@ package dbcache_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -38,6 +36,10 @@ type loaderJob struct {
 	Hang      bool
 	LeaseMS   int
 	TimeoutMS int
+	// Schema and ExecMode, for a DSN through PgBouncer (which takes no
+	// search_path): Config.Schema and the pool's query mode.
+	Schema   string
+	ExecMode string
 }
 
 // loaderResult is a loader process's report.
@@ -72,12 +74,15 @@ func runLoaderProcess(ctx context.Context, arg string) error {
 	}
 	cfg.MaxConns = int32(job.Conns)
 	cfg.ConnConfig.RuntimeParams["application_name"] = job.App
+	if job.ExecMode == "exec" {
+		cfg.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeExec
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return err
 	}
 	defer pool.Close()
-	cc := &dbcache.Config{OpTimeout: time.Duration(job.TimeoutMS) * time.Millisecond}
+	cc := &dbcache.Config{OpTimeout: time.Duration(job.TimeoutMS) * time.Millisecond, Schema: job.Schema}
 	if job.LeaseMS > 0 {
 		cc.LoadLease = time.Duration(job.LeaseMS) * time.Millisecond
 	}
@@ -301,57 +306,31 @@ func TestProcessesKilledLoaderReleasesItsKey(t *testing.T) {
 	require.EqualValues(t, 1, st.LoadWaits, "it waited for the lease, not LoadWait")
 }
 
-// The same loads behind PgBouncer in transaction pooling: four caches
-// (pools of 4, standing for processes) through the bouncer, 50 goroutines
-// each over 100 cold keys. Every statement is one transaction, so leases
-// work where session state (advisory locks) would not.
-func TestPgBouncerLoadEachKeyOnce(t *testing.T) {
+// The same loads behind PgBouncer in transaction pooling: 4 real
+// processes (pools of 4 through the bouncer) x 50 goroutines over 200
+// cold keys. Every statement is a transaction of its own, so leases work
+// where session state (an advisory lock) would be lost.
+func TestPgBouncerProcessesLoadEachKeyOnce(t *testing.T) {
 	t.Parallel()
 	s := dbtest.NewSchema(t)
 	s.Migrate(t)
 	bouncer := dbtest.NewPgBouncer(t, nil)
-	const keys, caches = 100, 4
-	var loads atomic.Int64
-	var wg sync.WaitGroup
-	errs := make(chan error, caches*50)
-	for i := range caches {
-		pool := bouncerPool(t, bouncer, s, pgx.QueryExecModeCacheDescribe, 4, appName(t))
-		c, err := dbcache.New(ctxT(t), pool, &dbcache.Config{Schema: s.Name})
-		require.NoError(t, err)
-		t.Cleanup(func() { _ = c.Close() })
-		order := rand.New(rand.NewPCG(uint64(i), 2)).Perm(keys)
-		work := make(chan int, keys)
-		for _, k := range order {
-			work <- k
-		}
-		close(work)
-		for range 50 {
-			wg.Go(func() {
-				for k := range work {
-					key := "key-" + strconv.Itoa(k)
-					v, err := c.GetOrSetFunc(ctxT(t), key, func(context.Context) ([]byte, error) {
-						loads.Add(1)
-						time.Sleep(5 * time.Millisecond)
-						return []byte(loaderValue(key)), nil
-					}, dbcache.Forever)
-					if err == nil && string(v) != loaderValue(key) {
-						err = fmt.Errorf("%s: got %q", key, v)
-					}
-					if err != nil {
-						errs <- err
-					}
-				}
-			})
-		}
+	const keys, procs = 200, 4
+	run := runLoaders(t, s.Pool(t), loaderJob{DSN: bouncer.SchemaURL(t, s), Schema: s.Name, ExecMode: "exec", App: appName(t),
+		Keys: keys, Goroutines: 50, Conns: 4, LoadMillis: 5, TimeoutMS: 60_000}, procs)
+	var loads, calls, wrong int64
+	var errs []string
+	for _, r := range run.results {
+		loads += r.Loads
+		calls += int64(r.Calls)
+		wrong += int64(r.Wrong)
+		errs = append(errs, r.Errors...)
 	}
-	wg.Wait()
-	close(errs)
-	var all []error
-	for err := range errs {
-		all = append(all, err)
-	}
-	require.NoError(t, errors.Join(all...))
-	require.EqualValues(t, keys, loads.Load())
+	require.Empty(t, errs)
+	require.EqualValues(t, keys*procs, calls)
+	require.Zero(t, wrong)
+	require.EqualValues(t, keys, loads, "each key loaded exactly once across %d processes behind PgBouncer", procs)
+	require.Zero(t, run.coordination)
 }
 
 // The fence: a loader whose lease lapsed (here, expired under it while it
