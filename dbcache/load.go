@@ -282,6 +282,11 @@ func (c *Cache) coordinate(ctx context.Context, run func(context.Context) error)
 func (c *Cache) loadShared(ctx context.Context, k string, load func(context.Context) ([]byte, error), timeout Timeout) ([]byte, error) {
 	deadline := time.Now().Add(c.s.cfg.LoadWait)
 	pause := loadPollFirst
+	// holderEnds is when the holder's lease ends, as its last report put
+	// it (by this process's monotonic clock, only to classify): a lease
+	// taken at or after it was not released but ran out, its holder gone
+	// or stalled.
+	var holderEnds time.Time
 	for first := true; ; first = false {
 		if !first {
 			if err := c.s.polls.wait(ctx); err != nil {
@@ -304,8 +309,12 @@ func (c *Cache) loadShared(ctx context.Context, k string, load func(context.Cont
 		case err != nil:
 			return nil, err
 		case lease.Acquired:
+			if !first && !time.Now().Before(holderEnds) {
+				c.leaseLost(ctx) // the holder's lease expired: taken over
+			}
 			return c.loadLeased(ctx, k, lease.Token, load, timeout)
 		}
+		holderEnds = time.Now().Add(lease.Remaining)
 		if first {
 			c.s.stats.leaseWaits.Add(1)
 			c.loadEvent(ctx, LoadLeaseWait)
@@ -447,7 +456,8 @@ func (c *Cache) warnNoLeases(ctx context.Context) {
 	})
 }
 
-// leaseLost counts a loader that outlived its lease.
+// leaseLost counts a lease that ran out under a loader: this process's
+// (it outlived it), or another's (taken over here after it expired).
 func (c *Cache) leaseLost(ctx context.Context) {
 	c.s.stats.leaseExpiries.Add(1)
 	c.loadEvent(ctx, LoadLeaseExpired)

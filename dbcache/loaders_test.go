@@ -304,6 +304,7 @@ func TestProcessesKilledLoaderReleasesItsKey(t *testing.T) {
 	st := b.cache.Stats()
 	require.EqualValues(t, 1, st.Loads)
 	require.EqualValues(t, 1, st.LoadWaits, "it waited for the lease, not LoadWait")
+	require.EqualValues(t, 1, st.LeaseExpiries, "the killed process's lease ran out and was taken over")
 }
 
 // The same loads behind PgBouncer in transaction pooling: 4 real

@@ -186,3 +186,25 @@ func TestLoadEventTracerPanics(t *testing.T) {
 	_, err = other.cache.ReleaseLease(ctx, "k", lease.Token)
 	require.NoError(t, err)
 }
+
+// A miss of a key whose refresh failed waits for the failed refresh's
+// lease like any held lease, then loads (RefreshRetry 1 s here, LoadWait a
+// minute): the back-off delays the miss, it never fails it.
+func TestMissDuringRefreshBackoffLoads(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &dbcache.Config{RefreshRetry: time.Second, LoadWait: time.Minute})
+	ctx := ctxT(t)
+	_, err := b.cache.GetOrRevalidate(ctx, "k", func(context.Context) ([]byte, error) { return []byte("old"), nil }, 0, time.Hour)
+	require.NoError(t, err)
+	_, err = b.cache.GetOrRevalidate(ctx, "k", func(context.Context) ([]byte, error) { return nil, errors.New("down") }, 0, time.Hour)
+	require.NoError(t, err)
+	waitFor(t, func() bool { return b.cache.Stats().RefreshFailures == 1 })
+	_, err = b.cache.Delete(ctx, "k")
+	require.NoError(t, err)
+	v, err := b.cache.GetOrSetFunc(ctx, "k", func(context.Context) ([]byte, error) { return []byte("new"), nil }, dbcache.Forever)
+	require.NoError(t, err)
+	require.Equal(t, "new", string(v))
+	st := b.cache.Stats()
+	require.EqualValues(t, 1, st.LoadWaits, "the miss waited on the back-off's lease")
+	require.EqualValues(t, 3, st.Loads)
+}

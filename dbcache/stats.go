@@ -18,10 +18,12 @@ type Stats struct {
 	// process holding the key's lease (loading it) and waited for its
 	// value (LoadLeaseWait).
 	LoadWaits int64
-	// LeaseExpiries counts loaders of this process that outlived their
-	// lease (a renewal or the fenced write found it gone), whose value
-	// was then returned to their callers but not stored
-	// (LoadLeaseExpired).
+	// LeaseExpiries counts loads' leases that ran out rather than being
+	// released: a loader of this process that outlived its lease (a
+	// renewal or the fenced write found it gone; its value was returned
+	// to its callers, not stored), or another process's lease this
+	// process took over after waiting it out, its holder killed or
+	// stalled (LoadLeaseExpired).
 	LeaseExpiries int64
 	// Refreshes counts background refreshes of stale entries
 	// (GetOrRevalidate) whose loader ran, and RefreshFailures those whose

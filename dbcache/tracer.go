@@ -64,8 +64,9 @@ const (
 	// LoadLeaseWait: a flight found another process holding the key's
 	// lease and waited for its value (Stats.LoadWaits).
 	LoadLeaseWait LoadEvent = "lease_wait"
-	// LoadLeaseExpired: a loader outlived its lease; its value was not
-	// stored (Stats.LeaseExpiries).
+	// LoadLeaseExpired: a load's lease ran out rather than being
+	// released: a loader outlived its lease (its value was not stored),
+	// or a waiting flight took an expired lease over (Stats.LeaseExpiries).
 	LoadLeaseExpired LoadEvent = "lease_expired"
 	// LoadRefreshFailed: a background refresh's loader or write failed
 	// (Stats.RefreshFailures).
