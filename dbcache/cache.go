@@ -51,26 +51,31 @@ type shared struct {
 	// deadlines bounds operations by Config.OpTimeout; nil when off.
 	deadlines *deadlines
 
-	// flights are GetOrSetFunc loads in progress, by made key; loadLocks
-	// has a slot per cross-process load lock a flight may hold (nil when
-	// Config.LoadLocks is -1).
-	flights   flight.Group
-	loadLocks chan struct{}
+	// flights are GetOrSetFunc loads in progress, by made key; polls
+	// caps the statements of the flights waiting on another process's
+	// lease (Config.LoadPollRate; nil for no cap).
+	flights flight.Group
+	polls   *pollLimiter
+	// noLeasesOnce logs once that the schema has no leases table.
+	noLeasesOnce sync.Once
 
 	// Background refreshes of stale entries: at most one per made key,
-	// under bgCtx, which Close cancels before it waits for them.
-	refreshMu  sync.Mutex
-	refreshing map[string]bool
-	background sync.WaitGroup
-	bgCtx      context.Context
-	bgCancel   context.CancelFunc
+	// under bgCtx, which Close cancels before it waits for them; and,
+	// by made key, when a failed one's back-off ends.
+	refreshMu    sync.Mutex
+	refreshing   map[string]bool
+	refreshAfter map[string]time.Time
+	background   sync.WaitGroup
+	bgCtx        context.Context
+	bgCancel     context.CancelFunc
 
 	stats stats
 	failOpenState
 
-	// tableOID identifies the table in its database, for advisory lock
-	// keys: two caches in two schemas of one database are two tables.
-	tableOID int64
+	// checkErr is the error of the table check of a cache New started
+	// unchecked (FailOpen with the database away), once it failed other
+	// than transiently; nil until then, and for good once it succeeded.
+	checkErr atomic.Pointer[error]
 
 	// testBeforeGetOrSetWrite runs between GetOrSet's read and its write, so
 	// tests can make another writer win the race.
@@ -90,6 +95,12 @@ type Cache struct {
 
 // New returns a cache over a pool the caller owns (Close never closes it).
 // It checks that the cache table exists, and returns ErrNotMigrated if not.
+// With Config.FailOpen, a database that does not answer (a transient
+// error: IsTransient) does not stop New: the cache starts unchecked, its
+// operations fail open while the database is away, and the table is
+// checked in the background once it answers (retried with back-off, 100
+// ms growing to 5 s, until Close); a check that then fails for another
+// reason (no table) is the error every operation returns.
 func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	if pool == nil {
 		return nil, errors.New("dbcache: pool is nil")
@@ -103,12 +114,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	if c.OpTimeout > 0 {
 		s.deadlines = newDeadlines(c.OpTimeout)
 	}
-	switch {
-	case c.LoadLocks > 0:
-		s.loadLocks = make(chan struct{}, c.LoadLocks)
-	case c.LoadLocks == 0:
-		s.loadLocks = make(chan struct{}, max(1, int(pool.Config().MaxConns)/4))
-	}
+	s.polls = newPollLimiter(c.LoadPollRate)
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	switch {
 	case c.CoalesceGets > 0:
@@ -120,11 +126,31 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	if c.CoalesceSets > 0 {
 		s.sets = newSetCoalescer(cache, c.CoalesceSets)
 	}
-	ctx, cancel := cache.bound(ctx)
-	defer cancel()
-	if err := checkQueryMode(ctx, pool); err != nil {
+	err := cache.checkTable(ctx)
+	if err != nil && c.FailOpen && IsTransient(err) {
+		// The database is away: with FailOpen the application starts
+		// all the same, its operations failing open, and the table is
+		// checked as soon as the database answers.
+		c.Logger.WarnContext(ctx, "dbcache: the database did not answer at New; fail-open: starting unchecked, the cache table is checked once it answers", "error", err)
+		s.background.Add(1)
+		go cache.checkLater()
+		return cache, nil
+	}
+	if err != nil {
 		s.bgCancel()
 		return nil, err
+	}
+	return cache, nil
+}
+
+// checkTable checks the pool's query mode and the cache table, and learns
+// the session's default isolation.
+func (c *Cache) checkTable(ctx context.Context) error {
+	s, pool := c.s, c.s.pool
+	ctx, cancel := c.bound(ctx)
+	defer cancel()
+	if err := checkQueryMode(ctx, pool); err != nil {
+		return err
 	}
 	var (
 		oid        int64
@@ -132,41 +158,72 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		hasWritten bool
 	)
 	if err := pool.QueryRow(ctx, qCheck, s.q.table).Scan(&oid, &isolation, &hasWritten); err != nil {
-		s.bgCancel()
-		return nil, fmt.Errorf("dbcache: check for the cache table: %w", wrapQueryMode(err))
+		return fmt.Errorf("dbcache: check for the cache table: %w", wrapQueryMode(err))
 	}
 	s.wrapWrites.Store(isolation != "read committed")
-	s.tableOID = oid
 	ok := oid != 0
-	if !ok && c.Schema == "" {
+	if !ok && s.cfg.Schema == "" {
 		// search_path silently skips schemas the role may not use, so a
 		// table that is there but out of reach looks missing: say so
 		// rather than send the operator to run migrations for nothing.
 		var hidden string
 		err := pool.QueryRow(ctx, qTableHidden, TableName).Scan(&hidden)
 		if err == nil {
-			s.bgCancel()
-			return nil, fmt.Errorf("dbcache: table %s is in schema %q on the search_path, but this role lacks USAGE on that schema (GRANT USAGE ON SCHEMA %s TO the role)",
+			return fmt.Errorf("dbcache: table %s is in schema %q on the search_path, but this role lacks USAGE on that schema (GRANT USAGE ON SCHEMA %s TO the role)",
 				TableName, hidden, pgx.Identifier{hidden}.Sanitize())
 		}
 		if !errors.Is(err, pgx.ErrNoRows) {
-			s.bgCancel()
-			return nil, fmt.Errorf("dbcache: check for the cache table: %w", err)
+			return fmt.Errorf("dbcache: check for the cache table: %w", err)
 		}
 	}
 	if !ok {
-		s.bgCancel()
 		where := "on the search_path"
-		if c.Schema != "" {
-			where = "in schema " + strconv.Quote(c.Schema)
+		if s.cfg.Schema != "" {
+			where = "in schema " + strconv.Quote(s.cfg.Schema)
 		}
-		return nil, fmt.Errorf("%w (no table %s %s)", ErrNotMigrated, TableName, where)
+		return fmt.Errorf("%w (no table %s %s)", ErrNotMigrated, TableName, where)
 	}
 	if !hasWritten {
-		s.bgCancel()
-		return nil, fmt.Errorf("%w: the cache table predates migration %d (written_at), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrSchemaBehind, SchemaVersion)
+		return fmt.Errorf("%w: the cache table predates migration %d (written_at), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrSchemaBehind, SchemaVersion)
 	}
-	return cache, nil
+	return nil
+}
+
+// checkLaterFirst and checkLaterMax space out the checks of a cache that
+// New started unchecked.
+const (
+	checkLaterFirst = 100 * time.Millisecond
+	checkLaterMax   = 5 * time.Second
+)
+
+// checkLater checks the table of a cache New started unchecked, retrying
+// with back-off while the database does not answer, until Close. A check
+// that fails otherwise (no table, a query mode the pooler breaks) is what
+// every operation returns from then on.
+func (c *Cache) checkLater() {
+	defer c.s.background.Done()
+	pause := checkLaterFirst
+	for {
+		t := time.NewTimer(pause)
+		select {
+		case <-c.s.bgCtx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		err := c.checkTable(c.s.bgCtx)
+		switch {
+		case err == nil:
+			return
+		case c.s.bgCtx.Err() != nil:
+			return
+		case !IsTransient(err):
+			c.s.checkErr.Store(&err)
+			c.s.cfg.Logger.Error("dbcache: the cache table check failed once the database answered; every operation returns this error", "error", err)
+			return
+		}
+		pause = min(pause*2, checkLaterMax)
+	}
 }
 
 // Open connects to the database at dsn (a libpq URL or key=value string)
@@ -237,6 +294,9 @@ func (c *Cache) checkOpen() error {
 	if c.s.closed.Load() {
 		return ErrClosed
 	}
+	if err := c.s.checkErr.Load(); err != nil {
+		return *err
+	}
 	return nil
 }
 
@@ -262,22 +322,45 @@ func nonNil(b []byte) []byte {
 	return b
 }
 
+// opening is a one-key operation after its opening steps (begin): its
+// made key, its context (traced and bounded), its trace, and the bound's
+// cancel, which the operation defers.
+type opening struct {
+	k    string
+	ctx  context.Context
+	tr   *opTrace
+	done context.CancelFunc
+}
+
+// begin opens a one-key operation as every one of them opens, in this
+// order: make and validate the key (an invalid key is neither traced nor
+// run), start the trace, check the cache is open (a closed cache's
+// refusal is traced), and bound the context by OpTimeout. On an error the
+// operation returns it, still ending its trace (o.tr is nil when there is
+// none, and its methods are then no-ops); otherwise it defers o.done.
+func (c *Cache) begin(ctx context.Context, op, key string) (o opening, err error) {
+	o.done = noop
+	if o.k, err = c.key(ctx, key); err != nil {
+		return o, err
+	}
+	o.ctx, o.tr = c.trace(ctx, op, 1)
+	if err := c.checkOpen(); err != nil {
+		return o, err
+	}
+	o.ctx, o.done = c.bound(o.ctx)
+	return o, nil
+}
+
 // Get returns the value stored under key, or ErrMiss if there is no live
 // entry. An empty stored value is a hit with a non-nil empty slice.
 func (c *Cache) Get(ctx context.Context, key string) (_ []byte, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpGet, key)
+	defer func() { o.tr.read(err) }()
 	if err != nil {
 		return nil, err
 	}
-	ctx, tr := c.trace(ctx, OpGet, 1)
-	if tr != nil {
-		defer func() { tr.read(err) }()
-	}
-	if err := c.checkOpen(); err != nil {
-		return nil, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
+	defer o.done()
+	ctx, k := o.ctx, o.k
 	v, err := c.get(ctx, k)
 	if err != nil && !errors.Is(err, ErrMiss) && c.degrade(ctx, "get", err) {
 		return nil, ErrMiss
@@ -307,19 +390,13 @@ func (c *Cache) get(ctx context.Context, k string) ([]byte, error) {
 // Set stores value under key, replacing any entry, expiring as timeout says.
 // A timeout of ExpiresIn(d <= 0) leaves nothing a Get can see.
 func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeout) (err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpSet, key)
+	defer func() { o.tr.wrote(1, 1, err) }()
 	if err != nil {
 		return err
 	}
-	ctx, tr := c.trace(ctx, OpSet, 1)
-	if tr != nil {
-		defer func() { tr.wrote(1, 1, err) }()
-	}
-	if err := c.checkOpen(); err != nil {
-		return err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
+	defer o.done()
+	ctx, k := o.ctx, o.k
 	if c.s.sets != nil && c.onPool() {
 		err = c.s.sets.set(ctx, k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout))
 	} else {
@@ -340,19 +417,13 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout Timeo
 // of concurrent Adds of a key returns true. With ExpiresIn(d <= 0) it returns what
 // Django returns (true when no live entry exists) and stores nothing visible.
 func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeout) (stored bool, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpAdd, key)
+	defer func() { o.tr.wrote(1, b2i(stored), err) }()
 	if err != nil {
 		return false, err
 	}
-	ctx, tr := c.trace(ctx, OpAdd, 1)
-	if tr != nil {
-		defer func() { tr.wrote(1, b2i(stored), err) }()
-	}
-	if err := c.checkOpen(); err != nil {
-		return false, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
+	defer o.done()
+	ctx, k := o.ctx, o.k
 	err = c.rowWrite(ctx, c.q.add, []any{k, nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout)}, &stored)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
@@ -371,19 +442,13 @@ func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout Timeo
 // An expired entry stays expired (false): Touch never brings a value back.
 // ExpiresIn(d <= 0) expires the entry at once and returns true.
 func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (ok bool, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpTouch, key)
+	defer func() { o.tr.found(ok, err) }()
 	if err != nil {
 		return false, err
 	}
-	ctx, tr := c.trace(ctx, OpTouch, 1)
-	if tr != nil {
-		defer func() { tr.found(ok, err) }()
-	}
-	if err := c.checkOpen(); err != nil {
-		return false, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
+	defer o.done()
+	ctx, k := o.ctx, o.k
 	tag, err := c.execWrite(ctx, c.q.touch, k, timeout.micros(c.s.cfg.DefaultTimeout))
 	if err != nil {
 		if c.degrade(ctx, "touch", err) {
@@ -397,19 +462,13 @@ func (c *Cache) Touch(ctx context.Context, key string, timeout Timeout) (ok bool
 // Delete removes key and reports whether a live entry was removed. An expired
 // entry is removed too, but reported as absent (false).
 func (c *Cache) Delete(ctx context.Context, key string) (wasLive bool, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpDelete, key)
+	defer func() { o.tr.found(wasLive, err) }()
 	if err != nil {
 		return false, err
 	}
-	ctx, tr := c.trace(ctx, OpDelete, 1)
-	if tr != nil {
-		defer func() { tr.found(wasLive, err) }()
-	}
-	if err := c.checkOpen(); err != nil {
-		return false, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
+	defer o.done()
+	ctx, k := o.ctx, o.k
 	err = c.rowWrite(ctx, c.q.del, []any{k}, &wasLive)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
@@ -425,19 +484,13 @@ func (c *Cache) Delete(ctx context.Context, key string) (wasLive bool, err error
 
 // HasKey reports whether key has a live entry.
 func (c *Cache) HasKey(ctx context.Context, key string) (ok bool, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpHasKey, key)
+	defer func() { o.tr.found(ok, err) }()
 	if err != nil {
 		return false, err
 	}
-	ctx, tr := c.trace(ctx, OpHasKey, 1)
-	if tr != nil {
-		defer func() { tr.found(ok, err) }()
-	}
-	if err := c.checkOpen(); err != nil {
-		return false, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
+	defer o.done()
+	ctx, k := o.ctx, o.k
 	if err := c.db.QueryRow(ctx, c.q.hasKey, k).Scan(&ok); err != nil {
 		if c.degrade(ctx, "has_key", err) {
 			return false, nil
@@ -487,12 +540,17 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 //
 // The loader runs once per key however many callers miss at once: once
 // among the goroutines of this process, which all return its value, and
-// once across the processes sharing the table, through a PostgreSQL
-// advisory lock (see Config.LoadLocks and Config.LoadWait): a process that
-// finds another loading the key waits for its value, without holding a
-// connection, for at most LoadWait, then loads it itself. The loader gets
-// a context with the first caller's values, cancelled only when every
-// caller waiting on it has gone; it is not bounded by Config.OpTimeout.
+// once across the processes sharing the table, through the key's lease
+// (see Config.LoadLease and docs/loaders.md): a process that finds
+// another loading the key waits for its value, holding no connection, for
+// at most Config.LoadWait, then loads it itself. The loader's write is
+// fenced by its lease, so a loader that outlived its lease stores nothing
+// (its callers still get its value). The loader gets a context with the
+// first caller's values, cancelled only when every caller waiting on it
+// has gone; it is not bounded by Config.OpTimeout. With Config.FailOpen,
+// a transient failure of any of the cache's statements runs the loader
+// unprotected (shared among this process's callers only) and returns its
+// value unstored.
 func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load LoadFunc, timeout Timeout) ([]byte, error) {
 	return c.getOrLoad(ctx, key, load, timeout)
 }
@@ -507,7 +565,9 @@ func (c *Cache) GetOrSetFunc(ctx context.Context, key string, load LoadFunc, tim
 // lifetime, whether it is stale. Negative durations count as 0: stale <= 0
 // is GetOrSetFunc with ExpiresIn(fresh), and fresh <= 0 makes every hit
 // refresh. A failed refresh is logged and counted (Stats.RefreshFailures),
-// and the stale value keeps being served until it expires.
+// the key's refresh then waits Config.RefreshRetry in every process (the
+// failed refresh keeps the key's lease that long), and the stale value
+// keeps being served until it expires.
 func (c *Cache) GetOrRevalidate(ctx context.Context, key string, load LoadFunc, fresh, stale time.Duration) ([]byte, error) {
 	return c.getOrLoad(ctx, key, load, revalidate(fresh, stale))
 }
@@ -543,9 +603,15 @@ func (c *Cache) getOrLoad(ctx context.Context, key string, load LoadFunc, timeou
 	case err == nil:
 		tr.mark(1, 0, 0)
 		return v, nil
-	case errors.Is(err, ErrMiss), c.degrade(ctx, "get_or_set", err):
+	case errors.Is(err, ErrMiss):
 		tr.mark(0, 1, 1)
 		return c.loadOnce(ctx, k, load, timeout)
+	case c.degrade(ctx, "get_or_set", err):
+		// The read failed open (a silent server takes all of OpTimeout
+		// to say so): ask the server nothing more, so the call answers
+		// within that one OpTimeout, plus the loader.
+		tr.mark(0, 1, 0)
+		return c.loadUnprotected(ctx, k, load)
 	default:
 		return nil, err
 	}
@@ -558,41 +624,33 @@ func (c *Cache) getOrLoad(ctx context.Context, key string, load LoadFunc, timeou
 // result would not fit in an int64; in those cases nothing changes. The
 // entry keeps its expiry. Concurrent Incrs never lose an update.
 func (c *Cache) Incr(ctx context.Context, key string, delta int64) (n int64, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpIncr, key)
+	defer func() { o.tr.read(err) }()
 	if err != nil {
 		return 0, err
 	}
-	ctx, tr := c.trace(ctx, OpIncr, 1)
-	if tr != nil {
-		defer func() { tr.read(err) }()
-	}
-	return c.incr(ctx, "incr", key, k, strconv.FormatInt(delta, 10))
+	defer o.done()
+	return c.incr(o.ctx, "incr", key, o.k, strconv.FormatInt(delta, 10))
 }
 
 // Decr subtracts delta from the integer stored under key; see Incr.
 func (c *Cache) Decr(ctx context.Context, key string, delta int64) (n int64, err error) {
-	k, err := c.key(ctx, key)
+	o, err := c.begin(ctx, OpDecr, key)
+	defer func() { o.tr.read(err) }()
 	if err != nil {
 		return 0, err
 	}
-	ctx, tr := c.trace(ctx, OpDecr, 1)
-	if tr != nil {
-		defer func() { tr.read(err) }()
-	}
+	defer o.done()
 	neg := strconv.FormatInt(-delta, 10)
 	if delta == math.MinInt64 { // -MinInt64 does not fit in an int64
 		neg = "9223372036854775808"
 	}
-	return c.incr(ctx, "decr", key, k, neg)
+	return c.incr(o.ctx, "decr", key, o.k, neg)
 }
 
-// incr runs Incr and Decr on k, key's made and validated key.
+// incr runs Incr and Decr on k, key's made and validated key, in an
+// opened operation (begin).
 func (c *Cache) incr(ctx context.Context, op, key, k, delta string) (int64, error) {
-	if err := c.checkOpen(); err != nil {
-		return 0, err
-	}
-	ctx, cancel := c.bound(ctx)
-	defer cancel()
 	// The UPDATE is the whole operation. When it changes nothing, a second
 	// read says why; if the entry changed in between so that the UPDATE
 	// would now succeed, try again.

@@ -156,13 +156,28 @@ type Config struct {
 	// Defaults to "".
 	KeyPrefix string
 
-	// LoadLocks is the most GetOrSetFunc loads that hold a cross-process
-	// lock at once: each holds one pool connection while its loader runs
-	// (processes waiting for a load hold none: they poll). A load that
-	// finds every slot busy runs without the cross-process lock, protected
-	// among this process's goroutines only. -1 turns the cross-process lock
-	// off. Defaults to a quarter of the pool's MaxConns, at least 1.
+	// LoadLease is how long the lease a GetOrSetFunc or GetOrRevalidate
+	// loader takes on its key (dbcache_leases, migration 8) lasts: while
+	// it is live, other processes wait for the loader's value rather than
+	// load. The loader renews it every third of LoadLease while it runs,
+	// so a loader of any length keeps it; a process killed mid-load frees
+	// its keys at most LoadLease after its last renewal, by the
+	// database's clock. Must be within [LeaseTTLMin, LeaseTTLMax].
+	// Defaults to LoadLeaseDefault.
+	LoadLease time.Duration
+
+	// Deprecated: LoadLocks has no effect. Loads are coordinated across
+	// processes by leases (LoadLease), which hold no connection, so there
+	// is no lock slot to bound. -1 and values >= 0 are accepted (and
+	// ignored); below -1 is refused, as before.
 	LoadLocks int
+
+	// LoadPollRate caps the statements per second that this cache's
+	// loaders waiting on another process's lease send, all keys together
+	// (each wait polls with back-off, 5 ms growing to 100 ms, and takes
+	// its turn under this cap). -1 means no cap. Defaults to
+	// LoadPollRateDefault.
+	LoadPollRate int
 
 	// LoadWait bounds how long GetOrSetFunc waits for another process that
 	// is loading the same key before it loads the value itself. Defaults
@@ -203,6 +218,15 @@ type Config struct {
 	// refreshes, the cache's, where a panic is recovered and the waiting
 	// callers get a *HookPanicError.
 	OnWrite func(n int)
+
+	// RefreshRetry is the least time between two refresh attempts of one
+	// key by GetOrRevalidate, across every process sharing the table: a
+	// refresh whose loader or write fails keeps its lease for
+	// RefreshRetry (and the process remembers the key as long), so no
+	// stale hit in any process refreshes it again before then, and the
+	// stale value is served until its stale period ends. Must be within
+	// [LeaseTTLMin, LeaseTTLMax]. Defaults to RefreshRetryDefault.
+	RefreshRetry time.Duration
 
 	// Schema is the schema that holds the cache table. Defaults to "", which
 	// resolves the table through each connection's search_path.
@@ -249,6 +273,15 @@ func (c *Config) withDefaults() Config {
 	if out.LoadWait == 0 {
 		out.LoadWait = LoadWaitDefault
 	}
+	if out.LoadLease == 0 {
+		out.LoadLease = LoadLeaseDefault
+	}
+	if out.LoadPollRate == 0 {
+		out.LoadPollRate = LoadPollRateDefault
+	}
+	if out.RefreshRetry == 0 {
+		out.RefreshRetry = RefreshRetryDefault
+	}
 	return out
 }
 
@@ -272,8 +305,17 @@ func (c *Config) validate() error {
 	if c.LoadWait < 0 {
 		errs = append(errs, fmt.Errorf("dbcache: Config.LoadWait %s is negative", c.LoadWait))
 	}
+	if c.LoadLease < LeaseTTLMin || c.LoadLease > LeaseTTLMax {
+		errs = append(errs, fmt.Errorf("dbcache: Config.LoadLease %s is outside [%s, %s]", c.LoadLease, LeaseTTLMin, LeaseTTLMax))
+	}
+	if c.LoadPollRate < -1 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.LoadPollRate %d is negative (-1 means no cap)", c.LoadPollRate))
+	}
+	if c.RefreshRetry < LeaseTTLMin || c.RefreshRetry > LeaseTTLMax {
+		errs = append(errs, fmt.Errorf("dbcache: Config.RefreshRetry %s is outside [%s, %s]", c.RefreshRetry, LeaseTTLMin, LeaseTTLMax))
+	}
 	if c.LoadLocks < -1 {
-		errs = append(errs, fmt.Errorf("dbcache: Config.LoadLocks %d is negative (-1 turns the cross-process lock off)", c.LoadLocks))
+		errs = append(errs, fmt.Errorf("dbcache: Config.LoadLocks %d is negative (it is deprecated and ignored: leave it 0)", c.LoadLocks))
 	}
 	if c.KeyCheck < KeyCheckWarn || c.KeyCheck > KeyCheckOff {
 		errs = append(errs, fmt.Errorf("dbcache: Config.KeyCheck %d is not a KeyCheck", c.KeyCheck))

@@ -38,5 +38,11 @@ func TestConformance(t *testing.T) {
 			travel(t, pool, d)
 		},
 		WithVersion: func(s dbcache.Store, v int) dbcache.Store { return s.(*dbcache.Cache).WithVersion(v) },
+		Sharing: func(t *testing.T, s dbcache.Store) dbcache.Store {
+			mu.Lock()
+			pool := pools[s]
+			mu.Unlock()
+			return setupOn(t, pool, nil).cache
+		},
 	})
 }

@@ -135,7 +135,7 @@
 // zero value is its documented default (an exported XxxDefault constant
 // where the default is a fixed number, as OpTimeoutDefault), -1 turns a
 // feature off or lifts a bound where that means something (CoalesceGets,
-// CoalesceSets, LoadLocks, OpTimeout), and where every value of a field
+// CoalesceSets, LoadPollRate, OpTimeout), and where every value of a field
 // means something an explicit field says the zero value is meant:
 // VersionZero for Django's VERSION = 0, which Version's zero value (the
 // default, 1) cannot say.

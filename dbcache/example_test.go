@@ -450,3 +450,33 @@ func ExampleConfig_versionZero() {
 	fmt.Println(zero.MakeKey("k"), zero.WithVersion(1).MakeKey("k"))
 	// Output: example-v0:0:k example-v0:1:k
 }
+
+func ExampleCache_AcquireLease() {
+	ctx := context.Background()
+	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // a migrated database
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{KeyPrefix: "example-lease"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cache.Close()
+
+	// One holder at a time, for at most its ttl by the database's clock,
+	// whatever happens to it.
+	mine, err := cache.AcquireLease(ctx, "nightly-report", 30*time.Second)
+	if err != nil {
+		log.Fatal(err)
+	}
+	theirs, _ := cache.AcquireLease(ctx, "nightly-report", 30*time.Second)
+	fmt.Println(mine.Acquired, theirs.Acquired, theirs.Remaining > 0)
+
+	extended, _ := cache.ExtendLease(ctx, "nightly-report", mine.Token, time.Minute)
+	released, _ := cache.ReleaseLease(ctx, "nightly-report", mine.Token)
+	fmt.Println(extended, released)
+	// Output:
+	// true false true
+	// true true
+}

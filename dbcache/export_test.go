@@ -1,5 +1,7 @@
 package dbcache
 
+import "context"
+
 // SetTestBeforeGetOrSetWrite lets tests run code between GetOrSet's read and
 // its write, to make another writer win the race (Django's
 // test_get_or_set_racing mocks add for the same purpose).
@@ -38,3 +40,14 @@ func SetsPending(c *Cache) int {
 // FlightWaiting reports how many callers wait on the in-process load of
 // key (0 when none is in flight).
 func FlightWaiting(c *Cache, key string) int { return c.s.flights.Waiting(c.MakeKey(key)) }
+
+// SetLeased is the refresh's fenced write of key: it stores value only
+// while token holds key's live lease, and reports whether it did.
+func SetLeased(ctx context.Context, c *Cache, key string, token LeaseToken, value []byte) (bool, error) {
+	var stored bool
+	err := c.rowWrite(ctx, c.q.setLeased, []any{c.MakeKey(key), value, Forever.micros(c.s.cfg.DefaultTimeout), string(token)}, &stored)
+	if isNoRows(err) {
+		return false, nil
+	}
+	return stored, err
+}

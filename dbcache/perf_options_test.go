@@ -129,6 +129,9 @@ func TestFastCommitSetsSynchronousCommit(t *testing.T) {
 		"set_many":    {[]string{":1:m"}, [][]byte{[]byte("v")}, us},
 		"delete_many": {[]string{":1:m"}},
 		"clear_batch": {"", 5000},
+		// The fenced writes store under the lease the transaction adds.
+		"get_or_set_leased": {":1:k", []byte("1"), us, "tok"},
+		"set_leased":        {":1:k", []byte("1"), us, "tok"},
 	}
 	for op, a := range args {
 		require.NotEqual(t, plainStmts[op], stmts[op], "%s has no fast-commit form", op)
@@ -136,6 +139,8 @@ func TestFastCommitSetsSynchronousCommit(t *testing.T) {
 			tx, err := b.pool.Begin(ctx)
 			require.NoError(t, err)
 			_, err = tx.Exec(ctx, `INSERT INTO dbcache_entries VALUES (':1:k', '1', NULL), (':1:m', '1', NULL)`)
+			require.NoError(t, err)
+			_, err = tx.Exec(ctx, `INSERT INTO dbcache_leases (key, token, expires) VALUES (':1:k', 'tok', statement_timestamp() + interval '1 hour')`)
 			require.NoError(t, err)
 			sql := plainStmts[op]
 			if fast {
@@ -156,6 +161,9 @@ func TestFastCommitSetsSynchronousCommit(t *testing.T) {
 	}
 	for _, op := range []string{"get", "has_key", "get_many", "incr_check"} {
 		require.Equal(t, plainStmts[op], stmts[op], "reads are never rewritten")
+	}
+	for _, op := range []string{"lease_acquire", "lease_extend", "lease_release"} {
+		require.Equal(t, plainStmts[op], stmts[op], "the lease statements write an UNLOGGED table only: no WAL, nothing to flush")
 	}
 }
 

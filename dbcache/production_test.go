@@ -43,8 +43,9 @@ func processes(t *testing.T, n int, maxConns int32, cfg *dbcache.Config) []*test
 
 // 4 processes (pools of 4 connections) x 50 goroutines miss one cold key at
 // once: the loader runs once, and every caller returns its value. While it
-// runs, each pool still serves other operations: the lock holder holds one
-// connection, and the waiting processes none.
+// runs, each pool still serves other operations: the loader holds its
+// key's lease (a row), no lock and no connection, and the waiting
+// processes none either.
 func TestStampedeLoaderRunsOnce(t *testing.T) {
 	t.Parallel()
 	procs := processes(t, 4, 4, nil)
@@ -82,10 +83,15 @@ func TestStampedeLoaderRunsOnce(t *testing.T) {
 		require.NoError(t, p.cache.Set(opCtx, "other", []byte("x"), dbcache.DefaultTimeout))
 		cancel()
 	}
-	var holding int
-	require.NoError(t, procs[0].pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted
-AND pid IN (SELECT pid FROM pg_stat_activity WHERE application_name = $1)`, appName(t)).Scan(&holding))
-	require.Equal(t, 1, holding, "one connection holds the load lock")
+	var locks, inTx, leases int
+	require.NoError(t, procs[0].pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
+AND pid IN (SELECT pid FROM pg_stat_activity WHERE application_name = $1)`, appName(t)).Scan(&locks))
+	require.Zero(t, locks, "no advisory lock is held or waited for")
+	require.NoError(t, procs[0].pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+WHERE application_name = $1 AND state LIKE 'idle in transaction%'`, appName(t)).Scan(&inTx))
+	require.Zero(t, inTx, "no connection sits in a transaction while the loader runs")
+	require.NoError(t, procs[0].pool.QueryRow(ctx, `SELECT count(*) FROM dbcache_leases WHERE expires > statement_timestamp()`).Scan(&leases))
+	require.Equal(t, 1, leases, "the loader holds the key's lease")
 	time.Sleep(100 * time.Millisecond) // let the waiters poll a few times
 	once.Do(func() { close(release) })
 	wg.Wait()
@@ -105,7 +111,7 @@ AND pid IN (SELECT pid FROM pg_stat_activity WHERE application_name = $1)`, appN
 }
 
 // A loader that panics: every caller of that flight gets a
-// *LoaderPanicError, the lock is released, and the next call loads again.
+// *LoaderPanicError, the lease is released, and the next call loads again.
 func TestStampedeLoaderPanics(t *testing.T) {
 	t.Parallel()
 	procs := processes(t, 2, 4, nil)
@@ -129,19 +135,18 @@ func TestStampedeLoaderPanics(t *testing.T) {
 	v, err := procs[1].cache.GetOrSetFunc(ctx, "k", func(context.Context) ([]byte, error) { return []byte("ok"), nil }, dbcache.DefaultTimeout)
 	require.NoError(t, err)
 	require.Equal(t, "ok", string(v))
-	var locks int
-	require.NoError(t, procs[0].pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
-AND pid IN (SELECT pid FROM pg_stat_activity WHERE application_name = $1)`, appName(t)).Scan(&locks))
-	require.Zero(t, locks, "a lock leaked")
+	var leases int
+	require.NoError(t, procs[0].pool.QueryRow(ctx, `SELECT count(*) FROM dbcache_leases`).Scan(&leases))
+	require.Zero(t, leases, "a lease leaked")
 }
 
 // A loader that hangs, ignoring its context: another process waits at most
-// LoadWait, then loads itself; the hung process's lock is released by the
-// server (idle_in_transaction_session_timeout) even though its loader never
-// returns.
+// LoadWait, then loads itself; the hung process's lease ends by itself
+// (its renewals stop with the flight's context) even though its loader
+// never returns.
 func TestStampedeLoaderHangs(t *testing.T) {
 	t.Parallel()
-	procs := processes(t, 2, 4, &dbcache.Config{LoadWait: 200 * time.Millisecond})
+	procs := processes(t, 2, 4, &dbcache.Config{LoadWait: 200 * time.Millisecond, LoadLease: time.Second})
 	ctx := ctxT(t)
 	hung := make(chan struct{})
 	t.Cleanup(func() { close(hung) })
@@ -161,10 +166,8 @@ func TestStampedeLoaderHangs(t *testing.T) {
 	require.Equal(t, "mine", string(v))
 	require.EqualValues(t, 1, procs[1].cache.Stats().LoadWaits)
 	waitFor(t, func() bool {
-		var locks int
-		_ = procs[1].pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'
-AND pid IN (SELECT pid FROM pg_stat_activity WHERE application_name = $1)`, appName(t)).Scan(&locks)
-		return locks == 0
+		l, err := procs[1].cache.AcquireLease(ctx, "k", time.Minute)
+		return err == nil && l.Acquired
 	})
 }
 

@@ -51,12 +51,6 @@ FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp(
 	qTTL = `SELECT (extract(epoch FROM expires - statement_timestamp()) * 1000000)::bigint
 FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())`
 
-	// A GetOrSetFunc waiting for another process's loader: the value if it
-	// is stored now, and whether the load lock is free (taken and at once
-	// released with the statement's implicit transaction).
-	qLoadPoll = `SELECT e.value, e.value IS NOT NULL, pg_try_advisory_xact_lock($2::bigint)
-FROM (SELECT (SELECT value FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())) AS value) AS e`
-
 	qGetMany = `SELECT key, value FROM TABLE WHERE key = ANY($1::text[]) AND (expires IS NULL OR expires > statement_timestamp())`
 
 	qSet = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
@@ -105,6 +99,47 @@ ON CONFLICT (key) DO UPDATE SET
   expires = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.expires ELSE t.expires END,
   written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END
 RETURNING value`
+
+	// The loaders' fenced writes (load.go): qGetOrSet and qSet that store
+	// only while the loader's lease ($4, its token) is live. The lease row
+	// is locked FOR SHARE before the entry: an acquire that would take the
+	// lease over (an UPDATE of that row) waits for this write's commit, and
+	// this write, finding the row changed by a committed acquire, re-reads
+	// its newest version (READ COMMITTED), whose token is no longer $4, and
+	// stores nothing. So a loader whose lease lapsed never overwrites the
+	// value of the loader that took the lease over. No row back: the lease
+	// was not live, nothing was stored. The lease row is always locked
+	// before the entry row, and no other statement locks both, so the
+	// two cannot deadlock.
+	qGetOrSetLeased = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond'
+WHERE EXISTS (SELECT 1 FROM LEASES AS l WHERE l.key = $1::text AND l.token = $4::text AND l.expires > statement_timestamp() FOR SHARE)
+ON CONFLICT (key) DO UPDATE SET
+  value   = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.value ELSE t.value END,
+  expires = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.expires ELSE t.expires END,
+  written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END
+RETURNING value`
+
+	qGetOrSetLeasedFast = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
+WHERE EXISTS (SELECT 1 FROM LEASES AS l WHERE l.key = $1::text AND l.token = $4::text AND l.expires > statement_timestamp() FOR SHARE)
+ON CONFLICT (key) DO UPDATE SET
+  value   = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.value ELSE t.value END,
+  expires = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.expires ELSE t.expires END,
+  written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END
+RETURNING value`
+
+	qSetLeased = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond'
+WHERE EXISTS (SELECT 1 FROM LEASES AS l WHERE l.key = $1::text AND l.token = $4::text AND l.expires > statement_timestamp() FOR SHARE)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
+RETURNING true`
+
+	qSetLeasedFast = `INSERT INTO TABLE AS t (key, value, expires)
+SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
+WHERE EXISTS (SELECT 1 FROM LEASES AS l WHERE l.key = $1::text AND l.token = $4::text AND l.expires > statement_timestamp() FOR SHARE)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
+RETURNING true`
 
 	qTouch = `UPDATE TABLE SET expires = statement_timestamp() + $2::bigint * interval '1 microsecond' WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())`
 
@@ -275,13 +310,6 @@ WHERE c.relname = $1 AND NOT has_schema_privilege(n.oid, 'USAGE')
   AND n.nspname IN (SELECT btrim(btrim(p), '"') FROM unnest(string_to_array(current_setting('search_path'), ',')) AS p)
 LIMIT 1`
 
-	// Takes the load lock of a GetOrSetFunc for the rest of the lock
-	// transaction, never waiting, and bounds how long that transaction may
-	// sit idle (a process that hangs mid-load loses the lock to the
-	// server). Sent with the simple protocol (a single bigint argument, no
-	// table), so it needs no table name.
-	qLoadLock = `SELECT pg_try_advisory_xact_lock($1::bigint) FROM (SELECT set_config('idle_in_transaction_session_timeout', $2::text, true)) AS s`
-
 	// The transaction a write runs in when the session's default isolation
 	// is not READ COMMITTED (see shared.wrapWrites).
 	qBeginReadCommitted = `BEGIN ISOLATION LEVEL READ COMMITTED`
@@ -297,10 +325,12 @@ const clearBatchSize = 5000
 type queries struct {
 	get, hasKey, set, add, getOrSet, touch, del, incr, incrCheck, move string
 	getMany, setMany, deleteMany, clearBatch, setBatch                 string
-	getRemaining, ttl, loadPoll                                        string
+	getRemaining, ttl                                                  string
+	getOrSetLeased, setLeased                                          string // load.go
 	deletePrefixBatch, keysPage                                        string
 	getSnapshot, getManySnapshot                                       string // snapshot.go
-	table                                                              string
+	leaseAcquire, leaseExtend, leaseRelease                            string // lease.go
+	table, leases                                                      string
 }
 
 // newQueries fills in the statements for the table in schema; with fast
@@ -311,7 +341,15 @@ func newQueries(schema string, fast bool) *queries {
 		ident = pgx.Identifier{schema, TableName}
 	}
 	table := ident.Sanitize()
-	fill := func(sql string) string { return strings.ReplaceAll(sql, "TABLE", table) }
+	leasesIdent := pgx.Identifier{LeasesTableName}
+	if schema != "" {
+		leasesIdent = pgx.Identifier{schema, LeasesTableName}
+	}
+	leases := leasesIdent.Sanitize()
+	// One pass, so a schema name holding TABLE or LEASES is never
+	// replaced within a name already filled in.
+	names := strings.NewReplacer("LEASES", leases, "TABLE", table)
+	fill := names.Replace
 	write := func(plain, fastForm string) string {
 		if fast {
 			return fill(fastForm)
@@ -320,6 +358,7 @@ func newQueries(schema string, fast bool) *queries {
 	}
 	return &queries{
 		table:      table,
+		leases:     leases,
 		get:        fill(qGet),
 		hasKey:     fill(qHasKey),
 		set:        write(qSet, qSetFast),
@@ -338,10 +377,15 @@ func newQueries(schema string, fast bool) *queries {
 
 		getRemaining:      fill(qGetRemaining),
 		ttl:               fill(qTTL),
-		loadPoll:          fill(qLoadPoll),
 		deletePrefixBatch: write(qDeletePrefixBatch, qDeletePrefixBatchFast),
 		keysPage:          fill(qKeysPage),
 		getSnapshot:       fill(qGetSnapshot),
 		getManySnapshot:   fill(qGetManySnapshot),
+
+		getOrSetLeased: write(qGetOrSetLeased, qGetOrSetLeasedFast),
+		setLeased:      write(qSetLeased, qSetLeasedFast),
+		leaseAcquire:   fill(qLeaseAcquire),
+		leaseExtend:    fill(qLeaseExtend),
+		leaseRelease:   fill(qLeaseRelease),
 	}
 }

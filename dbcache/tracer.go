@@ -44,6 +44,38 @@ type LoadTracer interface {
 	TraceLoad(ctx context.Context, load LoadEnd)
 }
 
+// LoadEventTracer is an optional extension of Tracer: TraceLoadEvent is
+// called for each coordination event of the loaders (GetOrSetFunc,
+// GetOrRevalidate), each of which Stats counts too. Like TraceLoad it may
+// run on a goroutine of the cache's, where a panic is recovered (see
+// LoadTracer); it must not block.
+type LoadEventTracer interface {
+	TraceLoadEvent(ctx context.Context, event LoadEvent)
+}
+
+// LoadEvent is a loader coordination event, named for metrics.
+type LoadEvent string
+
+// The loaders' events, and the Stats field that counts each.
+const (
+	// LoadJoined: a caller joined a load of the key already in flight in
+	// this process (Stats.JoinedWaits).
+	LoadJoined LoadEvent = "joined"
+	// LoadLeaseWait: a flight found another process holding the key's
+	// lease and waited for its value (Stats.LoadWaits).
+	LoadLeaseWait LoadEvent = "lease_wait"
+	// LoadLeaseExpired: a load's lease ran out rather than being
+	// released: a loader outlived its lease (its value was not stored),
+	// or a waiting flight took an expired lease over (Stats.LeaseExpiries).
+	LoadLeaseExpired LoadEvent = "lease_expired"
+	// LoadRefreshFailed: a background refresh's loader or write failed
+	// (Stats.RefreshFailures).
+	LoadRefreshFailed LoadEvent = "refresh_failed"
+	// LoadRefreshBackoff: a stale hit started no refresh, the key's
+	// refresh backing off or running elsewhere (Stats.RefreshBackoffs).
+	LoadRefreshBackoff LoadEvent = "refresh_backoff"
+)
+
 // The names of the operations, as Django names them (TraceOpStart's Op).
 const (
 	OpAdd          = "add"
@@ -217,5 +249,12 @@ func (tr *opTrace) many(n, hits int, err error) {
 func (c *Cache) traceLoad(ctx context.Context, refresh bool, start time.Time, err error) {
 	if lt, ok := c.s.cfg.Tracer.(LoadTracer); ok {
 		lt.TraceLoad(ctx, LoadEnd{Refresh: refresh, Err: err, Duration: time.Since(start)})
+	}
+}
+
+// loadEvent reports a loader event to a LoadEventTracer.
+func (c *Cache) loadEvent(ctx context.Context, e LoadEvent) {
+	if lt, ok := c.s.cfg.Tracer.(LoadEventTracer); ok {
+		lt.TraceLoadEvent(ctx, e)
 	}
 }

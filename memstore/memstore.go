@@ -17,8 +17,9 @@
 // the keys PostgreSQL cannot store, the memcached warnings as
 // Config.KeyCheck says) and ErrClosed after Close. It has every optional
 // capability of a *dbcache.Cache that one process can give: TTLReader,
-// KeyLister, Versioner, KeyMaker and Loader (one load per key among its
-// goroutines; stale-while-revalidate). A Store is safe for concurrent use.
+// KeyLister, Versioner, KeyMaker, Loader (one load per key among its
+// goroutines; stale-while-revalidate) and Leaser (leases among its
+// goroutines, by its clock). A Store is safe for concurrent use.
 //
 // What it does not model is the database: there is one process, so no
 // cross-process coordination, no fail-open, no transaction (WithTx), no
@@ -103,6 +104,12 @@ type state struct {
 	// entries: twice the live size at the last purge.
 	purgeAt int
 
+	// leases are the held leases (lease.go), by made key, apart from
+	// the entries; leaseSweep is the size past which an acquire drops
+	// the expired ones.
+	leases     map[string]lease
+	leaseSweep int
+
 	offset atomic.Int64 // FastForward's, in nanoseconds
 	closed atomic.Bool
 
@@ -127,6 +134,7 @@ var (
 	_ dbcache.Versioner = (*Store)(nil)
 	_ dbcache.KeyMaker  = (*Store)(nil)
 	_ dbcache.Loader    = (*Store)(nil)
+	_ dbcache.Leaser    = (*Store)(nil)
 )
 
 // New returns an empty store. A Config a *dbcache.Cache would refuse
@@ -157,7 +165,7 @@ func New(cfg *Config) (*Store, error) {
 	if c.KeyCheck < dbcache.KeyCheckWarn || c.KeyCheck > dbcache.KeyCheckOff {
 		return nil, fmt.Errorf("memstore: Config.KeyCheck %d is not a dbcache.KeyCheck", c.KeyCheck)
 	}
-	s := &state{cfg: c, entries: map[string]entry{}, purgeAt: 1024,
+	s := &state{cfg: c, entries: map[string]entry{}, purgeAt: 1024, leaseSweep: leaseSweepAt,
 		keyCheck: dbcache.KeyValidator{Check: c.KeyCheck, LogKeys: c.LogKeys, Logger: c.Logger}}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	return &Store{s: s, version: c.Version}, nil
@@ -215,6 +223,7 @@ func (s *Store) Close() error {
 	st.background.Wait()
 	st.mu.Lock()
 	st.entries = map[string]entry{}
+	st.leases = nil
 	st.mu.Unlock()
 	return nil
 }

@@ -21,10 +21,12 @@ import (
 )
 
 // Tracer calls each of its tracers in turn. It is a dbcache.LoadTracer
-// too, calling those of its tracers that are.
+// and a dbcache.LoadEventTracer too, calling those of its tracers that
+// are.
 type Tracer struct {
 	tracers []dbcache.Tracer
 	loads   []dbcache.LoadTracer
+	events  []dbcache.LoadEventTracer
 }
 
 // New returns a Tracer over tracers; nil ones are left out. TraceOpStart
@@ -40,6 +42,9 @@ func New(tracers ...dbcache.Tracer) *Tracer {
 		t.tracers = append(t.tracers, tr)
 		if lt, ok := tr.(dbcache.LoadTracer); ok {
 			t.loads = append(t.loads, lt)
+		}
+		if et, ok := tr.(dbcache.LoadEventTracer); ok {
+			t.events = append(t.events, et)
 		}
 	}
 	return t
@@ -80,6 +85,13 @@ func (t *Tracer) TraceOpEnd(ctx context.Context, op dbcache.OpEnd) {
 // called, even when one before it panics; the first panic then goes on.
 func (t *Tracer) TraceLoad(ctx context.Context, l dbcache.LoadEnd) {
 	each(t.loads, func(lt dbcache.LoadTracer) { lt.TraceLoad(ctx, l) })
+}
+
+// TraceLoadEvent implements dbcache.LoadEventTracer. Every tracer's
+// TraceLoadEvent is called, even when one before it panics; the first
+// panic then goes on.
+func (t *Tracer) TraceLoadEvent(ctx context.Context, e dbcache.LoadEvent) {
+	each(t.events, func(et dbcache.LoadEventTracer) { et.TraceLoadEvent(ctx, e) })
 }
 
 // each calls f on every tracer, and then re-panics with the first panic

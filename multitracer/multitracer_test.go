@@ -37,6 +37,10 @@ func (l loadRec) TraceLoad(_ context.Context, e dbcache.LoadEnd) {
 	*l.events = append(*l.events, l.name+" load")
 }
 
+func (l loadRec) TraceLoadEvent(_ context.Context, e dbcache.LoadEvent) {
+	*l.events = append(*l.events, l.name+" "+string(e))
+}
+
 func TestFanOut(t *testing.T) {
 	t.Parallel()
 	var events []string
@@ -47,13 +51,17 @@ func TestFanOut(t *testing.T) {
 	lt, ok := tr.(dbcache.LoadTracer)
 	require.True(t, ok)
 	lt.TraceLoad(ctx, dbcache.LoadEnd{})
-	require.Equal(t, []string{"a start get", "b start get", "a end get", "b end get", "b load"}, events)
+	et, ok := tr.(dbcache.LoadEventTracer)
+	require.True(t, ok)
+	et.TraceLoadEvent(ctx, dbcache.LoadLeaseWait)
+	require.Equal(t, []string{"a start get", "b start get", "a end get", "b end get", "b load", "b lease_wait"}, events)
 
 	// None at all: a valid Tracer that does nothing.
 	empty := multitracer.New(nil)
 	require.Equal(t, context.Background(), empty.TraceOpStart(context.Background(), dbcache.OpStart{}))
 	empty.TraceOpEnd(context.Background(), dbcache.OpEnd{})
 	empty.TraceLoad(context.Background(), dbcache.LoadEnd{})
+	empty.TraceLoadEvent(context.Background(), dbcache.LoadJoined)
 }
 
 // boom panics in the hook its field names.

@@ -2,6 +2,7 @@ package nearcache_test
 
 import (
 	"context"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -21,8 +22,23 @@ import (
 // dozens of slot creations beside the tests that measure the staleness
 // bound would measure the machine rather than the layer.
 func TestConformance(t *testing.T) {
+	var mu sync.Mutex
+	envs := map[dbcache.Store]*env{}
 	storetest.Run(t, storetest.Config{
-		New: func(t *testing.T) dbcache.Store { return newEnv(t, nil).proc(t, nil).near },
+		New: func(t *testing.T) dbcache.Store {
+			e := newEnv(t, nil)
+			near := e.proc(t, nil).near
+			mu.Lock()
+			envs[near] = e
+			mu.Unlock()
+			return near
+		},
+		Sharing: func(t *testing.T, s dbcache.Store) dbcache.Store {
+			mu.Lock()
+			e := envs[s]
+			mu.Unlock()
+			return e.proc(t, nil).near
+		},
 	})
 }
 

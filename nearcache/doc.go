@@ -41,7 +41,8 @@
 // of it have returned is what the database holds, whatever their
 // interleaving. TTL and Keys are the store's. The near cache is a
 // dbcache.Store with the capabilities it serves through its store
-// (TTLReader, KeyLister, Versioner, Loader), which New requires of it; it
+// (TTLReader, KeyLister, Versioner, Loader, Leaser), which New requires
+// of it; it
 // passes storetest's suite.
 //
 // A copy never outlives its entry: it is read with its remaining lifetime

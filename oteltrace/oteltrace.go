@@ -81,8 +81,9 @@ type Config struct {
 	TracerProvider trace.TracerProvider
 }
 
-// Tracer is a dbcache.Tracer and dbcache.LoadTracer that makes spans. It
-// is safe for concurrent use.
+// Tracer is a dbcache.Tracer, dbcache.LoadTracer and
+// dbcache.LoadEventTracer that makes spans (and span events). It is safe
+// for concurrent use.
 type Tracer struct {
 	tracer   trace.Tracer
 	attrs    []attribute.KeyValue
@@ -168,4 +169,12 @@ func (t *Tracer) TraceLoad(ctx context.Context, l dbcache.LoadEnd) {
 		trace.WithTimestamp(end.Add(-l.Duration)), trace.WithAttributes(attrs...))
 	t.recordError(span, l.Err)
 	span.End(trace.WithTimestamp(end))
+}
+
+// TraceLoadEvent implements dbcache.LoadEventTracer: an event named
+// dbcache.<event> (dbcache.lease_wait, say) on the span in ctx, the
+// operation's (or, for a load's events, that of the caller that started
+// it).
+func (t *Tracer) TraceLoadEvent(ctx context.Context, e dbcache.LoadEvent) {
+	trace.SpanFromContext(ctx).AddEvent("dbcache."+string(e), trace.WithAttributes(t.attrs...))
 }

@@ -303,3 +303,42 @@ func (c *countingTracer) TraceOpStart(ctx context.Context, _ dbcache.OpStart) co
 }
 func (c *countingTracer) TraceOpEnd(context.Context, dbcache.OpEnd)  { c.ends++ }
 func (c *countingTracer) TraceLoad(context.Context, dbcache.LoadEnd) { c.loads++ }
+
+// A load that waits on another process's lease, and callers that join it,
+// mark their operations' spans with the loader events.
+func TestLoadEventsOnSpans(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	rec := tracetest.NewSpanRecorder()
+	tr := oteltrace.New(&oteltrace.Config{TracerProvider: sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))})
+	s := dbtest.NewSchema(t)
+	s.Migrate(t)
+	cache, err := dbcache.New(ctx, s.Pool(t), &dbcache.Config{Tracer: tr})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cache.Close() })
+	other, err := dbcache.New(ctx, s.Pool(t), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = other.Close() })
+	lease, err := other.AcquireLease(ctx, "k", time.Minute)
+	require.NoError(t, err)
+	done := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := cache.GetOrSetFunc(ctx, "k", func(context.Context) ([]byte, error) { return []byte("v"), nil }, dbcache.Forever)
+			done <- err
+		}()
+	}
+	require.Eventually(t, func() bool { st := cache.Stats(); return st.LoadWaits == 1 && st.JoinedWaits == 1 }, time.Minute, 5*time.Millisecond)
+	_, err = other.ReleaseLease(ctx, "k", lease.Token)
+	require.NoError(t, err)
+	require.NoError(t, <-done)
+	require.NoError(t, <-done)
+	events := map[string]int{}
+	for _, sp := range byName(rec.Ended(), "dbcache get_or_set") {
+		for _, e := range sp.Events() {
+			events[e.Name]++
+		}
+	}
+	require.Equal(t, 1, events["dbcache.lease_wait"], "%v", events)
+	require.Equal(t, 1, events["dbcache.joined"], "%v", events)
+}

@@ -147,7 +147,8 @@ type Config struct {
 	TableTimeout time.Duration
 }
 
-// Collector is a prometheus.Collector, a dbcache.Tracer (and LoadTracer)
+// Collector is a prometheus.Collector, a dbcache.Tracer (and LoadTracer
+// and LoadEventTracer)
 // and a ratelimit.Tracer: register it, and set it as the cache's (and the
 // limiters') Config.Tracer. It is
 // safe for concurrent use, and one Collector may trace several caches
@@ -162,6 +163,7 @@ type Collector struct {
 
 	loads        *prometheus.CounterVec
 	loadDuration *prometheus.HistogramVec
+	loadEvents   *prometheus.CounterVec
 
 	passes       *prometheus.CounterVec
 	removed      *prometheus.CounterVec
@@ -262,6 +264,12 @@ func New(cfg *Config) (*Collector, error) {
 	col.loadDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "load_duration_seconds", ConstLabels: cl,
 		Help: "Wall time of GetOrSetFunc loader runs.", Buckets: c.LoadBuckets},
 		[]string{"trigger"})
+	col.loadEvents = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "load_events_total", ConstLabels: cl,
+		Help: "Loader coordination events (dbcache.LoadEvent): joined (a caller joined a load in flight in its process), lease_wait (a load waited for another process's), lease_expired (a loader outlived its lease; its value was not stored), refresh_failed, refresh_backoff (a stale hit started no refresh)."},
+		[]string{"event"})
+	for _, e := range []dbcache.LoadEvent{dbcache.LoadJoined, dbcache.LoadLeaseWait, dbcache.LoadLeaseExpired, dbcache.LoadRefreshFailed, dbcache.LoadRefreshBackoff} {
+		col.loadEvents.WithLabelValues(string(e))
+	}
 	col.passes = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cull_passes_total", ConstLabels: cl,
 		Help: "Culling passes observed in this process, by result: done, skipped (another culler held the lock), error."},
 		[]string{"result"})
@@ -371,6 +379,11 @@ func (c *Collector) TraceLoad(_ context.Context, l dbcache.LoadEnd) {
 	}
 	c.loads.WithLabelValues(trigger, result).Inc()
 	c.loadDuration.WithLabelValues(trigger).Observe(l.Duration.Seconds())
+}
+
+// TraceLoadEvent implements dbcache.LoadEventTracer.
+func (c *Collector) TraceLoadEvent(_ context.Context, e dbcache.LoadEvent) {
+	c.loadEvents.WithLabelValues(string(e)).Inc()
 }
 
 // TraceCheck implements ratelimit.Tracer: set the Collector as a
@@ -521,7 +534,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 func (c *Collector) WatchCuller(cu *culling.Culler) { c.culler.Store(cu) }
 
 func (c *Collector) collectors() []prometheus.Collector {
-	return []prometheus.Collector{c.ops, c.keys, c.errs, c.duration, c.loads, c.loadDuration,
+	return []prometheus.Collector{c.ops, c.keys, c.errs, c.duration, c.loads, c.loadDuration, c.loadEvents,
 		c.passes, c.removed, c.culledBytes, c.passDuration, c.checks, c.checkDuration}
 }
 

@@ -319,3 +319,58 @@ func TestServer(t *testing.T) {
 	_, err = prommetrics.Listen("127.0.0.1:0", nil)
 	require.Error(t, err)
 }
+
+// The loaders' coordination events are exported by name: a caller that
+// joins a load in flight, a load that waits for another process's lease,
+// a refresh that fails and the stale hits that then back off.
+func TestLoadEvents(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := dbtest.NewSchema(t)
+	s.Migrate(t)
+	m, reg := newCollector(t, nil)
+	cache, err := dbcache.New(ctx, s.Pool(t), &dbcache.Config{Tracer: m, RefreshRetry: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = cache.Close() })
+	other, err := dbcache.New(ctx, s.Pool(t), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = other.Close() })
+
+	// Another process holds k's lease: the load waits for its value.
+	lease, err := other.AcquireLease(ctx, "k", time.Minute)
+	require.NoError(t, err)
+	joined := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := cache.GetOrSetFunc(ctx, "k", func(context.Context) ([]byte, error) { return []byte("mine"), nil }, dbcache.Forever)
+			joined <- err
+		}()
+	}
+	require.Eventually(t, func() bool { return cache.Stats().JoinedWaits == 1 && cache.Stats().LoadWaits == 1 }, time.Minute, 5*time.Millisecond)
+	require.NoError(t, other.Set(ctx, "k", []byte("theirs"), dbcache.Forever))
+	require.NoError(t, <-joined)
+	require.NoError(t, <-joined)
+	_, err = other.ReleaseLease(ctx, "k", lease.Token)
+	require.NoError(t, err)
+
+	// A failing refresh, then stale hits that back off.
+	_, err = cache.GetOrRevalidate(ctx, "r", func(context.Context) ([]byte, error) { return []byte("v"), nil }, 0, time.Hour)
+	require.NoError(t, err)
+	failing := func(context.Context) ([]byte, error) { return nil, errors.New("backend down") }
+	_, err = cache.GetOrRevalidate(ctx, "r", failing, 0, time.Hour)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return cache.Stats().RefreshFailures == 1 }, time.Minute, 5*time.Millisecond)
+	_, err = cache.GetOrRevalidate(ctx, "r", failing, 0, time.Hour)
+	require.NoError(t, err)
+
+	got := scrape(t, reg)
+	for series, want := range map[string]float64{
+		`dbcache_load_events_total{event="joined"}`:          1,
+		`dbcache_load_events_total{event="lease_wait"}`:      1,
+		`dbcache_load_events_total{event="lease_expired"}`:   0,
+		`dbcache_load_events_total{event="refresh_failed"}`:  1,
+		`dbcache_load_events_total{event="refresh_backoff"}`: 1,
+	} {
+		require.Equal(t, want, got[series], series)
+	}
+}

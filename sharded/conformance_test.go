@@ -37,5 +37,11 @@ func TestConformance(t *testing.T) {
 			}
 		},
 		WithVersion: func(s dbcache.Store, v int) dbcache.Store { return s.(*sharded.Cache).WithVersion(v) },
+		Sharing: func(t *testing.T, s dbcache.Store) dbcache.Store {
+			mu.Lock()
+			e := envs[s]
+			mu.Unlock()
+			return e.open(t, nil)
+		},
 	})
 }

@@ -118,8 +118,8 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 
 // GetOrSetFunc is GetOrSet with a loader, with the shard cache's stampede
 // protection: the loader of a missing key runs once across the goroutines
-// of this process and, through an advisory lock on the key's server, once
-// across processes.
+// of this process and, through the key's lease on its shard, once across
+// processes (see dbcache.Cache.GetOrSetFunc).
 func (c *Cache) GetOrSetFunc(ctx context.Context, key string, f dbcache.LoadFunc, timeout dbcache.Timeout) ([]byte, error) {
 	// Under FailOpen on a shard that could not be opened, the loader's
 	// value is returned and nothing stored; its error or panic reads as

@@ -96,6 +96,7 @@ var (
 	_ dbcache.Versioner = (*Cache)(nil)
 	_ dbcache.KeyMaker  = (*Cache)(nil)
 	_ dbcache.Loader    = (*Cache)(nil)
+	_ dbcache.Leaser    = (*Cache)(nil)
 )
 
 // state is what every view of one sharded cache shares.
@@ -655,9 +656,12 @@ func (c *Cache) Stats() dbcache.Stats {
 			st := sc.Stats()
 			t.FailOpen += st.FailOpen
 			t.Loads += st.Loads
+			t.JoinedWaits += st.JoinedWaits
 			t.LoadWaits += st.LoadWaits
+			t.LeaseExpiries += st.LeaseExpiries
 			t.Refreshes += st.Refreshes
 			t.RefreshFailures += st.RefreshFailures
+			t.RefreshBackoffs += st.RefreshBackoffs
 		}
 	}
 	t.FailOpen += c.s.failOpenCount.Load()

@@ -24,6 +24,7 @@ func (s *suite) capabilityCases() []testCase {
 		{"KeyMaker", s.testKeyMaker},
 		{"GetOrSetFunc", s.testGetOrSetFunc},
 		{"GetOrSetFuncOnce", s.testGetOrSetFuncOnce},
+		{"LoadOnceAcrossStores", s.testLoadOnceAcrossStores},
 		{"GetOrSetFuncErrors", s.testGetOrSetFuncErrors},
 		{"GetOrRevalidate", s.testGetOrRevalidate},
 		{"IncrVersionAlone", s.testIncrVersionAlone},
@@ -307,6 +308,53 @@ func (s *suite) testGetOrSetFuncOnce(t *testing.T) {
 	close(release)
 	wg.Wait()
 	e.equal(loads.Load(), int64(1), "loads of one key missed by 20 goroutines")
+}
+
+// Three stores sharing their data (three processes, Config.Sharing), 10
+// goroutines each, every store asking for each of 30 cold keys in its own
+// order: each key is loaded once in all, and every caller gets its value.
+func (s *suite) testLoadOnceAcrossStores(t *testing.T) {
+	if s.Sharing == nil {
+		return
+	}
+	e := s.env(t)
+	if _, ok := e.store.(dbcache.Loader); !ok {
+		return
+	}
+	stores := []dbcache.Store{e.store, s.Sharing(t, e.store), s.Sharing(t, e.store)}
+	const keys = 30
+	var (
+		loads atomic.Int64
+		wg    sync.WaitGroup
+	)
+	for i, st := range stores {
+		l, ok := st.(dbcache.Loader)
+		if !ok {
+			t.Fatalf("storetest: Config.Sharing returned a store (%T) that is not a dbcache.Loader", st)
+		}
+		work := make(chan int, keys)
+		for k := range keys {
+			work <- (k*7 + i*11) % keys
+		}
+		close(work)
+		for range 10 {
+			wg.Go(func() {
+				for k := range work {
+					key := fmt.Sprintf("k%d", k)
+					v, err := l.GetOrSetFunc(e.ctx, key, func(context.Context) ([]byte, error) {
+						loads.Add(1)
+						time.Sleep(5 * time.Millisecond)
+						return []byte("v-" + key), nil
+					}, dbcache.DefaultTimeout)
+					if err != nil || string(v) != "v-"+key {
+						t.Errorf("get_or_set_func %q: %q, %v", key, v, err)
+					}
+				}
+			})
+		}
+	}
+	wg.Wait()
+	e.equal(loads.Load(), int64(keys), "loads of %d keys by 3 stores sharing their data", keys)
 }
 
 // A loader's error is returned (a *dbcache.LoaderError reaching it) and

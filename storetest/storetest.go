@@ -14,8 +14,8 @@
 // Run runs one subtest per behaviour, each on a store of its own, all in
 // parallel. Besides the core Store, it tries every optional capability the
 // store has (dbcache.TTLReader, dbcache.KeyLister, dbcache.Versioner,
-// dbcache.KeyMaker, dbcache.Loader, io.Closer), found as a caller finds
-// them, by type assertion; a capability the store lacks is not tried. The
+// dbcache.KeyMaker, dbcache.Loader, dbcache.Leaser, io.Closer), found as
+// a caller finds them, by type assertion; a capability the store lacks is not tried. The
 // versioning tests run when Config.WithVersion is set.
 //
 // Expiry is tested by ageing entries with Config.Age when the store gives
@@ -54,6 +54,12 @@ type Config struct {
 	// (Django's per-call version argument), sharing s's entries. Defaults
 	// to nil: the versioning subtests do not run.
 	WithVersion func(s dbcache.Store, version int) dbcache.Store
+
+	// Sharing returns another store over s's data, as another process
+	// of the application would have it: its own cache (and pool, if it
+	// likes) over the same tables. Defaults to nil: the subtests of
+	// stores sharing their data (LoadOnceAcrossStores) do not run.
+	Sharing func(t *testing.T, s dbcache.Store) dbcache.Store
 
 	// Timeout bounds each subtest's operations. Defaults to a minute.
 	Timeout time.Duration
@@ -245,5 +251,5 @@ func (e *env) eventually(cond func() bool, what string, args ...any) {
 
 // cases lists every subtest, core and capabilities.
 func (s *suite) cases() []testCase {
-	return slices.Concat(s.coreCases(), s.capabilityCases(), s.versionCases())
+	return slices.Concat(s.coreCases(), s.capabilityCases(), s.leaseCases(), s.versionCases())
 }

@@ -35,6 +35,13 @@ type Flight struct {
 // runs on its own goroutine with the flight's context, which has ctx's
 // values. start must not panic: a panic there would end the process.
 func (g *Group) Join(ctx context.Context, key string, start func(context.Context) ([]byte, error)) *Flight {
+	f, _ := g.join(ctx, key, start)
+	return f
+}
+
+// join is Join that also reports whether the caller joined a flight
+// already in progress.
+func (g *Group) join(ctx context.Context, key string, start func(context.Context) ([]byte, error)) (*Flight, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.m == nil {
@@ -42,7 +49,7 @@ func (g *Group) Join(ctx context.Context, key string, start func(context.Context
 	}
 	if f, ok := g.m[key]; ok {
 		f.waiting++
-		return f
+		return f, true
 	}
 	fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	f := &Flight{done: make(chan struct{}), cancel: cancel, waiting: 1}
@@ -57,7 +64,7 @@ func (g *Group) Join(ctx context.Context, key string, start func(context.Context
 		g.mu.Unlock()
 		close(f.done)
 	}()
-	return f
+	return f, false
 }
 
 // leave is a caller giving up on f; the last one to leave cancels it, and
@@ -95,6 +102,14 @@ func (g *Group) Wait(ctx context.Context, key string, f *Flight) ([]byte, error)
 // Do is Join and Wait.
 func (g *Group) Do(ctx context.Context, key string, start func(context.Context) ([]byte, error)) ([]byte, error) {
 	return g.Wait(ctx, key, g.Join(ctx, key, start))
+}
+
+// DoJoined is Do that also reports whether the caller joined a flight
+// another caller had started.
+func (g *Group) DoJoined(ctx context.Context, key string, start func(context.Context) ([]byte, error)) ([]byte, bool, error) {
+	f, joined := g.join(ctx, key, start)
+	v, err := g.Wait(ctx, key, f)
+	return v, joined, err
 }
 
 // Waiting reports how many callers wait on the flight of key (0 when none
