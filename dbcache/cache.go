@@ -164,7 +164,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	}
 	if !hasWritten {
 		s.bgCancel()
-		return nil, fmt.Errorf("%w: the cache table predates migration %d (written_at), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrSchemaBehind, SchemaVersion)
+		return nil, fmt.Errorf("%w: the cache table predates migration %d (the written_at and token columns), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrSchemaBehind, SchemaVersion)
 	}
 	return cache, nil
 }

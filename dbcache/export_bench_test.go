@@ -10,6 +10,7 @@ func Statements(c *Cache) map[string]string {
 		"touch": q.touch, "delete": q.del, "incr": q.incr, "incr_check": q.incrCheck, "move": q.move,
 		"get_many": q.getMany, "set_many": q.setMany, "delete_many": q.deleteMany, "clear_batch": q.clearBatch,
 		"delete_prefix_batch": q.deletePrefixBatch, "keys_page": q.keysPage, "get_remaining": q.getRemaining, "ttl": q.ttl,
+		"get_with_token": q.getWithToken, "compare_and_swap": q.compareAndSwap, "compare_and_delete": q.compareAndDelete,
 	}
 }
 

@@ -129,13 +129,16 @@ func TestFastCommitSetsSynchronousCommit(t *testing.T) {
 		"set_many":    {[]string{":1:m"}, [][]byte{[]byte("v")}, us},
 		"delete_many": {[]string{":1:m"}},
 		"clear_batch": {"", 5000},
+		// The rows below are inserted with token 7.
+		"compare_and_swap":   {":1:k", int64(7), []byte("2"), us},
+		"compare_and_delete": {":1:k", int64(7)},
 	}
 	for op, a := range args {
 		require.NotEqual(t, plainStmts[op], stmts[op], "%s has no fast-commit form", op)
 		for _, fast := range []bool{true, false} {
 			tx, err := b.pool.Begin(ctx)
 			require.NoError(t, err)
-			_, err = tx.Exec(ctx, `INSERT INTO dbcache_entries VALUES (':1:k', '1', NULL), (':1:m', '1', NULL)`)
+			_, err = tx.Exec(ctx, `INSERT INTO dbcache_entries (key, value, expires, token) VALUES (':1:k', '1', NULL, 7), (':1:m', '1', NULL, 7)`)
 			require.NoError(t, err)
 			sql := plainStmts[op]
 			if fast {
@@ -154,7 +157,7 @@ func TestFastCommitSetsSynchronousCommit(t *testing.T) {
 			require.NoError(t, tx.Rollback(ctx))
 		}
 	}
-	for _, op := range []string{"get", "has_key", "get_many", "incr_check"} {
+	for _, op := range []string{"get", "has_key", "get_many", "incr_check", "get_with_token"} {
 		require.Equal(t, plainStmts[op], stmts[op], "reads are never rewritten")
 	}
 }

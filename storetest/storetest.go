@@ -14,7 +14,8 @@
 // Run runs one subtest per behaviour, each on a store of its own, all in
 // parallel. Besides the core Store, it tries every optional capability the
 // store has (dbcache.TTLReader, dbcache.KeyLister, dbcache.Versioner,
-// dbcache.KeyMaker, dbcache.Loader, io.Closer), found as a caller finds
+// dbcache.KeyMaker, dbcache.Loader, dbcache.CompareAndSwapper, io.Closer),
+// found as a caller finds
 // them, by type assertion; a capability the store lacks is not tried. The
 // versioning tests run when Config.WithVersion is set.
 //
