@@ -16,6 +16,7 @@ type capabilities struct {
 	lister   dbcache.KeyLister
 	versions dbcache.Versioner
 	loader   dbcache.Loader
+	cas      dbcache.CompareAndSwapper
 }
 
 var (
@@ -24,18 +25,21 @@ var (
 	_ dbcache.KeyLister = (*Cache)(nil)
 	_ dbcache.Versioner = (*Cache)(nil)
 	_ dbcache.Loader    = (*Cache)(nil)
+
+	_ dbcache.CompareAndSwapper = (*Cache)(nil)
 )
 
 // capabilitiesOf returns store's capabilities, or an error naming the
 // first it lacks.
 func capabilitiesOf(store dbcache.Store) (capabilities, error) {
 	var c capabilities
-	var ok [4]bool
+	var ok [5]bool
 	c.ttl, ok[0] = store.(dbcache.TTLReader)
 	c.lister, ok[1] = store.(dbcache.KeyLister)
 	c.versions, ok[2] = store.(dbcache.Versioner)
 	c.loader, ok[3] = store.(dbcache.Loader)
-	for i, name := range []string{"dbcache.TTLReader", "dbcache.KeyLister", "dbcache.Versioner", "dbcache.Loader"} {
+	c.cas, ok[4] = store.(dbcache.CompareAndSwapper)
+	for i, name := range []string{"dbcache.TTLReader", "dbcache.KeyLister", "dbcache.Versioner", "dbcache.Loader", "dbcache.CompareAndSwapper"} {
 		if !ok[i] {
 			return capabilities{}, fmt.Errorf("nearcache: the store (%T) is not a %s, which the near cache serves through it; put the near cache in front of a *dbcache.Cache", store, name)
 		}
