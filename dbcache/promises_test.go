@@ -131,6 +131,10 @@ func TestNoStatementCarriesTheApplicationClock(t *testing.T) {
 	_, _ = b.cache.DeleteMany(ctx, []string{"a", "m1"})
 	_, _ = b.cache.DeletePrefix(ctx, "m")
 	require.NoError(t, b.cache.Clear(ctx))
+	lease, _ := b.cache.AcquireLease(ctx, "l", time.Minute)
+	_, _ = b.cache.AcquireLease(ctx, "l", time.Minute)
+	_, _ = b.cache.ExtendLease(ctx, "l", lease.Token, time.Minute)
+	_, _ = b.cache.ReleaseLease(ctx, "l", lease.Token)
 
 	tr.mu.Lock()
 	defer tr.mu.Unlock()

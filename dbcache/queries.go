@@ -303,7 +303,8 @@ type queries struct {
 	deletePrefixBatch, keysPage                                        string
 	getSnapshot, getManySnapshot                                       string // snapshot.go
 	getWithToken, compareAndSwap, compareAndDelete                     string // cas.go
-	table                                                              string
+	leaseAcquire, leaseExtend, leaseRelease                            string // lease.go
+	table, leases                                                      string
 }
 
 // newQueries fills in the statements for the table in schema; with fast
@@ -314,7 +315,15 @@ func newQueries(schema string, fast bool) *queries {
 		ident = pgx.Identifier{schema, TableName}
 	}
 	table := ident.Sanitize()
-	fill := func(sql string) string { return strings.ReplaceAll(sql, "TABLE", table) }
+	leasesIdent := pgx.Identifier{LeasesTableName}
+	if schema != "" {
+		leasesIdent = pgx.Identifier{schema, LeasesTableName}
+	}
+	leases := leasesIdent.Sanitize()
+	// One pass, so a schema name holding TABLE or LEASES is never
+	// replaced within a name already filled in.
+	names := strings.NewReplacer("LEASES", leases, "TABLE", table)
+	fill := names.Replace
 	write := func(plain, fastForm string) string {
 		if fast {
 			return fill(fastForm)
@@ -323,6 +332,7 @@ func newQueries(schema string, fast bool) *queries {
 	}
 	return &queries{
 		table:      table,
+		leases:     leases,
 		get:        fill(qGet),
 		hasKey:     fill(qHasKey),
 		set:        write(qSet, qSetFast),
@@ -349,5 +359,9 @@ func newQueries(schema string, fast bool) *queries {
 		getWithToken:      fill(qGetWithToken),
 		compareAndSwap:    write(qCompareAndSwap, qCompareAndSwapFast),
 		compareAndDelete:  write(qCompareAndDelete, qCompareAndDeleteFast),
+
+		leaseAcquire: fill(qLeaseAcquire),
+		leaseExtend:  fill(qLeaseExtend),
+		leaseRelease: fill(qLeaseRelease),
 	}
 }

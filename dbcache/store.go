@@ -18,7 +18,7 @@ import (
 // safe for concurrent use. What only some stores can do is an optional
 // capability, a small interface of its own found by type assertion (as
 // pgx finds a BatchTracer on a QueryTracer): TTLReader, KeyLister,
-// Versioner, KeyMaker, Loader, SnapshotReader and CompareAndSwapper. Closing is io.Closer's,
+// Versioner, KeyMaker, Loader, Leaser, SnapshotReader and CompareAndSwapper. Closing is io.Closer's,
 // found the same way. Views (WithVersion, WithTx) stay on the concrete types: a
 // transaction belongs to one server.
 //
@@ -132,6 +132,33 @@ type Loader interface {
 	GetOrRevalidate(ctx context.Context, key string, load LoadFunc, fresh, stale time.Duration) ([]byte, error)
 }
 
+// Leaser is an optional capability of a Store: leases on keys. A lease is
+// held by at most one token at a time; it ends when its holder releases
+// it or when its ttl has passed by the store's clock (the database's, for
+// a Cache), whatever happened to the holder meanwhile: a process killed
+// while holding one holds it for at most the rest of its ttl. Leases live
+// apart from the entries: Clear, DeletePrefix, Keys and the culler never
+// see them, and a key's lease and its entry come and go independently.
+// The key is made as the store makes entry keys (prefix, version) and
+// validated the same way (ErrInvalidKey); tokens and lengths are checked
+// (ErrInvalidLease; see CheckLeaseToken and CheckLeaseTTL). A Leaser
+// never fails open: under Config.FailOpen a transient failure is still an
+// error. *Cache implements it (one single-key statement each, by the
+// database's clock, on a table of its own: migration 8).
+type Leaser interface {
+	// AcquireLease takes key's lease for ttl unless a live lease holds
+	// it, and says which happened.
+	AcquireLease(ctx context.Context, key string, ttl time.Duration) (Lease, error)
+	// ExtendLease gives the live lease held with token a new ttl from
+	// now, and reports whether it did: false when the lease has ended
+	// (released, expired, taken over), and then nothing changes.
+	ExtendLease(ctx context.Context, key string, token LeaseToken, ttl time.Duration) (bool, error)
+	// ReleaseLease ends the lease held with token, and reports whether
+	// it was still live; a lease taken over by another token is left
+	// alone.
+	ReleaseLease(ctx context.Context, key string, token LeaseToken) (bool, error)
+}
+
 var (
 	_ Store          = (*Cache)(nil)
 	_ SnapshotReader = (*Cache)(nil)
@@ -140,4 +167,5 @@ var (
 	_ Versioner      = (*Cache)(nil)
 	_ KeyMaker       = (*Cache)(nil)
 	_ Loader         = (*Cache)(nil)
+	_ Leaser         = (*Cache)(nil)
 )

@@ -18,9 +18,9 @@
 // Config.KeyCheck says) and ErrClosed after Close. It has every optional
 // capability of a *dbcache.Cache that one process can give: TTLReader,
 // KeyLister, Versioner, KeyMaker, Loader (one load per key among its
-// goroutines; stale-while-revalidate) and CompareAndSwapper (its tokens
-// count the store's writes, so none repeats). A Store is safe for
-// concurrent use.
+// goroutines; stale-while-revalidate), Leaser (leases among its
+// goroutines, by its clock) and CompareAndSwapper (its tokens count the
+// store's writes, so none repeats). A Store is safe for concurrent use.
 //
 // What it does not model is the database: there is one process, so no
 // cross-process coordination, no fail-open, no transaction (WithTx), no
@@ -108,6 +108,12 @@ type state struct {
 	// whole store, so no two writes of any key share a token.
 	lastToken uint64
 
+	// leases are the held leases (lease.go), by made key, apart from
+	// the entries; leaseSweep is the size past which an acquire drops
+	// the expired ones.
+	leases     map[string]lease
+	leaseSweep int
+
 	offset atomic.Int64 // FastForward's, in nanoseconds
 	closed atomic.Bool
 
@@ -140,6 +146,7 @@ var (
 	_ dbcache.Versioner = (*Store)(nil)
 	_ dbcache.KeyMaker  = (*Store)(nil)
 	_ dbcache.Loader    = (*Store)(nil)
+	_ dbcache.Leaser    = (*Store)(nil)
 
 	_ dbcache.CompareAndSwapper = (*Store)(nil)
 )
@@ -172,7 +179,7 @@ func New(cfg *Config) (*Store, error) {
 	if c.KeyCheck < dbcache.KeyCheckWarn || c.KeyCheck > dbcache.KeyCheckOff {
 		return nil, fmt.Errorf("memstore: Config.KeyCheck %d is not a dbcache.KeyCheck", c.KeyCheck)
 	}
-	s := &state{cfg: c, entries: map[string]entry{}, purgeAt: 1024,
+	s := &state{cfg: c, entries: map[string]entry{}, purgeAt: 1024, leaseSweep: leaseSweepAt,
 		keyCheck: dbcache.KeyValidator{Check: c.KeyCheck, LogKeys: c.LogKeys, Logger: c.Logger}}
 	s.bgCtx, s.bgCancel = context.WithCancel(context.Background())
 	return &Store{s: s, version: c.Version}, nil
@@ -230,6 +237,7 @@ func (s *Store) Close() error {
 	st.background.Wait()
 	st.mu.Lock()
 	st.entries = map[string]entry{}
+	st.leases = nil
 	st.mu.Unlock()
 	return nil
 }

@@ -41,8 +41,8 @@
 // of it have returned is what the database holds, whatever their
 // interleaving. TTL and Keys are the store's. The near cache is a
 // dbcache.Store with the capabilities it serves through its store
-// (TTLReader, KeyLister, Versioner, Loader, CompareAndSwapper), which New
-// requires of it; it passes storetest's suite.
+// (TTLReader, KeyLister, Versioner, Loader, Leaser, CompareAndSwapper),
+// which New requires of it; it passes storetest's suite.
 //
 // GetWithToken is served from a copy that carries the entry's token (a
 // copy GetWithToken filled; it keeps one as Get does), else by the store.

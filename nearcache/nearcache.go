@@ -51,8 +51,8 @@ type Cache struct {
 // dbcache.SnapshotReader (a *dbcache.Cache is): the layer keeps a copy
 // only when the snapshot of the statement that read it proves it saw
 // every change the feed delivered. It must also have the capabilities the
-// layer serves through it (dbcache.TTLReader, KeyLister, Versioner and
-// Loader) and make keys (a dbcache.KeyMaker, or Config.MakeKey); a
+// layer serves through it (dbcache.TTLReader, KeyLister, Versioner,
+// Loader and Leaser) and make keys (a dbcache.KeyMaker, or Config.MakeKey); a
 // *dbcache.Cache does, and the error names what another store lacks. New
 // checks what the feed needs and
 // returns one clear error if the server cannot give it: ErrUnsupported

@@ -31,7 +31,7 @@
 //
 // *Cache implements dbcache.Store, the API of a single cache, and every
 // optional capability of a single cache that several servers can give
-// (dbcache.TTLReader, KeyLister, Versioner, KeyMaker, Loader and
+// (dbcache.TTLReader, KeyLister, Versioner, KeyMaker, Loader, Leaser and
 // CompareAndSwapper, each served by the key's shard or, for Keys and
 // DeletePrefix, by every shard), so the typed layer, metrics and the CLI work over it unchanged
 // and storetest's suite passes on it; not the snapshot-carrying read,

@@ -96,6 +96,7 @@ var (
 	_ dbcache.Versioner = (*Cache)(nil)
 	_ dbcache.KeyMaker  = (*Cache)(nil)
 	_ dbcache.Loader    = (*Cache)(nil)
+	_ dbcache.Leaser    = (*Cache)(nil)
 )
 
 // state is what every view of one sharded cache shares.

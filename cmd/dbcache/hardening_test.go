@@ -380,8 +380,8 @@ func TestMigrateDownNeedsYes(t *testing.T) {
 		require.Equal(t, "Run 'dbcache migrate down --help' for usage.", lastLine(r.stderr))
 		require.Equal(t, int(latest), scalar[int](t, b.pool, `SELECT version FROM dbcache_schema_migrations`), "%v: nothing reverted", args)
 	}
-	require.Equal(t, "migrated down from version 9 to 7\n", b.ok(t, "migrate", "down", "--yes"))
-	require.Equal(t, "migrated down from version 7 to 0; dropped the cache table, which held 0 entries\n", b.ok(t, "migrate", "down", "--all", "-y"))
+	require.Equal(t, "migrated down from version 9 to 8\n", b.ok(t, "migrate", "down", "--yes"))
+	require.Equal(t, "migrated down from version 8 to 0; dropped the cache table, which held 0 entries\n", b.ok(t, "migrate", "down", "--all", "-y"))
 }
 
 func TestMigrateStatusAndDryRun(t *testing.T) {
@@ -392,7 +392,7 @@ func TestMigrateStatusAndDryRun(t *testing.T) {
 	// status: exit 4 while anything is pending.
 	r := b.run(t, opts{}, "migrate", "status")
 	requireCode(t, 4, r)
-	require.Equal(t, "schema "+name+": version 0 of 9, 8 pending (run `dbcache migrate up --schema "+name+"`)\n"+
+	require.Equal(t, "schema "+name+": version 0 of 9, 9 pending (run `dbcache migrate up --schema "+name+"`)\n"+
 		"    1  create_dbcache_entries             pending\n"+
 		"    2  create_dbcache_culler_state        pending\n"+
 		"    3  index_dbcache_entries_expires_key  pending\n"+
@@ -400,6 +400,7 @@ func TestMigrateStatusAndDryRun(t *testing.T) {
 		"    5  index_dbcache_entries_written_at   pending\n"+
 		"    6  create_dbcache_rate_limits         pending\n"+
 		"    7  create_dbcache_certificates        pending\n"+
+		"    8  create_dbcache_leases              pending\n"+
 		"    9  add_dbcache_entries_token          pending\n", r.stdout)
 	requireCode(t, 4, b.run(t, opts{}, "migrate", "validate"))
 
@@ -408,7 +409,7 @@ func TestMigrateStatusAndDryRun(t *testing.T) {
 		"  001_create_dbcache_entries.up.sql\n  002_create_dbcache_culler_state.up.sql\n"+
 		"  003_index_dbcache_entries_expires_key.up.sql\n  004_add_dbcache_entries_written_at.up.sql\n"+
 		"  005_index_dbcache_entries_written_at.up.sql\n  006_create_dbcache_rate_limits.up.sql\n"+
-		"  007_create_dbcache_certificates.up.sql\n  009_add_dbcache_entries_token.up.sql\n", b.ok(t, "migrate", "up", "--dry-run"))
+		"  007_create_dbcache_certificates.up.sql\n  008_create_dbcache_leases.up.sql\n  009_add_dbcache_entries_token.up.sql\n", b.ok(t, "migrate", "up", "--dry-run"))
 	sql := b.ok(t, "migrate", "up", "--dry-run", "--show-sql")
 	require.False(t, scalar[bool](t, b.pool, `SELECT to_regclass('dbcache_schema_migrations') IS NOT NULL`), "a dry run creates nothing")
 	require.Contains(t, sql, "SET search_path TO \""+name+"\";\n")
@@ -417,7 +418,7 @@ func TestMigrateStatusAndDryRun(t *testing.T) {
 	require.Contains(t, sql, "`dbcache migrate force 9 --schema "+name+"`")
 	plan := b.json(t, 0, "migrate", "up", "--dry-run", "--show-sql")
 	require.Equal(t, true, plan["dry_run"])
-	require.Len(t, plan["migrations"], 8)
+	require.Len(t, plan["migrations"], 9)
 	require.Contains(t, plan["migrations"].([]any)[0].(map[string]any)["sql"], "CREATE TABLE IF NOT EXISTS dbcache_entries")
 
 	// The script a DBA gets is the migration: run by hand, then recorded
@@ -433,13 +434,14 @@ func TestMigrateStatusAndDryRun(t *testing.T) {
 		"    5  index_dbcache_entries_written_at   applied\n"+
 		"    6  create_dbcache_rate_limits         applied\n"+
 		"    7  create_dbcache_certificates        applied\n"+
+		"    8  create_dbcache_leases              applied\n"+
 		"    9  add_dbcache_entries_token          applied\n", b.ok(t, "migrate", "status"))
 	b.ok(t, "set", "k", "v")
 	require.Equal(t, "v", b.ok(t, "get", "k"))
 
 	// down --dry-run needs no --yes and reverts nothing.
 	require.Equal(t, "would migrate down from version 9 to 0 (dry run; nothing was run):\n"+
-		"  009_add_dbcache_entries_token.down.sql\n  007_create_dbcache_certificates.down.sql\n  006_create_dbcache_rate_limits.down.sql\n"+
+		"  009_add_dbcache_entries_token.down.sql\n  008_create_dbcache_leases.down.sql\n  007_create_dbcache_certificates.down.sql\n  006_create_dbcache_rate_limits.down.sql\n"+
 		"  005_index_dbcache_entries_written_at.down.sql\n  004_add_dbcache_entries_written_at.down.sql\n"+
 		"  003_index_dbcache_entries_expires_key.down.sql\n"+
 		"  002_create_dbcache_culler_state.down.sql\n  001_create_dbcache_entries.down.sql\n",
@@ -447,7 +449,7 @@ func TestMigrateStatusAndDryRun(t *testing.T) {
 	down := b.ok(t, "migrate", "down", "--dry-run", "--show-sql")
 	require.Contains(t, down, "DROP COLUMN IF EXISTS token")
 	require.NotContains(t, down, "DROP TABLE IF EXISTS dbcache_entries")
-	require.Contains(t, down, "`dbcache migrate force 7 --schema "+name+"`")
+	require.Contains(t, down, "`dbcache migrate force 8 --schema "+name+"`")
 	require.Equal(t, "v", b.ok(t, "get", "k"))
 
 	// Dirty: status exits 1 and says how out.
@@ -456,7 +458,7 @@ func TestMigrateStatusAndDryRun(t *testing.T) {
 	r = b.run(t, opts{}, "migrate", "status")
 	requireCode(t, 1, r)
 	require.Contains(t, r.stdout, "version 9, dirty")
-	require.Contains(t, r.stdout, "add_dbcache_entries_token          dirty")
+	require.Contains(t, r.stdout, "create_dbcache_leases              dirty")
 	requireErrorLine(t, r, "dirty at version 9", "migrate force")
 
 	// --show-sql alone is a mistake: it never runs anything.

@@ -17,7 +17,7 @@ func TestMigrate(t *testing.T) {
 	// Pending migrations: exit 4, and the hint keeps --schema.
 	r := b.run(t, opts{}, "migrate", "version")
 	requireCode(t, 4, r)
-	require.Equal(t, "version 0 (latest 9: 8 pending; run `dbcache migrate up --schema "+b.schema.Name+"`)\n", r.stdout)
+	require.Equal(t, "version 0 (latest 9: 9 pending; run `dbcache migrate up --schema "+b.schema.Name+"`)\n", r.stdout)
 	require.Empty(t, r.stderr)
 	pending := float64(len(migrations.Versions())) // versions 1-5, 8, 9: 6 and 7 are reserved
 	require.Equal(t, map[string]any{"version": 0.0, "dirty": false, "latest": latest, "pending": pending}, b.json(t, 4, "migrate", "version"))
@@ -32,10 +32,10 @@ func TestMigrate(t *testing.T) {
 	require.Equal(t, "version 9 (up to date)\n", b.ok(t, "migrate", "version"))
 	b.ok(t, "set", "k", "v")
 
-	require.Equal(t, "migrated down from version 9 to 7\n", b.ok(t, "migrate", "down", "--yes"))
-	require.Equal(t, "version 7 (latest 9: 1 pending; run `dbcache migrate up --schema "+b.schema.Name+"`)\n",
+	require.Equal(t, "migrated down from version 9 to 8\n", b.ok(t, "migrate", "down", "--yes"))
+	require.Equal(t, "version 8 (latest 9: 1 pending; run `dbcache migrate up --schema "+b.schema.Name+"`)\n",
 		b.run(t, opts{}, "migrate", "version").stdout)
-	require.Equal(t, map[string]any{"from": 7.0, "to": 0.0, "latest": latest, "dropped_entries": 1.0}, b.json(t, 0, "migrate", "down", "--steps", "7", "--yes"))
+	require.Equal(t, map[string]any{"from": 8.0, "to": 0.0, "latest": latest, "dropped_entries": 1.0}, b.json(t, 0, "migrate", "down", "--steps", "8", "--yes"))
 	require.Equal(t, "already at version 0; nothing to revert\n", b.ok(t, "migrate", "down", "-y"))
 	require.False(t, scalar[bool](t, b.pool, `SELECT to_regclass('dbcache_entries') IS NOT NULL`), "the table is gone")
 
@@ -78,7 +78,7 @@ func TestMigrateDirty(t *testing.T) {
 		require.Equal(t, 1, countLines(r.stderr), "stderr: %q", r.stderr)
 		requireErrorLine(t, r, "dirty at version 9", "failed part way",
 			"`dbcache migrate force 9 --schema "+b.schema.Name+"`",
-			"`dbcache migrate force 7 --schema "+b.schema.Name+"`")
+			"`dbcache migrate force 8 --schema "+b.schema.Name+"`")
 	}
 
 	r = b.run(t, opts{}, "migrate", "force", "99")

@@ -153,7 +153,7 @@ func TestShardsMigrateAndStats(t *testing.T) {
 	require.Contains(t, errOut, "pass --yes")
 	code, out, errOut = b.run(ctx, Config{}, "migrate", "down", "--yes")
 	require.Equal(t, ExitOK, code, errOut)
-	require.Equal(t, 3, strings.Count(out, "migrated down from version 9 to 7"), out)
+	require.Equal(t, 3, strings.Count(out, "migrated down from version 9 to 8"), out)
 }
 
 // The cache commands work on the sharded cache, placing and finding keys
