@@ -75,7 +75,7 @@ SELECT expires > statement_timestamp() FROM d`
 )
 
 type queries struct {
-	leases, fences                                                    string
+	leases, fences                                                     string
 	fence, refresh, release, restore, check, forceRelease, latestFence string
 }
 
