@@ -19,6 +19,13 @@ func TestLockLifecycle(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
+	// A loader's lease on the cache's entry "job" is not the lock "job".
+	cache, err := dbcache.New(ctx, b.pool, nil)
+	require.NoError(t, err)
+	defer cache.Close()
+	loader, err := cache.AcquireLease(ctx, "job", time.Minute)
+	require.NoError(t, err)
+	require.True(t, loader.Acquired)
 	l, err := b.locks.TryAcquire(ctx, "job", time.Minute)
 	require.NoError(t, err)
 	require.Equal(t, "job", l.Name())
@@ -62,6 +69,10 @@ func TestLockLifecycle(t *testing.T) {
 	f, err := b.locks.LatestFence(ctx, "job")
 	require.NoError(t, err)
 	require.EqualValues(t, 2, f)
+
+	extended, err := cache.ExtendLease(ctx, "job", loader.Token, time.Minute)
+	require.NoError(t, err)
+	require.True(t, extended, "the loader's lease was left alone")
 
 	st := b.locks.Stats()
 	require.EqualValues(t, 3, st.Grants)

@@ -283,6 +283,9 @@ func contend(t *testing.T, dsn, schema string, procs, names int, d time.Duration
 		perName[g.name] = append(perName[g.name], g)
 	}
 	for name, gs := range perName {
+		for _, g := range gs {
+			require.Greater(t, g.end, g.granted, "%s: fence %d granted on a lease that had ended", name, g.fence)
+		}
 		slices.SortFunc(gs, func(a, b *grantRecord) int { return int(a.granted - b.granted) })
 		for i := 1; i < len(gs); i++ {
 			prev, g := gs[i-1], gs[i]
