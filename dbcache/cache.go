@@ -598,7 +598,7 @@ func (c *Cache) incr(ctx context.Context, op, key, k, delta string) (int64, erro
 	// would now succeed, try again.
 	for attempt := 0; ; attempt++ {
 		var v []byte
-		err := c.rowWrite(ctx, c.q.incr, []any{k, delta}, &v)
+		err := c.rowWrite(ctx, c.q.incr, []any{k, delta, newToken()}, &v)
 		if err == nil {
 			n, ok := ParseInteger(v)
 			if !ok {

@@ -2,6 +2,8 @@ package dbcache
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 
 	"github.com/jackc/pgx/v5"
@@ -17,8 +19,9 @@ import (
 // GetOrSet when they store, Incr, Decr, IncrVersion at the key it moves
 // to, CompareAndSwap) gives the entry a new token; Touch keeps it.
 //
-// A Cache's tokens are 64 random bits the database draws on every such
-// write (migration 9), not a counter: an entry deleted and written again
+// A Cache's tokens are 64 random bits drawn on every such write (migration
+// 9: by the database for inserts and upserts, by this package, from
+// crypto/rand, for the updates of Incr and CompareAndSwap), not a counter: an entry deleted and written again
 // gets a token unrelated to the one before, so a token read before the
 // delete does not match the new entry (no ABA) except by a 1 in 2^64
 // chance. An entry no write has touched since migration 9 has token 0.
@@ -66,17 +69,18 @@ const (
 // COMMITTED two racing swaps of one token cannot both succeed: the second
 // waits for the first's row lock, then re-checks its WHERE against the row
 // the first committed (PostgreSQL's EvalPlanQual), whose token is new, and
-// changes nothing. token = DEFAULT draws the new token from the column's
-// default.
+// changes nothing. The new token is drawn here (newToken), as Incr's is:
+// Citus refuses a volatile function, such as the column's default, in an
+// UPDATE's SET (docs/scale-out.md).
 const (
 	qGetWithToken = `SELECT value, coalesce(token, 0) FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())`
 
 	qCompareAndSwap = `UPDATE TABLE SET value = $3, expires = statement_timestamp() + $4::bigint * interval '1 microsecond',
-  written_at = statement_timestamp(), token = DEFAULT
+  written_at = statement_timestamp(), token = $5::bigint
 WHERE key = $1 AND coalesce(token, 0) = $2::bigint AND (expires IS NULL OR expires > statement_timestamp())`
 
 	qCompareAndSwapFast = `UPDATE TABLE SET value = $3, expires = statement_timestamp() + $4::bigint * interval '1 microsecond',
-  written_at = statement_timestamp(), token = DEFAULT
+  written_at = statement_timestamp(), token = $5::bigint
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
 WHERE key = $1 AND coalesce(token, 0) = $2::bigint AND (expires IS NULL OR expires > statement_timestamp())`
 
@@ -139,7 +143,7 @@ func (c *Cache) CompareAndSwap(ctx context.Context, key string, token Token, val
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	tag, err := c.execWrite(ctx, c.q.compareAndSwap, k, int64(token), nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout))
+	tag, err := c.execWrite(ctx, c.q.compareAndSwap, k, int64(token), nonNil(value), timeout.micros(c.s.cfg.DefaultTimeout), newToken())
 	if err != nil {
 		if c.degrade(ctx, "compare_and_swap", err) {
 			return false, nil
@@ -176,4 +180,16 @@ func (c *Cache) CompareAndDelete(ctx context.Context, key string, token Token) (
 		return false, c.wrapErr("compare_and_delete", err)
 	}
 	return tag.RowsAffected() > 0, nil
+}
+
+// newToken is a new entry token for an UPDATE that stores a value (Incr,
+// CompareAndSwap): 64 bits from crypto/rand, as the column's default draws
+// them for inserts, never 0 (a row written before migration 9).
+func newToken() int64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24)
+	if t := int64(binary.LittleEndian.Uint64(b[:])); t != 0 {
+		return t
+	}
+	return 1
 }

@@ -123,14 +123,14 @@ func TestFastCommitSetsSynchronousCommit(t *testing.T) {
 		"add":         {":1:new", []byte("1"), us},
 		"get_or_set":  {":1:k", []byte("1"), us},
 		"touch":       {":1:k", us},
-		"incr":        {":1:k", "1"},
+		"incr":        {":1:k", "1", int64(8)},
 		"move":        {":1:k", ":2:k"},
 		"delete":      {":1:k"},
 		"set_many":    {[]string{":1:m"}, [][]byte{[]byte("v")}, us},
 		"delete_many": {[]string{":1:m"}},
 		"clear_batch": {"", 5000},
 		// The rows below are inserted with token 7.
-		"compare_and_swap":   {":1:k", int64(7), []byte("2"), us},
+		"compare_and_swap":   {":1:k", int64(7), []byte("2"), us, int64(9)},
 		"compare_and_delete": {":1:k", int64(7)},
 	}
 	for op, a := range args {

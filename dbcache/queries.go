@@ -128,7 +128,9 @@ SELECT expires IS NULL OR expires > statement_timestamp() FROM d`
 SELECT expires IS NULL OR expires > statement_timestamp() FROM d`
 
 	// The value changes only when it is an int64 and the sum is one too; the
-	// expiry is left alone. No row back means a miss, a non-integer or an
+	// expiry is left alone. $3 is the entry's new token (cas.go's newToken:
+	// drawn by the client, so the SET holds no volatile function, which
+	// Citus refuses in an UPDATE's SET). No row back means a miss, a non-integer or an
 	// overflow: qIncrCheck tells which.
 	//
 	// How Redis INCR reads a value: decimal ASCII, an optional "-", no "+",
@@ -139,7 +141,7 @@ SELECT expires IS NULL OR expires > statement_timestamp() FROM d`
 	// byte that is not printable ASCII into a \ooo escape, so it never fails
 	// and such a value never matches; the numeric cast only ever sees text
 	// that matched. decode(…, 'escape') of the digits is the digits' bytes.
-	qIncr = `UPDATE TABLE SET value = decode((encode(value, 'escape')::numeric + $2::numeric)::text, 'escape'), token = DEFAULT
+	qIncr = `UPDATE TABLE SET value = decode((encode(value, 'escape')::numeric + $2::numeric)::text, 'escape'), token = $3::bigint
 WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())
   AND CASE WHEN length(value) > 20 THEN false
            WHEN encode(value, 'escape') ~ '^(0|-?[1-9][0-9]{0,18})$'
@@ -148,7 +150,7 @@ WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())
            ELSE false END
 RETURNING value`
 
-	qIncrFast = `UPDATE TABLE SET value = decode((encode(value, 'escape')::numeric + $2::numeric)::text, 'escape'), token = DEFAULT
+	qIncrFast = `UPDATE TABLE SET value = decode((encode(value, 'escape')::numeric + $2::numeric)::text, 'escape'), token = $3::bigint
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
 WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())
   AND CASE WHEN length(value) > 20 THEN false

@@ -15,7 +15,9 @@
 -- rewrite the table to fill it. SET DEFAULT applies to rows inserted later
 -- and rewrites nothing. Inserts take the default (also those of a binary
 -- that predates this migration); upserts that replace a value set token =
--- EXCLUDED.token, and CompareAndSwap sets token = DEFAULT.
+-- EXCLUDED.token; the UPDATEs that store a value (Incr, CompareAndSwap)
+-- set 64 bits the library draws the same way (crypto/rand), since Citus
+-- refuses a volatile function in an UPDATE's SET.
 --
 -- Both statements take an ACCESS EXCLUSIVE lock for the instant of a
 -- catalog change; lock_timeout keeps a migration that cannot get it from

@@ -209,6 +209,7 @@ var knownOps = []string{
 	dbcache.OpDeleteMany, dbcache.OpDeletePrefix, dbcache.OpGet, dbcache.OpGetMany, dbcache.OpGetOrSet,
 	dbcache.OpHasKey, dbcache.OpIncr, dbcache.OpIncrVersion, dbcache.OpKeys, dbcache.OpSet,
 	dbcache.OpSetMany, dbcache.OpTouch, dbcache.OpTTL,
+	dbcache.OpGetWithToken, dbcache.OpCompareAndSwap, dbcache.OpCompareAndDelete,
 }
 
 // New returns a Collector. It returns an error for a negative
