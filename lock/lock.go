@@ -330,8 +330,8 @@ func (c *Client) abandon(ctx context.Context, k string, owner dbcache.LeaseToken
 // database's clock. Between attempts it waits for what the holder's lease
 // has left (jittered), within [Config.PollMin, Config.PollMax], so it
 // sends at most 1/PollMin statements per second while it waits, and holds
-// no connection meanwhile. When ctx ends first the error matches both
-// ErrLocked and ctx.Err().
+// no connection meanwhile. When ctx ends first, while waiting or during
+// an attempt, the error matches both ErrLocked and ctx.Err().
 func (c *Client) Acquire(ctx context.Context, name string, lease time.Duration) (*Lock, error) {
 	k, err := c.made(ctx, name)
 	if err != nil {
@@ -343,6 +343,13 @@ func (c *Client) Acquire(ctx context.Context, name string, lease time.Duration) 
 	waited := false
 	for {
 		l, left, err := c.try(ctx, name, k, lease)
+		if err != nil && !errors.Is(err, ErrLocked) && ctx.Err() != nil {
+			// The context ended during an attempt's statement: as if it
+			// had ended while waiting. (An attempt cut short may have
+			// taken a lease no one will release: it ends with its
+			// lease.)
+			return nil, errors.Join(ErrLocked, ctx.Err())
+		}
 		if !errors.Is(err, ErrLocked) {
 			return l, err
 		}
