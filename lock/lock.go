@@ -153,7 +153,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Client, error) 
 	defer cancel()
 	var leases, fences bool
 	var isolation string
-	if err := pool.QueryRow(bctx, qTables+`, current_setting('transaction_isolation')`, cl.q.leases, cl.q.fences).Scan(&leases, &fences, &isolation); err != nil {
+	if err := pool.QueryRow(bctx, qTables, cl.q.leases, cl.q.fences).Scan(&leases, &fences, &isolation); err != nil {
 		_ = cache.Close()
 		return nil, fmt.Errorf("lock: check for the tables: %w", err)
 	}

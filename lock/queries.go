@@ -70,8 +70,10 @@ SELECT expires > statement_timestamp() FROM d`
 	// Fence: the name's latest fencing token, 0 for none.
 	qLatestFence = `SELECT coalesce((SELECT fence FROM FENCES WHERE name = $1), 0)`
 
-	// At New: whether both tables exist.
-	qTables = `SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL`
+	// At New: whether both tables exist, and the session's default
+	// isolation level (a statement outside a transaction block runs at
+	// it).
+	qTables = `SELECT to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL, current_setting('transaction_isolation')`
 )
 
 type queries struct {
