@@ -231,7 +231,7 @@ func (e *benchEnv) ops() []benchOp {
 			},
 			func(ctx context.Context, i int) error {
 				var v []byte
-				if err := e.pool.QueryRow(ctx, stmt["incr"], ":1:c"+strconv.Itoa(counter(i)), "1").Scan(&v); err != nil {
+				if err := e.pool.QueryRow(ctx, stmt["incr"], ":1:c"+strconv.Itoa(counter(i)), "1", int64(i)).Scan(&v); err != nil {
 					return err
 				}
 				_, err := strconv.ParseInt(string(v), 10, 64)

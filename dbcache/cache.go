@@ -184,7 +184,7 @@ func (c *Cache) checkTable(ctx context.Context) error {
 		return fmt.Errorf("%w (no table %s %s)", ErrNotMigrated, TableName, where)
 	}
 	if !hasWritten {
-		return fmt.Errorf("%w: the cache table predates migration %d (written_at), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrSchemaBehind, SchemaVersion)
+		return fmt.Errorf("%w: the cache table predates migration %d (the written_at and token columns), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrSchemaBehind, SchemaVersion)
 	}
 	return nil
 }
@@ -656,7 +656,7 @@ func (c *Cache) incr(ctx context.Context, op, key, k, delta string) (int64, erro
 	// would now succeed, try again.
 	for attempt := 0; ; attempt++ {
 		var v []byte
-		err := c.rowWrite(ctx, c.q.incr, []any{k, delta}, &v)
+		err := c.rowWrite(ctx, c.q.incr, []any{k, delta, newToken()}, &v)
 		if err == nil {
 			n, ok := ParseInteger(v)
 			if !ok {

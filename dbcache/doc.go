@@ -56,6 +56,9 @@
 //	Loader         GetOrSetFunc, GetOrRevalidate: read-through loading
 //	SnapshotReader GetWithSnapshot, GetManyWithSnapshot: reads with their
 //	               statement's snapshot (one server's: the near cache's)
+//	CompareAndSwapper
+//	               GetWithToken, CompareAndSwap, CompareAndDelete: writes
+//	               that succeed only if the entry is unchanged since a read
 //	io.Closer      Close
 //
 //	if l, ok := store.(dbcache.KeyLister); ok {
@@ -68,7 +71,6 @@
 // requiring it of the store it is given (with an error at construction
 // naming what is missing), never with a method that fails for want of it;
 // it embeds what it does not change rather than forwarding it by hand.
-// Capabilities to come (compare-and-swap tokens) follow the same shape.
 //
 // Making and checking keys is public for stores of other kinds: KeyFunc
 // and DefaultKeyFunc make them, KeyValidator refuses and warns as a Cache
@@ -93,7 +95,10 @@
 // Adds of a key exactly one returns true (an expired entry is taken over
 // atomically); concurrent Incrs never lose an update; GetOrSet returns the
 // first stored value to every racing caller. An expired entry is absent for
-// every operation, and Touch never revives one. No statement relies on
+// every operation, and Touch never revives one. Of any number of
+// concurrent CompareAndSwaps of a key with one token at most one returns
+// true, and a token read before an entry was deleted and written again
+// does not match the new entry (see Token). No statement relies on
 // catching an error, so all of them are safe inside a caller's transaction:
 // see WithTx.
 //

@@ -51,9 +51,9 @@ var (
 	ErrNotMigrated = notmigrated.Err
 
 	// ErrSchemaBehind is returned when the cache table exists but predates
-	// a migration this version needs (SchemaVersion: the written_at column
-	// of migration 4), for example after a `dbcache migrate down`: run the
-	// migrations. It matches ErrNotMigrated too.
+	// a migration this version needs (SchemaVersion: the token column of
+	// migration 9, which every write sets), for example after a `dbcache
+	// migrate down`: run the migrations. It matches ErrNotMigrated too.
 	ErrSchemaBehind = notmigrated.Behind
 
 	// ErrQueryMode is returned when the pool's query mode
@@ -76,7 +76,7 @@ var (
 
 // SchemaVersion is the lowest migration version (package migrations) whose
 // schema this package's statements work with.
-const SchemaVersion = 4
+const SchemaVersion = 9
 
 // InvalidKeyError is the error for a key the cache refuses. It matches
 // ErrInvalidKey (errors.Is), and errors.As gives the key the caller passed

@@ -12,6 +12,7 @@ func Statements(c *Cache) map[string]string {
 		"delete_prefix_batch": q.deletePrefixBatch, "keys_page": q.keysPage, "get_remaining": q.getRemaining, "ttl": q.ttl,
 		"get_or_set_leased": q.getOrSetLeased, "set_leased": q.setLeased,
 		"lease_acquire": q.leaseAcquire, "lease_extend": q.leaseExtend, "lease_release": q.leaseRelease,
+		"get_with_token": q.getWithToken, "compare_and_swap": q.compareAndSwap, "compare_and_delete": q.compareAndDelete,
 	}
 }
 

@@ -123,7 +123,7 @@ func TestFastCommitSetsSynchronousCommit(t *testing.T) {
 		"add":         {":1:new", []byte("1"), us},
 		"get_or_set":  {":1:k", []byte("1"), us},
 		"touch":       {":1:k", us},
-		"incr":        {":1:k", "1"},
+		"incr":        {":1:k", "1", int64(8)},
 		"move":        {":1:k", ":2:k"},
 		"delete":      {":1:k"},
 		"set_many":    {[]string{":1:m"}, [][]byte{[]byte("v")}, us},
@@ -132,13 +132,16 @@ func TestFastCommitSetsSynchronousCommit(t *testing.T) {
 		// The fenced writes store under the lease the transaction adds.
 		"get_or_set_leased": {":1:k", []byte("1"), us, "tok"},
 		"set_leased":        {":1:k", []byte("1"), us, "tok"},
+		// The rows below are inserted with token 7.
+		"compare_and_swap":   {":1:k", int64(7), []byte("2"), us, int64(9)},
+		"compare_and_delete": {":1:k", int64(7)},
 	}
 	for op, a := range args {
 		require.NotEqual(t, plainStmts[op], stmts[op], "%s has no fast-commit form", op)
 		for _, fast := range []bool{true, false} {
 			tx, err := b.pool.Begin(ctx)
 			require.NoError(t, err)
-			_, err = tx.Exec(ctx, `INSERT INTO dbcache_entries VALUES (':1:k', '1', NULL), (':1:m', '1', NULL)`)
+			_, err = tx.Exec(ctx, `INSERT INTO dbcache_entries (key, value, expires, token) VALUES (':1:k', '1', NULL, 7), (':1:m', '1', NULL, 7)`)
 			require.NoError(t, err)
 			_, err = tx.Exec(ctx, `INSERT INTO dbcache_leases (key, token, expires) VALUES (':1:k', 'tok', statement_timestamp() + interval '1 hour')`)
 			require.NoError(t, err)
@@ -159,7 +162,7 @@ func TestFastCommitSetsSynchronousCommit(t *testing.T) {
 			require.NoError(t, tx.Rollback(ctx))
 		}
 	}
-	for _, op := range []string{"get", "has_key", "get_many", "incr_check"} {
+	for _, op := range []string{"get", "has_key", "get_many", "incr_check", "get_with_token"} {
 		require.Equal(t, plainStmts[op], stmts[op], "reads are never rewritten")
 	}
 	for _, op := range []string{"lease_acquire", "lease_extend", "lease_release"} {

@@ -28,7 +28,7 @@ import (
 // racerJob is what a racer process is told to do.
 type racerJob struct {
 	DSN        string
-	Op         string // add, incr, getorset, bulk
+	Op         string // add, incr, cas, getorset, bulk
 	Keys       int
 	Goroutines int
 	Rounds     int
@@ -118,6 +118,28 @@ func runRacer(ctx context.Context, arg string) error {
 					if _, err := cache.Incr(ctx, "counter", 1); err != nil {
 						fail(err)
 						return
+					}
+				case "cas":
+					// Read-modify-write of one counter: each success
+					// prints the token it swapped and the value it
+					// stored.
+					v, tok, err := cache.GetWithToken(ctx, "cas")
+					if err != nil {
+						fail(err)
+						return
+					}
+					n, err := strconv.Atoi(string(v))
+					if err != nil {
+						fail(err)
+						return
+					}
+					ok, err := cache.CompareAndSwap(ctx, "cas", tok, []byte(strconv.Itoa(n+1)), dbcache.Forever)
+					if err != nil {
+						fail(err)
+						return
+					}
+					if ok {
+						emit("won %d %d", tok, n+1)
 					}
 				case "getorset":
 					k := fmt.Sprintf("gos:%d", r%job.Keys)

@@ -54,13 +54,13 @@ FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp(
 	qGetMany = `SELECT key, value FROM TABLE WHERE key = ANY($1::text[]) AND (expires IS NULL OR expires > statement_timestamp())`
 
 	qSet = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at`
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token`
 
 	// INSERT … VALUES has no FROM; the SELECT form needs explicit casts
 	// because a SELECT list does not take its types from the columns.
 	qSetFast = `INSERT INTO TABLE AS t (key, value, expires)
 SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at`
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token`
 
 	// An add that finds a live row updates nothing and returns no row. One
 	// that finds an expired row takes it over in the same statement; a racing
@@ -71,13 +71,13 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expir
 	// the ON CONFLICT clause (which Citus refuses on a distributed table:
 	// docs/scale-out.md).
 	qAdd = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token
 WHERE t.expires <= EXCLUDED.written_at
 RETURNING true`
 
 	qAddFast = `INSERT INTO TABLE AS t (key, value, expires)
 SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token
 WHERE t.expires <= EXCLUDED.written_at
 RETURNING true`
 
@@ -89,7 +89,8 @@ RETURNING true`
 ON CONFLICT (key) DO UPDATE SET
   value   = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.value ELSE t.value END,
   expires = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.expires ELSE t.expires END,
-  written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END
+  written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END,
+  token   = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.token ELSE t.token END
 RETURNING value`
 
 	qGetOrSetFast = `INSERT INTO TABLE AS t (key, value, expires)
@@ -97,7 +98,8 @@ SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 mic
 ON CONFLICT (key) DO UPDATE SET
   value   = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.value ELSE t.value END,
   expires = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.expires ELSE t.expires END,
-  written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END
+  written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END,
+  token   = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.token ELSE t.token END
 RETURNING value`
 
 	// The loaders' fenced writes (load.go): qGetOrSet and qSet that store
@@ -161,7 +163,9 @@ SELECT expires IS NULL OR expires > statement_timestamp() FROM d`
 SELECT expires IS NULL OR expires > statement_timestamp() FROM d`
 
 	// The value changes only when it is an int64 and the sum is one too; the
-	// expiry is left alone. No row back means a miss, a non-integer or an
+	// expiry is left alone. $3 is the entry's new token (cas.go's newToken:
+	// drawn by the client, so the SET holds no volatile function, which
+	// Citus refuses in an UPDATE's SET). No row back means a miss, a non-integer or an
 	// overflow: qIncrCheck tells which.
 	//
 	// How Redis INCR reads a value: decimal ASCII, an optional "-", no "+",
@@ -172,7 +176,7 @@ SELECT expires IS NULL OR expires > statement_timestamp() FROM d`
 	// byte that is not printable ASCII into a \ooo escape, so it never fails
 	// and such a value never matches; the numeric cast only ever sees text
 	// that matched. decode(…, 'escape') of the digits is the digits' bytes.
-	qIncr = `UPDATE TABLE SET value = decode((encode(value, 'escape')::numeric + $2::numeric)::text, 'escape')
+	qIncr = `UPDATE TABLE SET value = decode((encode(value, 'escape')::numeric + $2::numeric)::text, 'escape'), token = $3::bigint
 WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())
   AND CASE WHEN length(value) > 20 THEN false
            WHEN encode(value, 'escape') ~ '^(0|-?[1-9][0-9]{0,18})$'
@@ -181,7 +185,7 @@ WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())
            ELSE false END
 RETURNING value`
 
-	qIncrFast = `UPDATE TABLE SET value = decode((encode(value, 'escape')::numeric + $2::numeric)::text, 'escape')
+	qIncrFast = `UPDATE TABLE SET value = decode((encode(value, 'escape')::numeric + $2::numeric)::text, 'escape'), token = $3::bigint
 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
 WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())
   AND CASE WHEN length(value) > 20 THEN false
@@ -210,7 +214,7 @@ old AS (
      AND (SELECT count(*) FROM locked) >= 0
   RETURNING value, expires, written_at)
 INSERT INTO TABLE AS t (key, value, expires, written_at) SELECT $2, value, expires, written_at FROM old
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token
 RETURNING true`
 
 	qMoveFast = `WITH locked AS MATERIALIZED (
@@ -221,29 +225,29 @@ old AS (
      AND (SELECT count(*) FROM locked) >= 0
   RETURNING value, expires, written_at)
 INSERT INTO TABLE AS t (key, value, expires, written_at) SELECT $2, value, expires, written_at FROM old
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token
 RETURNING true`
 
 	// Rows are inserted, and existing ones locked, in the order of the
 	// SELECT: the key column's "C" order, as every other batch locks them.
 	qSetMany = `INSERT INTO TABLE AS t (key, value, expires)
 SELECT k, v, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM unnest($1::text[], $2::bytea[]) AS u(k, v) ORDER BY k COLLATE "C"
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at`
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token`
 
 	qSetManyFast = `INSERT INTO TABLE AS t (key, value, expires)
 SELECT k, v, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit, unnest($1::text[], $2::bytea[]) AS u(k, v) ORDER BY k COLLATE "C"
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at`
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token`
 
 	// Several Sets in one statement (Config.CoalesceSets): one row per key,
 	// each with its own expiry ($3 NULL for never), inserted and locked in
 	// the key column's order like qSetMany.
 	qSetBatch = `INSERT INTO TABLE AS t (key, value, expires)
 SELECT k, v, statement_timestamp() + us * interval '1 microsecond' FROM unnest($1::text[], $2::bytea[], $3::bigint[]) AS u(k, v, us) ORDER BY k COLLATE "C"
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at`
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token`
 
 	qSetBatchFast = `INSERT INTO TABLE AS t (key, value, expires)
 SELECT k, v, statement_timestamp() + us * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit, unnest($1::text[], $2::bytea[], $3::bigint[]) AS u(k, v, us) ORDER BY k COLLATE "C"
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at`
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token`
 
 	// Counts the live entries it removed; expired ones go too, uncounted.
 	// The rows are locked in key order first, as qSetMany locks them: a plain
@@ -299,9 +303,9 @@ ORDER BY key LIMIT $3`
 	// qCheck runs at New: the table's OID (0 when it does not exist), the
 	// session's default isolation level (a statement outside a transaction
 	// block runs at it), and whether the table has written_at (migration
-	// 4), which the writes set.
+	// 4) and token (migration 9), which the writes set.
 	qCheck = `SELECT coalesce(to_regclass($1)::oid::bigint, 0), current_setting('transaction_isolation'),
-       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'written_at' AND NOT attisdropped)`
+       (SELECT count(*) = 2 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname IN ('written_at', 'token') AND NOT attisdropped)`
 
 	// qTableHidden finds a cache table in a search_path schema the role
 	// lacks USAGE on (search_path skips those without a word).
@@ -329,6 +333,7 @@ type queries struct {
 	getOrSetLeased, setLeased                                          string // load.go
 	deletePrefixBatch, keysPage                                        string
 	getSnapshot, getManySnapshot                                       string // snapshot.go
+	getWithToken, compareAndSwap, compareAndDelete                     string // cas.go
 	leaseAcquire, leaseExtend, leaseRelease                            string // lease.go
 	table, leases                                                      string
 }
@@ -381,6 +386,9 @@ func newQueries(schema string, fast bool) *queries {
 		keysPage:          fill(qKeysPage),
 		getSnapshot:       fill(qGetSnapshot),
 		getManySnapshot:   fill(qGetManySnapshot),
+		getWithToken:      fill(qGetWithToken),
+		compareAndSwap:    write(qCompareAndSwap, qCompareAndSwapFast),
+		compareAndDelete:  write(qCompareAndDelete, qCompareAndDeleteFast),
 
 		getOrSetLeased: write(qGetOrSetLeased, qGetOrSetLeasedFast),
 		setLeased:      write(qSetLeased, qSetLeasedFast),

@@ -27,6 +27,9 @@ type SnapshotReader interface {
 	// statement's (zero when a fail-open Cache swallowed an error); on any
 	// other error it is zero.
 	GetWithSnapshot(ctx context.Context, key string) ([]byte, Timeout, Snapshot, error)
+	// GetEntryWithSnapshot is GetWithSnapshot that returns the entry with
+	// its Token (CompareAndSwapper), for a layer whose copies carry it.
+	GetEntryWithSnapshot(ctx context.Context, key string) (Entry, Snapshot, error)
 	// GetManyWithSnapshot reads the live entries among keys, each with its
 	// remaining lifetime, in one statement, and returns that statement's
 	// snapshot (zero when a fail-open Cache swallowed an error and
@@ -44,22 +47,27 @@ var _ SnapshotReader = (*Cache)(nil)
 // a one-row subquery so a miss still returns the snapshot.
 const (
 	// The snapshot, then the value, its remaining lifetime in microseconds
-	// (NULL for never) and whether a live entry was found.
-	qGetSnapshot = `SELECT pg_current_snapshot()::text, e.value, (extract(epoch FROM e.expires - statement_timestamp()) * 1000000)::bigint, e.key IS NOT NULL
+	// (NULL for never), whether a live entry was found and its token.
+	qGetSnapshot = `SELECT pg_current_snapshot()::text, e.value, (extract(epoch FROM e.expires - statement_timestamp()) * 1000000)::bigint, e.key IS NOT NULL,
+  coalesce(e.token, 0)
 FROM (SELECT 1) AS one
 LEFT JOIN TABLE AS e ON e.key = $1 AND (e.expires IS NULL OR e.expires > statement_timestamp())`
 
-	// The snapshot on every row, then each live entry's key, value and
-	// remaining lifetime; one row with a NULL key when none is found.
-	qGetManySnapshot = `SELECT pg_current_snapshot()::text, e.key, e.value, (extract(epoch FROM e.expires - statement_timestamp()) * 1000000)::bigint
+	// The snapshot on every row, then each live entry's key, value,
+	// remaining lifetime and token; one row with a NULL key when none is
+	// found.
+	qGetManySnapshot = `SELECT pg_current_snapshot()::text, e.key, e.value, (extract(epoch FROM e.expires - statement_timestamp()) * 1000000)::bigint,
+  coalesce(e.token, 0)
 FROM (SELECT 1) AS one
 LEFT JOIN TABLE AS e ON e.key = ANY($1::text[]) AND (e.expires IS NULL OR e.expires > statement_timestamp())`
 )
 
-// Entry is a value with its remaining lifetime, as GetWithTTL returns them.
+// Entry is a value with its remaining lifetime, as GetWithTTL returns them,
+// and its Token (see CompareAndSwapper).
 type Entry struct {
 	Value []byte
 	TTL   Timeout
+	Token Token
 }
 
 // Snapshot is PostgreSQL's pg_snapshot of a statement: which transactions
@@ -181,17 +189,24 @@ func truncate(s string, n int) string {
 // statement read with (see SnapshotReader): the value, its remaining
 // lifetime and pg_current_snapshot() come from one statement, so the
 // snapshot is exactly the one the row was read with.
-func (c *Cache) GetWithSnapshot(ctx context.Context, key string) (_ []byte, _ Timeout, _ Snapshot, err error) {
+func (c *Cache) GetWithSnapshot(ctx context.Context, key string) ([]byte, Timeout, Snapshot, error) {
+	e, snap, err := c.GetEntryWithSnapshot(ctx, key)
+	return e.Value, e.TTL, snap, err
+}
+
+// GetEntryWithSnapshot is GetWithSnapshot that returns the entry with its
+// Token, read in the same statement.
+func (c *Cache) GetEntryWithSnapshot(ctx context.Context, key string) (_ Entry, _ Snapshot, err error) {
 	ctx, tr := c.trace(ctx, OpGet, 1)
 	if tr != nil {
 		defer func() { tr.read(err) }()
 	}
 	if err := c.checkOpen(); err != nil {
-		return nil, Timeout{}, Snapshot{}, err
+		return Entry{}, Snapshot{}, err
 	}
 	k, err := c.key(ctx, key)
 	if err != nil {
-		return nil, Timeout{}, Snapshot{}, err
+		return Entry{}, Snapshot{}, err
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
@@ -200,24 +215,25 @@ func (c *Cache) GetWithSnapshot(ctx context.Context, key string) (_ []byte, _ Ti
 		v        []byte
 		us       *int64
 		found    bool
+		tok      int64
 	)
-	if err := c.db.QueryRow(ctx, c.q.getSnapshot, k).Scan(&snapText, &v, &us, &found); err != nil {
+	if err := c.db.QueryRow(ctx, c.q.getSnapshot, k).Scan(&snapText, &v, &us, &found, &tok); err != nil {
 		if c.onPool() && c.failOpen(ctx, "get", err) {
-			return nil, Timeout{}, Snapshot{}, ErrMiss
+			return Entry{}, Snapshot{}, ErrMiss
 		}
-		return nil, Timeout{}, Snapshot{}, c.wrapErr("get", err)
+		return Entry{}, Snapshot{}, c.wrapErr("get", err)
 	}
 	snap, err := ParseSnapshot(snapText)
 	if err != nil {
-		return nil, Timeout{}, Snapshot{}, err
+		return Entry{}, Snapshot{}, err
 	}
 	if !found {
-		return nil, Timeout{}, snap, ErrMiss
+		return Entry{}, snap, ErrMiss
 	}
 	if us == nil {
-		return nonNil(v), Forever, snap, nil
+		return Entry{Value: nonNil(v), TTL: Forever, Token: Token(tok)}, snap, nil
 	}
-	return nonNil(v), ExpiresIn(time.Duration(max(*us, 1)) * time.Microsecond), snap, nil
+	return Entry{Value: nonNil(v), TTL: ExpiresIn(time.Duration(max(*us, 1)) * time.Microsecond), Token: Token(tok)}, snap, nil
 }
 
 // GetManyWithSnapshot reads the live entries among keys with their
@@ -251,8 +267,9 @@ func (c *Cache) GetManyWithSnapshot(ctx context.Context, keys []string) (out map
 		k        *string
 		v        []byte
 		us       *int64
+		tok      int64
 	)
-	_, err = pgx.ForEachRow(rows, []any{&snapText, &k, &v, &us}, func() error {
+	_, err = pgx.ForEachRow(rows, []any{&snapText, &k, &v, &us, &tok}, func() error {
 		if k == nil {
 			return nil // no key found: the one row that carries the snapshot
 		}
@@ -264,9 +281,9 @@ func (c *Cache) GetManyWithSnapshot(ctx context.Context, keys []string) (out map
 		if us != nil {
 			ttl = ExpiresIn(time.Duration(max(*us, 1)) * time.Microsecond)
 		}
-		out[ks.first[i]] = Entry{Value: nonNil(v), TTL: ttl}
+		out[ks.first[i]] = Entry{Value: nonNil(v), TTL: ttl, Token: Token(tok)}
 		for _, orig := range ks.more[*k] {
-			out[orig] = Entry{Value: append([]byte{}, v...), TTL: ttl}
+			out[orig] = Entry{Value: append([]byte{}, v...), TTL: ttl, Token: Token(tok)}
 		}
 		return nil
 	})

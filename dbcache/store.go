@@ -18,7 +18,7 @@ import (
 // safe for concurrent use. What only some stores can do is an optional
 // capability, a small interface of its own found by type assertion (as
 // pgx finds a BatchTracer on a QueryTracer): TTLReader, KeyLister,
-// Versioner, KeyMaker, Loader, Leaser and SnapshotReader. Closing is io.Closer's,
+// Versioner, KeyMaker, Loader, Leaser, SnapshotReader and CompareAndSwapper. Closing is io.Closer's,
 // found the same way. Views (WithVersion, WithTx) stay on the concrete types: a
 // transaction belongs to one server.
 //

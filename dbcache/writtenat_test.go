@@ -2,6 +2,7 @@ package dbcache_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -65,8 +66,8 @@ FROM dbcache_entries WHERE key = $1`, c.MakeKey(key)).Scan(&secs))
 	require.Greater(t, age2(b.cache.WithVersion(2), "move"), 9*24*time.Hour, "IncrVersion moves the age with the value")
 }
 
-// A table from before migration 4 cannot take this version's writes: New
-// says to migrate, rather than every write failing.
+// A table from before migration 9 (or 4) cannot take this version's
+// writes: New says to migrate, rather than every write failing.
 func TestNewRefusesOldSchema(t *testing.T) {
 	t.Parallel()
 	s := dbtest.NewSchema(t)
@@ -74,17 +75,22 @@ func TestNewRefusesOldSchema(t *testing.T) {
 	ctx := context.Background()
 	m, err := migrations.NewFromConnConfig(s.PoolConfig(t).ConnConfig, &migrations.Config{Schema: s.Name})
 	require.NoError(t, err)
-	steps := 0 // back to version 3; versions need not be consecutive
-	for _, v := range migrations.Versions() {
-		if v > 3 {
-			steps++
-		}
-	}
-	require.NoError(t, m.Down(ctx, steps))
 	var pool *pgxpool.Pool = s.Pool(t)
-	_, err = dbcache.New(ctx, pool, nil)
-	require.ErrorIs(t, err, dbcache.ErrNotMigrated)
-	require.ErrorContains(t, err, "migration 4")
+	// Just below dbcache.SchemaVersion (the token column), then back to
+	// version 3 (no written_at either); versions need not be consecutive.
+	for _, below := range []uint{dbcache.SchemaVersion - 1, 3} {
+		steps := 0
+		for _, v := range migrations.Versions() {
+			if v > below {
+				steps++
+			}
+		}
+		require.NoError(t, m.Up(ctx))
+		require.NoError(t, m.Down(ctx, steps))
+		_, err = dbcache.New(ctx, pool, nil)
+		require.ErrorIs(t, err, dbcache.ErrNotMigrated)
+		require.ErrorContains(t, err, fmt.Sprintf("migration %d", dbcache.SchemaVersion))
+	}
 	require.NoError(t, m.Up(ctx))
 	_, err = dbcache.New(ctx, pool, nil)
 	require.NoError(t, err)

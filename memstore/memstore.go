@@ -18,8 +18,9 @@
 // Config.KeyCheck says) and ErrClosed after Close. It has every optional
 // capability of a *dbcache.Cache that one process can give: TTLReader,
 // KeyLister, Versioner, KeyMaker, Loader (one load per key among its
-// goroutines; stale-while-revalidate) and Leaser (leases among its
-// goroutines, by its clock). A Store is safe for concurrent use.
+// goroutines; stale-while-revalidate), Leaser (leases among its
+// goroutines, by its clock) and CompareAndSwapper (its tokens count the
+// store's writes, so none repeats). A Store is safe for concurrent use.
 //
 // What it does not model is the database: there is one process, so no
 // cross-process coordination, no fail-open, no transaction (WithTx), no
@@ -103,6 +104,9 @@ type state struct {
 	// purgeAt is the size past which a write first drops the expired
 	// entries: twice the live size at the last purge.
 	purgeAt int
+	// lastToken is the token of the latest write: one counter for the
+	// whole store, so no two writes of any key share a token.
+	lastToken uint64
 
 	// leases are the held leases (lease.go), by made key, apart from
 	// the entries; leaseSweep is the size past which an acquire drops
@@ -121,10 +125,18 @@ type state struct {
 	bgCancel   context.CancelFunc
 }
 
-// entry is a stored value; a zero expires never expires.
+// entry is a stored value; a zero expires never expires. token is the
+// write that stored it (dbcache.CompareAndSwapper).
 type entry struct {
 	value   []byte
 	expires time.Time
+	token   uint64
+}
+
+// nextToken is the token of a new write. The caller holds mu.
+func (s *state) nextToken() uint64 {
+	s.lastToken++
+	return s.lastToken
 }
 
 var (
@@ -135,6 +147,8 @@ var (
 	_ dbcache.KeyMaker  = (*Store)(nil)
 	_ dbcache.Loader    = (*Store)(nil)
 	_ dbcache.Leaser    = (*Store)(nil)
+
+	_ dbcache.CompareAndSwapper = (*Store)(nil)
 )
 
 // New returns an empty store. A Config a *dbcache.Cache would refuse
@@ -311,7 +325,7 @@ func (s *state) put(k string, value []byte, timeout dbcache.Timeout, now time.Ti
 		delete(s.entries, k)
 		return
 	}
-	s.entries[k] = entry{value: append([]byte{}, value...), expires: expires}
+	s.entries[k] = entry{value: append([]byte{}, value...), expires: expires, token: s.nextToken()}
 	if len(s.entries) > s.purgeAt {
 		for mk, e := range s.entries {
 			if !e.live(now) {
@@ -494,7 +508,12 @@ func (s *Store) Touch(ctx context.Context, key string, timeout dbcache.Timeout) 
 	err = s.with(ctx, key, func(st *state, k string, now time.Time) error {
 		var e entry
 		if e, live = st.get(k, now); live {
+			// A new expiry, the same value and token.
 			st.put(k, e.value, timeout, now)
+			if t, ok := st.entries[k]; ok {
+				t.token = e.token
+				st.entries[k] = t
+			}
 		}
 		return nil
 	})
@@ -555,7 +574,7 @@ func (st *state) incr(key, k string, now time.Time, delta int64, negate bool) (i
 			return 0, fmt.Errorf("%w: %d %+d on key %q", dbcache.ErrOverflow, cur, delta, key)
 		}
 	}
-	st.entries[k] = entry{value: strconv.AppendInt(nil, n, 10), expires: e.expires}
+	st.entries[k] = entry{value: strconv.AppendInt(nil, n, 10), expires: e.expires, token: st.nextToken()}
 	return n, nil
 }
 
@@ -605,6 +624,7 @@ func (s *Store) moveVersion(ctx context.Context, key string, delta int) (int, er
 	}
 	if dest != from {
 		delete(st.entries, from)
+		e.token = st.nextToken() // a new entry at dest
 		st.entries[dest] = e
 	}
 	return to, nil

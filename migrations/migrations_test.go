@@ -194,8 +194,8 @@ func TestUnreachableServerFailsWithinContext(t *testing.T) {
 
 func TestVersionsEmbedded(t *testing.T) {
 	t.Parallel()
-	require.Equal(t, []uint{1, 2, 3, 4, 5, 6, 7, 8}, migrations.Versions())
-	require.EqualValues(t, 8, migrations.Latest())
+	require.Equal(t, []uint{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, migrations.Versions())
+	require.EqualValues(t, 10, migrations.Latest())
 }
 
 // An application can apply the exported files with its own golang-migrate,

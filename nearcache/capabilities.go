@@ -19,6 +19,7 @@ type capabilities struct {
 	versions dbcache.Versioner
 	loader   dbcache.Loader
 	leaser   dbcache.Leaser
+	cas      dbcache.CompareAndSwapper
 }
 
 var (
@@ -28,19 +29,22 @@ var (
 	_ dbcache.Versioner = (*Cache)(nil)
 	_ dbcache.Loader    = (*Cache)(nil)
 	_ dbcache.Leaser    = (*Cache)(nil)
+
+	_ dbcache.CompareAndSwapper = (*Cache)(nil)
 )
 
 // capabilitiesOf returns store's capabilities, or an error naming the
 // first it lacks.
 func capabilitiesOf(store dbcache.Store) (capabilities, error) {
 	var c capabilities
-	var ok [5]bool
+	var ok [6]bool
 	c.ttl, ok[0] = store.(dbcache.TTLReader)
 	c.lister, ok[1] = store.(dbcache.KeyLister)
 	c.versions, ok[2] = store.(dbcache.Versioner)
 	c.loader, ok[3] = store.(dbcache.Loader)
 	c.leaser, ok[4] = store.(dbcache.Leaser)
-	for i, name := range []string{"dbcache.TTLReader", "dbcache.KeyLister", "dbcache.Versioner", "dbcache.Loader", "dbcache.Leaser"} {
+	c.cas, ok[5] = store.(dbcache.CompareAndSwapper)
+	for i, name := range []string{"dbcache.TTLReader", "dbcache.KeyLister", "dbcache.Versioner", "dbcache.Loader", "dbcache.Leaser", "dbcache.CompareAndSwapper"} {
 		if !ok[i] {
 			return capabilities{}, fmt.Errorf("nearcache: the store (%T) is not a %s, which the near cache serves through it; put the near cache in front of a *dbcache.Cache", store, name)
 		}

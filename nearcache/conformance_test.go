@@ -64,6 +64,7 @@ func TestNewRequiresCapabilities(t *testing.T) {
 	for name, ok := range map[string]bool{
 		"TTLReader": is[dbcache.TTLReader](s), "KeyLister": is[dbcache.KeyLister](s),
 		"Versioner": is[dbcache.Versioner](s), "Loader": is[dbcache.Loader](s),
+		"CompareAndSwapper": is[dbcache.CompareAndSwapper](s),
 	} {
 		require.True(t, ok, name)
 	}

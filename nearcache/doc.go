@@ -41,9 +41,15 @@
 // of it have returned is what the database holds, whatever their
 // interleaving. TTL and Keys are the store's. The near cache is a
 // dbcache.Store with the capabilities it serves through its store
-// (TTLReader, KeyLister, Versioner, Loader, Leaser), which New requires
-// of it; it
-// passes storetest's suite.
+// (TTLReader, KeyLister, Versioner, Loader, Leaser, CompareAndSwapper),
+// which New requires of it; it passes storetest's suite.
+//
+// GetWithToken is served from a copy that carries the entry's token (a
+// copy GetWithToken filled; it keeps one as Get does), else by the store.
+// CompareAndSwap and CompareAndDelete are the store's, writes of the key
+// through the layer: the database decides each, so a copy's token that is
+// older than the entry's makes a swap return false, never succeed, and the
+// write drops the copy, so the next GetWithToken reads the store.
 //
 // A copy never outlives its entry: it is read with its remaining lifetime
 // by the database's clock and expires that long after the read began, by

@@ -103,6 +103,11 @@ type entry struct {
 	// the key's shard lock.
 	budget    atomic.Int32
 	absorbing atomic.Int64
+	// token is the entry's dbcache.Token when hasToken: a copy filled by
+	// GetWithToken carries the token its read returned; one a Set kept
+	// does not know its own (the write does not return it).
+	token    dbcache.Token
+	hasToken bool
 }
 
 // writeWin is the writes through the layer of one key in flight.
@@ -249,10 +254,12 @@ func (l *local) beginFill(key string) fillToken {
 // expires (zero: never), with the snapshot the store read it with (zero
 // when the read did not need one, see beginFill).
 type fillResult struct {
-	found   bool
-	value   []byte
-	expires time.Time
-	snap    dbcache.Snapshot
+	found    bool
+	value    []byte
+	expires  time.Time
+	snap     dbcache.Snapshot
+	token    dbcache.Token
+	hasToken bool
 }
 
 // Outcomes of endFill.
@@ -315,7 +322,7 @@ func (l *local) endFill(t fillToken, r fillResult) int {
 	}
 	// Under the shard's lock: a change of the key either was remembered
 	// before this (and checked above) or removes the copy after.
-	l.cache.Set(t.key, &entry{value: r.value, expires: r.expires})
+	l.cache.Set(t.key, &entry{value: r.value, expires: r.expires, token: r.token, hasToken: r.hasToken})
 	return fillKept
 }
 

@@ -46,6 +46,15 @@
 //	dbcache_culler_consecutive_failures        passes failed since the last success
 //	dbcache_culler_last_success_timestamp_seconds, dbcache_culler_last_error_timestamp_seconds
 //
+// and, once WatchLocks has named a lock.Client, read from its Stats() at
+// each scrape (memory only):
+//
+//	dbcache_lock_grants_total                  locks granted
+//	dbcache_lock_waits_total                   Acquire calls that found the lock held and waited
+//	dbcache_lock_refusals_total                attempts that found the lock held by another owner
+//	dbcache_lock_expiries_total                Refresh, Release and Check calls that found the lock lost
+//	dbcache_lock_forced_releases_total         ForceRelease calls that freed a live lock
+//
 // and, with Config.Pool, read at each scrape (tablestats.Size: the catalog
 // and walks of at most Config.CountLimit + 1 rows, whatever the table's
 // size, bounded in time by Config.TableTimeout):
@@ -85,6 +94,7 @@ import (
 
 	"github.com/dbcache/dbcache/culling"
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/lock"
 	"github.com/dbcache/dbcache/ratelimit"
 	"github.com/dbcache/dbcache/tablestats"
 )
@@ -183,6 +193,9 @@ type Collector struct {
 	cullerRunning, cullerInPass, cullerFailures, cullerSuccessAt, cullerErrorAt *prometheus.Desc
 	culler                                                                      atomic.Pointer[culling.Culler]
 
+	lockGrants, lockWaits, lockRefusals, lockExpiries, lockForced *prometheus.Desc
+	locks                                                         atomic.Pointer[lock.Client]
+
 	logMu     sync.Mutex
 	lastLogAt time.Time
 }
@@ -198,6 +211,7 @@ var knownOps = []string{
 	dbcache.OpDeleteMany, dbcache.OpDeletePrefix, dbcache.OpGet, dbcache.OpGetMany, dbcache.OpGetOrSet,
 	dbcache.OpHasKey, dbcache.OpIncr, dbcache.OpIncrVersion, dbcache.OpKeys, dbcache.OpSet,
 	dbcache.OpSetMany, dbcache.OpTouch, dbcache.OpTTL,
+	dbcache.OpGetWithToken, dbcache.OpCompareAndSwap, dbcache.OpCompareAndDelete,
 }
 
 // New returns a Collector. It returns an error for a negative
@@ -309,6 +323,11 @@ func New(cfg *Config) (*Collector, error) {
 	col.cullerFailures = desc("culler_consecutive_failures", "Passes of the culler that failed since the last one that succeeded.")
 	col.cullerSuccessAt = desc("culler_last_success_timestamp_seconds", "When a pass of the culler last ended without error (a skipped pass counts).")
 	col.cullerErrorAt = desc("culler_last_error_timestamp_seconds", "When a pass of the culler last failed.")
+	col.lockGrants = desc("lock_grants_total", "Locks granted by the watched lock client.")
+	col.lockWaits = desc("lock_waits_total", "Acquire calls of the watched lock client that found the lock held and waited.")
+	col.lockRefusals = desc("lock_refusals_total", "Attempts of the watched lock client that found the lock held by another owner.")
+	col.lockExpiries = desc("lock_expiries_total", "Refresh, Release and Check calls of the watched lock client that found the lock lost (lease ran out, or forced free).")
+	col.lockForced = desc("lock_forced_releases_total", "ForceRelease calls of the watched lock client that freed a live lock.")
 	return col, nil
 }
 
@@ -485,7 +504,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	// Every Desc, whether or not it will be collected: a culler may be
 	// watched after the Collector is registered.
 	for _, d := range []*prometheus.Desc{c.tableRows, c.tableExpired, c.tableBytes, c.tableDead, c.lastPass, c.tableUp,
-		c.cullerRunning, c.cullerInPass, c.cullerFailures, c.cullerSuccessAt, c.cullerErrorAt} {
+		c.cullerRunning, c.cullerInPass, c.cullerFailures, c.cullerSuccessAt, c.cullerErrorAt,
+		c.lockGrants, c.lockWaits, c.lockRefusals, c.lockExpiries, c.lockForced} {
 		ch <- d
 	}
 }
@@ -499,6 +519,13 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if cu := c.culler.Load(); cu != nil {
 		c.collectHealth(ch, cu.Health())
+	}
+	if l := c.locks.Load(); l != nil {
+		st := l.Stats()
+		for d, v := range map[*prometheus.Desc]int64{c.lockGrants: st.Grants, c.lockWaits: st.Waits,
+			c.lockRefusals: st.Refusals, c.lockExpiries: st.Expiries, c.lockForced: st.ForcedReleases} {
+			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v))
+		}
 	}
 	if c.cfg.Pool == nil {
 		return
@@ -532,6 +559,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 // built after the Collector when its OnProgress is the Collector's. A later
 // call replaces the Culler watched.
 func (c *Collector) WatchCuller(cu *culling.Culler) { c.culler.Store(cu) }
+
+// WatchLocks makes every scrape read l's Stats() (memory only, no query)
+// for the lock_* counters. A later call replaces the client watched; for
+// several clients, use a Collector each, with ConstLabels.
+func (c *Collector) WatchLocks(l *lock.Client) { c.locks.Store(l) }
 
 func (c *Collector) collectors() []prometheus.Collector {
 	return []prometheus.Collector{c.ops, c.keys, c.errs, c.duration, c.loads, c.loadDuration, c.loadEvents,

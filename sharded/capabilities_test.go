@@ -29,7 +29,8 @@ func TestCapabilitiesOnADownShard(t *testing.T) {
 	vr, ok3 := s.(dbcache.Versioner)
 	maker, ok4 := s.(dbcache.KeyMaker)
 	loader, ok5 := s.(dbcache.Loader)
-	require.True(t, ok1 && ok2 && ok3 && ok4 && ok5, "a sharded cache has every capability several servers can give")
+	cas, ok6 := s.(dbcache.CompareAndSwapper)
+	require.True(t, ok1 && ok2 && ok3 && ok4 && ok5 && ok6, "a sharded cache has every capability several servers can give")
 
 	keys := someKeys("k", 60)
 	for _, k := range keys {
@@ -38,6 +39,14 @@ func TestCapabilitiesOnADownShard(t *testing.T) {
 	onB, onA := keysOn(c, "b", keys), keysOn(c, "a", keys)
 	require.NotEmpty(t, onB)
 	require.NotEmpty(t, onA)
+	// A token is its key's shard's: read there, swapped there.
+	_, tokB, err := cas.GetWithToken(ctx, onB[0])
+	require.NoError(t, err)
+	shardB, err := c.Shard(ctx, "b")
+	require.NoError(t, err)
+	_, direct, err := shardB.GetWithToken(ctx, onB[0])
+	require.NoError(t, err)
+	require.Equal(t, direct, tokB)
 	e.proxies["b"].Down()
 
 	notUnsupported := func(err error, what string) {
@@ -48,7 +57,13 @@ func TestCapabilitiesOnADownShard(t *testing.T) {
 		mustShardError(t, err, "b")
 	}
 	load := func(context.Context) ([]byte, error) { return []byte("loaded"), nil }
-	_, err := ttlr.TTL(ctx, onB[0])
+	_, _, err = cas.GetWithToken(ctx, onB[0])
+	notUnsupported(err, "get_with_token")
+	_, err = cas.CompareAndSwap(ctx, onB[0], tokB, []byte("w"), ttl)
+	notUnsupported(err, "compare_and_swap")
+	_, err = cas.CompareAndDelete(ctx, onB[0], tokB)
+	notUnsupported(err, "compare_and_delete")
+	_, err = ttlr.TTL(ctx, onB[0])
 	notUnsupported(err, "ttl")
 	_, _, err = ttlr.GetWithTTL(ctx, onB[0])
 	notUnsupported(err, "get_with_ttl")
@@ -65,6 +80,11 @@ func TestCapabilitiesOnADownShard(t *testing.T) {
 	require.NoError(t, err)
 	_, isTTL := got.Duration()
 	require.True(t, isTTL)
+	_, tokA, err := cas.GetWithToken(ctx, onA[1])
+	require.NoError(t, err)
+	swapped, err := cas.CompareAndSwap(ctx, onA[1], tokA, []byte("w"), ttl)
+	require.NoError(t, err)
+	require.True(t, swapped)
 	to, err := vr.IncrVersion(ctx, onA[0], 1)
 	require.NoError(t, err)
 	require.Equal(t, 2, to)
@@ -76,6 +96,11 @@ func TestCapabilitiesOnADownShard(t *testing.T) {
 	// returned unstored.
 	_, err = open.TTL(ctx, onB[0])
 	require.ErrorIs(t, err, dbcache.ErrMiss)
+	_, _, err = open.GetWithToken(ctx, onB[0])
+	require.ErrorIs(t, err, dbcache.ErrMiss)
+	swapped, err = open.CompareAndSwap(ctx, onB[0], tokB, []byte("w"), ttl)
+	require.NoError(t, err)
+	require.False(t, swapped)
 	v, err = open.GetOrRevalidate(ctx, onB[1], load, time.Minute, time.Hour)
 	require.NoError(t, err)
 	require.Equal(t, "loaded", string(v))

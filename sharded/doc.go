@@ -31,9 +31,9 @@
 //
 // *Cache implements dbcache.Store, the API of a single cache, and every
 // optional capability of a single cache that several servers can give
-// (dbcache.TTLReader, KeyLister, Versioner, KeyMaker, Loader and Leaser,
-// each served by the key's shard or, for Keys and DeletePrefix, by every
-// shard), so the typed layer, metrics and the CLI work over it unchanged
+// (dbcache.TTLReader, KeyLister, Versioner, KeyMaker, Loader, Leaser and
+// CompareAndSwapper, each served by the key's shard or, for Keys and
+// DeletePrefix, by every shard), so the typed layer, metrics and the CLI work over it unchanged
 // and storetest's suite passes on it; not the snapshot-carrying read,
 // since a snapshot belongs to one server. WithVersion is Django's version
 // argument as on a single cache. The shard is picked from

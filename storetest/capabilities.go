@@ -28,6 +28,9 @@ func (s *suite) capabilityCases() []testCase {
 		{"GetOrSetFuncErrors", s.testGetOrSetFuncErrors},
 		{"GetOrRevalidate", s.testGetOrRevalidate},
 		{"IncrVersionAlone", s.testIncrVersionAlone},
+		{"CompareAndSwap", s.testCompareAndSwap},
+		{"CompareAndSwapTokens", s.testCompareAndSwapTokens},
+		{"CompareAndSwapRacing", s.testCompareAndSwapRacing},
 	}
 }
 

@@ -14,8 +14,9 @@
 // Run runs one subtest per behaviour, each on a store of its own, all in
 // parallel. Besides the core Store, it tries every optional capability the
 // store has (dbcache.TTLReader, dbcache.KeyLister, dbcache.Versioner,
-// dbcache.KeyMaker, dbcache.Loader, dbcache.Leaser, io.Closer), found as
-// a caller finds them, by type assertion; a capability the store lacks is not tried. The
+// dbcache.KeyMaker, dbcache.Loader, dbcache.Leaser,
+// dbcache.CompareAndSwapper, io.Closer), found as a caller finds them, by
+// type assertion; a capability the store lacks is not tried. The
 // versioning tests run when Config.WithVersion is set.
 //
 // Expiry is tested by ageing entries with Config.Age when the store gives

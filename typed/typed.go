@@ -34,7 +34,9 @@
 // Config.MissOnDecodeError such a value is a miss instead: Get returns
 // dbcache.ErrMiss, GetMany leaves the key out, and GetOrSet and
 // GetOrSetFunc delete the entry and store a new value (loaded again, for
-// GetOrSetFunc). Either way it is counted in Stats and logged (at most one
+// GetOrSetFunc); on a store that is a dbcache.CompareAndSwapper the entry
+// is deleted only if it still holds the value that did not decode, so a
+// newer write by another process is read, never removed. Either way it is counted in Stats and logged (at most one
 // line every ten seconds, with no key or value unless Config.LogKeys). When a type changes incompatibly, a new
 // dbcache.Config.Version or KeyPrefix for the new code is the clean
 // switch: old and new processes then never read each other's entries.
@@ -332,7 +334,7 @@ func (c *Cache[T]) GetOrSet(ctx context.Context, key string, v T, timeout dbcach
 			return out, err
 		}
 		// The stored value does not decode: remove it and store ours.
-		if _, err := c.store.Delete(ctx, key); err != nil {
+		if err := c.dropUndecodable(ctx, key, got); err != nil {
 			return zero, err
 		}
 	}
@@ -418,10 +420,37 @@ func (c *Cache[T]) getOrLoad(ctx context.Context, op, key string, load func(cont
 		if err == nil || !c.asMiss || attempt > 0 {
 			return out, err
 		}
-		if _, err := c.store.Delete(ctx, key); err != nil {
+		if err := c.dropUndecodable(ctx, key, got); err != nil {
 			return zero, err
 		}
 	}
+}
+
+// dropUndecodable removes key's entry, whose value bad did not decode, so
+// that it can be loaded again. On a store that is a
+// dbcache.CompareAndSwapper it removes the entry only if it still holds
+// bad, unchanged since a read of its token (CompareAndDelete), so a newer
+// write, another process's that decodes, is never removed: the next
+// attempt reads it. On another store it is a Delete, which can remove such
+// a write.
+func (c *Cache[T]) dropUndecodable(ctx context.Context, key string, bad []byte) error {
+	cas, ok := c.store.(dbcache.CompareAndSwapper)
+	if !ok {
+		_, err := c.store.Delete(ctx, key)
+		return err
+	}
+	cur, tok, err := cas.GetWithToken(ctx, key)
+	if errors.Is(err, dbcache.ErrMiss) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(cur, bad) {
+		return nil // written since: the next attempt reads it
+	}
+	_, err = cas.CompareAndDelete(ctx, key, tok)
+	return err
 }
 
 // loadPlain is GetOrSetFunc on a store that is not a dbcache.Loader: a

@@ -64,7 +64,7 @@ func TestLibraryDependencies(t *testing.T) {
 	}
 	require.Empty(t, subset("codec"))
 	require.Empty(t, subset("encryption"))
-	for _, pkg := range []string{"typed", "tablestats", "multitracer", "sharded", "replicas", "ratelimit", "tags"} {
+	for _, pkg := range []string{"typed", "tablestats", "multitracer", "sharded", "replicas", "ratelimit", "tags", "lock"} {
 		subset(pkg, pgx...)
 	}
 	require.Contains(t, subset("compression", append([]string{"github.com/klauspost/compress"}, pgx...)...), "github.com/klauspost/compress")

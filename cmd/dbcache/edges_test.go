@@ -34,7 +34,7 @@ func TestSchemaBehindSaysVersions(t *testing.T) {
 	b := setup(t, true)
 	b.ok(t, "set", "k", "v")
 	b.ok(t, "migrate", "down", "--steps", strconv.Itoa(stepsAbove(3)), "--yes")
-	want := "schema " + b.schema.Name + fmt.Sprintf(" is at migration version 3, older than this dbcache needs (version 4; it carries migrations up to %d): ", migrations.Latest()) +
+	want := "schema " + b.schema.Name + fmt.Sprintf(" is at migration version 3, older than this dbcache needs (version %d; it carries migrations up to %d): ", dbcache.SchemaVersion, migrations.Latest()) +
 		"run `dbcache migrate up --schema " + b.schema.Name + "`"
 	for _, args := range [][]string{
 		{"get", "k"}, {"set", "k", "w"}, {"incr", "n"}, {"add", "a", "v"},

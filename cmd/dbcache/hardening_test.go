@@ -381,8 +381,8 @@ func TestMigrateDownNeedsYes(t *testing.T) {
 		require.Equal(t, "Run 'dbcache migrate down --help' for usage.", lastLine(r.stderr))
 		require.Equal(t, int(latest), scalar[int](t, b.pool, `SELECT version FROM dbcache_schema_migrations`), "%v: nothing reverted", args)
 	}
-	require.Equal(t, "migrated down from version 8 to 7\n", b.ok(t, "migrate", "down", "--yes"))
-	require.Equal(t, "migrated down from version 7 to 0; dropped the cache table, which held 0 entries\n", b.ok(t, "migrate", "down", "--all", "-y"))
+	require.Equal(t, "migrated down from version 10 to 9\n", b.ok(t, "migrate", "down", "--yes"))
+	require.Equal(t, "migrated down from version 9 to 0; dropped the cache table, which held 0 entries\n", b.ok(t, "migrate", "down", "--all", "-y"))
 }
 
 func TestMigrateStatusAndDryRun(t *testing.T) {
@@ -393,7 +393,7 @@ func TestMigrateStatusAndDryRun(t *testing.T) {
 	// status: exit 4 while anything is pending.
 	r := b.run(t, opts{}, "migrate", "status")
 	requireCode(t, 4, r)
-	require.Equal(t, "schema "+name+": version 0 of 8, 8 pending (run `dbcache migrate up --schema "+name+"`)\n"+
+	require.Equal(t, "schema "+name+": version 0 of 10, 10 pending (run `dbcache migrate up --schema "+name+"`)\n"+
 		"    1  create_dbcache_entries             pending\n"+
 		"    2  create_dbcache_culler_state        pending\n"+
 		"    3  index_dbcache_entries_expires_key  pending\n"+
@@ -401,32 +401,34 @@ func TestMigrateStatusAndDryRun(t *testing.T) {
 		"    5  index_dbcache_entries_written_at   pending\n"+
 		"    6  create_dbcache_rate_limits         pending\n"+
 		"    7  create_dbcache_certificates        pending\n"+
-		"    8  create_dbcache_leases              pending\n", r.stdout)
+		"    8  create_dbcache_leases              pending\n"+
+		"    9  add_dbcache_entries_token          pending\n"+
+		"   10  create_dbcache_lock_fences         pending\n", r.stdout)
 	requireCode(t, 4, b.run(t, opts{}, "migrate", "validate"))
 
 	// up --dry-run runs nothing, not even the migrations table.
-	require.Equal(t, "would migrate up from version 0 to 8 (dry run; nothing was run):\n"+
+	require.Equal(t, "would migrate up from version 0 to 10 (dry run; nothing was run):\n"+
 		"  001_create_dbcache_entries.up.sql\n  002_create_dbcache_culler_state.up.sql\n"+
 		"  003_index_dbcache_entries_expires_key.up.sql\n  004_add_dbcache_entries_written_at.up.sql\n"+
 		"  005_index_dbcache_entries_written_at.up.sql\n  006_create_dbcache_rate_limits.up.sql\n"+
-		"  007_create_dbcache_certificates.up.sql\n  008_create_dbcache_leases.up.sql\n", b.ok(t, "migrate", "up", "--dry-run"))
+		"  007_create_dbcache_certificates.up.sql\n  008_create_dbcache_leases.up.sql\n  009_add_dbcache_entries_token.up.sql\n  010_create_dbcache_lock_fences.up.sql\n", b.ok(t, "migrate", "up", "--dry-run"))
 	sql := b.ok(t, "migrate", "up", "--dry-run", "--show-sql")
 	require.False(t, scalar[bool](t, b.pool, `SELECT to_regclass('dbcache_schema_migrations') IS NOT NULL`), "a dry run creates nothing")
 	require.Contains(t, sql, "SET search_path TO \""+name+"\";\n")
 	require.Contains(t, sql, "-- 001_create_dbcache_entries.up.sql\nBEGIN;\n")
 	require.Contains(t, sql, "CREATE TABLE IF NOT EXISTS dbcache_entries")
-	require.Contains(t, sql, "`dbcache migrate force 8 --schema "+name+"`")
+	require.Contains(t, sql, "`dbcache migrate force 10 --schema "+name+"`")
 	plan := b.json(t, 0, "migrate", "up", "--dry-run", "--show-sql")
 	require.Equal(t, true, plan["dry_run"])
-	require.Len(t, plan["migrations"], 8)
+	require.Len(t, plan["migrations"], 10)
 	require.Contains(t, plan["migrations"].([]any)[0].(map[string]any)["sql"], "CREATE TABLE IF NOT EXISTS dbcache_entries")
 
 	// The script a DBA gets is the migration: run by hand, then recorded
 	// with force, the schema is where migrate up would have left it.
 	_, err := b.pool.Exec(t.Context(), sql)
 	require.NoError(t, err)
-	b.ok(t, "migrate", "force", "8")
-	require.Equal(t, "schema "+name+": version 8, up to date\n"+
+	b.ok(t, "migrate", "force", "10")
+	require.Equal(t, "schema "+name+": version 10, up to date\n"+
 		"    1  create_dbcache_entries             applied\n"+
 		"    2  create_dbcache_culler_state        applied\n"+
 		"    3  index_dbcache_entries_expires_key  applied\n"+
@@ -434,21 +436,23 @@ func TestMigrateStatusAndDryRun(t *testing.T) {
 		"    5  index_dbcache_entries_written_at   applied\n"+
 		"    6  create_dbcache_rate_limits         applied\n"+
 		"    7  create_dbcache_certificates        applied\n"+
-		"    8  create_dbcache_leases              applied\n", b.ok(t, "migrate", "status"))
+		"    8  create_dbcache_leases              applied\n"+
+		"    9  add_dbcache_entries_token          applied\n"+
+		"   10  create_dbcache_lock_fences         applied\n", b.ok(t, "migrate", "status"))
 	b.ok(t, "set", "k", "v")
 	require.Equal(t, "v", b.ok(t, "get", "k"))
 
 	// down --dry-run needs no --yes and reverts nothing.
-	require.Equal(t, "would migrate down from version 8 to 0 (dry run; nothing was run):\n"+
-		"  008_create_dbcache_leases.down.sql\n  007_create_dbcache_certificates.down.sql\n  006_create_dbcache_rate_limits.down.sql\n"+
+	require.Equal(t, "would migrate down from version 10 to 0 (dry run; nothing was run):\n"+
+		"  010_create_dbcache_lock_fences.down.sql\n  009_add_dbcache_entries_token.down.sql\n  008_create_dbcache_leases.down.sql\n  007_create_dbcache_certificates.down.sql\n  006_create_dbcache_rate_limits.down.sql\n"+
 		"  005_index_dbcache_entries_written_at.down.sql\n  004_add_dbcache_entries_written_at.down.sql\n"+
 		"  003_index_dbcache_entries_expires_key.down.sql\n"+
 		"  002_create_dbcache_culler_state.down.sql\n  001_create_dbcache_entries.down.sql\n",
 		b.ok(t, "migrate", "down", "--all", "--dry-run"))
 	down := b.ok(t, "migrate", "down", "--dry-run", "--show-sql")
-	require.Contains(t, down, "DROP TABLE IF EXISTS dbcache_leases")
+	require.Contains(t, down, "DROP TABLE IF EXISTS dbcache_lock_fences")
 	require.NotContains(t, down, "DROP TABLE IF EXISTS dbcache_entries")
-	require.Contains(t, down, "`dbcache migrate force 7 --schema "+name+"`")
+	require.Contains(t, down, "`dbcache migrate force 9 --schema "+name+"`")
 	require.Equal(t, "v", b.ok(t, "get", "k"))
 
 	// Dirty: status exits 1 and says how out.
@@ -456,9 +460,9 @@ func TestMigrateStatusAndDryRun(t *testing.T) {
 	require.NoError(t, err)
 	r = b.run(t, opts{}, "migrate", "status")
 	requireCode(t, 1, r)
-	require.Contains(t, r.stdout, "version 8, dirty")
-	require.Contains(t, r.stdout, "create_dbcache_leases              dirty")
-	requireErrorLine(t, r, "dirty at version 8", "migrate force")
+	require.Contains(t, r.stdout, "version 10, dirty")
+	require.Contains(t, r.stdout, "create_dbcache_lock_fences         dirty")
+	requireErrorLine(t, r, "dirty at version 10", "migrate force")
 
 	// --show-sql alone is a mistake: it never runs anything.
 	r = b.run(t, opts{}, "migrate", "up", "--show-sql")

@@ -17,7 +17,7 @@ func TestMigrate(t *testing.T) {
 	// Pending migrations: exit 4, and the hint keeps --schema.
 	r := b.run(t, opts{}, "migrate", "version")
 	requireCode(t, 4, r)
-	require.Equal(t, "version 0 (latest 8: 8 pending; run `dbcache migrate up --schema "+b.schema.Name+"`)\n", r.stdout)
+	require.Equal(t, "version 0 (latest 10: 10 pending; run `dbcache migrate up --schema "+b.schema.Name+"`)\n", r.stdout)
 	require.Empty(t, r.stderr)
 	pending := float64(len(migrations.Versions())) // versions 1-5, 8, 9: 6 and 7 are reserved
 	require.Equal(t, map[string]any{"version": 0.0, "dirty": false, "latest": latest, "pending": pending}, b.json(t, 4, "migrate", "version"))
@@ -27,20 +27,20 @@ func TestMigrate(t *testing.T) {
 	requireCode(t, 1, r)
 	requireErrorLine(t, r, "no cache table (dbcache_entries) in schema "+b.schema.Name+": run `dbcache migrate up --schema "+b.schema.Name+"` first")
 
-	require.Equal(t, "migrated up from version 0 to 8\n", b.ok(t, "migrate", "up"))
-	require.Equal(t, "already at version 8 (up to date)\n", b.ok(t, "migrate", "up"))
-	require.Equal(t, "version 8 (up to date)\n", b.ok(t, "migrate", "version"))
+	require.Equal(t, "migrated up from version 0 to 10\n", b.ok(t, "migrate", "up"))
+	require.Equal(t, "already at version 10 (up to date)\n", b.ok(t, "migrate", "up"))
+	require.Equal(t, "version 10 (up to date)\n", b.ok(t, "migrate", "version"))
 	b.ok(t, "set", "k", "v")
 
-	require.Equal(t, "migrated down from version 8 to 7\n", b.ok(t, "migrate", "down", "--yes"))
-	require.Equal(t, "version 7 (latest 8: 1 pending; run `dbcache migrate up --schema "+b.schema.Name+"`)\n",
+	require.Equal(t, "migrated down from version 10 to 9\n", b.ok(t, "migrate", "down", "--yes"))
+	require.Equal(t, "version 9 (latest 10: 1 pending; run `dbcache migrate up --schema "+b.schema.Name+"`)\n",
 		b.run(t, opts{}, "migrate", "version").stdout)
-	require.Equal(t, map[string]any{"from": 7.0, "to": 0.0, "latest": latest, "dropped_entries": 1.0}, b.json(t, 0, "migrate", "down", "--steps", "7", "--yes"))
+	require.Equal(t, map[string]any{"from": 9.0, "to": 0.0, "latest": latest, "dropped_entries": 1.0}, b.json(t, 0, "migrate", "down", "--steps", "9", "--yes"))
 	require.Equal(t, "already at version 0; nothing to revert\n", b.ok(t, "migrate", "down", "-y"))
 	require.False(t, scalar[bool](t, b.pool, `SELECT to_regclass('dbcache_entries') IS NOT NULL`), "the table is gone")
 
 	require.Equal(t, map[string]any{"from": 0.0, "to": latest, "latest": latest}, b.json(t, 0, "migrate", "up"))
-	require.Equal(t, "migrated down from version 8 to 0; dropped the cache table, which held 0 entries\n", b.ok(t, "migrate", "down", "--all", "--yes"))
+	require.Equal(t, "migrated down from version 10 to 0; dropped the cache table, which held 0 entries\n", b.ok(t, "migrate", "down", "--all", "--yes"))
 	b.ok(t, "migrate", "up")
 
 	r = b.run(t, opts{}, "migrate", "down", "--all", "--steps", "2")
@@ -67,8 +67,8 @@ func TestMigrateDirty(t *testing.T) {
 	// with the way out on stderr.
 	r := b.run(t, opts{}, "migrate", "version")
 	requireCode(t, 1, r)
-	require.Contains(t, r.stdout, "version 8 (dirty")
-	requireErrorLine(t, r, "dirty at version 8", "`dbcache migrate force 8 --schema "+b.schema.Name+"`")
+	require.Contains(t, r.stdout, "version 10 (dirty")
+	requireErrorLine(t, r, "dirty at version 10", "`dbcache migrate force 10 --schema "+b.schema.Name+"`")
 	require.Equal(t, true, b.json(t, 1, "migrate", "version")["dirty"])
 
 	for _, args := range [][]string{{"migrate", "up"}, {"migrate", "down", "--yes"}} {
@@ -76,9 +76,9 @@ func TestMigrateDirty(t *testing.T) {
 		requireCode(t, 1, r)
 		// One line that says what happened and both ways out.
 		require.Equal(t, 1, countLines(r.stderr), "stderr: %q", r.stderr)
-		requireErrorLine(t, r, "dirty at version 8", "failed part way",
-			"`dbcache migrate force 8 --schema "+b.schema.Name+"`",
-			"`dbcache migrate force 7 --schema "+b.schema.Name+"`")
+		requireErrorLine(t, r, "dirty at version 10", "failed part way",
+			"`dbcache migrate force 10 --schema "+b.schema.Name+"`",
+			"`dbcache migrate force 9 --schema "+b.schema.Name+"`")
 	}
 
 	r = b.run(t, opts{}, "migrate", "force", "99")
@@ -87,10 +87,10 @@ func TestMigrateDirty(t *testing.T) {
 	r = b.run(t, opts{}, "migrate", "force", "two")
 	requireCode(t, 2, r)
 
-	require.Equal(t, "forced version 8 (was 8, dirty); nothing was run\n", b.ok(t, "migrate", "force", "8"))
-	require.Equal(t, "version 8 (up to date)\n", b.ok(t, "migrate", "version"))
+	require.Equal(t, "forced version 10 (was 10, dirty); nothing was run\n", b.ok(t, "migrate", "force", "10"))
+	require.Equal(t, "version 10 (up to date)\n", b.ok(t, "migrate", "version"))
 	require.Equal(t, map[string]any{"from": latest, "to": 4.0, "latest": latest}, b.json(t, 0, "migrate", "force", "4"))
-	require.Equal(t, "migrated up from version 4 to 8\n", b.ok(t, "migrate", "up"),
+	require.Equal(t, "migrated up from version 4 to 10\n", b.ok(t, "migrate", "up"),
 		"after force 4, up re-runs migrations 5, 8 and 9 (their IF [NOT] EXISTS makes that safe)")
 }
 

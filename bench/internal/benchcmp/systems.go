@@ -130,7 +130,7 @@ func RawSystem(name string, pool *pgxpool.Pool, st Statements) System {
 	}
 	incr := func(ctx context.Context, key string) error {
 		var v []byte
-		if err := pool.QueryRow(ctx, st.Incr, key, "1").Scan(&v); err != nil {
+		if err := pool.QueryRow(ctx, st.Incr, key, "1", int64(1)).Scan(&v); err != nil {
 			return err
 		}
 		_, err := strconv.ParseInt(string(v), 10, 64)

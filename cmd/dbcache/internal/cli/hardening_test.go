@@ -186,30 +186,30 @@ func TestTerminalMigrateDownAsks(t *testing.T) {
 	code, out, errOut := b.run(ctx, Config{StdinIsTerminal: true, Stdin: strings.NewReader("n\n")}, "migrate", "down")
 	require.Equal(t, ExitFailure, code)
 	require.Empty(t, out)
-	require.Contains(t, errOut, "Revert migration 8 (create_dbcache_leases) in schema "+b.s.Name+", from version 8 to 7? [y/N] ")
+	require.Contains(t, errOut, "Revert migration 10 (create_dbcache_lock_fences) in schema "+b.s.Name+", from version 10 to 9? [y/N] ")
 	require.Contains(t, errOut, "dbcache: not confirmed; nothing changed\n")
 	require.Equal(t, latest, version())
 
 	code, _, errOut = b.run(ctx, Config{StdinIsTerminal: true, Stdin: strings.NewReader("\n")}, "migrate", "down", "--all")
 	require.Equal(t, ExitFailure, code)
-	require.Contains(t, errOut, "Revert migrations 8 (create_dbcache_leases), 7 (create_dbcache_certificates), 6 (create_dbcache_rate_limits), "+
+	require.Contains(t, errOut, "Revert migrations 10 (create_dbcache_lock_fences), 9 (add_dbcache_entries_token), 8 (create_dbcache_leases), 7 (create_dbcache_certificates), 6 (create_dbcache_rate_limits), "+
 		"5 (index_dbcache_entries_written_at), 4 (add_dbcache_entries_written_at), "+
 		"3 (index_dbcache_entries_expires_key), 2 (create_dbcache_culler_state), 1 (create_dbcache_entries) in schema "+
-		b.s.Name+", from version 8 to 0? This drops "+b.s.Name+".dbcache_entries and its 1 entry. [y/N] ")
+		b.s.Name+", from version 10 to 0? This drops "+b.s.Name+".dbcache_entries and its 1 entry. [y/N] ")
 	require.Equal(t, 1, dbtest.Count(t, pool))
 
 	code, out, _ = b.run(ctx, Config{StdinIsTerminal: true, Stdin: strings.NewReader("yes\n")}, "migrate", "down")
 	require.Equal(t, ExitOK, code)
-	require.Equal(t, "migrated down from version 8 to 7\n", out)
+	require.Equal(t, "migrated down from version 10 to 9\n", out)
 
 	// --yes does not ask; --dry-run needs no answer.
 	code, out, errOut = b.run(ctx, Config{StdinIsTerminal: true}, "migrate", "down", "--dry-run")
 	require.Equal(t, ExitOK, code, errOut)
-	require.Contains(t, out, "would migrate down from version 7 to 6")
+	require.Contains(t, out, "would migrate down from version 9 to 8")
 	require.NotContains(t, errOut, "[y/N]")
 	code, out, errOut = b.run(ctx, Config{StdinIsTerminal: true}, "migrate", "down", "--yes")
 	require.Equal(t, ExitOK, code, errOut)
-	require.Equal(t, "migrated down from version 7 to 6\n", out)
+	require.Equal(t, "migrated down from version 9 to 8\n", out)
 	require.NotContains(t, errOut, "[y/N]")
 }
 

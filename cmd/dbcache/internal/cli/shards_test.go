@@ -74,7 +74,7 @@ func TestShardsMigrateAndStats(t *testing.T) {
 	require.Equal(t, ExitPending, code, errOut)
 	code, out, errOut = b.run(ctx, Config{}, "migrate", "up")
 	require.Equal(t, ExitOK, code, errOut)
-	require.Equal(t, "a: migrated up from version 0 to 8\nb: migrated up from version 0 to 8\nc: migrated up from version 0 to 8\n", out)
+	require.Equal(t, "a: migrated up from version 0 to 10\nb: migrated up from version 0 to 10\nc: migrated up from version 0 to 10\n", out)
 	code, out, _ = b.run(ctx, Config{}, "migrate", "up", "--json")
 	require.Equal(t, ExitOK, code)
 	lines := strings.Split(strings.TrimSpace(out), "\n")
@@ -153,7 +153,7 @@ func TestShardsMigrateAndStats(t *testing.T) {
 	require.Contains(t, errOut, "pass --yes")
 	code, out, errOut = b.run(ctx, Config{}, "migrate", "down", "--yes")
 	require.Equal(t, ExitOK, code, errOut)
-	require.Equal(t, 3, strings.Count(out, "migrated down from version 8 to 7"), out)
+	require.Equal(t, 3, strings.Count(out, "migrated down from version 10 to 9"), out)
 }
 
 // The cache commands work on the sharded cache, placing and finding keys
