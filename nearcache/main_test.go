@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/dbtest"
 	"github.com/dbcache/dbcache/internal/migrations"
 	"github.com/dbcache/dbcache/internal/pgserver"
 	"github.com/dbcache/dbcache/nearcache"
@@ -47,6 +48,11 @@ var (
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
+	// A process dbtest.Start made (the tags' history test's writers and
+	// readers) runs its role, not the tests.
+	if code, ok := dbtest.RunRole(); ok {
+		return code
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*pgserver.DefaultStartTimeout)
 	defer cancel()
 	var err error

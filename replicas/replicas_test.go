@@ -27,6 +27,9 @@ func TestConformance(t *testing.T) {
 		New: func(t *testing.T) dbcache.Store {
 			schema := newSchema(t, primary)
 			pp := pools{p: poolOn(t, primary.URL(""), schema), s: poolOn(t, standby.URL(""), schema)}
+			// The standby's Cache checks its table at New: wait for the
+			// schema to be replayed there first.
+			caughtUp(t, ctxT(t), pp.p, pp.s)
 			c, err := replicas.New(ctxT(t), pp.p, []*pgxpool.Pool{pp.s}, &replicas.Config{RefreshInterval: 10 * time.Millisecond})
 			require.NoError(t, err)
 			t.Cleanup(func() { _ = c.Close() })
