@@ -163,9 +163,9 @@ func eventually(t testing.TB, ctx context.Context, what string, cond func() bool
 	}
 }
 
-// privatePair starts a primary of the test's own and an asynchronous
-// standby of it, for tests whose WAL positions no other test may move.
-func privatePair(t *testing.T) (*pgserver.Server, *pgserver.Server) {
+// ownPrimary starts a primary of the test's own, for tests whose
+// standbys must replay no other test's WAL.
+func ownPrimary(t *testing.T) *pgserver.Server {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*pgserver.DefaultStartTimeout)
 	defer cancel()
@@ -173,6 +173,16 @@ func privatePair(t *testing.T) (*pgserver.Server, *pgserver.Server) {
 		Settings: map[string]string{"wal_level": "logical", "max_connections": "40"}})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = p.Remove(context.Background()) })
+	return p
+}
+
+// privatePair starts a primary of the test's own and an asynchronous
+// standby of it, for tests whose WAL positions no other test may move.
+func privatePair(t *testing.T) (*pgserver.Server, *pgserver.Server) {
+	t.Helper()
+	p := ownPrimary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*pgserver.DefaultStartTimeout)
+	defer cancel()
 	s, err := pgserver.StartStandby(ctx, p, fmt.Sprintf("own_%d_%d", os.Getpid(), standbySeq.Add(1)))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Remove(context.Background()) })

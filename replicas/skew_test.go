@@ -36,7 +36,9 @@ func skewed(t *testing.T, primary *pgserver.Server, offset string) *pgserver.Ser
 // router serves what the standby answers.
 func TestClockSkew(t *testing.T) {
 	t.Parallel()
-	primary, _ := shared(t)
+	// A primary of its own: the skewed standbys replay this test's WAL
+	// alone, so catching up never waits on what other tests write.
+	primary := ownPrimary(t)
 	behind, ahead := skewed(t, primary, "-1h"), skewed(t, primary, "+1h")
 	ctx := ctxT(t)
 	schema := newSchema(t, primary)
