@@ -38,6 +38,9 @@ type shared struct {
 	// transaction. They differ only with Config.FastCommit, which must not
 	// change the durability of a transaction the caller commits.
 	q, qTx *queries
+	// cq are the Citus forms (citus.go); nil when the cache uses the plain
+	// forms (Config.Citus).
+	cq *citusQueries
 	// gets coalesces concurrent Gets on the pool (Config.CoalesceGets);
 	// nil when off.
 	gets *coalescer
@@ -165,6 +168,12 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	if !hasWritten {
 		s.bgCancel()
 		return nil, fmt.Errorf("%w: the cache table predates migration %d (written_at), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrSchemaBehind, SchemaVersion)
+	}
+	if useCitus, err := detectCitus(ctx, pool, c.Citus, oid); err != nil {
+		s.bgCancel()
+		return nil, err
+	} else if useCitus {
+		s.cq = newCitusQueries(s.q.table)
 	}
 	return cache, nil
 }
@@ -687,7 +696,11 @@ func (c *Cache) incrVersion(ctx context.Context, key, from string, delta int) (i
 		return 0, err
 	}
 	var moved bool
-	err = c.rowWrite(ctx, c.q.move, []any{from, dest}, &moved)
+	if c.s.cq != nil {
+		err = c.citusMove(ctx, from, dest)
+	} else {
+		err = c.rowWrite(ctx, c.q.move, []any{from, dest}, &moved)
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, ErrMiss
 	}
@@ -797,7 +810,7 @@ func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Ti
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	if _, err := c.execWrite(ctx, c.q.setMany, made, values, timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+	if err := c.setMany(ctx, made, values, timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
 		if c.degrade(ctx, "set_many", err) {
 			return keys, nil
 		}
@@ -839,7 +852,12 @@ func (c *Cache) DeleteMany(ctx context.Context, keys []string) (n int, err error
 	slices.Sort(made)
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	if err := c.rowWrite(ctx, c.q.deleteMany, []any{made}, &n); err != nil {
+	if c.s.cq != nil {
+		n, err = c.citusDeleteMany(ctx, made)
+	} else {
+		err = c.rowWrite(ctx, c.q.deleteMany, []any{made}, &n)
+	}
+	if err != nil {
 		if c.degrade(ctx, "delete_many", err) {
 			return 0, nil
 		}
@@ -862,6 +880,9 @@ func (c *Cache) Clear(ctx context.Context) (err error) {
 	}
 	if err := c.checkOpen(); err != nil {
 		return err
+	}
+	if c.s.cq != nil {
+		return c.citusClear(ctx)
 	}
 	from := ""
 	for {
