@@ -135,6 +135,11 @@ func TestFastCommitSetsSynchronousCommit(t *testing.T) {
 		for _, fast := range []bool{true, false} {
 			tx, err := b.pool.Begin(ctx)
 			require.NoError(t, err)
+			// A failed require ends the test with tx open, and the pool's
+			// Close would wait for it forever: roll it back first (cleanups
+			// run last-registered first, before the pool's Close). After
+			// the Rollback below this one is a no-op.
+			t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
 			_, err = tx.Exec(ctx, `INSERT INTO dbcache_entries VALUES (':1:k', '1', NULL), (':1:m', '1', NULL)`)
 			require.NoError(t, err)
 			sql := plainStmts[op]
