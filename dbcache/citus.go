@@ -67,10 +67,10 @@ const (
 	// the same two versions in opposite directions could each hold one
 	// row and wait for the other's insert. Each move first takes a
 	// transaction-scoped advisory lock per key (the table's OID and the
-	// key's hash, the two-int lock space, apart from the load locks'
+	// key's hash, the two-int lock space (the OID reduced to fit an int), apart from the load locks'
 	// bigint one), in key order. A statement without a table runs on the
 	// coordinator under Citus, so every move takes them on one node.
-	qCitusLockName = `SELECT pg_advisory_xact_lock($1::int, hashtext($2::text))`
+	qCitusLockName = `SELECT pg_advisory_xact_lock(($1::bigint % 2147483648)::int, hashtext($2::text))`
 
 	// Takes a live entry off its key, returning what the move writes back
 	// under the other version: bare columns in RETURNING, and
@@ -353,7 +353,7 @@ func (c *Cache) citusMove(ctx context.Context, from, dest string) error {
 	run := func(db dbtx) error {
 		first, second := min(from, dest), max(from, dest)
 		for _, k := range []string{first, second} {
-			if _, err := db.Exec(ctx, c.s.cq.lockName, int32(c.s.tableOID), k); err != nil { //nolint:gosec // an OID's bits, wrapped on purpose
+			if _, err := db.Exec(ctx, c.s.cq.lockName, c.s.tableOID, k); err != nil {
 				return err
 			}
 		}
