@@ -38,6 +38,11 @@ type shared struct {
 	// transaction. They differ only with Config.FastCommit, which must not
 	// change the durability of a transaction the caller commits.
 	q, qTx *queries
+	// cq are the Citus forms (citus.go); nil when the cache uses the plain
+	// forms (Config.Citus). Set by the table check, which a cache New
+	// started unchecked (FailOpen, the database down) runs in the
+	// background: until it has, the plain forms run.
+	cq atomic.Pointer[citusQueries]
 	// gets coalesces concurrent Gets on the pool (Config.CoalesceGets);
 	// nil when off.
 	gets *coalescer
@@ -185,6 +190,15 @@ func (c *Cache) checkTable(ctx context.Context) error {
 	}
 	if !hasWritten {
 		return fmt.Errorf("%w: the cache table predates migration %d (the written_at and token columns), which this version's writes need: run `dbcache migrate up` (instant at any table size)", ErrSchemaBehind, SchemaVersion)
+	}
+	useCitus, err := detectCitus(ctx, pool, s.cfg.Citus, oid)
+	if err != nil {
+		return err
+	}
+	if useCitus {
+		cq := newCitusQueries(s.q.table)
+		cq.tableOID = oid
+		s.cq.Store(cq)
 	}
 	return nil
 }
@@ -745,7 +759,11 @@ func (c *Cache) incrVersion(ctx context.Context, key, from string, delta int) (i
 		return 0, err
 	}
 	var moved bool
-	err = c.rowWrite(ctx, c.q.move, []any{from, dest}, &moved)
+	if c.s.cq.Load() != nil {
+		err = c.citusMove(ctx, from, dest)
+	} else {
+		err = c.rowWrite(ctx, c.q.move, []any{from, dest}, &moved)
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, ErrMiss
 	}
@@ -855,7 +873,7 @@ func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout Ti
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	if _, err := c.execWrite(ctx, c.q.setMany, made, values, timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
+	if err := c.setMany(ctx, made, values, timeout.micros(c.s.cfg.DefaultTimeout)); err != nil {
 		if c.degrade(ctx, "set_many", err) {
 			return keys, nil
 		}
@@ -897,7 +915,12 @@ func (c *Cache) DeleteMany(ctx context.Context, keys []string) (n int, err error
 	slices.Sort(made)
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	if err := c.rowWrite(ctx, c.q.deleteMany, []any{made}, &n); err != nil {
+	if c.s.cq.Load() != nil {
+		n, err = c.citusDeleteMany(ctx, made)
+	} else {
+		err = c.rowWrite(ctx, c.q.deleteMany, []any{made}, &n)
+	}
+	if err != nil {
 		if c.degrade(ctx, "delete_many", err) {
 			return 0, nil
 		}
@@ -920,6 +943,9 @@ func (c *Cache) Clear(ctx context.Context) (err error) {
 	}
 	if err := c.checkOpen(); err != nil {
 		return err
+	}
+	if c.s.cq.Load() != nil {
+		return c.citusClear(ctx)
 	}
 	from := ""
 	for {

@@ -122,7 +122,7 @@ func (g *setCoalescer) write(ctx context.Context, live []*setReq) {
 		}
 	}
 	g.batches.Add(1)
-	_, err := g.c.execWrite(ctx, g.c.q.setBatch, keys, values, micros)
+	err := g.c.setBatch(ctx, keys, values, micros)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && ctx.Err() == nil && !IsTransient(err) {
 		// The server refused the batch for what is in it (a row a

@@ -145,6 +145,13 @@ type Config struct {
 	// synchronous_commit setting makes them.
 	FastCommit bool
 
+	// Citus chooses the statement forms for a table distributed by key on
+	// a Citus cluster (docs/scale-out.md#citus): CitusAuto, the default,
+	// uses them when New finds the table in pg_dist_partition; CitusOn
+	// uses them anywhere (on plain PostgreSQL they answer as the plain
+	// forms); CitusOff never.
+	Citus CitusMode
+
 	// KeyCheck says what to do with keys that memcached could not store.
 	// Defaults to KeyCheckWarn.
 	KeyCheck KeyCheck
@@ -289,6 +296,9 @@ func (c *Config) validate() error {
 	var errs []error
 	if c.Schema != "" && !schemaRE.MatchString(c.Schema) {
 		errs = append(errs, fmt.Errorf("dbcache: Config.Schema %q is not a valid schema name (letters, digits, _ and $, at most 63)", c.Schema))
+	}
+	if c.Citus < CitusAuto || c.Citus > CitusOff {
+		errs = append(errs, fmt.Errorf("dbcache: Config.Citus %d is not a CitusMode (CitusAuto, CitusOn or CitusOff)", int(c.Citus)))
 	}
 	if c.CoalesceSets < -1 {
 		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceSets %d is negative (0 and -1 leave coalescing off)", c.CoalesceSets))

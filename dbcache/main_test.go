@@ -51,6 +51,7 @@ func setupOn(t *testing.T, pool *pgxpool.Pool, cfg *dbcache.Config) *testBundle 
 	if cfg != nil {
 		c = *cfg
 	}
+	c.Citus = citusTestMode(c.Citus)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
@@ -66,9 +67,15 @@ func setupOn(t *testing.T, pool *pgxpool.Pool, cfg *dbcache.Config) *testBundle 
 
 // travel moves every expiring entry's expiry d into the past: the same as
 // waiting d, without waiting. The database clock still decides what expired.
+// The new expiry is computed in a subquery joined on the key: Citus refuses
+// a STABLE function (timestamptz - interval is one) with a column argument
+// in an UPDATE's SET, and pushes a join on the distribution column down to
+// each shard.
 func travel(t *testing.T, pool *pgxpool.Pool, d time.Duration) {
 	t.Helper()
-	dbtest.Exec(t, pool, `UPDATE dbcache_entries SET expires = expires - $1::bigint * interval '1 microsecond' WHERE expires IS NOT NULL`, d.Microseconds())
+	dbtest.Exec(t, pool, `UPDATE dbcache_entries AS t SET expires = n.expires
+FROM (SELECT key, expires - $1::bigint * interval '1 microsecond' AS expires FROM dbcache_entries WHERE expires IS NOT NULL) AS n
+WHERE t.key = n.key`, d.Microseconds())
 }
 
 func ctxT(t *testing.T) context.Context {

@@ -141,6 +141,11 @@ func TestFastCommitSetsSynchronousCommit(t *testing.T) {
 		for _, fast := range []bool{true, false} {
 			tx, err := b.pool.Begin(ctx)
 			require.NoError(t, err)
+			// A failed require ends the test with tx open, and the pool's
+			// Close would wait for it forever: roll it back first (cleanups
+			// run last-registered first, before the pool's Close). After
+			// the Rollback below this one is a no-op.
+			t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
 			_, err = tx.Exec(ctx, `INSERT INTO dbcache_entries (key, value, expires, token) VALUES (':1:k', '1', NULL, 7), (':1:m', '1', NULL, 7)`)
 			require.NoError(t, err)
 			_, err = tx.Exec(ctx, `INSERT INTO dbcache_leases (key, token, expires) VALUES (':1:k', 'tok', statement_timestamp() + interval '1 hour')`)

@@ -206,6 +206,9 @@ func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (total int, err
 }
 
 func (c *Cache) deletePrefixBatch(ctx context.Context, from, to string) (live, rows int, last string, err error) {
+	if c.s.cq.Load() != nil {
+		return c.citusDeletePrefixBatch(ctx, from, to)
+	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
 	var lastKey *string
