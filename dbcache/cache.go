@@ -744,9 +744,6 @@ func (c *Cache) incrVersion(ctx context.Context, key, from string, delta int) (i
 			if c.degrade(ctx, "incr_version", err) {
 				return 0, ErrMiss
 			}
-			if c.degrade(ctx, "incr_version", err) {
-				return 0, ErrMiss
-			}
 			return 0, c.wrapErr("incr_version", err)
 		}
 		if !ok {
