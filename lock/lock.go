@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/pgexec"
 )
 
 var (
@@ -100,7 +101,9 @@ type Client struct {
 	pool  *pgxpool.Pool
 	q     queries
 	cfg   Config
-	wrap  bool // the session default is not READ COMMITTED
+	// run runs the writes READ COMMITTED whatever the session default
+	// (as dbcache's writes run), one round trip each.
+	run *pgexec.Runner
 
 	grants, waits, refusals, expiries, forced atomic.Int64
 }
@@ -161,7 +164,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Client, error) 
 		_ = cache.Close()
 		return nil, fmt.Errorf("lock: %w: the leases table (migration 8) or the fences table (%s, migration 10) is missing: run `dbcache migrate up`", dbcache.ErrSchemaBehind, FencesTableName)
 	}
-	cl.wrap = isolation != "read committed"
+	cl.run = pgexec.New(pool, c.OpTimeout, pgexec.NeedsWrap(isolation))
 	return cl, nil
 }
 
@@ -231,39 +234,6 @@ func (c *Client) made(ctx context.Context, name string) (string, error) {
 	return k, nil
 }
 
-// row runs one statement on the pool and scans its row, at READ COMMITTED
-// whatever the session's default (as dbcache's writes run): BEGIN
-// ISOLATION LEVEL READ COMMITTED, the statement and COMMIT in one round
-// trip when the default is another level.
-func (c *Client) row(ctx context.Context, sql string, args []any, dest ...any) error {
-	if !c.wrap {
-		return c.pool.QueryRow(ctx, sql, args...).Scan(dest...)
-	}
-	b := &pgx.Batch{}
-	b.Queue("BEGIN ISOLATION LEVEL READ COMMITTED")
-	b.Queue(sql, args...)
-	b.Queue("COMMIT")
-	br := c.pool.SendBatch(ctx, b)
-	_, err := br.Exec()
-	var scanErr error
-	if err == nil {
-		scanErr = br.QueryRow().Scan(dest...)
-		if scanErr != nil && !errors.Is(scanErr, pgx.ErrNoRows) {
-			err = scanErr
-		}
-	}
-	if err == nil {
-		_, err = br.Exec()
-	}
-	if cerr := br.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return scanErr
-}
-
 // TryAcquire takes the lock name for lease, by the database's clock, if no
 // live lease holds it: one attempt, two statements (the lease, then its
 // fence, committed durably). It returns ErrLocked when another owner
@@ -294,7 +264,7 @@ func (c *Client) try(ctx context.Context, name, k string, lease time.Duration) (
 	l := &Lock{c: c, name: name, key: k, owner: got.Token}
 	var acquired, expires time.Time
 	bctx, cancel := c.bound(ctx)
-	err = c.row(bctx, c.q.fence, []any{k, string(got.Token)}, &l.fence, &acquired, &expires)
+	err = c.run.WriteRow(bctx, c.q.fence, []any{k, string(got.Token)}, &l.fence, &acquired, &expires)
 	cancel()
 	if errors.Is(err, pgx.ErrNoRows) {
 		// The lease ended between the two statements (shorter than the
@@ -321,7 +291,7 @@ func (c *Client) abandon(ctx context.Context, k string, owner dbcache.LeaseToken
 	defer cancel()
 	var live bool
 	var at time.Time
-	if err := c.row(bctx, c.q.release, []any{k, string(owner)}, &live, &at); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+	if err := c.run.WriteRow(bctx, c.q.release, []any{k, string(owner)}, &live, &at); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		c.cfg.Logger.WarnContext(ctx, "lock: releasing the lease of a failed grant failed; it ends with its lease", "error", err)
 	}
 }
@@ -379,7 +349,7 @@ func (l *Lock) Refresh(ctx context.Context, lease time.Duration) error {
 	ctx, cancel := l.c.bound(ctx)
 	defer cancel()
 	var expires time.Time
-	err := l.c.row(ctx, l.c.q.refresh, []any{l.key, string(l.owner), lease.Microseconds()}, &expires)
+	err := l.c.run.WriteRow(ctx, l.c.q.refresh, []any{l.key, string(l.owner), lease.Microseconds()}, &expires)
 	if errors.Is(err, pgx.ErrNoRows) {
 		l.c.expiries.Add(1)
 		return ErrNotHeld
@@ -401,7 +371,7 @@ func (l *Lock) Release(ctx context.Context) error {
 		live bool
 		at   time.Time
 	)
-	err := l.c.row(ctx, l.c.q.release, []any{l.key, string(l.owner)}, &live, &at)
+	err := l.c.run.WriteRow(ctx, l.c.q.release, []any{l.key, string(l.owner)}, &live, &at)
 	if errors.Is(err, pgx.ErrNoRows) || (err == nil && !live) {
 		l.c.expiries.Add(1)
 		return ErrNotHeld
@@ -451,7 +421,7 @@ func (c *Client) Restore(ctx context.Context, name string, owner dbcache.LeaseTo
 	defer cancel()
 	l := &Lock{c: c, name: name, key: k, owner: owner}
 	var acquired, expires time.Time
-	err = c.row(ctx, c.q.restore, []any{k, string(owner)}, &l.fence, &acquired, &expires)
+	err = c.run.WriteRow(ctx, c.q.restore, []any{k, string(owner)}, &l.fence, &acquired, &expires)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotHeld
 	}
@@ -475,7 +445,7 @@ func (c *Client) ForceRelease(ctx context.Context, name string) (bool, error) {
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
 	var live bool
-	err = c.row(ctx, c.q.forceRelease, []any{k}, &live)
+	err = c.run.WriteRow(ctx, c.q.forceRelease, []any{k}, &live)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, nil
 	}
