@@ -1,136 +1,32 @@
 package integration_test
 
 import (
-	"context"
-	"fmt"
-	"os"
 	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"github.com/dbcache/dbcache/internal/migrations"
-	"github.com/dbcache/dbcache/internal/pgserver"
+	"github.com/dbcache/dbcache/internal/standbytest"
 	"github.com/dbcache/dbcache/replicas"
 )
 
-// The failover tests' helpers: servers of their own (a primary and its
-// standby, installed PostgreSQL), a schema each on the primary, which the
-// standby replays. They live here, not beside the replicas package, because
-// the failover is tried with a near cache too, a module of its own that the
-// library module's tests must not import.
-
+// The failover tests' helpers (internal/standbytest, shared with the
+// replicas package's tests): servers of their own, a schema each on the
+// primary, which the standby replays. The failover tests live here, not
+// beside the replicas package, because they try the near cache too, a
+// module of its own that the library module's tests must not import.
 var (
+	foCtx        = standbytest.Ctx
+	foNewSchema  = standbytest.NewSchema
+	foPoolOn     = standbytest.PoolOn
+	foPoolOnN    = standbytest.PoolOnN
+	foCaughtUp   = standbytest.CaughtUp
+	foSuperConn  = standbytest.SuperConn
+	foSuperExec  = standbytest.SuperExec
+	foEventually = standbytest.Eventually
 	foStandbySeq atomic.Int64
-	foSchemaSeq  atomic.Int64
 )
-
-// foCtx is a context bounding a test.
-func foCtx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// foNewSchema makes and migrates a schema of the test's own on the
-// primary, dropped when the test ends.
-func foNewSchema(t testing.TB, primary *pgserver.Server) string {
-	t.Helper()
-	ctx := foCtx(t)
-	name := fmt.Sprintf("t%d_%d", os.Getpid(), foSchemaSeq.Add(1))
-	conn, err := pgx.Connect(ctx, primary.URL(""))
-	require.NoError(t, err)
-	defer conn.Close(ctx)
-	_, err = conn.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{name}.Sanitize())
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if c, err := pgx.Connect(ctx, primary.URL("")); err == nil {
-			_, _ = c.Exec(ctx, "DROP SCHEMA IF EXISTS "+pgx.Identifier{name}.Sanitize()+" CASCADE")
-			_ = c.Close(ctx)
-		}
-	})
-	cfg, err := pgx.ParseConfig(primary.URL(""))
-	require.NoError(t, err)
-	m, err := migrations.NewFromConnConfig(cfg, &migrations.Config{Schema: name})
-	require.NoError(t, err)
-	require.NoError(t, m.Up(ctx))
-	return name
-}
-
-// foPoolOn opens a small pool on url in schema, closed when the test ends.
-func foPoolOn(t testing.TB, url, schema string) *pgxpool.Pool {
-	t.Helper()
-	return foPoolOnN(t, url, schema, 3)
-}
-
-// foPoolOnN is foPoolOn with n connections at most.
-func foPoolOnN(t testing.TB, url, schema string, n int32) *pgxpool.Pool {
-	t.Helper()
-	cfg, err := pgxpool.ParseConfig(url)
-	require.NoError(t, err)
-	cfg.MaxConns = n
-	cfg.ConnConfig.ConnectTimeout = 2 * time.Second
-	cfg.ConnConfig.RuntimeParams["search_path"] = pgx.Identifier{schema}.Sanitize()
-	pool, err := pgxpool.NewWithConfig(foCtx(t), cfg)
-	require.NoError(t, err)
-	t.Cleanup(pool.Close)
-	return pool
-}
-
-// foCaughtUp waits until the standby has replayed everything the primary
-// has written so far.
-func foCaughtUp(t testing.TB, ctx context.Context, primary, standby *pgxpool.Pool) {
-	t.Helper()
-	var lsn int64
-	require.NoError(t, primary.QueryRow(ctx, `SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint`).Scan(&lsn))
-	for {
-		var replayed int64
-		err := standby.QueryRow(ctx, `SELECT coalesce((pg_last_wal_replay_lsn() - '0/0')::bigint, 0)`).Scan(&replayed)
-		require.NoError(t, err)
-		if replayed >= lsn {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("the standby never replayed %d (at %d)", lsn, replayed)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-}
-
-// foSuperConn connects to a server as its superuser.
-func foSuperConn(t testing.TB, ctx context.Context, s *pgserver.Server) *pgx.Conn {
-	t.Helper()
-	conn, err := pgx.Connect(ctx, s.URL(""))
-	require.NoError(t, err)
-	return conn
-}
-
-// foSuperExec runs sql as the superuser on a server.
-func foSuperExec(t testing.TB, ctx context.Context, s *pgserver.Server, sql string) {
-	t.Helper()
-	conn := foSuperConn(t, ctx, s)
-	defer conn.Close(ctx)
-	_, err := conn.Exec(ctx, sql)
-	require.NoError(t, err)
-}
-
-// foEventually retries cond until it holds, under ctx.
-func foEventually(t testing.TB, ctx context.Context, what string, cond func() bool) {
-	t.Helper()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%s: never happened", what)
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-}
 
 // foRouter is a replicas.Cache closed when the test ends.
 func foRouter(t testing.TB, primary *pgxpool.Pool, standbys []*pgxpool.Pool, cfg *replicas.Config) *replicas.Cache {

@@ -1,12 +1,8 @@
 package replicas_test
 
 import (
-	"context"
 	"fmt"
 	"testing"
-
-	"github.com/jackc/pgx/v5"
-	"github.com/stretchr/testify/require"
 
 	"github.com/dbcache/dbcache/internal/dbtest"
 	"github.com/dbcache/dbcache/internal/pgserver"
@@ -25,11 +21,4 @@ func newProxy(t *testing.T, host string, port uint16) *proxy {
 // url is s's DSN through the proxy.
 func (p *proxy) url(s *pgserver.Server) string {
 	return fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", pgserver.Superuser, p.Addr(), s.Database())
-}
-
-func superConn(t *testing.T, ctx context.Context, s *pgserver.Server) *pgx.Conn {
-	t.Helper()
-	conn, err := pgx.Connect(ctx, s.URL(""))
-	require.NoError(t, err)
-	return conn
 }
