@@ -243,7 +243,10 @@ func TestFailuresAreNeverMisses(t *testing.T) {
 	}
 	data, err := c.Get(ctx, "example.com")
 	require.NoError(t, err)
-	require.Equal(t, "cert", string(data), "failed writes changed nothing")
+	// A Put cut off by the stopped server may have committed before the
+	// connection dropped (its error cannot say): the entry is the stored
+	// certificate or the Put's value, never anything else.
+	require.Contains(t, []string{"cert", "x"}, string(data), "a failed write leaves the old value or its own")
 }
 
 // With a Sealer the table holds ciphertext bound to each key: the stored
