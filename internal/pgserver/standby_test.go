@@ -95,6 +95,9 @@ func TestStandby(t *testing.T) {
 	}, time.Minute, 10*time.Millisecond, "the cancelled wait's write committed locally all the same")
 	require.NoError(t, syscall.Kill(pid, syscall.SIGCONT))
 	resumed = true
+	// remote_apply, as above: the commit returns once the standby replayed it.
+	_, err = p2.Exec(ctx, "SET synchronous_commit = remote_apply")
+	require.NoError(t, err)
 	_, err = p2.Exec(ctx, "INSERT INTO t VALUES (3)")
 	require.NoError(t, err, "resumed, the standby confirms again")
 	require.NoError(t, s.QueryRow(ctx, "SELECT count(*) FROM t").Scan(&n))
