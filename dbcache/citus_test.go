@@ -67,7 +67,10 @@ func newCitusPair(t *testing.T, cfg dbcache.Config) citusPair {
 }
 
 // same runs op on both caches and requires the same answer and the same
-// table contents (key, value, expiry or none, rounded to the second).
+// table contents (key, value, and the time left in minutes or none: the two
+// caches run each operation a moment apart, which on a loaded machine can be
+// seconds, so seconds would compare the machine's speed; every expiry here is
+// a whole number of minutes, within seconds of its mark).
 func (p citusPair) same(t *testing.T, name string, op func(c *dbcache.Cache) (any, error)) {
 	t.Helper()
 	a, errA := op(p.plain.cache)
@@ -86,7 +89,7 @@ func (p citusPair) poolOf(c *dbcache.Cache) *pgxpool.Pool {
 func dumpTable(t *testing.T, b *testBundle) []string {
 	t.Helper()
 	rows, err := b.pool.Query(ctxT(t), `SELECT key || '=' || encode(value, 'escape') || ' ' ||
-  coalesce(round(extract(epoch FROM expires - statement_timestamp()))::text, 'never') FROM dbcache_entries ORDER BY key`)
+  coalesce(round(extract(epoch FROM expires - statement_timestamp()) / 60)::text || 'm', 'never') FROM dbcache_entries ORDER BY key`)
 	require.NoError(t, err)
 	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)
