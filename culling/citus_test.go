@@ -35,22 +35,22 @@ func citusTestMode(m culling.CitusMode) culling.CitusMode {
 	return m
 }
 
-// sqlStandIns are stand-ins, on plain PostgreSQL, for the two Citus
-// functions the Citus forms call, created in the pool's first search_path
-// schema, where the forms' unqualified calls find them (on a Citus
-// coordinator they find pg_catalog's first). They have Citus's signatures
-// and result shapes and answer from the plain table, as one shard:
-// run_command_on_shards runs the command with the table's name for %s (as
-// Citus runs it on each shard with the shard's), and reports a failure as
-// Citus does, success false and the error as the result;
+// standIns are stand-ins, on plain PostgreSQL, for the two Citus
+// functions the Citus forms call, created in a test's schema (%[1]s),
+// where the forms' unqualified calls find them through the search_path (on
+// a Citus coordinator they find pg_catalog's first). They have Citus's
+// signatures and result shapes and answer from the plain table, as one
+// shard: run_command_on_shards runs the command with the table's name for
+// %%s (as Citus runs it on each shard with the shard's name), and reports a
+// failure as Citus does, success false and the error as the result;
 // citus_relation_size is the main fork's size (Citus sums its shards').
-const sqlStandIns = `
-CREATE OR REPLACE FUNCTION run_command_on_shards(table_name regclass, command text, parallel boolean DEFAULT true)
+const standIns = `
+CREATE OR REPLACE FUNCTION %[1]s.run_command_on_shards(table_name regclass, command text, parallel boolean DEFAULT true)
 RETURNS TABLE (shardid bigint, success boolean, result text) LANGUAGE plpgsql AS $f$
 BEGIN
   shardid := 102008;
   BEGIN
-    EXECUTE replace(command, '%s', table_name::text) INTO result;
+    EXECUTE replace(command, '%%s', table_name::text) INTO result;
     success := true;
   EXCEPTION WHEN OTHERS THEN
     success := false;
@@ -58,24 +58,35 @@ BEGIN
   END;
   RETURN NEXT;
 END $f$;
-CREATE OR REPLACE FUNCTION citus_relation_size(logicalrelid regclass) RETURNS bigint
+CREATE OR REPLACE FUNCTION %[1]s.citus_relation_size(logicalrelid regclass) RETURNS bigint
 LANGUAGE sql AS $f$ SELECT pg_relation_size(logicalrelid) $f$;`
 
-// citusStandIns creates the stand-ins in the pool's schema, once however
-// many cullers of one schema ask at once.
+// citusStandIns creates the stand-ins in the test schema the pool's
+// search_path names (none for a pool without one, or whose search_path is
+// not a test schema), once however many
+// cullers of one schema ask at once, as the server's own role (the pool's
+// may be a test's restricted one). They are never created anywhere else:
+// the server is shared.
 func citusStandIns(t *testing.T, pool *pgxpool.Pool) {
 	t.Helper()
+	schema := pool.Config().ConnConfig.RuntimeParams["search_path"]
+	if !strings.HasPrefix(strings.Trim(schema, `"`), "dbct_") || strings.Contains(schema, ",") {
+		return // not a test schema alone (TestSchemaConfig's is pg_catalog)
+	}
 	ctx := context.Background()
-	tx, err := pool.Begin(ctx)
+	admin, err := pgx.Connect(ctx, dbtest.URL(t))
+	require.NoError(t, err)
+	defer func() { _ = admin.Close(ctx) }()
+	tx, err := admin.Begin(ctx)
 	require.NoError(t, err)
 	defer func() { _ = tx.Rollback(ctx) }()
-	_, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext(current_schema()))`)
+	_, err = tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext($1))`, schema)
 	require.NoError(t, err)
 	var there bool
 	require.NoError(t, tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_proc
-		WHERE proname = 'run_command_on_shards' AND pronamespace = current_schema()::regnamespace)`).Scan(&there))
+		WHERE proname = 'run_command_on_shards' AND pronamespace = $1::regnamespace)`, schema).Scan(&there))
 	if !there {
-		_, err = tx.Exec(ctx, sqlStandIns, pgx.QueryExecModeSimpleProtocol)
+		_, err = tx.Exec(ctx, fmt.Sprintf(standIns, schema), pgx.QueryExecModeSimpleProtocol)
 		require.NoError(t, err)
 	}
 	require.NoError(t, tx.Commit(ctx))
@@ -254,11 +265,18 @@ func TestCitusEstimates(t *testing.T) {
 	}
 	// A shard that fails: the stand-in reports it as Citus does, and the
 	// estimate is an error, not a made-up figure.
-	dbtest.Exec(t, b.pool, `ALTER FUNCTION run_command_on_shards(regclass, text, boolean) RENAME TO run_command_on_shards_ok`)
-	dbtest.Exec(t, b.pool, `CREATE FUNCTION run_command_on_shards(table_name regclass, command text, parallel boolean DEFAULT true)
-		RETURNS TABLE (shardid bigint, success boolean, result text) LANGUAGE sql AS $f$
-		SELECT * FROM run_command_on_shards_ok(table_name, command, parallel)
-		UNION ALL SELECT 102009, false, 'connection to the remote node w2:5432 failed' $f$`)
+	dbtest.Exec(t, b.pool, `CREATE OR REPLACE FUNCTION `+pgx.Identifier{b.schema.Name}.Sanitize()+`.run_command_on_shards(table_name regclass, command text, parallel boolean DEFAULT true)
+		RETURNS TABLE (shardid bigint, success boolean, result text) LANGUAGE plpgsql AS $f$
+		BEGIN
+		  shardid := 102008;
+		  EXECUTE replace(command, '%s', table_name::text) INTO result;
+		  success := true;
+		  RETURN NEXT;
+		  shardid := 102009;
+		  success := false;
+		  result := 'connection to the remote node w2:5432 failed';
+		  RETURN NEXT;
+		END $f$`)
 	_, err := culling.EstimateSizeForms(ctx, b.pool, 2000, true)
 	require.ErrorContains(t, err, "did not answer: connection to the remote node")
 
