@@ -438,3 +438,25 @@ func TestCitusKeyOrderNoDeadlock(t *testing.T) {
 	require.Positive(t, writes.Load())
 	require.Positive(t, removed)
 }
+
+// TestCitusBatchCap: a Citus batch deletes at most 500 keys in one
+// transaction, whatever BatchSize, and a pass still removes every due row.
+func TestCitusBatchCap(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	insert(t, b.pool, "k", 1300, "now() - g * interval '1 second'")
+	c, _ := newCuller(t, b.pool, &culling.Config{Citus: culling.CitusOn, MaxEntries: culling.NoLimit, BatchSize: 1000})
+	var (
+		mu    sync.Mutex
+		sizes []int
+	)
+	culling.SetCitusPageHook(c, func(ks []string) {
+		mu.Lock()
+		defer mu.Unlock()
+		sizes = append(sizes, len(ks))
+	})
+	res := runOnce(t, c)
+	require.EqualValues(t, 1300, res.ExpiredRemoved)
+	require.Equal(t, []int{500, 500, 300}, sizes)
+	require.Zero(t, dbtest.Count(t, b.pool))
+}
