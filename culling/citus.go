@@ -68,11 +68,11 @@ func (m CitusMode) String() string {
 // PostgreSQL that setting is a placeholder, and SET LOCAL does what the
 // plain forms' set_config does.
 const (
-	sqlCitusPropagate  = `SET LOCAL citus.propagate_set_commands TO 'local'`
-	sqlCitusAsync      = `SET LOCAL synchronous_commit TO off`
-	sqlCitusNoSeqScan  = `SET LOCAL enable_seqscan TO off`
-	sqlCitusNoBitmap   = `SET LOCAL enable_bitmapscan TO off`
-	sqlCitusLockTimout = `SET LOCAL lock_timeout TO '50ms'`
+	sqlCitusPropagate   = `SET LOCAL citus.propagate_set_commands TO 'local'`
+	sqlCitusAsync       = `SET LOCAL synchronous_commit TO off`
+	sqlCitusNoSeqScan   = `SET LOCAL enable_seqscan TO off`
+	sqlCitusNoBitmap    = `SET LOCAL enable_bitmapscan TO off`
+	sqlCitusLockTimeout = `SET LOCAL lock_timeout TO '50ms'`
 
 	// sqlCitusHeld is the plain forms' held CTE as a statement of its own,
 	// the first of the delete transaction: pg_locks is the coordinator's,
@@ -205,7 +205,7 @@ const citusBatchMax = 500
 // delete transactions (with the plain forms' lock_timeout).
 var (
 	citusReadSettings   = []string{sqlCitusPropagate, sqlCitusAsync, sqlCitusNoSeqScan, sqlCitusNoBitmap}
-	citusDeleteSettings = []string{sqlCitusPropagate, sqlCitusAsync, sqlCitusLockTimout}
+	citusDeleteSettings = []string{sqlCitusPropagate, sqlCitusAsync, sqlCitusLockTimeout}
 )
 
 // citusForm is one batch delete's Citus form.
