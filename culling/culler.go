@@ -230,6 +230,15 @@ type Config struct {
 	// measured exactly. Defaults to SizeSamplePagesDefault.
 	SizeSamplePages int
 
+	// Citus chooses the statement forms for a cache table distributed by
+	// key on a Citus cluster (docs/culling.md#citus), as
+	// dbcache.Config.Citus does for the cache: CitusAuto, the default, uses
+	// them when Start (or the first pass of a Culler never started) finds
+	// the table in pg_dist_partition; CitusOn always (plain PostgreSQL
+	// answers them as the plain forms); CitusOff never. Defaults to
+	// CitusAuto.
+	Citus CitusMode
+
 	// Schema is the schema of the cache table. Defaults to "", which
 	// resolves the table through the pool's search_path, as the cache does.
 	Schema string
@@ -296,6 +305,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("culling: Config.NudgeEvery must be positive or -1, got %d", c.NudgeEvery)
 	case c.PassTimeout < -1:
 		return fmt.Errorf("culling: Config.PassTimeout must be positive or -1, got %s", c.PassTimeout)
+	case c.Citus < CitusAuto || c.Citus > CitusOff:
+		return fmt.Errorf("culling: Config.Citus %d is not a CitusMode (CitusAuto, CitusOn or CitusOff)", int(c.Citus))
 	case c.Schema != "" && !schemaRE.MatchString(c.Schema):
 		return fmt.Errorf("culling: Config.Schema %q is not a valid schema name (letters, digits, _ and $, at most 63)", c.Schema)
 	}
@@ -335,6 +346,14 @@ type Culler struct {
 
 	mu  sync.Mutex
 	run *runState
+
+	// citus is citusUnknown until the forms are decided (see UsesCitus);
+	// cf holds the Citus forms, filled in for the table.
+	citus atomic.Int32
+	cf    *citusForms
+	// citusPageHook, set by tests only, runs in a Citus batch between its
+	// page read and its delete transaction, with the keys it picked.
+	citusPageHook func(keys []string)
 }
 
 type runState struct {
@@ -368,6 +387,13 @@ func New(pool *pgxpool.Pool, cfg *Config) (*Culler, error) {
 		nudge:  make(chan struct{}, 1),
 	}
 	cu.table, cu.state = qualify(c.Schema, cacheTable), qualify(c.Schema, StateTable)
+	cu.cf = newCitusForms(cu.table)
+	switch c.Citus {
+	case CitusOn:
+		cu.citus.Store(citusUsed)
+	case CitusOff:
+		cu.citus.Store(citusUnused)
+	}
 	return cu, nil
 }
 
@@ -481,7 +507,7 @@ func (c *Culler) check(ctx context.Context) error {
 		sel, upd, del *bool
 		user          string
 	)
-	_, err = runTx(ctx, conn.Conn(), "", sqlCheck, []any{c.table}, func(r pgx.Row) error {
+	_, err = runTx(ctx, conn.Conn(), nil, sqlCheck, []any{c.table}, func(r pgx.Row) error {
 		return r.Scan(&exists, &sel, &upd, &del, &user)
 	})
 	var pgErr *pgconn.PgError
@@ -498,7 +524,7 @@ func (c *Culler) check(ctx context.Context) error {
 			// search_path silently skips schemas the role may not use, so a
 			// table that is there but out of reach looks missing.
 			var hidden string
-			_, err := runTx(ctx, conn.Conn(), "", sqlHidden, []any{cacheTable}, func(r pgx.Row) error { return r.Scan(&hidden) })
+			_, err := runTx(ctx, conn.Conn(), nil, sqlHidden, []any{cacheTable}, func(r pgx.Row) error { return r.Scan(&hidden) })
 			if err == nil {
 				return fmt.Errorf("%w: table %s is in schema %q on the search_path, but role %s lacks USAGE on that schema (GRANT USAGE ON SCHEMA %s TO %s)",
 					ErrNoPrivilege, cacheTable, hidden, user, pgx.Identifier{hidden}.Sanitize(), pgx.Identifier{user}.Sanitize())
@@ -512,7 +538,7 @@ func (c *Culler) check(ctx context.Context) error {
 	}
 	if c.cfg.MaxAge > 0 {
 		var column, index bool
-		if _, err := runTx(ctx, conn.Conn(), "", sqlCheckAge, []any{c.table}, func(r pgx.Row) error {
+		if _, err := runTx(ctx, conn.Conn(), nil, sqlCheckAge, []any{c.table}, func(r pgx.Row) error {
 			return r.Scan(&column, &index)
 		}); err != nil {
 			return fmt.Errorf("culling: check for the written_at column: %w", err)
@@ -520,6 +546,9 @@ func (c *Culler) check(ctx context.Context) error {
 		if !column || !index {
 			return fmt.Errorf("%w: Config.MaxAge needs the written_at column and its index (migrations 004 and 005)", ErrMigrationNeeded)
 		}
+	}
+	if err := c.decideCitus(ctx, conn.Conn()); err != nil {
+		return err
 	}
 	var missing []string
 	for _, p := range []struct {

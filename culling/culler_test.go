@@ -46,6 +46,9 @@ func newCuller(t *testing.T, pool *pgxpool.Pool, cfg *culling.Config) (*culling.
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(sink, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
+	if cfg.Citus = citusTestMode(cfg.Citus); cfg.Citus == culling.CitusOn {
+		citusStandIns(t, pool)
+	}
 	c, err := culling.New(pool, cfg)
 	require.NoError(t, err)
 	t.Cleanup(func() {

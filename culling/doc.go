@@ -67,6 +67,15 @@
 // stays. A row a writer holds for longer than 50 ms is stepped over and
 // left for the next pass. See docs/culling.md.
 //
+// # Citus
+//
+// On a cache table distributed by Citus the culler runs statement forms
+// Citus accepts: pages read without a lock, then each key deleted by a
+// statement routed to its worker, in key order, re-checking that it is
+// still due; and estimates read from the shards. Config.Citus chooses, as
+// dbcache.Config.Citus does for the cache; [Culler.UsesCitus] says which
+// forms are in use. See docs/culling.md#citus.
+//
 // # Hooks and logs
 //
 // A Config.OnProgress that panics fails its pass with ErrHookPanicked, and

@@ -22,7 +22,7 @@ import (
 // none of which the pass can name.
 func (p *pass) workBackend() error {
 	var pid uint32
-	if err := p.tx(p.work, "", sqlServerPID, nil, func(r pgx.Row) error { return r.Scan(&pid) }); err != nil {
+	if err := p.tx(p.work, nil, sqlServerPID, nil, func(r pgx.Row) error { return r.Scan(&pid) }); err != nil {
 		return fmt.Errorf("culling: read the work connection's backend: %w", err)
 	}
 	if pid != p.work.clientPID() {
@@ -152,13 +152,13 @@ func (p *pass) waitReleased(ctx context.Context, lockPID, busyPID uint32) error 
 	for {
 		var held, busy bool
 		if lockPID != 0 {
-			if _, err := runTx(ctx, conn.Conn(), "", sqlLockHeld, []any{lockPID, lockKeySpace, c.table},
+			if _, err := runTx(ctx, conn.Conn(), nil, sqlLockHeld, []any{lockPID, lockKeySpace, c.table},
 				func(r pgx.Row) error { return r.Scan(&held) }); err != nil {
 				return err
 			}
 		}
 		if busyPID != 0 {
-			if _, err := runTx(ctx, conn.Conn(), "", sqlTableBusy, []any{busyPID, c.table},
+			if _, err := runTx(ctx, conn.Conn(), nil, sqlTableBusy, []any{busyPID, c.table},
 				func(r pgx.Row) error { return r.Scan(&busy) }); err != nil {
 				return err
 			}

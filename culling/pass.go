@@ -231,9 +231,10 @@ func (c *Culler) logPass(ctx context.Context, r *PassResult) {
 }
 
 type pass struct {
-	c   *Culler
-	ctx context.Context // ends on Stop, the caller's cancel and PassTimeout
-	dry bool
+	c     *Culler
+	ctx   context.Context // ends on Stop, the caller's cancel and PassTimeout
+	dry   bool
+	citus bool // the pass runs the Citus forms
 
 	begun       time.Time
 	res         *PassResult
@@ -300,6 +301,9 @@ func (p *pass) run() error {
 	if err := p.workBackend(); err != nil {
 		return err
 	}
+	if err := p.detectCitus(); err != nil {
+		return err
+	}
 
 	if err := p.sweep(); err != nil {
 		return err
@@ -336,7 +340,10 @@ func (p *pass) runDry() error {
 	}
 	p.work = newPassConn(work)
 	defer p.release()
-	if err := p.tx(p.work, "", fmt.Sprintf(sqlExpired, p.c.table), nil, func(r pgx.Row) error {
+	if err := p.detectCitus(); err != nil {
+		return err
+	}
+	if err := p.tx(p.work, nil, fmt.Sprintf(sqlExpired, p.c.table), nil, func(r pgx.Row) error {
 		return r.Scan(&p.asOf, &p.res.ExpiredRemoved)
 	}); err != nil {
 		return fmt.Errorf("culling: count expired rows: %w", err)
@@ -387,13 +394,17 @@ type batchResult struct {
 
 // deleteBatch runs one of the batch deletes (see sqlSweep) over up to limit
 // rows, removing them unless remove is false, with args after the lock.
-func (p *pass) deleteBatch(q string, limit int64, remove bool, args []any) (batchResult, error) {
+func (p *pass) deleteBatch(st stretch, limit int64, remove bool, args []any) (batchResult, error) {
+	if p.citus {
+		return p.citusBatch(st.citus, limit, remove, args)
+	}
+	q := st.q
 	var (
 		b       batchResult
 		lastKey *string
 	)
 	all := append([]any{limit, p.lockVXID, remove}, args...)
-	err := p.tx(p.work, sqlDeleteSettings, q, all, func(r pgx.Row) error {
+	err := p.tx(p.work, []string{sqlDeleteSettings}, q, all, func(r pgx.Row) error {
 		return r.Scan(&b.read, &b.picked, &b.removed, &b.bytes, &b.held, &b.last.expires, &lastKey)
 	})
 	if lastKey != nil {
@@ -405,6 +416,7 @@ func (p *pass) deleteBatch(q string, limit int64, remove bool, args []any) (batc
 // stretch is one range of eviction order that one batch delete walks.
 type stretch struct {
 	q     string
+	citus *citusForm // q's Citus form
 	start cursor
 	// args are the statement's arguments after the lock's: the range from
 	// cursor cur, and for a cull the budget.
@@ -450,13 +462,13 @@ func (p *pass) walk(st stretch, what string, limit func() int64, enough func() b
 		if capped > 0 {
 			n = min(n, capped)
 		}
-		b, err := p.deleteBatch(st.q, n, true, st.args(cur))
+		b, err := p.deleteBatch(st, n, true, st.args(cur))
 		if err != nil && rowLockWait(err) && p.ctx.Err() == nil {
 			if n > 1 {
 				capped = n / 2
 				continue
 			}
-			if b, err = p.deleteBatch(st.q, 1, false, st.args(cur)); err != nil {
+			if b, err = p.deleteBatch(st, 1, false, st.args(cur)); err != nil {
 				return fmt.Errorf("culling: %s: %w", what, err)
 			}
 			if !b.held {
@@ -500,15 +512,15 @@ func (p *pass) lockLost() error {
 // pass are left for the next one, so the sweep ends even while rows keep
 // expiring.
 func (p *pass) sweep() error {
-	return p.removeBefore(fmt.Sprintf(sqlSweep, p.c.table), p.asOf, PhaseSweep, &p.res.ExpiredRemoved, "remove expired rows")
+	return p.removeBefore(fmt.Sprintf(sqlSweep, p.c.table), &p.c.cf.sweep, p.asOf, PhaseSweep, &p.res.ExpiredRemoved, "remove expired rows")
 }
 
 // removeBefore runs the keyset batch delete q (sqlSweep or sqlAgeOut) with
 // cutoff from the start of its index until a batch comes back short,
 // adding what each removed to *removed and reporting progress in phase ph.
-func (p *pass) removeBefore(q string, cutoff time.Time, ph Phase, removed *int64, what string) error {
-	batch := int64(p.c.cfg.BatchSize)
-	st := stretch{q: q, start: startTimed, args: func(cur cursor) []any { return []any{cutoff, cur.expires, cur.key} }}
+func (p *pass) removeBefore(q string, cf *citusForm, cutoff time.Time, ph Phase, removed *int64, what string) error {
+	batch := p.batchLimit()
+	st := stretch{q: q, citus: cf, start: startTimed, args: func(cur cursor) []any { return []any{cutoff, cur.expires, cur.key} }}
 	if err := p.walk(st, what, func() int64 { return batch }, func() bool { return false }, func(b batchResult) error {
 		*removed += b.removed
 		if b.removed > 0 {
@@ -543,7 +555,11 @@ func (p *pass) count() error {
 		}
 	}
 	var estimate int64
-	if err := p.tx(p.work, "", sqlEstimate, []any{c.table}, func(r pgx.Row) error { return r.Scan(&estimate) }); err != nil {
+	if err := p.stmt(p.work, func(ctx context.Context) error {
+		var err error
+		estimate, err = estimateRows(ctx, p.work.Conn.Conn(), c.table, p.citus)
+		return err
+	}); err != nil {
 		return fmt.Errorf("culling: read the table's row estimate: %w", err)
 	}
 	limit := int64(c.cfg.ExactCountLimit)
@@ -552,7 +568,7 @@ func (p *pass) count() error {
 		p.res.Count, p.res.CountExact = estimate, false
 	default:
 		var walked int64
-		if err := p.tx(p.work, "", fmt.Sprintf(sqlWalk, c.table), []any{limit + 1}, func(r pgx.Row) error {
+		if err := p.tx(p.work, nil, fmt.Sprintf(sqlWalk, c.table), []any{limit + 1}, func(r pgx.Row) error {
 			return r.Scan(&walked)
 		}); err != nil {
 			return fmt.Errorf("culling: count the table: %w", err)
@@ -583,13 +599,13 @@ func (p *pass) ageOut() error {
 	}
 	cutoff := p.asOf.Add(-c.cfg.MaxAge)
 	if p.dry {
-		if err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(sqlCountAged, c.table), []any{cutoff, p.asOf},
+		if err := p.tx(p.work, p.readSettings(), fmt.Sprintf(sqlCountAged, c.table), []any{cutoff, p.asOf},
 			func(r pgx.Row) error { return r.Scan(&p.res.AgedOut, &p.agedBytes) }); err != nil {
 			return fmt.Errorf("culling: count entries older than MaxAge: %w", err)
 		}
 		return nil
 	}
-	return p.removeBefore(fmt.Sprintf(sqlAgeOut, c.table), cutoff, PhaseAge, &p.res.AgedOut, "remove entries older than MaxAge")
+	return p.removeBefore(fmt.Sprintf(sqlAgeOut, c.table), &c.cf.ageOut, cutoff, PhaseAge, &p.res.AgedOut, "remove entries older than MaxAge")
 }
 
 // size sets res.Size when MaxBytes is set (see estimateSize).
@@ -618,7 +634,7 @@ func (p *pass) flushStats() error {
 	if p.c.noForceFlush.Load() {
 		return nil
 	}
-	if err := p.tx(p.work, "", sqlFlushStats, nil, nil); err != nil {
+	if err := p.tx(p.work, nil, sqlFlushStats, nil, nil); err != nil {
 		if p.ctx.Err() != nil {
 			return p.ctx.Err()
 		}
@@ -691,20 +707,20 @@ func (p *pass) cull() error {
 		return []any{left, max(p.target-p.res.Culled, 0)}
 	}
 	var steps []stretch
-	timed := stretch{q: fmt.Sprintf(sqlCullTimed, c.table), start: startTimed, args: func(cur cursor) []any {
+	timed := stretch{q: fmt.Sprintf(sqlCullTimed, c.table), citus: &c.cf.cullTimed, start: startTimed, args: func(cur cursor) []any {
 		return append([]any{cur.expires, cur.key}, budget()...)
 	}}
 	switch {
 	case bytesOver || !found: // everything may go, rows with an expiry first
-		steps = []stretch{timed, {q: fmt.Sprintf(sqlCullNull, c.table), args: func(cur cursor) []any {
+		steps = []stretch{timed, {q: fmt.Sprintf(sqlCullNull, c.table), citus: &c.cf.cullNull, args: func(cur cursor) []any {
 			return append([]any{cur.key}, budget()...)
 		}}}
 	case bound.expires.Valid: // the boundary has an expiry
-		steps = []stretch{{q: fmt.Sprintf(sqlCullBefore, c.table), start: startTimed, args: func(cur cursor) []any {
+		steps = []stretch{{q: fmt.Sprintf(sqlCullBefore, c.table), citus: &c.cf.cullBefore, start: startTimed, args: func(cur cursor) []any {
 			return append([]any{cur.expires, cur.key, bound.expires, bound.key}, budget()...)
 		}}}
 	default: // the boundary never expires: every row with an expiry goes first
-		steps = []stretch{timed, {q: fmt.Sprintf(sqlCullNullBefore, c.table), args: func(cur cursor) []any {
+		steps = []stretch{timed, {q: fmt.Sprintf(sqlCullNullBefore, c.table), citus: &c.cf.cullNullBefore, args: func(cur cursor) []any {
 			return append([]any{cur.key, bound.key}, budget()...)
 		}}}
 	}
@@ -723,7 +739,7 @@ func (p *pass) cull() error {
 	done := func() bool {
 		return (!countOver || p.res.Culled >= p.target) && (!bytesOver || p.res.CulledBytes >= p.bytesTarget)
 	}
-	batch := int64(c.cfg.BatchSize)
+	batch := p.batchLimit()
 	want := func() int64 {
 		var want int64
 		if countOver {
@@ -791,7 +807,7 @@ func (p *pass) countBoundary() (boundary, error) {
 	// The boundary: the keep-th row from the end.
 	if keep > 0 {
 		var bKey *string
-		err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(sqlBoundary, c.table), []any{p.asOf, keep - 1},
+		err := p.tx(p.work, p.readSettings(), fmt.Sprintf(sqlBoundary, c.table), []any{p.asOf, keep - 1},
 			func(r pgx.Row) error { return r.Scan(&bound.expires, &bKey) })
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
@@ -853,7 +869,7 @@ func (p *pass) dryCull(countOver, bytesOver bool, before, keep int64) error {
 	minRows := p.res.Culled
 	for limit := max(p.rowsFor(p.bytesTarget)*2, minRows, int64(p.c.cfg.BatchSize)); ; limit *= 2 {
 		var n, run, walked int64
-		if err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(sqlSizeFront, p.c.table), []any{p.asOf, limit, p.bytesTarget, minRows},
+		if err := p.tx(p.work, p.readSettings(), fmt.Sprintf(sqlSizeFront, p.c.table), []any{p.asOf, limit, p.bytesTarget, minRows},
 			func(r pgx.Row) error { return r.Scan(&n, &run, &walked) }); err != nil {
 			return fmt.Errorf("culling: count the rows to cull: %w", err)
 		}
@@ -880,7 +896,7 @@ func (p *pass) countBefore(found bool, bound cursor, limit int64, n *int64) erro
 	default:
 		q, args = sqlCountBeforeNull, []any{p.asOf, bound.key, limit}
 	}
-	if err := p.tx(p.work, sqlBatchSettings, fmt.Sprintf(q, p.c.table), args, func(r pgx.Row) error {
+	if err := p.tx(p.work, p.readSettings(), fmt.Sprintf(q, p.c.table), args, func(r pgx.Row) error {
 		return r.Scan(n)
 	}); err != nil {
 		return fmt.Errorf("culling: count the rows before the cull boundary: %w", err)
@@ -908,7 +924,7 @@ func (p *pass) record() {
 	if c.cfg.MaxAge > 0 {
 		maxAge = &c.cfg.MaxAge
 	}
-	err := p.tx(p.work, sqlAsyncCommit, fmt.Sprintf(sqlRecordV4, c.state),
+	err := p.tx(p.work, []string{sqlAsyncCommit}, fmt.Sprintf(sqlRecordV4, c.state),
 		[]any{r.StartedAt, r.ExpiredRemoved, r.Culled, r.Count, r.CountExact, r.Remaining, c.runner,
 			r.AgedOut, r.CulledBytes, size, maxEntries, maxBytes, maxAge}, nil)
 	var pgErr *pgconn.PgError
@@ -917,7 +933,7 @@ func (p *pass) record() {
 			c.log(p.ctx, slog.LevelWarn, "culling.Culler: "+StateTable+" lacks the columns of migration 004; "+
 				"apply the migrations so `dbcache stats` can show the limits, the size and what MaxAge removed")
 		}
-		err = p.tx(p.work, sqlAsyncCommit, fmt.Sprintf(sqlRecord, c.state),
+		err = p.tx(p.work, []string{sqlAsyncCommit}, fmt.Sprintf(sqlRecord, c.state),
 			[]any{r.StartedAt, r.ExpiredRemoved, r.Culled, r.Count, r.CountExact, r.Remaining, c.runner}, nil)
 	}
 	if err == nil || p.ctx.Err() != nil {

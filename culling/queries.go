@@ -145,8 +145,9 @@ SELECT set_config('synchronous_commit', 'off', true),
 	// \x01, the next string in the key column's C collation), so no batch
 	// reads a row twice.
 	//
-	// The read takes no row lock (Citus refuses FOR UPDATE in a query over
-	// several shards, and one form serves both). The DELETE finds each row
+	// The read takes no row lock. (On a table distributed by Citus the
+	// culler runs the forms of citus.go instead: a multi-key DELETE there
+	// reaches every shard at once.) The DELETE finds each row
 	// by its key in the primary key index, so it locks rows in key order, as
 	// every statement of dbcache does, and cannot deadlock with them. A row
 	// a writer changed after the batch's snapshot is found in its newest

@@ -47,12 +47,41 @@ func EstimateSize(ctx context.Context, pool *pgxpool.Pool, schema string, sample
 		return nil, fmt.Errorf("culling: acquire a connection: %w", err)
 	}
 	defer conn.Release()
-	var rows int64
-	if _, err := runTx(ctx, conn.Conn(), "", sqlEstimate, []any{table}, func(r pgx.Row) error { return r.Scan(&rows) }); err != nil {
+	citus, err := detectCitus(ctx, conn.Conn(), table)
+	if err != nil {
+		return nil, err
+	}
+	return estimateSizeForms(ctx, conn.Conn(), table, samplePages, citus)
+}
+
+// estimateSizeForms is EstimateSize in the plain forms or the Citus forms.
+func estimateSizeForms(ctx context.Context, conn *pgx.Conn, table string, samplePages int, citus bool) (*SizeEstimate, error) {
+	rows, err := estimateRows(ctx, conn, table, citus)
+	if err != nil {
 		return nil, classify(fmt.Errorf("culling: read the table's row estimate: %w", err))
 	}
-	est, err := estimateSize(ctx, conn.Conn(), table, rows, samplePages, nil)
+	est, err := estimateSize(ctx, conn, table, rows, samplePages, nil, citus)
 	return est, classify(err)
+}
+
+// estimateRows is the table's live-row statistic (sqlEstimate), or with
+// citus the sum of its shards' (sqlCitusEstimate).
+func estimateRows(ctx context.Context, conn *pgx.Conn, table string, citus bool) (int64, error) {
+	var rows int64
+	if !citus {
+		_, err := runTx(ctx, conn, nil, sqlEstimate, []any{table}, func(r pgx.Row) error { return r.Scan(&rows) })
+		return rows, err
+	}
+	var (
+		ok  bool
+		msg string
+	)
+	if _, err := runTx(ctx, conn, nil, sqlCitusEstimate, []any{table, sqlCitusShardLiveRows}, func(r pgx.Row) error {
+		return r.Scan(&rows, &ok, &msg)
+	}); err != nil {
+		return 0, err
+	}
+	return rows, shardAnswers(ok, msg)
 }
 
 // estimateSize is the size estimate over rows entries. It samples
@@ -72,11 +101,23 @@ func EstimateSize(ctx context.Context, pool *pgxpool.Pool, schema string, sample
 //
 // A table no larger than the sample is read whole: the sum is exact. asOf,
 // when set, leaves out rows that had expired by then (a dry run's).
-func estimateSize(ctx context.Context, conn *pgx.Conn, table string, rows int64, samplePages int, asOf any) (*SizeEstimate, error) {
+func estimateSize(ctx context.Context, conn *pgx.Conn, table string, rows int64, samplePages int, asOf any, citus bool) (*SizeEstimate, error) {
 	var pages, chunks, blockSize int64
-	if _, err := runTx(ctx, conn, "", sqlSizeInfo, []any{table}, func(r pgx.Row) error {
-		return r.Scan(&pages, &chunks, &blockSize)
-	}); err != nil {
+	q, args := sqlSizeInfo, []any{table}
+	var (
+		ok  = true
+		msg string
+	)
+	scan := func(r pgx.Row) error { return r.Scan(&pages, &chunks, &blockSize) }
+	if citus {
+		q, args = sqlCitusSizeInfo, []any{table, sqlCitusShardToastChunks}
+		scan = func(r pgx.Row) error { return r.Scan(&pages, &chunks, &blockSize, &ok, &msg) }
+	}
+	_, err := runTx(ctx, conn, nil, q, args, scan)
+	if err == nil {
+		err = shardAnswers(ok, msg)
+	}
+	if err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, fmt.Errorf("%w: %s", ErrTableNotFound, table)
 		}
@@ -94,7 +135,7 @@ func estimateSize(ctx context.Context, conn *pgx.Conn, table string, rows int64,
 		n                 int64
 		inline, waste, sz float64
 	)
-	if _, err := runTx(ctx, conn, "", fmt.Sprintf(sqlSizeSample, table), []any{pct, chunk, threshold, asOf},
+	if _, err := runTx(ctx, conn, nil, fmt.Sprintf(sqlSizeSample, table), []any{pct, chunk, threshold, asOf},
 		func(r pgx.Row) error { return r.Scan(&n, &inline, &waste, &sz) }); err != nil {
 		return nil, fmt.Errorf("culling: sample the table's rows: %w", err)
 	}
@@ -123,7 +164,7 @@ func (p *pass) estimateSize() (*SizeEstimate, error) {
 	var est *SizeEstimate
 	err := p.stmt(p.work, func(ctx context.Context) error {
 		var err error
-		est, err = estimateSize(ctx, p.work.Conn.Conn(), p.c.table, p.res.Count, p.c.cfg.SizeSamplePages, asOf)
+		est, err = estimateSize(ctx, p.work.Conn.Conn(), p.c.table, p.res.Count, p.c.cfg.SizeSamplePages, asOf, p.citus)
 		return err
 	})
 	return est, err

@@ -96,7 +96,7 @@ func LastPass(ctx context.Context, pool *pgxpool.Pool, schema string) (*PassReco
 		size, maxEntries, maxBytes *int64
 		maxAge                     *float64
 	)
-	_, err = runTx(ctx, conn.Conn(), "", fmt.Sprintf(sqlLastPassV4, state), nil, func(row pgx.Row) error {
+	_, err = runTx(ctx, conn.Conn(), nil, fmt.Sprintf(sqlLastPassV4, state), nil, func(row pgx.Row) error {
 		return row.Scan(
 			&r.StartedAt, &r.FinishedAt, &dur, &since,
 			&r.ExpiredRemoved, &r.Culled, &r.Count, &r.CountExact, &r.Remaining,
@@ -106,7 +106,7 @@ func LastPass(ctx context.Context, pool *pgxpool.Pool, schema string) (*PassReco
 	})
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "42703" { // undefined_column: no migration 004
-		_, err = runTx(ctx, conn.Conn(), "", fmt.Sprintf(sqlLastPass, state), nil, func(row pgx.Row) error {
+		_, err = runTx(ctx, conn.Conn(), nil, fmt.Sprintf(sqlLastPass, state), nil, func(row pgx.Row) error {
 			return row.Scan(
 				&r.StartedAt, &r.FinishedAt, &dur, &since,
 				&r.ExpiredRemoved, &r.Culled, &r.Count, &r.CountExact, &r.Remaining,

@@ -157,26 +157,39 @@ func interrupt(pc *passConn, st *inflight, abandon context.CancelFunc) {
 // a cache: a crash can lose only the last fraction of a second of
 // deletions, and the rows that come back are removed by the next pass (or,
 // for the state row, the next pass records itself).
-func runTx(ctx context.Context, conn *pgx.Conn, settings, q string, args []any, scan func(pgx.Row) error) (pgconn.CommandTag, error) {
+func runTx(ctx context.Context, conn *pgx.Conn, settings []string, q string, args []any, scan func(pgx.Row) error) (pgconn.CommandTag, error) {
+	var tag pgconn.CommandTag
+	err := runTxWith(ctx, conn, settings, func(b *pgx.Batch) { b.Queue(q, args...) }, func(br pgx.BatchResults) error {
+		if scan != nil {
+			return scan(br.QueryRow())
+		}
+		var err error
+		tag, err = br.Exec()
+		return err
+	})
+	return tag, err
+}
+
+// runTxWith is runTx for any statements: queue queues them between the
+// transaction's start (and settings) and its COMMIT, read reads their
+// results in order.
+func runTxWith(ctx context.Context, conn *pgx.Conn, settings []string, queue func(*pgx.Batch), read func(pgx.BatchResults) error) error {
 	b := &pgx.Batch{}
 	b.Queue(sqlBegin)
-	if settings != "" {
-		b.Queue(settings)
+	for _, s := range settings {
+		b.Queue(s)
 	}
-	b.Queue(q, args...)
+	queue(b)
 	b.Queue(sqlCommit)
 	br := conn.SendBatch(ctx, b)
 	_, err := br.Exec()
-	if err == nil && settings != "" {
-		_, err = br.Exec()
-	}
-	var tag pgconn.CommandTag
-	if err == nil {
-		if scan != nil {
-			err = scan(br.QueryRow())
-		} else {
-			tag, err = br.Exec()
+	for range settings {
+		if err == nil {
+			_, err = br.Exec()
 		}
+	}
+	if err == nil {
+		err = read(br)
 	}
 	if err == nil {
 		_, err = br.Exec()
@@ -184,18 +197,27 @@ func runTx(ctx context.Context, conn *pgx.Conn, settings, q string, args []any, 
 	if cerr := br.Close(); err == nil {
 		err = cerr
 	}
-	if err != nil && !conn.IsClosed() && conn.PgConn().TxStatus() != 'I' {
-		// The failed statement aborted the transaction, which stays open
-		// until it is ended.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelGrace)
-		_, _ = conn.Exec(rctx, sqlRollback)
-		cancel()
+	if err != nil {
+		rollback(ctx, conn)
 	}
-	return tag, err
+	return err
+}
+
+// rollback ends a transaction a failed statement left open (aborted) on
+// conn, if it is.
+func rollback(ctx context.Context, conn *pgx.Conn) {
+	if conn.IsClosed() || conn.PgConn().TxStatus() == 'I' {
+		return
+	}
+	// The failed statement aborted the transaction, which stays open
+	// until it is ended.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelGrace)
+	_, _ = conn.Exec(rctx, sqlRollback)
+	cancel()
 }
 
 // tx runs q on pc through runTx, under stmt.
-func (p *pass) tx(pc *passConn, settings, q string, args []any, scan func(pgx.Row) error) error {
+func (p *pass) tx(pc *passConn, settings []string, q string, args []any, scan func(pgx.Row) error) error {
 	return p.stmt(pc, func(ctx context.Context) error {
 		_, err := runTx(ctx, pc.Conn.Conn(), settings, q, args, scan)
 		return err
