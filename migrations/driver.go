@@ -227,7 +227,7 @@ func (d *driver) Run(migration io.Reader) error {
 		// just marked dirty with the file's. Record that one clean again,
 		// so the next Up runs the file again instead of refusing.
 		if rerr := d.restoreClean(); rerr != nil {
-			err = fmt.Errorf("%w (and recording version %d clean again failed: %v)", err, d.res.To, rerr)
+			err = fmt.Errorf("%w (and recording version %d clean again failed: %w)", err, d.res.To, rerr)
 		}
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {
