@@ -170,7 +170,9 @@ func TestMigrateOntoDistributedTable(t *testing.T) {
 // changed the cache table in the same transaction) is rolled back whole
 // and leaves the version at the last file completed, clean: no half-
 // applied file, no dirty flag, and the next Up applies the file again and
-// the rest, to the schema a plain full migration makes.
+// the rest, to the schema a plain full migration makes. While the third
+// statement waits, pg_stat_activity shows the migrator's query: the
+// statement alone.
 func TestFailureMidFileLeavesNoHalfState(t *testing.T) {
 	t.Parallel()
 	ref := dbtest.NewSchema(t)
@@ -197,7 +199,41 @@ func TestFailureMidFileLeavesNoHalfState(t *testing.T) {
 			require.NoError(t, err)
 			_, err = blocker.Exec(ctx, `SELECT count(*) FROM dbcache_culler_state`)
 			require.NoError(t, err)
-			err = u.up(ctx, t, s)
+			var blockerPID int32
+			require.NoError(t, blocker.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&blockerPID))
+			upErr := make(chan error, 1)
+			go func() { upErr <- u.up(ctx, t, s) }()
+			// On a failed check: free the lock, and let Up end before the
+			// test's cleanups close its pools.
+			waited := false
+			defer func() {
+				_ = blocker.Rollback(context.WithoutCancel(ctx))
+				if !waited {
+					<-upErr
+				}
+			}()
+			// While the third statement waits, the server shows what the
+			// migrator sent: that statement alone, not the file (a file
+			// sent as one query shows from its first comment on, with
+			// statement 1's set_config and statement 2's ALTER).
+			var running string
+			for running == "" {
+				err := pool.QueryRow(ctx, `SELECT query FROM pg_stat_activity WHERE $1::int = ANY (pg_blocking_pids(pid))`, blockerPID).Scan(&running)
+				if errors.Is(err, pgx.ErrNoRows) {
+					select {
+					case err := <-upErr:
+						t.Fatalf("up ended before its third statement waited: %v", err)
+					case <-time.After(20 * time.Millisecond):
+					}
+					continue
+				}
+				require.NoError(t, err)
+			}
+			require.True(t, strings.HasPrefix(sts[2], strings.TrimSpace(running)), "the server runs %q, not statement 3 alone", running)
+			require.NotContains(t, running, "set_config")
+			require.NotContains(t, running, "written_at timestamptz")
+			err = <-upErr
+			waited = true
 			require.NoError(t, blocker.Rollback(ctx))
 			require.Error(t, err, "004's third statement waits past its lock_timeout")
 

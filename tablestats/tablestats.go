@@ -8,6 +8,12 @@
 //
 // Read is exact and costs a full scan of the table (an admin command's
 // figure); Size is cheap at any table size (a scrape's figure).
+//
+// On Citus, when the cache table is in pg_dist_partition (distributed, or a
+// reference table), the sizes, row estimates, dead tuples and vacuum times
+// are the sums over its shards, read with run_command_on_shards: the
+// coordinator's own table (the shell) is empty and its catalog reads 0
+// (docs/scale-out.md#citus).
 package tablestats
 
 import (
