@@ -181,19 +181,25 @@ func (m *Migrator) run(ctx context.Context, dir string, next func(uint) (uint, u
 					return errors.New("no schema on the search_path exists")
 				}
 			}
-			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('dbcache migrations ' || $1::text))`, schema); err != nil {
-				return err
-			}
+			// The lock, then this transaction's search_path and, for a
+			// test schema, a commit that does not wait for its WAL flush
+			// (one transaction per file would otherwise wait for one
+			// each): the next commit that does wait, the first write of
+			// a test that needs durability, flushes these with it, since
+			// the WAL is flushed in order.
 			ident := pgx.Identifier{schema}.Sanitize()
-			if _, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+ident); err != nil {
-				return err
-			}
-			if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, ident); err != nil {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('dbcache migrations ' || $1::text)),
+       set_config('search_path', $2, true), set_config('synchronous_commit', 'off', true)`, schema, ident); err != nil {
 				return err
 			}
 			table := pgx.Identifier{schema, MigrationsTable}.Sanitize()
-			if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+table+` (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL)`); err != nil {
-				return err
+			if n == 0 {
+				if _, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+ident); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+table+` (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL)`); err != nil {
+					return err
+				}
 			}
 			var (
 				v     int64
