@@ -88,3 +88,28 @@ func TestCitusSizesFromShards(t *testing.T) {
 	require.Equal(t, tableBytes, tblSize, "the stand-in of citus_table_size")
 	require.Positive(t, relSize)
 }
+
+// A shard's answer that is an error, or not the eight figures asked for
+// (crafted by a replaced run_command_on_shards), is an error naming the
+// shard, never a made-up size.
+func TestCitusShardAnswersChecked(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, tc := range []struct{ rows, want string }{
+		{`(1, true, '1 2 3 4 5 6 - -'), (2, false, 'relation does not exist')`, "shard 2: relation does not exist"},
+		{`(1, true, '1 2 3')`, "shard 1: 3 fields"},
+		{`(7, true, '1 2 x 4 5 6 - -')`, "shard 7: field 3"},
+		{`(7, true, '1 2 -3 4 5 6 - -')`, "shard 7: field 3"},
+		{`(7, true, '1 2 3 4 5 6 NaN -')`, "shard 7: field 7"},
+	} {
+		s := dbtest.NewSchema(t)
+		s.Migrate(t)
+		pool := s.Pool(t)
+		dbtest.Exec(t, pool, `CREATE FUNCTION run_command_on_shards(regclass, text, OUT shardid bigint, OUT success boolean, OUT result text)
+RETURNS SETOF record LANGUAGE sql AS $$ VALUES `+tc.rows+` $$`)
+		_, err := tablestats.SizeCitus(ctx, pool, "", 0)
+		require.ErrorContains(t, err, tc.want)
+		_, err = tablestats.ReadCitus(ctx, pool, "")
+		require.ErrorContains(t, err, tc.want)
+	}
+}

@@ -124,7 +124,8 @@ const (
        coalesce(s.n_dead_tup, 0), s.last_vacuum, s.last_autovacuum,
        coalesce(pg_stat_get_dead_tuples(c.reltoastrelid), 0),
        EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'written_at' AND NOT a.attisdropped),
-       c.reltuples::bigint, coalesce(s.n_live_tup, 0)
+       c.reltuples::bigint, coalesce(s.n_live_tup, 0),
+       EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
@@ -157,10 +158,9 @@ FROM TABLE`
 // from each shard instead and summed (the vacuum times: the latest of any
 // shard).
 const (
-	// Whether the citus extension is installed, then, only if it is (a
-	// plain server never sees pg_dist_partition named), whether the table
-	// is in Citus's metadata.
-	qCitusInstalled   = `SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')`
+	// Whether the table is in Citus's metadata, asked only once qTable
+	// found the citus extension installed (a plain server never sees
+	// pg_dist_partition named).
 	qCitusDistributed = `SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1))`
 
 	// One row per shard: run_command_on_shards runs qShardCommand on each
@@ -193,10 +193,7 @@ const (
 // distributed reports whether the cache table named qualified is in
 // Citus's metadata.
 func distributed(ctx context.Context, pool *pgxpool.Pool, qualified string) (bool, error) {
-	var installed, dist bool
-	if err := pool.QueryRow(ctx, qCitusInstalled).Scan(&installed); err != nil || !installed {
-		return false, err
-	}
+	var dist bool
 	err := pool.QueryRow(ctx, qCitusDistributed, qualified).Scan(&dist)
 	return dist, err
 }
@@ -274,7 +271,7 @@ func table(ctx context.Context, pool *pgxpool.Pool, schema string, citus citusMo
 		ident = pgx.Identifier{schema, dbcache.TableName}
 	}
 	err = pool.QueryRow(ctx, qTable, ident.Sanitize()).Scan(&nsp, &t.tableBytes, &t.indexBytes,
-		&t.deadTuples, &t.lastVacuum, &t.lastAutovacuum, &t.toastDeadTuples, &t.hasWritten, &t.reltuples, &t.statTuples)
+		&t.deadTuples, &t.lastVacuum, &t.lastAutovacuum, &t.toastDeadTuples, &t.hasWritten, &t.reltuples, &t.statTuples, &t.citusInstalled)
 	if errors.Is(err, pgx.ErrNoRows) {
 		where := "on the search_path"
 		if schema != "" {
@@ -287,7 +284,7 @@ func table(ctx context.Context, pool *pgxpool.Pool, schema string, citus citusMo
 	}
 	qualified := pgx.Identifier{nsp, dbcache.TableName}.Sanitize()
 	shards := citus == citusOn
-	if !shards {
+	if !shards && t.citusInstalled {
 		if shards, err = distributed(ctx, pool, qualified); err != nil {
 			return "", t, fmt.Errorf("stats: check for Citus: %w", err)
 		}
@@ -306,6 +303,7 @@ type tableRow struct {
 	toastDeadTuples                    int64
 	hasWritten                         bool // migration 4's written_at
 	reltuples, statTuples              int64
+	citusInstalled                     bool
 }
 
 // Read reads the cache table's statistics in schema ("" means the
