@@ -67,10 +67,8 @@ func newCitusPair(t *testing.T, cfg dbcache.Config) citusPair {
 }
 
 // same runs op on both caches and requires the same answer and the same
-// table contents (key, value, and the time left in minutes or none: the two
-// caches run each operation a moment apart, which on a loaded machine can be
-// seconds, so seconds would compare the machine's speed; every expiry here is
-// a whole number of minutes, within seconds of its mark).
+// table contents (key, value, and the expiry: none, or the time from the
+// write to it, rounded to the second, and whether it has passed).
 func (p citusPair) same(t *testing.T, name string, op func(c *dbcache.Cache) (any, error)) {
 	t.Helper()
 	a, errA := op(p.plain.cache)
@@ -88,8 +86,15 @@ func (p citusPair) poolOf(c *dbcache.Cache) *pgxpool.Pool {
 
 func dumpTable(t *testing.T, b *testBundle) []string {
 	t.Helper()
+	// The time from the write to the expiry, not from now: both are the
+	// writing statement's statement_timestamp() (the expiry plus the
+	// timeout), so the figure is exact, whenever the dump runs and however
+	// long after the other cache's (a slow run, the race detector, a busy
+	// server) it runs. travel moves every expiry by the same time in both.
 	rows, err := b.pool.Query(ctxT(t), `SELECT key || '=' || encode(value, 'escape') || ' ' ||
-  coalesce(round(extract(epoch FROM expires - statement_timestamp()) / 60)::text || 'm', 'never') FROM dbcache_entries ORDER BY key`)
+  coalesce(round(extract(epoch FROM expires - written_at))::text ||
+    CASE WHEN expires > statement_timestamp() THEN ' live' ELSE ' expired' END, 'never')
+FROM dbcache_entries ORDER BY key`)
 	require.NoError(t, err)
 	out, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	require.NoError(t, err)

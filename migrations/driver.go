@@ -12,6 +12,8 @@ import (
 	"github.com/golang-migrate/migrate/v4/database"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	schema "github.com/dbcache/dbcache/internal/migrations"
 )
 
 // The Migrator runs golang-migrate (its source, its ordering, its dirty
@@ -217,10 +219,16 @@ func (d *driver) Run(migration io.Reader) error {
 			}
 			d.res.DroppedEntries = n
 		}
-		_, err := tx.Exec(d.ctx, string(body))
-		return err
+		return schema.Apply(d.ctx, tx, string(body))
 	})
 	if err != nil {
+		// The file's transaction rolled back whole: the schema is still
+		// at the last version recorded clean, which golang-migrate has
+		// just marked dirty with the file's. Record that one clean again,
+		// so the next Up runs the file again instead of refusing.
+		if rerr := d.restoreClean(); rerr != nil {
+			err = fmt.Errorf("%w (and recording version %d clean again failed: %w)", err, d.res.To, rerr)
+		}
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {
 			return database.Error{OrigErr: err, Err: "migration failed: " + pgErr.Message, Query: body}
@@ -306,4 +314,35 @@ func (d *driver) Version() (int, bool, error) {
 // Drop is golang-migrate's "drop everything"; the Migrator never calls it.
 func (d *driver) Drop() error {
 	return errors.New("migrations: Drop is not supported; use DownAll")
+}
+
+// restoreWait bounds recording the clean version again after a failed file.
+const restoreWait = 5 * time.Second
+
+// restoreClean records the last version recorded clean (the one the run
+// found, or the last file it completed), after a file failed: its
+// transaction rolled back, so that is the version the schema is at.
+func (d *driver) restoreClean() error {
+	v := int(d.res.To)
+	if v == 0 {
+		v = database.NilVersion
+	}
+	// The run's context may be what ended the file (its deadline): the
+	// record gets a short time of its own.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(d.ctx), restoreWait)
+	defer cancel()
+	err := d.m.inTx(ctx, d.conn, d.schema, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `TRUNCATE `+d.table()); err != nil {
+			return err
+		}
+		if v >= 0 {
+			_, err := tx.Exec(ctx, `INSERT INTO `+d.table()+` (version, dirty) VALUES ($1, false)`, v)
+			return err
+		}
+		return nil
+	})
+	if err == nil {
+		d.dropping = false
+	}
+	return err
 }

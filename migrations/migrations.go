@@ -22,6 +22,15 @@
 // instead of hanging. Every statement also carries the caller's deadline as
 // its statement_timeout.
 //
+// # Statements, failures and Citus
+//
+// Each file is applied in one transaction, its statements (see [Statements])
+// sent one at a time through the extended protocol, never the file as one
+// query: a Citus coordinator propagates CREATE INDEX and DROP INDEX on a
+// distributed table only from a query of one statement. A file that fails
+// is rolled back whole, and the version recorded is the last file
+// completed, clean, so the next Up runs the failed file again.
+//
 // # Connection poolers
 //
 // The Migrator keeps no state in the session: search_path ([Config.Schema]),
@@ -95,10 +104,15 @@ var (
 	ErrNoSchema = errors.New("migrations: no schema to migrate in")
 )
 
-// DirtyError is returned when a previous migration failed halfway and left the
-// migrations table marked dirty at Version. Nothing more runs until an operator
-// checks the schema, repairs it by hand if needed, and forces the version the
-// schema really is at (Migrator.Force, or `dbcache migrate force N`).
+// DirtyError is returned when the migrations table is marked dirty at
+// Version: a migrator lost its connection while it applied that version (so
+// whether the file's transaction committed is unknown), or another tool
+// (golang-migrate's own driver) failed part way. A file this package's
+// Migrator applies and that fails is rolled back whole and leaves the
+// previous version recorded clean instead. Nothing more runs until an
+// operator checks the schema, repairs it by hand if needed, and forces the
+// version the schema really is at (Migrator.Force, or `dbcache migrate force
+// N`).
 type DirtyError struct {
 	Version int
 }

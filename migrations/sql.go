@@ -5,7 +5,16 @@ import (
 	"io/fs"
 	"strconv"
 	"strings"
+
+	schema "github.com/dbcache/dbcache/internal/migrations"
 )
+
+// Statements splits a migration file's SQL into its statements, in order,
+// as the Migrator sends them: a semicolon ends a statement only outside
+// quotes, comments and dollar-quoted bodies (a DO block stays whole), and a
+// part of only comments is left out. For tools that apply the files one
+// statement per call.
+func Statements(sql string) []string { return schema.Statements(sql) }
 
 // Migration is one embedded migration: its version, its name and the SQL of
 // each direction, for tools that show a DBA what would run (a dry run) or
@@ -17,8 +26,9 @@ type Migration struct {
 	Name string
 	// UpFile and DownFile are the file names in FS.
 	UpFile, DownFile string
-	// Up and Down are the files' SQL. Each file runs as one implicit
-	// transaction when the Migrator applies it.
+	// Up and Down are the files' SQL. Each file runs as one transaction
+	// when the Migrator applies it, its statements (Statements) sent one
+	// at a time.
 	Up, Down string
 }
 

@@ -8,12 +8,19 @@
 //
 // Read is exact and costs a full scan of the table (an admin command's
 // figure); Size is cheap at any table size (a scrape's figure).
+//
+// On Citus, when the cache table is in pg_dist_partition (distributed, or a
+// reference table), the sizes, row estimates, dead tuples and vacuum times
+// are the sums over its shards, read with run_command_on_shards: the
+// coordinator's own table (the shell) is empty and its catalog reads 0
+// (docs/scale-out.md#citus).
 package tablestats
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -117,7 +124,8 @@ const (
        coalesce(s.n_dead_tup, 0), s.last_vacuum, s.last_autovacuum,
        coalesce(pg_stat_get_dead_tuples(c.reltoastrelid), 0),
        EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'written_at' AND NOT a.attisdropped),
-       c.reltuples::bigint, coalesce(s.n_live_tup, 0)
+       c.reltuples::bigint, coalesce(s.n_live_tup, 0),
+       EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
@@ -142,9 +150,119 @@ FROM TABLE`
        (SELECT count(*) FROM (SELECT 1 FROM TABLE WHERE expires <= statement_timestamp() LIMIT $1 + 1) e)`
 )
 
+// The Citus forms (docs/scale-out.md#citus). A distributed table's rows
+// are in its shards, on the workers; the coordinator's table (the shell)
+// stays empty, so its pg_class row (reltuples, relpages), its sizes and
+// its statistics all read 0. When the cache table is distributed (or
+// referenced: one shard), the sizes, estimates and statistics are read
+// from each shard instead and summed (the vacuum times: the latest of any
+// shard).
+const (
+	// Whether the table is in Citus's metadata, asked only once qTable
+	// found the citus extension installed (a plain server never sees
+	// pg_dist_partition named).
+	qCitusDistributed = `SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1))`
+
+	// One row per shard: run_command_on_shards runs qShardCommand on each
+	// shard's own node, %1$L replaced by the shard's qualified name as a
+	// literal, and returns its one text value (or the error's message with
+	// success false).
+	qShards = `SELECT shardid, success, result FROM run_command_on_shards($1::regclass, $2)`
+
+	// A shard's figures as one text of eight fields: table bytes, index
+	// bytes, reltuples (0 for a shard never analysed, whose reltuples is
+	// -1), live and dead tuples and the TOAST table's dead tuples from the
+	// statistics, and the vacuum times in Unix seconds ("-" for none).
+	qShardCommand = `SELECT concat_ws(' ', pg_table_size(c.oid), pg_indexes_size(c.oid), greatest(c.reltuples, 0)::bigint,
+       coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0), coalesce(pg_stat_get_dead_tuples(c.reltoastrelid), 0),
+       coalesce(extract(epoch FROM s.last_vacuum)::text, '-'), coalesce(extract(epoch FROM s.last_autovacuum)::text, '-'))
+FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.oid = %1$L::regclass`
+)
+
+// citusMode says whether table reads the shards: citusAuto when the table
+// is in Citus's metadata, citusOn always (the tests' forced mode, with
+// stand-ins of Citus's functions on plain PostgreSQL).
+type citusMode int
+
+const (
+	citusAuto citusMode = iota
+	citusOn
+)
+
+// distributed reports whether the cache table named qualified is in
+// Citus's metadata.
+func distributed(ctx context.Context, pool *pgxpool.Pool, qualified string) (bool, error) {
+	var dist bool
+	err := pool.QueryRow(ctx, qCitusDistributed, qualified).Scan(&dist)
+	return dist, err
+}
+
+// fromShards replaces t's sizes, estimates and statistics by the sums
+// over the shards of the table named qualified.
+func fromShards(ctx context.Context, pool *pgxpool.Pool, qualified string, t *tableRow) error {
+	rows, err := pool.Query(ctx, qShards, qualified, qShardCommand)
+	if err != nil {
+		return err
+	}
+	type shard struct {
+		id     int64
+		ok     bool
+		result string
+	}
+	shards, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (shard, error) {
+		var s shard
+		err := r.Scan(&s.id, &s.ok, &s.result)
+		return s, err
+	})
+	if err != nil {
+		return err
+	}
+	var sum tableRow
+	for _, s := range shards {
+		if !s.ok {
+			return fmt.Errorf("shard %d: %s", s.id, s.result)
+		}
+		f := strings.Fields(s.result)
+		if len(f) != 8 {
+			return fmt.Errorf("shard %d: %d fields in its answer, want 8", s.id, len(f))
+		}
+		var n [6]int64
+		for i := range n {
+			v, err := strconv.ParseInt(f[i], 10, 64)
+			if err != nil || v < 0 {
+				return fmt.Errorf("shard %d: field %d of its answer is not a count", s.id, i+1)
+			}
+			n[i] = v
+		}
+		sum.tableBytes += n[0]
+		sum.indexBytes += n[1]
+		sum.reltuples += n[2]
+		sum.statTuples += n[3]
+		sum.deadTuples += n[4]
+		sum.toastDeadTuples += n[5]
+		for i, dst := range []**time.Time{&sum.lastVacuum, &sum.lastAutovacuum} {
+			if f[6+i] == "-" {
+				continue
+			}
+			sec, err := strconv.ParseFloat(f[6+i], 64)
+			if err != nil || math.IsNaN(sec) || math.Abs(sec) > 1e11 {
+				return fmt.Errorf("shard %d: field %d of its answer is not a time", s.id, 7+i)
+			}
+			at := time.Unix(0, 0).Add(time.Duration(sec * float64(time.Second)))
+			if *dst == nil || at.After(**dst) {
+				*dst = &at
+			}
+		}
+	}
+	t.tableBytes, t.indexBytes, t.reltuples, t.statTuples = sum.tableBytes, sum.indexBytes, sum.reltuples, sum.statTuples
+	t.deadTuples, t.toastDeadTuples, t.lastVacuum, t.lastAutovacuum = sum.deadTuples, sum.toastDeadTuples, sum.lastVacuum, sum.lastAutovacuum
+	return nil
+}
+
 // table finds the cache table in schema ("" for the search_path's): its
 // schema and sizes, or an error wrapping dbcache.ErrNotMigrated.
-func table(ctx context.Context, pool *pgxpool.Pool, schema string) (nsp string, t tableRow, err error) {
+func table(ctx context.Context, pool *pgxpool.Pool, schema string, citus citusMode) (nsp string, t tableRow, err error) {
 	if pool == nil {
 		return "", t, errors.New("tablestats: pool is nil")
 	}
@@ -153,7 +271,7 @@ func table(ctx context.Context, pool *pgxpool.Pool, schema string) (nsp string, 
 		ident = pgx.Identifier{schema, dbcache.TableName}
 	}
 	err = pool.QueryRow(ctx, qTable, ident.Sanitize()).Scan(&nsp, &t.tableBytes, &t.indexBytes,
-		&t.deadTuples, &t.lastVacuum, &t.lastAutovacuum, &t.toastDeadTuples, &t.hasWritten, &t.reltuples, &t.statTuples)
+		&t.deadTuples, &t.lastVacuum, &t.lastAutovacuum, &t.toastDeadTuples, &t.hasWritten, &t.reltuples, &t.statTuples, &t.citusInstalled)
 	if errors.Is(err, pgx.ErrNoRows) {
 		where := "on the search_path"
 		if schema != "" {
@@ -164,6 +282,18 @@ func table(ctx context.Context, pool *pgxpool.Pool, schema string) (nsp string, 
 	if err != nil {
 		return "", t, fmt.Errorf("stats: table: %w", err)
 	}
+	qualified := pgx.Identifier{nsp, dbcache.TableName}.Sanitize()
+	shards := citus == citusOn
+	if !shards && t.citusInstalled {
+		if shards, err = distributed(ctx, pool, qualified); err != nil {
+			return "", t, fmt.Errorf("stats: check for Citus: %w", err)
+		}
+	}
+	if shards {
+		if err := fromShards(ctx, pool, qualified, &t); err != nil {
+			return "", t, fmt.Errorf("stats: the shards' sizes: %w", err)
+		}
+	}
 	return nsp, t, nil
 }
 
@@ -173,6 +303,7 @@ type tableRow struct {
 	toastDeadTuples                    int64
 	hasWritten                         bool // migration 4's written_at
 	reltuples, statTuples              int64
+	citusInstalled                     bool
 }
 
 // Read reads the cache table's statistics in schema ("" means the
@@ -180,7 +311,11 @@ type tableRow struct {
 // bounded only by ctx. It returns an error wrapping dbcache.ErrNotMigrated
 // when there is no cache table.
 func Read(ctx context.Context, pool *pgxpool.Pool, schema string) (*Stats, error) {
-	nsp, t, err := table(ctx, pool, schema)
+	return read(ctx, pool, schema, citusAuto)
+}
+
+func read(ctx context.Context, pool *pgxpool.Pool, schema string, citus citusMode) (*Stats, error) {
+	nsp, t, err := table(ctx, pool, schema, citus)
 	if err != nil {
 		return nil, err
 	}
@@ -283,10 +418,14 @@ type Sizes struct {
 // statistics instead. It returns an error wrapping dbcache.ErrNotMigrated
 // when there is no cache table.
 func Size(ctx context.Context, pool *pgxpool.Pool, schema string, countLimit int) (*Sizes, error) {
+	return size(ctx, pool, schema, countLimit, citusAuto)
+}
+
+func size(ctx context.Context, pool *pgxpool.Pool, schema string, countLimit int, citus citusMode) (*Sizes, error) {
 	if countLimit <= 0 {
 		countLimit = CountLimitDefault
 	}
-	nsp, t, err := table(ctx, pool, schema)
+	nsp, t, err := table(ctx, pool, schema, citus)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -102,4 +103,32 @@ func countLines(s string) int {
 		}
 	}
 	return n
+}
+
+// A migration file that fails part way under `dbcache migrate up` (004's
+// third statement, waiting past its lock_timeout for a lock another
+// session holds, after its second changed the cache table) is rolled back
+// whole: the schema stays at version 3, clean (pending, exit 4, not dirty),
+// and the next `migrate up` continues to the latest.
+func TestMigrateFailureMidFileContinues(t *testing.T) {
+	t.Parallel()
+	b := setup(t, false)
+	b.ok(t, "migrate", "up")
+	require.Equal(t, "migrated down from version 10 to 3\n", b.ok(t, "migrate", "down", "--steps", "7", "--yes"))
+
+	blocker, err := b.pool.Begin(t.Context())
+	require.NoError(t, err)
+	defer func() { _ = blocker.Rollback(context.WithoutCancel(t.Context())) }()
+	_, err = blocker.Exec(t.Context(), `SELECT count(*) FROM dbcache_culler_state`)
+	require.NoError(t, err)
+	r := b.run(t, opts{}, "migrate", "up")
+	require.NoError(t, blocker.Rollback(t.Context()))
+	requireCode(t, 1, r)
+
+	r = b.run(t, opts{}, "migrate", "version")
+	requireCode(t, 4, r)
+	require.Equal(t, "version 3 (latest 10: 7 pending; run `dbcache migrate up --schema "+b.schema.Name+"`)\n", r.stdout)
+	require.False(t, scalar[bool](t, b.pool, `SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('dbcache_entries') AND attname = 'written_at' AND NOT attisdropped)`),
+		"004's second statement rolled back with its file")
+	require.Equal(t, "migrated up from version 3 to 10\n", b.ok(t, "migrate", "up"))
 }

@@ -89,10 +89,10 @@ type Config struct {
 	Schema string
 }
 
-// Migrator applies the embedded migrations, for tests: each Up or Down is
-// one transaction on a connection of its own, serialised with other
-// Migrators of this package on the same schema by a transaction-level
-// advisory lock.
+// Migrator applies the embedded migrations, for tests: each file in one
+// transaction on a connection of its own, its statements sent one at a
+// time (Apply), serialised with other Migrators of this package on the
+// same schema by a transaction-level advisory lock.
 type Migrator struct {
 	connConfig *pgx.ConnConfig
 	schema     string
@@ -118,44 +118,50 @@ func NewFromConnConfig(connConfig *pgx.ConnConfig, cfg *Config) (*Migrator, erro
 	return m, nil
 }
 
-// Up applies every pending migration.
+// Up applies every pending migration, each in a transaction of its own
+// (as the public migrator does): a file that fails is rolled back whole and
+// leaves the version recorded at the one before it, clean, so the next Up
+// runs it again.
 func (m *Migrator) Up(ctx context.Context) error {
-	return m.run(ctx, func(v uint) ([]uint, uint) {
-		var todo []uint
+	return m.run(ctx, "up", func(v uint) (uint, uint, bool) {
 		for _, x := range Versions() {
 			if x > v {
-				todo = append(todo, x)
+				return x, x, true
 			}
 		}
-		return todo, Latest()
-	}, "up")
+		return 0, 0, false
+	}, -1)
 }
 
-// Down reverts steps migrations (at least one), fewer if fewer are applied.
+// Down reverts steps migrations (at least one), fewer if fewer are applied,
+// each in a transaction of its own.
 func (m *Migrator) Down(ctx context.Context, steps int) error {
 	if steps < 1 {
 		return fmt.Errorf("migrations: Down needs at least one step, got %d", steps)
 	}
-	return m.run(ctx, func(v uint) ([]uint, uint) {
+	return m.run(ctx, "down", func(v uint) (uint, uint, bool) {
 		var applied []uint
 		for _, x := range Versions() {
 			if x <= v {
 				applied = append(applied, x)
 			}
 		}
-		slices.Reverse(applied)
-		n := min(steps, len(applied))
-		to := uint(0)
-		if n < len(applied) {
-			to = applied[n]
+		if len(applied) == 0 {
+			return 0, 0, false
 		}
-		return applied[:n], to
-	}, "down")
+		to := uint(0)
+		if len(applied) > 1 {
+			to = applied[len(applied)-2]
+		}
+		return applied[len(applied)-1], to, true
+	}, steps)
 }
 
-// run applies, in one transaction, the files plan returns for the
-// recorded version, and records the version it returns.
-func (m *Migrator) run(ctx context.Context, plan func(uint) ([]uint, uint), dir string) error {
+// run applies, one transaction per file, the file next returns for the
+// recorded version (its version, and the version to record after it),
+// until next has none or steps files ran (steps < 0: no limit). Each
+// statement of a file is sent alone (Apply), as a Citus coordinator needs.
+func (m *Migrator) run(ctx context.Context, dir string, next func(uint) (uint, uint, bool), steps int) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(ctx, m.connConfig)
@@ -163,63 +169,77 @@ func (m *Migrator) run(ctx context.Context, plan func(uint) ([]uint, uint), dir 
 		return fmt.Errorf("migrations: connect: %w", err)
 	}
 	defer func() { _ = conn.Close(context.WithoutCancel(ctx)) }()
-	err = pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		schema := m.schema
-		if schema == "" {
-			if err := tx.QueryRow(ctx, `SELECT coalesce(current_schema(), '')`).Scan(&schema); err != nil {
+	for n := 0; steps < 0 || n < steps; n++ {
+		more := false
+		err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, func(tx pgx.Tx) error {
+			schema := m.schema
+			if schema == "" {
+				if err := tx.QueryRow(ctx, `SELECT coalesce(current_schema(), '')`).Scan(&schema); err != nil {
+					return err
+				}
+				if schema == "" {
+					return errors.New("no schema on the search_path exists")
+				}
+			}
+			// The lock, then this transaction's search_path and, for a
+			// test schema, a commit that does not wait for its WAL flush
+			// (one transaction per file would otherwise wait for one
+			// each): the next commit that does wait, the first write of
+			// a test that needs durability, flushes these with it, since
+			// the WAL is flushed in order.
+			ident := pgx.Identifier{schema}.Sanitize()
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('dbcache migrations ' || $1::text)),
+       set_config('search_path', $2, true), set_config('synchronous_commit', 'off', true)`, schema, ident); err != nil {
 				return err
 			}
-			if schema == "" {
-				return errors.New("no schema on the search_path exists")
+			table := pgx.Identifier{schema, MigrationsTable}.Sanitize()
+			if n == 0 {
+				if _, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+ident); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+table+` (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL)`); err != nil {
+					return err
+				}
 			}
-		}
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('dbcache migrations ' || $1::text))`, schema); err != nil {
-			return err
-		}
-		ident := pgx.Identifier{schema}.Sanitize()
-		if _, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+ident); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, `SELECT set_config('search_path', $1, true)`, ident); err != nil {
-			return err
-		}
-		table := pgx.Identifier{schema, MigrationsTable}.Sanitize()
-		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+table+` (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL)`); err != nil {
-			return err
-		}
-		var (
-			v     int64
-			dirty bool
-		)
-		err := tx.QueryRow(ctx, `SELECT version, dirty FROM `+table+` LIMIT 1`).Scan(&v, &dirty)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			v = 0
-		case err != nil:
-			return err
-		case dirty:
-			return fmt.Errorf("the schema is dirty at version %d", v)
-		}
-		todo, to := plan(uint(max(v, 0)))
-		for _, x := range todo {
+			var (
+				v     int64
+				dirty bool
+			)
+			err := tx.QueryRow(ctx, `SELECT version, dirty FROM `+table+` LIMIT 1`).Scan(&v, &dirty)
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+				v = 0
+			case err != nil:
+				return err
+			case dirty:
+				return fmt.Errorf("the schema is dirty at version %d", v)
+			}
+			x, to, ok := next(uint(max(v, 0)))
+			if !ok {
+				return nil
+			}
+			more = true
 			body, err := file(x, dir)
 			if err != nil {
 				return err
 			}
-			if _, err := tx.Exec(ctx, body); err != nil {
+			if err := Apply(ctx, tx, body); err != nil {
 				return fmt.Errorf("version %d %s: %w", x, dir, err)
 			}
-		}
-		if _, err := tx.Exec(ctx, `TRUNCATE `+table); err != nil {
+			if _, err := tx.Exec(ctx, `TRUNCATE `+table); err != nil {
+				return err
+			}
+			if to > 0 {
+				_, err = tx.Exec(ctx, `INSERT INTO `+table+` (version, dirty) VALUES ($1, false)`, int64(to))
+			}
 			return err
+		})
+		if err != nil {
+			return fmt.Errorf("migrations: %s: %w", dir, err)
 		}
-		if to > 0 {
-			_, err = tx.Exec(ctx, `INSERT INTO `+table+` (version, dirty) VALUES ($1, false)`, int64(to))
+		if !more {
+			break
 		}
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("migrations: %s: %w", dir, err)
 	}
 	return nil
 }
