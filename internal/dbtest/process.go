@@ -80,7 +80,8 @@ type Process struct {
 }
 
 // Start runs role in a new process of the test binary with arg, and stops
-// it (SIGKILL) when the test ends if it is still running. With lines set,
+// it (SIGKILL) when the test ends if it is still running, or (on Linux)
+// when the test binary dies. With lines set,
 // the process's stdout is delivered line by line on Lines as it is written
 // (unread lines block the process once a pipe's worth is pending);
 // otherwise it is collected for Output.
@@ -89,6 +90,7 @@ func Start(tb testing.TB, role, arg string, lines bool) *Process {
 	p := &Process{Name: role, done: make(chan struct{})}
 	p.cmd = exec.Command(os.Args[0], "-test.run=^$")
 	p.cmd.Env = append(os.Environ(), envRole+"="+role, envRoleArg+"="+arg)
+	tieToParent(p.cmd)
 	p.cmd.Stderr = &lockedWriter{mu: &p.mu, w: &p.err}
 	var pipe io.ReadCloser
 	if lines {
