@@ -101,6 +101,20 @@ type Stats struct {
 	// every write committed before then has been applied. Reads are
 	// served from memory while it is under Config.MaxStaleness.
 	Staleness time.Duration
+
+	// With Config.WriteBehind: WritesQueued counts Sets queued,
+	// WritesCoalesced those that replaced a queued value of their key
+	// (the last write wins), WriteBatches the batches the flusher took,
+	// WritesCommitted the keys' writes committed, WriteRetries the
+	// statements retried, QueueWaits the Sets that found the queue full
+	// and waited. WritesLost counts the writes given up: their batch was
+	// not committed within WriteBehind.MaxDelay (the server down or
+	// slow), so they returned to their callers and may never reach the
+	// database (their copies are dropped). WritesPending is the keys
+	// queued or in a batch now.
+	WritesQueued, WritesCoalesced, WriteBatches, WritesCommitted int64
+	WritesLost, WriteRetries, QueueWaits                         int64
+	WritesPending                                                int
 }
 
 // HitRatio is Hits/(Hits+Misses), or 0 before any read.
