@@ -202,9 +202,7 @@ func (c *Cache) Stats() Stats {
 		s.WritesLost = w.cnt.lost.Load()
 		s.WriteRetries = w.cnt.retries.Load()
 		s.QueueWaits = w.cnt.waits.Load()
-		w.mu.Lock()
-		s.WritesPending = len(w.pending)
-		w.mu.Unlock()
+		s.WritesPending = int(w.pending.Load())
 	}
 	if conf := c.feed.confirmed.Load(); conf > 0 {
 		s.Staleness = time.Duration(c.since(time.Now()) - conf)

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,10 +58,12 @@ type WriteBehind struct {
 
 const (
 	// MaxDelayDefault is the default for WriteBehind.MaxDelay.
-	MaxDelayDefault = 100 * time.Millisecond
+	MaxDelayDefault = 500 * time.Millisecond
 
-	// MaxQueuedDefault is the default for WriteBehind.MaxQueued.
-	MaxQueuedDefault = 4096
+	// MaxQueuedDefault is the default for WriteBehind.MaxQueued: a batch
+	// of this many rows commits in well under MaxDelayDefault on a loaded
+	// server.
+	MaxQueuedDefault = 1024
 )
 
 // ErrQueueFull is returned by a Set through a write-behind near cache
@@ -74,29 +78,46 @@ type pendingWrite struct {
 	value   []byte
 	timeout dbcache.Timeout
 	expires time.Time // zero: never (the copy's expiry, from the Set's start)
-	seq     uint64
-	queued  bool // not yet taken by a batch
-	since   int64
+	seq     uint64    // moves with every write of the key
+	queued  bool      // not yet taken by a batch
 	// queuedAt is when it became queued (Cache.since): the deadline of
 	// its batch counts from the first queued of the batch.
 	queuedAt int64
 }
 
+const pendingShards = 64
+
+type pendingShard struct {
+	mu sync.Mutex
+	m  map[string]*pendingWrite // by made key: queued or in a batch
+}
+
 type writeBehind struct {
 	c        *Cache
 	maxDelay time.Duration
-	maxQ     int
+	maxQ     int64
 	validate func(ctx context.Context, madeKey string) error
+	seed     maphash.Seed
+	shards   [pendingShards]pendingShard
+	queued   atomic.Int64 // keys queued, not yet taken
+	// flying is 1 + the first queuedAt of the batch being committed, 0
+	// when none is (see behind).
+	flying  atomic.Int64
+	pending atomic.Int64 // keys queued or in a batch
+	seq     atomic.Uint64
 
-	mu      sync.Mutex
-	pending map[string]*pendingWrite // by made key: queued or in a batch
-	queued  int
-	seq     uint64 // the newest write's
-	done    uint64 // every write up to it has been committed or given up
-	closed  bool
-	changed chan struct{} // closed (and replaced) when done moves or room frees
+	// mu guards the generations and changed. taken counts the batches
+	// taken (an empty one when asked for), resolved those whose writes
+	// have all been committed or given up.
+	mu       sync.Mutex
+	taken    uint64
+	resolved uint64
+	changed  chan struct{} // closed (and replaced) when resolved moves or room frees
 
-	wake chan struct{} // the flusher has work
+	closing sync.RWMutex
+	closed  bool // under closing
+
+	wake chan struct{} // the flusher has work, or a settle waits
 	stop chan struct{} // Close: drain and return
 
 	cnt struct {
@@ -105,8 +126,11 @@ type writeBehind struct {
 }
 
 func newWriteBehind(c *Cache, cfg WriteBehind) *writeBehind {
-	w := &writeBehind{c: c, maxDelay: cfg.MaxDelay, maxQ: cfg.MaxQueued, pending: map[string]*pendingWrite{},
+	w := &writeBehind{c: c, maxDelay: cfg.MaxDelay, maxQ: int64(cfg.MaxQueued), seed: maphash.MakeSeed(),
 		changed: make(chan struct{}), wake: make(chan struct{}, 1), stop: make(chan struct{})}
+	for i := range w.shards {
+		w.shards[i].m = map[string]*pendingWrite{}
+	}
 	if v, ok := c.store.(interface {
 		ValidateKey(ctx context.Context, madeKey string) error
 	}); ok {
@@ -115,10 +139,21 @@ func newWriteBehind(c *Cache, cfg WriteBehind) *writeBehind {
 	return w
 }
 
+func (w *writeBehind) shard(mk string) *pendingShard {
+	return &w.shards[maphash.String(w.seed, mk)%pendingShards]
+}
+
 // broadcast wakes every waiter (under mu).
 func (w *writeBehind) broadcast() {
 	close(w.changed)
 	w.changed = make(chan struct{})
+}
+
+func (w *writeBehind) poke() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
 }
 
 // deferrable reports whether a Set with timeout is queued: Forever or a
@@ -143,25 +178,34 @@ func (w *writeBehind) enqueue(ctx context.Context, key, mk string, value []byte,
 		expires = start.Add(d)
 	}
 	value = bytes.Clone(nonNil(value))
+	sh := w.shard(mk)
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {
 			timer.Stop()
 		}
 	}()
-	w.mu.Lock()
 	for {
-		if w.closed {
-			w.mu.Unlock()
-			return dbcache.ErrClosed
-		}
-		if p := w.pending[mk]; (p != nil && p.queued) || w.queued < w.maxQ {
-			break
-		}
-		// Full: wait for the flusher to take the queue.
+		w.mu.Lock()
 		ch := w.changed
 		w.mu.Unlock()
+		// closing is held from the check to the insert, so that Close's
+		// drain sees every write queued before it refused more.
+		w.closing.RLock()
+		if w.closed {
+			w.closing.RUnlock()
+			return dbcache.ErrClosed
+		}
+		sh.mu.Lock()
+		p := sh.m[mk]
+		if (p != nil && p.queued) || (w.queued.Load() < w.maxQ && !w.behind()) {
+			break // with sh.mu and closing held
+		}
+		sh.mu.Unlock()
+		w.closing.RUnlock()
+		// Full: wait for the flusher to take the queue.
 		w.cnt.waits.Add(1)
+		w.poke()
 		if timer == nil {
 			timer = time.NewTimer(w.maxDelay)
 		}
@@ -172,72 +216,84 @@ func (w *writeBehind) enqueue(ctx context.Context, key, mk string, value []byte,
 		case <-timer.C:
 			return fmt.Errorf("%w (waited WriteBehind.MaxDelay, %s)", ErrQueueFull, w.maxDelay)
 		}
-		w.mu.Lock()
 	}
-	now := w.c.since(time.Now())
-	p := w.pending[mk]
+	p := sh.m[mk]
 	if p == nil {
 		p = &pendingWrite{}
-		w.pending[mk] = p
+		sh.m[mk] = p
+		w.pending.Add(1)
 	}
 	if p.queued {
 		w.cnt.coalesced.Add(1)
 	} else {
 		p.queued = true
-		p.queuedAt = now
-		w.queued++
+		p.queuedAt = w.c.since(time.Now())
+		w.queued.Add(1)
 	}
-	w.seq++
-	p.key, p.value, p.timeout, p.expires, p.seq, p.since = key, value, timeout, expires, w.seq, now
-	w.mu.Unlock()
+	p.key, p.value, p.timeout, p.expires, p.seq = key, value, timeout, expires, w.seq.Add(1)
+	sh.mu.Unlock()
+	w.closing.RUnlock()
 	w.cnt.queued.Add(1)
 	// No read joins a store read that began before this write.
 	w.c.seal(mk, nil)
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
+	w.poke()
 	return nil
+}
+
+// behind reports whether the batch being committed holds a write queued
+// more than MaxDelay/2 ago: the server is slow, and the writes queued
+// behind it would wait as long again before theirs begins, so a write of
+// a key not yet queued waits instead (the queue is full).
+func (w *writeBehind) behind() bool {
+	f := w.flying.Load()
+	return f != 0 && w.c.since(time.Now())-(f-1) > int64(w.maxDelay/2)
 }
 
 // lookup returns mk's pending value, if it has one: found, and live unless
 // its lifetime has run out.
 func (w *writeBehind) lookup(mk string, now time.Time) (value []byte, expires time.Time, found, live bool) {
-	w.mu.Lock()
-	p := w.pending[mk]
+	if w.pending.Load() == 0 {
+		return nil, time.Time{}, false, false
+	}
+	sh := w.shard(mk)
+	sh.mu.Lock()
+	p := sh.m[mk]
 	if p == nil {
-		w.mu.Unlock()
+		sh.mu.Unlock()
 		return nil, time.Time{}, false, false
 	}
 	value, expires = p.value, p.expires
-	w.mu.Unlock()
+	sh.mu.Unlock()
 	return value, expires, true, expires.IsZero() || now.Before(expires)
 }
 
-// settle waits until every write queued so far that is still pending for
-// one of mks (every pending write when mks is empty) has been committed or
-// given up: at once when none is.
+// settle waits until every write that returned before it was called and
+// is still pending for one of mks (every pending write when mks is empty)
+// has been committed or given up: at once when none is. Batches are taken
+// one at a time, each taking every key queued when it is taken: a write
+// queued before this call is in the batch being committed or in the next
+// one taken, so once the batch taken after this call is resolved, so is
+// the write.
 func (w *writeBehind) settle(ctx context.Context, mks ...string) error {
-	w.mu.Lock()
-	need := len(mks) == 0 && len(w.pending) > 0
+	need := len(mks) == 0 && w.pending.Load() > 0
 	for _, mk := range mks {
-		if w.pending[mk] != nil {
-			need = true
+		if need {
 			break
 		}
+		sh := w.shard(mk)
+		sh.mu.Lock()
+		need = sh.m[mk] != nil
+		sh.mu.Unlock()
 	}
 	if !need {
-		w.mu.Unlock()
 		return nil
 	}
-	target := w.seq
-	for w.done < target {
+	w.mu.Lock()
+	target := w.taken + 1
+	for w.resolved < target {
 		ch := w.changed
 		w.mu.Unlock()
-		select {
-		case w.wake <- struct{}{}:
-		default:
-		}
+		w.poke()
 		select {
 		case <-ch:
 		case <-ctx.Done():
@@ -269,6 +325,7 @@ func (w *writeBehind) run() {
 		case <-w.stop:
 			for w.flushOnce() {
 			}
+			w.flushOnce() // an empty one, for any settle waiting
 			return
 		}
 		for w.flushOnce() {
@@ -283,46 +340,47 @@ type batchItem struct {
 	tok writeToken
 }
 
-// flushOnce takes the queue and commits it; it reports whether there was
-// anything to take.
+// flushOnce takes the queue (an empty batch when nothing is queued) and
+// commits it; it reports whether it took anything.
 func (w *writeBehind) flushOnce() bool {
 	w.mu.Lock()
-	if w.queued == 0 {
-		w.mu.Unlock()
-		return false
-	}
-	items := make([]batchItem, 0, w.queued)
+	w.taken++
+	gen := w.taken
+	w.mu.Unlock()
+	var items []batchItem
 	first := int64(-1)
-	for mk, p := range w.pending {
-		if !p.queued {
-			continue
+	if w.queued.Load() > 0 {
+		for i := range w.shards {
+			sh := &w.shards[i]
+			sh.mu.Lock()
+			for mk, p := range sh.m {
+				if !p.queued {
+					continue
+				}
+				p.queued = false
+				w.queued.Add(-1)
+				if first < 0 || p.queuedAt < first {
+					first = p.queuedAt
+				}
+				items = append(items, batchItem{mk: mk, p: *p})
+			}
+			sh.mu.Unlock()
 		}
-		p.queued = false
-		if first < 0 || p.queuedAt < first {
-			first = p.queuedAt
-		}
-		items = append(items, batchItem{mk: mk, p: *p})
 	}
-	w.queued = 0
-	top := w.seq
+	w.mu.Lock()
 	w.broadcast() // room
 	w.mu.Unlock()
-	slices.SortFunc(items, func(a, b batchItem) int {
-		switch {
-		case a.mk < b.mk:
-			return -1
-		case a.mk > b.mk:
-			return 1
-		}
-		return 0
-	})
-	deadline := w.c.base.Add(time.Duration(first) + w.maxDelay)
-	w.commit(items, deadline)
+	if len(items) > 0 {
+		slices.SortFunc(items, func(a, b batchItem) int { return strings.Compare(a.mk, b.mk) })
+		w.flying.Store(first + 1)
+		w.commit(items, w.c.base.Add(time.Duration(first)+w.maxDelay))
+		w.flying.Store(0)
+	}
 	w.mu.Lock()
-	w.done = top
+	w.resolved = gen
 	w.broadcast()
 	w.mu.Unlock()
-	return true
+	return len(items) > 0
 }
 
 // commit writes items, grouped by timeout, each group in one SetMany
@@ -364,14 +422,16 @@ func (w *writeBehind) commit(items []batchItem, deadline time.Time) {
 			k, _ := c.local.endWrite(it.tok, err == nil, it.p.value, it.p.expires, now)
 			c.seal(it.mk, nil)
 			kept += b2i(k)
-			w.mu.Lock()
-			if p := w.pending[it.mk]; p != nil && p.seq == it.p.seq {
-				delete(w.pending, it.mk)
+			sh := w.shard(it.mk)
+			sh.mu.Lock()
+			if p := sh.m[it.mk]; p != nil && p.seq == it.p.seq && !p.queued {
+				delete(sh.m, it.mk)
+				w.pending.Add(-1)
 				if err != nil {
 					lost++
 				}
 			}
-			w.mu.Unlock()
+			sh.mu.Unlock()
 		}
 		c.cnt.writesKept.Add(int64(kept))
 		if err != nil {
@@ -428,8 +488,10 @@ func (w *writeBehind) setManyOnce(items map[string][]byte, timeout dbcache.Timeo
 // drains the queue (bounded by each batch's deadline); wait for it with
 // the flusher's WaitGroup.
 func (w *writeBehind) close() {
-	w.mu.Lock()
+	w.closing.Lock()
 	w.closed = true
+	w.closing.Unlock()
+	w.mu.Lock()
 	w.broadcast()
 	w.mu.Unlock()
 	close(w.stop)
