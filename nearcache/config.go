@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/dbcache/dbcache/dbcache"
 )
 
 const (
@@ -139,6 +141,9 @@ func (c *Config) withDefaults() Config {
 		if wb.MaxQueued == 0 {
 			wb.MaxQueued = MaxQueuedDefault
 		}
+		if wb.MaxWait == 0 {
+			wb.MaxWait = dbcache.OpTimeoutDefault
+		}
 		out.WriteBehind = &wb
 	}
 	return out
@@ -164,8 +169,8 @@ func (c *Config) validate() error {
 	if c.StartTimeout < 0 {
 		errs = append(errs, fmt.Errorf("nearcache: Config.StartTimeout %s is negative", c.StartTimeout))
 	}
-	if wb := c.WriteBehind; wb != nil && (wb.MaxDelay < 0 || wb.MaxQueued < 0) {
-		errs = append(errs, fmt.Errorf("nearcache: Config.WriteBehind: MaxDelay %s and MaxQueued %d must not be negative", wb.MaxDelay, wb.MaxQueued))
+	if wb := c.WriteBehind; wb != nil && (wb.MaxDelay < 0 || wb.MaxQueued < 0 || wb.MaxWait < 0) {
+		errs = append(errs, fmt.Errorf("nearcache: Config.WriteBehind: MaxDelay %s, MaxQueued %d and MaxWait %s must not be negative", wb.MaxDelay, wb.MaxQueued, wb.MaxWait))
 	}
 	if c.Schema != "" && !identRE.MatchString(c.Schema) {
 		errs = append(errs, fmt.Errorf("nearcache: Config.Schema %q is not a valid schema name (letters, digits, _ and $, at most 63)", c.Schema))

@@ -54,6 +54,12 @@ type WriteBehind struct {
 	// batch; a Set of another key waits for room. Defaults to
 	// MaxQueuedDefault.
 	MaxQueued int
+
+	// MaxWait bounds how long a Set waits for room in a full queue (its
+	// context may end the wait sooner); then it returns ErrQueueFull,
+	// having written nothing. Defaults to dbcache.OpTimeoutDefault, the
+	// bound of a Set that waits for its commit.
+	MaxWait time.Duration
 }
 
 const (
@@ -68,7 +74,7 @@ const (
 
 // ErrQueueFull is returned by a Set through a write-behind near cache
 // that found the queue full and could not wait for room (for
-// WriteBehind.MaxDelay, or as long as its context allowed): nothing was
+// WriteBehind.MaxWait, or as long as its context allowed): nothing was
 // written.
 var ErrQueueFull = errors.New("nearcache: the write-behind queue is full")
 
@@ -95,6 +101,7 @@ type pendingShard struct {
 type writeBehind struct {
 	c        *Cache
 	maxDelay time.Duration
+	maxWait  time.Duration
 	maxQ     int64
 	validate func(ctx context.Context, madeKey string) error
 	seed     maphash.Seed
@@ -126,7 +133,7 @@ type writeBehind struct {
 }
 
 func newWriteBehind(c *Cache, cfg WriteBehind) *writeBehind {
-	w := &writeBehind{c: c, maxDelay: cfg.MaxDelay, maxQ: int64(cfg.MaxQueued), seed: maphash.MakeSeed(),
+	w := &writeBehind{c: c, maxDelay: cfg.MaxDelay, maxWait: cfg.MaxWait, maxQ: int64(cfg.MaxQueued), seed: maphash.MakeSeed(),
 		changed: make(chan struct{}), wake: make(chan struct{}, 1), stop: make(chan struct{})}
 	for i := range w.shards {
 		w.shards[i].m = map[string]*pendingWrite{}
@@ -165,7 +172,7 @@ func deferrable(timeout dbcache.Timeout) bool {
 }
 
 // enqueue queues a Set of key (made key mk) that began at start. It waits
-// for room while the queue is full, at most maxDelay and as long as ctx
+// for room while the queue is full, at most maxWait and as long as ctx
 // allows.
 func (w *writeBehind) enqueue(ctx context.Context, key, mk string, value []byte, timeout dbcache.Timeout, start time.Time) error {
 	if w.validate != nil {
@@ -207,14 +214,14 @@ func (w *writeBehind) enqueue(ctx context.Context, key, mk string, value []byte,
 		w.cnt.waits.Add(1)
 		w.poke()
 		if timer == nil {
-			timer = time.NewTimer(w.maxDelay)
+			timer = time.NewTimer(w.maxWait)
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %w", ErrQueueFull, ctx.Err())
 		case <-timer.C:
-			return fmt.Errorf("%w (waited WriteBehind.MaxDelay, %s)", ErrQueueFull, w.maxDelay)
+			return fmt.Errorf("%w (waited WriteBehind.MaxWait, %s)", ErrQueueFull, w.maxWait)
 		}
 	}
 	p := sh.m[mk]
