@@ -204,8 +204,7 @@ func (w *writeBehind) enqueue(ctx context.Context, key, mk string, value []byte,
 			return dbcache.ErrClosed
 		}
 		sh.mu.Lock()
-		p := sh.m[mk]
-		if (p != nil && p.queued) || (w.queued.Load() < w.maxQ && !w.behind()) {
+		if p := sh.m[mk]; (p != nil && p.queued) || w.reserve() {
 			break // with sh.mu and closing held
 		}
 		sh.mu.Unlock()
@@ -232,10 +231,9 @@ func (w *writeBehind) enqueue(ctx context.Context, key, mk string, value []byte,
 	}
 	if p.queued {
 		w.cnt.coalesced.Add(1)
-	} else {
+	} else { // room was reserved
 		p.queued = true
 		p.queuedAt = w.c.since(time.Now())
-		w.queued.Add(1)
 	}
 	p.key, p.value, p.timeout, p.expires, p.seq = key, value, timeout, expires, w.seq.Add(1)
 	sh.mu.Unlock()
@@ -245,6 +243,23 @@ func (w *writeBehind) enqueue(ctx context.Context, key, mk string, value []byte,
 	w.c.seal(mk, nil)
 	w.poke()
 	return nil
+}
+
+// reserve takes room for a key in the queue, if there is room and the
+// flusher is not behind.
+func (w *writeBehind) reserve() bool {
+	if w.behind() {
+		return false
+	}
+	for {
+		n := w.queued.Load()
+		if n >= w.maxQ {
+			return false
+		}
+		if w.queued.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
 }
 
 // behind reports whether the batch being committed holds a write queued
