@@ -37,7 +37,9 @@ type Invalidation struct {
 	// CauseExpiry is not reported (expired copies just stop being
 	// served), CauseFeedLost (everything, the feed broke), CauseTruncate
 	// (everything, the table was truncated or a change's key could not be
-	// read) or CauseClear (everything, or a prefix, through this layer).
+	// read), CauseClear (everything, or a prefix, through this layer) or
+	// CauseWriteLost (write-behind: a batch given up, reported on the
+	// flusher's goroutine; Keys is the writes lost).
 	Cause string
 	// Keys is how many keys were named (for a single-key cause, 1);
 	// Dropped how many copies were actually held and dropped.
@@ -58,6 +60,8 @@ const (
 	CauseFeedLost = "feed_lost"
 	CauseTruncate = "truncate"
 	CauseClear    = "clear"
+
+	CauseWriteLost = "write_lost"
 )
 
 // Stats is a snapshot of the layer's counters since New.

@@ -439,9 +439,10 @@ func (w *writeBehind) commit(items []batchItem, deadline time.Time) {
 		}
 		err := w.setMany(m, g.timeout, deadline)
 		now := c.since(time.Now())
-		var kept, lost int
+		var kept, lost, dropped int
 		for _, it := range g.items {
-			k, _ := c.local.endWrite(it.tok, err == nil, it.p.value, it.p.expires, now)
+			k, d := c.local.endWrite(it.tok, err == nil, it.p.value, it.p.expires, now)
+			dropped += b2i(d)
 			c.seal(it.mk, nil)
 			kept += b2i(k)
 			sh := w.shard(it.mk)
@@ -462,6 +463,9 @@ func (w *writeBehind) commit(items []batchItem, deadline time.Time) {
 			// from this process's view; the others are.
 			w.cnt.lost.Add(int64(lost))
 			c.cnt.invalidations.Add(int64(len(g.items) - kept))
+			c.traceFeed(func(t Tracer) {
+				t.TraceInvalidate(Invalidation{Cause: CauseWriteLost, Keys: lost, Dropped: dropped})
+			})
 			c.cfg.Logger.Warn("nearcache: write-behind batch given up after WriteBehind.MaxDelay: its writes are lost",
 				"writes", len(g.items), "superseded", len(g.items)-lost, "max_delay", w.maxDelay, "err", err)
 			continue

@@ -342,6 +342,8 @@ func TestWriteBehindServerStopped(t *testing.T) {
 	logText := func() string { logMu.Lock(); defer logMu.Unlock(); return logs.String() }
 	cfg := wbConfig(500*time.Millisecond, 0)
 	cfg.Logger = slog.New(slog.NewTextHandler(&lockedBuf{mu: &logMu, b: &logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	lt := &lostTracer{}
+	cfg.Tracer = lt
 	a := e.proc(t, cfg)
 	ctx := ctxT(t)
 	require.NoError(t, a.near.Set(ctx, "k", []byte("committed"), dbcache.Forever))
@@ -372,6 +374,7 @@ func TestWriteBehindServerStopped(t *testing.T) {
 	close(stop)
 	writes.Wait()
 	require.Positive(t, a.near.Stats().WritesLost)
+	require.Equal(t, a.near.Stats().WritesLost, lt.lost.Load(), "the Tracer saw every write given up")
 	require.NoError(t, srv.Restart(ctx))
 	eventually(t, "the database's value is read once it is back", func() bool {
 		v, err := a.near.Get(ctx, "k")
@@ -387,6 +390,22 @@ func TestWriteBehindServerStopped(t *testing.T) {
 	v, err = a.near.Get(ctx, "k")
 	require.NoError(t, err)
 	require.Equal(t, "again", string(v))
+}
+
+// lostTracer counts the writes the Tracer is told were given up.
+type lostTracer struct {
+	recorder
+	lost atomic.Int64
+}
+
+func (l *lostTracer) TraceInvalidate(inv nearcache.Invalidation) {
+	if inv.Cause == nearcache.CauseWriteLost {
+		if inv.Key != "" {
+			panic("a key reached the Tracer")
+		}
+		l.lost.Add(int64(inv.Keys))
+	}
+	l.recorder.TraceInvalidate(inv)
 }
 
 // wbJob is the crash test's writer process's job.
