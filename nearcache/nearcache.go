@@ -815,17 +815,18 @@ func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout db
 		}
 		return keys, dbcache.ErrClosed
 	}
-	if c.wb != nil && deferrable(timeout) {
+	if c.wb != nil && deferrable(timeout) && int64(len(items)) <= c.wb.maxQ {
+		// Queued all or nothing, as the store writes them.
 		keys := make([]string, 0, len(items))
 		for k := range items {
 			keys = append(keys, k)
 		}
 		slices.Sort(keys)
-		start := time.Now()
-		for i, k := range keys {
-			if err := c.wb.enqueue(ctx, k, c.makeKey(k), items[k], timeout, start); err != nil {
-				return keys[i:], err
-			}
+		if len(keys) == 0 {
+			return nil, nil
+		}
+		if err := c.wb.enqueueMany(ctx, keys, items, timeout, time.Now()); err != nil {
+			return keys, err
 		}
 		return nil, nil
 	}

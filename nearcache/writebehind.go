@@ -223,6 +223,18 @@ func (w *writeBehind) enqueue(ctx context.Context, key, mk string, value []byte,
 			return fmt.Errorf("%w (waited WriteBehind.MaxWait, %s)", ErrQueueFull, w.maxWait)
 		}
 	}
+	w.put(sh, key, mk, value, timeout, expires, w.c.since(time.Now()))
+	sh.mu.Unlock()
+	w.closing.RUnlock()
+	// No read joins a store read that began before this write.
+	w.c.seal(mk, nil)
+	w.poke()
+	return nil
+}
+
+// put stores a write of mk (under sh's lock, room reserved unless mk is
+// queued already).
+func (w *writeBehind) put(sh *pendingShard, key, mk string, value []byte, timeout dbcache.Timeout, expires time.Time, now int64) {
 	p := sh.m[mk]
 	if p == nil {
 		p = &pendingWrite{}
@@ -233,30 +245,125 @@ func (w *writeBehind) enqueue(ctx context.Context, key, mk string, value []byte,
 		w.cnt.coalesced.Add(1)
 	} else { // room was reserved
 		p.queued = true
-		p.queuedAt = w.c.since(time.Now())
+		p.queuedAt = now
 	}
 	p.key, p.value, p.timeout, p.expires, p.seq = key, value, timeout, expires, w.seq.Add(1)
-	sh.mu.Unlock()
-	w.closing.RUnlock()
 	w.cnt.queued.Add(1)
-	// No read joins a store read that began before this write.
-	w.c.seal(mk, nil)
+}
+
+// enqueueMany is enqueue for every item of a SetMany, all or nothing: the
+// keys are validated first, and room is reserved for all of them at once,
+// with their shards locked (in index order: no other path holds two), so
+// either every item is queued or none is. keys is sorted; len(keys) is at
+// most maxQ.
+func (w *writeBehind) enqueueMany(ctx context.Context, keys []string, items map[string][]byte, timeout dbcache.Timeout, start time.Time) error {
+	mks := make([]string, len(keys))
+	for i, k := range keys {
+		mks[i] = w.c.makeKey(k)
+		if w.validate != nil {
+			if err := w.validate(ctx, mks[i]); err != nil {
+				return err
+			}
+		}
+	}
+	var expires time.Time
+	if d, ttl := timeout.Duration(); ttl {
+		expires = start.Add(d)
+	}
+	values := make([][]byte, len(keys))
+	for i, k := range keys {
+		values[i] = bytes.Clone(nonNil(items[k]))
+	}
+	var idx []int
+	seen := map[int]bool{}
+	for _, mk := range mks {
+		i := int(maphash.String(w.seed, mk) % pendingShards)
+		if !seen[i] {
+			seen[i] = true
+			idx = append(idx, i)
+		}
+	}
+	slices.Sort(idx)
+	lock := func() {
+		for _, i := range idx {
+			w.shards[i].mu.Lock()
+		}
+	}
+	unlock := func() {
+		for _, i := range idx {
+			w.shards[i].mu.Unlock()
+		}
+	}
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		w.mu.Lock()
+		ch := w.changed
+		w.mu.Unlock()
+		w.closing.RLock()
+		if w.closed {
+			w.closing.RUnlock()
+			return dbcache.ErrClosed
+		}
+		lock()
+		need := 0
+		counted := map[string]bool{}
+		for _, mk := range mks {
+			if p := w.shard(mk).m[mk]; (p == nil || !p.queued) && !counted[mk] {
+				counted[mk] = true
+				need++
+			}
+		}
+		if need == 0 || w.reserveN(int64(need)) {
+			break // with the shards and closing held
+		}
+		unlock()
+		w.closing.RUnlock()
+		w.cnt.waits.Add(1)
+		w.poke()
+		if timer == nil {
+			timer = time.NewTimer(w.maxWait)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", ErrQueueFull, ctx.Err())
+		case <-timer.C:
+			return fmt.Errorf("%w (waited WriteBehind.MaxWait, %s)", ErrQueueFull, w.maxWait)
+		}
+	}
+	now := w.c.since(time.Now())
+	for i, mk := range mks {
+		w.put(w.shard(mk), keys[i], mk, values[i], timeout, expires, now)
+	}
+	unlock()
+	w.closing.RUnlock()
+	for _, mk := range mks {
+		w.c.seal(mk, nil)
+	}
 	w.poke()
 	return nil
 }
 
 // reserve takes room for a key in the queue, if there is room and the
 // flusher is not behind.
-func (w *writeBehind) reserve() bool {
+func (w *writeBehind) reserve() bool { return w.reserveN(1) }
+
+// reserveN takes room for n keys, all or none.
+func (w *writeBehind) reserveN(n int64) bool {
 	if w.behind() {
 		return false
 	}
 	for {
-		n := w.queued.Load()
-		if n >= w.maxQ {
+		q := w.queued.Load()
+		if q+n > w.maxQ {
 			return false
 		}
-		if w.queued.CompareAndSwap(n, n+1) {
+		if w.queued.CompareAndSwap(q, q+n) {
 			return true
 		}
 	}

@@ -117,14 +117,23 @@ func TestWriteBehindReadYourWritesAndBound(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	// SetMany is queued too, and read back at once.
+	_, err := a.near.SetMany(ctx, map[string][]byte{"m0": []byte("a"), "m1": []byte("b"), "own0": []byte("v199")}, dbcache.Forever)
+	require.NoError(t, err)
+	got, err := a.near.GetMany(ctx, []string{"m0", "m1"})
+	require.NoError(t, err)
+	require.Equal(t, map[string][]byte{"m0": []byte("a"), "m1": []byte("b")}, got)
 	require.NoError(t, a.near.Flush(ctx))
+	got, err = b.cache.GetMany(ctx, []string{"m0", "m1"})
+	require.NoError(t, err)
+	require.Len(t, got, 2)
 	for g := range 4 {
 		v, err := b.cache.Get(ctx, "own"+strconv.Itoa(g))
 		require.NoError(t, err)
 		require.Equal(t, "v199", string(v), "the last write of the key was committed")
 	}
 	s := a.near.Stats()
-	require.EqualValues(t, 800, s.WritesQueued)
+	require.EqualValues(t, 803, s.WritesQueued)
 	require.Less(t, s.WriteBatches, s.WritesQueued, "writes were batched")
 	require.Zero(t, s.WritesLost)
 	require.Zero(t, s.WritesPending)
@@ -265,6 +274,25 @@ func TestWriteBehindQueueFullPushesBack(t *testing.T) {
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	_, err = a.near.Get(ctx, "over")
 	require.ErrorIs(t, err, dbcache.ErrMiss, "a write refused for a full queue changed nothing")
+	// A SetMany is queued all or nothing: refused whole for a full queue,
+	// or for a key the store refuses.
+	short2, cancel2 := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel2()
+	failed, err := a.near.SetMany(short2, map[string][]byte{"m1": []byte("1"), "q1": []byte("new")}, dbcache.Forever)
+	require.ErrorIs(t, err, nearcache.ErrQueueFull)
+	require.ElementsMatch(t, []string{"m1", "q1"}, failed)
+	_, err = a.near.SetMany(ctx, map[string][]byte{"q2": []byte("new"), "bad\x00key": []byte("1")}, dbcache.Forever)
+	require.ErrorIs(t, err, dbcache.ErrInvalidKey)
+	for _, k := range []string{"m1"} {
+		ok, err := a.near.HasKey(ctx, k)
+		require.NoError(t, err)
+		require.False(t, ok, "%q: nothing of a refused SetMany was queued", k)
+	}
+	for _, k := range []string{"q1", "q2"} {
+		v, err := a.near.Get(ctx, k)
+		require.NoError(t, err)
+		require.Equal(t, "1", string(v), "%s: nothing of a refused SetMany was queued", k)
+	}
 	require.NoError(t, a.near.Set(ctx, "q0", []byte("2"), dbcache.Forever), "a queued key takes a new value without room")
 	waiting := make(chan error, 1)
 	go func() { waiting <- a.near.Set(ctx, "later", []byte("1"), dbcache.Forever) }()
@@ -276,9 +304,10 @@ func TestWriteBehindQueueFullPushesBack(t *testing.T) {
 	h.release()
 	require.NoError(t, <-waiting)
 	require.NoError(t, a.near.Flush(ctx))
-	got, err := other.cache.GetMany(ctx, []string{"first", "q0", "q1", "q2", "q3", "later", "over"})
+	got, err := other.cache.GetMany(ctx, []string{"first", "q0", "q1", "q2", "q3", "later", "over", "m1"})
 	require.NoError(t, err)
 	require.Len(t, got, 6)
+	require.Equal(t, "1", string(got["q1"]))
 	require.Equal(t, "2", string(got["q0"]))
 	s := a.near.Stats()
 	require.Positive(t, s.QueueWaits)
