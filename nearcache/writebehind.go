@@ -578,6 +578,7 @@ func (w *writeBehind) commit(items []batchItem, deadline time.Time) {
 			continue
 		}
 		w.cnt.committed.Add(int64(len(g.items)))
+		c.cnt.invalidations.Add(int64(len(g.items) - kept)) // committed, copy not kept
 	}
 }
 
