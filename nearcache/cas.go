@@ -23,6 +23,9 @@ func (c *Cache) GetWithToken(ctx context.Context, key string) ([]byte, dbcache.T
 		return nil, 0, dbcache.ErrClosed
 	}
 	mk := c.makeKey(key)
+	if err := c.settle(ctx, mk); err != nil {
+		return nil, 0, err
+	}
 	now := time.Now()
 	if e, ok := c.lookup(mk, now); ok && e.hasToken {
 		c.traceRead(ctx, dbcache.OpGetWithToken, 1, 0)
@@ -77,7 +80,11 @@ func (c *Cache) CompareAndSwap(ctx context.Context, key string, token dbcache.To
 	if c.closed.Load() {
 		return false, dbcache.ErrClosed
 	}
-	done := c.writing(c.makeKey(key))
+	mk := c.makeKey(key)
+	if err := c.settle(ctx, mk); err != nil {
+		return false, err
+	}
+	done := c.writing(mk)
 	ok, err := c.caps.cas.CompareAndSwap(ctx, key, token, value, timeout)
 	done()
 	return ok, err
@@ -89,7 +96,11 @@ func (c *Cache) CompareAndDelete(ctx context.Context, key string, token dbcache.
 	if c.closed.Load() {
 		return false, dbcache.ErrClosed
 	}
-	done := c.writing(c.makeKey(key))
+	mk := c.makeKey(key)
+	if err := c.settle(ctx, mk); err != nil {
+		return false, err
+	}
+	done := c.writing(mk)
 	ok, err := c.caps.cas.CompareAndDelete(ctx, key, token)
 	done()
 	return ok, err

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/dbcache/dbcache/dbcache"
 )
 
 const (
@@ -90,6 +92,15 @@ type Config struct {
 	// state, for metrics. It must not block. Defaults to nil.
 	Tracer Tracer
 
+	// WriteBehind, when set, queues Sets in the process and commits them
+	// in batches (see WriteBehind, and docs/nearcache.md, "Write-behind"):
+	// a Set returns once its value is queued, this process reads it at
+	// once, other processes within MaxStaleness + WriteBehind.MaxDelay,
+	// and on a crash the writes that returned in the last MaxDelay may be
+	// lost. Every other write is sent at once, after the queued writes of
+	// its keys. Defaults to nil: every Set waits for its commit.
+	WriteBehind *WriteBehind
+
 	// TraceKeys lets the Tracer see stored keys (Invalidation.Key). Keys
 	// can be personal data (an email in a session key), so by default no
 	// key reaches the Tracer or the Logger. Defaults to false.
@@ -122,6 +133,19 @@ func (c *Config) withDefaults() Config {
 	if out.Logger == nil {
 		out.Logger = slog.Default()
 	}
+	if out.WriteBehind != nil {
+		wb := *out.WriteBehind
+		if wb.MaxDelay == 0 {
+			wb.MaxDelay = MaxDelayDefault
+		}
+		if wb.MaxQueued == 0 {
+			wb.MaxQueued = MaxQueuedDefault
+		}
+		if wb.MaxWait == 0 {
+			wb.MaxWait = dbcache.OpTimeoutDefault
+		}
+		out.WriteBehind = &wb
+	}
 	return out
 }
 
@@ -144,6 +168,9 @@ func (c *Config) validate() error {
 	}
 	if c.StartTimeout < 0 {
 		errs = append(errs, fmt.Errorf("nearcache: Config.StartTimeout %s is negative", c.StartTimeout))
+	}
+	if wb := c.WriteBehind; wb != nil && (wb.MaxDelay < 0 || wb.MaxQueued < 0 || wb.MaxWait < 0) {
+		errs = append(errs, fmt.Errorf("nearcache: Config.WriteBehind: MaxDelay %s, MaxQueued %d and MaxWait %s must not be negative", wb.MaxDelay, wb.MaxQueued, wb.MaxWait))
 	}
 	if c.Schema != "" && !identRE.MatchString(c.Schema) {
 		errs = append(errs, fmt.Errorf("nearcache: Config.Schema %q is not a valid schema name (letters, digits, _ and $, at most 63)", c.Schema))

@@ -86,12 +86,28 @@
 // to the store. So a read through the layer sees every write that returned
 // more than MaxStaleness before it began, with durable or FastCommit
 // writes, with a synchronous standby slow to confirm, and while the feed
-// lags. A read joins another's store read only if that read began within
+// lags (a Set queued by write-behind, below, returns before it commits:
+// add WriteBehind.MaxDelay). A read joins another's store read only if that read began within
 // MaxStaleness before it and no read or write of the key through the
 // process has ended since. Lost feeds (the connection closed or silent for
 // FeedTimeout, the server restarted, the slot dropped, the publication
 // dropped, the table replaced or made unlogged) drop every copy at once;
 // reads go to the store until the feed is back, which it retries by itself.
+//
+// # Write-behind
+//
+// By default a Set through the layer returns once committed.
+// Config.WriteBehind queues Sets in the process instead, and one flusher
+// commits the queue in batches with the store's SetMany: a Set returns
+// once queued, and this process reads it from the queue at once; another
+// process sees it within MaxStaleness + WriteBehind.MaxDelay; every other
+// write (Add, Incr, CompareAndSwap, Delete, Touch, ...) waits for the
+// queued writes of its keys to be committed, then is sent; a full queue
+// makes writers wait; a batch not committed within MaxDelay is given up
+// (Stats.WritesLost, the Tracer, the Logger, no key), its values no longer
+// served; Close commits the queue. A crash may lose the writes that
+// returned in the last MaxDelay. docs/nearcache.md, "Write-behind", says
+// why, step by step.
 //
 // # Memory
 //

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,7 +38,11 @@ type Cache struct {
 	flightsMu sync.Mutex
 	flights   map[string]*flight
 	// sets serialises the Sets of one key through the layer.
-	sets     keyLocks
+	sets keyLocks
+	// wb is the write-behind queue (Config.WriteBehind), nil without;
+	// wbWG waits for its flusher.
+	wb       *writeBehind
+	wbWG     sync.WaitGroup
 	closed   atomic.Bool
 	base     time.Time // the origin of since
 	cancel   context.CancelFunc
@@ -126,6 +131,10 @@ func New(ctx context.Context, store dbcache.Store, pool *pgxpool.Pool, cfg *Conf
 	nc.cancel = cancel
 	nc.wg.Go(func() { nc.feed.run(bg) })
 	nc.wg.Go(func() { nc.feed.heartbeats(bg) })
+	if c.WriteBehind != nil {
+		nc.wb = newWriteBehind(nc, *c.WriteBehind)
+		nc.wbWG.Go(nc.wb.run)
+	}
 	wait := time.NewTimer(c.StartTimeout + time.Second)
 	defer wait.Stop()
 	var first error
@@ -144,11 +153,19 @@ func New(ctx context.Context, store dbcache.Store, pool *pgxpool.Pool, cfg *Conf
 }
 
 // Close stops the feed (the server drops its temporary slot) and drops
-// every copy; every later call returns dbcache.ErrClosed. The store and
-// the pool stay open: close them after. Calling it again is a no-op.
+// every copy; every later call returns dbcache.ErrClosed. With
+// write-behind it first commits the queued writes, each batch within
+// WriteBehind.MaxDelay of its first write (those it cannot commit by then
+// are given up, as the flusher gives them up), and stops the flusher. The
+// store and the pool stay open: close them after. Calling it again is a
+// no-op.
 func (c *Cache) Close() error {
 	if c.closed.Swap(true) {
 		return nil
+	}
+	if c.wb != nil {
+		c.wb.close()
+		c.wbWG.Wait()
 	}
 	c.cancel()
 	c.wg.Wait()
@@ -176,6 +193,16 @@ func (c *Cache) Stats() Stats {
 		FeedUp:        c.feed.slot.Load() != nil,
 		Entries:       c.local.len(),
 		Bytes:         c.local.bytes(),
+	}
+	if w := c.wb; w != nil {
+		s.WritesQueued = w.cnt.queued.Load()
+		s.WritesCoalesced = w.cnt.coalesced.Load()
+		s.WriteBatches = w.cnt.batches.Load()
+		s.WritesCommitted = w.cnt.committed.Load()
+		s.WritesLost = w.cnt.lost.Load()
+		s.WriteRetries = w.cnt.retries.Load()
+		s.QueueWaits = w.cnt.waits.Load()
+		s.WritesPending = int(w.pending.Load())
 	}
 	if conf := c.feed.confirmed.Load(); conf > 0 {
 		s.Staleness = time.Duration(c.since(time.Now()) - conf)
@@ -372,6 +399,49 @@ func (c *Cache) storeRead(ctx context.Context, key string, snapshot bool) (v []b
 
 func clone(v []byte) []byte { return append([]byte{}, v...) }
 
+// queuedValue is mk's value queued by write-behind and not yet known
+// committed: found when there is one, live unless its lifetime has run
+// out (then the key reads as absent: the database's copy expires no
+// earlier, counted from the commit).
+func (c *Cache) queuedValue(mk string, now time.Time) (v []byte, ttl dbcache.Timeout, found, live bool) {
+	if c.wb == nil {
+		return nil, dbcache.Timeout{}, false, false
+	}
+	v, expires, found, live := c.wb.lookup(mk, now)
+	if !found || !live {
+		return nil, dbcache.Timeout{}, found, false
+	}
+	if expires.IsZero() {
+		return v, dbcache.Forever, true, true
+	}
+	return v, dbcache.ExpiresIn(max(expires.Sub(now), time.Microsecond)), true, true
+}
+
+// settle waits, with write-behind, for the queued writes of mks (of every
+// key when none is given) to be committed or given up, so that a write or
+// read sent to the store now comes after them.
+func (c *Cache) settle(ctx context.Context, mks ...string) error {
+	if c.wb == nil {
+		return nil
+	}
+	return c.wb.settle(ctx, mks...)
+}
+
+// settleKeys is settle for caller keys.
+func (c *Cache) settleKeys(ctx context.Context, keys ...string) error {
+	if c.wb == nil {
+		return nil
+	}
+	mks := make([]string, len(keys))
+	for i, k := range keys {
+		mks[i] = c.makeKey(k)
+	}
+	if len(mks) == 0 {
+		return nil
+	}
+	return c.wb.settle(ctx, mks...)
+}
+
 func remaining(e *entry, now time.Time) dbcache.Timeout {
 	if e.expires.IsZero() {
 		return dbcache.Forever
@@ -388,7 +458,15 @@ func (c *Cache) Get(ctx context.Context, key string) ([]byte, error) {
 		return nil, dbcache.ErrClosed
 	}
 	mk := c.makeKey(key)
-	if e, ok := c.lookup(mk, time.Now()); ok {
+	now := time.Now()
+	if v, _, found, live := c.queuedValue(mk, now); found {
+		c.traceRead(ctx, dbcache.OpGet, 1, 0)
+		if !live {
+			return nil, dbcache.ErrMiss
+		}
+		return clone(v), nil
+	}
+	if e, ok := c.lookup(mk, now); ok {
 		c.traceRead(ctx, dbcache.OpGet, 1, 0)
 		return clone(e.value), nil
 	}
@@ -406,6 +484,13 @@ func (c *Cache) GetWithTTL(ctx context.Context, key string) ([]byte, dbcache.Tim
 	}
 	mk := c.makeKey(key)
 	now := time.Now()
+	if v, ttl, found, live := c.queuedValue(mk, now); found {
+		c.traceRead(ctx, dbcache.OpGet, 1, 0)
+		if !live {
+			return nil, dbcache.Timeout{}, dbcache.ErrMiss
+		}
+		return clone(v), ttl, nil
+	}
 	if e, ok := c.lookup(mk, now); ok {
 		c.traceRead(ctx, dbcache.OpGet, 1, 0)
 		return clone(e.value), remaining(e, now), nil
@@ -420,7 +505,12 @@ func (c *Cache) HasKey(ctx context.Context, key string) (bool, error) {
 	if c.closed.Load() {
 		return false, dbcache.ErrClosed
 	}
-	if _, ok := c.lookup(c.makeKey(key), time.Now()); ok {
+	now := time.Now()
+	if _, _, found, live := c.queuedValue(c.makeKey(key), now); found {
+		c.traceRead(ctx, dbcache.OpHasKey, 1, 0)
+		return live, nil
+	}
+	if _, ok := c.lookup(c.makeKey(key), now); ok {
 		c.traceRead(ctx, dbcache.OpHasKey, 1, 0)
 		return true, nil
 	}
@@ -446,19 +536,26 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (map[string][]byte, 
 	out := make(map[string][]byte, len(keys))
 	now := time.Now()
 	var rest []string
+	queuedGone := 0 // queued writes whose lifetime ran out: absent
 	asked := make(map[string]struct{}, len(keys))
 	for _, k := range keys {
 		if _, dup := asked[k]; dup {
 			continue
 		}
 		asked[k] = struct{}{}
-		if e, ok := c.lookup(c.makeKey(k), now); ok {
+		if v, _, found, live := c.queuedValue(c.makeKey(k), now); found {
+			if live {
+				out[k] = clone(v)
+			} else {
+				queuedGone++
+			}
+		} else if e, ok := c.lookup(c.makeKey(k), now); ok {
 			out[k] = clone(e.value)
 		} else {
 			rest = append(rest, k)
 		}
 	}
-	c.traceRead(ctx, dbcache.OpGetMany, len(out), len(rest))
+	c.traceRead(ctx, dbcache.OpGetMany, len(out)+queuedGone, len(rest))
 	switch len(rest) {
 	case 0:
 		return out, nil
@@ -510,11 +607,19 @@ func (c *Cache) GetOrSet(ctx context.Context, key string, value []byte, timeout 
 		return nil, dbcache.ErrClosed
 	}
 	mk := c.makeKey(key)
-	if e, ok := c.lookup(mk, time.Now()); ok {
+	now := time.Now()
+	if v, _, found, live := c.queuedValue(mk, now); found && live {
+		c.traceRead(ctx, dbcache.OpGetOrSet, 1, 0)
+		return clone(v), nil
+	}
+	if e, ok := c.lookup(mk, now); ok {
 		c.traceRead(ctx, dbcache.OpGetOrSet, 1, 0)
 		return clone(e.value), nil
 	}
 	c.traceRead(ctx, dbcache.OpGetOrSet, 0, 1)
+	if err := c.settle(ctx, mk); err != nil {
+		return nil, err
+	}
 	done := c.writing(mk)
 	v, err := c.store.GetOrSet(ctx, key, value, timeout)
 	done()
@@ -546,17 +651,33 @@ func (c *Cache) getOrLoad(ctx context.Context, key string, stale time.Duration, 
 	}
 	mk := c.makeKey(key)
 	now := time.Now()
-	if e, ok := c.lookup(mk, now); ok {
+	if v, expires, found, live := c.wbLookup(mk, now); found && live {
+		if !swr || expires.IsZero() || expires.Sub(now) > stale {
+			c.traceRead(ctx, dbcache.OpGetOrSet, 1, 0)
+			return clone(v), nil
+		}
+	} else if e, ok := c.lookup(mk, now); ok && !found {
 		if !swr || e.expires.IsZero() || e.expires.Sub(now) > stale {
 			c.traceRead(ctx, dbcache.OpGetOrSet, 1, 0)
 			return clone(e.value), nil
 		}
 	}
 	c.traceRead(ctx, dbcache.OpGetOrSet, 0, 1)
+	if err := c.settle(ctx, mk); err != nil {
+		return nil, err
+	}
 	done := c.writing(mk)
 	v, err := viaStore()
 	done()
 	return v, err
+}
+
+// wbLookup is the write-behind queue's lookup, none without one.
+func (c *Cache) wbLookup(mk string, now time.Time) ([]byte, time.Time, bool, bool) {
+	if c.wb == nil {
+		return nil, time.Time{}, false, false
+	}
+	return c.wb.lookup(mk, now)
 }
 
 // writing registers a write of the made keys mks through the layer, before
@@ -603,6 +724,14 @@ func (c *Cache) Set(ctx context.Context, key string, value []byte, timeout dbcac
 		return dbcache.ErrClosed
 	}
 	mk := c.makeKey(key)
+	if c.wb != nil {
+		if deferrable(timeout) {
+			return c.wb.enqueue(ctx, key, mk, value, timeout, time.Now())
+		}
+		if err := c.settle(ctx, mk); err != nil {
+			return err
+		}
+	}
 	d, ttl := timeout.Duration()
 	if !(timeout.IsForever() || (ttl && d > 0)) || len(value) > c.cfg.MaxEntryBytes {
 		done := c.writing(mk)
@@ -651,7 +780,11 @@ func (c *Cache) Add(ctx context.Context, key string, value []byte, timeout dbcac
 	if c.closed.Load() {
 		return false, dbcache.ErrClosed
 	}
-	done := c.writing(c.makeKey(key))
+	mk := c.makeKey(key)
+	if err := c.settle(ctx, mk); err != nil {
+		return false, err
+	}
+	done := c.writing(mk)
 	ok, err := c.store.Add(ctx, key, value, timeout)
 	done()
 	return ok, err
@@ -663,7 +796,11 @@ func (c *Cache) Touch(ctx context.Context, key string, timeout dbcache.Timeout) 
 	if c.closed.Load() {
 		return false, dbcache.ErrClosed
 	}
-	done := c.writing(c.makeKey(key))
+	mk := c.makeKey(key)
+	if err := c.settle(ctx, mk); err != nil {
+		return false, err
+	}
+	done := c.writing(mk)
 	ok, err := c.store.Touch(ctx, key, timeout)
 	done()
 	return ok, err
@@ -678,9 +815,33 @@ func (c *Cache) SetMany(ctx context.Context, items map[string][]byte, timeout db
 		}
 		return keys, dbcache.ErrClosed
 	}
+	if c.wb != nil && deferrable(timeout) && int64(len(items)) <= c.wb.maxQ {
+		// Queued all or nothing, as the store writes them.
+		keys := make([]string, 0, len(items))
+		for k := range items {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		if len(keys) == 0 {
+			return nil, nil
+		}
+		if err := c.wb.enqueueMany(ctx, keys, items, timeout, time.Now()); err != nil {
+			return keys, err
+		}
+		return nil, nil
+	}
 	mks := make([]string, 0, len(items))
 	for k := range items {
 		mks = append(mks, c.makeKey(k))
+	}
+	if len(mks) > 0 {
+		if err := c.settle(ctx, mks...); err != nil {
+			keys := make([]string, 0, len(items))
+			for k := range items {
+				keys = append(keys, k)
+			}
+			return keys, err
+		}
 	}
 	done := c.writing(mks...)
 	failed, err := c.store.SetMany(ctx, items, timeout)
@@ -693,7 +854,11 @@ func (c *Cache) Incr(ctx context.Context, key string, delta int64) (int64, error
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
-	done := c.writing(c.makeKey(key))
+	mk := c.makeKey(key)
+	if err := c.settle(ctx, mk); err != nil {
+		return 0, err
+	}
+	done := c.writing(mk)
 	n, err := c.store.Incr(ctx, key, delta)
 	done()
 	return n, err
@@ -704,7 +869,11 @@ func (c *Cache) Decr(ctx context.Context, key string, delta int64) (int64, error
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
-	done := c.writing(c.makeKey(key))
+	mk := c.makeKey(key)
+	if err := c.settle(ctx, mk); err != nil {
+		return 0, err
+	}
+	done := c.writing(mk)
 	n, err := c.store.Decr(ctx, key, delta)
 	done()
 	return n, err
@@ -717,7 +886,11 @@ func (c *Cache) IncrVersion(ctx context.Context, key string, delta int) (int, er
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
-	done := c.writing(c.makeKey(key))
+	mk := c.makeKey(key)
+	if err := c.settle(ctx, mk); err != nil {
+		return 0, err
+	}
+	done := c.writing(mk)
 	v, err := c.caps.versions.IncrVersion(ctx, key, delta)
 	done()
 	return v, err
@@ -729,7 +902,11 @@ func (c *Cache) DecrVersion(ctx context.Context, key string, delta int) (int, er
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
 	}
-	done := c.writing(c.makeKey(key))
+	mk := c.makeKey(key)
+	if err := c.settle(ctx, mk); err != nil {
+		return 0, err
+	}
+	done := c.writing(mk)
 	v, err := c.caps.versions.DecrVersion(ctx, key, delta)
 	done()
 	return v, err
@@ -740,7 +917,11 @@ func (c *Cache) Delete(ctx context.Context, key string) (bool, error) {
 	if c.closed.Load() {
 		return false, dbcache.ErrClosed
 	}
-	done := c.writing(c.makeKey(key))
+	mk := c.makeKey(key)
+	if err := c.settle(ctx, mk); err != nil {
+		return false, err
+	}
+	done := c.writing(mk)
 	ok, err := c.store.Delete(ctx, key)
 	done()
 	return ok, err
@@ -756,6 +937,11 @@ func (c *Cache) DeleteMany(ctx context.Context, keys []string) (int, error) {
 	for i, k := range keys {
 		mks[i] = c.makeKey(k)
 	}
+	if len(mks) > 0 {
+		if err := c.settle(ctx, mks...); err != nil {
+			return 0, err
+		}
+	}
 	done := c.writing(mks...)
 	n, err := c.store.DeleteMany(ctx, keys)
 	done()
@@ -768,6 +954,9 @@ func (c *Cache) DeleteMany(ctx context.Context, keys []string) (int, error) {
 func (c *Cache) DeletePrefix(ctx context.Context, prefix string) (int, error) {
 	if c.closed.Load() {
 		return 0, dbcache.ErrClosed
+	}
+	if err := c.settle(ctx); err != nil {
+		return 0, err
 	}
 	n, err := c.caps.lister.DeletePrefix(ctx, prefix)
 	dropped := c.local.invalidatePrefix(c.makeKey(prefix))
@@ -785,6 +974,9 @@ func (c *Cache) Clear(ctx context.Context) error {
 	if c.closed.Load() {
 		return dbcache.ErrClosed
 	}
+	if err := c.settle(ctx); err != nil {
+		return err
+	}
 	err := c.store.Clear(ctx)
 	n := c.local.flush()
 	c.sealAll("")
@@ -800,6 +992,9 @@ func (c *Cache) TTL(ctx context.Context, key string) (dbcache.Timeout, error) {
 	if c.closed.Load() {
 		return dbcache.Timeout{}, dbcache.ErrClosed
 	}
+	if err := c.settleKeys(ctx, key); err != nil {
+		return dbcache.Timeout{}, err
+	}
 	return c.caps.ttl.TTL(ctx, key)
 }
 
@@ -808,5 +1003,18 @@ func (c *Cache) Keys(ctx context.Context, prefix string) iter.Seq2[string, error
 	if c.closed.Load() {
 		return func(yield func(string, error) bool) { yield("", dbcache.ErrClosed) }
 	}
-	return c.caps.lister.Keys(ctx, prefix)
+	if c.wb == nil {
+		return c.caps.lister.Keys(ctx, prefix)
+	}
+	return func(yield func(string, error) bool) {
+		if err := c.settle(ctx); err != nil {
+			yield("", err)
+			return
+		}
+		for k, err := range c.caps.lister.Keys(ctx, prefix) {
+			if !yield(k, err) {
+				return
+			}
+		}
+	}
 }

@@ -37,7 +37,9 @@ type Invalidation struct {
 	// CauseExpiry is not reported (expired copies just stop being
 	// served), CauseFeedLost (everything, the feed broke), CauseTruncate
 	// (everything, the table was truncated or a change's key could not be
-	// read) or CauseClear (everything, or a prefix, through this layer).
+	// read), CauseClear (everything, or a prefix, through this layer) or
+	// CauseWriteLost (write-behind: a batch given up, reported on the
+	// flusher's goroutine; Keys is the writes lost).
 	Cause string
 	// Keys is how many keys were named (for a single-key cause, 1);
 	// Dropped how many copies were actually held and dropped.
@@ -58,6 +60,8 @@ const (
 	CauseFeedLost = "feed_lost"
 	CauseTruncate = "truncate"
 	CauseClear    = "clear"
+
+	CauseWriteLost = "write_lost"
 )
 
 // Stats is a snapshot of the layer's counters since New.
@@ -101,6 +105,20 @@ type Stats struct {
 	// every write committed before then has been applied. Reads are
 	// served from memory while it is under Config.MaxStaleness.
 	Staleness time.Duration
+
+	// With Config.WriteBehind: WritesQueued counts Sets queued,
+	// WritesCoalesced those that replaced a queued value of their key
+	// (the last write wins), WriteBatches the batches the flusher took,
+	// WritesCommitted the keys' writes committed, WriteRetries the
+	// statements retried, QueueWaits the Sets that found the queue full
+	// and waited. WritesLost counts the writes given up: their batch was
+	// not committed within WriteBehind.MaxDelay (the server down or
+	// slow), so they returned to their callers and may never reach the
+	// database (their copies are dropped). WritesPending is the keys
+	// queued or in a batch now.
+	WritesQueued, WritesCoalesced, WriteBatches, WritesCommitted int64
+	WritesLost, WriteRetries, QueueWaits                         int64
+	WritesPending                                                int
 }
 
 // HitRatio is Hits/(Hits+Misses), or 0 before any read.

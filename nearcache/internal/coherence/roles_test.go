@@ -42,7 +42,10 @@ type job struct {
 	FeedTime   time.Duration // Config.FeedTimeout; 0 for the default
 	FastCommit bool
 	OpTimeout  time.Duration
-	Barrier    int64
+	// WriteBehind, when positive, is the writer's WriteBehind.MaxDelay:
+	// it writes through a write-behind near cache.
+	WriteBehind time.Duration
+	Barrier     int64
 }
 
 // stats is a process's last line.
@@ -106,7 +109,7 @@ func runProc(ctx context.Context, arg string, isReader bool) error {
 	}
 	defer cache.Close()
 	e := &procEnv{job: j, pool: pool, cache: cache, rec: coherence.NewRecorder(j.Proc)}
-	if j.Case == "own" || isReader {
+	if j.Case == "own" || isReader || j.WriteBehind > 0 {
 		rc := pool.Config().ConnConfig.Config.Copy()
 		rc.RuntimeParams["application_name"] = "coherence_" + j.Proc
 		if j.ReplAddr != "" {
@@ -120,6 +123,9 @@ func runProc(ctx context.Context, arg string, isReader bool) error {
 		}
 		cfg := &nearcache.Config{MaxStaleness: j.Bound, FeedTimeout: j.FeedTime, Replication: rc,
 			Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+		if j.WriteBehind > 0 && !isReader {
+			cfg.WriteBehind = &nearcache.WriteBehind{MaxDelay: j.WriteBehind}
+		}
 		if e.near, err = nearcache.New(ctx, cache, pool, cfg); err != nil {
 			return err
 		}
@@ -139,6 +145,15 @@ func runProc(ctx context.Context, arg string, isReader bool) error {
 	defer cancel()
 	if err := body(ctx, e); err != nil {
 		return err
+	}
+	if e.near != nil && j.WriteBehind > 0 {
+		// What is queued is committed before the stats are taken.
+		fctx, fcancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		err := e.near.Flush(fctx)
+		fcancel()
+		if err != nil {
+			return err
+		}
 	}
 	if _, err := e.rec.WriteTo(os.Stdout); err != nil {
 		return err
@@ -274,7 +289,7 @@ func outcome(err error) coherence.Outcome {
 // writer writes as its case says.
 func writer(ctx context.Context, e *procEnv) error {
 	switch e.job.Case {
-	case "durable", "fastcommit", "syncrep", "feedstall":
+	case "durable", "fastcommit", "syncrep", "feedstall", "writebehind":
 		return writeCounts(ctx, e)
 	case "rawsql":
 		return writeSQL(ctx, e)
@@ -301,8 +316,12 @@ func (c counter) next(k string) string {
 
 // set records a Set of v.
 func (e *procEnv) set(ctx context.Context, k, v string, timeout dbcache.Timeout) {
+	var store dbcache.Store = e.cache
+	if e.job.WriteBehind > 0 {
+		store = e.near // a Set returns once queued
+	}
 	s := coherence.Now()
-	err := e.cache.Set(opCtx(ctx), k, []byte(v), timeout)
+	err := store.Set(opCtx(ctx), k, []byte(v), timeout)
 	end := coherence.Now()
 	op := coherence.Op{Kind: coherence.Write, Key: k, Value: v, Start: s, End: end, Outcome: outcome(err)}
 	if d, ok := timeout.Duration(); ok {
