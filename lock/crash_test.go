@@ -58,7 +58,7 @@ func TestCrashNeverIssuesAFenceTwice(t *testing.T) {
 	pool, err := pgxpool.NewWithConfig(startCtx, pc)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	locks, err := lock.New(startCtx, pool, &lock.Config{OpTimeout: 2 * time.Second})
+	locks, err := lock.New(startCtx, pool, citusTestConfig(&lock.Config{OpTimeout: 2 * time.Second}))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = locks.Close() })
 

@@ -72,6 +72,14 @@ type Config struct {
 	// dbcache.OpTimeoutDefault.
 	OpTimeout time.Duration
 
+	// Citus selects the forms of the grant and of Restore that a Citus
+	// cluster routes (docs/scale-out.md#citus), as dbcache.Config.Citus
+	// does for the cache: CitusAuto uses them when New finds the citus
+	// extension and the leases table in pg_dist_partition; CitusOn
+	// always (on plain PostgreSQL they answer as the plain forms do);
+	// CitusOff never. Defaults to dbcache.CitusAuto.
+	Citus dbcache.CitusMode
+
 	// Logger receives what the client logs (a failed clean-up of a
 	// half-made grant), never a lock name. Defaults to slog.Default().
 	Logger *slog.Logger
@@ -100,7 +108,10 @@ type Client struct {
 	cache *dbcache.Cache
 	pool  *pgxpool.Pool
 	q     queries
-	cfg   Config
+	// cq is the Citus forms when the client uses them (Config.Citus), nil
+	// otherwise.
+	cq  *citusQueries
+	cfg Config
 	// run runs the writes READ COMMITTED whatever the session default
 	// (as dbcache's writes run), one round trip each.
 	run *pgexec.Runner
@@ -147,6 +158,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Client, error) 
 		// Lock names are not memcached keys: only what PostgreSQL
 		// cannot store is refused.
 		KeyCheck: dbcache.KeyCheckOff,
+		Citus:    c.Citus,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("lock: %w", err)
@@ -163,6 +175,14 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Client, error) 
 	if !leases || !fences {
 		_ = cache.Close()
 		return nil, fmt.Errorf("lock: %w: the leases table (migration 8) or the fences table (%s, migration 10) is missing: run `dbcache migrate up`", dbcache.ErrSchemaBehind, FencesTableName)
+	}
+	citus, err := detectCitus(bctx, pool, c.Citus, cl.q.leases)
+	if err != nil {
+		_ = cache.Close()
+		return nil, err
+	}
+	if citus {
+		cl.cq = newCitusQueries(cl.q)
 	}
 	cl.run = pgexec.New(pool, c.OpTimeout, pgexec.NeedsWrap(isolation))
 	return cl, nil
@@ -264,7 +284,11 @@ func (c *Client) try(ctx context.Context, name, k string, lease time.Duration) (
 	l := &Lock{c: c, name: name, key: k, owner: got.Token}
 	var acquired, expires time.Time
 	bctx, cancel := c.bound(ctx)
-	err = c.run.WriteRow(bctx, c.q.fence, []any{k, string(got.Token)}, &l.fence, &acquired, &expires)
+	if c.cq != nil {
+		l.fence, acquired, expires, err = c.citusGrant(bctx, k, got.Token)
+	} else {
+		err = c.run.WriteRow(bctx, c.q.fence, []any{k, string(got.Token)}, &l.fence, &acquired, &expires)
+	}
 	cancel()
 	if errors.Is(err, pgx.ErrNoRows) {
 		// The lease ended between the two statements (shorter than the
@@ -421,7 +445,11 @@ func (c *Client) Restore(ctx context.Context, name string, owner dbcache.LeaseTo
 	defer cancel()
 	l := &Lock{c: c, name: name, key: k, owner: owner}
 	var acquired, expires time.Time
-	err = c.run.WriteRow(ctx, c.q.restore, []any{k, string(owner)}, &l.fence, &acquired, &expires)
+	if c.cq != nil {
+		l.fence, acquired, expires, err = c.citusRestore(ctx, k, owner)
+	} else {
+		err = c.run.WriteRow(ctx, c.q.restore, []any{k, string(owner)}, &l.fence, &acquired, &expires)
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, ErrNotHeld
 	}

@@ -63,7 +63,7 @@ func runContender(ctx context.Context, arg string) error {
 		return err
 	}
 	defer pool.Close()
-	locks, err := lock.New(ctx, pool, &lock.Config{Schema: job.Schema, PollMin: 5 * time.Millisecond, PollMax: 100 * time.Millisecond})
+	locks, err := lock.New(ctx, pool, citusTestConfig(&lock.Config{Schema: job.Schema, PollMin: 5 * time.Millisecond, PollMax: 100 * time.Millisecond}))
 	if err != nil {
 		return err
 	}

@@ -89,12 +89,15 @@ func newQueries(schema string) queries {
 		return pgx.Identifier{schema, name}.Sanitize()
 	}
 	leases, fences := ident(dbcache.LeasesTableName), ident(FencesTableName)
-	fill := func(sql string) string {
-		return strings.NewReplacer("LEASES", leases, "FENCES", fences).Replace(sql)
-	}
+	fill := func(sql string) string { return fillTables(sql, leases, fences) }
 	return queries{
 		leases: leases, fences: fences,
 		fence: fill(qFence), refresh: fill(qRefresh), release: fill(qRelease), restore: fill(qRestore),
 		check: fill(qCheck), forceRelease: fill(qForceRelease), latestFence: fill(qLatestFence),
 	}
+}
+
+// fillTables replaces LEASES and FENCES in sql by the quoted table names.
+func fillTables(sql, leases, fences string) string {
+	return strings.NewReplacer("LEASES", leases, "FENCES", fences).Replace(sql)
 }
