@@ -230,3 +230,87 @@ func TestCitusFormsInterleaved(t *testing.T) {
 		}
 	}
 }
+
+// TestCitusFencedWritesAnswerAsPlain: the loaders' fenced writes
+// (GetOrSetFunc's and a refresh's, qGetOrSetLeased and qSetLeased), run in
+// both forms over the same entries and leases, give the same answer and
+// leave the same rows: stored while the token holds the key's live lease
+// (a live entry kept by the get-or-set, an expired or missing one
+// replaced), nothing stored under another token, after the lease was
+// released, or after it ran out; in a WithTx view too, and under
+// FastCommit.
+func TestCitusFencedWritesAnswerAsPlain(t *testing.T) {
+	t.Parallel()
+	for _, fast := range []bool{false, true} {
+		t.Run(fmt.Sprintf("FastCommit=%v", fast), func(t *testing.T) {
+			t.Parallel()
+			ctx := ctxT(t)
+			p := newCitusPair(t, dbcache.Config{FastCommit: fast})
+			tokens := map[*dbcache.Cache]dbcache.LeaseToken{}
+			lease := func(key string) func(c *dbcache.Cache) (any, error) {
+				return func(c *dbcache.Cache) (any, error) {
+					l, err := c.AcquireLease(ctx, key, time.Minute)
+					tokens[c] = l.Token
+					return l.Acquired, err
+				}
+			}
+			getOrSet := func(key, value string, tok func(c *dbcache.Cache) dbcache.LeaseToken) func(c *dbcache.Cache) (any, error) {
+				return func(c *dbcache.Cache) (any, error) {
+					got, stored, err := dbcache.GetOrSetLeased(ctx, c, key, tok(c), []byte(value), dbcache.ExpiresIn(time.Hour))
+					return fmt.Sprint(string(got), stored), err
+				}
+			}
+			set := func(key, value string, tok func(c *dbcache.Cache) dbcache.LeaseToken) func(c *dbcache.Cache) (any, error) {
+				return func(c *dbcache.Cache) (any, error) { return dbcache.SetLeased(ctx, c, key, tok(c), []byte(value)) }
+			}
+			held := func(c *dbcache.Cache) dbcache.LeaseToken { return tokens[c] }
+			stranger := func(*dbcache.Cache) dbcache.LeaseToken { return dbcache.NewLeaseToken() }
+
+			p.same(t, "seed", func(c *dbcache.Cache) (any, error) {
+				return nil, c.Set(ctx, "live", []byte("old"), dbcache.ExpiresIn(2*time.Hour))
+			})
+			p.same(t, "lease", lease("live"))
+			p.same(t, "get-or-set keeps a live entry", getOrSet("live", "new", held))
+			p.same(t, "get-or-set under another token", getOrSet("live", "other", stranger))
+			p.same(t, "set under the lease", set("live", "set", held))
+			p.same(t, "set under another token", set("live", "other", stranger))
+			p.same(t, "lease a missing key", lease("missing"))
+			p.same(t, "get-or-set stores a missing key", getOrSet("missing", "first", held))
+			p.same(t, "seed an entry to expire", func(c *dbcache.Cache) (any, error) {
+				return nil, c.Set(ctx, "expired", []byte("stale"), dbcache.ExpiresIn(time.Minute))
+			})
+			for _, b := range []*testBundle{p.plain, p.citus} {
+				travel(t, b.pool, 2*time.Minute)
+			}
+			p.same(t, "lease the expired key", lease("expired"))
+			p.same(t, "get-or-set replaces an expired entry", getOrSet("expired", "fresh", held))
+			p.same(t, "release", func(c *dbcache.Cache) (any, error) { return c.ReleaseLease(ctx, "expired", tokens[c]) })
+			p.same(t, "set after the release", set("expired", "late", held))
+			p.same(t, "get-or-set after the release", getOrSet("expired", "late", held))
+			p.same(t, "lease to run out", lease("lapsed"))
+			for _, b := range []*testBundle{p.plain, p.citus} {
+				dbtest.Exec(t, b.pool, `UPDATE dbcache_leases SET expires = statement_timestamp() - interval '1 second'`)
+			}
+			p.same(t, "set on a lapsed lease", set("lapsed", "late", held))
+			p.same(t, "get-or-set on a lapsed lease", getOrSet("lapsed", "late", held))
+
+			// In a WithTx view: the lease check and the write are the
+			// caller's transaction's, and its rollback undoes them.
+			p.same(t, "lease in tx", lease("tx"))
+			p.same(t, "fenced writes in a rolled-back tx", func(c *dbcache.Cache) (any, error) {
+				tx, err := p.poolOf(c).Begin(ctx)
+				if err != nil {
+					return nil, err
+				}
+				defer func() { _ = tx.Rollback(ctx) }()
+				v := c.WithTx(tx)
+				a, err := dbcache.SetLeased(ctx, v, "tx", tokens[c], []byte("in tx"))
+				if err != nil {
+					return nil, err
+				}
+				got, stored, err := dbcache.GetOrSetLeased(ctx, v, "tx", tokens[c], []byte("again"), dbcache.Forever)
+				return fmt.Sprint(a, string(got), stored), err
+			})
+		})
+	}
+}

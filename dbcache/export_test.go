@@ -45,9 +45,22 @@ func FlightWaiting(c *Cache, key string) int { return c.s.flights.Waiting(c.Make
 // while token holds key's live lease, and reports whether it did.
 func SetLeased(ctx context.Context, c *Cache, key string, token LeaseToken, value []byte) (bool, error) {
 	var stored bool
-	err := c.rowWrite(ctx, c.q.setLeased, []any{c.MakeKey(key), value, Forever.micros(c.s.cfg.DefaultTimeout), string(token)}, &stored)
+	err := c.fencedWrite(ctx, c.q.setLeased, c.q.citusSetLeased, []any{c.MakeKey(key), value, Forever.micros(c.s.cfg.DefaultTimeout), string(token)}, &stored)
 	if isNoRows(err) {
 		return false, nil
 	}
 	return stored, err
+}
+
+// GetOrSetLeased is GetOrSetFunc's fenced write (the plain statement or its
+// Citus form, as c uses) of value under key, expiring in timeout, while
+// token holds key's lease: the value the entry holds after it, and false
+// when the lease was not live (nothing stored).
+func GetOrSetLeased(ctx context.Context, c *Cache, key string, token LeaseToken, value []byte, timeout Timeout) ([]byte, bool, error) {
+	var got []byte
+	err := c.fencedWrite(ctx, c.q.getOrSetLeased, c.q.citusGetOrSetLeased, []any{c.MakeKey(key), value, timeout.micros(c.s.cfg.DefaultTimeout), string(token)}, &got)
+	if isNoRows(err) {
+		return nil, false, nil
+	}
+	return got, err == nil, err
 }

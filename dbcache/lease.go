@@ -213,3 +213,72 @@ func (c *Cache) wrapLeaseErr(op string, err error) error {
 	}
 	return c.wrapErr(op, err)
 }
+
+// The loaders' fenced writes in the Citus forms (docs/scale-out.md#citus).
+// The plain forms (qGetOrSetLeased, qSetLeased) are one INSERT … SELECT
+// whose SELECT reads no table in its FROM and locks the key's lease row
+// FOR SHARE in a WHERE EXISTS sublink: a statement over two tables that
+// Citus is not known to route to one worker even when dbcache_leases is
+// colocated with the cache table (its INSERT … SELECT planner pushes a
+// SELECT down only when the SELECT's FROM carries the target's
+// distribution column, and otherwise runs the SELECT apart from the
+// insert), and whose FastCommit forms put set_config, VOLATILE, in a
+// modification's FROM. So each is here one READ COMMITTED transaction of
+// two routed single-key statements, run in the same order as the plain
+// form locks the rows: the key's lease row locked FOR SHARE while this
+// token holds it live (an acquire that would take the lease over waits for
+// this transaction's commit; one that committed first changed the token,
+// and the row is not found), then, only if it was, the entry's single-key
+// upsert (the plain form's ON CONFLICT, with VALUES instead of the
+// SELECT). No lease row: nothing is written, pgx.ErrNoRows, as the plain
+// form's empty RETURNING. The lease row is locked before the entry row, as
+// in the plain form, so the two cannot deadlock with each other or with
+// it.
+const (
+	qCitusLeaseShare = `SELECT 1 FROM LEASES WHERE key = $1 AND token = $2 AND expires > statement_timestamp() FOR SHARE`
+
+	qCitusGetOrSetLeased = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
+ON CONFLICT (key) DO UPDATE SET
+  value   = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.value ELSE t.value END,
+  expires = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.expires ELSE t.expires END,
+  written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END
+RETURNING value`
+
+	qCitusSetLeased = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
+RETURNING true`
+)
+
+// fencedWrite runs a loader's fenced write: plain (qGetOrSetLeased or
+// qSetLeased, args key, value, expiry micros, token) scanned into dest, or,
+// when the cache uses the Citus forms, citus (its Citus form) after the
+// lease row's lock, in one transaction. pgx.ErrNoRows: the lease was not
+// live, nothing was stored.
+func (c *Cache) fencedWrite(ctx context.Context, plain, citus string, args []any, dest any) error {
+	if c.s.cq.Load() == nil {
+		return c.rowWrite(ctx, plain, args, dest)
+	}
+	run := func(db dbtx) error {
+		rows, err := db.Query(ctx, c.q.citusLeaseShare, args[0], args[3])
+		if err != nil {
+			return err
+		}
+		held := rows.Next()
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if !held {
+			return pgx.ErrNoRows
+		}
+		return db.QueryRow(ctx, citus, args[0], args[1], args[2]).Scan(dest)
+	}
+	if !c.onPool() {
+		return run(c.db)
+	}
+	err := c.citusMoveTx(ctx, run)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) && ctx.Err() == nil && c.retryable(err) {
+		err = c.citusMoveTx(ctx, run)
+	}
+	return err
+}

@@ -387,7 +387,7 @@ func (c *Cache) loadLeased(ctx context.Context, k string, token LeaseToken, load
 	}
 	var got []byte
 	err = c.coordinate(ctx, func(sctx context.Context) error {
-		return c.rowWrite(sctx, c.q.getOrSetLeased, []any{k, value, timeout.micros(c.s.cfg.DefaultTimeout), string(token)}, &got)
+		return c.fencedWrite(sctx, c.q.getOrSetLeased, c.q.citusGetOrSetLeased, []any{k, value, timeout.micros(c.s.cfg.DefaultTimeout), string(token)}, &got)
 	})
 	switch {
 	case errors.Is(err, errFailedOpen):
@@ -647,7 +647,7 @@ func (c *Cache) refresh(ctx context.Context, k string, load func(context.Context
 	if err == nil {
 		var stored bool
 		err = c.coordinate(ctx, func(sctx context.Context) error {
-			return c.rowWrite(sctx, c.q.setLeased, []any{k, value, timeout.micros(c.s.cfg.DefaultTimeout), string(lease.Token)}, &stored)
+			return c.fencedWrite(sctx, c.q.setLeased, c.q.citusSetLeased, []any{k, value, timeout.micros(c.s.cfg.DefaultTimeout), string(lease.Token)}, &stored)
 		})
 		switch {
 		case errors.Is(err, errFailedOpen):

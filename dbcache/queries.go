@@ -335,6 +335,7 @@ type queries struct {
 	getSnapshot, getManySnapshot                                       string // snapshot.go
 	getWithToken, compareAndSwap, compareAndDelete                     string // cas.go
 	leaseAcquire, leaseExtend, leaseRelease                            string // lease.go
+	citusLeaseShare, citusGetOrSetLeased, citusSetLeased               string // lease.go, the fenced writes' Citus forms
 	table, leases                                                      string
 }
 
@@ -395,5 +396,9 @@ func newQueries(schema string, fast bool) *queries {
 		leaseAcquire:   fill(qLeaseAcquire),
 		leaseExtend:    fill(qLeaseExtend),
 		leaseRelease:   fill(qLeaseRelease),
+
+		citusLeaseShare:     fill(qCitusLeaseShare),
+		citusGetOrSetLeased: fill(qCitusGetOrSetLeased),
+		citusSetLeased:      fill(qCitusSetLeased),
 	}
 }
