@@ -40,6 +40,9 @@
 // every lock early (PostgreSQL empties an unlogged table), which the
 // fences make safe: the next grant's fence is still greater than every
 // fence issued before the crash.
+// On Citus (Config.Citus) the fence step, and Restore, are each one READ
+// COMMITTED transaction of routed single-key statements that holds the
+// same row lock from the lease's read to the commit (docs/locks.md).
 //
 // # In the same database
 //
