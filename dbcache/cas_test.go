@@ -162,6 +162,29 @@ func TestTokenChangesOnEveryWrite(t *testing.T) {
 	require.NoError(t, err)
 	changed("get_or_set over an expired entry")
 
+	// A loader's fenced writes: its refresh (stored over the live entry)
+	// and its GetOrSetFunc write over an expired one are new entries; its
+	// GetOrSetFunc write over a live entry stores nothing.
+	l, err := c.AcquireLease(ctx, "k", 60e9)
+	require.NoError(t, err)
+	require.True(t, l.Acquired)
+	stored, err := dbcache.SetLeased(ctx, c, "k", l.Token, []byte("5"))
+	require.NoError(t, err)
+	require.True(t, stored)
+	changed("a loader's refresh")
+	tok = token("k")
+	_, stored, err = dbcache.GetOrSetLeased(ctx, c, "k", l.Token, []byte("6"), dbcache.ExpiresIn(3600e9))
+	require.NoError(t, err)
+	require.True(t, stored)
+	kept("a loader's write over a live entry", tok)
+	expire()
+	_, stored, err = dbcache.GetOrSetLeased(ctx, c, "k", l.Token, []byte("7"), dbcache.ExpiresIn(3600e9))
+	require.NoError(t, err)
+	require.True(t, stored)
+	changed("a loader's write over an expired entry")
+	_, err = c.ReleaseLease(ctx, "k", l.Token)
+	require.NoError(t, err)
+
 	// IncrVersion: the entry at the version it moves to is new.
 	v2 := c.WithVersion(2)
 	require.NoError(t, v2.Set(ctx, "k", []byte("old"), dbcache.Forever))

@@ -241,11 +241,12 @@ const (
 ON CONFLICT (key) DO UPDATE SET
   value   = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.value ELSE t.value END,
   expires = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.expires ELSE t.expires END,
-  written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END
+  written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END,
+  token = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.token ELSE t.token END
 RETURNING value`
 
 	qCitusSetLeased = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token
 RETURNING true`
 )
 

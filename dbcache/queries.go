@@ -119,7 +119,8 @@ WHERE EXISTS (SELECT 1 FROM LEASES AS l WHERE l.key = $1::text AND l.token = $4:
 ON CONFLICT (key) DO UPDATE SET
   value   = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.value ELSE t.value END,
   expires = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.expires ELSE t.expires END,
-  written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END
+  written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END,
+  token = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.token ELSE t.token END
 RETURNING value`
 
 	qGetOrSetLeasedFast = `INSERT INTO TABLE AS t (key, value, expires)
@@ -128,19 +129,20 @@ WHERE EXISTS (SELECT 1 FROM LEASES AS l WHERE l.key = $1::text AND l.token = $4:
 ON CONFLICT (key) DO UPDATE SET
   value   = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.value ELSE t.value END,
   expires = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.expires ELSE t.expires END,
-  written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END
+  written_at = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.written_at ELSE t.written_at END,
+  token = CASE WHEN t.expires <= EXCLUDED.written_at THEN EXCLUDED.token ELSE t.token END
 RETURNING value`
 
 	qSetLeased = `INSERT INTO TABLE AS t (key, value, expires)
 SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond'
 WHERE EXISTS (SELECT 1 FROM LEASES AS l WHERE l.key = $1::text AND l.token = $4::text AND l.expires > statement_timestamp() FOR SHARE)
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token
 RETURNING true`
 
 	qSetLeasedFast = `INSERT INTO TABLE AS t (key, value, expires)
 SELECT $1::text, $2::bytea, statement_timestamp() + $3::bigint * interval '1 microsecond' FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit
 WHERE EXISTS (SELECT 1 FROM LEASES AS l WHERE l.key = $1::text AND l.token = $4::text AND l.expires > statement_timestamp() FOR SHARE)
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token
 RETURNING true`
 
 	qTouch = `UPDATE TABLE SET expires = statement_timestamp() + $2::bigint * interval '1 microsecond' WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())`
