@@ -392,7 +392,13 @@ func (c *Cache) get(ctx context.Context, k string) ([]byte, error) {
 		return v, err
 	}
 	var v []byte
-	if err := c.db.QueryRow(ctx, c.q.get, k).Scan(&v); err != nil {
+	var err error
+	if c.onPool() {
+		err = queryRowBounded(ctx, c.s.pool, c.q.get, k).Scan(&v)
+	} else {
+		err = c.db.QueryRow(ctx, c.q.get, k).Scan(&v)
+	}
+	if err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, ErrMiss
 		}

@@ -76,7 +76,7 @@ func (g *coalescer) get(ctx context.Context, k string) ([]byte, error) {
 
 func (g *coalescer) one(ctx context.Context, k string) ([]byte, error) {
 	var v []byte
-	if err := g.pool.QueryRow(ctx, g.q.get, k).Scan(&v); err != nil {
+	if err := queryRowBounded(ctx, g.pool, g.q.get, k).Scan(&v); err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, ErrMiss
 		}
