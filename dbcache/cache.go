@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -125,7 +126,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	case c.CoalesceGets > 0:
 		s.gets = newCoalescer(pool, s.q, c.CoalesceGets)
 	case c.CoalesceGets == 0:
-		s.gets = newCoalescer(pool, s.q, max(1, int(pool.Config().MaxConns)))
+		s.gets = newCoalescer(pool, s.q, defaultCoalesceGets(pool.Config().MaxConns))
 	}
 	cache := &Cache{s: s, db: pool, q: s.q, version: c.Version}
 	if c.CoalesceSets > 0 {
@@ -146,6 +147,12 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		return nil, err
 	}
 	return cache, nil
+}
+
+// defaultCoalesceGets is Config.CoalesceGets 0 over a pool of maxConns:
+// the smaller of that and pgxpool's default pool size, max(4, NumCPU).
+func defaultCoalesceGets(maxConns int32) int {
+	return max(1, min(int(maxConns), max(4, runtime.NumCPU())))
 }
 
 // checkTable checks the pool's query mode and the cache table, and learns
@@ -798,7 +805,17 @@ func (c *Cache) DecrVersion(ctx context.Context, key string, delta int) (to int,
 // GetMany returns the live entries among keys, in one query, keyed by the
 // caller's keys. Missing keys are absent from the map.
 func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]byte, err error) {
-	ks, err := c.keys(ctx, keys)
+	// Citus plans the by-key form for a distributed table; every other
+	// table is read by position.
+	var (
+		ks   *keySet
+		made []string
+	)
+	if c.s.cq.Load() != nil {
+		ks, err = c.keys(ctx, keys)
+	} else {
+		made, err = c.madeKeys(ctx, keys)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -815,19 +832,59 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]by
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	rows, err := c.db.Query(ctx, c.q.getMany, ks.made)
+	if ks != nil {
+		err = c.getManyByKey(ctx, ks, out)
+	} else {
+		err = c.getManyByPosition(ctx, keys, made, out)
+	}
 	if err != nil {
 		if c.degrade(ctx, "get_many", err) {
 			return map[string][]byte{}, nil
 		}
 		return nil, c.wrapErr("get_many", err)
 	}
+	return out, nil
+}
+
+// getManyByPosition reads the made keys by position (qGetManyPositions):
+// row i is the value of keys[i-1]. pgx copies each value out of the read
+// buffer, and a key given twice (or two keys one KeyFunc makes alike) has
+// a row per position, so every caller key gets a slice of its own.
+func (c *Cache) getManyByPosition(ctx context.Context, keys, made []string, out map[string][]byte) error {
+	var rows pgx.Rows
+	var err error
+	if c.onPool() {
+		rows, err = queryBounded(ctx, c.s.pool, c.q.getManyPositions, made)
+	} else {
+		rows, err = c.db.Query(ctx, c.q.getManyPositions, made)
+	}
+	if err != nil {
+		return err
+	}
+	var i int32
+	var v []byte
+	_, err = pgx.ForEachRow(rows, []any{&i, &v}, func() error {
+		if i < 1 || int(i) > len(keys) {
+			return fmt.Errorf("dbcache: get_many: the server returned position %d for %d keys", i, len(keys))
+		}
+		out[keys[i-1]] = nonNil(v)
+		return nil
+	})
+	return err
+}
+
+// getManyByKey reads the keys by key (qGetMany), the form Citus plans
+// for a distributed table.
+func (c *Cache) getManyByKey(ctx context.Context, ks *keySet, out map[string][]byte) error {
+	rows, err := c.db.Query(ctx, c.q.getMany, ks.made)
+	if err != nil {
+		return err
+	}
 	var k string
 	var v []byte
 	_, err = pgx.ForEachRow(rows, []any{&k, &v}, func() error {
-		// pgx copies each value out of the read buffer; a second caller
-		// key of the same stored key (a custom KeyFunc) gets a copy of its
-		// own, since callers own what they get.
+		// A second caller key of the same stored key (a custom KeyFunc)
+		// gets a copy of its own, since callers own what they get.
 		i, ok := ks.index[k]
 		if !ok {
 			return nil
@@ -838,13 +895,7 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]by
 		}
 		return nil
 	})
-	if err != nil {
-		if c.degrade(ctx, "get_many", err) {
-			return map[string][]byte{}, nil
-		}
-		return nil, c.wrapErr("get_many", err)
-	}
-	return out, nil
+	return err
 }
 
 // SetMany stores every entry of items in one statement, all or nothing, and

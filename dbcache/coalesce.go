@@ -102,7 +102,7 @@ func (g *coalescer) answer(ctx context.Context, live []*getReq) {
 	}
 	g.batches.Add(1)
 	found := make(map[string][]byte, len(keys))
-	rows, err := g.pool.Query(ctx, g.q.getMany, keys)
+	rows, err := queryBounded(ctx, g.pool, g.q.getMany, keys)
 	if err == nil {
 		var k string
 		var v []byte

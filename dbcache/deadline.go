@@ -228,3 +228,55 @@ type boundExpired struct{ err error }
 
 func (e *boundExpired) Error() string   { return context.DeadlineExceeded.Error() + ": " + e.err.Error() }
 func (e *boundExpired) Unwrap() []error { return []error{context.DeadlineExceeded, e.err} }
+
+// queryBounded is pool.Query, bounded as queryRowBounded is. The rows'
+// Close releases the connection.
+func queryBounded(ctx context.Context, pool *pgxpool.Pool, sql string, args ...any) (pgx.Rows, error) {
+	sd, ok := ctx.(*sharedDeadlineCtx)
+	if !ok {
+		return pool.Query(ctx, sql, args...)
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := conn.Conn().PgConn().Conn().SetDeadline(sd.b.deadline); err != nil {
+		conn.Release()
+		return pool.Query(ctx, sql, args...)
+	}
+	rows, err := conn.Query(sd.parent, sql, args...)
+	br := &boundRows{Rows: rows, conn: conn}
+	if err != nil {
+		br.Close()
+		return nil, br.mapErr(err)
+	}
+	return br, nil
+}
+
+// boundRows are the rows of queryBounded: Close clears the socket's
+// deadline and releases the connection, and a failure at the deadline is
+// context.DeadlineExceeded.
+type boundRows struct {
+	pgx.Rows
+	conn *pgxpool.Conn
+}
+
+func (r *boundRows) Close() {
+	if r.Rows != nil {
+		r.Rows.Close()
+	}
+	if r.conn != nil {
+		_ = r.conn.Conn().PgConn().Conn().SetDeadline(time.Time{}) // a closed connection refuses; it is not reused
+		r.conn.Release()
+		r.conn = nil
+	}
+}
+
+func (r *boundRows) Err() error { return r.mapErr(r.Rows.Err()) }
+
+func (r *boundRows) mapErr(err error) error {
+	if err != nil && pgconn.Timeout(err) {
+		return &boundExpired{err: err}
+	}
+	return err
+}
