@@ -518,7 +518,12 @@ func (c *Cache) HasKey(ctx context.Context, key string) (ok bool, err error) {
 	}
 	defer o.done()
 	ctx, k := o.ctx, o.k
-	if err := c.db.QueryRow(ctx, c.q.hasKey, k).Scan(&ok); err != nil {
+	if c.onPool() {
+		err = queryRowBounded(ctx, c.s.pool, c.q.hasKey, k).Scan(&ok)
+	} else {
+		err = c.db.QueryRow(ctx, c.q.hasKey, k).Scan(&ok)
+	}
+	if err != nil {
 		if c.degrade(ctx, "has_key", err) {
 			return false, nil
 		}

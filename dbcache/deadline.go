@@ -280,3 +280,26 @@ func (r *boundRows) mapErr(err error) error {
 	}
 	return err
 }
+
+// execBounded is pool.Exec, bounded as queryRowBounded is.
+func execBounded(ctx context.Context, pool *pgxpool.Pool, sql string, args ...any) (pgconn.CommandTag, error) {
+	sd, ok := ctx.(*sharedDeadlineCtx)
+	if !ok {
+		return pool.Exec(ctx, sql, args...)
+	}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	defer conn.Release()
+	nc := conn.Conn().PgConn().Conn()
+	if err := nc.SetDeadline(sd.b.deadline); err != nil {
+		return conn.Exec(ctx, sql, args...)
+	}
+	tag, err := conn.Exec(sd.parent, sql, args...)
+	_ = nc.SetDeadline(time.Time{}) // a closed connection refuses; it is not reused
+	if err != nil && pgconn.Timeout(err) {
+		err = &boundExpired{err: err}
+	}
+	return tag, err
+}
