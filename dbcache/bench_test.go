@@ -246,17 +246,14 @@ func (e *benchEnv) ops() []benchOp {
 				return err
 			},
 			func(ctx context.Context, i int) error {
-				// The statement GetMany runs, its rows matched to the
-				// keys by position, into a map by key as GetMany returns.
-				keys := manyKeys[i%batches]
-				rows, err := e.pool.Query(ctx, stmt["get_many_positions"], manyMade[i%batches])
+				rows, err := e.pool.Query(ctx, stmt["get_many"], manyMade[i%batches])
 				if err != nil {
 					return err
 				}
 				m := make(map[string][]byte, benchBatch)
-				var p int32
+				var k string
 				var v []byte
-				_, err = pgx.ForEachRow(rows, []any{&p, &v}, func() error { m[keys[p-1]] = v; return nil })
+				_, err = pgx.ForEachRow(rows, []any{&k, &v}, func() error { m[k] = v; return nil })
 				return err
 			}},
 		{"set_many_100",

@@ -810,17 +810,7 @@ func (c *Cache) DecrVersion(ctx context.Context, key string, delta int) (to int,
 // GetMany returns the live entries among keys, in one query, keyed by the
 // caller's keys. Missing keys are absent from the map.
 func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]byte, err error) {
-	// Citus plans the by-key form for a distributed table; every other
-	// table is read by position.
-	var (
-		ks   *keySet
-		made []string
-	)
-	if c.s.cq.Load() != nil {
-		ks, err = c.keys(ctx, keys)
-	} else {
-		made, err = c.madeKeys(ctx, keys)
-	}
+	ks, err := c.keys(ctx, keys)
 	if err != nil {
 		return nil, err
 	}
@@ -837,12 +827,7 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]by
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	if ks != nil {
-		err = c.getManyByKey(ctx, ks, out)
-	} else {
-		err = c.getManyByPosition(ctx, keys, made, out)
-	}
-	if err != nil {
+	if err = c.getManyByKey(ctx, ks, out); err != nil {
 		if c.degrade(ctx, "get_many", err) {
 			return map[string][]byte{}, nil
 		}
@@ -851,37 +836,17 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]by
 	return out, nil
 }
 
-// getManyByPosition reads the made keys by position (qGetManyPositions):
-// row i is the value of keys[i-1]. pgx copies each value out of the read
-// buffer, and a key given twice (or two keys one KeyFunc makes alike) has
-// a row per position, so every caller key gets a slice of its own.
-func (c *Cache) getManyByPosition(ctx context.Context, keys, made []string, out map[string][]byte) error {
+// getManyByKey reads the made keys into out by caller key (qGetMany).
+// (Reading by position, unnest($1) WITH ORDINALITY returning each key's
+// index, was measured and lost: docs/performance.md.)
+func (c *Cache) getManyByKey(ctx context.Context, ks *keySet, out map[string][]byte) error {
 	var rows pgx.Rows
 	var err error
 	if c.onPool() {
-		rows, err = queryBounded(ctx, c.s.pool, c.q.getManyPositions, made)
+		rows, err = queryBounded(ctx, c.s.pool, c.q.getMany, ks.made)
 	} else {
-		rows, err = c.db.Query(ctx, c.q.getManyPositions, made)
+		rows, err = c.db.Query(ctx, c.q.getMany, ks.made)
 	}
-	if err != nil {
-		return err
-	}
-	var i int32
-	var v []byte
-	_, err = pgx.ForEachRow(rows, []any{&i, &v}, func() error {
-		if i < 1 || int(i) > len(keys) {
-			return fmt.Errorf("dbcache: get_many: the server returned position %d for %d keys", i, len(keys))
-		}
-		out[keys[i-1]] = nonNil(v)
-		return nil
-	})
-	return err
-}
-
-// getManyByKey reads the keys by key (qGetMany), the form Citus plans
-// for a distributed table.
-func (c *Cache) getManyByKey(ctx context.Context, ks *keySet, out map[string][]byte) error {
-	rows, err := c.db.Query(ctx, c.q.getMany, ks.made)
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,7 @@ func Statements(c *Cache) map[string]string {
 	return map[string]string{
 		"get": q.get, "has_key": q.hasKey, "set": q.set, "add": q.add, "get_or_set": q.getOrSet,
 		"touch": q.touch, "delete": q.del, "incr": q.incr, "incr_check": q.incrCheck, "move": q.move,
-		"get_many": q.getMany, "get_many_positions": q.getManyPositions, "set_many": q.setMany, "delete_many": q.deleteMany, "clear_batch": q.clearBatch,
+		"get_many": q.getMany, "set_many": q.setMany, "delete_many": q.deleteMany, "clear_batch": q.clearBatch,
 		"delete_prefix_batch": q.deletePrefixBatch, "keys_page": q.keysPage, "get_remaining": q.getRemaining, "ttl": q.ttl,
 		"get_or_set_leased": q.getOrSetLeased, "set_leased": q.setLeased,
 		"lease_acquire": q.leaseAcquire, "lease_extend": q.leaseExtend, "lease_release": q.leaseRelease,

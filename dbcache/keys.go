@@ -189,19 +189,6 @@ func (ks *keySet) last(i int) string {
 	return ks.first[i]
 }
 
-// madeKeys makes and validates many keys, in order, duplicates kept.
-func (c *Cache) madeKeys(ctx context.Context, keys []string) ([]string, error) {
-	made := make([]string, len(keys))
-	for i, k := range keys {
-		mk, err := c.key(ctx, k)
-		if err != nil {
-			return nil, err
-		}
-		made[i] = mk
-	}
-	return made, nil
-}
-
 // keys makes and validates many keys.
 func (c *Cache) keys(ctx context.Context, keys []string) (*keySet, error) {
 	ks := &keySet{

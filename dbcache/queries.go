@@ -53,12 +53,6 @@ FROM TABLE WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp(
 
 	qGetMany = `SELECT key, value FROM TABLE WHERE key = ANY($1::text[]) AND (expires IS NULL OR expires > statement_timestamp())`
 
-	// qGetManyPositions is GetMany's statement: each live entry's value
-	// with the 1-based position of its key in $1, so the client matches
-	// values to its keys by index: no key decoded, no map of made keys.
-	qGetManyPositions = `SELECT q.i::int4, t.value FROM unnest($1::text[]) WITH ORDINALITY AS q(k, i)
-JOIN TABLE t ON t.key = q.k WHERE t.expires IS NULL OR t.expires > statement_timestamp()`
-
 	qSet = `INSERT INTO TABLE AS t (key, value, expires) VALUES ($1, $2, statement_timestamp() + $3::bigint * interval '1 microsecond')
 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires = EXCLUDED.expires, written_at = EXCLUDED.written_at, token = EXCLUDED.token`
 
@@ -335,7 +329,6 @@ const clearBatchSize = 5000
 type queries struct {
 	get, hasKey, set, add, getOrSet, touch, del, incr, incrCheck, move string
 	getMany, setMany, deleteMany, clearBatch, setBatch                 string
-	getManyPositions                                                   string
 	getRemaining, ttl                                                  string
 	getOrSetLeased, setLeased                                          string // load.go
 	deletePrefixBatch, keysPage                                        string
@@ -369,24 +362,23 @@ func newQueries(schema string, fast bool) *queries {
 		return fill(plain)
 	}
 	return &queries{
-		table:            table,
-		leases:           leases,
-		get:              fill(qGet),
-		hasKey:           fill(qHasKey),
-		set:              write(qSet, qSetFast),
-		add:              write(qAdd, qAddFast),
-		getOrSet:         write(qGetOrSet, qGetOrSetFast),
-		touch:            write(qTouch, qTouchFast),
-		del:              write(qDelete, qDeleteFast),
-		incr:             write(qIncr, qIncrFast),
-		incrCheck:        fill(qIncrCheck),
-		move:             write(qMove, qMoveFast),
-		getMany:          fill(qGetMany),
-		getManyPositions: fill(qGetManyPositions),
-		setMany:          write(qSetMany, qSetManyFast),
-		deleteMany:       write(qDeleteMany, qDeleteManyFast),
-		clearBatch:       write(qClearBatch, qClearBatchFast),
-		setBatch:         write(qSetBatch, qSetBatchFast),
+		table:      table,
+		leases:     leases,
+		get:        fill(qGet),
+		hasKey:     fill(qHasKey),
+		set:        write(qSet, qSetFast),
+		add:        write(qAdd, qAddFast),
+		getOrSet:   write(qGetOrSet, qGetOrSetFast),
+		touch:      write(qTouch, qTouchFast),
+		del:        write(qDelete, qDeleteFast),
+		incr:       write(qIncr, qIncrFast),
+		incrCheck:  fill(qIncrCheck),
+		move:       write(qMove, qMoveFast),
+		getMany:    fill(qGetMany),
+		setMany:    write(qSetMany, qSetManyFast),
+		deleteMany: write(qDeleteMany, qDeleteManyFast),
+		clearBatch: write(qClearBatch, qClearBatchFast),
+		setBatch:   write(qSetBatch, qSetBatchFast),
 
 		getRemaining:      fill(qGetRemaining),
 		ttl:               fill(qTTL),
