@@ -154,8 +154,9 @@ func (d *deadlines) within(ctx context.Context) (context.Context, context.Cancel
 	}
 }
 
-// The bound without a watched context, for the statements a cheap bound
-// matters most to (a one-key Get on the pool).
+// The bound without a watched context, for the statements on the pool a
+// cheap bound matters most to: one-key operations, GetMany and coalesced
+// batches (queryRowBounded, queryBounded, execBounded).
 //
 // pgx watches the context of every statement whose Done channel is not nil
 // (context.AfterFunc when it starts, its removal when it ends), so that a
