@@ -24,7 +24,7 @@ import (
 func main() {
 	o := benchcmp.Options{Out: os.Stdout, Log: os.Stderr}
 	var tables, sizes, conc, ops string
-	suite := flag.String("suite", "compare", "compare (dbcache vs raw pgx vs Redis), tuning (the experiments), floor (pgbench running the same statements), or several: compare,floor")
+	suite := flag.String("suite", "compare", "compare (dbcache vs raw pgx vs Redis), tuning (the experiments), floor (pgbench running the same statements), reads (the read path's targets: gets beside raw pgx and pgbench, get_many beside raw pgx's forms and MGET), or several: compare,floor")
 	flag.StringVar(&o.DSN, "dsn", os.Getenv("DBCACHE_TEST_DATABASE_URL"), "PostgreSQL URL (default $DBCACHE_TEST_DATABASE_URL)")
 	flag.StringVar(&o.RedisAddr, "redis", "127.0.0.1:6379", "Redis address; empty to leave Redis out")
 	flag.IntVar(&o.RedisDB, "redis-db", 9, "Redis database to fill and flush")
@@ -64,6 +64,8 @@ func main() {
 			err = benchcmp.Tuning(ctx, &o, *pgbouncer)
 		case "floor":
 			err = benchcmp.Floor(ctx, &o)
+		case "reads":
+			err = benchcmp.Reads(ctx, &o)
 		default:
 			err = fmt.Errorf("unknown suite %q", s)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -125,7 +126,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 	case c.CoalesceGets > 0:
 		s.gets = newCoalescer(pool, s.q, c.CoalesceGets)
 	case c.CoalesceGets == 0:
-		s.gets = newCoalescer(pool, s.q, max(1, int(pool.Config().MaxConns)))
+		s.gets = newCoalescer(pool, s.q, defaultCoalesceGets(pool.Config().MaxConns))
 	}
 	cache := &Cache{s: s, db: pool, q: s.q, version: c.Version}
 	if c.CoalesceSets > 0 {
@@ -146,6 +147,12 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		return nil, err
 	}
 	return cache, nil
+}
+
+// defaultCoalesceGets is Config.CoalesceGets 0 over a pool of maxConns:
+// the smaller of that and pgxpool's default pool size, max(4, NumCPU).
+func defaultCoalesceGets(maxConns int32) int {
+	return max(1, min(int(maxConns), max(4, runtime.NumCPU())))
 }
 
 // checkTable checks the pool's query mode and the cache table, and learns
@@ -392,7 +399,13 @@ func (c *Cache) get(ctx context.Context, k string) ([]byte, error) {
 		return v, err
 	}
 	var v []byte
-	if err := c.db.QueryRow(ctx, c.q.get, k).Scan(&v); err != nil {
+	var err error
+	if c.onPool() {
+		err = queryRowBounded(ctx, c.s.pool, c.q.get, k).Scan(&v)
+	} else {
+		err = c.db.QueryRow(ctx, c.q.get, k).Scan(&v)
+	}
+	if err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, ErrMiss
 		}
@@ -505,7 +518,12 @@ func (c *Cache) HasKey(ctx context.Context, key string) (ok bool, err error) {
 	}
 	defer o.done()
 	ctx, k := o.ctx, o.k
-	if err := c.db.QueryRow(ctx, c.q.hasKey, k).Scan(&ok); err != nil {
+	if c.onPool() {
+		err = queryRowBounded(ctx, c.s.pool, c.q.hasKey, k).Scan(&ok)
+	} else {
+		err = c.db.QueryRow(ctx, c.q.hasKey, k).Scan(&ok)
+	}
+	if err != nil {
 		if c.degrade(ctx, "has_key", err) {
 			return false, nil
 		}
@@ -809,19 +827,34 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]by
 	}
 	ctx, cancel := c.bound(ctx)
 	defer cancel()
-	rows, err := c.db.Query(ctx, c.q.getMany, ks.made)
-	if err != nil {
+	if err = c.getManyByKey(ctx, ks, out); err != nil {
 		if c.degrade(ctx, "get_many", err) {
 			return map[string][]byte{}, nil
 		}
 		return nil, c.wrapErr("get_many", err)
 	}
+	return out, nil
+}
+
+// getManyByKey reads the made keys into out by caller key (qGetMany).
+// (Reading by position, unnest($1) WITH ORDINALITY returning each key's
+// index, was measured and lost: docs/performance.md.)
+func (c *Cache) getManyByKey(ctx context.Context, ks *keySet, out map[string][]byte) error {
+	var rows pgx.Rows
+	var err error
+	if c.onPool() {
+		rows, err = queryBounded(ctx, c.s.pool, c.q.getMany, ks.made)
+	} else {
+		rows, err = c.db.Query(ctx, c.q.getMany, ks.made)
+	}
+	if err != nil {
+		return err
+	}
 	var k string
 	var v []byte
 	_, err = pgx.ForEachRow(rows, []any{&k, &v}, func() error {
-		// pgx copies each value out of the read buffer; a second caller
-		// key of the same stored key (a custom KeyFunc) gets a copy of its
-		// own, since callers own what they get.
+		// A second caller key of the same stored key (a custom KeyFunc)
+		// gets a copy of its own, since callers own what they get.
 		i, ok := ks.index[k]
 		if !ok {
 			return nil
@@ -832,13 +865,7 @@ func (c *Cache) GetMany(ctx context.Context, keys []string) (out map[string][]by
 		}
 		return nil
 	})
-	if err != nil {
-		if c.degrade(ctx, "get_many", err) {
-			return map[string][]byte{}, nil
-		}
-		return nil, c.wrapErr("get_many", err)
-	}
-	return out, nil
+	return err
 }
 
 // SetMany stores every entry of items in one statement, all or nothing, and

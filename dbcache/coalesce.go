@@ -76,7 +76,7 @@ func (g *coalescer) get(ctx context.Context, k string) ([]byte, error) {
 
 func (g *coalescer) one(ctx context.Context, k string) ([]byte, error) {
 	var v []byte
-	if err := g.pool.QueryRow(ctx, g.q.get, k).Scan(&v); err != nil {
+	if err := queryRowBounded(ctx, g.pool, g.q.get, k).Scan(&v); err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil, ErrMiss
 		}
@@ -102,7 +102,7 @@ func (g *coalescer) answer(ctx context.Context, live []*getReq) {
 	}
 	g.batches.Add(1)
 	found := make(map[string][]byte, len(keys))
-	rows, err := g.pool.Query(ctx, g.q.getMany, keys)
+	rows, err := queryBounded(ctx, g.pool, g.q.getMany, keys)
 	if err == nil {
 		var k string
 		var v []byte

@@ -76,7 +76,16 @@ func (s *slots[R]) drain(batch []R) {
 // outlives its callers: on a connection that went silent it ends when they
 // give up, and its slot passes on. Every caller's context carries a deadline
 // unless Config.OpTimeout is off, so a batch is bounded in time too.
+//
+// When no caller's context can be cancelled (each is a sharedDeadlineCtx:
+// the caller passed context.Background or values only), each leaves only at
+// its bucket's deadline, so the last leaves at the latest of those: the
+// batch runs under that bucket's context itself, with no function
+// registered per caller.
 func batchContext[R caller](batch []R) (context.Context, context.CancelFunc) {
+	if ctx, ok := latestSharedDeadline(batch); ok {
+		return ctx, noop
+	}
 	ctx, cancel := context.WithCancel(context.WithoutCancel(batch[0].callerCtx()))
 	var waiting atomic.Int64
 	waiting.Store(int64(len(batch)))
@@ -94,6 +103,26 @@ func batchContext[R caller](batch []R) (context.Context, context.CancelFunc) {
 		}
 		cancel()
 	}
+}
+
+// latestSharedDeadline returns the first caller's values under the latest
+// bucket among the callers' contexts, if every one is a sharedDeadlineCtx.
+func latestSharedDeadline[R caller](batch []R) (*sharedDeadlineCtx, bool) {
+	first, ok := batch[0].callerCtx().(*sharedDeadlineCtx)
+	if !ok {
+		return nil, false
+	}
+	latest := first.b
+	for _, r := range batch[1:] {
+		sd, ok := r.callerCtx().(*sharedDeadlineCtx)
+		if !ok {
+			return nil, false
+		}
+		if sd.b.deadline.After(latest.deadline) {
+			latest = sd.b
+		}
+	}
+	return &sharedDeadlineCtx{parent: first.parent, b: latest}, true
 }
 
 // caller is a queued request of a coalescer: a Get or a Set.

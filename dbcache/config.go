@@ -87,13 +87,18 @@ type Config struct {
 	// PostgreSQL's per-statement cost is shared by many keys. Gets in a
 	// WithTx view are never coalesced. See docs/performance.md for figures.
 	//
-	// Defaults to 0, which means the pool's MaxConns: Gets are coalesced
-	// only when there are more of them than connections, that is when they
-	// would otherwise queue for a connection, so coalescing never makes a
-	// Get wait that would not have waited. A smaller value coalesces
-	// sooner: more throughput at high concurrency, at the price of latency
-	// when just a few more Gets than that run at once. -1 turns coalescing
-	// off: every Get is its own query.
+	// Defaults to 0, which means the smaller of the pool's MaxConns and
+	// pgxpool's own default pool size for this machine (4 or the number of
+	// CPUs, whichever is larger): Gets start coalescing once about as many
+	// run at once as the database can work on in parallel, rather than
+	// only once every connection of a large pool is busy, since past that
+	// point a Get's own query only queues in the server for CPU. Over a
+	// pool no larger than pgxpool's default, Gets are coalesced only when
+	// they would otherwise queue for a connection. A smaller value
+	// coalesces sooner: more throughput at high concurrency, at the price
+	// of latency when just a few more Gets than that run at once; MaxConns
+	// coalesces only Gets that would have waited for a connection. -1
+	// turns coalescing off: every Get is its own query.
 	CoalesceGets int
 
 	// CoalesceSets, when positive, turns Set coalescing on: it is the most
@@ -307,7 +312,7 @@ func (c *Config) validate() error {
 		errs = append(errs, fmt.Errorf("dbcache: Config.VersionZero is set with Config.Version %d: set one or the other", c.Version))
 	}
 	if c.CoalesceGets < -1 {
-		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceGets %d is negative (-1 turns coalescing off; 0 means the pool's MaxConns)", c.CoalesceGets))
+		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceGets %d is negative (-1 turns coalescing off; 0 means the default)", c.CoalesceGets))
 	}
 	if c.OpTimeout < -1 {
 		errs = append(errs, fmt.Errorf("dbcache: Config.OpTimeout %s is negative (-1 means no bound)", c.OpTimeout))

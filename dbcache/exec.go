@@ -87,7 +87,7 @@ func (c *Cache) execWrite(ctx context.Context, sql string, args ...any) (pgconn.
 
 func (c *Cache) execOnPool(ctx context.Context, sql string, args []any) (pgconn.CommandTag, error) {
 	if !c.s.wrapWrites.Load() {
-		return c.s.pool.Exec(ctx, sql, args...)
+		return execBounded(ctx, c.s.pool, sql, args...)
 	}
 	b := &pgx.Batch{}
 	b.Queue(qBeginReadCommitted)
@@ -125,7 +125,7 @@ func (c *Cache) rowWrite(ctx context.Context, sql string, args []any, dest ...an
 
 func (c *Cache) rowOnPool(ctx context.Context, sql string, args []any, dest []any) error {
 	if !c.s.wrapWrites.Load() {
-		return c.s.pool.QueryRow(ctx, sql, args...).Scan(dest...)
+		return queryRowBounded(ctx, c.s.pool, sql, args...).Scan(dest...)
 	}
 	b := &pgx.Batch{}
 	b.Queue(qBeginReadCommitted)

@@ -15,6 +15,9 @@ func CoalesceInflight(c *Cache) int {
 	return c.s.gets.inflight
 }
 
+// CoalesceLimit is the most Get queries the coalescer runs at once.
+func CoalesceLimit(c *Cache) int { return c.s.gets.max }
+
 func CoalescePending(c *Cache) int {
 	c.s.gets.mu.Lock()
 	defer c.s.gets.mu.Unlock()

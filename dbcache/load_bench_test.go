@@ -176,8 +176,9 @@ func benchCoalesceSets() int {
 }
 
 // BenchmarkCoalesceGetsDefault is Get with the default configuration
-// (coalescing at the pool's MaxConns) beside Get with coalescing off, on a
-// pool of 16 and of 4, at 1, 16 and 64 goroutines: x-raw is off's time ÷
+// (coalescing at the smaller of the pool's MaxConns and max(4, NumCPU))
+// beside Get with coalescing off, on a pool of 16 and of 4, at 1, 4, 8, 16
+// and 64 goroutines: x-raw is off's time ÷
 // the default's, so above 1 the default is faster. At 1 goroutine it is the
 // cost a lone caller pays for the coalescer's bookkeeping (target: at most
 // 3%).
@@ -206,7 +207,7 @@ func BenchmarkCoalesceGetsDefault(b *testing.B) {
 			func(ctx context.Context, i int) error { _, err := def.Get(ctx, env.keys[i%n]); return err },
 			func(ctx context.Context, i int) error { _, err := off.Get(ctx, env.keys[i%n]); return err },
 		}
-		for _, g := range []int{1, 16, 64} {
+		for _, g := range []int{1, 4, 8, 16, 64} {
 			b.Run(fmt.Sprintf("conns=%d/g=%d", conns, g), func(b *testing.B) { env.runPair(b, g, op) })
 		}
 	}

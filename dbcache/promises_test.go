@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -181,8 +182,10 @@ func (f *inFlight) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndDa
 
 // CoalesceGets: n bounds the Get queries in flight at n, however many
 // goroutines ask, on a pool with more connections than that; a lone Get
-// never waits for a batch, and at the default (the pool's MaxConns) Gets
-// that would not have queued for a connection are never coalesced.
+// never waits for a batch; at the default over a pool no larger than
+// pgxpool's default size, Gets that would not have queued for a connection
+// are never coalesced; and over a larger pool the default bounds them at
+// pgxpool's default size (max(4, NumCPU)).
 func TestCoalesceGetsBounds(t *testing.T) {
 	t.Parallel()
 	s := dbtest.NewSchema(t)
@@ -224,4 +227,14 @@ func TestCoalesceGetsBounds(t *testing.T) {
 	def, _ := newCache(4, 0)
 	hammer(def.cache, 4)
 	require.Zero(t, dbcache.CoalescedBatches(def.cache), "at the default, Gets that never queued for a connection were coalesced")
+
+	// Over a pool larger than pgxpool's default, the default is that size.
+	limit := max(4, runtime.NumCPU())
+	big, fb := newCache(int32(limit+2), 0)
+	require.Equal(t, limit, dbcache.CoalesceLimit(big.cache))
+	fb.mu.Lock()
+	fb.max = 0
+	fb.mu.Unlock()
+	hammer(big.cache, limit+2)
+	require.LessOrEqual(t, fb.max, limit, "Get queries in flight at the default over a pool larger than pgxpool's default")
 }
