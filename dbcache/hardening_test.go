@@ -443,7 +443,13 @@ func TestSilentServerIsBounded(t *testing.T) {
 	}
 	for _, coalesce := range []int{0, 2} {
 		for parentName, bg := range parents {
-			b := setupOn(t, newPool(t, pc2), &dbcache.Config{OpTimeout: 300 * time.Millisecond, CoalesceGets: coalesce})
+			// With coalescing, Sets and Incrs through one slot each: the
+			// second and third of each queue for a batch.
+			cfg := &dbcache.Config{OpTimeout: 300 * time.Millisecond, CoalesceGets: coalesce}
+			if coalesce > 0 {
+				cfg.CoalesceSets, cfg.CoalesceIncrs = 1, 1
+			}
+			b := setupOn(t, newPool(t, pc2), cfg)
 			require.NoError(t, b.cache.Set(context.Background(), "k", []byte("v"), dbcache.DefaultTimeout))
 			proxy.Freeze()
 			ops := map[string]func() error{
@@ -451,6 +457,10 @@ func TestSilentServerIsBounded(t *testing.T) {
 				"set":      func() error { return b.cache.Set(bg, "k", nil, dbcache.DefaultTimeout) },
 				"add":      func() error { _, err := b.cache.Add(bg, "k", nil, dbcache.DefaultTimeout); return err },
 				"incr":     func() error { _, err := b.cache.Incr(bg, "k", 1); return err },
+				"set2":     func() error { return b.cache.Set(bg, "k2", nil, dbcache.DefaultTimeout) },
+				"set3":     func() error { return b.cache.Set(bg, "k3", nil, dbcache.DefaultTimeout) },
+				"incr2":    func() error { _, err := b.cache.Incr(bg, "k2", 1); return err },
+				"incr3":    func() error { _, err := b.cache.Incr(bg, "k", 1); return err },
 				"get_many": func() error { _, err := b.cache.GetMany(bg, []string{"k"}); return err },
 				"set_many": func() error {
 					_, err := b.cache.SetMany(bg, map[string][]byte{"k": nil}, dbcache.DefaultTimeout)

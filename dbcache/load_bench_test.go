@@ -166,7 +166,35 @@ func BenchmarkCoalesceSets(b *testing.B) {
 	}
 }
 
-// benchCoalesceSets is the slot count BenchmarkCoalesceSets measures:
+// BenchmarkCoalesceIncrs is Incr with Config.CoalesceIncrs beside raw pgx
+// running the single statement, with FastCommit, at 1 and 16 goroutines,
+// over the benchmark's counters.
+//
+//	go test -run '^$' -bench CoalesceIncrs -benchtime 4000x ./dbcache/
+func BenchmarkCoalesceIncrs(b *testing.B) {
+	env := newBenchEnv(b, "")
+	c, err := dbcache.New(context.Background(), env.pool, &dbcache.Config{CoalesceIncrs: benchCoalesceSets(), FastCommit: true, OpTimeout: benchOpTimeout})
+	if err != nil {
+		b.Fatal(err)
+	}
+	incrSQL := dbcache.Statements(c)["incr"]
+	op := benchOp{"incr",
+		func(ctx context.Context, i int) error {
+			_, err := c.Incr(ctx, "c"+strconv.Itoa(i%benchCounters), 1)
+			return err
+		},
+		func(ctx context.Context, i int) error {
+			var v []byte
+			return env.pool.QueryRow(ctx, incrSQL, ":1:c"+strconv.Itoa(i%benchCounters), "1", int64(i)).Scan(&v)
+		},
+	}
+	for _, g := range []int{1, 16} {
+		b.Run(fmt.Sprintf("fast=true/g=%d", g), func(b *testing.B) { env.runPair(b, g, op) })
+	}
+}
+
+// benchCoalesceSets is the slot count BenchmarkCoalesceSets and
+// BenchmarkCoalesceIncrs measure:
 // DBCACHE_BENCH_COALESCE_SETS, default 4.
 func benchCoalesceSets() int {
 	if n, err := strconv.Atoi(os.Getenv("DBCACHE_BENCH_COALESCE_SETS")); err == nil {
