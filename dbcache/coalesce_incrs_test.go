@@ -218,3 +218,70 @@ func TestCoalesceIncrsNotInTx(t *testing.T) {
 	}))
 	require.Zero(t, dbcache.IncrsPending(b.cache))
 }
+
+// Coalesced Incrs have no Citus form: a cache in the Citus forms runs every
+// Incr as its own statement, whatever CoalesceIncrs says.
+func TestCoalesceIncrsOffUnderCitus(t *testing.T) {
+	t.Parallel()
+	b := setup(t, &dbcache.Config{CoalesceIncrs: 1, Citus: dbcache.CitusOn})
+	ctx := ctxT(t)
+	require.NoError(t, b.cache.Set(ctx, "n", []byte("0"), dbcache.Forever))
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for range 20 {
+				if _, err := b.cache.Incr(ctx, "n", 1); err != nil {
+					t.Error(err)
+					return
+				}
+				if n := dbcache.IncrsInflight(b.cache); n != 0 {
+					t.Errorf("%d Incrs in the coalescer's slots", n)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	require.Equal(t, "320", mustGet(t, b.cache, "n"))
+	require.Zero(t, dbcache.CoalescedIncrBatches(b.cache))
+}
+
+// Write coalescing is on by default with FastCommit, at
+// CoalesceWritesFastDefault slots, and off without; -1 turns it off and a
+// positive value is the slot count, for Sets and Incrs apart. A lone
+// writer under the default never waits for a batch: 100 Sets and 100
+// Incrs one after another are each their own statement.
+func TestCoalesceWritesDefault(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	ctx := ctxT(t)
+	d := dbcache.CoalesceWritesFastDefault
+	for _, tc := range []struct {
+		cfg         dbcache.Config
+		sets, incrs int
+	}{
+		{dbcache.Config{}, 0, 0},
+		{dbcache.Config{FastCommit: true}, d, d},
+		{dbcache.Config{FastCommit: true, CoalesceSets: -1}, 0, d},
+		{dbcache.Config{FastCommit: true, CoalesceIncrs: -1, CoalesceSets: 5}, 5, 0},
+		{dbcache.Config{CoalesceIncrs: 3}, 0, 3},
+	} {
+		c, err := dbcache.New(ctx, b.pool, &tc.cfg)
+		require.NoError(t, err)
+		sets, incrs := dbcache.WriteCoalescers(c)
+		require.Equal(t, [2]int{tc.sets, tc.incrs}, [2]int{sets, incrs}, "%+v", tc.cfg)
+		require.NoError(t, c.Close())
+	}
+	c, err := dbcache.New(ctx, b.pool, &dbcache.Config{FastCommit: true})
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.Set(ctx, "n", []byte("0"), dbcache.Forever))
+	for i := range 100 {
+		require.NoError(t, c.Set(ctx, fmt.Sprint("k", i), []byte("v"), dbcache.DefaultTimeout))
+		n, err := c.Incr(ctx, "n", 1)
+		require.NoError(t, err)
+		require.EqualValues(t, i+1, n)
+	}
+	require.Zero(t, dbcache.CoalescedSetBatches(c))
+	require.Zero(t, dbcache.CoalescedIncrBatches(c))
+}

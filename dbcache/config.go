@@ -110,9 +110,12 @@ type Config struct {
 	// own result: nil once the batch committed, the batch's error
 	// otherwise; two Sets of one key keep their order. Under concurrency,
 	// PostgreSQL's per-statement and per-commit cost is shared by many
-	// rows. Sets in a WithTx view are never coalesced. Defaults to 0: off,
-	// since a batch's error is then the error of every Set in it, a trade for the
-	// application to make; -1 is off too, as for CoalesceGets.
+	// rows. Sets in a WithTx view are never coalesced. Defaults to 0,
+	// which means CoalesceWritesFastDefault with FastCommit, whose writes
+	// are limited by the server's per-statement cost, which coalescing
+	// shares, and off without: a durable Set's cost is mostly its WAL
+	// flush, and a batch's error is then the error of every Set in it, a
+	// trade for the application to make. -1 is off, as for CoalesceGets.
 	CoalesceSets int
 
 	// CoalesceIncrs is CoalesceSets for Incr and Decr: when positive, the

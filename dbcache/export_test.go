@@ -37,6 +37,18 @@ func SetsPending(c *Cache) int {
 	return len(c.s.sets.pending)
 }
 
+// WriteCoalescers returns the slots of the Set and Incr coalescers, 0 for
+// off.
+func WriteCoalescers(c *Cache) (sets, incrs int) {
+	if c.s.sets != nil {
+		sets = c.s.sets.max
+	}
+	if c.s.incrs != nil {
+		incrs = c.s.incrs.max
+	}
+	return sets, incrs
+}
+
 // CoalescedIncrBatches, IncrsInflight and IncrsPending report the Incr
 // coalescer's batches, busy slots and queued Incrs.
 func CoalescedIncrBatches(c *Cache) int64 { return c.s.incrs.batches.Load() }
