@@ -9,7 +9,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -67,11 +69,34 @@ func TestBulkWritesNeverDeadlockAnyCollation(t *testing.T) {
 			for i := range 300 {
 				big[fmt.Sprintf("%c%d", "aBcD"[i%4], i)] = []byte("x")
 			}
+			keys := slices.Collect(maps.Keys(set))
 			var wg sync.WaitGroup
 			for w := range 6 {
+				// Each worker's own cache coalesces its Incrs through one
+				// slot, so six batches of several keys, each queued in
+				// another order, run beside the other writers.
+				inc := setupOn(t, b.pool, &dbcache.Config{CoalesceIncrs: 1})
 				wg.Go(func() {
 					for round := range 150 {
 						var err error
+						if round%7 == 6 {
+							var incrs sync.WaitGroup
+							errs := make([]error, 5)
+							for i := range errs {
+								incrs.Go(func() {
+									_, errs[i] = inc.cache.Incr(ctx, keys[(w+round+i)%len(keys)], 1)
+									if errors.Is(errs[i], dbcache.ErrMiss) {
+										errs[i] = nil
+									}
+								})
+							}
+							incrs.Wait()
+							err = errors.Join(errs...)
+							if !noDeadlock(t, fmt.Sprintf("worker %d round %d: coalesced incrs", w, round), err) {
+								return
+							}
+							continue
+						}
 						switch (w + round) % 6 {
 						case 0, 1:
 							_, err = b.cache.SetMany(ctx, set, dbcache.DefaultTimeout)

@@ -120,7 +120,7 @@ func FloorWrites(ctx context.Context, o *Options) error {
 			for round := range max(o.Rounds, 1) {
 				secs := max(1, int(per.Seconds()+0.5))
 				a := []string{"-n", "-M", "prepared", "-c", strconv.Itoa(g), "-j", strconv.Itoa(min(g, 2)), "-T", strconv.Itoa(secs), "-f", f}
-				out, err := runPgbench(ctx, pgbench, o.DSN, env.Schema, a...)
+				out, err := runPgbenchRetry(ctx, pgbench, o.DSN, env.Schema, a...)
 				if err != nil {
 					return fmt.Errorf("pgbench %s: %w: %s", strings.Join(a, " "), err, out)
 				}
@@ -159,4 +159,20 @@ func FloorWrites(ctx context.Context, o *Options) error {
 	}
 	fmt.Fprintln(o.Out)
 	return nil
+}
+
+// runPgbenchRetry is runPgbench, tried again a few times while the server
+// has no connection slot to spare (a shared server).
+func runPgbenchRetry(ctx context.Context, pgbench, dsn, schema string, args ...string) (string, error) {
+	for attempt := 0; ; attempt++ {
+		out, err := runPgbench(ctx, pgbench, dsn, schema, args...)
+		if err == nil || attempt == 10 || !strings.Contains(out, "too many clients") {
+			return out, err
+		}
+		select {
+		case <-ctx.Done():
+			return out, err
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
