@@ -70,12 +70,14 @@ func TestBulkWritesNeverDeadlockAnyCollation(t *testing.T) {
 				big[fmt.Sprintf("%c%d", "aBcD"[i%4], i)] = []byte("x")
 			}
 			keys := slices.Collect(maps.Keys(set))
+			var incs []*testBundle
 			var wg sync.WaitGroup
 			for w := range 6 {
 				// Each worker's own cache coalesces its Incrs through one
 				// slot, so six batches of several keys, each queued in
 				// another order, run beside the other writers.
 				inc := setupOn(t, b.pool, &dbcache.Config{CoalesceIncrs: 1})
+				incs = append(incs, inc)
 				wg.Go(func() {
 					for round := range 150 {
 						var err error
@@ -118,6 +120,11 @@ func TestBulkWritesNeverDeadlockAnyCollation(t *testing.T) {
 				})
 			}
 			wg.Wait()
+			batches := int64(0)
+			for _, inc := range incs {
+				batches += dbcache.CoalescedIncrBatches(inc.cache)
+			}
+			require.Positive(t, batches, "no Incr batch ran beside the bulk writers")
 		})
 	}
 }
