@@ -24,7 +24,7 @@ import (
 func main() {
 	o := benchcmp.Options{Out: os.Stdout, Log: os.Stderr}
 	var tables, sizes, conc, ops string
-	suite := flag.String("suite", "compare", "compare (dbcache vs raw pgx vs Redis), tuning (the experiments), floor (pgbench running the same statements), reads (the read path's targets: gets beside raw pgx and pgbench, get_many beside raw pgx's forms and MGET), or several: compare,floor")
+	suite := flag.String("suite", "compare", "compare (dbcache vs raw pgx vs Redis), tuning (the experiments), floor (pgbench running the same statements, then floor-writes), floor-writes (FastCommit sets and incrs, coalescing off/default/-coalesce-writes, against pgbench), reads (the read path's targets: gets beside raw pgx and pgbench, get_many beside raw pgx's forms and MGET), or several: compare,floor")
 	flag.StringVar(&o.DSN, "dsn", os.Getenv("DBCACHE_TEST_DATABASE_URL"), "PostgreSQL URL (default $DBCACHE_TEST_DATABASE_URL)")
 	flag.StringVar(&o.RedisAddr, "redis", "127.0.0.1:6379", "Redis address; empty to leave Redis out")
 	flag.IntVar(&o.RedisDB, "redis-db", 9, "Redis database to fill and flush")
@@ -36,6 +36,7 @@ func main() {
 	flag.IntVar(&o.Rounds, "rounds", 2, "interleaved rounds per cell")
 	maxConns := flag.Int("conns", 16, "pgx pool size")
 	flag.IntVar(&o.CoalesceGets, "coalesce", 4, "Config.CoalesceGets of the coalescing cache")
+	flag.IntVar(&o.CoalesceWrites, "coalesce-writes", 4, "floor-writes: Config.CoalesceSets and CoalesceIncrs of its last column")
 	steps := flag.String("steps", "", "tuning: only these experiments (query-exec-modes, pgbouncer, durability, group-commit, index-and-fillfactor, pool-size, bulk-paths, coalescing, scale-and-culling-memory)")
 	pgbouncer := flag.String("pgbouncer", "", "tuning: a PgBouncer (pool_mode=transaction) URL in front of -dsn's database")
 	flag.Parse()
@@ -64,6 +65,11 @@ func main() {
 			err = benchcmp.Tuning(ctx, &o, *pgbouncer)
 		case "floor":
 			err = benchcmp.Floor(ctx, &o)
+			if err == nil {
+				err = benchcmp.FloorWrites(ctx, &o)
+			}
+		case "floor-writes":
+			err = benchcmp.FloorWrites(ctx, &o)
 		case "reads":
 			err = benchcmp.Reads(ctx, &o)
 		default:

@@ -50,6 +50,9 @@ type shared struct {
 	// sets coalesces concurrent Sets on the pool (Config.CoalesceSets);
 	// nil when off.
 	sets *setCoalescer
+	// incrs coalesces concurrent Incrs and Decrs on the pool
+	// (Config.CoalesceIncrs); nil when off.
+	incrs *incrCoalescer
 	// wrapWrites makes writes on the pool run in a READ COMMITTED
 	// transaction of their own: the session default is another level (see
 	// exec.go).
@@ -129,8 +132,11 @@ func New(ctx context.Context, pool *pgxpool.Pool, cfg *Config) (*Cache, error) {
 		s.gets = newCoalescer(pool, s.q, defaultCoalesceGets(pool.Config().MaxConns))
 	}
 	cache := &Cache{s: s, db: pool, q: s.q, version: c.Version}
-	if c.CoalesceSets > 0 {
-		s.sets = newSetCoalescer(cache, c.CoalesceSets)
+	if n := c.coalesceWrites(c.CoalesceSets); n > 0 {
+		s.sets = newSetCoalescer(cache, n)
+	}
+	if n := c.coalesceWrites(c.CoalesceIncrs); n > 0 {
+		s.incrs = newIncrCoalescer(cache, n)
 	}
 	err := cache.checkTable(ctx)
 	if err != nil && c.FailOpen && IsTransient(err) {
@@ -683,6 +689,16 @@ func (c *Cache) Decr(ctx context.Context, key string, delta int64) (n int64, err
 // incr runs Incr and Decr on k, key's made and validated key, in an
 // opened operation (begin).
 func (c *Cache) incr(ctx context.Context, op, key, k, delta string) (int64, error) {
+	// Coalesced Incrs have no Citus form: a cache using the Citus forms
+	// runs each on its own.
+	if c.s.incrs != nil && c.onPool() && c.s.cq.Load() == nil {
+		return c.s.incrs.incr(ctx, op, k, delta, func() (int64, error) { return c.incrOne(ctx, op, key, k, delta) })
+	}
+	return c.incrOne(ctx, op, key, k, delta)
+}
+
+// incrOne is incr as its own statement.
+func (c *Cache) incrOne(ctx context.Context, op, key, k, delta string) (int64, error) {
 	// The UPDATE is the whole operation. When it changes nothing, a second
 	// read says why; if the entry changed in between so that the UPDATE
 	// would now succeed, try again.

@@ -35,6 +35,12 @@ const (
 	// clients default to 3 s reads and 5 s connects for the same reason.
 	OpTimeoutDefault = 5 * time.Second
 
+	// CoalesceWritesFastDefault is what Config.CoalesceSets and
+	// Config.CoalesceIncrs default to with Config.FastCommit: the most
+	// statements of each kind running at once before concurrent writes
+	// are coalesced.
+	CoalesceWritesFastDefault = 2
+
 	// MemcachedMaxKeyLength is Django's MEMCACHE_MAX_KEY_LENGTH: keys longer
 	// than this many characters get a portability warning (see KeyCheck).
 	MemcachedMaxKeyLength = 250
@@ -109,10 +115,28 @@ type Config struct {
 	// own result: nil once the batch committed, the batch's error
 	// otherwise; two Sets of one key keep their order. Under concurrency,
 	// PostgreSQL's per-statement and per-commit cost is shared by many
-	// rows. Sets in a WithTx view are never coalesced. Defaults to 0: off,
-	// since a batch's error is then the error of every Set in it, a trade for the
-	// application to make; -1 is off too, as for CoalesceGets.
+	// rows. Sets in a WithTx view are never coalesced. Defaults to 0,
+	// which means CoalesceWritesFastDefault with FastCommit, whose writes
+	// are limited by the server's per-statement cost, which coalescing
+	// shares, and off without: a durable Set's cost is mostly its WAL
+	// flush, and a batch's error is then the error of every Set in it, a
+	// trade for the application to make. -1 is off, as for CoalesceGets.
 	CoalesceSets int
+
+	// CoalesceIncrs is CoalesceSets for Incr and Decr: when positive, the
+	// most Incr statements the cache runs on the pool at once; the Incrs
+	// that wait meanwhile are applied together by one UPDATE, each key
+	// changed once by the sum of its deltas (its row locked in key order),
+	// and each caller gets the value its own Incr would have returned had
+	// they run one after the other in the order they queued. A lone Incr
+	// never waits. An Incr the batch cannot apply as that (the key missing
+	// or not an integer, a result out of range, deltas of both signs on one
+	// key) runs its own statement after it, so every caller gets exactly
+	// its own result. Incrs in a WithTx view, and every Incr of a cache
+	// using the Citus forms, are never coalesced. Defaults to 0, which
+	// means CoalesceWritesFastDefault with FastCommit and off without; -1
+	// is off.
+	CoalesceIncrs int
 
 	// DefaultTimeout is the timeout for calls that pass DefaultTimeout.
 	// Forever makes entries never expire by default; ExpiresIn(0) makes them expire
@@ -259,6 +283,18 @@ type Config struct {
 	VersionZero bool
 }
 
+// coalesceWrites is the slot count of a write coalescer configured as n
+// (Config.CoalesceSets, Config.CoalesceIncrs): 0 for off.
+func (c *Config) coalesceWrites(n int) int {
+	switch {
+	case n > 0:
+		return n
+	case n == 0 && c.FastCommit:
+		return CoalesceWritesFastDefault
+	}
+	return 0
+}
+
 var schemaRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_$]{0,62}$`)
 
 // withDefaults returns a copy of c with every default filled in.
@@ -304,6 +340,9 @@ func (c *Config) validate() error {
 	}
 	if c.Citus < CitusAuto || c.Citus > CitusOff {
 		errs = append(errs, fmt.Errorf("dbcache: Config.Citus %d is not a CitusMode (CitusAuto, CitusOn or CitusOff)", int(c.Citus)))
+	}
+	if c.CoalesceIncrs < -1 {
+		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceIncrs %d is negative (-1 turns coalescing off)", c.CoalesceIncrs))
 	}
 	if c.CoalesceSets < -1 {
 		errs = append(errs, fmt.Errorf("dbcache: Config.CoalesceSets %d is negative (0 and -1 leave coalescing off)", c.CoalesceSets))

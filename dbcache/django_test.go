@@ -813,7 +813,7 @@ func TestConfigZeroAndOff(t *testing.T) {
 	t.Parallel()
 	b := setup(t, nil)
 	ctx := ctxT(t)
-	for _, cfg := range []dbcache.Config{{CoalesceGets: -1}, {CoalesceSets: -1}, {LoadLocks: -1}, {OpTimeout: -1}} {
+	for _, cfg := range []dbcache.Config{{CoalesceGets: -1}, {CoalesceSets: -1}, {CoalesceIncrs: -1}, {LoadLocks: -1}, {OpTimeout: -1}} {
 		c, err := dbcache.New(ctx, b.pool, &cfg)
 		require.NoError(t, err, "%+v", cfg)
 		require.NoError(t, c.Set(ctx, "k", []byte("v"), dbcache.DefaultTimeout))
@@ -821,7 +821,7 @@ func TestConfigZeroAndOff(t *testing.T) {
 		require.NoError(t, c.Close())
 	}
 	for field, cfg := range map[string]dbcache.Config{
-		"CoalesceGets": {CoalesceGets: -2}, "CoalesceSets": {CoalesceSets: -2},
+		"CoalesceGets": {CoalesceGets: -2}, "CoalesceSets": {CoalesceSets: -2}, "CoalesceIncrs": {CoalesceIncrs: -2},
 		"LoadLocks": {LoadLocks: -2}, "OpTimeout": {OpTimeout: -2}, "LoadWait": {LoadWait: -1},
 	} {
 		_, err := dbcache.New(ctx, b.pool, &cfg)

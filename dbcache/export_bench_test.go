@@ -13,6 +13,7 @@ func Statements(c *Cache) map[string]string {
 		"get_or_set_leased": q.getOrSetLeased, "set_leased": q.setLeased,
 		"lease_acquire": q.leaseAcquire, "lease_extend": q.leaseExtend, "lease_release": q.leaseRelease,
 		"get_with_token": q.getWithToken, "compare_and_swap": q.compareAndSwap, "compare_and_delete": q.compareAndDelete,
+		"set_batch": q.setBatch, "incr_batch": q.incrBatch,
 	}
 }
 

@@ -40,6 +40,34 @@ func SetsPending(c *Cache) int {
 	return len(c.s.sets.pending)
 }
 
+// WriteCoalescers returns the slots of the Set and Incr coalescers, 0 for
+// off.
+func WriteCoalescers(c *Cache) (sets, incrs int) {
+	if c.s.sets != nil {
+		sets = c.s.sets.max
+	}
+	if c.s.incrs != nil {
+		incrs = c.s.incrs.max
+	}
+	return sets, incrs
+}
+
+// CoalescedIncrBatches, IncrsInflight and IncrsPending report the Incr
+// coalescer's batches, busy slots and queued Incrs.
+func CoalescedIncrBatches(c *Cache) int64 { return c.s.incrs.batches.Load() }
+
+func IncrsInflight(c *Cache) int {
+	c.s.incrs.mu.Lock()
+	defer c.s.incrs.mu.Unlock()
+	return c.s.incrs.inflight
+}
+
+func IncrsPending(c *Cache) int {
+	c.s.incrs.mu.Lock()
+	defer c.s.incrs.mu.Unlock()
+	return len(c.s.incrs.pending)
+}
+
 // FlightWaiting reports how many callers wait on the in-process load of
 // key (0 when none is in flight).
 func FlightWaiting(c *Cache, key string) int { return c.s.flights.Waiting(c.MakeKey(key)) }

@@ -9,7 +9,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -67,11 +69,36 @@ func TestBulkWritesNeverDeadlockAnyCollation(t *testing.T) {
 			for i := range 300 {
 				big[fmt.Sprintf("%c%d", "aBcD"[i%4], i)] = []byte("x")
 			}
+			keys := slices.Collect(maps.Keys(set))
+			var incs []*testBundle
 			var wg sync.WaitGroup
 			for w := range 6 {
+				// Each worker's own cache coalesces its Incrs through one
+				// slot, so six batches of several keys, each queued in
+				// another order, run beside the other writers.
+				inc := setupOn(t, b.pool, &dbcache.Config{CoalesceIncrs: 1})
+				incs = append(incs, inc)
 				wg.Go(func() {
 					for round := range 150 {
 						var err error
+						if round%7 == 6 {
+							var incrs sync.WaitGroup
+							errs := make([]error, 5)
+							for i := range errs {
+								incrs.Go(func() {
+									_, errs[i] = inc.cache.Incr(ctx, keys[(w+round+i)%len(keys)], 1)
+									if errors.Is(errs[i], dbcache.ErrMiss) {
+										errs[i] = nil
+									}
+								})
+							}
+							incrs.Wait()
+							err = errors.Join(errs...)
+							if !noDeadlock(t, fmt.Sprintf("worker %d round %d: coalesced incrs", w, round), err) {
+								return
+							}
+							continue
+						}
 						switch (w + round) % 6 {
 						case 0, 1:
 							_, err = b.cache.SetMany(ctx, set, dbcache.DefaultTimeout)
@@ -93,6 +120,11 @@ func TestBulkWritesNeverDeadlockAnyCollation(t *testing.T) {
 				})
 			}
 			wg.Wait()
+			batches := int64(0)
+			for _, inc := range incs {
+				batches += dbcache.CoalescedIncrBatches(inc.cache)
+			}
+			require.Positive(t, batches, "no Incr batch ran beside the bulk writers")
 		})
 	}
 }
@@ -443,7 +475,13 @@ func TestSilentServerIsBounded(t *testing.T) {
 	}
 	for _, coalesce := range []int{0, 2} {
 		for parentName, bg := range parents {
-			b := setupOn(t, newPool(t, pc2), &dbcache.Config{OpTimeout: 300 * time.Millisecond, CoalesceGets: coalesce})
+			// With coalescing, Sets and Incrs through one slot each: the
+			// second and third of each queue for a batch.
+			cfg := &dbcache.Config{OpTimeout: 300 * time.Millisecond, CoalesceGets: coalesce}
+			if coalesce > 0 {
+				cfg.CoalesceSets, cfg.CoalesceIncrs = 1, 1
+			}
+			b := setupOn(t, newPool(t, pc2), cfg)
 			require.NoError(t, b.cache.Set(context.Background(), "k", []byte("v"), dbcache.DefaultTimeout))
 			proxy.Freeze()
 			ops := map[string]func() error{
@@ -451,6 +489,10 @@ func TestSilentServerIsBounded(t *testing.T) {
 				"set":      func() error { return b.cache.Set(bg, "k", nil, dbcache.DefaultTimeout) },
 				"add":      func() error { _, err := b.cache.Add(bg, "k", nil, dbcache.DefaultTimeout); return err },
 				"incr":     func() error { _, err := b.cache.Incr(bg, "k", 1); return err },
+				"set2":     func() error { return b.cache.Set(bg, "k2", nil, dbcache.DefaultTimeout) },
+				"set3":     func() error { return b.cache.Set(bg, "k3", nil, dbcache.DefaultTimeout) },
+				"incr2":    func() error { _, err := b.cache.Incr(bg, "k2", 1); return err },
+				"incr3":    func() error { _, err := b.cache.Incr(bg, "k", 1); return err },
 				"get_many": func() error { _, err := b.cache.GetMany(bg, []string{"k"}); return err },
 				"set_many": func() error {
 					_, err := b.cache.SetMany(bg, map[string][]byte{"k": nil}, dbcache.DefaultTimeout)

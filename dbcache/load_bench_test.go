@@ -166,7 +166,72 @@ func BenchmarkCoalesceSets(b *testing.B) {
 	}
 }
 
-// benchCoalesceSets is the slot count BenchmarkCoalesceSets measures:
+// BenchmarkCoalesceIncrs is Incr with Config.CoalesceIncrs beside raw pgx
+// running the single statement, with FastCommit, at 1 and 16 goroutines,
+// over the benchmark's counters.
+//
+//	go test -run '^$' -bench CoalesceIncrs -benchtime 4000x ./dbcache/
+func BenchmarkCoalesceIncrs(b *testing.B) {
+	env := newBenchEnv(b, "")
+	c, err := dbcache.New(context.Background(), env.pool, &dbcache.Config{CoalesceIncrs: benchCoalesceSets(), FastCommit: true, OpTimeout: benchOpTimeout})
+	if err != nil {
+		b.Fatal(err)
+	}
+	incrSQL := dbcache.Statements(c)["incr"]
+	op := benchOp{"incr",
+		func(ctx context.Context, i int) error {
+			_, err := c.Incr(ctx, "c"+strconv.Itoa(i%benchCounters), 1)
+			return err
+		},
+		func(ctx context.Context, i int) error {
+			var v []byte
+			return env.pool.QueryRow(ctx, incrSQL, ":1:c"+strconv.Itoa(i%benchCounters), "1", int64(i)).Scan(&v)
+		},
+	}
+	for _, g := range []int{1, 16} {
+		b.Run(fmt.Sprintf("fast=true/g=%d", g), func(b *testing.B) { env.runPair(b, g, op) })
+	}
+}
+
+// BenchmarkCoalesceWritesDefault is Set and Incr with FastCommit at the
+// default write coalescing beside the same with coalescing off
+// (CoalesceSets and CoalesceIncrs -1), in alternating blocks, at 1 and 16
+// goroutines: x-raw is off's time ÷ the default's, so above 1 the default
+// is faster; at 1 goroutine it is what a lone writer pays for the
+// coalescer's bookkeeping.
+//
+//	go test -run '^$' -bench CoalesceWritesDefault -benchtime 20000x ./dbcache/
+func BenchmarkCoalesceWritesDefault(b *testing.B) {
+	env := newBenchEnv(b, "")
+	def, err := dbcache.New(context.Background(), env.pool, &dbcache.Config{FastCommit: true, OpTimeout: benchOpTimeout})
+	if err != nil {
+		b.Fatal(err)
+	}
+	off, err := dbcache.New(context.Background(), env.pool, &dbcache.Config{FastCommit: true, CoalesceSets: -1, CoalesceIncrs: -1, OpTimeout: benchOpTimeout})
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := len(env.keys)
+	set := func(c *dbcache.Cache) func(ctx context.Context, i int) error {
+		return func(ctx context.Context, i int) error {
+			return c.Set(ctx, env.keys[i%n], env.value, dbcache.DefaultTimeout)
+		}
+	}
+	incr := func(c *dbcache.Cache) func(ctx context.Context, i int) error {
+		return func(ctx context.Context, i int) error {
+			_, err := c.Incr(ctx, "c"+strconv.Itoa(i%benchCounters), 1)
+			return err
+		}
+	}
+	for _, op := range []benchOp{{"set", set(def), set(off)}, {"incr", incr(def), incr(off)}} {
+		for _, g := range []int{1, 16} {
+			b.Run(fmt.Sprintf("%s/g=%d", op.name, g), func(b *testing.B) { env.runPair(b, g, op) })
+		}
+	}
+}
+
+// benchCoalesceSets is the slot count BenchmarkCoalesceSets and
+// BenchmarkCoalesceIncrs measure:
 // DBCACHE_BENCH_COALESCE_SETS, default 4.
 func benchCoalesceSets() int {
 	if n, err := strconv.Atoi(os.Getenv("DBCACHE_BENCH_COALESCE_SETS")); err == nil {

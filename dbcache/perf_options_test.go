@@ -135,6 +135,9 @@ func TestFastCommitSetsSynchronousCommit(t *testing.T) {
 		// The rows below are inserted with token 7.
 		"compare_and_swap":   {":1:k", int64(7), []byte("2"), us, int64(9)},
 		"compare_and_delete": {":1:k", int64(7)},
+		// The coalesced writes.
+		"set_batch":  {[]string{":1:m"}, [][]byte{[]byte("v")}, []*int64{&us}},
+		"incr_batch": {[]string{":1:k"}, []int64{1}, []int64{8}},
 	}
 	for op, a := range args {
 		require.NotEqual(t, plainStmts[op], stmts[op], "%s has no fast-commit form", op)

@@ -33,6 +33,9 @@ type racerJob struct {
 	Goroutines int
 	Rounds     int
 	Process    int
+	// FastCommit makes the racers' caches FastCommit ones, which coalesce
+	// concurrent Sets and Incrs by default.
+	FastCommit bool
 }
 
 // barrierLock is the advisory lock the test holds while the racers get
@@ -60,7 +63,7 @@ func runRacer(ctx context.Context, arg string) error {
 		return err
 	}
 	defer pool.Close()
-	cache, err := dbcache.New(ctx, pool, &dbcache.Config{OpTimeout: time.Minute})
+	cache, err := dbcache.New(ctx, pool, &dbcache.Config{OpTimeout: time.Minute, FastCommit: job.FastCommit})
 	if err != nil {
 		return err
 	}
@@ -115,10 +118,12 @@ func runRacer(ctx context.Context, arg string) error {
 						emit("won %s %s", k, me)
 					}
 				case "incr":
-					if _, err := cache.Incr(ctx, "counter", 1); err != nil {
+					n, err := cache.Incr(ctx, "counter", 1)
+					if err != nil {
 						fail(err)
 						return
 					}
+					emit("%d", n)
 				case "cas":
 					// Read-modify-write of one counter: each success
 					// prints the token it swapped and the value it
@@ -251,18 +256,37 @@ func TestProcessesAddExactlyOneWins(t *testing.T) {
 	}
 }
 
-// 4 processes x 8 goroutines x 100 Incrs of one key: the exact total.
+// 4 processes x 8 goroutines x 100 Incrs of one key: the exact total, and
+// every Incr returned its own value (each of 1 … total exactly once), on a
+// C and an ICU database, with durable caches and with FastCommit ones,
+// whose Incrs are coalesced by default.
 func TestProcessesIncrExactTotal(t *testing.T) {
 	t.Parallel()
-	s := dbtest.NewSchema(t)
-	s.Migrate(t)
-	b := setupOn(t, s.Pool(t), nil)
-	ctx := context.Background()
-	require.NoError(t, b.cache.Set(ctx, "counter", []byte("0"), dbcache.Forever))
-	raceProcesses(t, b.pool, racerJob{DSN: s.DSN(t), Op: "incr", Goroutines: 8, Rounds: 100}, 4)
-	v, err := b.cache.Get(ctx, "counter")
-	require.NoError(t, err)
-	require.Equal(t, strconv.Itoa(4*8*100), string(v))
+	for _, coll := range dbtest.Collations {
+		for _, fast := range []bool{false, true} {
+			// One at a time: each takes 32 connections.
+			t.Run(fmt.Sprintf("%s/fast=%v", coll, fast), func(t *testing.T) {
+				s := dbtest.SchemaWith(t, dbtest.Profile{Collation: coll})
+				s.Migrate(t)
+				b := setupOn(t, s.Pool(t), nil)
+				ctx := context.Background()
+				require.NoError(t, b.cache.Set(ctx, "counter", []byte("0"), dbcache.Forever))
+				lines := raceProcesses(t, b.pool, racerJob{DSN: s.DSN(t), Op: "incr", Goroutines: 8, Rounds: 100, FastCommit: fast}, 4)
+				const total = 4 * 8 * 100
+				seen := make(map[int]bool, total)
+				for _, l := range lines {
+					n, err := strconv.Atoi(l)
+					require.NoError(t, err, l)
+					require.True(t, n >= 1 && n <= total && !seen[n], "an Incr returned %d: out of range or twice", n)
+					seen[n] = true
+				}
+				require.Len(t, seen, total)
+				v, err := b.cache.Get(ctx, "counter")
+				require.NoError(t, err)
+				require.Equal(t, strconv.Itoa(total), string(v))
+			})
+		}
+	}
 }
 
 // Every racing GetOrSet of a key, in 4 processes, returns the first

@@ -197,6 +197,42 @@ WHERE key = $1 AND (expires IS NULL OR expires > statement_timestamp())
            ELSE false END
 RETURNING value`
 
+	// Several Incrs in one statement (Config.CoalesceIncrs): $1 distinct
+	// keys, $2 the sum of each key's deltas, $3 each key's new token. The
+	// rows are locked in key order first (the ARRAY subquery runs once,
+	// before any row is updated, as in qDeleteMany); each key's row changes
+	// only if it is live and an integer and adding its sum stays in range,
+	// as qIncr's test; the keys changed come back with their new values, in
+	// one row of two arrays. The parameters are read through (SELECT …),
+	// so PostgreSQL settles on the generic plan instead of planning each
+	// run afresh (see docs/performance.md, Targets).
+	qIncrBatch = `WITH u AS (
+UPDATE TABLE AS t SET value = decode((encode(t.value, 'escape')::numeric + b.d)::text, 'escape'), token = b.tok
+FROM unnest((SELECT $1::text[]), (SELECT $2::bigint[]), (SELECT $3::bigint[])) AS b(k, d, tok)
+WHERE t.key = b.k AND t.key = ANY (ARRAY (SELECT key FROM TABLE WHERE key = ANY ((SELECT $1::text[])::text[]) ORDER BY key FOR UPDATE))
+  AND (t.expires IS NULL OR t.expires > statement_timestamp())
+  AND CASE WHEN length(t.value) > 20 THEN false
+           WHEN encode(t.value, 'escape') ~ '^(0|-?[1-9][0-9]{0,18})$'
+           THEN encode(t.value, 'escape')::numeric BETWEEN -9223372036854775808 AND 9223372036854775807
+            AND encode(t.value, 'escape')::numeric + b.d BETWEEN -9223372036854775808 AND 9223372036854775807
+           ELSE false END
+RETURNING t.key, t.value)
+SELECT coalesce(array_agg(key), '{}'), coalesce(array_agg(value), '{}') FROM u`
+
+	qIncrBatchFast = `WITH u AS (
+UPDATE TABLE AS t SET value = decode((encode(t.value, 'escape')::numeric + b.d)::text, 'escape'), token = b.tok
+FROM (SELECT set_config('synchronous_commit', 'off', true)) AS fast_commit,
+     unnest((SELECT $1::text[]), (SELECT $2::bigint[]), (SELECT $3::bigint[])) AS b(k, d, tok)
+WHERE t.key = b.k AND t.key = ANY (ARRAY (SELECT key FROM TABLE WHERE key = ANY ((SELECT $1::text[])::text[]) ORDER BY key FOR UPDATE))
+  AND (t.expires IS NULL OR t.expires > statement_timestamp())
+  AND CASE WHEN length(t.value) > 20 THEN false
+           WHEN encode(t.value, 'escape') ~ '^(0|-?[1-9][0-9]{0,18})$'
+           THEN encode(t.value, 'escape')::numeric BETWEEN -9223372036854775808 AND 9223372036854775807
+            AND encode(t.value, 'escape')::numeric + b.d BETWEEN -9223372036854775808 AND 9223372036854775807
+           ELSE false END
+RETURNING t.key, t.value)
+SELECT coalesce(array_agg(key), '{}'), coalesce(array_agg(value), '{}') FROM u`
+
 	// Says why an incr changed nothing: no row is a miss; otherwise at most
 	// 21 bytes of the value come back, enough to tell an integer (at most
 	// 20) from anything else without sending a large value to the client.
@@ -330,7 +366,7 @@ const clearBatchSize = 5000
 // queries holds the statements with the table name filled in.
 type queries struct {
 	get, hasKey, set, add, getOrSet, touch, del, incr, incrCheck, move string
-	getMany, setMany, deleteMany, clearBatch, setBatch                 string
+	getMany, setMany, deleteMany, clearBatch, setBatch, incrBatch      string
 	getRemaining, ttl                                                  string
 	getOrSetLeased, setLeased                                          string // load.go
 	deletePrefixBatch, keysPage                                        string
@@ -382,6 +418,7 @@ func newQueries(schema string, fast bool) *queries {
 		deleteMany: write(qDeleteMany, qDeleteManyFast),
 		clearBatch: write(qClearBatch, qClearBatchFast),
 		setBatch:   write(qSetBatch, qSetBatchFast),
+		incrBatch:  write(qIncrBatch, qIncrBatchFast),
 
 		getRemaining:      fill(qGetRemaining),
 		ttl:               fill(qTTL),

@@ -43,9 +43,10 @@
 // statements with the context TraceOpStart returned, so those spans are
 // children of the operation's span: a trace shows "dbcache get" and,
 // under it, the SELECT it ran (and, for GetOrSetFunc, the advisory lock,
-// the loader and the write). Statements that Config.CoalesceGets and
-// Config.CoalesceSets batch run for several callers at once, on a
-// goroutine of the cache's, so their spans have no operation as parent.
+// the loader and the write). Statements that Config.CoalesceGets,
+// Config.CoalesceSets and Config.CoalesceIncrs batch run for several
+// callers at once, on a goroutine of the cache's, so their spans have no
+// operation as parent.
 package oteltrace
 
 import (

@@ -59,6 +59,9 @@ type Options struct {
 	MaxConns int32
 	// CoalesceGets is the Config.CoalesceGets of the coalescing cache.
 	CoalesceGets int
+	// CoalesceWrites is the CoalesceSets and CoalesceIncrs of the floor
+	// writes' last column (4 when 0).
+	CoalesceWrites int
 	// Out receives the report (markdown); Log progress lines.
 	Out io.Writer
 	Log io.Writer

@@ -81,7 +81,7 @@ func Floor(ctx context.Context, o *Options) error {
 	value := "'\\x" + strings.Repeat("76", 100) + "'::bytea"
 	// pgbench takes every :name, even inside a string literal, for a
 	// variable: spell the key prefix's colons as escapes.
-	key := `(E'\\x3a1\\x3ak\\x3a' || (:n)::int)`
+	key := `(E'\x3a1\x3ak\x3a' || (:n)::int)`
 	st := CacheStatements()
 	type row struct {
 		op, script string
