@@ -155,9 +155,12 @@ func (f *feed) run(ctx context.Context) {
 
 // down marks the feed lost: nothing is served or stored, every copy goes.
 func (f *feed) down(err error) {
+	// Copies first, then the slot: Stats reads FeedUp from the slot, so
+	// once it says the feed is down every copy is already gone and none can
+	// be stored.
+	n := f.c.local.setFeed(false)
 	wasUp := f.slot.Swap(nil) != nil
 	f.confirmed.Store(0)
-	n := f.c.local.setFeed(false)
 	if !wasUp {
 		// A start that failed: said once every ten seconds at most while
 		// the feed stays down.
