@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/dbcache/dbcache/internal/citusmeta"
 )
 
 // CitusMode says whether the culler uses the statement forms a Citus
@@ -191,8 +193,6 @@ SELECT citus_relation_size(t.oid) / current_setting('block_size')::int8,
 	// Detection, in two steps so a server without Citus never sees
 	// pg_dist_partition named: whether the extension is installed, then
 	// whether the cache table is distributed (dbcache's own check).
-	sqlCitusInstalled   = `SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')`
-	sqlCitusDistributed = `SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1))`
 )
 
 // citusBatchMax is the most keys one Citus delete transaction removes
@@ -245,14 +245,8 @@ func newCitusForms(table string) *citusForms {
 
 // detectCitus reports whether the cache table is distributed by Citus.
 func detectCitus(ctx context.Context, conn *pgx.Conn, table string) (bool, error) {
-	var installed, distributed bool
-	if _, err := runTx(ctx, conn, nil, sqlCitusInstalled, nil, func(r pgx.Row) error { return r.Scan(&installed) }); err != nil {
-		return false, fmt.Errorf("culling: check for Citus: %w", err)
-	}
-	if !installed {
-		return false, nil
-	}
-	if _, err := runTx(ctx, conn, nil, sqlCitusDistributed, []any{table}, func(r pgx.Row) error { return r.Scan(&distributed) }); err != nil {
+	distributed, err := citusmeta.Distributed(ctx, conn, table)
+	if err != nil {
 		return false, fmt.Errorf("culling: check for Citus: %w", err)
 	}
 	return distributed, nil

@@ -12,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/dbcache/dbcache/internal/citusmeta"
 )
 
 // CitusMode says whether the cache uses the statement forms a Citus
@@ -101,8 +103,6 @@ SELECT count(*) FROM d WHERE expires IS NULL OR expires > statement_timestamp()`
 	// Detection at New, in two steps so a server without Citus never sees
 	// pg_dist_partition named: whether the extension is installed, then
 	// whether the table is distributed.
-	qCitusInstalled   = `SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')`
-	qCitusDistributed = `SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::oid)`
 )
 
 // citusPageSize is the most keys one Clear or DeletePrefix transaction
@@ -147,15 +147,8 @@ func detectCitus(ctx context.Context, pool *pgxpool.Pool, mode CitusMode, tableO
 	case CitusOff:
 		return false, nil
 	}
-	var installed bool
-	if err := pool.QueryRow(ctx, qCitusInstalled).Scan(&installed); err != nil {
-		return false, fmt.Errorf("dbcache: check for Citus: %w", err)
-	}
-	if !installed {
-		return false, nil
-	}
-	var distributed bool
-	if err := pool.QueryRow(ctx, qCitusDistributed, tableOID).Scan(&distributed); err != nil {
+	distributed, err := citusmeta.DistributedOID(ctx, pool, tableOID)
+	if err != nil {
 		return false, fmt.Errorf("dbcache: check for Citus: %w", err)
 	}
 	return distributed, nil

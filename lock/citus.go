@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/dbcache/dbcache/dbcache"
+	"github.com/dbcache/dbcache/internal/citusmeta"
 )
 
 // The Citus forms (docs/scale-out.md#citus), for a cluster where
@@ -67,8 +68,6 @@ FOR SHARE`
 	// Detection at New, in two steps so a server without Citus never sees
 	// pg_dist_partition named: whether the extension is installed, then
 	// whether the leases table is distributed.
-	qCitusInstalled   = `SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')`
-	qCitusDistributed = `SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = to_regclass($1))`
 )
 
 // rollbackTimeout bounds the rollback of a Citus transaction, which runs
@@ -89,9 +88,7 @@ func newCitusQueries(q queries) *citusQueries {
 }
 
 // detectCitus decides at New whether the client uses the Citus forms.
-func detectCitus(ctx context.Context, db interface {
-	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
-}, mode dbcache.CitusMode, leases string) (bool, error) {
+func detectCitus(ctx context.Context, db citusmeta.Querier, mode dbcache.CitusMode, leases string) (bool, error) {
 	switch mode {
 	case dbcache.CitusOn:
 		return true, nil
@@ -101,15 +98,8 @@ func detectCitus(ctx context.Context, db interface {
 	default:
 		return false, fmt.Errorf("lock: Config.Citus %d is not a CitusMode (CitusAuto, CitusOn or CitusOff)", int(mode))
 	}
-	var installed bool
-	if err := db.QueryRow(ctx, qCitusInstalled).Scan(&installed); err != nil {
-		return false, fmt.Errorf("lock: check for Citus: %w", err)
-	}
-	if !installed {
-		return false, nil
-	}
-	var distributed bool
-	if err := db.QueryRow(ctx, qCitusDistributed, leases).Scan(&distributed); err != nil {
+	distributed, err := citusmeta.Distributed(ctx, db, leases)
+	if err != nil {
 		return false, fmt.Errorf("lock: check for Citus: %w", err)
 	}
 	return distributed, nil
